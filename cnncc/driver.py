@@ -1,0 +1,45 @@
+"""The whole pipeline, top to bottom: source -> Graph -> (passes) -> target -> CompiledModel."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .backends import BACKENDS
+from .ir import CompileError, Graph
+from .runtime import CompiledModel
+
+DEFAULT_TARGET = "llvm" if "llvm" in BACKENDS else "reference"
+
+
+def load_graph(source: Any) -> Graph:
+    """Turn any accepted source into a verified Graph.
+
+    ``source``: a path to an .onnx file, an onnx.ModelProto, a Graph, or a cnncc.dsl net.
+    """
+    import onnx
+
+    if isinstance(source, Graph):
+        return source.verify()
+    if isinstance(source, (str, os.PathLike, onnx.ModelProto)):
+        from .frontend.onnx import import_model
+        return import_model(os.fspath(source) if isinstance(source, os.PathLike) else source)
+    to_graph = getattr(source, "to_graph", None)
+    if callable(to_graph):
+        return to_graph().verify()
+    raise CompileError(f"cannot compile a {type(source).__name__}: expected an ONNX path, an "
+                       "onnx.ModelProto, a cnncc Graph or a cnncc.dsl net")
+
+
+def compile(source: Any, target: str | None = None, opt_level: int = 3,
+            threads: int | None = None, **options: Any) -> CompiledModel:
+    """Compile ``source`` for ``target`` and return a callable CompiledModel."""
+    target = target or DEFAULT_TARGET
+    if target not in BACKENDS:
+        raise CompileError(f"unknown target '{target}' (available: {', '.join(BACKENDS)})")
+    if opt_level not in (0, 1, 2, 3):
+        raise CompileError(f"opt_level must be 0..3, got {opt_level}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise CompileError(f"threads must be a positive integer, got {threads!r}")
+    graph = load_graph(source)
+    options = dict(options, opt_level=opt_level, threads=threads)
+    return BACKENDS[target].build(graph, options)

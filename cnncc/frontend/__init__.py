@@ -1,0 +1,1 @@
+"""Importers: ONNX models -> Graph."""

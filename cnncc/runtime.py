@@ -1,0 +1,106 @@
+"""CompiledModel: the callable every target returns. numpy in, numpy out, inputs checked first.
+
+Native targets must never see an input of the wrong count, shape, dtype or layout: every check
+happens here, before ``_execute`` is entered.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from .ir import DType, Graph, InputError, TensorType
+
+
+class CompiledModel(abc.ABC):
+    """A model ready to run. ``model(x, ...)`` or ``model.run({name: array})``."""
+
+    target: str = "?"
+
+    def __init__(self, inputs: list[tuple[str, TensorType]], outputs: list[tuple[str, TensorType]]):
+        self._inputs = list(inputs)
+        self._outputs = list(outputs)
+
+    # ---- signature ----------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return [n for n, _ in self._inputs]
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        return [t.shape for _, t in self._inputs]
+
+    @property
+    def input_dtypes(self) -> list[np.dtype]:
+        return [t.dtype.np for _, t in self._inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [n for n, _ in self._outputs]
+
+    @property
+    def output_shapes(self) -> list[tuple[int, ...]]:
+        return [t.shape for _, t in self._outputs]
+
+    @property
+    def output_dtypes(self) -> list[np.dtype]:
+        return [t.dtype.np for _, t in self._outputs]
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{n}: {t}" for n, t in self._inputs)
+        outs = ", ".join(f"{n}: {t}" for n, t in self._outputs)
+        return f"<CompiledModel target={self.target} ({ins}) -> ({outs})>"
+
+    # ---- calling ------------------------------------------------------------------------------
+    def __call__(self, *args: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+        if len(args) != len(self._inputs):
+            raise InputError(f"model takes {len(self._inputs)} input(s) "
+                             f"({', '.join(self.input_names)}), got {len(args)}")
+        outs = self._execute(self._check(list(args)))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, dict):
+            raise InputError("run() takes a dict {input name: array}")
+        missing = [n for n in self.input_names if n not in feeds]
+        extra = [n for n in feeds if n not in self.input_names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            if extra:
+                parts.append(f"unknown input(s) {extra}")
+            raise InputError("; ".join(parts) + f" (model inputs: {self.input_names})")
+        outs = self._execute(self._check([feeds[n] for n in self.input_names]))
+        return dict(zip(self.output_names, outs))
+
+    def _check(self, args: list[Any]) -> list[np.ndarray]:
+        checked = []
+        for (name, ttype), value in zip(self._inputs, args):
+            if isinstance(value, np.generic):
+                value = np.asarray(value)
+            if not isinstance(value, np.ndarray):
+                raise InputError(f"input '{name}': expected a numpy array of {ttype}, got "
+                                 f"{type(value).__name__}")
+            if value.dtype != ttype.dtype.np:
+                raise InputError(f"input '{name}': expected dtype {ttype.dtype.value}, got "
+                                 f"{value.dtype} (convert with .astype(np.{ttype.dtype.value}))")
+            if tuple(value.shape) != ttype.shape:
+                raise InputError(f"input '{name}': expected shape {list(ttype.shape)}, got "
+                                 f"{list(value.shape)}")
+            # Native code reads dense row-major memory: a strided view gets a contiguous copy.
+            checked.append(np.ascontiguousarray(value))
+        return checked
+
+    @abc.abstractmethod
+    def _execute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run on checked, contiguous inputs (graph order); return outputs in graph order."""
+
+
+def signature(graph: Graph) -> tuple[list[tuple[str, TensorType]], list[tuple[str, TensorType]]]:
+    return ([(n, graph.types[n]) for n in graph.inputs],
+            [(n, graph.types[n]) for n in graph.outputs])
+
+
+__all__ = ["CompiledModel", "signature", "DType"]

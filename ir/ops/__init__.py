@@ -1,7 +1,9 @@
 """The op set. Each module registers its ops into OP_TABLE on import."""
 from .registry import (OP_TABLE, REQUIRED, Attr, OpContext, OpDef, broadcast_shapes, get_op,
                        infer_node, normalize_axis, register, run_reference, same_as_input)
-from . import elementwise, activation, linalg, conv, pool, norm, shape, reduce  # noqa: F401  (registers)
+# Importing a module registers its ops.
+from . import elementwise, activation, linalg, reduce, shape, tensor, resize  # noqa: F401
+from . import conv, conv_transpose, deform_conv, pool, norm  # noqa: F401
 
 __all__ = ["OP_TABLE", "REQUIRED", "Attr", "OpContext", "OpDef", "broadcast_shapes", "get_op",
            "infer_node", "normalize_axis", "register", "run_reference", "same_as_input"]

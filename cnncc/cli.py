@@ -1,0 +1,139 @@
+"""The `cnncc` command line.
+
+    cnncc info [MODEL]                          ops, shapes, parameters, FLOPs per layer
+    cnncc run [MODEL] [--input x.npy] [--output y.npy] [--target T]
+
+MODEL is an .onnx file or a built-in DSL net (`zoo:mobilenet_v2`, or just `mobilenet_v2`); with no
+MODEL the built-in MobileNetV2 is used. Errors are one line on stderr and a non-zero exit status;
+`--traceback` shows the Python traceback as well.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFAULT_MODEL = "zoo:mobilenet_v2"
+
+
+def resolve_model(spec: str) -> Any:
+    """An ONNX path as given, or a zoo net built from `zoo:NAME` / a bare zoo name."""
+    from .ir import CompileError
+
+    if spec.startswith("zoo:") or not (os.path.exists(spec) or spec.endswith(".onnx")):
+        from .dsl.zoo import ZOO
+
+        name = spec.removeprefix("zoo:")
+        if name not in ZOO:
+            raise CompileError(f"no model file '{spec}' and no built-in net of that name "
+                               f"(built-in: {', '.join(sorted(ZOO))})")
+        return ZOO[name]()
+    if not os.path.isfile(spec):
+        raise CompileError(f"model file '{spec}' does not exist")
+    return spec
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import load_graph
+    from .analysis import format_info
+
+    print(format_info(load_graph(resolve_model(args.model))))
+    return 0
+
+
+def _load_inputs(model: Any, paths: Sequence[str], seed: int) -> list[np.ndarray]:
+    from .ir import InputError
+
+    if paths:
+        if len(paths) != len(model.input_names):
+            raise InputError(f"model takes {len(model.input_names)} input(s), "
+                             f"{len(paths)} --input file(s) given")
+        arrays = []
+        for p in paths:
+            try:
+                arrays.append(np.load(p, allow_pickle=False))
+            except (OSError, ValueError) as e:
+                raise InputError(f"cannot read input file '{p}': {e}") from None
+        return arrays
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(dtype)
+            for shape, dtype in zip(model.input_shapes, model.input_dtypes)]
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import compile
+
+    t0 = time.perf_counter()
+    model = compile(resolve_model(args.model), target=args.target, threads=args.threads)
+    t1 = time.perf_counter()
+    inputs = _load_inputs(model, args.input or [], args.seed)
+    outs = model(*inputs)
+    t2 = time.perf_counter()
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    print(f"compiled for {model.target} in {t1 - t0:.2f} s; ran in {(t2 - t1) * 1e3:.1f} ms")
+    for name, value in zip(model.output_names, outs):
+        print(f"output {name}: {value.dtype}{list(value.shape)}  min {value.min():.4g} "
+              f"max {value.max():.4g} mean {value.mean():.4g}")
+        if value.ndim == 2 and value.shape[0] == 1 and value.shape[1] > 5:
+            top = np.argsort(value[0])[::-1][:5]
+            print("  top-5 classes: " + ", ".join(f"{i} ({value[0, i]:.3g})" for i in top))
+    if args.output:
+        if len(args.output) != len(outs):
+            from .ir import InputError
+            raise InputError(f"model has {len(outs)} output(s), {len(args.output)} --output "
+                             "file(s) given")
+        for path, value in zip(args.output, outs):
+            np.save(path, value)
+            print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .backends import BACKENDS
+
+    parser = argparse.ArgumentParser(prog="cnncc", description="A compiler for CNNs.")
+    parser.add_argument("--version", action="version", version=f"cnncc {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="ops, shapes, parameter count and FLOPs per layer")
+    info.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    info.set_defaults(func=_cmd_info)
+
+    run = sub.add_parser("run", help="compile a model and run it on inputs")
+    run.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    run.add_argument("--input", action="append", metavar="X.npy",
+                     help="input array (.npy), once per model input; default: seeded random")
+    run.add_argument("--output", action="append", metavar="Y.npy", help="where to save outputs")
+    run.add_argument("--target", choices=sorted(BACKENDS), default=None)
+    run.add_argument("--threads", type=int, default=None)
+    run.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .ir import CompileError, InputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CompileError, InputError, OSError) as e:
+        if args.traceback:
+            raise
+        kind = "error" if isinstance(e, OSError) else type(e).__name__
+        print(f"cnncc: {kind}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cnncc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

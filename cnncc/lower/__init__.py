@@ -1,0 +1,1 @@
+"""Lowering: compute definitions (the algorithm) and per-target schedules."""

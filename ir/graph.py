@@ -63,7 +63,8 @@ class Graph:
 
     def add_param(self, name: str, value: np.ndarray) -> str:
         name = self.fresh_name(name)
-        value = np.ascontiguousarray(value)
+        # np.require keeps 0-d scalars 0-d (np.ascontiguousarray would make them shape [1]).
+        value = np.require(np.asarray(value), requirements="C")
         self.params[name] = value
         self.types[name] = TensorType(DType.from_numpy(value.dtype), value.shape)
         return name

@@ -1,1 +1,36 @@
-"""The Python DSL."""
+"""cnncc.dsl: write a CNN as ordinary Python functions over symbolic tensors.
+
+    from cnncc import dsl
+
+    @dsl.net(input_shape=(1, 3, 32, 32), name="tiny", seed=0)
+    def tiny(x: dsl.Tensor) -> dsl.Tensor:
+        y = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 16, 3, padding=1)))
+        y = y + dsl.conv2d(x, 16, 1)                 # skip connection: operators build Add
+        return dsl.dense(dsl.flatten(dsl.global_avg_pool(y)), 10)
+
+    net = tiny()                  # a Net: net.to_graph(), net.to_onnx(path), cnncc.compile(net)
+
+Every operation appends an ONNX-form node to the net's graph and runs shape inference at once, so a
+mistake raises CompileError at the line that made it. Weights are seeded-random (He-normal convs
+and dense layers, random but sane BatchNorm statistics) unless given as numpy arrays.
+Ready-made networks: ``cnncc.dsl.zoo``.
+"""
+from .tensor import Tensor, constant, scope
+from .net import Net, NetDef, build, net
+from .layers import (batch_norm, conv2d, conv_transpose2d, dense, depthwise_conv2d, linear,
+                     pads_of)
+from .functional import (add, avg_pool2d, clip, concat, div, dropout, flatten, gelu,
+                         global_avg_pool, global_max_pool, hard_sigmoid, hard_swish, identity,
+                         leaky_relu, matmul, max_pool2d, maximum, minimum, mul, pad, reduce_mean,
+                         relu, relu6, reshape, resize, sigmoid, silu, softmax, sub, tanh,
+                         transpose, upsample)
+
+__all__ = [
+    "Tensor", "Net", "NetDef", "net", "build", "constant", "scope",
+    "conv2d", "depthwise_conv2d", "conv_transpose2d", "dense", "linear", "batch_norm", "pads_of",
+    "relu", "relu6", "clip", "leaky_relu", "hard_sigmoid", "hard_swish", "sigmoid", "tanh",
+    "silu", "gelu", "softmax", "identity", "dropout",
+    "max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool", "reduce_mean",
+    "flatten", "reshape", "transpose", "concat", "pad", "resize", "upsample",
+    "add", "sub", "mul", "div", "matmul", "maximum", "minimum",
+]

@@ -1,0 +1,265 @@
+"""Loop IR -> llvmlite IR.
+
+Each Kernel becomes ``void NAME(T* noalias p0, ...)``. Loop kinds: serial (a phi loop), unrolled
+(body emitted once per iteration), vectorized (body emitted once on <lanes x T> values; bodies that
+cannot be vectorized are emitted once per lane), parallel (outlined into NAME_parK(ptr ctx) and run
+by libgomp's GOMP_parallel with a static split of the iteration range).
+"""
+from __future__ import annotations
+
+import llvmlite.ir as ir
+
+from ...ir import CompileError
+from ...ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
+from ...ir.loop import Allocate, For, If, Kernel, Let, Load, Seq, Stmt, Store, Var
+from .exprs import I32, I64, PTR, ExprEmitter, lltype
+
+
+class ModuleBuilder:
+    """An llvmlite module holding kernels (and later the program entry)."""
+
+    def __init__(self, name: str, lanes: int, threads: int, openmp: bool = True):
+        self.module = ir.Module(name=name)
+        self.lanes = lanes
+        self.threads = threads
+        self.openmp = openmp and threads > 1
+        self.kernels: dict[str, ir.Function] = {}
+        self._outlined = 0
+
+    def add_kernel(self, kernel: Kernel) -> ir.Function:
+        if kernel.name in self.kernels:
+            raise CompileError(f"internal error: kernel {kernel.name} defined twice")
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * len(kernel.params))
+        fn = ir.Function(self.module, fnty, name=kernel.name)
+        fn.attributes.add("nounwind")
+        for arg, buf in zip(fn.args, kernel.params):
+            arg.name = buf.name
+            arg.add_attribute("noalias")
+        bufs = {b.name: a for b, a in zip(kernel.params, fn.args)}
+        em = FunctionEmitter(self, fn, bufs, {})
+        em.emit(kernel.body)
+        em.b.ret_void()
+        self.kernels[kernel.name] = fn
+        return fn
+
+    def outlined_name(self, base: str) -> str:
+        self._outlined += 1
+        return f"{base}_par{self._outlined}"
+
+    def __str__(self) -> str:
+        return str(self.module)
+
+
+class FunctionEmitter(ExprEmitter):
+    def __init__(self, mb: ModuleBuilder, fn: ir.Function, bufs: dict, env: dict):
+        self.mb = mb
+        self.module = mb.module
+        self.fn = fn
+        self.lanes = mb.lanes
+        entry = fn.append_basic_block("entry")
+        self.alloca_b = ir.IRBuilder(entry)
+        body = fn.append_basic_block("body")
+        self.alloca_b.branch(body)
+        self.alloca_b.position_at_start(entry)
+        self.b = ir.IRBuilder(body)
+        self.bufs = dict(bufs)
+        self.env = dict(env)
+        self.vvar = None
+        self.vec_lets: set = set()
+        self.scalar_lane = False
+
+    # ---- statements ----------------------------------------------------------------------------
+    def emit(self, s: Stmt) -> None:
+        if isinstance(s, Seq):
+            for x in s.stmts:
+                self.emit(x)
+        elif isinstance(s, Store):
+            self.store(s.buf, s.indices, s.value)
+        elif isinstance(s, For):
+            self.emit_for(s)
+        elif isinstance(s, If):
+            self.emit_if(s)
+        elif isinstance(s, Let):
+            val = self.ev(s.value)
+            self.env[s.var.name] = val
+            if val[1]:
+                self.vec_lets.add(s.var.name)
+            self.emit(s.body)
+            self.env.pop(s.var.name, None)
+            self.vec_lets.discard(s.var.name)
+        elif isinstance(s, Allocate):
+            ety = lltype(s.buf.dtype)
+            p = self.alloca_b.alloca(ir.ArrayType(ety, s.buf.size), name=s.buf.name)
+            p.align = 64
+            # Opaque pointers everywhere: element types are given at each GEP / load.
+            p.type = PTR
+            self.bufs[s.buf.name] = p
+            self.emit(s.body)
+            del self.bufs[s.buf.name]
+        else:
+            raise CompileError(f"internal error: cannot emit {type(s).__name__}")
+
+    def emit_if(self, s: If) -> None:
+        cond = self.ev_scalar(s.cond)
+        if s.else_ is None:
+            with self.b.if_then(cond):
+                self.emit(s.then)
+        else:
+            with self.b.if_else(cond) as (then, other):
+                with then:
+                    self.emit(s.then)
+                with other:
+                    self.emit(s.else_)
+
+    def emit_for(self, s: For) -> None:
+        n = const_value(s.extent)
+        if s.kind in ("unrolled", "vectorized") and n is None:
+            raise CompileError(f"internal error: {s.kind} loop '{s.var.name}' needs a constant "
+                               "extent")
+        if s.kind == "unrolled":
+            start = self.ev_scalar(s.start)
+            for k in range(n):
+                self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
+                self.emit(s.body)
+            self.env.pop(s.var.name, None)
+        elif s.kind == "vectorized":
+            self.emit_vector(s, n)
+        elif s.kind == "parallel" and self.mb.openmp and self.vvar is None:
+            self.emit_parallel(s)
+        elif s.kind in ("serial", "parallel"):
+            start = self.ev_scalar(s.start)
+            self.serial_loop(s.var.name, start, self.b.add(start, self.ev_scalar(s.extent)),
+                             lambda: self.emit(s.body))
+        else:
+            raise CompileError(f"loop kind {s.kind} is not supported on target llvm")
+
+    def serial_loop(self, name: str, lo: ir.Value, hi: ir.Value, body) -> None:
+        pre = self.b.block
+        header = self.fn.append_basic_block(f"{name}.head")
+        blk = self.fn.append_basic_block(f"{name}.body")
+        done = self.fn.append_basic_block(f"{name}.done")
+        self.b.branch(header)
+        self.b.position_at_end(header)
+        phi = self.b.phi(I64, name=name)
+        phi.add_incoming(lo, pre)
+        self.b.cbranch(self.b.icmp_signed("<", phi, hi), blk, done)
+        self.b.position_at_end(blk)
+        self.env[name] = (phi, False)
+        body()
+        nxt = self.b.add(phi, ir.Constant(I64, 1))
+        phi.add_incoming(nxt, self.b.block)
+        self.b.branch(header)
+        self.b.position_at_end(done)
+        self.env.pop(name, None)
+
+    # ---- vectorized loops ----------------------------------------------------------------------
+    def emit_vector(self, s: For, n: int) -> None:
+        start = self.ev_scalar(s.start)
+        full, rest = divmod(n, self.lanes)
+        if self.vvar is not None or not self._vectorizable(s):
+            for k in range(n):
+                self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
+                self.emit(s.body)
+            self.env.pop(s.var.name, None)
+            return
+        for c in range(full):
+            self._vector_chunk(s, self.b.add(start, ir.Constant(I64, c * self.lanes)))
+        for k in range(full * self.lanes, n):     # the remainder lanes, one by one
+            self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
+            self.emit(s.body)
+        self.env.pop(s.var.name, None)
+
+    def _vector_chunk(self, s: For, base: ir.Value) -> None:
+        self.vvar = s.var.name
+        self.env[s.var.name] = (base, False)
+        try:
+            self.emit(s.body)
+        finally:
+            self.vvar = None
+            self.vec_lets = set()
+
+    def _vectorizable(self, s: For) -> bool:
+        """Lane-dependent control flow, scratch buffers or one-element stores run per lane."""
+        dep = {s.var.name}
+        for st in walk_stmts(s.body):
+            if isinstance(st, Let) and _uses(st.value, dep):
+                dep.add(st.var.name)
+        for st in walk_stmts(s.body):
+            if isinstance(st, Allocate):
+                return False
+            if isinstance(st, If) and _uses(st.cond, dep):
+                return False
+            if isinstance(st, For) and (_uses(st.extent, dep) or _uses(st.start, dep)):
+                return False
+            if isinstance(st, Store) and not any(_uses(i, dep) for i in st.indices):
+                return False
+        return True
+
+    # ---- parallel loops ------------------------------------------------------------------------
+    def emit_parallel(self, s: For) -> None:
+        bound = {x.var.name for x in walk_stmts(s) if isinstance(x, (For, Let))}
+        names = sorted({v.name for _, e in stmt_exprs(s) for v in walk_exprs(e)
+                        if isinstance(v, Var) and v.name not in bound})
+        bufs = sorted({x.buf.name for _, e in stmt_exprs(s) for x in walk_exprs(e)
+                       if isinstance(x, Load)} | {x.buf.name for x in walk_stmts(s)
+                                                 if isinstance(x, Store)})
+        local = {x.buf.name for x in walk_stmts(s) if isinstance(x, Allocate)}
+        bufs = [b for b in bufs if b not in local]
+        for b in bufs:
+            if not isinstance(self.bufs[b], ir.Argument) and not getattr(
+                    self.bufs[b], "_cnncc_shared", False):
+                raise CompileError(f"parallel loop '{s.var.name}' uses scratch buffer {b} "
+                                   "allocated outside it (each thread needs its own)")
+        vals = [self.env[n][0] for n in names]
+        start = self.ev_scalar(s.start)
+        extent = self.ev_scalar(s.extent)
+        fields = [PTR] * len(bufs) + [v.type for v in vals] + [I64, I64]
+        sty = ir.LiteralStructType(fields)
+        ctx = self.alloca_b.alloca(sty, name="parctx")
+        ctx.type = PTR
+        for i, v in enumerate([self.bufs[b] for b in bufs] + vals + [start, extent]):
+            self.b.store(v, self.b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, i)],
+                                       source_etype=sty))
+        fname = self.mb.outlined_name(self.fn.name)
+        pfn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), name=fname)
+        pfn.linkage = "internal"
+        pfn.attributes.add("nounwind")
+        sub = FunctionEmitter(self.mb, pfn, {}, {})
+        loaded = []
+        for i, ty in enumerate(fields):
+            p = sub.b.gep(pfn.args[0], [ir.Constant(I32, 0), ir.Constant(I32, i)],
+                          source_etype=sty)
+            loaded.append(sub.b.load(p, typ=ty))
+        for b, v in zip(bufs, loaded):
+            v._cnncc_shared = True
+            sub.bufs[b] = v
+        for n, v in zip(names, loaded[len(bufs):]):
+            sub.env[n] = (v, False)
+        lo_s, ext_s = loaded[-2], loaded[-1]
+        tid = sub.b.sext(sub.b.call(self._omp("omp_get_thread_num"), []), I64)
+        nt = sub.b.sext(sub.b.call(self._omp("omp_get_num_threads"), []), I64)
+        one = ir.Constant(I64, 1)
+        chunk = sub.b.sdiv(sub.b.sub(sub.b.add(ext_s, nt), one), nt)
+        lo = sub.b.mul(tid, chunk)
+        hi = sub.b.add(lo, chunk)
+        hi = sub.b.select(sub.b.icmp_signed("<", hi, ext_s), hi, ext_s)
+        name = s.var.name
+
+        def body():
+            i = sub.env[name][0]
+            sub.env[name] = (sub.b.add(i, lo_s), False)
+            sub.emit(s.body)
+
+        sub.serial_loop(name, lo, hi, body)
+        sub.b.ret_void()
+        gomp = self.module.globals.get("GOMP_parallel") or ir.Function(
+            self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I32, I32]), "GOMP_parallel")
+        self.b.call(gomp, [pfn, ctx, ir.Constant(I32, self.mb.threads), ir.Constant(I32, 0)])
+
+    def _omp(self, name: str) -> ir.Function:
+        return self.module.globals.get(name) or ir.Function(
+            self.module, ir.FunctionType(I32, []), name)
+
+
+def _uses(e, names: set) -> bool:
+    return any(isinstance(x, Var) and x.name in names for x in walk_exprs(e))

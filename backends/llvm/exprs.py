@@ -1,0 +1,333 @@
+"""Expression emission for the LLVM backend: scalar and vector (one lane per iteration of the
+enclosing vectorized loop) values, math functions expanded into intrinsics and polynomials.
+"""
+from __future__ import annotations
+
+import math
+
+import llvmlite.ir as ir
+
+from ...ir import CompileError, DType
+from ...ir.affine import coefficient, simplify, walk_exprs
+from ...ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
+
+I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+PTR = ir.PointerType()
+_LL = {DType.float32: ir.FloatType(), DType.float64: ir.DoubleType(), DType.float16: ir.HalfType(),
+       DType.bool: ir.IntType(8)}
+for _dt, _bits in ((DType.int8, 8), (DType.int16, 16), (DType.int32, 32), (DType.int64, 64),
+                   (DType.uint8, 8), (DType.uint16, 16), (DType.uint32, 32), (DType.uint64, 64)):
+    _LL[_dt] = ir.IntType(_bits)
+
+
+def lltype(dtype: DType, value: bool = False) -> ir.Type:
+    """The LLVM type of an element in memory (value=False) or of a computed value (bool -> i1)."""
+    if value and dtype is DType.bool:
+        return I1
+    return _LL[dtype]
+
+
+def linear_index(buf, indices) -> Expr:
+    """Row-major linear offset of ``buf[indices]``."""
+    lin: Expr = Const(0)
+    stride = 1
+    for idx, dim in reversed(list(zip(indices, buf.shape))):
+        lin = idx * stride + lin if stride != 1 else idx + lin
+        stride *= dim
+    return simplify(lin)
+
+
+_CMP_F = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+
+class ExprEmitter:
+    """Mixin of the function emitter: ``ev(e) -> (value, is_vector)``."""
+
+    b: ir.IRBuilder
+    module: ir.Module
+    env: dict
+    bufs: dict
+    vvar: str | None
+    lanes: int
+    vec_lets: set
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def splat(self, v: ir.Value) -> ir.Value:
+        vty = ir.VectorType(v.type, self.lanes)
+        if isinstance(v, ir.Constant):
+            return ir.Constant(vty, [v.constant] * self.lanes)
+        u = self.b.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(I32, 0))
+        return self.b.shuffle_vector(u, ir.Constant(vty, ir.Undefined),
+                                     ir.Constant(ir.VectorType(I32, self.lanes), [0] * self.lanes))
+
+    def both(self, a, b):
+        (va, xa), (vb, xb) = a, b
+        if xa and not xb:
+            vb = self.splat(vb)
+        elif xb and not xa:
+            va = self.splat(va)
+        return va, vb, xa or xb
+
+    def intrinsic(self, name: str, ret: ir.Type, args: list) -> ir.Function:
+        g = self.module.globals.get(name)
+        if g is None:
+            g = ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+        return g
+
+    def lane_dep(self, e: Expr) -> bool:
+        if self.vvar is None:
+            return False
+        return any(isinstance(x, Var) and (x.name == self.vvar or x.name in self.vec_lets)
+                   for x in walk_exprs(e))
+
+    def ev_scalar(self, e: Expr) -> ir.Value:
+        v, vec = self.ev(e)
+        if vec:
+            raise CompileError(f"internal error: expression varies across vector lanes: {e}")
+        return v
+
+    # ---- memory --------------------------------------------------------------------------------
+    def address(self, buf, indices, lane_base: bool = False):
+        lin = linear_index(buf, indices)
+        ptr = self.bufs[buf.name]
+        ety = lltype(buf.dtype)
+        if not self.lane_dep(lin):
+            return "scalar", self.b.gep(ptr, [self.ev_scalar(lin)], source_etype=ety), ety
+        coef = None if any(isinstance(x, Var) and x.name in self.vec_lets
+                           for x in walk_exprs(lin)) else coefficient(lin, self.vvar)
+        if coef == 1:
+            self.scalar_lane = True
+            try:
+                off = self.ev_scalar(lin)
+            finally:
+                self.scalar_lane = False
+            return "vector", self.b.gep(ptr, [off], source_etype=ety), ety
+        idx, _ = self.ev(lin)
+        ptrs = [self.b.gep(ptr, [self.b.extract_element(idx, ir.Constant(I32, k))],
+                           source_etype=ety) for k in range(self.lanes)]
+        return "lanes", ptrs, ety
+
+    def load(self, e: Load):
+        kind, p, ety = self.address(e.buf, e.indices)
+        align = e.buf.dtype.itemsize
+        if kind == "scalar":
+            v = self.b.load(p, typ=ety)
+            return self._from_mem(v, e.buf.dtype), False
+        if kind == "vector":
+            v = self.b.load(p, typ=ir.VectorType(ety, self.lanes), align=align)
+            return self._from_mem(v, e.buf.dtype), True
+        vty = ir.VectorType(ety, self.lanes)
+        out = ir.Constant(vty, ir.Undefined)
+        for k, pk in enumerate(p):
+            out = self.b.insert_element(out, self.b.load(pk, typ=ety), ir.Constant(I32, k))
+        return self._from_mem(out, e.buf.dtype), True
+
+    def store(self, buf, indices, value: Expr) -> None:
+        kind, p, ety = self.address(buf, indices)
+        v, vec = self.ev(value)
+        v = self._to_mem(v, buf.dtype)
+        if kind == "scalar":
+            if vec:
+                raise CompileError(f"internal error: vector value stored to one element of "
+                                   f"{buf.name}")
+            self.b.store(v, p)
+            return
+        if not vec:
+            v = self.splat(v)
+        if kind == "vector":
+            self.b.store(v, p, align=buf.dtype.itemsize)
+        else:
+            for k, pk in enumerate(p):
+                self.b.store(self.b.extract_element(v, ir.Constant(I32, k)), pk)
+
+    def _from_mem(self, v, dtype):
+        if dtype is DType.bool:
+            zero = ir.Constant(v.type, None)
+            return self.b.icmp_unsigned("!=", v, zero)
+        return v
+
+    def _to_mem(self, v, dtype):
+        if dtype is DType.bool:
+            ty = ir.IntType(8) if not isinstance(v.type, ir.VectorType) else \
+                ir.VectorType(ir.IntType(8), self.lanes)
+            return self.b.zext(v, ty)
+        return v
+
+    # ---- expressions ---------------------------------------------------------------------------
+    def ev(self, e: Expr):
+        if isinstance(e, Var):
+            if e.name == self.vvar:
+                base = self.env[e.name][0]
+                if self.scalar_lane:
+                    return base, False
+                iota = ir.Constant(ir.VectorType(I64, self.lanes), list(range(self.lanes)))
+                return self.b.add(self.splat(base), iota), True
+            if e.name not in self.env:
+                raise CompileError(f"internal error: unbound variable '{e.name}'")
+            return self.env[e.name]
+        if isinstance(e, Const):
+            ty = lltype(e.dtype, value=True)
+            return ir.Constant(ty, int(e.value) if ty is I1 else e.value), False
+        if isinstance(e, Load):
+            return self.load(e)
+        if isinstance(e, Bin):
+            return self._bin(e)
+        if isinstance(e, Cmp):
+            a, b, vec = self.both(self.ev(e.a), self.ev(e.b))
+            if e.a.dtype.is_float:
+                op = _CMP_F[e.op]
+                r = self.b.fcmp_unordered(op, a, b) if e.op == "ne" else \
+                    self.b.fcmp_ordered(op, a, b)
+            elif e.a.dtype.value.startswith("uint") or e.a.dtype is DType.bool:
+                r = self.b.icmp_unsigned(_CMP_F[e.op], a, b)
+            else:
+                r = self.b.icmp_signed(_CMP_F[e.op], a, b)
+            return r, vec
+        if isinstance(e, (And, Or)):
+            a, b, vec = self.both(self.ev(e.a), self.ev(e.b))
+            return (self.b.and_(a, b) if isinstance(e, And) else self.b.or_(a, b)), vec
+        if isinstance(e, Not):
+            a, vec = self.ev(e.a)
+            return self.b.not_(a), vec
+        if isinstance(e, Select):
+            c, cv = self.ev(e.cond)
+            a, b, vec = self.both(self.ev(e.a), self.ev(e.b))
+            if cv and not vec:
+                a, b, vec = self.splat(a), self.splat(b), True
+            elif vec and not cv:
+                pass                # a scalar i1 condition selects whole vectors
+            return self.b.select(c, a, b), vec
+        if isinstance(e, Cast):
+            return self._cast(e)
+        if isinstance(e, Call):
+            return self._call(e)
+        raise CompileError(f"internal error: cannot emit {type(e).__name__}")
+
+    def _bin(self, e: Bin):
+        fl = e.dtype.is_float
+        if fl and e.op == "add":
+            for m, c in ((e.a, e.b), (e.b, e.a)):
+                if isinstance(m, Bin) and m.op == "mul":
+                    return self._fma(m.a, m.b, c)
+        a, b, vec = self.both(self.ev(e.a), self.ev(e.b))
+        B = self.b
+        uns = e.dtype.value.startswith("uint")
+        if e.op in ("min", "max"):
+            # min = b < a ? b : a; max = a < b ? b : a (a NaN in ``a`` propagates).
+            if fl:
+                c = B.fcmp_ordered("<", b, a) if e.op == "min" else B.fcmp_ordered("<", a, b)
+            else:
+                cmp = B.icmp_unsigned if uns else B.icmp_signed
+                c = cmp("<", b, a) if e.op == "min" else cmp("<", a, b)
+            return B.select(c, b, a), vec
+        if fl:
+            fn = {"add": B.fadd, "sub": B.fsub, "mul": B.fmul, "div": B.fdiv}.get(e.op)
+            if fn is None:
+                raise CompileError(f"internal error: float {e.op}")
+            return fn(a, b), vec
+        if e.op in ("add", "sub", "mul"):
+            return {"add": B.add, "sub": B.sub, "mul": B.mul}[e.op](a, b), vec
+        if e.op == "div":
+            return (B.udiv(a, b) if uns else B.sdiv(a, b)), vec
+        if uns:
+            return (B.udiv(a, b) if e.op == "floordiv" else B.urem(a, b)), vec
+        # Floor division / modulo: correct the C-truncated result when signs differ.
+        q, r = B.sdiv(a, b), B.srem(a, b)
+        zero = ir.Constant(a.type, None)
+        fix = B.and_(B.icmp_signed("!=", r, zero),
+                     B.icmp_signed("!=", B.icmp_signed("<", r, zero), B.icmp_signed("<", b, zero)))
+        if e.op == "floordiv":
+            return B.sub(q, B.zext(fix, q.type)), vec
+        return B.select(fix, B.add(r, b), r), vec
+
+    def _fma(self, x: Expr, y: Expr, z: Expr):
+        vals = [self.ev(x), self.ev(y), self.ev(z)]
+        vec = any(v for _, v in vals)
+        args = [self.splat(v) if vec and not isv else v for v, isv in vals]
+        ty = args[0].type
+        return self.b.call(self.intrinsic(f"llvm.fma.{_suffix(ty)}", ty, [ty] * 3), args), vec
+
+    def _cast(self, e: Cast):
+        v, vec = self.ev(e.a)
+        src, dst = e.a.dtype, e.dtype
+        dty = lltype(dst, value=True)
+        if vec:
+            dty = ir.VectorType(dty, self.lanes)
+        B = self.b
+        if src == dst:
+            return v, vec
+        if dst is DType.bool:
+            zero = ir.Constant(v.type, None)
+            return (B.fcmp_unordered("!=", v, zero) if src.is_float else
+                    B.icmp_unsigned("!=", v, zero)), vec
+        if src.is_float and dst.is_float:
+            return (B.fpext(v, dty) if dst.itemsize > src.itemsize else B.fptrunc(v, dty)), vec
+        if src.is_float:
+            return (B.fptoui(v, dty) if dst.value.startswith("uint") else B.fptosi(v, dty)), vec
+        signed = not (src.value.startswith("uint") or src is DType.bool)
+        if dst.is_float:
+            return (B.sitofp(v, dty) if signed else B.uitofp(v, dty)), vec
+        sb, db = v.type.element.width if vec else v.type.width, dst.itemsize * 8
+        if db > sb:
+            return (B.sext(v, dty) if signed else B.zext(v, dty)), vec
+        return (B.trunc(v, dty) if db < sb else v), vec
+
+    def _call(self, e: Call):
+        fn, x = e.fn, e.args[0]
+        if fn in ("tanh", "erf", "sigmoid"):
+            return self._expanded(fn, x)
+        v, vec = self.ev(x)
+        name = {"exp": "exp", "log": "log", "sqrt": "sqrt", "abs": "fabs", "floor": "floor",
+                "ceil": "ceil", "round": "roundeven", "sin": "sin", "cos": "cos"}[fn]
+        return self.b.call(self.intrinsic(f"llvm.{name}.{_suffix(v.type)}", v.type, [v.type]),
+                           [v]), vec
+
+    def _expanded(self, fn: str, x: Expr):
+        """tanh, erf and sigmoid as expressions over exp (x evaluated once, bound to a temp)."""
+        tmp = Var(f"__{fn}_{id(x)}", x.dtype)
+        self.env[tmp.name] = self.ev(x)
+        one = Const(1.0, x.dtype)
+        if fn == "sigmoid":
+            r = one / (one + Call("exp", (-tmp,), x.dtype))
+        elif fn == "tanh":
+            big = one - Const(2.0, x.dtype) / (Call("exp", (tmp * 2.0,), x.dtype) + one)
+            x2 = tmp * tmp
+            small = tmp * _poly(x2, [1.0, -1 / 3, 2 / 15, -17 / 315, 62 / 2835], x.dtype)
+            r = Select(Call("abs", (tmp,), x.dtype) < 0.5, small, big)
+        else:
+            ax = Call("abs", (tmp,), x.dtype)
+            t = one / (one + ax * 0.3275911)
+            p = t * _poly(t, [0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429],
+                          x.dtype)
+            big = one - p * Call("exp", (-(tmp * tmp),), x.dtype)
+            big = Select(tmp < 0.0, -big, big)
+            x2 = tmp * tmp
+            c = 2 / math.sqrt(math.pi)
+            small = tmp * _poly(x2, [c, -c / 3, c / 10, -c / 42, c / 216, -c / 1320], x.dtype)
+            r = Select(ax < 0.5, small, big)
+        out = self.ev(r)
+        del self.env[tmp.name]
+        return out
+
+
+def _poly(x: Expr, coefs: list, dtype) -> Expr:
+    """c0 + c1 x + c2 x^2 + ... in Horner form."""
+    r: Expr = Const(coefs[-1], dtype)
+    for c in reversed(coefs[:-1]):
+        r = r * x + Const(c, dtype)
+    return r
+
+
+def _suffix(ty: ir.Type) -> str:
+    if isinstance(ty, ir.VectorType):
+        return f"v{ty.count}{_suffix(ty.element)}"
+    if isinstance(ty, ir.FloatType):
+        return "f32"
+    if isinstance(ty, ir.DoubleType):
+        return "f64"
+    if isinstance(ty, ir.HalfType):
+        return "f16"
+    return f"i{ty.width}"
+
+
+__all__ = ["ExprEmitter", "lltype", "linear_index"]

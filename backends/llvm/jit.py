@@ -1,0 +1,134 @@
+"""The JIT: the only module that imports llvmlite.binding.
+
+One MCJIT engine per process (a second engine sharing the target machine crashed once the first
+was freed); modules are optimized with the new pass manager at O3 and added to it. The target
+machine is built from the host's feature list (llvm's host CPU name is unreliable on some VMs);
+CNNCC_CPU and CNNCC_FEATURES override it.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+
+import llvmlite.binding as llvm
+
+from ...ir import CompileError
+
+_LOCK = threading.Lock()
+# The large code model: JIT'd modules land anywhere in the address space, and 32-bit relative
+# calls into libgomp (or between modules) overflowed intermittently with the default one.
+_TM_OPTS = dict(reloc=os.environ.get("CNNCC_RELOC", "static"),
+                codemodel=os.environ.get("CNNCC_CODEMODEL", "large"))
+_STATE: dict = {}
+
+
+def _init() -> dict:
+    with _LOCK:
+        if _STATE:
+            return _STATE
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        gomp = ctypes.util.find_library("gomp") or "libgomp.so.1"
+        try:
+            llvm.load_library_permanently(gomp)
+            _STATE["gomp"] = True
+        except RuntimeError:
+            _STATE["gomp"] = False
+        features = os.environ.get("CNNCC_FEATURES") or llvm.get_host_cpu_features().flatten()
+        cpu = os.environ.get("CNNCC_CPU") or _cpu_for(features)
+        target = llvm.Target.from_default_triple()
+        tm = target.create_target_machine(cpu=cpu, features=features, opt=3,
+                                          **_TM_OPTS)
+        backing = llvm.parse_assembly("")
+        engine = llvm.create_mcjit_compiler(backing, tm)
+        _STATE.update(tm=tm, engine=engine, features=features, cpu=cpu,
+                      triple=llvm.get_process_triple(), modules=[])
+        return _STATE
+
+
+def _cpu_for(features: str) -> str:
+    """A CPU name consistent with the feature list (features are passed explicitly as well)."""
+    flags = set(f[1:] for f in features.split(",") if f.startswith("+"))
+    if "avx512f" in flags:
+        return "x86-64-v4"
+    if "avx2" in flags and "fma" in flags:
+        return "x86-64-v3"
+    return llvm.get_host_cpu_name() or "generic"
+
+
+def vector_lanes() -> int:
+    """f32 lanes of the widest vector unit (16 AVX-512, 8 AVX/AVX2, 4 otherwise)."""
+    flags = set(f[1:] for f in _init()["features"].split(",") if f.startswith("+"))
+    if "avx512f" in flags and os.environ.get("CNNCC_MAX_LANES", "") != "8":
+        return 16
+    if "avx" in flags:
+        return 8
+    return 4
+
+
+def has_openmp() -> bool:
+    return bool(_init()["gomp"])
+
+
+def target_info() -> dict:
+    st = _init()
+    return {"cpu": st["cpu"], "features": st["features"], "triple": st["triple"],
+            "data_layout": str(st["tm"].target_data)}
+
+
+def optimize(mod, level: int = 3) -> None:
+    st = _init()
+    pto = llvm.PipelineTuningOptions(speed_level=level)
+    pto.loop_vectorization = level >= 2
+    pto.slp_vectorization = level >= 2
+    pb = llvm.PassBuilder(st["tm"], pto)
+    mpm = pb.getModulePassManager()
+    mpm.run(mod, pb)
+
+
+def compile_ir(text: str, opt_level: int = 3):
+    """Parse, verify, optimize and JIT ``text``; returns the module (keep it alive)."""
+    st = _init()
+    try:
+        mod = llvm.parse_assembly(text)
+        mod.verify()
+    except RuntimeError as e:
+        raise CompileError(f"internal error: generated LLVM IR is invalid: {e}") from None
+    mod.triple = st["triple"]
+    mod.data_layout = str(st["tm"].target_data)
+    if opt_level:
+        optimize(mod, opt_level)
+    with _LOCK:
+        st["engine"].add_module(mod)
+        st["engine"].finalize_object()
+        st["engine"].run_static_constructors()
+        st["modules"].append(mod)
+    return mod
+
+
+def function_address(name: str) -> int:
+    addr = _init()["engine"].get_function_address(name)
+    if not addr:
+        raise CompileError(f"internal error: JIT symbol {name} not found")
+    return addr
+
+
+def optimized_ir(text: str, opt_level: int = 3) -> str:
+    """The optimized LLVM IR of ``text`` (not added to the engine): for inspection and tests."""
+    st = _init()
+    mod = llvm.parse_assembly(text)
+    mod.triple = st["triple"]
+    mod.data_layout = str(st["tm"].target_data)
+    optimize(mod, opt_level)
+    return str(mod)
+
+
+def assembly(text: str, opt_level: int = 3) -> str:
+    st = _init()
+    mod = llvm.parse_assembly(text)
+    mod.triple = st["triple"]
+    mod.data_layout = str(st["tm"].target_data)
+    optimize(mod, opt_level)
+    return st["tm"].emit_assembly(mod)

@@ -1,0 +1,301 @@
+"""The ONNX frontend: an ONNX model (path, bytes or ModelProto) -> a verified Graph.
+
+    graph = import_model("model.onnx", input_shapes={"x": (1, 3, 224, 224)})
+
+Steps, in order, so that a bad model is refused before anything big is allocated:
+  1. parse (garbage bytes -> CompileError), opset check (7..newest), ONE error listing every
+     unsupported op, structure (duplicate names, dangling inputs, cycles; nodes get sorted),
+     declared input shapes (static, non-negative, sane), the ONNX checker;
+  2. initializers decoded after checking their sizes (external data confined to the model folder);
+  3. nodes converted in topological order: old op forms rewritten to the canonical form
+     (`opset.py`), types inferred by the op table, and constant nodes folded into parameters;
+  4. dead nodes and unused parameters removed, then `Graph.verify()`.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from cnncc.ir import CompileError, DType, Graph, Node, TensorType, infer_node
+from cnncc.ir.ops import run_reference
+
+from .load import load_model_proto
+from .opset import convert_node
+from .tensors import attribute_value, elem_dtype, tensor_to_array
+from .validate import check_ops, check_structure, default_opset, run_checker
+
+# Constant folding never materializes more than this per node: a ConstantOfShape asking for
+# gigabytes stays a runtime node (or is refused by inference when absurd).
+FOLD_LIMIT_BYTES = 64 << 20
+# Ops whose result is not a function of their inputs: never folded.
+NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                    "Bernoulli", "Multinomial", "Dropout"}
+# Ops whose result depends only on the input's type, so they fold even on runtime inputs.
+TYPE_ONLY = {"Shape", "Size"}
+
+
+def import_model(source: Any, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 fold_limit: int = FOLD_LIMIT_BYTES) -> Graph:
+    """Import an ONNX model into a verified Graph.
+
+    ``source``: a path, raw bytes or an ``onnx.ModelProto``. ``input_shapes`` gives concrete
+    shapes for inputs whose declared shapes are symbolic or missing (and must agree with the
+    static dims that are declared). Raises CompileError for anything invalid or unsupported.
+    """
+    model, model_dir = load_model_proto(source)
+    opset = default_opset(model)
+    check_ops(model, opset)
+    order = check_structure(model.graph)
+    importer = _Importer(model, model_dir, opset, fold_limit)
+    importer.declare_inputs(dict(input_shapes or {}))
+    run_checker(model)
+    importer.load_initializers()
+    for idx in order:
+        importer.convert(idx)
+    return importer.finish()
+
+
+class _Importer:
+    """Builds the Graph; implements the `opset.Emitter` interface used by the rewrites."""
+
+    def __init__(self, model: onnx.ModelProto, model_dir: str | None, opset: int,
+                 fold_limit: int):
+        self.model = model
+        self.proto = model.graph
+        self.model_dir = model_dir
+        self.opset = opset
+        self.fold_limit = fold_limit
+        self.graph = Graph(name=self.proto.name or "onnx_graph")
+        # Every name the model uses, so that names we invent never collide with later ones.
+        self.taken: set[str] = {i.name for i in self.proto.input}
+        self.taken.update(t.name for t in self.proto.initializer)
+        for node in self.proto.node:
+            self.taken.update(node.output)
+            if node.name:
+                self.taken.add(node.name)
+        self.init_names = {t.name for t in self.proto.initializer}
+        self.used = {i for node in self.proto.node for i in node.input if i}
+        self.used.update(o.name for o in self.proto.output)
+
+    # ---- inputs and initializers --------------------------------------------------------------
+
+    def declare_inputs(self, shapes: dict[str, Sequence[int]]) -> None:
+        runtime = [vi for vi in self.proto.input if vi.name not in self.init_names]
+        unknown = sorted(set(shapes) - {vi.name for vi in runtime})
+        if unknown:
+            raise CompileError(f"input_shapes names {unknown}, which are not runtime inputs of "
+                               f"the model (inputs: {[vi.name for vi in runtime]})")
+        for vi in runtime:
+            self.graph.add_input(vi.name, self._input_type(vi, shapes.get(vi.name)))
+
+    def _input_type(self, vi: onnx.ValueInfoProto, given: Sequence[int] | None) -> TensorType:
+        what = f"graph input '{vi.name}'"
+        if vi.type.WhichOneof("value") != "tensor_type":
+            kind = vi.type.WhichOneof("value") or "unknown"
+            raise CompileError(f"{what} has type {kind}; only tensors are supported")
+        tt = vi.type.tensor_type
+        dtype = elem_dtype(tt.elem_type, what)
+        declared: list[int | None] | None = None
+        if tt.HasField("shape"):
+            declared = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if given is not None:
+            try:
+                shape = [int(d) for d in given]
+            except (TypeError, ValueError):
+                raise CompileError(f"input_shapes['{vi.name}'] = {given!r} is not a shape") \
+                    from None
+            if declared is not None and (len(declared) != len(shape) or any(
+                    d is not None and d != s for d, s in zip(declared, shape))):
+                raise CompileError(f"input_shapes['{vi.name}'] = {shape} contradicts the "
+                                   f"declared shape {_dims_text(tt)}")
+        elif declared is None:
+            raise CompileError(f"{what} has no declared shape: pass it with "
+                               f"input_shapes={{'{vi.name}': (...)}}")
+        elif any(d is None for d in declared):
+            raise CompileError(f"{what} has symbolic or unknown dims {_dims_text(tt)}: pass "
+                               f"concrete ones with input_shapes={{'{vi.name}': (...)}}")
+        else:
+            shape = [int(d) for d in declared]
+        if any(d < 0 for d in shape):
+            raise CompileError(f"{what} has negative dims {shape}")
+        try:
+            return TensorType(dtype, tuple(shape))
+        except ValueError as e:
+            raise CompileError(f"{what}: {e}") from None
+
+    def load_initializers(self) -> None:
+        for t in self.proto.initializer:
+            value = tensor_to_array(t, self.model_dir, f"initializer '{t.name}'")
+            self._set_param(t.name, value)
+
+    def _set_param(self, name: str, value: np.ndarray) -> None:
+        value = np.ascontiguousarray(value)
+        try:
+            ttype = TensorType(DType.from_numpy(value.dtype), value.shape)
+        except (TypeError, ValueError) as e:
+            raise CompileError(f"constant '{name}': {e}") from None
+        self.graph.params[name] = value
+        self.graph.types[name] = ttype
+
+    # ---- the Emitter interface ------------------------------------------------------------------
+
+    def type(self, value: str) -> TensorType:
+        return self.graph.types[value]
+
+    def value(self, value: str) -> np.ndarray | None:
+        return self.graph.params.get(value)
+
+    def fresh(self, hint: str) -> str:
+        name, i = hint, 1
+        while name in self.taken:
+            name, i = f"{hint}_{i}", i + 1
+        self.taken.add(name)
+        return name
+
+    def is_used(self, value: str) -> bool:
+        return value in self.used
+
+    def const(self, hint: str, array: np.ndarray) -> str:
+        name = self.fresh(hint)
+        self._set_param(name, np.asarray(array))
+        return name
+
+    def emit(self, op: str, inputs: list[str], attrs: dict[str, Any], outputs: list[str],
+             name: str) -> None:
+        node = Node(op, list(inputs), list(outputs), dict(attrs), name)
+        types = infer_node(node, self.graph.types, self.graph.params)
+        if self._fold(node, types):
+            return
+        for out, ttype in zip(node.outputs, types):
+            if out:
+                self.graph.types[out] = ttype
+        self.graph.nodes.append(node)
+
+    # ---- conversion -----------------------------------------------------------------------------
+
+    def convert(self, idx: int) -> None:
+        proto = self.proto.node[idx]
+        name = proto.name or self.fresh(f"{proto.op_type.lower()}_{idx}")
+        self.taken.add(name)
+        attrs = {a.name: attribute_value(a, name, self.model_dir) for a in proto.attribute}
+        if proto.op_type == "Constant":
+            self._constant(proto, name, attrs)
+            return
+        try:
+            since = onnx.defs.get_schema(proto.op_type, self.opset, "").since_version
+        except onnx.defs.SchemaError:
+            raise CompileError(f"op {proto.op_type} does not exist at opset {self.opset}",
+                               name) from None
+        convert_node(self, proto.op_type, list(proto.input), list(proto.output), attrs, name,
+                     since)
+
+    def _constant(self, proto: onnx.NodeProto, name: str, attrs: dict[str, Any]) -> None:
+        if len(attrs) != 1 or len(proto.output) != 1 or proto.input:
+            raise CompileError("Constant needs exactly one value attribute, no inputs and one "
+                               "output", name)
+        (key, value), = attrs.items()
+        if key == "value":
+            array = value
+        elif key == "value_float":
+            array = np.array(value, dtype=np.float32)
+        elif key == "value_floats":
+            array = np.array(value, dtype=np.float32).reshape(len(value))
+        elif key == "value_int":
+            array = np.array(value, dtype=np.int64)
+        elif key == "value_ints":
+            array = np.array(value, dtype=np.int64).reshape(len(value))
+        else:
+            raise CompileError(f"Constant with attribute '{key}' is not supported "
+                               "(string and sparse constants cannot be compiled)", name)
+        self._set_param(proto.output[0], array)
+
+    def _fold(self, node: Node, types: list[TensorType]) -> bool:
+        """Evaluate ``node`` now if its inputs are constants; return whether it was folded."""
+        present = [i for i in node.inputs if i]
+        if not present or node.op in NONDETERMINISTIC:
+            return False
+        params = self.graph.params
+        type_only = node.op in TYPE_ONLY
+        if not type_only and not all(i in params for i in present):
+            return False
+        if sum(t.nbytes for t in types) > self.fold_limit:
+            return False
+        args, in_types = [], []
+        for i in node.inputs:
+            if not i:
+                args.append(None)
+                in_types.append(None)
+                continue
+            t = self.graph.types[i]
+            # Shape/Size only look at the type: a zero-strided stand-in costs no memory.
+            args.append(params[i] if i in params else np.broadcast_to(t.dtype.np.type(0), t.shape))
+            in_types.append(t)
+        try:
+            with np.errstate(all="ignore"):
+                results = run_reference(node, args, in_types)
+        except CompileError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any numpy failure of a reference is the model's
+            raise CompileError(f"{node.op}: constant folding failed ({type(e).__name__}: {e})",
+                               node.name) from None
+        for out, value, ttype in zip(node.outputs, results, types):
+            if not out:
+                continue
+            if value.shape != ttype.shape or value.dtype != ttype.dtype.np:
+                raise CompileError(f"{node.op}: reference produced {value.dtype}"
+                                   f"{list(value.shape)}, inferred {ttype}", node.name)
+            self._set_param(out, np.array(value))
+        return True
+
+    # ---- finishing ------------------------------------------------------------------------------
+
+    def finish(self) -> Graph:
+        g = self.graph
+        g.outputs = [o.name for o in self.proto.output]
+        for vi in self.proto.output:
+            self._check_output_type(vi)
+        _eliminate_dead(g)
+        return g.verify()
+
+    def _check_output_type(self, vi: onnx.ValueInfoProto) -> None:
+        if vi.type.WhichOneof("value") != "tensor_type":
+            if vi.type.WhichOneof("value") is None:
+                return
+            raise CompileError(f"graph output '{vi.name}' is not a tensor")
+        tt = vi.type.tensor_type
+        got = self.graph.types[vi.name]
+        if tt.elem_type and elem_dtype(tt.elem_type, f"graph output '{vi.name}'") != got.dtype:
+            raise CompileError(f"graph output '{vi.name}' is declared "
+                               f"{onnx.TensorProto.DataType.Name(tt.elem_type)} but computes "
+                               f"{got.dtype.value}")
+        if tt.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            if len(dims) != got.rank or any(d is not None and d != s
+                                            for d, s in zip(dims, got.shape)):
+                raise CompileError(f"graph output '{vi.name}' is declared with shape "
+                                   f"{_dims_text(tt)} but computes {list(got.shape)}")
+
+
+def _dims_text(tt: onnx.TypeProto.Tensor) -> str:
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+                           for d in tt.shape.dim) + "]"
+
+
+def _eliminate_dead(g: Graph) -> None:
+    """Drop nodes no graph output depends on, and parameters nothing reads."""
+    live = set(g.outputs)
+    kept: list[Node] = []
+    for node in reversed(g.nodes):
+        if any(o in live for o in node.outputs if o):
+            kept.append(node)
+            live.update(i for i in node.inputs if i)
+    g.nodes = kept[::-1]
+    for name in list(g.params):
+        if name not in live:
+            del g.params[name]
+    produced = set(g.inputs) | set(g.params) | {o for n in g.nodes for o in n.outputs if o}
+    for name in list(g.types):
+        if name not in produced:
+            del g.types[name]

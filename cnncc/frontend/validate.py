@@ -1,0 +1,152 @@
+"""Model-level checks on the ONNX proto, run before any tensor is decoded or any node converted.
+
+Order matters for the user: first the opset, then ONE error listing every unsupported op, then the
+structure (duplicate names, dangling inputs, cycles), then the ONNX checker.
+"""
+from __future__ import annotations
+
+import networkx as nx
+import onnx
+
+from cnncc.ir import OP_TABLE, CompileError
+
+from .opset import RENAMED_OPS
+
+MIN_OPSET = 7
+DEFAULT_DOMAINS = ("", "ai.onnx")
+# Ops the frontend turns into parameters itself (not through the op table).
+FRONTEND_OPS = {"Constant"}
+
+
+def newest_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default ONNX domain the model imports, checked to be in range."""
+    versions = [o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
+    if not versions:
+        raise CompileError("the model imports no opset of the default ONNX domain "
+                           "(opset_import has no entry for '' / 'ai.onnx')")
+    if len(set(versions)) > 1:
+        raise CompileError(f"the model imports the default ONNX domain twice, with versions "
+                           f"{sorted(set(versions))}")
+    version = versions[0]
+    top = newest_opset()
+    if not MIN_OPSET <= version <= top:
+        raise CompileError(f"opset {version} is not supported: cnncc imports ONNX opsets "
+                           f"{MIN_OPSET}..{top}")
+    return version
+
+
+def is_supported_op(op_type: str, domain: str) -> bool:
+    if domain not in DEFAULT_DOMAINS:
+        return False
+    return op_type in FRONTEND_OPS or RENAMED_OPS.get(op_type, op_type) in OP_TABLE
+
+
+def check_ops(model: onnx.ModelProto, opset: int) -> None:
+    """Raise ONE CompileError listing every unsupported op type with its node names."""
+    missing: dict[str, list[str]] = {}
+    for idx, node in enumerate(model.graph.node):
+        if not is_supported_op(node.op_type, node.domain):
+            key = node.op_type if node.domain in DEFAULT_DOMAINS \
+                else f"{node.domain}.{node.op_type}"
+            missing.setdefault(key, []).append(node.name or f"#{idx}")
+    if missing:
+        parts = []
+        for op, names in sorted(missing.items()):
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} nodes)" if len(names) > 8 else "")
+            parts.append(f"{op} (nodes: {shown})")
+        raise CompileError(f"unsupported op(s) in this model (opset {opset}): " + "; ".join(parts))
+
+
+def node_label(node: onnx.NodeProto, idx: int) -> str:
+    return node.name or f"{node.op_type}#{idx}"
+
+
+def check_structure(graph: onnx.GraphProto) -> list[int]:
+    """Check names and dataflow; return the node indices in a topological order.
+
+    Nodes need not be sorted in the file (they are sorted here); a real cycle, a value defined
+    twice, a duplicate name or an input that nothing defines is a CompileError.
+    """
+    inits = [t.name for t in graph.initializer]
+    _no_duplicates(inits, "initializer")
+    inputs = [i.name for i in graph.input]
+    _no_duplicates(inputs, "graph input")
+    _no_duplicates([o.name for o in graph.output], "graph output")
+    for name in inputs + inits:
+        if not name:
+            raise CompileError("a graph input or initializer has an empty name")
+    if graph.sparse_initializer:
+        raise CompileError("sparse initializers are not supported "
+                           f"('{graph.sparse_initializer[0].values.name}')")
+    defined: dict[str, int] = {}          # value -> producing node index (-1: input/initializer)
+    for name in inputs + inits:
+        defined[name] = -1
+    names: set[str] = set()
+    for idx, node in enumerate(graph.node):
+        label = node_label(node, idx)
+        if node.name:
+            if node.name in names:
+                raise CompileError(f"duplicate node name '{node.name}'", node.name)
+            names.add(node.name)
+        for out in node.output:
+            if not out:
+                continue
+            if out in defined:
+                where = ("a graph input or initializer" if defined[out] < 0 else
+                         f"node '{node_label(graph.node[defined[out]], defined[out])}'")
+                raise CompileError(f"value '{out}' is defined twice (also by {where})", label)
+            defined[out] = idx
+    dg = nx.DiGraph()
+    dg.add_nodes_from(range(len(graph.node)))
+    for idx, node in enumerate(graph.node):
+        for name in node.input:
+            if not name:
+                continue
+            if name not in defined:
+                raise CompileError(f"input '{name}' of node '{node_label(node, idx)}' is never "
+                                   "defined (not a graph input, initializer or node output)",
+                                   node_label(node, idx))
+            if defined[name] >= 0:
+                dg.add_edge(defined[name], idx)
+    for out in graph.output:
+        if out.name not in defined:
+            raise CompileError(f"graph output '{out.name}' is never produced")
+    try:
+        return list(nx.lexicographical_topological_sort(dg))
+    except nx.NetworkXUnfeasible:
+        cycle = nx.find_cycle(dg)
+        text = " -> ".join(node_label(graph.node[a], a) for a, _ in cycle)
+        raise CompileError(f"the graph has a cycle: {text} -> "
+                           f"{node_label(graph.node[cycle[0][0]], cycle[0][0])}") from None
+
+
+def _no_duplicates(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise CompileError(f"duplicate {what} name '{name}'")
+        seen.add(name)
+
+
+def run_checker(model: onnx.ModelProto) -> None:
+    """The ONNX checker as an extra line of defence; its complaints become CompileErrors.
+
+    Skipped for models with external data (the checker would try to open the files itself, with
+    none of our confinement rules) and for models too large to serialize.
+    """
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            return
+    try:
+        if model.ByteSize() >= 2**31:
+            return
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise CompileError(f"the ONNX checker rejects the model: {first}") from None
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise CompileError(f"the ONNX checker failed on the model: {e}") from None

@@ -1,0 +1,63 @@
+"""Graph passes and the one explicit pipeline that runs them.
+
+Every pass is a function ``Graph -> Graph`` (taking the PassContext too) that returns a new graph;
+after each one the graph is verified and, on request, dumped (CNNCC_DUMP=passes or =PASS_NAME).
+opt_level 0 runs nothing: every op stays its own kernel, in NCHW (the "unfused" baseline).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..debug import dump, dump_enabled
+from ..ir import Graph
+from .canonicalize import canonicalize
+from .eliminate_dead_code import eliminate_dead_code
+from .fold_batch_norm import fold_batch_norm
+from .fold_constants import fold_constants
+
+
+@dataclass
+class PassContext:
+    opt_level: int = 3
+    target: str = "llvm"
+    skip: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    run: Callable[[Graph, PassContext], Graph]
+    min_level: int        # the lowest opt_level that runs it
+
+
+PIPELINE: list[Pass] = [
+    Pass("canonicalize", canonicalize, 1),
+    Pass("fold_constants", fold_constants, 1),
+    Pass("fold_batch_norm", fold_batch_norm, 1),
+    Pass("eliminate_dead_code", eliminate_dead_code, 1),
+]
+PASS_NAMES = [p.name for p in PIPELINE]
+
+
+def enabled_passes(ctx: PassContext) -> list[Pass]:
+    unknown = set(ctx.skip) - set(PASS_NAMES)
+    if unknown:
+        from ..ir import CompileError
+        raise CompileError(f"unknown pass(es) to skip: {sorted(unknown)} (passes: {PASS_NAMES})")
+    return [p for p in PIPELINE if ctx.opt_level >= p.min_level and p.name not in ctx.skip]
+
+
+def run_pipeline(graph: Graph, ctx: PassContext,
+                 after_pass: Callable[[str, Graph], None] | None = None) -> Graph:
+    """Run the enabled passes in order; ``after_pass(name, graph)`` sees every intermediate graph."""
+    for p in enabled_passes(ctx):
+        graph = p.run(graph, ctx).verify()
+        if dump_enabled("passes") or dump_enabled(p.name):
+            dump(p.name, f"after {p.name}", str(graph))
+        if after_pass is not None:
+            after_pass(p.name, graph)
+    return graph
+
+
+__all__ = ["PassContext", "Pass", "PIPELINE", "PASS_NAMES", "run_pipeline", "enabled_passes"]

@@ -1,0 +1,291 @@
+"""Expression utilities for the loop IR: substitution, free variables, linear (affine) forms,
+interval bounds and a small simplifier (constant folding, identities, affine normalization).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .loop import (BOOL, And, Allocate, Bin, Call, Cast, Cmp, Const, Expr, For, If, Let, Load, Not,
+                   Or, Select, Seq, Stmt, Store, Var)
+
+
+# ---- generic traversal ---------------------------------------------------------------------------
+
+def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
+    """Rebuild ``e`` bottom-up; ``fn`` may return a replacement for a node (or None to keep)."""
+    r = fn(e)
+    if r is not None:
+        return r
+    if isinstance(e, (Var, Const)):
+        return e
+    if isinstance(e, Bin):
+        return Bin(e.op, map_expr(e.a, fn), map_expr(e.b, fn))
+    if isinstance(e, Cmp):
+        return Cmp(e.op, map_expr(e.a, fn), map_expr(e.b, fn))
+    if isinstance(e, And):
+        return And(map_expr(e.a, fn), map_expr(e.b, fn))
+    if isinstance(e, Or):
+        return Or(map_expr(e.a, fn), map_expr(e.b, fn))
+    if isinstance(e, Not):
+        return Not(map_expr(e.a, fn))
+    if isinstance(e, Select):
+        return Select(map_expr(e.cond, fn), map_expr(e.a, fn), map_expr(e.b, fn))
+    if isinstance(e, Cast):
+        return Cast(e.dtype, map_expr(e.a, fn))
+    if isinstance(e, Call):
+        return Call(e.fn, tuple(map_expr(a, fn) for a in e.args), e.dtype)
+    if isinstance(e, Load):
+        return Load(e.buf, tuple(map_expr(i, fn) for i in e.indices))
+    raise TypeError(f"unknown expression {type(e).__name__}")
+
+
+def map_stmt(s: Stmt, efn: Callable[[Expr], Expr]) -> Stmt:
+    """Apply ``efn`` to every expression of a statement tree (structure kept)."""
+    if isinstance(s, For):
+        return For(s.var, efn(s.extent), map_stmt(s.body, efn), s.kind, efn(s.start))
+    if isinstance(s, Store):
+        return Store(s.buf, tuple(efn(i) for i in s.indices), efn(s.value))
+    if isinstance(s, Seq):
+        return Seq([map_stmt(x, efn) for x in s.stmts])
+    if isinstance(s, If):
+        return If(efn(s.cond), map_stmt(s.then, efn),
+                  None if s.else_ is None else map_stmt(s.else_, efn))
+    if isinstance(s, Let):
+        return Let(s.var, efn(s.value), map_stmt(s.body, efn))
+    if isinstance(s, Allocate):
+        return Allocate(s.buf, map_stmt(s.body, efn))
+    raise TypeError(f"unknown statement {type(s).__name__}")
+
+
+def substitute(e: Expr, mapping: dict) -> Expr:
+    """Replace variables (keyed by Var or by name; matched by name) with expressions."""
+    by_name = {k.name if isinstance(k, Var) else k: v for k, v in mapping.items()}
+
+    def fn(x):
+        if isinstance(x, Var):
+            return by_name.get(x.name)
+        return None
+    return map_expr(e, fn)
+
+
+def substitute_stmt(s: Stmt, mapping: dict) -> Stmt:
+    return map_stmt(s, lambda e: simplify(substitute(e, mapping)))
+
+
+def walk_exprs(e: Expr):
+    """Yield every sub-expression of ``e`` (pre-order)."""
+    yield e
+    for child in _children(e):
+        yield from walk_exprs(child)
+
+
+def _children(e: Expr) -> tuple:
+    if isinstance(e, (Bin, Cmp, And, Or)):
+        return (e.a, e.b)
+    if isinstance(e, (Not, Cast)):
+        return (e.a,)
+    if isinstance(e, Select):
+        return (e.cond, e.a, e.b)
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, Load):
+        return e.indices
+    return ()
+
+
+def stmt_exprs(s: Stmt):
+    """Yield every top-level expression of a statement tree (with the statement holding it)."""
+    if isinstance(s, For):
+        yield s, s.start
+        yield s, s.extent
+        yield from stmt_exprs(s.body)
+    elif isinstance(s, Store):
+        for i in s.indices:
+            yield s, i
+        yield s, s.value
+    elif isinstance(s, Seq):
+        for x in s.stmts:
+            yield from stmt_exprs(x)
+    elif isinstance(s, If):
+        yield s, s.cond
+        yield from stmt_exprs(s.then)
+        if s.else_ is not None:
+            yield from stmt_exprs(s.else_)
+    elif isinstance(s, Let):
+        yield s, s.value
+        yield from stmt_exprs(s.body)
+    elif isinstance(s, Allocate):
+        yield from stmt_exprs(s.body)
+
+
+def walk_stmts(s: Stmt):
+    yield s
+    if isinstance(s, (For, Let, Allocate)):
+        yield from walk_stmts(s.body)
+    elif isinstance(s, Seq):
+        for x in s.stmts:
+            yield from walk_stmts(x)
+    elif isinstance(s, If):
+        yield from walk_stmts(s.then)
+        if s.else_ is not None:
+            yield from walk_stmts(s.else_)
+
+
+def free_vars(e: Expr) -> set[str]:
+    return {x.name for x in walk_exprs(e) if isinstance(x, Var)}
+
+
+def uses_var(e: Expr, name: str) -> bool:
+    return name in free_vars(e)
+
+
+# ---- affine forms --------------------------------------------------------------------------------
+
+def linear(e: Expr) -> dict | None:
+    """``e`` as {var name: coefficient, 1: constant} when it is affine in integer vars, else None.
+
+    Variables are keyed by name; None means "not affine" (e.g. a floordiv or a load inside).
+    """
+    if e.dtype.is_float:
+        return None
+    if isinstance(e, Const):
+        return {1: int(e.value)}
+    if isinstance(e, Var):
+        return {e.name: 1}
+    if isinstance(e, Bin) and e.op in ("add", "sub"):
+        a, b = linear(e.a), linear(e.b)
+        if a is None or b is None:
+            return None
+        sign = 1 if e.op == "add" else -1
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = out.get(k, 0) + sign * v
+        return {k: v for k, v in out.items() if v != 0 or k == 1}
+    if isinstance(e, Bin) and e.op == "mul":
+        a, b = linear(e.a), linear(e.b)
+        if a is None or b is None:
+            return None
+        if set(a) <= {1}:
+            a, b = b, a
+        if not set(b) <= {1}:
+            return None
+        c = b.get(1, 0)
+        return {k: v * c for k, v in a.items() if v * c != 0 or k == 1}
+    return None
+
+
+def from_linear(form: dict) -> Expr:
+    """Rebuild an expression from a linear form (variables sorted by name: deterministic)."""
+    out: Expr | None = None
+    for k in sorted((k for k in form if k != 1), key=str):
+        c = form[k]
+        term = Var(k) if c == 1 else Var(k) * Const(c)
+        out = term if out is None else out + term
+    c = form.get(1, 0)
+    if out is None:
+        return Const(c)
+    return out + Const(c) if c else out
+
+
+def coefficient(e: Expr, name: str) -> int | None:
+    """The coefficient of var ``name`` in ``e`` if e = coef*name + rest (rest free of name)."""
+    if not uses_var(e, name):
+        return 0
+    form = linear(e)
+    if form is not None:
+        return form.get(name, 0)
+    if isinstance(e, Bin) and e.op in ("add", "sub"):
+        a, b = coefficient(e.a, name), coefficient(e.b, name)
+        if a is None or b is None:
+            return None
+        return a + b if e.op == "add" else a - b
+    return None
+
+
+def bounds(e: Expr, ranges: dict[str, tuple[Expr, Expr]]) -> tuple[Expr, Expr] | None:
+    """Inclusive (lo, hi) of an affine ``e`` when each var in ``ranges`` spans [lo, hi]."""
+    form = linear(e)
+    if form is None:
+        return None
+    lo: dict = {1: form.get(1, 0)}
+    hi: dict = {1: form.get(1, 0)}
+    for k, c in form.items():
+        if k == 1:
+            continue
+        if k in ranges:
+            vlo, vhi = (linear(x) for x in ranges[k])
+            if vlo is None or vhi is None:
+                return None
+            a, b = (vlo, vhi) if c > 0 else (vhi, vlo)
+            for kk, vv in a.items():
+                lo[kk] = lo.get(kk, 0) + c * vv
+            for kk, vv in b.items():
+                hi[kk] = hi.get(kk, 0) + c * vv
+        else:
+            lo[k] = lo.get(k, 0) + c
+            hi[k] = hi.get(k, 0) + c
+    return from_linear(lo), from_linear(hi)
+
+
+# ---- simplifier ----------------------------------------------------------------------------------
+
+def simplify(e: Expr) -> Expr:
+    """Fold constants and identities; normalize integer affine expressions."""
+    return map_expr(e, _simplify_node)
+
+
+def _simplify_node(e: Expr) -> Expr | None:
+    if isinstance(e, Bin):
+        a, b = simplify(e.a), simplify(e.b)
+        if isinstance(a, Const) and isinstance(b, Const) and not (
+                e.op in ("div", "floordiv", "mod") and b.value == 0):
+            return Const(_fold(e.op, a.value, b.value, e.dtype.is_float), e.dtype)
+        if not e.dtype.is_float:
+            r = Bin(e.op, a, b)
+            form = linear(r)
+            if form is not None:
+                return from_linear(form)
+            if e.op in ("floordiv", "mod") and isinstance(b, Const) and b.value == 1:
+                return a if e.op == "floordiv" else Const(0, e.dtype)
+            if e.op == "mul" and ((isinstance(a, Const) and a.value == 0)
+                                  or (isinstance(b, Const) and b.value == 0)):
+                return Const(0, e.dtype)
+            return r
+        return Bin(e.op, a, b)
+    if isinstance(e, Cmp):
+        a, b = simplify(e.a), simplify(e.b)
+        if isinstance(a, Const) and isinstance(b, Const):
+            return Const(_cmp(e.op, a.value, b.value), BOOL)
+        return Cmp(e.op, a, b)
+    return None
+
+
+def _fold(op: str, a, b, is_float: bool):
+    if op == "add":
+        return a + b
+    if op == "sub":
+        return a - b
+    if op == "mul":
+        return a * b
+    if op == "min":
+        return min(a, b)
+    if op == "max":
+        return max(a, b)
+    if op == "div":
+        return a / b if is_float else int(a / b)
+    if op == "floordiv":
+        return a // b
+    if op == "mod":
+        return a % b
+    raise ValueError(op)
+
+
+def _cmp(op: str, a, b) -> bool:
+    return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b, "eq": a == b,
+            "ne": a != b}[op]
+
+
+def const_value(e: Expr) -> int | None:
+    """The integer value of ``e`` if it simplifies to a constant."""
+    s = simplify(e)
+    return int(s.value) if isinstance(s, Const) else None

@@ -1,0 +1,305 @@
+"""The loop IR: kernels as explicit loop nests over buffers (what schedules transform and
+backends print as LLVM IR or CUDA C).
+
+Expressions are immutable dataclasses; Python operators build them (``i * 4 + j``), and plain ints
+and floats become constants. min(a, b) = (b < a ? b : a), max(a, b) = (a < b ? b : a): a NaN in
+the first operand propagates (put the data operand first). Statements are For / Store / Seq / If / Let / Allocate. A Kernel has
+global Buffer parameters passed by pointer; local buffers come from Allocate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Union
+
+from .dtypes import DType
+
+LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "gpu_block", "gpu_thread")
+BIN_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max")
+CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
+MATH_FNS = ("exp", "log", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "sigmoid", "round",
+            "sin", "cos")
+
+I64 = DType.int64
+F32 = DType.float32
+BOOL = DType.bool
+
+
+class Expr:
+    """Base of expressions. ``dtype`` is the element type of the value."""
+
+    dtype: DType
+
+    def __add__(self, o): return Bin("add", self, wrap(o, self.dtype))
+    def __radd__(self, o): return Bin("add", wrap(o, self.dtype), self)
+    def __sub__(self, o): return Bin("sub", self, wrap(o, self.dtype))
+    def __rsub__(self, o): return Bin("sub", wrap(o, self.dtype), self)
+    def __mul__(self, o): return Bin("mul", self, wrap(o, self.dtype))
+    def __rmul__(self, o): return Bin("mul", wrap(o, self.dtype), self)
+    def __truediv__(self, o): return Bin("div", self, wrap(o, self.dtype))
+    def __rtruediv__(self, o): return Bin("div", wrap(o, self.dtype), self)
+    def __floordiv__(self, o): return Bin("floordiv", self, wrap(o, self.dtype))
+    def __mod__(self, o): return Bin("mod", self, wrap(o, self.dtype))
+    def __neg__(self): return Bin("sub", Const(0, self.dtype), self)
+    def __lt__(self, o): return Cmp("lt", self, wrap(o, self.dtype))
+    def __le__(self, o): return Cmp("le", self, wrap(o, self.dtype))
+    def __gt__(self, o): return Cmp("gt", self, wrap(o, self.dtype))
+    def __ge__(self, o): return Cmp("ge", self, wrap(o, self.dtype))
+
+    def max(self, o) -> "Expr": return Bin("max", self, wrap(o, self.dtype))
+    def min(self, o) -> "Expr": return Bin("min", self, wrap(o, self.dtype))
+    def eq(self, o) -> "Expr": return Cmp("eq", self, wrap(o, self.dtype))
+    def ne(self, o) -> "Expr": return Cmp("ne", self, wrap(o, self.dtype))
+
+    # Dataclass eq=False keeps identity hashing; structural comparison is `same(a, b)`.
+    __hash__ = object.__hash__
+
+
+def wrap(v, dtype: DType = I64) -> Expr:
+    """Turn a Python number into a Const (of ``dtype``'s kind); pass an Expr through."""
+    if isinstance(v, Expr):
+        return v
+    if isinstance(v, bool):
+        return Const(v, BOOL)
+    if isinstance(v, int):
+        return Const(v, dtype if not dtype.is_float else dtype)
+    if isinstance(v, float):
+        return Const(v, dtype if dtype.is_float else F32)
+    raise TypeError(f"cannot use {type(v).__name__} as a loop IR expression")
+
+
+@dataclass(eq=False)
+class Var(Expr):
+    name: str
+    dtype: DType = I64
+
+
+@dataclass(eq=False)
+class Const(Expr):
+    value: Union[int, float, bool]
+    dtype: DType = I64
+
+    def __post_init__(self):
+        if self.dtype.is_float:
+            self.value = float(self.value)
+        elif self.dtype is BOOL:
+            self.value = bool(self.value)
+        else:
+            self.value = int(self.value)
+
+
+@dataclass(eq=False)
+class Bin(Expr):
+    op: str
+    a: Expr
+    b: Expr
+
+    def __post_init__(self):
+        assert self.op in BIN_OPS, self.op
+        if self.a.dtype != self.b.dtype:
+            raise TypeError(f"{self.op}: operand types differ ({self.a.dtype} vs {self.b.dtype})")
+        self.dtype = self.a.dtype
+
+
+@dataclass(eq=False)
+class Cmp(Expr):
+    op: str
+    a: Expr
+    b: Expr
+
+    def __post_init__(self):
+        assert self.op in CMP_OPS, self.op
+        if self.a.dtype != self.b.dtype:
+            raise TypeError(f"{self.op}: operand types differ ({self.a.dtype} vs {self.b.dtype})")
+        self.dtype = BOOL
+
+
+@dataclass(eq=False)
+class And(Expr):
+    a: Expr
+    b: Expr
+    dtype: DType = BOOL
+
+
+@dataclass(eq=False)
+class Or(Expr):
+    a: Expr
+    b: Expr
+    dtype: DType = BOOL
+
+
+@dataclass(eq=False)
+class Not(Expr):
+    a: Expr
+    dtype: DType = BOOL
+
+
+@dataclass(eq=False)
+class Select(Expr):
+    cond: Expr
+    a: Expr
+    b: Expr
+
+    def __post_init__(self):
+        if self.a.dtype != self.b.dtype:
+            raise TypeError(f"select: branch types differ ({self.a.dtype} vs {self.b.dtype})")
+        self.dtype = self.a.dtype
+
+
+@dataclass(eq=False)
+class Cast(Expr):
+    dtype: DType
+    a: Expr
+
+
+@dataclass(eq=False)
+class Call(Expr):
+    fn: str
+    args: tuple
+    dtype: DType = F32
+
+    def __post_init__(self):
+        assert self.fn in MATH_FNS, self.fn
+        self.args = tuple(self.args)
+
+
+@dataclass(eq=False)
+class Buffer:
+    """A dense row-major array: a kernel parameter (scope global) or a local scratch array."""
+
+    name: str
+    dtype: DType
+    shape: tuple
+    scope: str = "global"
+
+    def __post_init__(self):
+        self.shape = tuple(int(d) for d in self.shape)
+        assert self.scope in ("global", "local"), self.scope
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+    def __getitem__(self, idx) -> "Load":
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        return Load(self, tuple(wrap(i) for i in idx))
+
+    __hash__ = object.__hash__
+
+
+@dataclass(eq=False)
+class Load(Expr):
+    buf: Buffer
+    indices: tuple
+
+    def __post_init__(self):
+        if len(self.indices) != len(self.buf.shape):
+            raise IndexError(f"load {self.buf.name}: {len(self.indices)} indices for rank "
+                             f"{len(self.buf.shape)}")
+        self.dtype = self.buf.dtype
+
+
+class Stmt:
+    """Base of statements."""
+    __hash__ = object.__hash__
+
+
+@dataclass(eq=False)
+class For(Stmt):
+    var: Var
+    extent: Expr
+    body: Stmt
+    kind: str = "serial"
+    start: Expr = field(default_factory=lambda: Const(0))
+
+    def __post_init__(self):
+        assert self.kind in LOOP_KINDS, self.kind
+        self.extent = wrap(self.extent)
+        self.start = wrap(self.start)
+
+
+@dataclass(eq=False)
+class Store(Stmt):
+    buf: Buffer
+    indices: tuple
+    value: Expr
+
+    def __post_init__(self):
+        self.indices = tuple(wrap(i) for i in self.indices)
+        self.value = wrap(self.value, self.buf.dtype)
+        if len(self.indices) != len(self.buf.shape):
+            raise IndexError(f"store {self.buf.name}: {len(self.indices)} indices for rank "
+                             f"{len(self.buf.shape)}")
+        if self.value.dtype != self.buf.dtype:
+            raise TypeError(f"store {self.buf.name}: value is {self.value.dtype}, buffer is "
+                            f"{self.buf.dtype}")
+
+
+@dataclass(eq=False)
+class Seq(Stmt):
+    stmts: list
+
+
+@dataclass(eq=False)
+class If(Stmt):
+    cond: Expr
+    then: Stmt
+    else_: Stmt | None = None
+
+
+@dataclass(eq=False)
+class Let(Stmt):
+    var: Var
+    value: Expr
+    body: Stmt
+
+
+@dataclass(eq=False)
+class Allocate(Stmt):
+    buf: Buffer
+    body: Stmt
+
+
+@dataclass(eq=False)
+class Kernel:
+    name: str
+    params: list
+    body: Stmt
+
+    def __str__(self) -> str:
+        from .loop_printer import format_kernel
+        return format_kernel(self)
+
+
+def seq(*stmts) -> Stmt:
+    """A Seq of the given statements, flattened; a single statement is returned as is."""
+    out: list = []
+    for s in stmts:
+        if s is None:
+            continue
+        if isinstance(s, Seq):
+            out.extend(s.stmts)
+        elif isinstance(s, (list, tuple)):
+            out.extend(seq(*s).stmts if len(s) else [])
+        else:
+            out.append(s)
+    return out[0] if len(out) == 1 else Seq(out)
+
+
+def loop_nest(names_extents, body_fn, kind: str = "serial") -> Stmt:
+    """Build perfectly nested serial loops: ``body_fn(*vars)`` gives the innermost statement."""
+    vars_ = [Var(n) for n, _ in names_extents]
+    stmt = body_fn(*vars_)
+    for v, (_, e) in reversed(list(zip(vars_, names_extents))):
+        stmt = For(v, e, stmt, kind)
+    return stmt
+
+
+def fma(a: Expr, b: Expr, c: Expr) -> Expr:
+    """a * b + c (codegen turns float mul+add into llvm.fma when fast-math contraction allows)."""
+    return a * b + c
+
+
+def call(fn: str, *args: Expr) -> Call:
+    args = tuple(wrap(a, F32) for a in args)
+    return Call(fn, args, args[0].dtype)

@@ -1,0 +1,137 @@
+"""A direct interpreter for loop IR kernels: the semantics of the loop IR, used by tests to check
+schedules and lowering on small shapes (scalar Python; every loop kind runs serially).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import CompileError
+from .loop import (Allocate, And, Bin, Call, Cast, Cmp, Const, Expr, For, If, Kernel, Let, Load,
+                   Not, Or, Select, Seq, Stmt, Store, Var)
+
+
+def _erf(x: float) -> float:
+    return math.erf(x)
+
+
+_MATH = {
+    "exp": lambda x: math.exp(x) if x < 709 else math.inf,
+    "log": lambda x: math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan),
+    "sqrt": lambda x: math.sqrt(x) if x >= 0 else math.nan,
+    "tanh": math.tanh, "erf": _erf, "abs": abs, "floor": math.floor, "ceil": math.ceil,
+    "sigmoid": lambda x: 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0,
+    "round": lambda x: float(np.round(x)), "sin": math.sin, "cos": math.cos,
+}
+
+
+def run_kernel(kernel: Kernel, arrays: dict[str, np.ndarray]) -> None:
+    """Execute ``kernel`` in place on ``arrays`` (one contiguous array per param, by name)."""
+    mem = {}
+    for b in kernel.params:
+        a = arrays[b.name]
+        if a.shape != b.shape or a.dtype != b.dtype.np:
+            raise CompileError(f"run_kernel: {b.name} is {a.dtype}{list(a.shape)}, kernel expects "
+                               f"{b.dtype}{list(b.shape)}")
+        mem[b.name] = a
+    _Interp(mem).stmt(kernel.body, {})
+
+
+class _Interp:
+    def __init__(self, mem: dict[str, np.ndarray]):
+        self.mem = mem
+
+    def stmt(self, s: Stmt, env: dict) -> None:
+        if isinstance(s, For):
+            start, ext = int(self.expr(s.start, env)), int(self.expr(s.extent, env))
+            for i in range(start, start + ext):
+                env[s.var.name] = i
+                self.stmt(s.body, env)
+            env.pop(s.var.name, None)
+        elif isinstance(s, Store):
+            idx = self._index(s.buf, s.indices, env)
+            self.mem[s.buf.name][idx] = self.expr(s.value, env)
+        elif isinstance(s, Seq):
+            for x in s.stmts:
+                self.stmt(x, env)
+        elif isinstance(s, If):
+            if self.expr(s.cond, env):
+                self.stmt(s.then, env)
+            elif s.else_ is not None:
+                self.stmt(s.else_, env)
+        elif isinstance(s, Let):
+            env[s.var.name] = self.expr(s.value, env)
+            self.stmt(s.body, env)
+            env.pop(s.var.name, None)
+        elif isinstance(s, Allocate):
+            # Fresh garbage-free scratch; NaN for floats so that reads before writes show up.
+            fill = np.nan if s.buf.dtype.is_float else 0
+            self.mem[s.buf.name] = np.full(s.buf.shape, fill, s.buf.dtype.np)
+            self.stmt(s.body, env)
+            del self.mem[s.buf.name]
+        else:
+            raise TypeError(f"unknown statement {type(s).__name__}")
+
+    def _index(self, buf, indices, env) -> tuple:
+        idx = tuple(int(self.expr(i, env)) for i in indices)
+        for i, d in zip(idx, buf.shape):
+            if not 0 <= i < d:
+                raise IndexError(f"{buf.name}{list(idx)} out of bounds {list(buf.shape)}")
+        return idx
+
+    def expr(self, e: Expr, env: dict):
+        if isinstance(e, Var):
+            return env[e.name]
+        if isinstance(e, Const):
+            return e.dtype.np.type(e.value)
+        if isinstance(e, Bin):
+            a, b = self.expr(e.a, env), self.expr(e.b, env)
+            return _bin(e.op, a, b, e.dtype)
+        if isinstance(e, Cmp):
+            a, b = self.expr(e.a, env), self.expr(e.b, env)
+            return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b, "eq": a == b,
+                    "ne": a != b}[e.op]
+        if isinstance(e, And):
+            return bool(self.expr(e.a, env)) and bool(self.expr(e.b, env))
+        if isinstance(e, Or):
+            return bool(self.expr(e.a, env)) or bool(self.expr(e.b, env))
+        if isinstance(e, Not):
+            return not self.expr(e.a, env)
+        if isinstance(e, Select):
+            # Both sides evaluated, as in generated code (a select is not a branch).
+            a, b = self.expr(e.a, env), self.expr(e.b, env)
+            return a if self.expr(e.cond, env) else b
+        if isinstance(e, Cast):
+            return e.dtype.np.type(self.expr(e.a, env))
+        if isinstance(e, Call):
+            args = [float(self.expr(a, env)) for a in e.args]
+            return e.dtype.np.type(_MATH[e.fn](*args))
+        if isinstance(e, Load):
+            return self.mem[e.buf.name][self._index(e.buf, e.indices, env)]
+        raise TypeError(f"unknown expression {type(e).__name__}")
+
+
+def _bin(op: str, a, b, dtype):
+    t = dtype.np.type
+    with np.errstate(all="ignore"):
+        if op == "add":
+            return t(a + b)
+        if op == "sub":
+            return t(a - b)
+        if op == "mul":
+            return t(a * b)
+        if op == "div":
+            if dtype.is_float:
+                return t(np.divide(t(a), t(b)))
+            return t(int(int(a) / int(b)))
+        if op == "floordiv":
+            return t(int(a) // int(b))
+        if op == "mod":
+            return t(int(a) % int(b))
+        # min/max are selects (as generated code does): a NaN in ``a`` propagates.
+        if op == "min":
+            return t(b if b < a else a)
+        if op == "max":
+            return t(b if a < b else a)
+    raise ValueError(op)

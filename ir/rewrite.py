@@ -1,0 +1,215 @@
+"""Pattern rewriting over the graph IR: rules as data, one driver.
+
+A rule is a pattern (a small tree of ops rooted at the node being rewritten) and a function that
+builds the replacement from what the pattern bound:
+
+    Rule("conv_bn", Op("BatchNormalization", Op("Conv", Any("x"), Param("w"), Opt(Param("b")),
+                                                 bind="conv"),
+                       Param("scale"), Param("bias"), Param("mean"), Param("var"), bind="bn"),
+         rewrite=fold)
+
+Matched interior nodes (all but the root) must have exactly one user and not be graph outputs, so
+a rewrite never duplicates work or drops a value somebody else reads. The replacement keeps the
+root's output names, so no use has to be renamed and types stay valid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any as AnyT, Callable, Iterable
+
+import numpy as np
+
+from .graph import Graph, Node
+from .ops import infer_node
+
+
+@dataclass(frozen=True)
+class Any:
+    """Matches any value (present input); binds its name."""
+    bind: str
+
+
+@dataclass(frozen=True)
+class Param:
+    """Matches a constant value (a graph param); binds its name."""
+    bind: str
+
+
+@dataclass(frozen=True)
+class Opt:
+    """Matches an omitted optional input too (binds None then)."""
+    inner: "Pattern"
+
+
+@dataclass(frozen=True)
+class Op:
+    """Matches a node of one of ``ops`` whose leading inputs match ``inputs`` (extra inputs are
+    allowed only when ``exact`` is False)."""
+    ops: str | tuple[str, ...]
+    inputs: tuple["Pattern", ...] = ()
+    bind: str | None = None
+    exact: bool = True
+    where: Callable[[Node], bool] | None = None
+
+    def __init__(self, ops, *inputs, bind=None, exact=True, where=None):
+        object.__setattr__(self, "ops", (ops,) if isinstance(ops, str) else tuple(ops))
+        object.__setattr__(self, "inputs", tuple(inputs))
+        object.__setattr__(self, "bind", bind)
+        object.__setattr__(self, "exact", exact)
+        object.__setattr__(self, "where", where)
+
+
+Pattern = Any | Param | Opt | Op
+
+
+@dataclass
+class Match:
+    root: Node
+    nodes: dict[str, Node] = field(default_factory=dict)      # bind -> matched node
+    values: dict[str, str | None] = field(default_factory=dict)  # bind -> value name
+    interior: list[Node] = field(default_factory=list)         # matched nodes other than root
+
+    def param(self, graph: Graph, bind: str) -> np.ndarray | None:
+        name = self.values.get(bind)
+        return None if name is None else graph.params[name]
+
+
+@dataclass
+class Rule:
+    name: str
+    pattern: Op
+    rewrite: Callable[["Builder", Match], bool]   # adds replacement nodes; False = declined
+
+
+class Builder:
+    """Collects the replacement nodes of one rewrite, inferring types as they are added."""
+
+    def __init__(self, graph: Graph, root: Node, replaced: list[Node]):
+        self.graph = graph
+        self.root = root
+        self.nodes: list[Node] = []
+        # Names of the nodes being replaced are free again (a folded conv keeps its name).
+        gone = {id(n) for n in replaced}
+        self._names = {n.name for n in graph.nodes if id(n) not in gone}
+
+    def param(self, base: str, value: np.ndarray) -> str:
+        return self.graph.add_param(base, value)
+
+    def node(self, op: str, inputs: Iterable[str], attrs: dict | None = None,
+             outputs: list[str] | None = None, name: str | None = None) -> list[str]:
+        base = name or f"{self.root.name}_{op.lower()}"
+        node_name = base
+        i = 1
+        while node_name in self._names:
+            node_name, i = f"{base}_{i}", i + 1
+        self._names.add(node_name)
+        if outputs is None:
+            outputs = [self.graph.fresh_name(node_name)]
+        node = Node(op, list(inputs), list(outputs), dict(attrs or {}), node_name)
+        for out, t in zip(node.outputs, infer_node(node, self.graph.types, self.graph.params)):
+            if out:
+                self.graph.types[out] = t
+        self.nodes.append(node)
+        return node.outputs
+
+
+def match(graph: Graph, node: Node, pattern: Op, producers: dict[str, Node],
+          users: dict[str, list[Node]]) -> Match | None:
+    m = Match(root=node)
+    outputs = set(graph.outputs)
+
+    def value(name: str, pat: Pattern, interior_ok: bool) -> bool:
+        if isinstance(pat, Opt):
+            if not name:
+                if isinstance(pat.inner, (Any, Param)):
+                    m.values[pat.inner.bind] = None
+                return True
+            return value(name, pat.inner, interior_ok)
+        if not name:
+            return False
+        if isinstance(pat, Any):
+            m.values[pat.bind] = name
+            return True
+        if isinstance(pat, Param):
+            if name not in graph.params:
+                return False
+            m.values[pat.bind] = name
+            return True
+        prod = producers.get(name)
+        if prod is None or len(users.get(name, [])) != 1 or name in outputs:
+            return False
+        if not node_match(prod, pat):
+            return False
+        m.interior.append(prod)
+        return True
+
+    def node_match(n: Node, pat: Op) -> bool:
+        if n.op not in pat.ops or (pat.where is not None and not pat.where(n)):
+            return False
+        if len(n.inputs) < len(pat.inputs) and not all(
+                isinstance(p, Opt) for p in pat.inputs[len(n.inputs):]):
+            return False
+        if pat.exact and len([i for i in n.inputs[len(pat.inputs):] if i]):
+            return False
+        for i, p in enumerate(pat.inputs):
+            if not value(n.inputs[i] if i < len(n.inputs) else "", p, True):
+                return False
+        if pat.bind:
+            m.nodes[pat.bind] = n
+        return True
+
+    return m if node_match(node, pattern) else None
+
+
+def apply_rules(graph: Graph, rules: list[Rule]) -> Graph:
+    """Apply ``rules`` until none matches; returns a new graph (the input is not modified)."""
+    g = graph.copy()
+    changed = True
+    while changed:
+        changed = False
+        producers, users = g.producers(), g.users()
+        for node in g.nodes:
+            for rule in rules:
+                m = match(g, node, rule.pattern, producers, users)
+                if m is None:
+                    continue
+                b = Builder(g, node, [*m.interior, node])
+                if not rule.rewrite(b, m):
+                    continue
+                _replace(g, [*m.interior, node], b.nodes, node)
+                changed = True
+                break
+            if changed:
+                break
+    return remove_unused_params(g)
+
+
+def _replace(g: Graph, old: list[Node], new: list[Node], root: Node) -> None:
+    gone = {id(n) for n in old}
+    at = next(i for i, n in enumerate(g.nodes) if n is root)
+    kept_before = [n for n in g.nodes[:at] if id(n) not in gone]
+    kept_after = [n for n in g.nodes[at + 1:] if id(n) not in gone]
+    g.nodes = kept_before + new + kept_after
+    live = {o for n in g.nodes for o in n.outputs} | set(g.inputs) | set(g.params)
+    for n in old:
+        for o in n.outputs:
+            if o not in live:
+                g.types.pop(o, None)
+
+
+def remove_unused_params(g: Graph) -> Graph:
+    used = {i for n in g.nodes for i in n.inputs} | set(g.outputs)
+    for name in [p for p in g.params if p not in used]:
+        del g.params[name]
+        g.types.pop(name, None)
+    return g
+
+
+def constant_args(graph: Graph, node: Node) -> list[AnyT] | None:
+    """The constant values of all of ``node``'s present inputs, or None if one is not constant."""
+    vals = []
+    for i in node.inputs:
+        if i and i not in graph.params:
+            return None
+        vals.append(graph.params[i] if i else None)
+    return vals

@@ -1,0 +1,248 @@
+"""Schedule primitives: legality-checked rewrites of a kernel's loop nest.
+
+    s = Schedule(kernel)
+    o, i = s.split("x", 8, mode="tail")
+    s.vectorize(i); s.parallel("y")
+    kernel = s.kernel            # str(s) prints the applied primitives and the loop nest
+
+Loops are named by their variable (unique within a kernel). Each primitive checks that it keeps
+the kernel's meaning (or raises ScheduleError naming what is wrong) and records itself in ``log``.
+"""
+from __future__ import annotations
+
+from .affine import (const_value, free_vars, simplify, stmt_exprs, substitute_stmt, uses_var,
+                     walk_exprs, walk_stmts)
+from .errors import CompileError
+from .loop import Allocate, Cmp, Const, For, If, Kernel, Let, Seq, Stmt, Store, Var, seq
+
+
+class ScheduleError(CompileError):
+    """A schedule primitive was applied where it would change the result (or cannot apply)."""
+
+
+def _rebuild(s: Stmt, target: Stmt, new: Stmt) -> Stmt:
+    """``s`` with the node ``target`` (by identity) replaced by ``new``."""
+    if s is target:
+        return new
+    if isinstance(s, For):
+        return For(s.var, s.extent, _rebuild(s.body, target, new), s.kind, s.start)
+    if isinstance(s, Seq):
+        return Seq([_rebuild(x, target, new) for x in s.stmts])
+    if isinstance(s, If):
+        return If(s.cond, _rebuild(s.then, target, new),
+                  None if s.else_ is None else _rebuild(s.else_, target, new))
+    if isinstance(s, Let):
+        return Let(s.var, s.value, _rebuild(s.body, target, new))
+    if isinstance(s, Allocate):
+        return Allocate(s.buf, _rebuild(s.body, target, new))
+    return s
+
+
+def _path(s: Stmt, name: str) -> list[Stmt] | None:
+    """Statements from ``s`` down to the loop whose var is ``name`` (inclusive), or None."""
+    if isinstance(s, For) and s.var.name == name:
+        return [s]
+    children = []
+    if isinstance(s, (For, Let, Allocate)):
+        children = [s.body]
+    elif isinstance(s, Seq):
+        children = s.stmts
+    elif isinstance(s, If):
+        children = [s.then] + ([s.else_] if s.else_ is not None else [])
+    for c in children:
+        p = _path(c, name)
+        if p is not None:
+            return [s] + p
+    return None
+
+
+def _stores_independent_of(body: Stmt, name: str) -> list[str]:
+    """Global/outer buffers stored at an index that does not depend on loop var ``name``."""
+    local = {s.buf.name for s in walk_stmts(body) if isinstance(s, Allocate)}
+    bad = []
+    for s in walk_stmts(body):
+        if isinstance(s, Store) and s.buf.name not in local:
+            if not any(uses_var(i, name) for i in s.indices):
+                bad.append(s.buf.name)
+    return bad
+
+
+class Schedule:
+    def __init__(self, kernel: Kernel):
+        self.kernel = kernel
+        self.log: list[str] = []
+
+    def __str__(self) -> str:
+        return "\n".join([f"# {x}" for x in self.log] + [str(self.kernel)])
+
+    # ---- lookup -------------------------------------------------------------------------------
+    def loop(self, name: str) -> For:
+        p = _path(self.kernel.body, name)
+        if p is None:
+            raise ScheduleError(f"kernel {self.kernel.name}: no loop named '{name}'")
+        return p[-1]
+
+    def loop_names(self) -> list[str]:
+        return [s.var.name for s in walk_stmts(self.kernel.body) if isinstance(s, For)]
+
+    def _fresh(self, base: str) -> str:
+        used = set(self.loop_names()) | {e.name for _, x in stmt_exprs(self.kernel.body)
+                                         for e in walk_exprs(x) if isinstance(e, Var)}
+        name, i = base, 1
+        while name in used:
+            name, i = f"{base}{i}", i + 1
+        return name
+
+    def _replace(self, target: Stmt, new: Stmt) -> None:
+        self.kernel = Kernel(self.kernel.name, self.kernel.params,
+                             _rebuild(self.kernel.body, target, new))
+
+    def _const_extent(self, loop: For, what: str) -> int:
+        n = const_value(loop.extent)
+        if n is None:
+            raise ScheduleError(f"{what} '{loop.var.name}': extent must be a constant")
+        return n
+
+    # ---- primitives ---------------------------------------------------------------------------
+    def split(self, name: str, factor: int, mode: str = "guard") -> tuple[str, str]:
+        """Split loop ``name`` into (outer, inner) with inner extent ``factor``.
+
+        mode "guard": outer runs ceil(n/factor) times, the body is guarded when factor does not
+        divide n. mode "tail": a main nest over the divisible part plus a tail loop (constant n).
+        """
+        loop = self.loop(name)
+        if not isinstance(factor, int) or factor < 1:
+            raise ScheduleError(f"split '{name}': factor must be a positive int, got {factor!r}")
+        if mode not in ("guard", "tail"):
+            raise ScheduleError(f"split '{name}': mode must be 'guard' or 'tail', got {mode!r}")
+        n = const_value(loop.extent)
+        outer, inner = Var(self._fresh(f"{name}_o")), Var(self._fresh(f"{name}_i"))
+        value = simplify(loop.start + outer * factor + inner)
+        body = substitute_stmt(loop.body, {loop.var: value})
+        if mode == "tail":
+            if n is None:
+                raise ScheduleError(f"split '{name}' mode tail: extent must be a constant")
+            main = For(outer, n // factor, For(inner, factor, body), loop.kind)
+            rest = n % factor
+            if rest:
+                tail = Var(self._fresh(f"{name}_t"))
+                tbody = substitute_stmt(loop.body, {loop.var: simplify(
+                    loop.start + (n - rest) + tail)})
+                new = seq(main, For(tail, rest, tbody))
+            else:
+                new = main
+        else:
+            if n is not None and n % factor == 0:
+                ext, guarded = Const(n // factor), body
+            else:
+                ext = simplify((loop.extent + (factor - 1)) // factor) if n is None else \
+                    Const(-(-n // factor))
+                guarded = If(Cmp("lt", simplify(outer * factor + inner), loop.extent), body)
+            new = For(outer, ext, For(inner, factor, guarded), loop.kind)
+        self._replace(loop, new)
+        self.log.append(f"split({name}, {factor}, {mode}) -> {outer.name}, {inner.name}")
+        return outer.name, inner.name
+
+    def reorder(self, *names: str) -> None:
+        """Permute loops of one perfectly nested band into the given order (outer first)."""
+        if len(set(names)) != len(names) or len(names) < 2:
+            raise ScheduleError(f"reorder{names}: needs two or more distinct loops")
+        paths = {n: self._loop_path(n) for n in names}
+        top = min(names, key=lambda n: len(paths[n]))
+        band: list[For] = []
+        node = paths[top][-1]
+        while isinstance(node, For):
+            band.append(node)
+            if len({b.var.name for b in band} & set(names)) == len(names):
+                break
+            node = node.body
+            if not isinstance(node, For):
+                raise ScheduleError(f"reorder{names}: loops are not one perfectly nested band "
+                                    f"(a non-loop statement sits between them)")
+        positions = [i for i, b in enumerate(band) if b.var.name in names]
+        if len(positions) != len(names):
+            raise ScheduleError(f"reorder{names}: loops are not nested inside one another")
+        by_name = {b.var.name: b for b in band}
+        new_band = list(band)
+        for pos, n in zip(positions, names):
+            new_band[pos] = by_name[n]
+        bound: set[str] = set()
+        for b in new_band:
+            dep = (free_vars(b.extent) | free_vars(b.start)) & {x.var.name for x in band}
+            if not dep <= bound:
+                raise ScheduleError(f"reorder{names}: extent of '{b.var.name}' depends on "
+                                    f"{sorted(dep - bound)}, which would be inside it")
+            bound.add(b.var.name)
+        stmt = band[-1].body
+        for b in reversed(new_band):
+            stmt = For(b.var, b.extent, stmt, b.kind, b.start)
+        self._replace(band[0], stmt)
+        self.log.append(f"reorder({', '.join(names)})")
+
+    def _loop_path(self, name: str) -> list[Stmt]:
+        p = _path(self.kernel.body, name)
+        if p is None:
+            raise ScheduleError(f"kernel {self.kernel.name}: no loop named '{name}'")
+        return p
+
+    def fuse(self, outer: str, inner: str) -> str:
+        """Fuse two directly nested loops into one over the product of their extents."""
+        lo = self.loop(outer)
+        li = lo.body
+        if not isinstance(li, For) or li.var.name != inner:
+            raise ScheduleError(f"fuse({outer}, {inner}): '{inner}' must be the only statement "
+                                f"directly inside '{outer}'")
+        ni = self._const_extent(li, "fuse inner loop")
+        if uses_var(li.extent, outer) or uses_var(li.start, outer):
+            raise ScheduleError(f"fuse({outer}, {inner}): inner extent depends on '{outer}'")
+        f = Var(self._fresh(f"{outer}_{inner}"))
+        body = substitute_stmt(li.body, {lo.var: simplify(lo.start + f // ni),
+                                         li.var: simplify(li.start + f % ni)})
+        self._replace(lo, For(f, simplify(lo.extent * ni), body, lo.kind))
+        self.log.append(f"fuse({outer}, {inner}) -> {f.name}")
+        return f.name
+
+    def _set_kind(self, name: str, kind: str) -> None:
+        loop = self.loop(name)
+        self._replace(loop, For(loop.var, loop.extent, loop.body, kind, loop.start))
+        self.log.append(f"{kind[:-2] if kind.endswith('ed') else kind}({name})")
+
+    def vectorize(self, name: str) -> None:
+        loop = self.loop(name)
+        self._const_extent(loop, "vectorize")
+        bad = _stores_independent_of(loop.body, name)
+        if bad:
+            raise ScheduleError(f"vectorize '{name}': it is a reduction loop (stores to "
+                                f"{sorted(set(bad))} do not depend on it)")
+        for s in walk_stmts(loop.body):
+            if isinstance(s, For) and s.kind in ("parallel", "vectorized"):
+                raise ScheduleError(f"vectorize '{name}': contains {s.kind} loop '{s.var.name}'")
+        self._set_kind(name, "vectorized")
+
+    def unroll(self, name: str) -> None:
+        self._const_extent(self.loop(name), "unroll")
+        self._set_kind(name, "unrolled")
+
+    def parallel(self, name: str) -> None:
+        path = self._loop_path(name)
+        loop = path[-1]
+        bad = _stores_independent_of(loop.body, name)
+        if bad:
+            raise ScheduleError(f"parallel '{name}': it is a reduction loop (stores to "
+                                f"{sorted(set(bad))} do not depend on it)")
+        inner = [s for s in walk_stmts(loop.body) if isinstance(s, For) and s.kind == "parallel"]
+        outer = [s for s in path[:-1] if isinstance(s, For)
+                 and s.kind in ("parallel", "vectorized")]
+        for s in inner + outer:
+            if s is not loop:
+                raise ScheduleError(f"parallel '{name}': nested with {s.kind} loop "
+                                    f"'{s.var.name}'")
+        self._set_kind(name, "parallel")
+
+    def compute_at(self, producer: str, name: str) -> None:
+        from .compute_at import compute_at
+        self.kernel = compute_at(self.kernel, producer, name)
+        self.log.append(f"compute_at({producer}, {name})")
+
+
+__all__ = ["Schedule", "ScheduleError"]

@@ -1,0 +1,20 @@
+"""Shared pytest hooks: test modules may print counts in the terminal summary.
+
+A test module that defines ``TERMINAL_SUMMARY`` (a function returning lines) gets those lines
+printed at the end of the run, e.g. the ONNX node-test counts and exclusions.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    seen = set()
+    for module in list(sys.modules.values()):
+        summary = getattr(module, "TERMINAL_SUMMARY", None)
+        name = getattr(module, "__name__", "")
+        if callable(summary) and "test_" in name and summary not in seen:
+            seen.add(summary)
+            terminalreporter.write_sep("-", f"summary from {name}")
+            for line in summary():
+                terminalreporter.write_line(line)

@@ -2,6 +2,8 @@
 
     cnncc info [MODEL]                          ops, shapes, parameters, FLOPs per layer
     cnncc run [MODEL] [--input x.npy] [--output y.npy] [--target T]
+    cnncc verify [MODEL] [--opt N] [--target T]  pass-by-pass agreement with the reference
+    cnncc show [MODEL] [--opt N] [-o graph.svg]  the graph before/after the passes
 
 MODEL is an .onnx file or a built-in DSL net (`zoo:mobilenet_v2`, or just `mobilenet_v2`); with no
 MODEL the built-in MobileNetV2 is used. Errors are one line on stderr and a non-zero exit status;
@@ -92,6 +94,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from . import load_graph
+    from .verify import verify_pipeline
+
+    report = verify_pipeline(load_graph(resolve_model(args.model)), opt_level=args.opt,
+                             target=args.target, tolerance=args.tol, seed=args.seed)
+    print(report.format())
+    return 0 if report.ok else 2
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from . import load_graph
+    from .passes import PassContext, run_pipeline
+    from .show import to_dot, write_graph
+
+    graph = load_graph(resolve_model(args.model))
+    graph = run_pipeline(graph, PassContext(opt_level=args.opt))
+    if args.output:
+        print(f"wrote {write_graph(graph, args.output)}")
+    else:
+        print(to_dot(graph))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .backends import BACKENDS
@@ -114,6 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None)
     run.add_argument("--seed", type=int, default=0, help="seed of the random input")
     run.set_defaults(func=_cmd_run)
+
+    ver = sub.add_parser("verify", help="run the passes one by one against the reference and "
+                                        "name the first one after which outputs diverge")
+    ver.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    ver.add_argument("--opt", type=int, default=3, choices=range(4))
+    ver.add_argument("--target", choices=sorted(BACKENDS), default=None,
+                     help="also compile for this target and compare its outputs")
+    ver.add_argument("--tol", type=float, default=1e-4, help="relative error allowed")
+    ver.add_argument("--seed", type=int, default=0)
+    ver.set_defaults(func=_cmd_verify)
+
+    show = sub.add_parser("show", help="the graph (after the passes of --opt) as DOT/SVG")
+    show.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    show.add_argument("--opt", type=int, default=0, choices=range(4))
+    show.add_argument("-o", "--output", help="file to write (.svg/.png/.pdf via graphviz "
+                                             "when installed, else .dot); default: DOT on stdout")
+    show.set_defaults(func=_cmd_show)
     return parser
 
 

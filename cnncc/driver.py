@@ -6,6 +6,7 @@ from typing import Any
 
 from .backends import BACKENDS
 from .ir import CompileError, Graph
+from .passes import PassContext, run_pipeline
 from .runtime import CompiledModel
 
 DEFAULT_TARGET = "llvm" if "llvm" in BACKENDS else "reference"
@@ -40,6 +41,10 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
         raise CompileError(f"opt_level must be 0..3, got {opt_level}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise CompileError(f"threads must be a positive integer, got {threads!r}")
+    skip = frozenset(options.pop("skip_passes", ()))
     graph = load_graph(source)
+    if BACKENDS[target].native:
+        # The reference target is the oracle: it runs the graph exactly as imported.
+        graph = run_pipeline(graph, PassContext(opt_level=opt_level, target=target, skip=skip))
     options = dict(options, opt_level=opt_level, threads=threads)
     return BACKENDS[target].build(graph, options)

@@ -298,10 +298,25 @@ def test_layer_norm_broadcast_scale():
     check("LayerNormalization", [x, rand(rng, 5), rand(rng, 1, 5)], {"axis": -2})
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("size", [1, 3, 5, 9])
 def test_lrn_matches_onnxruntime(size):
     rng = np.random.default_rng(15)
     check("LRN", [rand(rng, 2, 7, 4, 3)], dict(size=size, alpha=2e-3, beta=0.6, bias=1.5))
+
+
+@pytest.mark.parametrize("size", [2, 4, 8])
+def test_lrn_even_size_follows_onnx_formula(size):
+    # onnxruntime only takes odd sizes; the ONNX formula sums channels
+    # [c - floor((size-1)/2), c + ceil((size-1)/2)].
+    rng = np.random.default_rng(15)
+    x = rand(rng, 2, 7, 4, 3).astype(np.float64)
+    (got,) = run_cnncc("LRN", [x], dict(size=size, alpha=2e-3, beta=0.6, bias=1.5))
+    want = np.empty_like(x)
+    for c in range(7):
+        lo, hi = max(0, c - (size - 1) // 2), min(6, c + size // 2)
+        sq = (x[:, lo:hi + 1] ** 2).sum(axis=1)
+        want[:, c] = x[:, c] / (1.5 + 2e-3 / size * sq) ** 0.6
+    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("axis,p", [(-1, 2), (1, 1), (0, 2), (2, 1)])

@@ -1,0 +1,107 @@
+"""What a lowering rule sees and produces: buffers bound to storage, and the kernels it emits.
+
+Storage kinds: ("value", name) a graph value (input, output or arena intermediate, resolved by the
+program builder through aliases), ("const", index) a packed constant in the weight blob,
+("temp", id) per-node scratch in the arena (live only while the node's kernels run).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cnncc.ir import CompileError, DType, Graph, Node, OP_TABLE
+from cnncc.ir.loop import Buffer, Kernel
+from cnncc.ir.ops.registry import OpContext
+
+
+@dataclass
+class Lowered:
+    """The kernels of one graph node (or a fused group), in execution order."""
+    kernels: list = field(default_factory=list)
+
+
+class LowerCtx:
+    """Per-program lowering state: storage bindings, constants, temps, kernels in order."""
+
+    def __init__(self, graph: Graph, lanes: int, threads: int):
+        self.graph = graph
+        self.lanes = lanes
+        self.threads = threads
+        self.consts: list[np.ndarray] = []
+        self.binding: dict[int, tuple] = {}        # id(Buffer) -> storage
+        self.kernels: list[tuple[Kernel, int]] = []  # (kernel, index of the node it belongs to)
+        self.temps: dict[int, tuple[int, int]] = {}  # temp id -> (nbytes, node index)
+        self.node_index = 0
+        self._names: set[str] = set()
+
+    # ---- buffers --------------------------------------------------------------------------------
+    def value(self, name: str, shape: tuple | None = None, bname: str | None = None) -> Buffer:
+        """A buffer over graph value ``name`` (optionally viewed with another shape)."""
+        t = self.graph.types[name]
+        shape = t.shape if shape is None else tuple(shape)
+        if int(np.prod(shape)) != t.size:
+            raise CompileError(f"internal error: view {shape} of {name} {t.shape}")
+        buf = Buffer(bname or "v", t.dtype, shape)
+        if name in self.graph.params:
+            self.binding[id(buf)] = ("const", self.add_const(self.graph.params[name]))
+        else:
+            self.binding[id(buf)] = ("value", name)
+        return buf
+
+    def const(self, array: np.ndarray, bname: str = "w") -> Buffer:
+        array = np.ascontiguousarray(array)
+        buf = Buffer(bname, DType.from_numpy(array.dtype), array.shape)
+        self.binding[id(buf)] = ("const", self.add_const(array))
+        return buf
+
+    def add_const(self, array: np.ndarray) -> int:
+        self.consts.append(np.ascontiguousarray(array))
+        return len(self.consts) - 1
+
+    def temp(self, dtype: DType, shape: tuple, bname: str = "tmp") -> Buffer:
+        buf = Buffer(bname, dtype, shape)
+        tid = len(self.temps)
+        self.temps[tid] = (buf.size * dtype.itemsize, self.node_index)
+        self.binding[id(buf)] = ("temp", tid)
+        return buf
+
+    # ---- kernels --------------------------------------------------------------------------------
+    def emit(self, kernel: Kernel) -> Kernel:
+        base = "".join(c if c.isalnum() else "_" for c in kernel.name)[:48] or "k"
+        name, i = base, 1
+        while name in self._names:
+            name, i = f"{base}_{i}", i + 1
+        self._names.add(name)
+        seen = set()
+        for b in kernel.params:
+            if id(b) not in self.binding:
+                raise CompileError(f"internal error: kernel {name} param {b.name} has no storage")
+            if b.name in seen:
+                raise CompileError(f"internal error: kernel {name} has two params {b.name}")
+            seen.add(b.name)
+        k = Kernel(name, kernel.params, kernel.body)
+        self.kernels.append((k, self.node_index))
+        return k
+
+
+def op_context(graph: Graph, node: Node) -> OpContext:
+    """The op-table context of ``node`` (attributes with defaults, input types and constants)."""
+    types = [graph.types[i] if i else None for i in node.inputs]
+    consts = [graph.params.get(i) if i else None for i in node.inputs]
+    return OpContext(node, OP_TABLE[node.op], types, consts)
+
+
+def unsupported(node: Node, why: str = "") -> CompileError:
+    extra = f" ({why})" if why else ""
+    return CompileError(f"op {node.op} not supported on target llvm{extra}", node.name)
+
+
+def const_input(graph: Graph, node: Node, i: int, what: str) -> Any:
+    name = node.inputs[i] if i < len(node.inputs) else ""
+    if not name:
+        return None
+    if name not in graph.params:
+        raise unsupported(node, f"{what} must be a compile-time constant")
+    return graph.params[name]

@@ -1,0 +1,44 @@
+"""CPU schedules shared by lowering rules: vectorize the innermost loop, parallelize the outer."""
+from __future__ import annotations
+
+from cnncc.ir.affine import const_value
+from cnncc.ir.loop import For, Kernel
+from cnncc.ir.schedule import Schedule
+
+# Below this many elements a kernel runs on one thread: a GOMP fork/join costs a few us.
+PARALLEL_MIN_WORK = 1 << 15
+
+
+def band(kernel: Kernel) -> list[str]:
+    """Names of the perfectly nested loops at the top of the kernel body."""
+    names, s = [], kernel.body
+    while isinstance(s, For):
+        names.append(s.var.name)
+        s = s.body
+    return names
+
+
+def schedule_map(kernel: Kernel, lanes: int, threads: int, work: int,
+                 vector_loop: str | None = None) -> Kernel:
+    """Elementwise-style schedule of a perfect nest: the innermost loop (or ``vector_loop``)
+    split by the vector width with a scalar tail and vectorized, the loops outside it fused
+    into one parallel loop when the kernel is big enough."""
+    s = Schedule(kernel)
+    loops = band(kernel)
+    if not loops:
+        return kernel
+    inner = vector_loop or loops[-1]
+    n = const_value(s.loop(inner).extent)
+    outer_loops = loops[:loops.index(inner)]
+    if n is not None and n >= lanes:
+        factor = lanes * 2 if n >= lanes * 4 else lanes
+        o, i = s.split(inner, factor, mode="tail")
+        s.vectorize(i)
+        if not outer_loops:
+            outer_loops = [o]
+    if threads > 1 and work >= PARALLEL_MIN_WORK and outer_loops:
+        fused = outer_loops[0]
+        for nxt in outer_loops[1:]:
+            fused = s.fuse(fused, nxt)
+        s.parallel(fused)
+    return s.kernel

@@ -1,0 +1,115 @@
+"""The model zoo: every net exports to ONNX and the reference target matches onnxruntime.
+
+Tolerance: max|ours - ort| / max|ort| <= 1e-4 (float32 on both sides, different summation
+orders). Architectures are checked against torchvision's parameter counts (weights, biases and
+BN gammas/betas; BN running statistics are buffers there, not parameters).
+"""
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import cnncc
+from cnncc.dsl import zoo
+
+RTOL = 1e-4
+
+# torchvision.models.<name>(): sum(p.numel() for p in model.parameters()); MobileNetV1 (not in
+# torchvision): Keras MobileNet(alpha=1.0) trainable parameters.
+PARAM_COUNTS = {
+    "resnet18": 11_689_512,
+    "resnet50": 25_557_032,
+    "mobilenet_v2": 3_504_872,
+    "mobilenet_v1": 4_231_976,
+    "vgg11": 132_863_336,
+    "vgg11_bn": 132_868_840,
+    "lenet5": 61_706,
+}
+OUTPUT_SHAPES = {"tiny_unet": (1, 2, 32, 32), "lenet5": (1, 10), "tiny_cnn": (1, 10),
+                 "tiny_resnet": (1, 10), "tiny_mobilenet": (1, 10)}
+
+
+def trainable_params(net) -> int:
+    return sum(v.size for k, v in net.to_graph().params.items()
+               if k.endswith((".weight", ".bias", ".scale")))
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_zoo_net_matches_onnxruntime(name):
+    net = zoo.ZOO[name](seed=0)
+    assert net.output_shapes == [OUTPUT_SHAPES.get(name, (1, 1000))]
+    if name in PARAM_COUNTS:
+        assert trainable_params(net) == PARAM_COUNTS[name]
+    model = net.to_onnx()
+    if model.ByteSize() < (1 << 28):      # the checker copies the model; skip it for VGG's 0.5 GB
+        onnx.checker.check_model(model, full_check=True)
+    x = net.example_inputs(seed=1)[0]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    del model
+    expect = sess.run(None, {net.input_names[0]: x})[0]
+    del sess
+    got = cnncc.compile(net, target="reference")(x)
+    assert got.shape == expect.shape and np.isfinite(got).all()
+    assert np.abs(expect).max() > 1e-3           # a non-degenerate output
+    err = float(np.abs(got - expect).max() / np.abs(expect).max())
+    assert err <= RTOL, f"{name}: relative error {err:.2e}"
+    del net
+    gc.collect()
+
+
+def _users(graph):
+    return {k: [n.op for n in v] for k, v in graph.users().items()}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2",
+                                  "tiny_resnet", "tiny_mobilenet"])
+def test_every_conv_is_followed_by_batch_norm(name):
+    g = zoo.ZOO[name]().to_graph()
+    users = _users(g)
+    convs = [n for n in g.nodes if n.op == "Conv"]
+    assert convs
+    for n in convs:
+        assert users[n.outputs[0]] == ["BatchNormalization"], n.name
+        assert len(n.inputs) == 2, f"{n.name}: conv before BN has no bias"
+
+
+@pytest.mark.parametrize("name,clips,depthwise,adds", [
+    ("mobilenet_v1", 27, 13, 0), ("mobilenet_v2", 35, 17, 10), ("tiny_mobilenet", 12, 5, 2)])
+def test_mobilenets_use_relu6_and_depthwise(name, clips, depthwise, adds):
+    g = zoo.ZOO[name]().to_graph()
+    ops = [n.op for n in g.nodes]
+    assert "Relu" not in ops and ops.count("Clip") == clips and ops.count("Add") == adds
+    for n in g.nodes:
+        if n.op == "Clip":
+            assert float(g.params[n.inputs[1]]) == 0.0 and float(g.params[n.inputs[2]]) == 6.0
+    dw = [n for n in g.nodes if n.op == "Conv" and n.attrs["group"] > 1]
+    assert len(dw) == depthwise
+    for n in dw:
+        assert n.attrs["group"] == g.types[n.inputs[0]].shape[1]
+
+
+def test_resnet_structure():
+    g = zoo.resnet50().to_graph()
+    ops = [n.op for n in g.nodes]
+    assert ops.count("Conv") == 53 and ops.count("Add") == 16 and ops.count("Gemm") == 1
+    g = zoo.resnet18().to_graph()
+    ops = [n.op for n in g.nodes]
+    assert ops.count("Conv") == 20 and ops.count("Add") == 8 and ops.count("MaxPool") == 1
+
+
+def test_zoo_options_and_seeds():
+    net = zoo.resnet18(seed=3, batch=2, num_classes=10, input_size=64)
+    assert net.input_shapes == [(2, 3, 64, 64)] and net.output_shapes == [(2, 10)]
+    a, b = zoo.tiny_resnet(seed=1), zoo.tiny_resnet(seed=1)
+    x = a.example_inputs()[0]
+    ya = cnncc.compile(a, target="reference")(x)
+    np.testing.assert_array_equal(ya, cnncc.compile(b, target="reference")(x))
+    yc = cnncc.compile(zoo.tiny_resnet(seed=2), target="reference")(x)
+    assert not np.allclose(ya, yc)
+    assert zoo.mobilenet_v2(width=0.5, num_classes=7).output_shapes == [(1, 7)]
+    with pytest.raises(cnncc.CompileError, match="multiple of 7x7"):
+        zoo.vgg11(input_size=160)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..dtypes import DType
 from ..types import TensorType
-from .registry import Attr, OpContext, OpDef, broadcast_shapes, normalize_axis, register
+from .registry import Attr, OpContext, OpDef, normalize_axis, register
 from .spatial import acc_dtype, check_input
 
 
@@ -103,7 +103,9 @@ def _infer_layer_norm(ctx: OpContext) -> list[TensorType]:
         if ctx.has(i):
             t = ctx.type(i)
             ctx.check(t.dtype == x.dtype, f"{what} is {t.dtype} but input X is {x.dtype}")
-            ok = t.rank <= x.rank - axis and broadcast_shapes(ctx, x.shape, t.shape) == x.shape
+            norm_shape = x.shape[axis:]
+            ok = t.rank <= len(norm_shape) and all(
+                d in (1, n) for d, n in zip(t.shape[::-1], norm_shape[::-1]))
             ctx.check(ok, f"{what} shape {list(t.shape)} does not broadcast to the normalized "
                       f"shape {list(x.shape[axis:])}")
     stats = TensorType(_STASH[stash], x.shape[:axis] + (1,) * (x.rank - axis))

@@ -21,6 +21,12 @@ def _build_reference(graph, options):
     return build(graph, options)
 
 
+def _build_llvm(graph, options):
+    from .llvm.model import build
+    return build(graph, options)
+
+
 BACKENDS: dict[str, Target] = {
     "reference": Target("reference", "numpy interpreter (the oracle)", _build_reference, False),
+    "llvm": Target("llvm", "native CPU code via LLVM (llvmlite JIT)", _build_llvm, True),
 }

@@ -18,3 +18,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_sep("-", f"summary from {name}")
             for line in summary():
                 terminalreporter.write_line(line)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true",
+                     help="differential fuzzing with thousands of random graphs (default: 300)")
+
+
+def pytest_generate_tests(metafunc):
+    if "fuzz_examples" in metafunc.fixturenames:
+        n = 5000 if metafunc.config.getoption("--fuzz-long") else 300
+        metafunc.parametrize("fuzz_examples", [n], ids=[f"{n}-graphs"])

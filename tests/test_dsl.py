@@ -48,7 +48,7 @@ def one_op(fn, shape=(1, 4, 9, 9), **kw) -> dsl.Net:
     return dsl.build(fn, shape, **kw)
 
 
-# ---- layer output shapes ------------------------------------------------------------------------
+# ---- layer output shapes -------------------------------------------------------------------------
 
 SHAPE_CASES = [
     ("conv3x3", lambda x: dsl.conv2d(x, 8, 3), (1, 8, 7, 7)),
@@ -164,7 +164,7 @@ def test_gelu_exact_matches_onnxruntime():
     assert_matches_ort(dsl.build(dsl.gelu, (2, 3, 5, 7)))
 
 
-# ---- explicit weights -----------------------------------------------------------------------------
+# ---- explicit weights ----------------------------------------------------------------------------
 
 def np_conv2d(x, w, b, stride, pads, dilation, groups):
     """Direct float64 convolution: sum over kernel taps of strided input slices."""
@@ -243,7 +243,7 @@ def test_no_bias_means_no_bias_input():
     assert len(conv.inputs) == 2
 
 
-# ---- random weights -----------------------------------------------------------------------------
+# ---- random weights ------------------------------------------------------------------------------
 
 def _net_for_seed(seed):
     return dsl.build(lambda x: dsl.dense(dsl.flatten(dsl.batch_norm(dsl.conv2d(x, 64, 3))), 10),
@@ -272,7 +272,7 @@ def test_random_weights_are_he_normal_and_bn_is_sane():
         assert 0.02 < g.params[key].std() < 0.3
 
 
-# ---- nets: skip connections, several inputs and outputs, naming -----------------------------------
+# ---- nets: skip connections, several inputs and outputs, naming ----------------------------------
 
 @dsl.net(input_shape=(1, 3, 16, 16), name="skip", seed=5)
 def skip_net(x: dsl.Tensor) -> dsl.Tensor:
@@ -366,7 +366,7 @@ def test_net_api_surface(tmp_path):
     assert rel_err(sess.run(None, {"x": x})[0], model(x).astype(np.float64)) <= RTOL
 
 
-# ---- errors -----------------------------------------------------------------------------------------
+# ---- errors --------------------------------------------------------------------------------------
 
 ERROR_CASES = [
     ("groups", lambda x: dsl.conv2d(x, 8, 3, groups=3), "groups=3 does not divide"),
@@ -430,9 +430,12 @@ def test_mixing_nets_and_misc_errors():
 
 
 def test_constants_inside_nets():
-    net = dsl.build(lambda x: x * dsl.constant([1.0, 2.0, 3.0]) + dsl.constant(0.5), (2, 3))
+    w = np.array([[1.0, 2.0, 3.0]])
+    net = dsl.build(lambda x: (x * dsl.constant([1.0, 2.0, 3.0]) + dsl.constant(0.5)) / w
+                    - np.float32(1) + np.ones((2, 2), np.float32) @ (2 * x), (2, 3))
     x = net.example_inputs()[0]
-    expect = x.astype(np.float64) * [1, 2, 3] + 0.5
+    xd = x.astype(np.float64)
+    expect = (xd * [1, 2, 3] + 0.5) / w - 1 + np.ones((2, 2)) @ (2 * xd)
     assert rel_err(cnncc.compile(net, target="reference")(x), expect) <= RTOL
     assert_matches_ort(net)
 
@@ -461,3 +464,16 @@ def test_export_of_plain_graph_round_trips_attributes():
                                providers=["CPUExecutionProvider"]).run(None, {"x": xv})[0]
     expect = np.transpose(xv, (2, 0, 1))
     np.testing.assert_allclose(out, np.where(expect > 0, expect, expect), rtol=0)
+
+
+@pytest.mark.parametrize("make", [skip_net, lambda: dsl.build(ACTIVATIONS["silu"][0], (1, 3, 4)),
+                                  lambda: one_op(SHAPE_CASES[-2][1])],
+                         ids=["skip_net", "silu", "dense"])
+def test_onnx_round_trip_through_the_frontend(make):
+    """DSL -> ONNX -> cnncc's ONNX frontend gives the same ops and the same numbers."""
+    net = make()
+    back = cnncc.load_graph(net.to_onnx())
+    assert [n.op for n in back.nodes] == [n.op for n in net.to_graph().nodes]
+    x = net.example_inputs()
+    ours = cnncc.compile(net, target="reference")(*x)
+    assert rel_err(cnncc.compile(back, target="reference")(*x), ours.astype(np.float64)) <= 1e-6

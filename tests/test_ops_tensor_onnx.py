@@ -61,6 +61,9 @@ def _attr(a: onnx.AttributeProto):
 def as_array(value) -> np.ndarray:
     if isinstance(value, onnx.TensorProto):
         return numpy_helper.to_array(value)
+    if not isinstance(value, (np.ndarray, np.generic)):
+        raise TypeError(f"non-tensor value ({type(value).__name__}): sequences and optionals "
+                        "are not supported")
     return np.asarray(value)
 
 
@@ -199,8 +202,8 @@ def _selected() -> list:
         code = unsupported_dtype(case)
         reason = EXPECTED_FAILURES.get(name)
         if code is not None:
-            reason = f"element type {onnx.helper.tensor_dtype_to_np_dtype(code)} " \
-                     f"(ONNX {code}) is not supported"
+            kind = onnx.TensorProto.DataType.Name(code) if code else "non-tensor"
+            reason = f"element type {kind} is not supported"
         if reason:
             marks.append(pytest.mark.xfail(reason=reason, strict=True))
         params.append(pytest.param(name, marks=marks, id=name))

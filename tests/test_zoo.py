@@ -78,7 +78,7 @@ def test_every_conv_is_followed_by_batch_norm(name):
 
 
 @pytest.mark.parametrize("name,clips,depthwise,adds", [
-    ("mobilenet_v1", 27, 13, 0), ("mobilenet_v2", 35, 17, 10), ("tiny_mobilenet", 12, 5, 2)])
+    ("mobilenet_v1", 27, 13, 0), ("mobilenet_v2", 35, 17, 10), ("tiny_mobilenet", 13, 6, 2)])
 def test_mobilenets_use_relu6_and_depthwise(name, clips, depthwise, adds):
     g = zoo.ZOO[name]().to_graph()
     ops = [n.op for n in g.nodes]

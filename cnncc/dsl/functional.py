@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .layers import Padding, Size, _fail, _ints, _tensor, pads_of
-from .tensor import Operand, Tensor, as_tensor, binary
+from .tensor import Operand, Tensor, binary
 
 
 def _node_name(x: Tensor, name: str | None) -> str | None:
@@ -275,5 +275,5 @@ __all__ = [
     "silu", "gelu", "softmax", "identity", "dropout", "max_pool2d", "avg_pool2d",
     "global_avg_pool", "global_max_pool", "reduce_mean", "flatten", "reshape", "transpose",
     "concat", "pad", "resize", "upsample", "add", "sub", "mul", "div", "matmul", "maximum",
-    "minimum", "as_tensor",
+    "minimum",
 ]

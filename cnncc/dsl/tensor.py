@@ -152,6 +152,9 @@ class Tensor:
     """
 
     __slots__ = ("builder", "name")
+    # numpy must not treat a Tensor as a scalar object (``array * t`` would build an object array
+    # of Tensors): it defers to our reflected operators instead.
+    __array_ufunc__ = None
 
     def __init__(self, builder: Builder, name: str):
         self.builder = builder

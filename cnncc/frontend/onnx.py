@@ -5,11 +5,12 @@
 Steps, in order, so that a bad model is refused before anything big is allocated:
   1. parse (garbage bytes -> CompileError), opset check (7..newest), ONE error listing every
      unsupported op, structure (duplicate names, dangling inputs, cycles; nodes get sorted),
-     declared input shapes (static, non-negative, sane), the ONNX checker;
+     declared input shapes (static, non-negative, sane);
   2. initializers decoded after checking their sizes (external data confined to the model folder);
   3. nodes converted in topological order: old op forms rewritten to the canonical form
      (`opset.py`), types inferred by the op table, and constant nodes folded into parameters;
-  4. dead nodes and unused parameters removed, then `Graph.verify()`.
+  4. dead nodes and unused parameters removed, then `Graph.verify()`;
+  5. the ONNX checker, as a last line of defence.
 """
 from __future__ import annotations
 
@@ -50,11 +51,13 @@ def import_model(source: Any, input_shapes: Mapping[str, Sequence[int]] | None =
     order = check_structure(model.graph)
     importer = _Importer(model, model_dir, opset, fold_limit)
     importer.declare_inputs(dict(input_shapes or {}))
-    run_checker(model)
     importer.load_initializers()
     for idx in order:
         importer.convert(idx)
-    return importer.finish()
+    graph = importer.finish()
+    # Last: our own checks above name the node and the problem more precisely.
+    run_checker(model, order, {o: graph.types[o] for o in graph.outputs})
+    return graph
 
 
 class _Importer:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import networkx as nx
 import onnx
 
-from cnncc.ir import OP_TABLE, CompileError
+from cnncc.ir import OP_TABLE, CompileError, TensorType
 
 from .opset import RENAMED_OPS
 
@@ -132,11 +132,15 @@ def _no_duplicates(names: list[str], what: str) -> None:
         seen.add(name)
 
 
-def run_checker(model: onnx.ModelProto) -> None:
+def run_checker(model: onnx.ModelProto, order: list[int],
+                output_types: dict[str, TensorType]) -> None:
     """The ONNX checker as an extra line of defence; its complaints become CompileErrors.
 
-    Skipped for models with external data (the checker would try to open the files itself, with
-    none of our confinement rules) and for models too large to serialize.
+    The checker insists on things we do not: nodes in file order (``order`` is the topological
+    order we computed) and a declared type and shape on every graph output (``output_types`` are
+    the inferred ones). A copy with those filled in is checked when needed. Skipped for models
+    with external data (the checker would open the files itself, without our confinement rules)
+    and for models too large to serialize.
     """
     for t in model.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
@@ -144,6 +148,18 @@ def run_checker(model: onnx.ModelProto) -> None:
     try:
         if model.ByteSize() >= 2**31:
             return
+        untyped = [i for i, o in enumerate(model.graph.output)
+                   if not o.type.tensor_type.HasField("shape") or not o.type.tensor_type.elem_type]
+        if order != sorted(order) or untyped:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            del copy.graph.node[:]
+            copy.graph.node.extend(model.graph.node[i] for i in order)
+            for i in untyped:
+                out = copy.graph.output[i]
+                t = output_types[out.name]
+                out.type.CopyFrom(onnx.helper.make_tensor_type_proto(t.dtype.to_onnx(), t.shape))
+            model = copy
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"

@@ -1,0 +1,193 @@
+"""Conv (1D/2D/3D, groups, dilation, asymmetric pads) with an optional fused activation.
+
+Schedule (CPU): the input is first copied into a zero-padded scratch buffer when the conv pads.
+General convs: weights packed once as [G, OCb, ICg, K..., VT] (VT = 1 or 2 vectors of output
+channels, zero-padded); each task computes R output pixels of a row x VT output channels in a
+local accumulator (R unrolled x VT vectorized: registers), broadcasting one input scalar per
+pixel into an FMA with a weight vector, then adds the bias, applies the activation and stores.
+Depthwise convs (one input channel per group) are vectorized along the output row instead.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from cnncc.ir import DType, Node
+from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, F32, For, If, Kernel, Stmt, Store, Var,
+                           loop_nest, seq)
+from cnncc.ir.ops.spatial import resolve_window
+from cnncc.ir.schedule import Schedule
+
+from .context import LowerCtx, const_input, op_context, unsupported
+from .cpu_schedule import PARALLEL_MIN_WORK, schedule_map
+
+Act = Callable[[Expr], Expr] | None
+
+
+def padded_input(ctx: LowerCtx, node: Node, x: str, begin: list, end: list,
+                 fill: float = 0.0) -> Buffer:
+    """``x`` copied into a scratch buffer padded (with ``fill``) on its spatial dims."""
+    shape = ctx.graph.types[x].shape
+    nd = len(begin)
+    if not any(begin) and not any(end):
+        return ctx.value(x, bname="x")
+    pshape = shape[:2] + tuple(s + b + e for s, b, e in zip(shape[2:], begin, end))
+    xp = ctx.temp(DType.float32, pshape, "xp")
+    # The fill writes the scratch buffer viewed as 1-D.
+    flat = Buffer("xp", DType.float32, (int(np.prod(pshape)),))
+    ctx.binding[id(flat)] = ctx.binding[id(xp)]
+    fill_k = Kernel(f"{node.name}_padfill", [flat], loop_nest(
+        [("f", flat.shape[0])], lambda f: Store(flat, (f,), Const(fill, F32))))
+    ctx.emit(schedule_map(fill_k, ctx.lanes, ctx.threads, flat.shape[0]))
+    xin = ctx.value(x, bname="x")
+    names = [("n", shape[0]), ("c", shape[1])] + [(f"s{d}", shape[2 + d]) for d in range(nd)]
+    copy = Kernel(f"{node.name}_pad", [xp, xin], loop_nest(names, lambda n, c, *s: Store(
+        xp, (n, c) + tuple(v + b for v, b in zip(s, begin)), xin[(n, c) + tuple(s)])))
+    ctx.emit(schedule_map(copy, ctx.lanes, ctx.threads, int(np.prod(shape))))
+    return xp
+
+
+def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = None) -> None:
+    g = ctx.graph
+    out = out or node.outputs[0]
+    x, w = node.inputs[0], node.inputs[1]
+    if any(g.types[v].dtype is not DType.float32 for v in (x, w, out)):
+        raise unsupported(node, "only float32 is lowered")
+    wv = const_input(g, node, 1, "the weight")
+    bias = const_input(g, node, 2, "the bias") if len(node.inputs) > 2 and node.inputs[2] \
+        else None
+    octx = op_context(g, node)
+    xs = g.types[x].shape
+    nd = len(xs) - 2
+    win = resolve_window(octx, xs[2:], wv.shape[2:])
+    groups = octx["group"]
+    oc, icg = wv.shape[0], wv.shape[1]
+    ocg = oc // groups
+    bias = np.zeros(oc, np.float32) if bias is None else bias.astype(np.float32)
+    xp = padded_input(ctx, node, x, [win.begin(d) for d in range(nd)],
+                      [win.end(d) for d in range(nd)])
+    if icg == 1 and ocg == 1:
+        return _depthwise(ctx, node, xp, wv, bias, win, act, out)
+    _general(ctx, node, xp, wv, bias, win, groups, act, out)
+
+
+def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out) -> None:
+    g = ctx.graph
+    lanes = ctx.lanes
+    oc, icg = wv.shape[0], wv.shape[1]
+    ocg = oc // groups
+    ks = wv.shape[2:]
+    nd = len(ks)
+    vt = 2 * lanes if ocg >= 2 * lanes else lanes
+    ocb = -(-ocg // vt)
+    wp = np.zeros((groups, ocb * vt, icg) + ks, np.float32)
+    wp[:, :ocg] = wv.reshape((groups, ocg, icg) + ks)
+    wp = wp.reshape((groups, ocb, vt, icg) + ks)
+    wp = np.moveaxis(wp, 2, -1)                         # [G, OCb, ICg, K..., VT]
+    bp = np.zeros((groups, ocb * vt), np.float32)
+    bp[:, :ocg] = bias.reshape(groups, ocg)
+    wbuf, bbuf = ctx.const(wp, "w"), ctx.const(bp, "b")
+    ybuf = ctx.value(out, bname="y")
+    oshape = g.types[out].shape
+    n_img, osp = oshape[0], oshape[2:]
+    ow = osp[-1]
+    regs = 32 if lanes >= 16 else 16
+    rmax = max(1, (regs - 4) // (vt // lanes))
+    r_tile = min(ow, rmax)
+    st, dl = win.strides, win.dilations
+
+    n, gv, ob = Var("n"), Var("g"), Var("ob")
+    orow = [Var(f"o{d}") for d in range(nd - 1)]
+    ic = Var("ic")
+    kv = [Var(f"k{d}") for d in range(nd)]
+
+    def tile(ow0: Expr, rr: int, tag: str) -> Stmt:
+        acc = Buffer(f"acc{tag}", DType.float32, (rr, vt), "local")
+        r, v = Var(f"r{tag}"), Var(f"v{tag}")
+        init = For(r, rr, For(v, vt, Store(acc, (r, v), Const(0.0, F32)), "vectorized"),
+                   "unrolled")
+        r2, v2 = Var(f"r2{tag}"), Var(f"v2{tag}")
+        xi = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
+        xi.append((ow0 + r2) * st[-1] + kv[-1] * dl[-1])
+        upd = Store(acc, (r2, v2), acc[r2, v2] + xp[(n, gv * icg + ic) + tuple(xi)]
+                    * wbuf[(gv, ob, ic) + tuple(kv) + (v2,)])
+        red: Stmt = For(r2, rr, For(v2, vt, upd, "vectorized"), "unrolled")
+        for d in reversed(range(nd)):
+            red = For(kv[d], ks[d], red)
+        red = For(ic, icg, red)
+        r3, v3 = Var(f"r3{tag}"), Var(f"v3{tag}")
+        val = acc[r3, v3] + bbuf[gv, ob * vt + v3]
+        if act is not None:
+            val = act(val)
+        st_: Stmt = Store(ybuf, (n, gv * ocg + ob * vt + v3) + tuple(orow) + (ow0 + r3,), val)
+        if ocg % vt:
+            st_ = If(ob * vt + v3 < ocg, st_)
+        epi = For(r3, rr, For(v3, vt, st_, "vectorized"), "unrolled")
+        return Allocate(acc, seq(init, red, epi))
+
+    owb = Var("owb")
+    body: Stmt = For(owb, ow // r_tile, tile(owb * r_tile, r_tile, ""))
+    if ow % r_tile:
+        body = seq(body, tile(Const(ow - ow % r_tile), ow % r_tile, "t"))
+    for d in reversed(range(nd - 1)):
+        body = For(orow[d], osp[d], body)
+    body = For(n, n_img, For(gv, groups, For(ob, ocb, body)))
+    k = Kernel(node.name, [ybuf, xp, wbuf, bbuf], body)
+    work = int(np.prod(oshape)) * icg * int(np.prod(ks))
+    ctx.emit(_parallel_outer(k, ["n", "g", "ob"] + [o.name for o in orow], ctx.threads, work))
+
+
+def _parallel_outer(k: Kernel, names: list[str], threads: int, work: int) -> Kernel:
+    if threads <= 1 or work < PARALLEL_MIN_WORK:
+        return k
+    s = Schedule(k)
+    fused = names[0]
+    for nxt in names[1:]:
+        fused = s.fuse(fused, nxt)
+    s.parallel(fused)
+    return s.kernel
+
+
+def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out) -> None:
+    g = ctx.graph
+    ks = wv.shape[2:]
+    nd = len(ks)
+    oshape = g.types[out].shape
+    osp = oshape[2:]
+    ow = osp[-1]
+    vt = ctx.lanes
+    wbuf = ctx.const(wv.reshape((wv.shape[0],) + ks).astype(np.float32), "w")
+    bbuf = ctx.const(bias, "b")
+    ybuf = ctx.value(out, bname="y")
+    st, dl = win.strides, win.dilations
+    n, c = Var("n"), Var("c")
+    orow = [Var(f"o{d}") for d in range(nd - 1)]
+    kv = [Var(f"k{d}") for d in range(nd)]
+
+    def tile(ow0: Expr, width: int, tag: str) -> Stmt:
+        acc = Buffer(f"acc{tag}", DType.float32, (width,), "local")
+        v, v2, v3 = Var(f"v{tag}"), Var(f"v2{tag}"), Var(f"v3{tag}")
+        init = For(v, width, Store(acc, (v,), bbuf[c]), "vectorized")
+        xi = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
+        xi.append((ow0 + v2) * st[-1] + kv[-1] * dl[-1])
+        upd = Store(acc, (v2,), acc[v2] + xp[(n, c) + tuple(xi)] * wbuf[(c,) + tuple(kv)])
+        red: Stmt = For(v2, width, upd, "vectorized")
+        for d in reversed(range(nd)):
+            red = For(kv[d], ks[d], red, "unrolled" if ks[d] <= 7 else "serial")
+        val = acc[v3]
+        if act is not None:
+            val = act(val)
+        epi = For(v3, width, Store(ybuf, (n, c) + tuple(orow) + (ow0 + v3,), val), "vectorized")
+        return Allocate(acc, seq(init, red, epi))
+
+    owb = Var("owb")
+    body: Stmt = For(owb, ow // vt, tile(owb * vt, vt, ""))
+    if ow % vt:
+        body = seq(body, tile(Const(ow - ow % vt), ow % vt, "t"))
+    for d in reversed(range(nd - 1)):
+        body = For(orow[d], osp[d], body)
+    body = For(n, oshape[0], For(c, oshape[1], body))
+    k = Kernel(node.name, [ybuf, xp, wbuf, bbuf], body)
+    work = int(np.prod(oshape)) * int(np.prod(ks))
+    ctx.emit(_parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx.threads, work))

@@ -1,0 +1,213 @@
+"""Pooling, dense layers (Gemm, MatMul) and Softmax."""
+from __future__ import annotations
+
+import numpy as np
+
+from cnncc.ir import DType, Node
+from cnncc.ir.loop import (Allocate, Buffer, Call, Const, Expr, F32, For, If, Kernel, Stmt, Store,
+                           Var, seq)
+from cnncc.ir.ops.spatial import resolve_window
+
+from .context import LowerCtx, const_input, op_context, unsupported
+from .conv import _parallel_outer, padded_input
+
+NEG_INF = float("-inf")
+
+
+def _f32_only(ctx: LowerCtx, node: Node) -> None:
+    g = ctx.graph
+    if any(g.types[v].dtype is not DType.float32 for v in list(node.inputs[:1])
+           + [o for o in node.outputs if o]):
+        raise unsupported(node, "only float32 is lowered")
+
+
+def lower_pool(ctx: LowerCtx, node: Node) -> None:
+    _f32_only(ctx, node)
+    if len([o for o in node.outputs if o]) > 1:
+        raise unsupported(node, "the Indices output")
+    g = ctx.graph
+    octx = op_context(g, node)
+    x, out = node.inputs[0], node.outputs[0]
+    xs, oshape = g.types[x].shape, g.types[out].shape
+    nd = len(xs) - 2
+    win = resolve_window(octx, xs[2:], octx["kernel_shape"], bool(octx["ceil_mode"]))
+    is_max = node.op == "MaxPool"
+    begin = [win.begin(d) for d in range(nd)]
+    need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in
+            zip(win.out, win.strides, win.kernel, win.dilations)]
+    end = [max(win.end(d), need[d] - xs[2 + d] - begin[d]) for d in range(nd)]
+    xp = padded_input(ctx, node, x, begin, end, NEG_INF if is_max else 0.0)
+    ybuf = ctx.value(out, bname="y")
+    inv = None
+    if not is_max:
+        include = octx["count_include_pad"] == 1
+        count = np.ones((), np.float64)
+        for d in range(nd):
+            pos = (np.arange(win.out[d]) * win.strides[d] - begin[d])[:, None] \
+                + np.arange(win.kernel[d])[None, :] * win.dilations[d]
+            lo, hi = (-begin[d], xs[2 + d] + win.end(d)) if include else (0, xs[2 + d])
+            count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(1))
+        inv = ctx.const((1.0 / np.maximum(count, 1)).astype(np.float32), "inv")
+    n, c = Var("n"), Var("c")
+    orow = [Var(f"o{d}") for d in range(nd - 1)]
+    kv = [Var(f"k{d}") for d in range(nd)]
+    st, dl, ks = win.strides, win.dilations, win.kernel
+    ow, vt = oshape[-1], ctx.lanes
+
+    def tile(ow0: Expr, width: int, tag: str) -> Stmt:
+        acc = Buffer(f"acc{tag}", DType.float32, (width,), "local")
+        v, v2, v3 = Var(f"v{tag}"), Var(f"v2{tag}"), Var(f"v3{tag}")
+        init = For(v, width, Store(acc, (v,), Const(NEG_INF if is_max else 0.0, F32)),
+                   "vectorized")
+        xi = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
+        xi.append((ow0 + v2) * st[-1] + kv[-1] * dl[-1])
+        xv = xp[(n, c) + tuple(xi)]
+        upd = Store(acc, (v2,), xv.max(acc[v2]) if is_max else acc[v2] + xv)
+        red: Stmt = For(v2, width, upd, "vectorized")
+        for d in reversed(range(nd)):
+            red = For(kv[d], ks[d], red)
+        val = acc[v3] if is_max else acc[v3] * inv[tuple(orow) + (ow0 + v3,)]
+        epi = For(v3, width, Store(ybuf, (n, c) + tuple(orow) + (ow0 + v3,), val), "vectorized")
+        return Allocate(acc, seq(init, red, epi))
+
+    owb = Var("owb")
+    body: Stmt = For(owb, ow // vt, tile(owb * vt, vt, ""))
+    if ow % vt:
+        body = seq(body, tile(Const(ow - ow % vt), ow % vt, "t"))
+    for d in reversed(range(nd - 1)):
+        body = For(orow[d], oshape[2 + d], body)
+    body = For(n, oshape[0], For(c, oshape[1], body))
+    params = [ybuf, xp] + ([inv] if inv is not None else [])
+    k = Kernel(node.name, params, body)
+    work = int(np.prod(oshape)) * int(np.prod(ks))
+    ctx.emit(_parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx.threads, work))
+
+
+def lower_global_pool(ctx: LowerCtx, node: Node) -> None:
+    _f32_only(ctx, node)
+    g = ctx.graph
+    x, out = node.inputs[0], node.outputs[0]
+    xs = g.types[x].shape
+    nc, hw = xs[0] * xs[1], int(np.prod(xs[2:]))
+    xb = ctx.value(x, (nc, hw), "x")
+    yb = ctx.value(out, (nc,), "y")
+    is_max = node.op == "GlobalMaxPool"
+    acc = Buffer("acc", DType.float32, (1,), "local")
+    i, j = Var("i"), Var("j")
+    upd = acc[0].max(xb[i, j]) if is_max else acc[0] + xb[i, j]
+    res = acc[0] if is_max else acc[0] * (1.0 / hw)
+    body = For(i, nc, Allocate(acc, seq(
+        Store(acc, (0,), Const(NEG_INF if is_max else 0.0, F32)),
+        For(j, hw, Store(acc, (0,), upd)), Store(yb, (i,), res))))
+    ctx.emit(_parallel_outer(Kernel(node.name, [yb, xb], body), ["i"], ctx.threads, nc * hw))
+
+
+def _dense(ctx: LowerCtx, node: Node, a: str, trans_a: bool, m: int, k_dim: int,
+           bmat: np.ndarray, bias: np.ndarray | None, out: str, act) -> None:
+    """Y[m, n] = act(sum_k A[m, k] * B[k, n] + bias[m|1, n]) with B packed [NB, K, VT]."""
+    lanes = ctx.lanes
+    nn_ = bmat.shape[1]
+    vt = 2 * lanes if nn_ >= 2 * lanes else lanes
+    nb = -(-nn_ // vt)
+    bp = np.zeros((k_dim, nb * vt), np.float32)
+    bp[:, :nn_] = bmat
+    bp = np.ascontiguousarray(bp.reshape(k_dim, nb, vt).transpose(1, 0, 2))
+    bias_rows = 1 if bias is None else bias.shape[0]
+    bb = np.zeros((bias_rows, nb * vt), np.float32)
+    if bias is not None:
+        bb[:, :nn_] = bias
+    wbuf, bbuf = ctx.const(bp, "w"), ctx.const(bb, "b")
+    abuf = ctx.value(a, (k_dim, m) if trans_a else (m, k_dim), "a")
+    ybuf = ctx.value(out, (m, nn_), "y")
+    regs = 32 if lanes >= 16 else 16
+    r_tile = min(m, max(1, (regs - 4) // (vt // lanes)))
+    nbv = Var("nb")
+
+    def tile(m0: Expr, rr: int, tag: str) -> Stmt:
+        acc = Buffer(f"acc{tag}", DType.float32, (rr, vt), "local")
+        r, v, r2, v2, r3, v3 = (Var(f"{p}{tag}") for p in ("r", "v", "r2", "v2", "r3", "v3"))
+        kk = Var(f"kk{tag}")
+        init = For(r, rr, For(v, vt, Store(acc, (r, v), Const(0.0, F32)), "vectorized"),
+                   "unrolled")
+        aval = abuf[kk, m0 + r2] if trans_a else abuf[m0 + r2, kk]
+        upd = Store(acc, (r2, v2), acc[r2, v2] + aval * wbuf[nbv, kk, v2])
+        red = For(kk, k_dim, For(r2, rr, For(v2, vt, upd, "vectorized"), "unrolled"))
+        val = acc[r3, v3] + bbuf[(m0 + r3) if bias_rows > 1 else 0, nbv * vt + v3]
+        if act is not None:
+            val = act(val)
+        st: Stmt = Store(ybuf, (m0 + r3, nbv * vt + v3), val)
+        if nn_ % vt:
+            st = If(nbv * vt + v3 < nn_, st)
+        epi = For(r3, rr, For(v3, vt, st, "vectorized"), "unrolled")
+        return Allocate(acc, seq(init, red, epi))
+
+    mb = Var("mb")
+    body: Stmt = For(mb, m // r_tile, tile(mb * r_tile, r_tile, ""))
+    if m % r_tile:
+        body = seq(body, tile(Const(m - m % r_tile), m % r_tile, "t"))
+    k = Kernel(node.name, [ybuf, abuf, wbuf, bbuf], For(nbv, nb, body))
+    ctx.emit(_parallel_outer(k, ["nb"], ctx.threads, m * nn_ * k_dim))
+
+
+def lower_gemm(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
+    _f32_only(ctx, node)
+    g = ctx.graph
+    at = octx_attrs = op_context(g, node).attrs
+    b = const_input(g, node, 1, "B").astype(np.float32)
+    b = (b.T if at["transB"] else b) * np.float32(at["alpha"])
+    c = const_input(g, node, 2, "C") if len(node.inputs) > 2 and node.inputs[2] else None
+    out = out or node.outputs[0]
+    m, nn_ = g.types[out].shape
+    bias = None
+    if c is not None:
+        bias = (np.broadcast_to(c.astype(np.float32), (m, nn_)) * np.float32(
+            octx_attrs["beta"]))
+        if c.ndim < 2 or c.shape[0] == 1:
+            bias = bias[:1]
+    _dense(ctx, node, node.inputs[0], bool(at["transA"]), m, b.shape[0], b, bias, out, act)
+
+
+def lower_matmul(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
+    _f32_only(ctx, node)
+    g = ctx.graph
+    a, bn = node.inputs
+    out = out or node.outputs[0]
+    ash = g.types[a].shape
+    if bn in g.params and g.types[bn].rank == 2 and len(ash) >= 2:
+        b = g.params[bn].astype(np.float32)
+        m = int(np.prod(ash[:-1]))
+        return _dense(ctx, node, a, False, m, ash[-1], b, None, out, act)
+    raise unsupported(node, "only a constant 2-D right operand is lowered")
+
+
+def lower_softmax(ctx: LowerCtx, node: Node) -> None:
+    _f32_only(ctx, node)
+    g = ctx.graph
+    x, out = node.inputs[0], node.outputs[0]
+    shape = g.types[x].shape
+    axis = op_context(g, node).attrs["axis"]
+    axis = axis + len(shape) if axis < 0 else axis
+    outer = int(np.prod(shape[:axis]))
+    red = shape[axis]
+    inner = int(np.prod(shape[axis + 1:]))
+    xb = ctx.value(x, (outer, red, inner), "x")
+    yb = ctx.value(out, (outer, red, inner), "y")
+    acc = Buffer("acc", DType.float32, (2,), "local")
+    o, i, r1, r2, r3 = (Var(n) for n in ("o", "i", "r1", "r2", "r3"))
+    log = node.op == "LogSoftmax"
+    if node.op not in ("Softmax", "LogSoftmax"):
+        raise unsupported(node)
+
+    def exp(e):
+        return Call("exp", (e,), F32)
+
+    body = seq(
+        Store(acc, (0,), Const(NEG_INF, F32)),
+        For(r1, red, Store(acc, (0,), xb[o, r1, i].max(acc[0]))),
+        Store(acc, (1,), Const(0.0, F32)),
+        For(r2, red, seq(Store(acc, (1,), acc[1] + exp(xb[o, r2, i] - acc[0])))),
+        Store(acc, (1,), Call("log", (acc[1],), F32) if log else Const(1.0, F32) / acc[1]),
+        For(r3, red, Store(yb, (o, r3, i), xb[o, r3, i] - acc[0] - acc[1] if log
+                           else exp(xb[o, r3, i] - acc[0]) * acc[1])))
+    k = Kernel(node.name, [yb, xb], For(o, outer, For(i, inner, Allocate(acc, body))))
+    ctx.emit(_parallel_outer(k, ["o"], ctx.threads, outer * red * inner * 8))

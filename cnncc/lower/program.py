@@ -1,0 +1,178 @@
+"""Graph -> program: partition into kernels, lower each, plan the arena, generate the entry.
+
+Entry ABI: ``i32 NAME_run(ptr inputs, ptr outputs, ptr weights, ptr arena)``: inputs/outputs are
+arrays of data pointers (graph order), weights the packed 64-byte aligned constant blob, arena the
+scratch memory planned here. It calls every kernel once, in order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+import numpy as np
+
+from cnncc.ir import CompileError, Graph
+
+from .context import LowerCtx, unsupported
+from .rules import ALIAS_OPS, fused_activation, lower_node
+
+ALIGN = 64
+
+
+@dataclass
+class Program:
+    name: str
+    ctx: LowerCtx
+    weights: np.ndarray             # uint8 blob, 64-byte aligned offsets
+    const_offsets: list[int]
+    arena_bytes: int
+    storage: dict                   # storage key -> ("input", i) | ("output", j) | ("const", off)
+                                    # | ("arena", off)
+
+
+def _round(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def lower_graph(graph: Graph, lanes: int, threads: int) -> Program:
+    g = graph.copy()
+    ctx = LowerCtx(g, lanes, threads)
+    alias: dict[str, str] = {}
+    users = g.users()
+    skip: set[int] = set()
+    for idx, node in enumerate(g.nodes):
+        if idx in skip:
+            continue
+        ctx.node_index = idx
+        if node.op in ALIAS_OPS:
+            outs = [o for o in node.outputs if o]
+            if node.op == "Dropout" and len(outs) > 1:
+                raise unsupported(node, "the mask output")
+            alias[node.outputs[0]] = alias.get(node.inputs[0], node.inputs[0])
+            continue
+        fused = fused_activation(g, node, users, idx)
+        if fused is not None:
+            act_idx, act = fused
+            skip.add(act_idx)
+            lower_node(ctx, node, act=act, out=g.nodes[act_idx].outputs[0])
+            continue
+        lower_node(ctx, node)
+    for name in g.inputs + list(g.params):
+        alias.pop(name, None)
+    storage = _plan(g, ctx, alias)
+    return storage
+
+
+def _root(alias: dict, name: str) -> str:
+    while name in alias:
+        name = alias[name]
+    return name
+
+
+def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
+    """Bind every value to input/output/const/arena storage; plan arena offsets by liveness."""
+    from .tensor import emit_copy
+
+    key_of: dict[str, tuple] = {}
+    for i, name in enumerate(g.inputs):
+        key_of[name] = ("input", i)
+    claimed: set[str] = set()
+    for j, name in enumerate(g.outputs):
+        root = _root(alias, name)
+        if root in g.inputs or root in g.params or root in claimed or root in key_of:
+            # The output must be its own memory: copy into it at the end.
+            ctx.node_index = len(g.nodes)
+            alias.pop(name, None)
+            emit_copy(ctx, f"output_copy_{j}", root, name)
+            key_of[name] = ("output", j)
+            claimed.add(name)
+            continue
+        key_of[root] = ("output", j)
+        claimed.add(root)
+    # Constants: one blob.
+    offsets, total = [], 0
+    for a in ctx.consts:
+        offsets.append(total)
+        total = _round(total + a.nbytes)
+    blob = np.zeros(max(total, ALIGN), np.uint8)
+    for a, off in zip(ctx.consts, offsets):
+        blob[off:off + a.nbytes] = np.frombuffer(a.tobytes(), np.uint8)
+    # Liveness over kernel positions of arena-resident values and temps.
+    live: dict[tuple, list] = {}
+    for pos, (k, _) in enumerate(ctx.kernels):
+        for b in k.params:
+            kind, ref = ctx.binding[id(b)]
+            if kind == "value":
+                root = _root(alias, ref)
+                if root in key_of:
+                    continue
+                ref = ("v", root)
+                size = g.types[root].nbytes
+            elif kind == "temp":
+                size = ctx.temps[ref][0]
+                ref = ("t", ref)
+            else:
+                continue
+            iv = live.setdefault(ref, [pos, pos, size])
+            iv[0], iv[1] = min(iv[0], pos), max(iv[1], pos)
+    placed: list[tuple[int, int, int, int]] = []      # (off, size, start, end)
+    arena_off: dict[tuple, int] = {}
+    for ref, (s, e, size) in sorted(live.items(), key=lambda kv: -kv[1][2]):
+        size = _round(max(size, 1))
+        off = 0
+        for po, ps, pst, pe in sorted(placed):
+            if pst <= e and s <= pe and off < po + ps and po < off + size:
+                off = _round(po + ps)
+        # A second pass: the sorted scan may have moved past a later conflict.
+        while any(pst <= e and s <= pe and off < po + ps and po < off + size
+                  for po, ps, pst, pe in placed):
+            off = _round(max(po + ps for po, ps, pst, pe in placed
+                             if pst <= e and s <= pe and off < po + ps and po < off + size))
+        placed.append((off, size, s, e))
+        arena_off[ref] = off
+    arena = max((o + s for o, s, _, _ in placed), default=0)
+    storage = {}
+    for k, _ in ctx.kernels:
+        for b in k.params:
+            kind, ref = ctx.binding[id(b)]
+            if kind == "const":
+                storage[id(b)] = ("const", offsets[ref])
+            elif kind == "temp":
+                storage[id(b)] = ("arena", arena_off[("t", ref)])
+            else:
+                root = _root(alias, ref)
+                if root in key_of:
+                    storage[id(b)] = key_of[root]
+                elif ("v", root) in arena_off:
+                    storage[id(b)] = ("arena", arena_off[("v", root)])
+                else:
+                    raise CompileError(f"internal error: value {root} has no storage")
+    return Program(g.name, ctx, blob, offsets, arena, storage)
+
+
+def entry_function(module: ir.Module, prog: Program, kernels: dict, name: str) -> None:
+    """``i32 NAME(ptr inputs, ptr outputs, ptr weights, ptr arena)`` calling every kernel."""
+    ptr = ir.PointerType()
+    i8, i64 = ir.IntType(8), ir.IntType(64)
+    fn = ir.Function(module, ir.FunctionType(ir.IntType(32), [ptr] * 4), name=name)
+    ins, outs, wts, arena = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    cache: dict = {}
+
+    def pointer(key):
+        if key in cache:
+            return cache[key]
+        kind, ref = key
+        if kind in ("input", "output"):
+            base = ins if kind == "input" else outs
+            p = b.load(b.gep(base, [ir.Constant(i64, ref)], source_etype=ptr), typ=ptr)
+        else:
+            base = wts if kind == "const" else arena
+            p = b.gep(base, [ir.Constant(i64, ref)], source_etype=i8)
+        cache[key] = p
+        return p
+
+    for k, _ in prog.ctx.kernels:
+        args = [pointer(prog.storage[id(p)]) for p in k.params]
+        b.call(kernels[k.name], args)
+    b.ret(ir.Constant(ir.IntType(32), 0))

@@ -1,0 +1,74 @@
+"""Which lowering rule handles which op, and the conv/gemm + activation fusion of partitioning."""
+from __future__ import annotations
+
+from cnncc.ir import CompileError, Graph, Node
+
+from .context import LowerCtx, unsupported
+from .conv import lower_conv
+from .elementwise import BINARY_OPS, UNARY_OPS, activation_fn, lower_elementwise
+from .nn import lower_gemm, lower_matmul, lower_pool, lower_global_pool, lower_softmax
+from .tensor import lower_concat, lower_pad, lower_slice, lower_transpose
+
+# Ops whose output is the input's memory reinterpreted (no kernel, no copy).
+ALIAS_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
+
+RULES = {
+    "Conv": lower_conv,
+    "Gemm": lower_gemm,
+    "MatMul": lower_matmul,
+    "MaxPool": lower_pool,
+    "AveragePool": lower_pool,
+    "GlobalAveragePool": lower_global_pool,
+    "GlobalMaxPool": lower_global_pool,
+    "Softmax": lower_softmax,
+    "Concat": lower_concat,
+    "Transpose": lower_transpose,
+    "Pad": lower_pad,
+    "Slice": lower_slice,
+    "BatchNormalization": lower_elementwise,
+    "Clip": lower_elementwise,
+}
+for _op in UNARY_OPS + tuple(BINARY_OPS):
+    RULES[_op] = lower_elementwise
+
+# Anchors whose epilogue can apply a following activation in registers.
+FUSABLE_ANCHORS = ("Conv", "Gemm")
+
+
+def supported_ops() -> list[str]:
+    return sorted(set(RULES) | set(ALIAS_OPS))
+
+
+def lower_node(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
+    rule = RULES.get(node.op)
+    if rule is None:
+        raise unsupported(node)
+    if act is not None:
+        rule(ctx, node, act=act, out=out)
+    else:
+        rule(ctx, node)
+
+
+def fused_activation(g: Graph, node: Node, users: dict, idx: int):
+    """(index of the activation node, its expression) when ``node`` is an anchor whose only
+    user is the next node, a unary activation, and the intermediate is not a graph output."""
+    if node.op not in FUSABLE_ANCHORS or len([o for o in node.outputs if o]) != 1:
+        return None
+    out = node.outputs[0]
+    use = users.get(out, [])
+    if len(use) != 1 or out in g.outputs or idx + 1 >= len(g.nodes):
+        return None
+    nxt = g.nodes[idx + 1]
+    if use[0] is not nxt or nxt.inputs[0] != out:
+        return None
+    if nxt.op != "Clip" and nxt.op not in ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid",
+                                            "HardSwish", "Tanh", "Elu", "Swish", "Gelu",
+                                            "Mish", "Softplus"):
+        return None
+    if g.types[nxt.outputs[0]] != g.types[out]:
+        return None
+    try:
+        fn = activation_fn(g, nxt)
+    except CompileError:       # a non-constant Clip bound: no fusion, lowered on its own
+        return None
+    return (idx + 1, fn) if fn is not None else None

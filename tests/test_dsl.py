@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import cnncc
 from cnncc import dsl
@@ -477,3 +479,22 @@ def test_onnx_round_trip_through_the_frontend(make):
     x = net.example_inputs()
     ours = cnncc.compile(net, target="reference")(*x)
     assert rel_err(cnncc.compile(back, target="reference")(*x), ours.astype(np.float64)) <= 1e-6
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(k=st.integers(1, 4), s=st.integers(1, 3), d=st.integers(1, 2),
+       groups=st.sampled_from([1, 2]), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4), size=st.integers(6, 11),
+       pool=st.sampled_from(["max", "avg", "none"]), ceil=st.booleans(), seed=st.integers(0, 99))
+def test_random_conv_and_pool_configs_match_onnxruntime(k, s, d, groups, pads, size, pool, ceil,
+                                                        seed):
+    def f(x):
+        y = dsl.conv2d(x, 4, k, s, padding=pads, dilation=d, groups=groups)
+        if pool == "max":
+            y = dsl.max_pool2d(y, 2, 1, padding=1, ceil_mode=ceil)
+        elif pool == "avg":
+            y = dsl.avg_pool2d(y, 2, 2, padding=(1, 0), ceil_mode=ceil, count_include_pad=ceil)
+        return y
+
+    assume((size + pads[0] + pads[2] - (k - 1) * d - 1) // s >= 1)
+    assume((size + pads[1] + pads[3] - (k - 1) * d - 1) // s >= 1)
+    assert_matches_ort(dsl.build(f, (1, 2, size, size + 1), seed=seed))

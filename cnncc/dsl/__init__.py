@@ -24,9 +24,10 @@ from .functional import (add, avg_pool2d, clip, concat, div, dropout, flatten, g
                          leaky_relu, matmul, max_pool2d, maximum, minimum, mul, pad, reduce_mean,
                          relu, relu6, reshape, resize, sigmoid, silu, softmax, sub, tanh,
                          transpose, upsample)
+from . import zoo
 
 __all__ = [
-    "Tensor", "Net", "NetDef", "net", "build", "constant", "scope",
+    "Tensor", "Net", "NetDef", "net", "build", "constant", "scope", "zoo",
     "conv2d", "depthwise_conv2d", "conv_transpose2d", "dense", "linear", "batch_norm", "pads_of",
     "relu", "relu6", "clip", "leaky_relu", "hard_sigmoid", "hard_swish", "sigmoid", "tanh",
     "silu", "gelu", "softmax", "identity", "dropout",

@@ -134,7 +134,7 @@ class _Importer:
             self._set_param(t.name, value)
 
     def _set_param(self, name: str, value: np.ndarray) -> None:
-        value = np.ascontiguousarray(value)
+        value = np.asarray(value, order="C")  # (ascontiguousarray would make 0-d 1-d)
         try:
             ttype = TensorType(DType.from_numpy(value.dtype), value.shape)
         except (TypeError, ValueError) as e:

@@ -74,7 +74,7 @@ def tensor_to_array(tensor: onnx.TensorProto, model_dir: str | None,
         array = numpy_helper.to_array(tensor)
     except (ValueError, TypeError, RuntimeError) as e:
         raise CompileError(f"{what} cannot be decoded: {e}") from None
-    return np.ascontiguousarray(array.astype(dtype.np, copy=False).reshape(dims))
+    return np.asarray(array.astype(dtype.np, copy=False).reshape(dims), order="C")
 
 
 def attribute_value(attr: onnx.AttributeProto, node: str, model_dir: str | None) -> Any:

@@ -91,12 +91,17 @@ def accumulate_columns(y: np.ndarray, wg: np.ndarray, xp: np.ndarray, win: Windo
             cols = xp[win.slices(pos)].reshape(n, group, 1, pixels)
             y += wg[None, :, :, 0, k, None] * cols
         return
-    chunk = max(1, -(-_INNER_TARGET // cg))
+    chunk = min(len(positions), max(1, -(-_INNER_TARGET // cg)))
+    out = tuple(win.out)
+    buf = np.empty((n, group, chunk, cg) + out, xp.dtype)
     for k0 in range(0, len(positions), chunk):
         part = positions[k0:k0 + chunk]
-        cols = np.stack([xp[win.slices(pos)].reshape(n, group, cg, pixels) for pos in part],
-                        axis=3).reshape(n, group, cg * len(part), pixels)
-        w_part = wg[..., k0:k0 + len(part)].reshape(group, wg.shape[1], -1)
+        q = len(part)
+        for j, pos in enumerate(part):
+            # Splitting C into (G, Cg) keeps the strided slice a view: one copy per position.
+            buf[:, :, j] = xp[win.slices(pos)].reshape((n, group, cg) + out)
+        cols = buf[:, :, :q].reshape(n, group, q * cg, pixels)
+        w_part = wg[..., k0:k0 + q].transpose(0, 1, 3, 2).reshape(group, wg.shape[1], q * cg)
         y += np.matmul(w_part[None], cols)
 
 

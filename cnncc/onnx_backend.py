@@ -6,21 +6,24 @@
 Binding runtime inputs as constants
 -----------------------------------
 cnncc compiles static shapes: values that determine a shape (a Reshape's shape, Slice bounds, Pad
-widths, TopK's k, ...) must be constants at compile time, and every input needs a concrete shape.
-ONNX test models often feed such values as ordinary graph inputs. With ``bind_inputs=True`` (the
-default here; never in ``cnncc.compile``) a model that does not compile as it is gets compiled at
-its first ``run``, specialized to the values given there, trying in turn:
+widths, Resize scales, TopK's k, ...) must be constants at compile time, and every input needs a
+concrete shape. ONNX test models often feed such values as ordinary graph inputs. With
+``bind_inputs=True`` (the default here; never in ``cnncc.compile``) a model that does not compile
+as it is gets compiled at its first ``run``, specialized to the values given there:
 
-  1. the input shapes of that call (fills symbolic dims),
-  2. plus every integer-typed input turned into an initializer (shape-like operands),
-  3. plus every input turned into an initializer.
+  1. symbolic input dims take the shapes of that call;
+  2. while compilation fails because a node input must be a constant, the graph inputs that value
+     is computed from are turned into initializers holding the values of that call (only those:
+     data inputs stay inputs, so the target still computes on them).
 
-The first variant that compiles is used; a specialized rep recompiles when later calls bring
-different bound values, so results are always those of the values actually passed. With
-``bind_inputs=False`` the compile error of ``prepare`` is raised as is.
+Any other compile error is raised as is. A specialized rep recompiles when a subsequent call
+brings other input shapes or other values for the bound inputs, so results are always those of
+the values actually passed.
+With ``bind_inputs=False`` the compile error of ``prepare`` is raised at once.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -86,30 +89,61 @@ class CnnccBackendRep(BackendRep):
 
     def _specialize(self, arrays: list[np.ndarray]) -> None:
         """Compile the variant specialized to these inputs (see the module docstring)."""
-        if self._key is not None:
-            key = tuple((n, a.dtype.str, a.shape, a.tobytes()) for n, a in
-                        zip(self.input_names, arrays) if n in self._bound)
-            if key == self._key:
-                return
         given = dict(zip(self.input_names, arrays))
-        ints = [n for n, a in given.items() if np.issubdtype(a.dtype, np.integer)]
-        attempts = [[], ints, list(given)]
-        error = self.error
-        for bound in attempts:
+        if self._key is not None and self._key == _key(given, self._bound):
+            return
+        bound: set[str] = set()
+        while True:
             try:
                 model = _bind(self.model, {n: given[n] for n in bound})
                 shapes = {n: a.shape for n, a in given.items() if n not in bound}
                 graph = import_model(model, input_shapes=shapes)
                 self.compiled = cnncc_compile(graph, target=self.target, **self.options)
             except CompileError as e:
-                error = e
+                more = _inputs_needed_constant(self.model, e, set(given)) - bound
+                if not more:
+                    raise
+                bound |= more
                 continue
             self._bound = {n: given[n] for n in bound}
-            self._key = tuple((n, given[n].dtype.str, given[n].shape, given[n].tobytes())
-                              for n in self.input_names if n in self._bound)
+            self._key = _key(given, self._bound)
             return
-        assert error is not None
-        raise error
+
+
+def _key(given: dict[str, np.ndarray], bound: dict[str, np.ndarray]) -> tuple:
+    """What a specialization depends on: every input's shape, the bound inputs' values."""
+    return tuple((n, a.dtype.str, a.shape, a.tobytes() if n in bound else b"")
+                 for n, a in given.items())
+
+
+_CONST_ERROR = re.compile(r"input (\d+) \(.*?\) must be a constant")
+
+
+def _inputs_needed_constant(model: onnx.ModelProto, error: CompileError,
+                            inputs: set[str]) -> set[str]:
+    """The graph inputs that the value a 'must be a constant' error is about is computed from."""
+    match = _CONST_ERROR.search(str(error))
+    if match is None or error.node is None:
+        return set()
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output if o}
+    # Unnamed ONNX nodes are named "<op>_<index>" by the importer.
+    by_name = {(n.name or f"{n.op_type.lower()}_{i}"): n for i, n in enumerate(nodes)}
+    node = by_name.get(error.node)
+    index = int(match.group(1))
+    if node is None or index >= len(node.input) or not node.input[index]:
+        return set()
+    found, stack, seen = set(), [node.input[index]], set()
+    while stack:
+        value = stack.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        if value in inputs:
+            found.add(value)
+        elif value in producer:
+            stack.extend(i for i in producer[value].input if i)
+    return found
 
 
 def _bind(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:

@@ -49,7 +49,7 @@ def map_stmt(s: Stmt, efn: Callable[[Expr], Expr]) -> Stmt:
         return Seq([map_stmt(x, efn) for x in s.stmts])
     if isinstance(s, If):
         return If(efn(s.cond), map_stmt(s.then, efn),
-                  None if s.else_ is None else map_stmt(s.else_, efn))
+                  None if s.else_ is None else map_stmt(s.else_, efn), s.masked)
     if isinstance(s, Let):
         return Let(s.var, efn(s.value), map_stmt(s.body, efn))
     if isinstance(s, Allocate):

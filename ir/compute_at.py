@@ -157,5 +157,6 @@ def _redirect_stores(s: Stmt, buf: Buffer, local: Buffer, tvars: list) -> Stmt:
         return Seq([_redirect_stores(x, buf, local, tvars) for x in s.stmts])
     if isinstance(s, If):
         return If(s.cond, _redirect_stores(s.then, buf, local, tvars),
-                  None if s.else_ is None else _redirect_stores(s.else_, buf, local, tvars))
+                  None if s.else_ is None else _redirect_stores(s.else_, buf, local, tvars),
+                  s.masked)
     return s

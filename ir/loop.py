@@ -3,8 +3,9 @@ backends print as LLVM IR or CUDA C).
 
 Expressions are immutable dataclasses; Python operators build them (``i * 4 + j``), and plain ints
 and floats become constants. min(a, b) = (b < a ? b : a), max(a, b) = (a < b ? b : a): a NaN in
-the first operand propagates (put the data operand first). Statements are For / Store / Seq / If / Let / Allocate. A Kernel has
-global Buffer parameters passed by pointer; local buffers come from Allocate.
+the first operand propagates (put the data operand first).
+Statements are For / Store / Seq / If / Let / Allocate. A Kernel has global Buffer parameters
+passed by pointer; local buffers come from Allocate.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "gpu_block", "gpu_
 BIN_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max")
 CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 MATH_FNS = ("exp", "log", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "sigmoid", "round",
-            "sin", "cos")
+            "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
+            "atanh", "pow")
 
 I64 = DType.int64
 F32 = DType.float32
@@ -242,9 +244,12 @@ class Seq(Stmt):
 
 @dataclass(eq=False)
 class If(Stmt):
+    """Conditional. ``masked``: the then-branch only stores and all its loads are in bounds for
+    every lane, so a vectorized loop may evaluate it on all lanes and mask the stores."""
     cond: Expr
     then: Stmt
     else_: Stmt | None = None
+    masked: bool = False
 
 
 @dataclass(eq=False)

@@ -24,6 +24,10 @@ _MATH = {
     "sigmoid": lambda x: 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0,
     "round": lambda x: float(np.round(x)), "sin": math.sin, "cos": math.cos,
 }
+for _n in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh"):
+    _MATH[_n] = getattr(np, {"asin": "arcsin", "acos": "arccos", "atan": "arctan",
+                            "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh"}.get(_n, _n))
+_MATH["pow"] = lambda x, y: float(np.power(np.float64(x), np.float64(y)))
 
 
 def run_kernel(kernel: Kernel, arrays: dict[str, np.ndarray]) -> None:
@@ -106,7 +110,8 @@ class _Interp:
             return e.dtype.np.type(self.expr(e.a, env))
         if isinstance(e, Call):
             args = [float(self.expr(a, env)) for a in e.args]
-            return e.dtype.np.type(_MATH[e.fn](*args))
+            with np.errstate(all="ignore"):
+                return e.dtype.np.type(_MATH[e.fn](*args))
         if isinstance(e, Load):
             return self.mem[e.buf.name][self._index(e.buf, e.indices, env)]
         raise TypeError(f"unknown expression {type(e).__name__}")

@@ -52,7 +52,7 @@ def format_stmt(s: Stmt, indent: int = 0) -> list[str]:
     if isinstance(s, Seq):
         return [line for x in s.stmts for line in format_stmt(x, indent)]
     if isinstance(s, If):
-        out = [f"{pad}if {format_expr(s.cond)}:"] + format_stmt(s.then, indent + 1)
+        out = [f"{pad}if{' masked' if s.masked else ''} {format_expr(s.cond)}:"] + format_stmt(s.then, indent + 1)
         if s.else_ is not None:
             out += [f"{pad}else:"] + format_stmt(s.else_, indent + 1)
         return out

@@ -30,7 +30,7 @@ def _rebuild(s: Stmt, target: Stmt, new: Stmt) -> Stmt:
         return Seq([_rebuild(x, target, new) for x in s.stmts])
     if isinstance(s, If):
         return If(s.cond, _rebuild(s.then, target, new),
-                  None if s.else_ is None else _rebuild(s.else_, target, new))
+                  None if s.else_ is None else _rebuild(s.else_, target, new), s.masked)
     if isinstance(s, Let):
         return Let(s.var, s.value, _rebuild(s.body, target, new))
     if isinstance(s, Allocate):

@@ -322,3 +322,35 @@ def test_errors_do_not_escape_as_other_types():
     for m in broken:
         with pytest.raises(CompileError):
             import_model(m)
+
+
+def test_mutated_bytes_only_raise_compile_error():
+    """Seeded byte mutations of small valid models: each import succeeds or is a CompileError."""
+    w = numpy_helper.from_array(np.ones((3, 2, 3, 3), np.float32), "w")
+    conv = model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+                 [vi("x", [1, 2, 5, 5])], [vi("y", [1, 3, 5, 5])], [w], opset=7)
+    clip = model([helper.make_node("Clip", ["x"], ["y"], min=-1.0, max=1.0)],
+                 [vi("x", [2, 3])], [vi("y", [2, 3])], opset=7)
+    sources = [conv.SerializeToString(), clip.SerializeToString(),
+               relu_model().SerializeToString()]
+    rng = np.random.default_rng(1234)
+    for trial in range(600):
+        data = bytearray(sources[trial % len(sources)])
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        try:
+            import_model(bytes(data))
+        except CompileError:
+            pass
+
+
+def test_external_data_written_by_onnx_save(tmp_path):
+    w = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    m = model([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x", [2, 64])],
+              [vi("y", [2, 64])], [numpy_helper.from_array(w, "w")])
+    path = str(tmp_path / "big.onnx")
+    onnx.save_model(m, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="big.data", size_threshold=0)
+    assert os.path.getsize(tmp_path / "big.data") >= w.nbytes
+    x = np.ones((2, 64), np.float32)
+    np.testing.assert_allclose(cnncc.compile(path, target="reference")(x), x @ w, rtol=1e-6)

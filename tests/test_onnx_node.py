@@ -5,12 +5,15 @@ old-form rewrites, its types are ones we support) or excluded with a stated reas
 exclusions are counted in the pytest terminal summary. Expected outputs come from ONNX's own
 numpy implementations shipped with the test cases.
 
-    python tests/test_onnx_node.py       # prints: discovered / in op set / passed / excluded
-                                          # by reason / failures grouped by op
+    python tests/test_onnx_node.py [REGEX]   # prints: discovered / in op set / passed /
+                                              # excluded by reason / failures grouped by op
+
+The target is "reference" unless CNNCC_ONNX_TARGET names another one (e.g. llvm).
 """
 from __future__ import annotations
 
 import collections
+import os
 import re
 import sys
 import warnings
@@ -23,9 +26,10 @@ from onnx import numpy_helper
 from cnncc.frontend.opset import RENAMED_OPS
 from cnncc.frontend.validate import DEFAULT_DOMAINS, FRONTEND_OPS, MIN_OPSET
 from cnncc.ir import OP_TABLE, DType
-from cnncc.onnx_backend import CnnccBackend
+from cnncc.onnx_backend import CnnccBackend, CnnccBackendRep
 
 MIN_CASES = 1800
+TARGET = os.environ.get("CNNCC_ONNX_TARGET", "reference")
 
 # Cases excluded by name, with the reason (regex -> reason). Everything else that is not run is
 # excluded by a rule computed from the model (domain, types, ops), also with its reason.
@@ -127,10 +131,10 @@ def _to_array(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def run_case(case) -> None:
-    """Run every data set of ``case`` on the reference target and compare with ONNX's outputs."""
+def run_case(case) -> CnnccBackendRep:
+    """Run every data set of ``case`` on TARGET and compare with ONNX's expected outputs."""
     rtol, atol = max(case.rtol, 1e-3), max(case.atol, 1e-5)
-    rep = CnnccBackend.prepare(case.model, device="CPU", target="reference")
+    rep = CnnccBackend.prepare(case.model, device="CPU", target=TARGET)
     for inputs, expected in case.data_sets:
         got = rep.run([_to_array(x) for x in inputs])
         assert len(got) == len(expected), f"{len(got)} outputs, expected {len(expected)}"
@@ -144,6 +148,7 @@ def run_case(case) -> None:
                                            err_msg=f"output {i}")
             else:
                 np.testing.assert_array_equal(out, ref, err_msg=f"output {i}")
+    return rep
 
 
 def test_enough_node_cases_discovered():
@@ -164,8 +169,8 @@ def test_node(case):
 def summary_lines() -> list[str]:
     """Counts for the pytest terminal summary (see tests/conftest.py)."""
     by_reason = collections.Counter(EXCLUDED_CASES.values())
-    lines = [f"ONNX node tests: {len(CASES)} discovered, {len(INCLUDED)} in our op set, "
-             f"{len(EXCLUDED_CASES)} excluded:"]
+    lines = [f"ONNX node tests (target {TARGET}): {len(CASES)} discovered, {len(INCLUDED)} in "
+             f"our op set, {len(EXCLUDED_CASES)} excluded:"]
     for reason, count in by_reason.most_common():
         lines.append(f"  {count:5d}  {reason}")
     return lines
@@ -178,14 +183,17 @@ def _main() -> int:
     import traceback
     failures: dict[str, list[str]] = collections.defaultdict(list)
     passed = 0
+    bound = collections.Counter()
     pattern = sys.argv[1] if len(sys.argv) > 1 else ""
     selected = [c for c in INCLUDED if re.search(pattern, c.name)]
     for case in selected:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                run_case(case)
+                rep = run_case(case)
             passed += 1
+            if rep.error is not None:
+                bound["inputs bound as constants" if rep._bound else "shapes from run"] += 1
         except Exception as e:  # noqa: BLE001 - the script reports every kind of failure
             ops = ",".join(sorted({n.op_type for n in case.model.graph.node}))
             msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
@@ -194,6 +202,7 @@ def _main() -> int:
             failures[ops].append(f"{case.name}: {msg}")
     print("\n".join(summary_lines()))
     print(f"selected {len(selected)}, passed {passed}, failed {len(selected) - passed}")
+    print(f"passed only after specializing at the first run: {dict(bound)}")
     for ops, items in sorted(failures.items(), key=lambda kv: -len(kv[1])):
         print(f"-- {ops}: {len(items)} failing")
         for item in items:

@@ -16,7 +16,7 @@ from .exprs import I32, I64, PTR, ExprEmitter, lltype
 
 
 class ModuleBuilder:
-    """An llvmlite module holding kernels (and later the program entry)."""
+    """An llvmlite module holding kernels (and the program entry function)."""
 
     def __init__(self, name: str, lanes: int, threads: int, openmp: bool = True):
         self.module = ir.Module(name=name)
@@ -67,6 +67,7 @@ class FunctionEmitter(ExprEmitter):
         self.vvar = None
         self.vec_lets: set = set()
         self.scalar_lane = False
+        self._lin_cache: dict = {}     # (id(buf), id(indices)) -> linear index (kept alive)
 
     # ---- statements ----------------------------------------------------------------------------
     def emit(self, s: Stmt) -> None:
@@ -100,6 +101,13 @@ class FunctionEmitter(ExprEmitter):
             raise CompileError(f"internal error: cannot emit {type(s).__name__}")
 
     def emit_if(self, s: If) -> None:
+        if self.vvar is not None and self.lane_dep(s.cond):
+            mask, vec = self.ev(s.cond)
+            mask = mask if vec else self.splat(mask)
+            for st in walk_stmts(s.then):
+                if isinstance(st, Store):
+                    self.store(st.buf, st.indices, st.value, mask)
+            return
         cond = self.ev_scalar(s.cond)
         if s.else_ is None:
             with self.b.if_then(cond):
@@ -187,7 +195,9 @@ class FunctionEmitter(ExprEmitter):
         for st in walk_stmts(s.body):
             if isinstance(st, Allocate):
                 return False
-            if isinstance(st, If) and _uses(st.cond, dep):
+            if isinstance(st, If) and _uses(st.cond, dep) and not (
+                    st.masked and st.else_ is None
+                    and all(isinstance(x, (Store, Seq)) for x in walk_stmts(st.then))):
                 return False
             if isinstance(st, For) and (_uses(st.extent, dep) or _uses(st.start, dep)):
                 return False
@@ -213,11 +223,13 @@ class FunctionEmitter(ExprEmitter):
         vals = [self.env[n][0] for n in names]
         start = self.ev_scalar(s.start)
         extent = self.ev_scalar(s.extent)
-        fields = [PTR] * len(bufs) + [v.type for v in vals] + [I64, I64]
+        # The last field is the shared "next iteration" counter of the dynamic schedule.
+        fields = [PTR] * len(bufs) + [v.type for v in vals] + [I64, I64, I64]
         sty = ir.LiteralStructType(fields)
         ctx = self.alloca_b.alloca(sty, name="parctx")
         ctx.type = PTR
-        for i, v in enumerate([self.bufs[b] for b in bufs] + vals + [start, extent]):
+        zero64 = ir.Constant(I64, 0)
+        for i, v in enumerate([self.bufs[b] for b in bufs] + vals + [start, extent, zero64]):
             self.b.store(v, self.b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, i)],
                                        source_etype=sty))
         fname = self.mb.outlined_name(self.fn.name)
@@ -226,21 +238,32 @@ class FunctionEmitter(ExprEmitter):
         pfn.attributes.add("nounwind")
         sub = FunctionEmitter(self.mb, pfn, {}, {})
         loaded = []
-        for i, ty in enumerate(fields):
+        for i, ty in enumerate(fields[:-1]):
             p = sub.b.gep(pfn.args[0], [ir.Constant(I32, 0), ir.Constant(I32, i)],
                           source_etype=sty)
             loaded.append(sub.b.load(p, typ=ty))
+        counter = sub.b.gep(pfn.args[0], [ir.Constant(I32, 0), ir.Constant(I32, len(fields) - 1)],
+                            source_etype=sty)
         for b, v in zip(bufs, loaded):
             v._cnncc_shared = True
             sub.bufs[b] = v
         for n, v in zip(names, loaded[len(bufs):]):
             sub.env[n] = (v, False)
         lo_s, ext_s = loaded[-2], loaded[-1]
-        tid = sub.b.sext(sub.b.call(self._omp("omp_get_thread_num"), []), I64)
+        # Dynamic schedule: threads grab chunks of ~1/(4 * threads) of the range from an atomic
+        # counter, so a thread the OS preempted (shared machines) does not hold up the rest.
         nt = sub.b.sext(sub.b.call(self._omp("omp_get_num_threads"), []), I64)
         one = ir.Constant(I64, 1)
-        chunk = sub.b.sdiv(sub.b.sub(sub.b.add(ext_s, nt), one), nt)
-        lo = sub.b.mul(tid, chunk)
+        chunk = sub.b.sdiv(ext_s, sub.b.mul(nt, ir.Constant(I64, 4)))
+        chunk = sub.b.select(sub.b.icmp_signed("<", chunk, one), one, chunk)
+        grab = pfn.append_basic_block("grab")
+        work = pfn.append_basic_block("work")
+        done = pfn.append_basic_block("done")
+        sub.b.branch(grab)
+        sub.b.position_at_end(grab)
+        lo = sub.b.atomic_rmw("add", counter, chunk, "monotonic")
+        sub.b.cbranch(sub.b.icmp_signed("<", lo, ext_s), work, done)
+        sub.b.position_at_end(work)
         hi = sub.b.add(lo, chunk)
         hi = sub.b.select(sub.b.icmp_signed("<", hi, ext_s), hi, ext_s)
         name = s.var.name
@@ -251,6 +274,8 @@ class FunctionEmitter(ExprEmitter):
             sub.emit(s.body)
 
         sub.serial_loop(name, lo, hi, body)
+        sub.b.branch(grab)
+        sub.b.position_at_end(done)
         sub.b.ret_void()
         gomp = self.module.globals.get("GOMP_parallel") or ir.Function(
             self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I32, I32]), "GOMP_parallel")

@@ -87,8 +87,12 @@ class ExprEmitter:
         return v
 
     # ---- memory --------------------------------------------------------------------------------
-    def address(self, buf, indices, lane_base: bool = False):
-        lin = linear_index(buf, indices)
+    def address(self, buf, indices):
+        key = (id(buf), id(indices))
+        hit = self._lin_cache.get(key)
+        if hit is None:
+            hit = self._lin_cache[key] = (linear_index(buf, indices), buf, indices)
+        lin = hit[0]
         ptr = self.bufs[buf.name]
         ety = lltype(buf.dtype)
         if not self.lane_dep(lin):
@@ -122,7 +126,8 @@ class ExprEmitter:
             out = self.b.insert_element(out, self.b.load(pk, typ=ety), ir.Constant(I32, k))
         return self._from_mem(out, e.buf.dtype), True
 
-    def store(self, buf, indices, value: Expr) -> None:
+    def store(self, buf, indices, value: Expr, mask=None) -> None:
+        """Store ``value``; with a <lanes x i1> ``mask`` only the enabled lanes are written."""
         kind, p, ety = self.address(buf, indices)
         v, vec = self.ev(value)
         v = self._to_mem(v, buf.dtype)
@@ -134,11 +139,20 @@ class ExprEmitter:
             return
         if not vec:
             v = self.splat(v)
-        if kind == "vector":
+        if mask is not None and kind == "vector":
+            fn = self.intrinsic(f"llvm.masked.store.{_suffix(v.type)}.p0", ir.VoidType(),
+                                [v.type, PTR, I32, mask.type])
+            self.b.call(fn, [v, p, ir.Constant(I32, buf.dtype.itemsize), mask])
+        elif kind == "vector":
             self.b.store(v, p, align=buf.dtype.itemsize)
         else:
             for k, pk in enumerate(p):
-                self.b.store(self.b.extract_element(v, ir.Constant(I32, k)), pk)
+                lane = self.b.extract_element(v, ir.Constant(I32, k))
+                if mask is None:
+                    self.b.store(lane, pk)
+                else:
+                    with self.b.if_then(self.b.extract_element(mask, ir.Constant(I32, k))):
+                        self.b.store(lane, pk)
 
     def _from_mem(self, v, dtype):
         if dtype is DType.bool:
@@ -276,11 +290,29 @@ class ExprEmitter:
         fn, x = e.fn, e.args[0]
         if fn in ("tanh", "erf", "sigmoid"):
             return self._expanded(fn, x)
+        if fn == "pow":
+            a, b, vec = self.both(self.ev(x), self.ev(e.args[1]))
+            return self.b.call(self.intrinsic(f"llvm.pow.{_suffix(a.type)}", a.type,
+                                              [a.type] * 2), [a, b]), vec
         v, vec = self.ev(x)
-        name = {"exp": "exp", "log": "log", "sqrt": "sqrt", "abs": "fabs", "floor": "floor",
-                "ceil": "ceil", "round": "roundeven", "sin": "sin", "cos": "cos"}[fn]
+        if fn in _LIBM_ONLY:
+            return self._libm(f"{fn}f" if e.dtype is DType.float32 else fn, v, vec), vec
+        name = {"abs": "fabs", "round": "roundeven"}.get(fn, fn)
         return self.b.call(self.intrinsic(f"llvm.{name}.{_suffix(v.type)}", v.type, [v.type]),
                            [v]), vec
+
+    def _libm(self, name: str, v, vec: bool):
+        """A scalar C math library call (per lane for vectors): functions without an LLVM
+        intrinsic; the JIT resolves them from the process's libm."""
+        sty = v.type.element if vec else v.type
+        fn = self.intrinsic(name, sty, [sty])
+        if not vec:
+            return self.b.call(fn, [v])
+        out = ir.Constant(v.type, ir.Undefined)
+        for k in range(self.lanes):
+            lane = self.b.extract_element(v, ir.Constant(I32, k))
+            out = self.b.insert_element(out, self.b.call(fn, [lane]), ir.Constant(I32, k))
+        return out
 
     def _expanded(self, fn: str, x: Expr):
         """tanh, erf and sigmoid as expressions over exp (x evaluated once, bound to a temp)."""
@@ -308,6 +340,9 @@ class ExprEmitter:
         out = self.ev(r)
         del self.env[tmp.name]
         return out
+
+
+_LIBM_ONLY = ("asinh", "acosh", "atanh")
 
 
 def _poly(x: Expr, coefs: list, dtype) -> Expr:

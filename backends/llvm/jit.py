@@ -30,6 +30,10 @@ def _init() -> dict:
             return _STATE
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
+        # Idle OpenMP workers sleep instead of spinning: on a shared or oversubscribed machine
+        # spinning workers steal the core from the thread running the next kernel (measured 2-5x
+        # slowdowns). Read by libgomp when it loads; the user's setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         gomp = ctypes.util.find_library("gomp") or "libgomp.so.1"
         try:
             llvm.load_library_permanently(gomp)

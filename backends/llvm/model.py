@@ -51,6 +51,32 @@ class LLVMModel(CompiledModel):
             jit.function_address(self.entry_name))
         self.kernels = [k for k, _ in prog.ctx.kernels]
 
+    def profile(self, inputs: list[np.ndarray], repeat: int = 10) -> list[tuple[str, float]]:
+        """Median seconds per kernel (each kernel called on its own, in program order)."""
+        import time
+
+        checked = self._check(list(inputs))
+        outs = [np.empty(s, d) for s, d in zip(self.output_shapes, self.output_dtypes)]
+        base = {"input": [a.ctypes.data for a in checked], "output": [a.ctypes.data for a in outs],
+                "const": self._weights.ctypes.data, "arena": self._arena.ctypes.data}
+        uid = self.entry_name[:-len("_run")]
+        result = []
+        for k in self.kernels:
+            ptrs = []
+            for b in k.params:
+                kind, ref = self.program.storage[id(b)]
+                ptrs.append(base[kind][ref] if kind in ("input", "output") else base[kind] + ref)
+            fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(ptrs))(
+                jit.function_address(f"{uid}_{k.name}"))
+            fn(*ptrs)
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fn(*ptrs)
+                times.append(time.perf_counter() - t0)
+            result.append((k.name, float(np.median(times))))
+        return result
+
     def _execute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         outs = [np.empty(shape, dt) for shape, dt in zip(self.output_shapes, self.output_dtypes)]
         in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])

@@ -172,15 +172,22 @@ def build(fn: Callable[..., Any], input_shape: InputShapes, name: str | None = N
         outputs = _outputs(result, fn.__name__)
     graph = builder.graph
     produced = {o for n in graph.nodes for o in n.outputs}
+    renamed: dict[str, str] = {}            # node outputs already given an output name
     for out_name, t in outputs:
         if t.builder is not builder:
             raise CompileError(f"{fn.__name__}(): output '{out_name}' belongs to another net")
-        value = t.name
-        if value not in produced or value in graph.outputs:
+        value = renamed.get(t.name, t.name)
+        if value not in produced or value in renamed.values():
             # An input, a constant or an already-named output: give it its own Identity node.
-            value = builder.node("Identity", [t], name=builder.unique(out_name))[0].name
-        graph.outputs.append(builder.rename_value(value, out_name) if value != out_name
-                             else value)
+            value = builder.node("Identity", [Tensor(builder, value)],
+                                 name=builder.unique(out_name))[0].name
+        if value != out_name:
+            renamed[value] = builder.rename_value(value, out_name)
+            renamed[t.name] = renamed[value]
+            value = renamed[value]
+        else:
+            renamed[value] = value
+        graph.outputs.append(value)
     return Net(graph, seed)
 
 

@@ -11,19 +11,30 @@ import numpy as np
 
 from cnncc.ir import CompileError
 
-from .tensor import Builder
+from .tensor import Builder, _user_location
+
+# Random weights beyond this many elements (8 GiB of float32) are refused before allocating.
+MAX_WEIGHT_ELEMENTS = 1 << 31
+
+
+def _normal(b: Builder, shape: Sequence[int]) -> np.ndarray:
+    shape = tuple(int(d) for d in shape)
+    if int(np.prod(shape, dtype=np.float64)) > MAX_WEIGHT_ELEMENTS:
+        raise CompileError(f"weight of shape {list(shape)} is too large "
+                           f"(> {MAX_WEIGHT_ELEMENTS} elements)" + _user_location())
+    return b.rng.standard_normal(shape, dtype=np.float32)
 
 
 def he_normal(b: Builder, shape: Sequence[int], fan_in: int, dtype: np.dtype) -> np.ndarray:
     """Kaiming/He normal: N(0, 2 / fan_in), which keeps activations' scale through ReLU layers."""
     std = np.sqrt(2.0 / max(int(fan_in), 1))
-    return (b.rng.standard_normal(tuple(shape), dtype=np.float32) * np.float32(std)).astype(dtype)
+    return (_normal(b, shape) * np.float32(std)).astype(dtype)
 
 
 def small_normal(b: Builder, shape: Sequence[int], dtype: np.dtype,
                  std: float = 0.1) -> np.ndarray:
     """N(0, std^2): biases and BN shifts, non-zero so they are exercised by tests."""
-    return (b.rng.standard_normal(tuple(shape), dtype=np.float32) * np.float32(std)).astype(dtype)
+    return (_normal(b, shape) * np.float32(std)).astype(dtype)
 
 
 def uniform(b: Builder, shape: Sequence[int], lo: float, hi: float,

@@ -22,7 +22,7 @@ def load_model_proto(source: Any) -> tuple[onnx.ModelProto, str | None]:
     """Return ``(model, model_dir)`` for a path, raw bytes or a ModelProto.
 
     ``model_dir`` is the folder external data is read from; None when the model came from memory
-    (a model from memory that refers to external data is refused later, naming the tensor).
+    (a model from memory that refers to external data is refused when that tensor is read).
     """
     if isinstance(source, onnx.ModelProto):
         return source, None

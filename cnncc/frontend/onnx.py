@@ -25,7 +25,7 @@ from cnncc.ir.ops import run_reference
 from .load import load_model_proto
 from .opset import convert_node
 from .tensors import attribute_value, elem_dtype, tensor_to_array
-from .validate import check_ops, check_structure, default_opset, run_checker
+from .validate import check_ops, check_structure, check_text, default_opset, run_checker
 
 # Constant folding never materializes more than this per node: a ConstantOfShape asking for
 # gigabytes stays a runtime node (or is refused by inference when absurd).
@@ -46,6 +46,9 @@ def import_model(source: Any, input_shapes: Mapping[str, Sequence[int]] | None =
     static dims that are declared). Raises CompileError for anything invalid or unsupported.
     """
     model, model_dir = load_model_proto(source)
+    check_text(model)
+    if model.functions:
+        model = _inline_functions(model)
     opset = default_opset(model)
     check_ops(model, opset)
     order = check_structure(model.graph)
@@ -71,7 +74,7 @@ class _Importer:
         self.opset = opset
         self.fold_limit = fold_limit
         self.graph = Graph(name=self.proto.name or "onnx_graph")
-        # Every name the model uses, so that names we invent never collide with later ones.
+        # Every name the model uses, so that invented names never collide with any of them.
         self.taken: set[str] = {i.name for i in self.proto.input}
         self.taken.update(t.name for t in self.proto.initializer)
         for node in self.proto.node:
@@ -130,6 +133,8 @@ class _Importer:
 
     def load_initializers(self) -> None:
         for t in self.proto.initializer:
+            if t.name not in self.used:     # never read: not decoded (nor allocated)
+                continue
             value = tensor_to_array(t, self.model_dir, f"initializer '{t.name}'")
             self._set_param(t.name, value)
 
@@ -183,6 +188,8 @@ class _Importer:
         name = proto.name or self.fresh(f"{proto.op_type.lower()}_{idx}")
         self.taken.add(name)
         attrs = {a.name: attribute_value(a, name, self.model_dir) for a in proto.attribute}
+        if len(attrs) != len(proto.attribute):
+            raise CompileError(f"{proto.op_type}: an attribute is given twice", name)
         if proto.op_type == "Constant":
             self._constant(proto, name, attrs)
             return
@@ -279,6 +286,17 @@ class _Importer:
                                             for d, s in zip(dims, got.shape)):
                 raise CompileError(f"graph output '{vi.name}' is declared with shape "
                                    f"{_dims_text(tt)} but computes {list(got.shape)}")
+
+
+def _inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace calls of model-local functions (exporters emit them) by their bodies."""
+    import onnx.inliner
+    try:
+        inlined = onnx.inliner.inline_local_functions(model, convert_version=True)
+    except Exception as e:  # noqa: BLE001 - the inliner reports malformed functions many ways
+        raise CompileError(f"cannot inline the model's local functions: {e}") from None
+    check_text(inlined)
+    return inlined
 
 
 def _dims_text(tt: onnx.TypeProto.Tensor) -> str:

@@ -45,8 +45,16 @@ def convert_node(em: Emitter, op: str, inputs: list[str], outputs: list[str],
     rule = _RULES.get(op)
     if rule is None:
         em.emit(op, inputs, attrs, outputs, name)
-    else:
+        return
+    if not inputs or not inputs[0]:
+        raise _fail(name, op, since, "the first input is required")
+    try:
         rule(em, inputs, outputs, attrs, name, since)
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError) as e:
+        # Attributes of the wrong kind or shape in an old-form node (CompileErrors pass through).
+        if isinstance(e, CompileError):
+            raise
+        raise _fail(name, op, since, f"malformed attributes or inputs ({e})") from None
 
 
 def _fail(name: str, op: str, since: int, message: str) -> CompileError:
@@ -64,7 +72,7 @@ def _clip(em, inputs, outputs, attrs, name, since):
         for key, default in (("min", -_FLT_MAX), ("max", _FLT_MAX)):
             value = attrs.pop(key, default)
             # The attribute default is float32's range: the same as no bound at all.
-            extra.append("" if abs(value) == _FLT_MAX else
+            extra.append("" if value == default else
                          em.const(f"{name}_{key}", np.array(value, dtype=x_type.dtype.np)))
         inputs = [inputs[0]] + extra
         while inputs[-1] == "":
@@ -229,7 +237,8 @@ def _upsample_like(em, inputs, outputs, attrs, name, since, op):
         scales = inputs[1]
         scales_value = em.value(scales)
         if scales_value is None:
-            raise _fail(name, op, since, "input 'scales' must be a constant")
+            raise _fail(name, op, since, "input 1 (scales) must be a constant: data-dependent "
+                        "shapes are not supported")
     if mode not in ("nearest", "linear", "bilinear"):
         raise _fail(name, op, since, f"unknown mode '{mode}'")
     new_attrs: dict[str, Any] = {"coordinate_transformation_mode": "asymmetric"}

@@ -65,6 +65,21 @@ def node_label(node: onnx.NodeProto, idx: int) -> str:
     return node.name or f"{node.op_type}#{idx}"
 
 
+def check_text(model: onnx.ModelProto) -> None:
+    """Every name and op type must be text: protobuf hands back bytes for invalid UTF-8."""
+    graph = model.graph
+    fields = [o.domain for o in model.opset_import]
+    fields += [v.name for v in list(graph.input) + list(graph.output)]
+    fields += [t.name for t in graph.initializer]
+    for node in graph.node:
+        fields += [node.name, node.op_type, node.domain, *node.input, *node.output]
+        fields += [a.name for a in node.attribute]
+    for text in fields:
+        if not isinstance(text, str):
+            raise CompileError(f"the model contains a name that is not valid UTF-8 text: "
+                               f"{bytes(text)[:40]!r}")
+
+
 def check_structure(graph: onnx.GraphProto) -> list[int]:
     """Check names and dataflow; return the node indices in a topological order.
 
@@ -150,7 +165,8 @@ def run_checker(model: onnx.ModelProto, order: list[int],
             return
         untyped = [i for i, o in enumerate(model.graph.output)
                    if not o.type.tensor_type.HasField("shape") or not o.type.tensor_type.elem_type]
-        if order != sorted(order) or untyped:
+        legacy = any(_legacy_attr(n, a) for n in model.graph.node for a in n.attribute)
+        if order != sorted(order) or untyped or legacy:
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
             del copy.graph.node[:]
@@ -159,6 +175,8 @@ def run_checker(model: onnx.ModelProto, order: list[int],
                 out = copy.graph.output[i]
                 t = output_types[out.name]
                 out.type.CopyFrom(onnx.helper.make_tensor_type_proto(t.dtype.to_onnx(), t.shape))
+            for node in copy.graph.node:
+                _drop_legacy_attrs(node)
             model = copy
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -166,3 +184,24 @@ def run_checker(model: onnx.ModelProto, order: list[int],
         raise CompileError(f"the ONNX checker rejects the model: {first}") from None
     except (RuntimeError, ValueError, TypeError) as e:
         raise CompileError(f"the ONNX checker failed on the model: {e}") from None
+
+
+def _legacy_attr(node: onnx.NodeProto, attr: onnx.AttributeProto) -> bool:
+    """Attributes of opset-1..6 forms that the importer accepts and drops or rewrites."""
+    return (attr.name == "consumed_inputs"
+            or (node.op_type == "Gemm" and attr.name == "broadcast")
+            or (node.op_type in ("BatchNormalization", "Dropout") and attr.name == "is_test")
+            or (node.op_type == "Cast" and attr.name == "to"
+                and attr.type == onnx.AttributeProto.STRING))
+
+
+def _drop_legacy_attrs(node: onnx.NodeProto) -> None:
+    for i in reversed(range(len(node.attribute))):
+        attr = node.attribute[i]
+        if not _legacy_attr(node, attr):
+            continue
+        if attr.name == "to":           # the importer already validated the type name
+            value = onnx.TensorProto.DataType.Value(attr.s.decode().upper())
+            node.attribute[i].CopyFrom(onnx.helper.make_attribute("to", value))
+        else:
+            del node.attribute[i]

@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, F32, For, If, Kernel, Stmt, Store, Var,
-                           loop_nest, seq)
+from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, F32, For, If, Kernel, Let, Stmt, Store,
+                           Var, loop_nest, seq)
 from cnncc.ir.ops.spatial import resolve_window
 from cnncc.ir.schedule import Schedule
 
@@ -60,7 +60,7 @@ def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = Non
     octx = op_context(g, node)
     xs = g.types[x].shape
     nd = len(xs) - 2
-    win = resolve_window(octx, xs[2:], wv.shape[2:])
+    win = resolve_window(octx, xs, wv.shape[2:])
     groups = octx["group"]
     oc, icg = wv.shape[0], wv.shape[1]
     ocg = oc // groups
@@ -73,69 +73,84 @@ def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = Non
 
 
 def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out) -> None:
+    """Register-tiled conv over flattened output pixels (see the module docstring).
+
+    The reduction runs over t = (ic, k...) flattened, with a compile-time table of input
+    offsets: one loop, no index arithmetic in it, R input base pointers per tile.
+    """
     g = ctx.graph
     lanes = ctx.lanes
     oc, icg = wv.shape[0], wv.shape[1]
     ocg = oc // groups
     ks = wv.shape[2:]
     nd = len(ks)
+    taps = icg * int(np.prod(ks))
     vt = 2 * lanes if ocg >= 2 * lanes else lanes
     ocb = -(-ocg // vt)
-    wp = np.zeros((groups, ocb * vt, icg) + ks, np.float32)
-    wp[:, :ocg] = wv.reshape((groups, ocg, icg) + ks)
-    wp = wp.reshape((groups, ocb, vt, icg) + ks)
-    wp = np.moveaxis(wp, 2, -1)                         # [G, OCb, ICg, K..., VT]
+    wp = np.zeros((groups, ocb * vt, taps), np.float32)
+    wp[:, :ocg] = wv.reshape(groups, ocg, taps)
+    wp = np.ascontiguousarray(wp.reshape(groups, ocb, vt, taps).transpose(0, 1, 3, 2))
     bp = np.zeros((groups, ocb * vt), np.float32)
     bp[:, :ocg] = bias.reshape(groups, ocg)
+    xshape = xp.shape
+    psp = xshape[2:]                                    # padded input spatial shape
+    pstride = [int(np.prod(psp[d + 1:])) for d in range(nd)]
+    plane = int(np.prod(psp))
+    offs = np.zeros((icg,) + ks, np.int64)
+    for d in range(nd):
+        kd = np.arange(ks[d]) * win.dilations[d] * pstride[d]
+        offs += kd.reshape((1,) + tuple(ks[d] if e == d else 1 for e in range(nd)))
+    offs += (np.arange(icg) * plane).reshape((icg,) + (1,) * nd)
     wbuf, bbuf = ctx.const(wp, "w"), ctx.const(bp, "b")
-    ybuf = ctx.value(out, bname="y")
+    obuf = ctx.const(offs.reshape(-1), "off")
+    xflat = Buffer("x", DType.float32, (int(np.prod(xshape)),))
+    ctx.binding[id(xflat)] = ctx.binding[id(xp)]
     oshape = g.types[out].shape
-    n_img, osp = oshape[0], oshape[2:]
-    ow = osp[-1]
+    osp = oshape[2:]
+    npix = int(np.prod(osp))
+    ybuf = ctx.value(out, (oshape[0], oc, npix), "y")
     regs = 32 if lanes >= 16 else 16
     rmax = max(1, (regs - 4) // (vt // lanes))
-    r_tile = min(ow, rmax)
-    st, dl = win.strides, win.dilations
+    r_tile = min(npix, rmax)
+    n, gv, ob, pb = Var("n"), Var("g"), Var("ob"), Var("pb")
 
-    n, gv, ob = Var("n"), Var("g"), Var("ob")
-    orow = [Var(f"o{d}") for d in range(nd - 1)]
-    ic = Var("ic")
-    kv = [Var(f"k{d}") for d in range(nd)]
+    def base(p: Expr) -> Expr:
+        """Flat input offset of output pixel ``p``'s window origin (at ic = 0)."""
+        e: Expr = (n * xshape[1] + gv * icg) * plane
+        rest = p
+        for d in reversed(range(nd)):
+            od = rest % osp[d] if d else rest
+            rest = rest // osp[d]
+            e = e + od * (win.strides[d] * pstride[d])
+        return e
 
-    def tile(ow0: Expr, rr: int, tag: str) -> Stmt:
+    def tile(p0: Expr, rr: int, tag: str) -> Stmt:
         acc = Buffer(f"acc{tag}", DType.float32, (rr, vt), "local")
-        r, v = Var(f"r{tag}"), Var(f"v{tag}")
+        r, v, r2, v2, r3, v3 = (Var(f"{q}{tag}") for q in ("r", "v", "r2", "v2", "r3", "v3"))
+        t, o = Var(f"t{tag}"), Var(f"o{tag}")
         init = For(r, rr, For(v, vt, Store(acc, (r, v), Const(0.0, F32)), "vectorized"),
                    "unrolled")
-        r2, v2 = Var(f"r2{tag}"), Var(f"v2{tag}")
-        xi = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
-        xi.append((ow0 + r2) * st[-1] + kv[-1] * dl[-1])
-        upd = Store(acc, (r2, v2), acc[r2, v2] + xp[(n, gv * icg + ic) + tuple(xi)]
-                    * wbuf[(gv, ob, ic) + tuple(kv) + (v2,)])
-        red: Stmt = For(r2, rr, For(v2, vt, upd, "vectorized"), "unrolled")
-        for d in reversed(range(nd)):
-            red = For(kv[d], ks[d], red)
-        red = For(ic, icg, red)
-        r3, v3 = Var(f"r3{tag}"), Var(f"v3{tag}")
+        bases = [base(p0 + k) for k in range(rr)]
+        upd = [For(v2, vt, Store(acc, (k, v2), acc[k, v2] + xflat[bases[k] + o]
+                                 * wbuf[gv, ob, t, v2]), "vectorized") for k in range(rr)]
+        red = For(t, taps, Let(o, obuf[t], seq(*upd)))
         val = acc[r3, v3] + bbuf[gv, ob * vt + v3]
         if act is not None:
             val = act(val)
-        st_: Stmt = Store(ybuf, (n, gv * ocg + ob * vt + v3) + tuple(orow) + (ow0 + r3,), val)
+        st_: Stmt = Store(ybuf, (n, gv * ocg + ob * vt + v3, p0 + r3), val)
         if ocg % vt:
-            st_ = If(ob * vt + v3 < ocg, st_)
+            st_ = If(ob * vt + v3 < ocg, st_, masked=True)     # acc and bias are padded
         epi = For(r3, rr, For(v3, vt, st_, "vectorized"), "unrolled")
         return Allocate(acc, seq(init, red, epi))
 
-    owb = Var("owb")
-    body: Stmt = For(owb, ow // r_tile, tile(owb * r_tile, r_tile, ""))
-    if ow % r_tile:
-        body = seq(body, tile(Const(ow - ow % r_tile), ow % r_tile, "t"))
-    for d in reversed(range(nd - 1)):
-        body = For(orow[d], osp[d], body)
-    body = For(n, n_img, For(gv, groups, For(ob, ocb, body)))
-    k = Kernel(node.name, [ybuf, xp, wbuf, bbuf], body)
-    work = int(np.prod(oshape)) * icg * int(np.prod(ks))
-    ctx.emit(_parallel_outer(k, ["n", "g", "ob"] + [o.name for o in orow], ctx.threads, work))
+    full, rest = divmod(npix, r_tile)
+    inner: Stmt = tile(pb * r_tile, r_tile, "")
+    if rest:     # the last pixel tile is narrower: same loop, a branch per tile
+        inner = If(pb < full, inner, tile(Const(npix - rest), rest, "t"))
+    body = For(n, oshape[0], For(gv, groups, For(ob, ocb, For(pb, full + (rest > 0), inner))))
+    k = Kernel(node.name, [ybuf, xflat, wbuf, bbuf, obuf], body)
+    work = int(np.prod(oshape)) * taps
+    ctx.emit(_parallel_outer(k, ["n", "g", "ob", "pb"], ctx.threads, work))
 
 
 def _parallel_outer(k: Kernel, names: list[str], threads: int, work: int) -> Kernel:

@@ -30,7 +30,7 @@ def lower_pool(ctx: LowerCtx, node: Node) -> None:
     x, out = node.inputs[0], node.outputs[0]
     xs, oshape = g.types[x].shape, g.types[out].shape
     nd = len(xs) - 2
-    win = resolve_window(octx, xs[2:], octx["kernel_shape"], bool(octx["ceil_mode"]))
+    win = resolve_window(octx, xs, octx["kernel_shape"], bool(octx["ceil_mode"]))
     is_max = node.op == "MaxPool"
     begin = [win.begin(d) for d in range(nd)]
     need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in
@@ -137,7 +137,7 @@ def _dense(ctx: LowerCtx, node: Node, a: str, trans_a: bool, m: int, k_dim: int,
             val = act(val)
         st: Stmt = Store(ybuf, (m0 + r3, nbv * vt + v3), val)
         if nn_ % vt:
-            st = If(nbv * vt + v3 < nn_, st)
+            st = If(nbv * vt + v3 < nn_, st, masked=True)      # acc and bias are padded
         epi = For(r3, rr, For(v3, vt, st, "vectorized"), "unrolled")
         return Allocate(acc, seq(init, red, epi))
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 import numpy as np
 
-from cnncc.ir import CompileError, Graph
+from cnncc.ir import CompileError, Graph, Node
+from cnncc.ir.ops.registry import run_reference
 
 from .context import LowerCtx, unsupported
-from .rules import ALIAS_OPS, fused_activation, lower_node
+from .rules import ALIAS_OPS, CONST_OPS, fused_activation, lower_node
 
 ALIGN = 64
 
@@ -44,6 +45,8 @@ def lower_graph(graph: Graph, lanes: int, threads: int) -> Program:
         if idx in skip:
             continue
         ctx.node_index = idx
+        if _fold_constant(g, node):
+            continue
         if node.op in ALIAS_OPS:
             outs = [o for o in node.outputs if o]
             if node.op == "Dropout" and len(outs) > 1:
@@ -61,6 +64,23 @@ def lower_graph(graph: Graph, lanes: int, threads: int) -> Program:
         alias.pop(name, None)
     storage = _plan(g, ctx, alias)
     return storage
+
+
+def _fold_constant(g: Graph, node: Node) -> bool:
+    """Evaluate a node with constant inputs (or a Shape/Size of a static shape) at compile time:
+    its outputs become parameters and no kernel is emitted."""
+    ins = [i for i in node.inputs if i]
+    if node.op not in ("Shape", "Size") and (node.op not in CONST_OPS
+                                             or not all(i in g.params for i in ins)):
+        return False
+    args = [g.params.get(i) if i else None for i in node.inputs]
+    if node.op in ("Shape", "Size"):
+        args[0] = np.zeros(g.types[node.inputs[0]].shape, g.types[node.inputs[0]].dtype.np)
+    results = run_reference(node, args)
+    for out, value in zip(node.outputs, results):
+        if out:
+            g.params[out] = np.ascontiguousarray(value)
+    return True
 
 
 def _root(alias: dict, name: str) -> str:
@@ -83,9 +103,7 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
             # The output must be its own memory: copy into it at the end.
             ctx.node_index = len(g.nodes)
             alias.pop(name, None)
-            emit_copy(ctx, f"output_copy_{j}", root, name)
-            key_of[name] = ("output", j)
-            claimed.add(name)
+            emit_copy(ctx, f"output_copy_{j}", root, name, output=j)
             continue
         key_of[root] = ("output", j)
         claimed.add(root)
@@ -123,7 +141,7 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
         for po, ps, pst, pe in sorted(placed):
             if pst <= e and s <= pe and off < po + ps and po < off + size:
                 off = _round(po + ps)
-        # A second pass: the sorted scan may have moved past a later conflict.
+        # Re-check: moving past one block may have created an overlap with another one.
         while any(pst <= e and s <= pe and off < po + ps and po < off + size
                   for po, ps, pst, pe in placed):
             off = _round(max(po + ps for po, ps, pst, pe in placed
@@ -137,6 +155,8 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
             kind, ref = ctx.binding[id(b)]
             if kind == "const":
                 storage[id(b)] = ("const", offsets[ref])
+            elif kind == "output":
+                storage[id(b)] = ("output", ref)
             elif kind == "temp":
                 storage[id(b)] = ("arena", arena_off[("t", ref)])
             else:

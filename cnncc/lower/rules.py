@@ -5,7 +5,12 @@ from cnncc.ir import CompileError, Graph, Node
 
 from .context import LowerCtx, unsupported
 from .conv import lower_conv
+from .conv_transpose import lower_conv_transpose
+from .norm import lower_instance_norm, lower_layer_norm, lower_lrn
 from .elementwise import BINARY_OPS, UNARY_OPS, activation_fn, lower_elementwise
+from .gather import INDEX_MAP_OPS, lower_index_map
+from .reduce import REDUCE_OPS, lower_reduce
+from .typed_elementwise import TYPED_OPS, lower_typed
 from .nn import lower_gemm, lower_matmul, lower_pool, lower_global_pool, lower_softmax
 from .tensor import lower_concat, lower_pad, lower_slice, lower_transpose
 
@@ -14,6 +19,10 @@ ALIAS_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"
 
 RULES = {
     "Conv": lower_conv,
+    "ConvTranspose": lower_conv_transpose,
+    "InstanceNormalization": lower_instance_norm,
+    "LayerNormalization": lower_layer_norm,
+    "LRN": lower_lrn,
     "Gemm": lower_gemm,
     "MatMul": lower_matmul,
     "MaxPool": lower_pool,
@@ -30,9 +39,21 @@ RULES = {
 }
 for _op in UNARY_OPS + tuple(BINARY_OPS):
     RULES[_op] = lower_elementwise
+for _op in TYPED_OPS:
+    RULES[_op] = lower_typed
+for _op in INDEX_MAP_OPS:
+    RULES[_op] = lower_index_map
+for _op in REDUCE_OPS:
+    RULES[_op] = lower_reduce
+RULES["LogSoftmax"] = lower_softmax
+
+# Ops evaluated at compile time when every input is a constant (shape arithmetic of exporters).
+CONST_OPS = ("Shape", "Size", "Constant", "ConstantOfShape", "Range", "Cast", "CastLike",
+             "Concat", "Gather", "Unsqueeze", "Squeeze", "Reshape", "Slice", "Mul", "Add", "Sub",
+             "Div", "Equal", "Where", "Expand", "Identity")
 
 # Anchors whose epilogue can apply a following activation in registers.
-FUSABLE_ANCHORS = ("Conv", "Gemm")
+FUSABLE_ANCHORS = ("Conv", "ConvTranspose", "Gemm")
 
 
 def supported_ops() -> list[str]:
@@ -41,12 +62,18 @@ def supported_ops() -> list[str]:
 
 def lower_node(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
     rule = RULES.get(node.op)
+    if rule is lower_elementwise and node.op in BINARY_OPS and _is_int(ctx.graph, node):
+        rule = lower_typed
     if rule is None:
         raise unsupported(node)
     if act is not None:
         rule(ctx, node, act=act, out=out)
     else:
         rule(ctx, node)
+
+
+def _is_int(g: Graph, node: Node) -> bool:
+    return all(g.types[i].dtype.is_int for i in node.inputs if i)
 
 
 def fused_activation(g: Graph, node: Node, users: dict, idx: int):

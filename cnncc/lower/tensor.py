@@ -10,10 +10,13 @@ from .context import LowerCtx, const_input, op_context, unsupported
 from .cpu_schedule import schedule_map
 
 
-def emit_copy(ctx: LowerCtx, name: str, src: str, dst: str) -> None:
+def emit_copy(ctx: LowerCtx, name: str, src: str, dst: str, output: int | None = None) -> None:
+    """dst = src (flat); with ``output`` the destination is that graph output slot."""
     n = ctx.graph.types[dst].size
     sb = ctx.value(src, (n,), "src")
     db = ctx.value(dst, (n,), "dst")
+    if output is not None:
+        ctx.binding[id(db)] = ("output", output)
     k = Kernel(name, [db, sb], loop_nest([("i", n)], lambda i: Store(db, (i,), sb[i])))
     ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, n))
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..types import TensorType
 from .registry import Attr, OpContext, OpDef, register
-from .spatial import (WINDOW_ATTRS, Window, acc_dtype, check_input, kernel_from_attr,
+from .spatial import (WINDOW_ATTRS, Window, check_input, kernel_from_attr, matmul_dtype,
                       pad_spatial, resolve_window)
 
 
@@ -60,19 +60,20 @@ def _infer_conv(ctx: OpContext) -> list[TensorType]:
     group = ctx["group"]
     check_group(ctx, x.shape[1], w.shape, group)
     kernel = kernel_from_attr(ctx, x.rank - 2, w.shape[2:])
-    win = resolve_window(ctx, x.shape[2:], kernel)
+    win = resolve_window(ctx, x.shape, kernel)
     return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + win.out)]
 
 
 def window_of(ctx: OpContext, x: np.ndarray, w: np.ndarray) -> Window:
     """The resolved window for concrete inputs (reference side: inference already validated)."""
-    return resolve_window(ctx, x.shape[2:], w.shape[2:])
+    return resolve_window(ctx, x.shape, w.shape[2:])
 
 
 # Kernel positions are batched so that each matmul has an inner dimension of about this size:
 # big enough for BLAS to be efficient on few-channel layers (e.g. a 7x7 stem on RGB), small enough
-# that the gathered columns stay a few times the input size.
+# that the gathered columns stay a few times the input size (and under _MAX_COLUMNS elements).
 _INNER_TARGET = 256
+_MAX_COLUMNS = 1 << 25
 
 
 def accumulate_columns(y: np.ndarray, wg: np.ndarray, xp: np.ndarray, win: Window,
@@ -91,7 +92,7 @@ def accumulate_columns(y: np.ndarray, wg: np.ndarray, xp: np.ndarray, win: Windo
             cols = xp[win.slices(pos)].reshape(n, group, 1, pixels)
             y += wg[None, :, :, 0, k, None] * cols
         return
-    chunk = min(len(positions), max(1, -(-_INNER_TARGET // cg)))
+    chunk = min(len(positions), -(-_INNER_TARGET // cg), max(1, _MAX_COLUMNS // (n * c * pixels)))
     out = tuple(win.out)
     buf = np.empty((n, group, chunk, cg) + out, xp.dtype)
     for k0 in range(0, len(positions), chunk):
@@ -110,7 +111,7 @@ def conv_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window,
     """Grouped N-d convolution of ``x`` by ``w`` over window ``win``; result in x's dtype."""
     n, c = x.shape[:2]
     m = w.shape[0]
-    acc = acc_dtype(x.dtype)
+    acc = matmul_dtype(x.dtype, n * m * (c // group) * prod(win.out) * prod(win.kernel))
     xp = pad_spatial(x.astype(acc, copy=False), win)
     wg = w.astype(acc, copy=False).reshape(group, m // group, c // group, -1)
     y = np.zeros((n, group, m // group, prod(win.out)), acc)

@@ -15,15 +15,21 @@ import numpy as np
 from ..types import TensorType
 from .conv import check_group, check_weight_and_bias
 from .registry import Attr, OpContext, OpDef, register
-from .spatial import AUTO_PADS, WINDOW_ATTRS, acc_dtype, check_input, int_list, kernel_from_attr
+from .spatial import (AUTO_PADS, WINDOW_ATTRS, check_input, check_padded_size, int_list,
+                      kernel_from_attr, matmul_dtype)
 
 
-def _geometry(ctx: OpContext, in_spatial: tuple[int, ...], kernel: tuple[int, ...]):
+def _geometry(ctx: OpContext, x_shape: tuple[int, ...], kernel: tuple[int, ...],
+              out_channels: int):
     """(strides, dilations, begin pads, output spatial shape, full spatial shape)."""
+    in_spatial = tuple(x_shape[2:])
     nd = len(kernel)
     strides = int_list(ctx, "strides", nd, 1, 1)
     dilations = int_list(ctx, "dilations", nd, 1, 1)
     out_pad = int_list(ctx, "output_padding", nd, 0, 0)
+    for i, (op, s, d) in enumerate(zip(out_pad, strides, dilations)):
+        ctx.check(op < max(s, d), f"output_padding {list(out_pad)} must be less than "
+                  f"max(stride, dilation) = {max(s, d)} along spatial axis {i}")
     full = tuple(s * (i - 1) + op + (k - 1) * d + 1 for s, i, op, k, d
                  in zip(strides, in_spatial, out_pad, kernel, dilations))
     auto = ctx["auto_pad"]
@@ -53,13 +59,16 @@ def _geometry(ctx: OpContext, in_spatial: tuple[int, ...], kernel: tuple[int, ..
             total = max(0, f - t)
             # SAME_UPPER puts the odd extra pad at the end, everything else at the beginning.
             begin.append(total // 2 if auto == "SAME_UPPER" else total - total // 2)
-        return strides, dilations, tuple(begin), tuple(target), full
-    pads = explicit
-    out = tuple(f - pads[i] - pads[nd + i] for i, f in enumerate(full))
-    for i, o in enumerate(out):
-        ctx.check(o >= 1, f"pads {list(pads)} remove all {full[i]} output positions along "
-                  f"spatial axis {i} (output size would be {o})")
-    return strides, dilations, tuple(pads[:nd]), out, full
+        out = tuple(target)
+    else:
+        pads = explicit
+        out = tuple(f - pads[i] - pads[nd + i] for i, f in enumerate(full))
+        for i, o in enumerate(out):
+            ctx.check(o >= 1, f"pads {list(pads)} remove all {full[i]} output positions along "
+                      f"spatial axis {i} (output size would be {o})")
+        begin = list(pads[:nd])
+    check_padded_size(ctx, x_shape[0] * out_channels, out, full, "uncropped output")
+    return strides, dilations, tuple(begin), out, full
 
 
 def _infer(ctx: OpContext) -> list[TensorType]:
@@ -68,7 +77,7 @@ def _infer(ctx: OpContext) -> list[TensorType]:
     w = check_weight_and_bias(ctx, x, 1, 2, lambda s: s[1] * group)
     check_group(ctx, x.shape[1], w.shape, group, transpose=True)
     kernel = kernel_from_attr(ctx, x.rank - 2, w.shape[2:])
-    out = _geometry(ctx, x.shape[2:], kernel)[3]
+    out = _geometry(ctx, x.shape, kernel, w.shape[1] * group)[3]
     return [TensorType(x.dtype, (x.shape[0], w.shape[1] * group) + out)]
 
 
@@ -81,8 +90,8 @@ def _reference(ctx: OpContext, x: np.ndarray, w: np.ndarray,
     kernel = w.shape[2:]
     nd = len(kernel)
     in_spatial = x.shape[2:]
-    strides, dilations, begin, out, full = _geometry(ctx, in_spatial, kernel)
-    acc = acc_dtype(x.dtype)
+    strides, dilations, begin, out, full = _geometry(ctx, x.shape, kernel, m)
+    acc = matmul_dtype(x.dtype, n * c * mg * prod(in_spatial) * prod(kernel))
     xg = x.astype(acc, copy=False).reshape(n, group, c // group, prod(in_spatial))
     # (G, Cg, Mg, K) -> per kernel position the transposed (G, Mg, Cg) weight block.
     wg = w.astype(acc, copy=False).reshape(group, c // group, mg, -1).transpose(0, 2, 1, 3)

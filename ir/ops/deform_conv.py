@@ -16,7 +16,7 @@ import numpy as np
 from ..types import TensorType
 from .conv import check_group, check_weight_and_bias
 from .registry import Attr, OpContext, OpDef, register
-from .spatial import acc_dtype, check_input, kernel_from_attr, resolve_window
+from .spatial import check_input, kernel_from_attr, matmul_dtype, resolve_window
 
 
 def _infer(ctx: OpContext) -> list[TensorType]:
@@ -26,7 +26,7 @@ def _infer(ctx: OpContext) -> list[TensorType]:
     check_group(ctx, x.shape[1], w.shape, group)
     nd = x.rank - 2
     kernel = kernel_from_attr(ctx, nd, w.shape[2:])
-    win = resolve_window(ctx, x.shape[2:], kernel)
+    win = resolve_window(ctx, x.shape, kernel)
     og = ctx["offset_group"]
     ctx.check(og >= 1, f"offset_group must be >= 1, got {og}")
     ctx.check(x.shape[1] % og == 0, f"offset_group {og} does not divide the {x.shape[1]} input "
@@ -78,10 +78,10 @@ def _reference(ctx: OpContext, x: np.ndarray, w: np.ndarray, offset: np.ndarray,
     group, og = ctx["group"], ctx["offset_group"]
     spatial = x.shape[2:]
     nd = len(spatial)
-    win = resolve_window(ctx, spatial, w.shape[2:])
+    win = resolve_window(ctx, x.shape, w.shape[2:])
     pixels = prod(win.out)
     k_total = prod(win.kernel)
-    acc = acc_dtype(x.dtype)
+    acc = matmul_dtype(x.dtype, n * m * (c // group) * pixels * k_total)
     xs = x.astype(acc, copy=False).reshape(n, og, c // og, prod(spatial))
     off = offset.astype(acc, copy=False).reshape(n, og, k_total, nd, pixels)
     msk = None if mask is None else mask.astype(acc, copy=False).reshape(n, og, k_total, pixels)

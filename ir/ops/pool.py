@@ -12,8 +12,8 @@ from math import prod
 
 import numpy as np
 
-from ..types import TensorType
 from ..dtypes import DType
+from ..types import TensorType
 from .registry import Attr, OpContext, OpDef, register
 from .spatial import WINDOW_ATTRS, Window, acc_dtype, check_input, kernel_from_attr, \
     pad_spatial, resolve_window
@@ -36,7 +36,7 @@ def _window(ctx: OpContext, shape: tuple[int, ...]) -> Window:
     ceil_mode = ctx["ceil_mode"]
     ctx.check(ceil_mode in (0, 1), f"ceil_mode must be 0 or 1, got {ceil_mode}")
     kernel = kernel_from_attr(ctx, len(shape) - 2, None)
-    return resolve_window(ctx, shape[2:], kernel, bool(ceil_mode))
+    return resolve_window(ctx, shape, kernel, bool(ceil_mode))
 
 
 def _infer_pool(ctx: OpContext) -> list[TensorType]:
@@ -45,7 +45,8 @@ def _infer_pool(ctx: OpContext) -> list[TensorType]:
     win = _window(ctx, x.shape)
     for axis, size in enumerate(x.shape[2:]):
         empty = np.flatnonzero(_axis_counts(win, axis, size, False) == 0)
-        ctx.check(not len(empty), f"windows {empty.tolist()} along spatial axis {axis} cover only "
+        ctx.check(not len(empty), f"windows {empty[:8].tolist()} along spatial axis {axis} "
+                  "cover only "
                   f"padding (pads {list(win.pads)}, kernel {list(win.kernel)}, dilations "
                   f"{list(win.dilations)}, input size {size}): pads must be smaller than the "
                   "kernel")

@@ -1,4 +1,4 @@
-"""Reductions along axes: Softmax/LogSoftmax/Hardmax, the Reduce* family, ArgMax/ArgMin.
+"""Reductions along axes: Softmax/LogSoftmax/Hardmax, the Reduce* family, ArgMax/ArgMin, TopK.
 
 The Reduce* ops take their axes as an optional constant input (ONNX opset 18 form), with
 ``keepdims`` and ``noop_with_empty_axes`` attributes.
@@ -176,3 +176,46 @@ def _make_arg(name: str, fn: Callable) -> None:
 
 _make_arg("ArgMax", np.argmax)
 _make_arg("ArgMin", np.argmin)
+
+
+# ---- TopK ----------------------------------------------------------------------------------------
+
+def _topk_k(ctx: OpContext) -> tuple[int, int]:
+    t = ctx.type(0)
+    ctx.check(t.dtype.is_float or t.dtype.is_int, f"element type {t.dtype} not supported")
+    ctx.check(t.rank >= 1, "input must have rank >= 1")
+    for key in ("largest", "sorted"):
+        ctx.check(ctx[key] in (0, 1), f"{key} must be 0 or 1, got {ctx[key]}")
+    axis = normalize_axis(ctx, ctx["axis"], t.rank)
+    k = ctx.const(1, "k")
+    ctx.check(k.dtype.kind == "i" and k.size == 1, "k must be a single integer")
+    k = int(k.reshape(-1)[0])
+    ctx.check(0 <= k <= t.shape[axis], f"k={k} out of range for axis {axis} of size "
+                                       f"{t.shape[axis]}")
+    return axis, k
+
+
+def _infer_topk(ctx: OpContext) -> list[TensorType]:
+    t = ctx.type(0)
+    axis, k = _topk_k(ctx)
+    shape = t.shape[:axis] + (k,) + t.shape[axis + 1:]
+    return [TensorType(t.dtype, shape), TensorType(DType.int64, shape)]
+
+
+def _topk(ctx: OpContext, x: np.ndarray, k_in: np.ndarray) -> list[np.ndarray]:
+    axis, k = _topk_k(ctx)
+    # A stable sort keeps equal values in index order (lower index first), as ONNX requires;
+    # reversing the order for largest by -x (floats) or ~x (integers: no overflow) keeps that.
+    keys = x
+    if ctx["largest"]:
+        keys = -x if x.dtype.kind == "f" else ~x
+    idx = np.argsort(keys, axis=axis, kind="stable")
+    idx = np.take(idx, np.arange(k), axis=axis)
+    return [np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)]
+
+
+register(OpDef("TopK", infer=_infer_topk, reference=_topk, inputs=(2, 2), outputs=(2, 2),
+               attrs={"axis": Attr("int", -1), "largest": Attr("int", 1),
+                      "sorted": Attr("int", 1)},
+               doc="k must be a constant; results are always sorted (sorted=0 leaves the "
+                   "order unspecified, so sorted order is valid)"))

@@ -102,20 +102,21 @@ def source_coords(ctx: OpContext, n_in: int, n_out: int, scale: float,
     """The source coordinate of each output index along one axis."""
     mode = ctx["coordinate_transformation_mode"]
     y = np.arange(n_out, dtype=np.float64)
-    length = scale * n_in               # the unrounded output length
+    # length_resized is the integer output length, as the ONNX spec's formulas and onnxruntime
+    # (and PyTorch/TF) have it; onnx's Python reference uses the fractional scale * n_in.
     if mode == "align_corners":
-        return np.zeros(n_out) if length == 1 else y * (n_in - 1) / (length - 1)
+        return np.zeros(n_out) if n_out == 1 else y * (n_in - 1) / (n_out - 1)
     if mode == "asymmetric":
         return y / scale
     if mode == "tf_crop_and_resize":
         lo, hi = roi if roi is not None else (0.0, 1.0)
-        if length == 1:
-            return np.full(n_out, (hi - lo) * (n_in - 1) / 2 + lo * (n_in - 1))
-        return y * (hi - lo) * (n_in - 1) / (length - 1) + lo * (n_in - 1)
+        if n_out == 1:
+            return np.full(n_out, (hi + lo) / 2 * (n_in - 1))
+        return y * (hi - lo) * (n_in - 1) / (n_out - 1) + lo * (n_in - 1)
     if mode == "pytorch_half_pixel":
-        return np.full(n_out, -0.5) if length == 1 else (y + 0.5) / scale - 0.5
+        return np.zeros(n_out) if n_out == 1 else (y + 0.5) / scale - 0.5
     if mode == "half_pixel_symmetric":
-        offset = n_in / 2 * (1 - n_out / length)
+        offset = n_in / 2 * (1 - n_out / (scale * n_in))
         return offset + (y + 0.5) / scale - 0.5
     return (y + 0.5) / scale - 0.5       # half_pixel
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import product
+from math import prod
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -80,10 +81,10 @@ class Window:
             + p * self.dilations[axis]
 
 
-def int_list(ctx: OpContext, name: str, count: int, default: int, minimum: int,
-             values: Sequence[int] | None = None) -> tuple[int, ...]:
+def int_list(ctx: OpContext, name: str, count: int, default: int,
+             minimum: int) -> tuple[int, ...]:
     """Attribute ``name`` as a tuple of ``count`` ints >= ``minimum`` (empty means ``default``)."""
-    vals = list(ctx[name] if values is None else values)
+    vals = list(ctx[name])
     if not vals:
         return (default,) * count
     ctx.check(len(vals) == count, f"'{name}' has {len(vals)} values {vals}, expected {count} "
@@ -162,9 +163,26 @@ def output_size(ctx: OpContext, axis: int, size: int, begin: int, end: int, span
     return out
 
 
-def resolve_window(ctx: OpContext, in_spatial: Sequence[int], kernel: Sequence[int],
+# Padding may grow an input by this factor; beyond it (and MAX_PADDED elements) the attributes
+# are taken as absurd rather than allocating gigabytes of padding.
+PAD_GROWTH = 16
+MAX_PADDED = 1 << 27
+
+
+def check_padded_size(ctx: OpContext, images: int, in_spatial: Sequence[int],
+                      padded: Sequence[int], what: str = "padded input") -> None:
+    """Reject pads/strides/dilations that would make a buffer absurdly larger than the input."""
+    big, small = prod(padded), prod(in_spatial)
+    ctx.check(big <= PAD_GROWTH * small or images * big <= MAX_PADDED,
+              f"the {what} would have spatial shape {list(padded)}, far larger than "
+              f"{list(in_spatial)}: pads, strides or dilations are absurdly large")
+
+
+def resolve_window(ctx: OpContext, x_shape: Sequence[int], kernel: Sequence[int],
                    ceil_mode: bool = False) -> Window:
-    """Validate strides/dilations/pads/auto_pad against ``kernel`` and compute the output shape."""
+    """Validate strides/dilations/pads/auto_pad against ``kernel`` and compute the output shape
+    for an input of shape ``x_shape`` (N, C, spatial...)."""
+    in_spatial = tuple(x_shape[2:])
     nd = len(kernel)
     strides = int_list(ctx, "strides", nd, 1, 1)
     dilations = int_list(ctx, "dilations", nd, 1, 1)
@@ -172,7 +190,11 @@ def resolve_window(ctx: OpContext, in_spatial: Sequence[int], kernel: Sequence[i
     out = tuple(output_size(ctx, i, in_spatial[i], pads[i], pads[nd + i],
                             (kernel[i] - 1) * dilations[i] + 1, strides[i], ceil_mode)
                 for i in range(nd))
-    return Window(tuple(kernel), strides, dilations, pads, out)
+    win = Window(tuple(kernel), strides, dilations, pads, out)
+    padded = [max(size + win.begin(i) + win.end(i), need)
+              for i, (size, need) in enumerate(zip(in_spatial, win.needed_input()))]
+    check_padded_size(ctx, x_shape[0] * x_shape[1], in_spatial, padded)
+    return win
 
 
 def pad_spatial(x: np.ndarray, win: Window, value=0, extra_end: bool = False) -> np.ndarray:
@@ -191,6 +213,19 @@ def pad_spatial(x: np.ndarray, win: Window, value=0, extra_end: bool = False) ->
 
 
 def acc_dtype(dtype: np.dtype) -> np.dtype:
-    """Accumulation type of the references: float64 for floats (cheap, and more accurate than
-    any backend), the input type otherwise."""
+    """Accumulation type of the references: float64 for floats (more accurate than any backend),
+    the input type otherwise."""
     return np.dtype(np.float64) if np.issubdtype(dtype, np.floating) else np.dtype(dtype)
+
+
+# Above this many multiply-adds a float32 conv reference runs its matmuls in float32: float64
+# doubles the memory traffic of the gathered columns and halves BLAS throughput, which makes
+# whole networks (VGG-19: 20 G multiply-adds) several times slower to check.
+F64_MACS = 1 << 27
+
+
+def matmul_dtype(dtype: np.dtype, macs: int) -> np.dtype:
+    """Type the conv-like references compute in: float64 where cheap, else at least float32."""
+    if dtype == np.float64 or macs <= F64_MACS:
+        return acc_dtype(dtype)
+    return np.dtype(np.float32)

@@ -1,5 +1,5 @@
-"""Ops that select, join or rearrange tensors: Concat, Split, Slice, Gather, Tile, DepthToSpace,
-SpaceToDepth.
+"""Ops that select, join or rearrange tensors: Concat, Split, Slice, Gather, GatherElements, Tile,
+DepthToSpace, SpaceToDepth.
 
 Inputs that determine the output shape (Split split, Slice starts/ends/axes/steps, Tile repeats)
 must be compile-time constants.
@@ -149,6 +149,33 @@ def _gather(ctx: OpContext, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 register(OpDef("Gather", infer=_infer_gather, reference=_gather, inputs=(2, 2),
                attrs={"axis": Attr("int", 0)}))
+
+
+def _infer_gather_elements(ctx: OpContext) -> list[TensorType]:
+    t, idx = ctx.type(0), ctx.type(1)
+    ctx.check(t.rank >= 1 and idx.rank == t.rank,
+              f"indices rank {idx.rank} must equal data rank {t.rank} (>= 1)")
+    ctx.check(idx.dtype.np.kind == "i", f"indices must be int32/int64, got {idx.dtype}")
+    axis = normalize_axis(ctx, ctx["axis"], t.rank)
+    ok = all(i <= d for k, (i, d) in enumerate(zip(idx.shape, t.shape)) if k != axis)
+    ctx.check(ok, f"indices shape {list(idx.shape)} exceeds data shape {list(t.shape)} "
+                  f"outside axis {axis}")
+    return [TensorType(t.dtype, idx.shape)]
+
+
+def _gather_elements(ctx: OpContext, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    axis = ctx["axis"] % x.ndim
+    dim = x.shape[axis]
+    if idx.size and (idx.min() < -dim or idx.max() >= dim):
+        raise IndexError(f"GatherElements index out of range [{-dim}, {dim - 1}]")
+    idx = np.where(idx < 0, idx + dim, idx).astype(np.int64)
+    # Indices may be smaller than the data on the other axes: take the leading block.
+    block = x[tuple(slice(0, n) if k != axis else slice(None) for k, n in enumerate(idx.shape))]
+    return np.take_along_axis(block, idx, axis=axis)
+
+
+register(OpDef("GatherElements", infer=_infer_gather_elements, reference=_gather_elements,
+               inputs=(2, 2), attrs={"axis": Attr("int", 0)}))
 
 
 # ---- Tile ----------------------------------------------------------------------------------------

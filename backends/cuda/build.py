@@ -1,0 +1,305 @@
+"""Building generated CUDA C: nvcc compile checks (with per-kernel resource usage) and the host
+emulation build (g++ with cuda_emu.h) as a ctypes-loaded library or a standalone executable.
+
+    usage = nvcc_check(module.source, ("sm_80", "sm_90"))   # {arch: {fn: ResourceUsage}}
+    lib = EmuLibrary(build_emu_library(module.source))
+    lib.launch(module.kernel("relu"), {"x": x, "y": y})      # numpy arrays, in place
+    exe = build_emu_executable(module, sanitize="thread")
+    outs, proc = run_emu_executable(exe, module.kernel("relu"), {"x": x, "y": y})
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...ir import CompileError, InputError
+from .cexpr import c_type
+
+EMU_HEADER = Path(__file__).with_name("cuda_emu.h")
+SANITIZE_FLAGS = {
+    None: ["-O2"],
+    "thread": ["-O1", "-g", "-fsanitize=thread"],
+    "address": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"],
+}
+# Exit codes the sanitizers use in run_emu_executable (to tell their reports from crashes).
+SANITIZER_EXIT = {"thread": 66, "address": 67}
+_WARN = ["-Wall", "-Wextra", "-Wno-unused-variable", "-Wno-unused-parameter",
+         "-Wno-unknown-pragmas", "-Werror"]
+
+
+class BuildError(CompileError):
+    """A compiler (nvcc or g++) rejected generated code; the message holds its output."""
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """ptxas statistics of one __global__ function for one architecture."""
+
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    stack_bytes: int
+    shared_bytes: int
+
+
+def find_nvcc() -> str | None:
+    """nvcc from $CNNCC_NVCC, PATH or /usr/local/cuda/bin (None when absent)."""
+    for cand in (os.environ.get("CNNCC_NVCC"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def find_cxx() -> str | None:
+    for cand in (os.environ.get("CNNCC_CXX"), shutil.which("g++"), shutil.which("clang++")):
+        if cand and os.path.isfile(cand):
+            return cand
+    return None
+
+
+def _workdir(key: str, workdir: str | Path | None) -> Path:
+    base = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "cnncc-cuda"
+    d = base / key
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _key(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def _run(cmd: list, what: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise BuildError(f"{what} failed ({' '.join(map(str, cmd))}):\n{proc.stdout}"
+                         f"{proc.stderr}")
+    return proc
+
+
+def nvcc_check(source: str, archs=("sm_80", "sm_90"), workdir=None,
+               extra: tuple = ()) -> dict:
+    """Compile ``source`` (device and host code) for every arch with all warnings as errors.
+
+    Returns {arch: {function name: ResourceUsage}}; raises BuildError with nvcc's output.
+    """
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise BuildError("nvcc not found (set CNNCC_NVCC or put nvcc on PATH)")
+    d = _workdir(_key("nvcc", source, *archs, *extra), workdir)
+    cu = d / "kernels.cu"
+    cu.write_text(source)
+    cmd = [nvcc, "-c", "-o", str(d / "kernels.o"), "-Werror", "all-warnings",
+           "--resource-usage", "-std=c++17", *extra]
+    for a in archs:
+        if not re.fullmatch(r"sm_\d+[a-z]?", a):
+            raise BuildError(f"bad CUDA architecture {a!r} (expected e.g. sm_80)")
+        cmd += ["-gencode", f"arch=compute_{a[3:]},code={a}"]
+    proc = _run(cmd + [str(cu)], "nvcc")
+    return parse_resource_usage(proc.stdout + proc.stderr)
+
+
+def parse_resource_usage(text: str) -> dict:
+    """{arch: {function: ResourceUsage}} from ptxas ``--resource-usage`` output."""
+    out: dict = {}
+    fn = arch = None
+    stack = stores = loads = 0
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)' for '(sm_\w+)'", line)
+        if m:
+            fn, arch = m.groups()
+            stack = stores = loads = 0
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill "
+                      r"loads", line)
+        if m:
+            stack, stores, loads = (int(x) for x in m.groups())
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m and fn is not None:
+            smem = re.search(r"(\d+) bytes smem", line)
+            out.setdefault(arch, {})[fn] = ResourceUsage(
+                int(m.group(1)), stores, loads, stack, int(smem.group(1)) if smem else 0)
+            fn = None
+    return out
+
+
+def _emu_cmd(cxx: str, sanitize: str | None) -> list:
+    if sanitize not in SANITIZE_FLAGS:
+        raise BuildError(f"unknown sanitizer {sanitize!r} (thread, address or None)")
+    return [cxx, "-std=c++20", "-pthread", *SANITIZE_FLAGS[sanitize], *_WARN,
+            "-include", str(EMU_HEADER)]
+
+
+def build_emu_library(source: str, sanitize: str | None = None, workdir=None) -> Path:
+    """Compile ``source`` for the host as a shared library (cached by content)."""
+    cxx = find_cxx()
+    if cxx is None:
+        raise BuildError("no C++ compiler (g++) found for the cuda-emu build")
+    header = EMU_HEADER.read_text()
+    d = _workdir(_key("emu-so", source, header, str(sanitize)), workdir)
+    lib = d / "kernels.so"
+    if not lib.exists():
+        cu = d / "kernels.cu"
+        cu.write_text(source)
+        _run(_emu_cmd(cxx, sanitize) + ["-fPIC", "-shared", "-o", str(lib) + ".tmp",
+                                        "-x", "c++", str(cu)], "g++ (cuda-emu)")
+        os.replace(str(lib) + ".tmp", lib)
+    return lib
+
+
+class EmuLibrary:
+    """A cuda-emu shared library: launch kernels on numpy arrays (host memory is device
+    memory in the emulation)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lib = ctypes.CDLL(str(self.path))
+
+    def launch(self, kernel, arrays: dict) -> None:
+        """Call NAME_launch with one array per kernel parameter (by buffer name); outputs are
+        written in place. Raises RuntimeError when the launch reports a CUDA error."""
+        ptrs = [_check_array(kernel.name, b, arrays) for b in kernel.params]
+        fn = getattr(self.lib, kernel.launcher_name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * (len(ptrs) + 1)
+        err = fn(*ptrs, None)
+        if err != 0:
+            raise RuntimeError(f"{kernel.launcher_name} returned CUDA error {err}")
+
+
+def _check_array(kname: str, b, arrays: dict) -> int:
+    if b.name not in arrays:
+        raise InputError(f"kernel {kname}: no array for parameter {b.name}")
+    a = arrays[b.name]
+    if not isinstance(a, np.ndarray) or a.shape != b.shape or a.dtype != b.dtype.np or \
+            not a.flags.c_contiguous or not a.flags.writeable:
+        raise InputError(f"kernel {kname}: {b.name} must be a writeable C-contiguous "
+                         f"{b.dtype.value} array of shape {b.shape}")
+    return a.ctypes.data
+
+
+def _harness_runner(i: int, kernel) -> str:
+    protos = ", ".join(f"{'const ' if ro else ''}{c_type(b.dtype)}*"
+                       for b, ro in zip(kernel.params, kernel.readonly))
+    casts = ", ".join(f"({'const ' if ro else ''}{c_type(b.dtype)}*)bufs[{j}]"
+                      for j, (b, ro) in enumerate(zip(kernel.params, kernel.readonly)))
+    protos = f"{protos}, cudaStream_t" if protos else "cudaStream_t"
+    args = f"{casts}, nullptr" if casts else "nullptr"
+    return (f'extern "C" int {kernel.launcher_name}({protos});\n'
+            f"static int run{i}(void **bufs) {{ return {kernel.launcher_name}({args}); }}\n")
+
+
+def harness_source(kernels: list) -> str:
+    """A C++ main(argc, argv) for ``run KERNEL IN OUT``: reads every parameter of KERNEL (in
+    order, raw bytes) from IN into exact-size cudaMalloc'd buffers, launches the kernel, writes
+    every parameter back to OUT."""
+    table = []
+    runners = []
+    for i, k in enumerate(kernels):
+        sizes = [b.size * b.dtype.itemsize for b in k.params] or [0]
+        runners.append(_harness_runner(i, k))
+        runners.append(f"static const size_t sizes{i}[] = {{{', '.join(map(str, sizes))}}};\n")
+        table.append(f'  {{"{k.name}", run{i}, sizes{i}, {len(k.params)}}},')
+    return f"""\
+// Test harness (generated by cnncc.backends.cuda.build).
+#include <stdio.h>
+#include <string.h>
+
+{"".join(runners)}
+struct Entry {{
+  const char *name;
+  int (*run)(void **);
+  const size_t *sizes;
+  int n;
+}};
+static const Entry entries[] = {{
+{chr(10).join(table)}
+}};
+
+int main(int argc, char **argv) {{
+  if (argc != 4) return 2;
+  const Entry *e = nullptr;
+  for (const Entry &x : entries)
+    if (strcmp(x.name, argv[1]) == 0) e = &x;
+  if (!e) return 3;
+  void *bufs[{max(max((len(k.params) for k in kernels), default=1), 1)}] = {{nullptr}};
+  FILE *in = fopen(argv[2], "rb");
+  if (!in) return 4;
+  for (int i = 0; i < e->n; ++i) {{
+    if (cudaMalloc(&bufs[i], e->sizes[i]) != cudaSuccess) return 5;
+    if (fread(bufs[i], 1, e->sizes[i], in) != e->sizes[i]) return 6;
+  }}
+  fclose(in);
+  int err = e->run(bufs);
+  if (err != 0) {{
+    fprintf(stderr, "launch failed: CUDA error %d\\n", err);
+    return 7;
+  }}
+  cudaDeviceSynchronize();
+  FILE *out = fopen(argv[3], "wb");
+  if (!out) return 8;
+  for (int i = 0; i < e->n; ++i) {{
+    fwrite(bufs[i], 1, e->sizes[i], out);
+    cudaFree(bufs[i]);
+  }}
+  fclose(out);
+  return 0;
+}}
+"""
+
+
+def build_emu_executable(module, sanitize: str | None = None, workdir=None) -> Path:
+    """Compile ``module`` plus a harness for all its kernels (see harness_source) into an
+    executable; ``sanitize`` = "thread" | "address" | None."""
+    cxx = find_cxx()
+    if cxx is None:
+        raise BuildError("no C++ compiler (g++) found for the cuda-emu build")
+    harness = harness_source(module.kernels)
+    header = EMU_HEADER.read_text()
+    d = _workdir(_key("emu-exe", module.source, harness, header, str(sanitize)), workdir)
+    exe = d / "run"
+    if not exe.exists():
+        (d / "kernels.cu").write_text(module.source)
+        (d / "harness.cpp").write_text(harness)
+        _run(_emu_cmd(cxx, sanitize) + ["-o", str(exe) + ".tmp", "-x", "c++",
+                                        str(d / "kernels.cu"), str(d / "harness.cpp")],
+             "g++ (cuda-emu)")
+        os.replace(str(exe) + ".tmp", exe)
+    return exe
+
+
+def run_emu_executable(exe: Path, kernel, arrays: dict, timeout: float = 300):
+    """Run a harness executable on copies of ``arrays``; returns (output arrays by name, the
+    CompletedProcess). Outputs are None when the run failed (e.g. a sanitizer report)."""
+    for b in kernel.params:
+        _check_array(kernel.name, b, arrays)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
+        src.write_bytes(b"".join(arrays[b.name].tobytes() for b in kernel.params))
+        env = dict(os.environ)
+        env["TSAN_OPTIONS"] = f"exitcode={SANITIZER_EXIT['thread']} halt_on_error=1"
+        env["ASAN_OPTIONS"] = f"exitcode={SANITIZER_EXIT['address']} detect_leaks=1"
+        proc = subprocess.run([str(exe), kernel.name, str(src), str(dst)], capture_output=True,
+                              text=True, timeout=timeout, env=env)
+        if proc.returncode != 0:
+            return None, proc
+        data = dst.read_bytes()
+    outs, off = {}, 0
+    for b in kernel.params:
+        n = b.size * b.dtype.itemsize
+        outs[b.name] = np.frombuffer(data[off:off + n], b.dtype.np).reshape(b.shape).copy()
+        off += n
+    return outs, proc

@@ -1,0 +1,112 @@
+"""A whole program as one .cu: every kernel, its launcher, and a host entry that runs them all.
+
+    module = render_program("net", kernels, calls, n_inputs=1, n_outputs=1,
+                            weights_bytes=w.nbytes, arena_bytes=arena)
+
+``calls`` lists the kernel launches in execution order; each binds every parameter of its kernel
+to storage: ("input", i) / ("output", j) (the caller's device pointers), ("const", byte offset)
+into the weights blob, ("arena", byte offset) into the scratch arena. The host entry points:
+
+    int NAME_init(const unsigned char *weights);   // device copy of the blob + the arena
+    int NAME_run(const float *const *inputs, float *const *outputs);   // device pointers
+    void NAME_release(void);
+
+NAME_run launches every kernel in order on one stream, synchronizes, and returns the first CUDA
+error (0 on success); NAME_init must have succeeded before. Inputs / outputs of other element
+types are passed through the same pointer arrays and cast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...ir import CompileError
+from .cexpr import c_type
+from .codegen import CudaModule, render_module
+
+STORAGE_KINDS = ("input", "output", "const", "arena")
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One launch: the kernel's name and per parameter (kind, index or byte offset)."""
+
+    kernel: str
+    args: tuple
+
+
+def _check(name: str, kernels: dict, calls: list, n_in: int, n_out: int, wbytes: int,
+           abytes: int) -> None:
+    for call in calls:
+        k = kernels.get(call.kernel)
+        if k is None:
+            raise CompileError(f"cuda program {name}: call of unknown kernel {call.kernel}")
+        if len(call.args) != len(k.params):
+            raise CompileError(f"cuda program {name}: {call.kernel} takes {len(k.params)} "
+                               f"buffers, the call binds {len(call.args)}")
+        for b, (kind, where) in zip(k.params, call.args):
+            nbytes = b.size * b.dtype.itemsize
+            limit = {"input": n_in, "output": n_out}.get(kind)
+            if kind not in STORAGE_KINDS:
+                raise CompileError(f"cuda program {name}: storage kind {kind!r} for {b.name}")
+            if limit is not None and not 0 <= where < limit:
+                raise CompileError(f"cuda program {name}: {kind} {where} out of range for "
+                                   f"{b.name} ({limit} {kind}s)")
+            total = wbytes if kind == "const" else abytes
+            if limit is None and (where < 0 or where % 16 or where + nbytes > total):
+                raise CompileError(f"cuda program {name}: {b.name} at {kind} offset {where} "
+                                   f"({nbytes} bytes) is misaligned or past the {total}-byte "
+                                   f"{'weights blob' if kind == 'const' else 'arena'}")
+
+
+def render_program(name: str, kernels: list, calls: list, n_inputs: int, n_outputs: int,
+                   weights_bytes: int, arena_bytes: int) -> CudaModule:
+    """Kernels + launchers (render_module) followed by NAME_init / NAME_run / NAME_release."""
+    by_name = {k.name: k for k in kernels}
+    _check(name, by_name, calls, n_inputs, n_outputs, weights_bytes, arena_bytes)
+    mod = render_module(kernels, name)
+    ck = {k.name: k for k in mod.kernels}
+    lines = [
+        f"// Program {name}: {len(calls)} launches, {weights_bytes} bytes of weights, "
+        f"{arena_bytes} bytes of arena.",
+        f"static unsigned char *{name}_weights = nullptr;",
+        f"static unsigned char *{name}_arena = nullptr;",
+        "",
+        f'extern "C" void {name}_release(void) {{',
+        f"  cudaFree({name}_weights);",
+        f"  cudaFree({name}_arena);",
+        f"  {name}_weights = nullptr;",
+        f"  {name}_arena = nullptr;",
+        "}",
+        "",
+        f'extern "C" int {name}_init(const unsigned char *weights) {{',
+        f"  {name}_release();",
+        "  cudaError_t err;",
+        f"  if ((err = cudaMalloc((void **)&{name}_weights, {max(weights_bytes, 1)})) != "
+        f"cudaSuccess) return (int)err;",
+        f"  if ((err = cudaMalloc((void **)&{name}_arena, {max(arena_bytes, 1)})) != "
+        f"cudaSuccess) return (int)err;",
+        f"  return (int)cudaMemcpy({name}_weights, weights, {weights_bytes}, "
+        f"cudaMemcpyHostToDevice);",
+        "}",
+        "",
+        f'extern "C" int {name}_run(const float *const *inputs, float *const *outputs) {{',
+        f"  if (!{name}_weights || !{name}_arena) return (int)cudaErrorInvalidValue;",
+        "  cudaStream_t stream = 0;",
+        "  int err;",
+    ]
+    for call in calls:
+        k = by_name[call.kernel]
+        args = []
+        for b, ro, (kind, where) in zip(k.params, ck[call.kernel].readonly, call.args):
+            t = f"{'const ' if ro else ''}{c_type(b.dtype)} *"
+            src = {"input": f"inputs[{where}]", "output": f"outputs[{where}]",
+                   "const": f"({name}_weights + {where})",
+                   "arena": f"({name}_arena + {where})"}[kind]
+            args.append(f"({t}){src}")
+        lines.append(f"  if ((err = {call.kernel}_launch({', '.join(args)}, stream)) != 0) "
+                     f"return err;")
+    lines += ["  return (int)cudaStreamSynchronize(stream);", "}", ""]
+    return CudaModule(name, mod.kernels, mod.source + "\n" + "\n".join(lines))
+
+
+__all__ = ["KernelCall", "render_program"]

@@ -1,0 +1,122 @@
+"""LLVM codegen of scheduled loop IR kernels: compiled == interpreted == numpy, odd shapes."""
+import numpy as np
+import pytest
+
+from cnncc.backends.llvm import jit
+from cnncc.backends.llvm.kernels import compile_kernel
+from cnncc.ir.dtypes import DType
+from cnncc.ir.loop import (Allocate, Buffer, Call, Cast, Const, For, If, Kernel, Select, Store,
+                           Var, loop_nest, seq)
+from cnncc.ir.loop_interp import run_kernel
+from cnncc.ir.schedule import Schedule
+
+from test_schedule import blur_kernel, matmul_kernel
+
+F32 = DType.float32
+
+
+def both(kernel, arrays, threads=1):
+    a1 = {k: v.copy() for k, v in arrays.items()}
+    a2 = {k: v.copy() for k, v in arrays.items()}
+    run_kernel(kernel, a1)
+    compile_kernel(kernel, threads=threads)(a2)
+    return a1, a2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mode", ["guard", "tail"])
+@pytest.mark.parametrize("shape", [(3, 5, 2), (5, 19, 7), (2, 33, 4)])
+def test_matmul_schedules(threads, mode, shape):
+    m, n, k = shape
+    s = Schedule(matmul_kernel(m, n, k))
+    jo, ji = s.split("j", jit.vector_lanes(), mode=mode)
+    s.vectorize(ji)
+    io, ii = s.split("i", 2)
+    s.unroll(ii)
+    s.parallel(io)
+    rng = np.random.default_rng(3)
+    arrays = {"a": rng.standard_normal((m, k)).astype(np.float32),
+              "b": rng.standard_normal((k, n)).astype(np.float32),
+              "c": np.zeros((m, n), np.float32)}
+    a1, a2 = both(s.kernel, arrays, threads)
+    ref = arrays["a"] @ arrays["b"]
+    np.testing.assert_allclose(a1["c"], ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a2["c"], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_compute_at_compiled():
+    s = Schedule(blur_kernel(7, 11))
+    s.split("x", 4)
+    s.compute_at("tmp", "x_o")
+    x = np.random.default_rng(4).standard_normal((7, 11)).astype(np.float32)
+    a1, a2 = both(s.kernel, {"a": x, "out": np.zeros((6, 10), np.float32)})
+    t = 2 * x
+    ref = t[:-1, :-1] + t[:-1, 1:] + t[1:, :-1]
+    np.testing.assert_allclose(a1["out"], ref, rtol=1e-6)
+    np.testing.assert_allclose(a2["out"], ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", ["exp", "tanh", "erf", "sigmoid", "sqrt", "abs", "floor", "log"])
+def test_math_vectorized(fn):
+    n = 37
+    a, b = Buffer("a", F32, (n,)), Buffer("b", F32, (n,))
+    body = loop_nest([("i", n)], lambda i: Store(b, (i,), Call(fn, (a[i],), F32)))
+    s = Schedule(Kernel("k", [a, b], body))
+    o, i = s.split("i", jit.vector_lanes(), mode="tail")
+    s.vectorize(i)
+    x = np.random.default_rng(5).standard_normal(n).astype(np.float32) * 3
+    x[:5] = [0.0, 1e-4, -1e-3, 0.3, -0.49]
+    if fn in ("sqrt", "log"):
+        x = np.abs(x) + 0.1
+    a1, a2 = both(s.kernel, {"a": x, "b": np.zeros(n, np.float32)})
+    np.testing.assert_allclose(a2["b"], a1["b"], rtol=1e-5, atol=1e-6)
+
+
+def test_select_cast_guard_gather():
+    n = 21
+    a, b = Buffer("a", F32, (n, 3)), Buffer("b", F32, (n,))
+    i = Var("i")
+    body = For(i, n, If(i < 19, Store(b, (i,), Select(a[i, 1] > 0.0, a[i, 2], Cast(F32, i))),
+                        Store(b, (i,), Const(-1.0, F32))), "vectorized")
+    x = np.random.default_rng(6).standard_normal((n, 3)).astype(np.float32)
+    a1, a2 = both(Kernel("k", [a, b], body), {"a": x, "b": np.zeros(n, np.float32)})
+    np.testing.assert_array_equal(a1["b"], a2["b"])
+
+
+def test_local_accumulator_reduction():
+    rows, cols = 5, 13
+    a, out = Buffer("a", F32, (rows, cols)), Buffer("out", F32, (rows,))
+    acc = Buffer("acc", F32, (1,), "local")
+    body = loop_nest([("r", rows)], lambda r: Allocate(acc, seq(
+        Store(acc, (0,), Const(0.0, F32)),
+        loop_nest([("c", cols)], lambda c: Store(acc, (0,), acc[0] + a[r, c] * a[r, c])),
+        Store(out, (r,), acc[0]))))
+    s = Schedule(Kernel("k", [a, out], body))
+    s.parallel("r")
+    x = np.random.default_rng(7).standard_normal((rows, cols)).astype(np.float32)
+    a1, a2 = both(s.kernel, {"a": x, "out": np.zeros(rows, np.float32)}, threads=2)
+    np.testing.assert_allclose(a2["out"], (x * x).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(a1["out"], a2["out"], rtol=1e-5)
+
+
+def test_target_and_ir_text():
+    info = jit.target_info()
+    assert info["features"] and jit.vector_lanes() in (4, 8, 16)
+    s = Schedule(matmul_kernel(2, 16, 3))
+    o, i = s.split("j", jit.vector_lanes())
+    s.vectorize(i)
+    ck = compile_kernel(s.kernel)
+    assert "noalias" in ck.ir_text and f"llvm.fma.v{jit.vector_lanes()}f32" in ck.ir_text
+
+
+def test_masked_store_in_vector_loop():
+    n = 16
+    a, b = Buffer("a", F32, (n,)), Buffer("b", F32, (n,))
+    i = Var("i")
+    body = For(i, n, If(i < 13, Store(b, (i,), a[i] * 2.0), masked=True), "vectorized")
+    k = Kernel("k", [a, b], body)
+    assert "if masked" in str(k)
+    x = np.arange(n, dtype=np.float32)
+    a1, a2 = both(k, {"a": x, "b": np.full(n, -1, np.float32)})
+    np.testing.assert_array_equal(a1["b"], a2["b"])
+    assert a2["b"][12] == 24 and a2["b"][13] == -1

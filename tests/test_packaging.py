@@ -56,9 +56,11 @@ def test_wheel_installs_one_package_and_imports_from_outside(tmp_path):
                    capture_output=True)
     (wheel,) = wheels.glob("cnncc-*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        tops = {n.split("/")[0] for n in zf.namelist()}
+        names = zf.namelist()
+        tops = {n.split("/")[0] for n in names}
         zf.extractall(tmp_path / "site")
     assert {t for t in tops if not t.endswith(".dist-info")} == {"cnncc"}, tops
+    assert "cnncc/backends/cuda/cuda_emu.h" in names, "the CUDA emulation header is not shipped"
     # Import the unpacked wheel from an unrelated folder; the editable install must not be used.
     code = ("import cnncc.ir, cnncc.backends, cnncc.backends.reference, sys; "
             "print(cnncc.ir.__file__); print(cnncc.backends.__file__); "

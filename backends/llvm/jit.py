@@ -136,3 +136,22 @@ def assembly(text: str, opt_level: int = 3) -> str:
     mod.data_layout = str(st["tm"].target_data)
     optimize(mod, opt_level)
     return st["tm"].emit_assembly(mod)
+
+
+def emit_object(text: str, opt_level: int = 3) -> bytes:
+    """Native object code (position independent, for a shared library) of ``text``."""
+    st = _init()
+    if "pic_tm" not in st:
+        target = llvm.Target.from_default_triple()
+        st["pic_tm"] = target.create_target_machine(cpu=st["cpu"], features=st["features"],
+                                                    opt=3, reloc="pic", codemodel="default")
+    tm = st["pic_tm"]
+    mod = llvm.parse_assembly(text)
+    mod.triple = st["triple"]
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    if opt_level:
+        pto = llvm.PipelineTuningOptions(speed_level=opt_level)
+        pb = llvm.PassBuilder(tm, pto)
+        pb.getModulePassManager().run(mod, pb)
+    return tm.emit_object(mod)

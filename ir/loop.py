@@ -2,7 +2,8 @@
 backends print as LLVM IR or CUDA C).
 
 Expressions are immutable dataclasses; Python operators build them (``i * 4 + j``), and plain ints
-and floats become constants. min(a, b) = (b < a ? b : a), max(a, b) = (a < b ? b : a): a NaN in
+and floats become constants. Integer division by 0 acts as division by 1 (x / 0 = x, x % 0 = 0).
+min(a, b) = (b < a ? b : a), max(a, b) = (a < b ? b : a): a NaN in
 the first operand propagates (put the data operand first).
 Statements are For / Store / Seq / If / Let / Allocate. A Kernel has global Buffer parameters
 passed by pointer; local buffers come from Allocate.
@@ -20,7 +21,7 @@ BIN_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max")
 CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 MATH_FNS = ("exp", "log", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "sigmoid", "round",
             "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
-            "atanh", "pow")
+            "atanh", "pow", "fmod")
 
 I64 = DType.int64
 F32 = DType.float32
@@ -285,7 +286,8 @@ def seq(*stmts) -> Stmt:
         if isinstance(s, Seq):
             out.extend(s.stmts)
         elif isinstance(s, (list, tuple)):
-            out.extend(seq(*s).stmts if len(s) else [])
+            inner = seq(*s) if len(s) else None
+            out.extend(inner.stmts if isinstance(inner, Seq) else [inner] if inner else [])
         else:
             out.append(s)
     return out[0] if len(out) == 1 else Seq(out)
@@ -298,6 +300,20 @@ def loop_nest(names_extents, body_fn, kind: str = "serial") -> Stmt:
     for v, (_, e) in reversed(list(zip(vars_, names_extents))):
         stmt = For(v, e, stmt, kind)
     return stmt
+
+
+def nan_max(a: Expr, b: Expr) -> Expr:
+    """max(a, b) that is NaN when either operand is (numpy's maximum); ints: plain max."""
+    if not a.dtype.is_float:
+        return a.max(b)
+    return Select(Cmp("ne", b, b), b, a.max(b))
+
+
+def nan_min(a: Expr, b: Expr) -> Expr:
+    """min(a, b) that is NaN when either operand is (numpy's minimum); ints: plain min."""
+    if not a.dtype.is_float:
+        return a.min(b)
+    return Select(Cmp("ne", b, b), b, a.min(b))
 
 
 def fma(a: Expr, b: Expr, c: Expr) -> Expr:

@@ -28,6 +28,8 @@ for _n in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "ata
     _MATH[_n] = getattr(np, {"asin": "arcsin", "acos": "arccos", "atan": "arctan",
                             "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh"}.get(_n, _n))
 _MATH["pow"] = lambda x, y: float(np.power(np.float64(x), np.float64(y)))
+_MATH["fmod"] = lambda x, y: math.fmod(x, y) if y != 0 else (math.nan if isinstance(x, float)
+                                                                else 0)
 
 
 def run_kernel(kernel: Kernel, arrays: dict[str, np.ndarray]) -> None:
@@ -110,6 +112,9 @@ class _Interp:
             return e.dtype.np.type(self.expr(e.a, env))
         if isinstance(e, Call):
             args = [float(self.expr(a, env)) for a in e.args]
+            if e.fn == "fmod" and not e.dtype.is_float:
+                a, b = (int(self.expr(x, env)) for x in e.args)
+                return e.dtype.np.type(int(math.fmod(a, b)) if b else 0)
             with np.errstate(all="ignore"):
                 return e.dtype.np.type(_MATH[e.fn](*args))
         if isinstance(e, Load):
@@ -129,11 +134,13 @@ def _bin(op: str, a, b, dtype):
         if op == "div":
             if dtype.is_float:
                 return t(np.divide(t(a), t(b)))
-            return t(int(int(a) / int(b)))
+            b = int(b) or 1                      # division by zero acts as division by one
+            q = abs(int(a)) // abs(b)
+            return t(q if (int(a) < 0) == (b < 0) else -q)
         if op == "floordiv":
-            return t(int(a) // int(b))
+            return t(int(a) // (int(b) or 1))
         if op == "mod":
-            return t(int(a) % int(b))
+            return t(int(a) % (int(b) or 1))
         # min/max are selects (as generated code does): a NaN in ``a`` propagates.
         if op == "min":
             return t(b if b < a else a)

@@ -52,7 +52,8 @@ def format_stmt(s: Stmt, indent: int = 0) -> list[str]:
     if isinstance(s, Seq):
         return [line for x in s.stmts for line in format_stmt(x, indent)]
     if isinstance(s, If):
-        out = [f"{pad}if{' masked' if s.masked else ''} {format_expr(s.cond)}:"] + format_stmt(s.then, indent + 1)
+        head = f"{pad}if{' masked' if s.masked else ''} {format_expr(s.cond)}:"
+        out = [head] + format_stmt(s.then, indent + 1)
         if s.else_ is not None:
             out += [f"{pad}else:"] + format_stmt(s.else_, indent + 1)
         return out

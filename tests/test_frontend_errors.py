@@ -354,3 +354,11 @@ def test_external_data_written_by_onnx_save(tmp_path):
     assert os.path.getsize(tmp_path / "big.data") >= w.nbytes
     x = np.ones((2, 64), np.float32)
     np.testing.assert_allclose(cnncc.compile(path, target="reference")(x), x @ w, rtol=1e-6)
+
+
+def test_foreign_domain_only_model_lists_its_ops():
+    node = helper.make_node("Binarizer", ["x"], ["y"], name="bin", domain="ai.onnx.ml")
+    graph = helper.make_graph([node], "g", [vi("x", [2])], [vi("y", [2])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
+    msg = error_of(m)
+    assert "ai.onnx.ml.Binarizer" in msg and "bin" in msg

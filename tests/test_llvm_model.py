@@ -51,3 +51,12 @@ def test_arena_reuses_memory():
     m = cnncc.compile(g, target="llvm", threads=1)
     total = sum(g.types[o].nbytes for n in g.nodes for o in n.outputs if o)
     assert m.program.arena_bytes < total
+
+
+def test_opt_level_zero_is_unfused_and_agrees():
+    g = small_cnn()
+    x = np.random.default_rng(2).standard_normal((2, 3, 30, 31)).astype(np.float32)
+    m0 = cnncc.compile(g, target="llvm", opt_level=0, threads=1)
+    m3 = cnncc.compile(g, target="llvm", opt_level=3, threads=1)
+    assert len(m0.kernels) > len(m3.kernels)
+    np.testing.assert_allclose(m0(x), m3(x), rtol=1e-5, atol=1e-7)

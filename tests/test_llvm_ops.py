@@ -36,8 +36,15 @@ def param(g, name, shape, scale=1.0):
     (2, (1, 3, 17, 19), 16, 3, {"pads": [1, 1, 1, 1]}),
     (2, (2, 5, 9, 7), 20, 3, {"strides": [2, 2], "pads": [0, 1, 2, 1]}),
     (2, (1, 8, 11, 13), 8, 3, {"group": 8, "pads": [1, 1, 1, 1]}),
+    (2, (2, 8, 12, 13), 8, 3, {"group": 8, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    (2, (1, 9, 12, 23), 9, 3, {"group": 9, "strides": [1, 3], "dilations": [1, 2],
+                               "pads": [2, 2, 2, 1]}),
+    (1, (1, 8, 30), 8, 5, {"group": 8, "strides": [4], "pads": [2, 2]}),
     (2, (1, 6, 10, 10), 12, 3, {"group": 3, "dilations": [2, 2], "pads": [2, 2, 2, 2]}),
     (2, (1, 16, 14, 14), 33, 1, {}),
+    (2, (2, 12, 5, 7), 20, 1, {"group": 2}),
+    (2, (1, 24, 3, 3), 40, 1, {}),
+    (1, (1, 16, 9), 7, 1, {}),
     (2, (1, 4, 15, 15), 8, 5, {"group": 4, "strides": [2, 2], "pads": [2, 2, 2, 2]}),
     (2, (1, 32, 7, 7), 40, 3, {"auto_pad": "SAME_UPPER"}),
     (1, (2, 3, 23), 7, 3, {"pads": [1, 2]}),
@@ -105,6 +112,12 @@ def test_batchnorm_and_prelu():
     ("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
     ("AveragePool", {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1],
                      "count_include_pad": 1}),
+    ("AveragePool", {"kernel_shape": [2, 3], "strides": [1, 3], "pads": [0, 1, 1, 2],
+                     "ceil_mode": 1}),
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "dilations": [2, 2]}),
+    ("LpPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("LpPool", {"kernel_shape": [2, 3], "p": 3}),
+    ("LpPool", {"kernel_shape": [2, 2], "p": 1, "strides": [1, 2]}),
 ])
 def test_pool(op, attrs):
     g, (x,) = graph((2, 3, 13, 11))
@@ -113,7 +126,7 @@ def test_pool(op, attrs):
     check(g)
 
 
-@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"])
 def test_global_pool(op):
     g, (x,) = graph((2, 5, 7, 3))
     y, = g.add_node(op, [x])
@@ -158,7 +171,8 @@ def test_concat_transpose_slice_pad_reshape():
 
 def test_unsupported_op_is_a_compile_error():
     g, (x,) = graph((2, 3))
-    y, = g.add_node("Hardmax", [x])
-    g.outputs = [y]
-    with pytest.raises(CompileError, match="op Hardmax not supported on target llvm"):
+    y, _ = g.add_node("TopK", [x, g.add_param("k", np.array([1]))], outputs=2)
+    z, = g.add_node("LpNormalization", [x])
+    g.outputs = [y, z]
+    with pytest.raises(CompileError, match="op TopK not supported on target llvm.*TopK.*LpNormalization"):
         cnncc.compile(g, target="llvm")

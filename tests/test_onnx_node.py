@@ -92,12 +92,12 @@ def exclusion_reason(case) -> str | None:
         if re.search(pattern, case.name):
             return reason
     model = case.model
-    opset = next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
-    if opset < MIN_OPSET:
-        return f"opset {opset}: below the oldest opset cnncc imports ({MIN_OPSET})"
     domains = sorted({n.domain for n in model.graph.node if n.domain not in DEFAULT_DOMAINS})
     if domains:
         return f"non-default domain ({', '.join(domains)})"
+    opset = next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
+    if opset < MIN_OPSET:
+        return f"opset {opset}: below the oldest opset cnncc imports ({MIN_OPSET})"
     if any(vi.type.WhichOneof("value") not in (None, "tensor_type")
            for vi in list(model.graph.input) + list(model.graph.output)):
         return "non-tensor values (sequence/optional/map)"

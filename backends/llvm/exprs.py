@@ -241,18 +241,38 @@ class ExprEmitter:
             return fn(a, b), vec
         if e.op in ("add", "sub", "mul"):
             return {"add": B.add, "sub": B.sub, "mul": B.mul}[e.op](a, b), vec
-        if e.op == "div":
-            return (B.udiv(a, b) if uns else B.sdiv(a, b)), vec
-        if uns:
-            return (B.udiv(a, b) if e.op == "floordiv" else B.urem(a, b)), vec
-        # Floor division / modulo: correct the C-truncated result when signs differ.
-        q, r = B.sdiv(a, b), B.srem(a, b)
+        safe = isinstance(e.b, Const) and e.b.value not in (0, -1)
+        return self._int_div(e.op, a, b, uns, safe), vec
+
+    def _int_div(self, op: str, a, b, uns: bool, safe: bool):
+        """Integer div (C), floordiv, mod (floor) and fmod (C remainder). A zero divisor acts as
+        1 (x / 0 = x, x % 0 = 0, as the numpy references) and x / -1 never traps: native code
+        must not raise SIGFPE on any input."""
+        B = self.b
+        one = ir.Constant(a.type, 1) if not isinstance(a.type, ir.VectorType) else \
+            ir.Constant(a.type, [1] * a.type.count)
         zero = ir.Constant(a.type, None)
-        fix = B.and_(B.icmp_signed("!=", r, zero),
-                     B.icmp_signed("!=", B.icmp_signed("<", r, zero), B.icmp_signed("<", b, zero)))
-        if e.op == "floordiv":
-            return B.sub(q, B.zext(fix, q.type)), vec
-        return B.select(fix, B.add(r, b), r), vec
+        minus = None
+        if not safe:
+            b = B.select(B.icmp_signed("==", b, zero), one, b)
+            if not uns:
+                minus = B.icmp_signed("==", b, B.sub(zero, one))
+                b = B.select(minus, one, b)
+        if uns:
+            res = B.urem(a, b) if op in ("mod", "fmod") else B.udiv(a, b)
+            return res
+        q, r = B.sdiv(a, b), B.srem(a, b)
+        if op in ("div", "fmod"):
+            res = q if op == "div" else r
+        else:
+            # Floor division / modulo: correct the C-truncated result when signs differ.
+            fix = B.and_(B.icmp_signed("!=", r, zero), B.icmp_signed(
+                "!=", B.icmp_signed("<", r, zero), B.icmp_signed("<", b, zero)))
+            res = B.sub(q, B.zext(fix, q.type)) if op == "floordiv" else \
+                B.select(fix, B.add(r, b), r)
+        if minus is not None:             # divisor -1: quotient -a, remainder 0
+            res = B.select(minus, B.sub(zero, a) if op in ("div", "floordiv") else zero, res)
+        return res
 
     def _fma(self, x: Expr, y: Expr, z: Expr):
         vals = [self.ev(x), self.ev(y), self.ev(z)]
@@ -290,6 +310,12 @@ class ExprEmitter:
         fn, x = e.fn, e.args[0]
         if fn in ("tanh", "erf", "sigmoid"):
             return self._expanded(fn, x)
+        if fn == "fmod":
+            a, b, vec = self.both(self.ev(x), self.ev(e.args[1]))
+            if e.dtype.is_float:
+                return self.b.frem(a, b), vec
+            uns = e.dtype.value.startswith("uint")
+            return self._int_div("fmod", a, b, uns, False), vec
         if fn == "pow":
             a, b, vec = self.both(self.ev(x), self.ev(e.args[1]))
             return self.b.call(self.intrinsic(f"llvm.pow.{_suffix(a.type)}", a.type,

@@ -30,16 +30,23 @@ def _init() -> dict:
             return _STATE
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        # Idle OpenMP workers sleep instead of spinning: on a shared or oversubscribed machine
-        # spinning workers steal the core from the thread running the next kernel (measured 2-5x
-        # slowdowns). Read by libgomp when it loads; the user's setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # Idle OpenMP workers sleep instead of spinning. When another process holds a core,
+        # a spinning worker and the thread running the next kernel share one CPU and every
+        # fork/join waits out a time slice: measured 10-100x slower small models with the
+        # default spin (2 ms vs 0.19 ms per call); sleeping costs a futex wake per kernel.
+        # Read by libgomp when it loads; the user's OMP_WAIT_POLICY / GOMP_SPINCOUNT win.
+        if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         gomp = ctypes.util.find_library("gomp") or "libgomp.so.1"
         try:
-            llvm.load_library_permanently(gomp)
-            _STATE["gomp"] = True
-        except RuntimeError:
-            _STATE["gomp"] = False
+            # Loaded through ctypes, whose handle is never closed: llvmlite dlcloses the libraries
+            # it loaded at exit, which crashed (SIGSEGV) while an OpenMP worker still ran in it.
+            lib = ctypes.CDLL(gomp, mode=ctypes.RTLD_GLOBAL)
+            for sym in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads"):
+                llvm.add_symbol(sym, ctypes.cast(getattr(lib, sym), ctypes.c_void_p).value)
+            _STATE["gomp"] = lib
+        except (OSError, AttributeError):
+            _STATE["gomp"] = None
         features = os.environ.get("CNNCC_FEATURES") or llvm.get_host_cpu_features().flatten()
         cpu = os.environ.get("CNNCC_CPU") or _cpu_for(features)
         target = llvm.Target.from_default_triple()
@@ -48,8 +55,74 @@ def _init() -> dict:
         backing = llvm.parse_assembly("")
         engine = llvm.create_mcjit_compiler(backing, tm)
         _STATE.update(tm=tm, engine=engine, features=features, cpu=cpu,
-                      triple=llvm.get_process_triple(), modules=[])
+                      triple=llvm.get_process_triple(), modules=[], loaded=set(), pending={})
+        engine.set_object_cache(_notify_object, _cached_object)
         return _STATE
+
+
+def cache_dir() -> str | None:
+    """Where compiled object code is cached (CNNCC_CACHE_DIR, default ~/.cache/cnncc);
+    None when CNNCC_CACHE=0."""
+    if os.environ.get("CNNCC_CACHE", "1") == "0":
+        return None
+    return os.environ.get("CNNCC_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "cnncc")
+
+
+def _cached_object(module) -> bytes | None:
+    path = _STATE["pending"].get(module.name)
+    if path and os.path.exists(path):
+        with open(path, "rb") as f:
+            return f.read()
+    return None
+
+
+def _notify_object(module, buffer: bytes) -> None:
+    path = _STATE["pending"].get(module.name)
+    if not path or os.path.exists(path):
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(buffer)
+        os.replace(tmp, path)          # atomic: concurrent processes never see half a file
+    except OSError:
+        pass                           # a read-only or full cache only costs compile time
+
+
+def load_code(text: str, key: str) -> str:
+    """Make the functions of ``text`` (whose symbols are unique to ``key``) callable.
+
+    Returns "memory" (already loaded in this process), "disk" (object code from the cache) or
+    "compiled" (optimized at O3 and compiled; stored in the cache)."""
+    st = _init()
+    with _LOCK:
+        if key in st["loaded"]:
+            return "memory"
+    cdir = cache_dir()
+    path = os.path.join(cdir, f"{key}.o") if cdir else None
+    hit = bool(path and os.path.exists(path))
+    try:
+        mod = llvm.parse_assembly(text)
+        mod.verify()
+    except RuntimeError as e:
+        raise CompileError(f"internal error: generated LLVM IR is invalid: {e}") from None
+    mod.name = key
+    mod.triple = st["triple"]
+    mod.data_layout = str(st["tm"].target_data)
+    if not hit:
+        optimize(mod, 3)
+    with _LOCK:
+        if key in st["loaded"]:
+            return "memory"
+        st["pending"][key] = path
+        st["engine"].add_module(mod)
+        st["engine"].finalize_object()
+        st["engine"].run_static_constructors()
+        st["modules"].append(mod)
+        st["loaded"].add(key)
+    return "disk" if hit else "compiled"
 
 
 def _cpu_for(features: str) -> str:
@@ -79,7 +152,8 @@ def has_openmp() -> bool:
 def target_info() -> dict:
     st = _init()
     return {"cpu": st["cpu"], "features": st["features"], "triple": st["triple"],
-            "data_layout": str(st["tm"].target_data)}
+            "data_layout": str(st["tm"].target_data),
+            "codegen": f"O3 {sorted(_TM_OPTS.items())}"}
 
 
 def optimize(mod, level: int = 3) -> None:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import ctypes
-import itertools
+import hashlib
 import os
+import threading
+
+import llvmlite
 
 import numpy as np
 
@@ -12,7 +15,7 @@ from ...runtime import CompiledModel, signature
 from . import jit
 from .codegen import ModuleBuilder
 
-_IDS = itertools.count()
+_PREFIX = "cnnccPFX"        # stands for the content-hash symbol prefix until it is known
 
 
 def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
@@ -26,26 +29,37 @@ class LLVMModel(CompiledModel):
     target = "llvm"
 
     def __init__(self, graph: Graph, threads: int, opt_level: int = 3):
+        """``opt_level`` 0: every op its own kernel (no epilogue fusion), the unfused baseline;
+        LLVM always optimizes at O3."""
+        from ... import __version__
+        from ...ir.loop import Kernel
         from ...lower.program import entry_function, lower_graph
 
         super().__init__(*signature(graph))
         self.threads = threads
         lanes = jit.vector_lanes()
-        self.program = prog = lower_graph(graph, lanes, threads)
-        uid = next(_IDS)
-        mb = ModuleBuilder(f"cnncc_{uid}", lanes, threads, jit.has_openmp())
+        self.program = prog = lower_graph(graph, lanes, threads, fuse=opt_level > 0)
+        # Symbols are named after a hash of the generated code and the target: the same model
+        # compiled twice shares its code, and the object code can be cached on disk.
+        mb = ModuleBuilder("cnncc_module", lanes, threads, jit.has_openmp())
         fns = {}
         for k, _ in prog.ctx.kernels:
-            from ...ir.loop import Kernel
-            fns[k.name] = mb.add_kernel(Kernel(f"m{uid}_{k.name}", k.params, k.body))
-        fns = {k.name: fns[k.name] for k, _ in prog.ctx.kernels}
-        self.entry_name = f"m{uid}_run"
-        entry_function(mb.module, prog, fns, self.entry_name)
-        self.ir_text = str(mb)
-        self._module = jit.compile_ir(self.ir_text, opt_level)
+            fns[k.name] = mb.add_kernel(Kernel(f"{_PREFIX}_{k.name}", k.params, k.body))
+        entry_function(mb.module, prog, fns, f"{_PREFIX}_run")
+        text = str(mb)
+        info = jit.target_info()
+        key = "c" + hashlib.sha256("\n".join(
+            [text, info["cpu"], info["features"], info["triple"], info["codegen"],
+             llvmlite.__version__, __version__]).encode()).hexdigest()[:24]
+        self.ir_text = text.replace(_PREFIX, key)
+        self.entry_name = f"{key}_run"
+        self.cache_status = jit.load_code(self.ir_text, key)
         self._weights = _aligned(prog.weights.nbytes)
         self._weights[:] = prog.weights
         self._arena = _aligned(max(prog.arena_bytes, 64))
+        # ctypes releases the GIL: concurrent calls from other threads get their own arena.
+        self._owner = threading.get_ident()
+        self._local = threading.local()
         self._fn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
                                     ctypes.c_void_p, ctypes.c_void_p)(
             jit.function_address(self.entry_name))
@@ -81,7 +95,12 @@ class LLVMModel(CompiledModel):
         outs = [np.empty(shape, dt) for shape, dt in zip(self.output_shapes, self.output_dtypes)]
         in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
-        rc = self._fn(in_ptrs, out_ptrs, self._weights.ctypes.data, self._arena.ctypes.data)
+        arena = self._arena
+        if threading.get_ident() != self._owner:
+            arena = getattr(self._local, "arena", None)
+            if arena is None:
+                arena = self._local.arena = _aligned(max(self.program.arena_bytes, 64))
+        rc = self._fn(in_ptrs, out_ptrs, self._weights.ctypes.data, arena.ctypes.data)
         if rc != 0:
             raise CompileError(f"native code returned error {rc}")
         return outs
@@ -89,4 +108,4 @@ class LLVMModel(CompiledModel):
 
 def build(graph: Graph, options: dict) -> LLVMModel:
     threads = options.get("threads") or os.cpu_count() or 1
-    return LLVMModel(graph, threads, options.get("opt_level", 3) and 3)
+    return LLVMModel(graph, threads, options.get("opt_level", 3))

@@ -49,7 +49,12 @@ def import_model(source: Any, input_shapes: Mapping[str, Sequence[int]] | None =
     check_text(model)
     if model.functions:
         model = _inline_functions(model)
-    opset = default_opset(model)
+    try:
+        opset = default_opset(model)
+    except CompileError as opset_error:
+        # A model of foreign-domain ops only: the list of unsupported ops is the better message.
+        check_ops(model, None)
+        raise opset_error
     check_ops(model, opset)
     order = check_structure(model.graph)
     importer = _Importer(model, model_dir, opset, fold_limit)

@@ -45,7 +45,7 @@ def is_supported_op(op_type: str, domain: str) -> bool:
     return op_type in FRONTEND_OPS or RENAMED_OPS.get(op_type, op_type) in OP_TABLE
 
 
-def check_ops(model: onnx.ModelProto, opset: int) -> None:
+def check_ops(model: onnx.ModelProto, opset: int | None) -> None:
     """Raise ONE CompileError listing every unsupported op type with its node names."""
     missing: dict[str, list[str]] = {}
     for idx, node in enumerate(model.graph.node):
@@ -58,7 +58,8 @@ def check_ops(model: onnx.ModelProto, opset: int) -> None:
         for op, names in sorted(missing.items()):
             shown = ", ".join(names[:8]) + (f", ... ({len(names)} nodes)" if len(names) > 8 else "")
             parts.append(f"{op} (nodes: {shown})")
-        raise CompileError(f"unsupported op(s) in this model (opset {opset}): " + "; ".join(parts))
+        where = f"opset {opset}" if opset is not None else "no default-domain opset"
+        raise CompileError(f"unsupported op(s) in this model ({where}): " + "; ".join(parts))
 
 
 def node_label(node: onnx.NodeProto, idx: int) -> str:

@@ -20,19 +20,27 @@ from cnncc.ir.ops.spatial import resolve_window
 from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, const_input, op_context, unsupported
+from .conv_pointwise import is_pointwise, pointwise
 from .cpu_schedule import PARALLEL_MIN_WORK, schedule_map
 
 Act = Callable[[Expr], Expr] | None
 
 
 def padded_input(ctx: LowerCtx, node: Node, x: str, begin: list, end: list,
-                 fill: float = 0.0) -> Buffer:
-    """``x`` copied into a scratch buffer padded (with ``fill``) on its spatial dims."""
+                 fill: float = 0.0, phases: int = 1) -> Buffer:
+    """``x`` copied into a scratch buffer padded (with ``fill``) on its spatial dims.
+
+    ``phases`` > 1 de-interleaves the last axis: element w of a padded row is stored at
+    [w % phases, w // phases], so a stride-``phases`` window reads contiguous vectors
+    (see ``window_index``).
+    """
     shape = ctx.graph.types[x].shape
     nd = len(begin)
-    if not any(begin) and not any(end):
+    if not any(begin) and not any(end) and phases == 1:
         return ctx.value(x, bname="x")
     pshape = shape[:2] + tuple(s + b + e for s, b, e in zip(shape[2:], begin, end))
+    if phases > 1:
+        pshape = pshape[:-1] + (phases, -(-pshape[-1] // phases))
     xp = ctx.temp(DType.float32, pshape, "xp")
     # The fill writes the scratch buffer viewed as 1-D.
     flat = Buffer("xp", DType.float32, (int(np.prod(pshape)),))
@@ -42,10 +50,30 @@ def padded_input(ctx: LowerCtx, node: Node, x: str, begin: list, end: list,
     ctx.emit(schedule_map(fill_k, ctx.lanes, ctx.threads, flat.shape[0]))
     xin = ctx.value(x, bname="x")
     names = [("n", shape[0]), ("c", shape[1])] + [(f"s{d}", shape[2 + d]) for d in range(nd)]
-    copy = Kernel(f"{node.name}_pad", [xp, xin], loop_nest(names, lambda n, c, *s: Store(
-        xp, (n, c) + tuple(v + b for v, b in zip(s, begin)), xin[(n, c) + tuple(s)])))
+    def store(n, c, *s):
+        idx = [v + b for v, b in zip(s, begin)]
+        if phases > 1:
+            idx = idx[:-1] + [idx[-1] % phases, idx[-1] // phases]
+        return Store(xp, (n, c) + tuple(idx), xin[(n, c) + tuple(s)])
+
+    copy = Kernel(f"{node.name}_pad", [xp, xin], loop_nest(names, store))
     ctx.emit(schedule_map(copy, ctx.lanes, ctx.threads, int(np.prod(shape))))
     return xp
+
+
+def window_index(rows: list, pos: Expr, kw: Expr, stride: int, dil: int, phases: int) -> tuple:
+    """Index into a padded input (from ``padded_input``) of output column ``pos``, tap ``kw``.
+
+    ``rows`` are the indices of the leading spatial axes."""
+    if phases == 1:
+        return tuple(rows) + (pos * stride + kw * dil,)
+    off = kw * dil
+    return tuple(rows) + (off % phases, pos + off // phases)
+
+
+def phases_for(stride: int) -> int:
+    """De-interleave stride-2..4 windows (contiguous vector loads instead of gathers)."""
+    return stride if 1 < stride <= 4 else 1
 
 
 def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = None) -> None:
@@ -65,10 +93,16 @@ def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = Non
     oc, icg = wv.shape[0], wv.shape[1]
     ocg = oc // groups
     bias = np.zeros(oc, np.float32) if bias is None else bias.astype(np.float32)
+    npix = int(np.prod(g.types[out].shape[2:]))
+    if icg > 1 and is_pointwise(win, wv.shape[2:], npix, ctx.lanes):
+        return pointwise(ctx, node, x, wv.astype(np.float32), bias, groups, act, out)
+    if icg == 1 and ocg == 1:
+        phases = phases_for(win.strides[-1])
+        xp = padded_input(ctx, node, x, [win.begin(d) for d in range(nd)],
+                          [win.end(d) for d in range(nd)], phases=phases)
+        return _depthwise(ctx, node, xp, wv, bias, win, act, out, phases)
     xp = padded_input(ctx, node, x, [win.begin(d) for d in range(nd)],
                       [win.end(d) for d in range(nd)])
-    if icg == 1 and ocg == 1:
-        return _depthwise(ctx, node, xp, wv, bias, win, act, out)
     _general(ctx, node, xp, wv, bias, win, groups, act, out)
 
 
@@ -164,7 +198,7 @@ def _parallel_outer(k: Kernel, names: list[str], threads: int, work: int) -> Ker
     return s.kernel
 
 
-def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out) -> None:
+def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1) -> None:
     g = ctx.graph
     ks = wv.shape[2:]
     nd = len(ks)
@@ -184,9 +218,9 @@ def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out) -> None:
         acc = Buffer(f"acc{tag}", DType.float32, (width,), "local")
         v, v2, v3 = Var(f"v{tag}"), Var(f"v2{tag}"), Var(f"v3{tag}")
         init = For(v, width, Store(acc, (v,), bbuf[c]), "vectorized")
-        xi = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
-        xi.append((ow0 + v2) * st[-1] + kv[-1] * dl[-1])
-        upd = Store(acc, (v2,), acc[v2] + xp[(n, c) + tuple(xi)] * wbuf[(c,) + tuple(kv)])
+        rows = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
+        xi = window_index(rows, ow0 + v2, kv[-1], st[-1], dl[-1], phases)
+        upd = Store(acc, (v2,), acc[v2] + xp[(n, c) + xi] * wbuf[(c,) + tuple(kv)])
         red: Stmt = For(v2, width, upd, "vectorized")
         for d in reversed(range(nd)):
             red = For(kv[d], ks[d], red, "unrolled" if ks[d] <= 7 else "serial")

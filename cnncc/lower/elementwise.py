@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Graph, Node
-from cnncc.ir.loop import Call, Const, Expr, F32, Kernel, Select, Store, Var, loop_nest
+from cnncc.ir.loop import (Call, Const, Expr, F32, Kernel, Select, Store, Var, loop_nest,
+                           nan_max, nan_min)
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .cpu_schedule import schedule_map
@@ -53,6 +54,10 @@ def _unary_expr(op: str, a: dict) -> Callable[[Expr], Expr] | None:
         "Mish": lambda x: x * Call("tanh", (_softplus(x),), F32),
         "Swish": lambda x: x * sig(x * a.get("alpha", 1.0)),
         "ThresholdedRelu": lambda x: Select(x > a.get("alpha", 1.0), x, _c(0.0)),
+        "Celu": lambda x: x.max(_c(0.0)) + (_expm1_neg(x * (1 / a.get("alpha", 1.0)))
+                                           * a.get("alpha", 1.0)).min(_c(0.0)),
+        "Shrink": lambda x: Select(x < -a.get("lambd", 0.5), x + a.get("bias", 0.0), Select(
+            x > a.get("lambd", 0.5), x - a.get("bias", 0.0), _c(0.0))),
         "Erf": lambda x: Call("erf", (x,), F32),
         "Neg": lambda x: -x,
         "Abs": lambda x: Call("abs", (x,), F32),
@@ -77,10 +82,11 @@ def _unary_expr(op: str, a: dict) -> Callable[[Expr], Expr] | None:
 
 UNARY_OPS = ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
              "Softplus", "Softsign", "Mish", "Swish", "ThresholdedRelu", "Erf", "Neg", "Abs",
-             "Reciprocal", "Floor", "Ceil", "Round", "Exp", "Log", "Sqrt", "Sin", "Cos", "Gelu")
+             "Reciprocal", "Floor", "Ceil", "Round", "Exp", "Log", "Sqrt", "Sin", "Cos", "Gelu",
+             "Celu", "Shrink")
 BINARY_OPS = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
-              "Div": lambda a, b: a / b, "Max": lambda a, b: a.max(b),
-              "Min": lambda a, b: a.min(b), "Sum": lambda a, b: a + b,
+              "Div": lambda a, b: a / b, "Max": nan_max,
+              "Min": nan_min, "Sum": lambda a, b: a + b,
               "Mean": lambda a, b: a + b, "PRelu": lambda x, s: Select(x < 0.0, x * s, x)}
 
 
@@ -153,6 +159,15 @@ def lower_elementwise(ctx: LowerCtx, node: Node) -> None:
         raise unsupported(node, "only float32 is lowered")
     if node.op == "BatchNormalization":
         return _batch_norm(ctx, node)
+    if node.op == "Clip" and any(i and i not in g.params for i in node.inputs[1:]):
+        # Run-time bounds: extra (scalar, broadcast) inputs of the map.
+        bounds = [(k, i) for k, i in enumerate(node.inputs[1:3]) if i]
+
+        def clip(x: Expr, *bs: Expr) -> Expr:
+            for (k, _), b in zip(bounds, bs):
+                x = x.max(b) if k == 0 else x.min(b)
+            return x
+        return emit_map(ctx, node.name, out, [node.inputs[0]] + [i for _, i in bounds], clip)
     act = activation_fn(g, node)
     if act is not None:
         return emit_map(ctx, node.name, out, [node.inputs[0]], act)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import Buffer, Kernel, Store, loop_nest
+from cnncc.ir.loop import Cast, Kernel, Store, loop_nest
 from cnncc.ir.ops.registry import run_reference
 
 from .context import LowerCtx, unsupported
@@ -68,11 +68,7 @@ def lower_index_map(ctx: LowerCtx, node: Node) -> None:
         xb = ctx.value(x, (g.types[x].size,), "x")
         yb = ctx.value(out, (n,), "y")
         tb = ctx.const(table, "idx")
-        from cnncc.ir.loop import Cast
         k = Kernel(f"{node.name}_{j}" if j else node.name, [yb, xb, tb], loop_nest(
             [("i", n)], lambda i: Store(yb, (i,), xb[Cast(DType.int64, tb[i])
                                                      if tb.dtype is not DType.int64 else tb[i]])))
         ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, n))
-
-
-__all__ = ["INDEX_MAP_OPS", "lower_index_map", "Buffer"]

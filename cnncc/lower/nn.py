@@ -5,11 +5,11 @@ import numpy as np
 
 from cnncc.ir import DType, Node
 from cnncc.ir.loop import (Allocate, Buffer, Call, Const, Expr, F32, For, If, Kernel, Stmt, Store,
-                           Var, seq)
+                           Var, nan_max, seq)
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, const_input, op_context, unsupported
-from .conv import _parallel_outer, padded_input
+from .conv import _parallel_outer, padded_input, phases_for, window_index
 
 NEG_INF = float("-inf")
 
@@ -32,14 +32,16 @@ def lower_pool(ctx: LowerCtx, node: Node) -> None:
     nd = len(xs) - 2
     win = resolve_window(octx, xs, octx["kernel_shape"], bool(octx["ceil_mode"]))
     is_max = node.op == "MaxPool"
+    lp = octx["p"] if node.op == "LpPool" else None
     begin = [win.begin(d) for d in range(nd)]
     need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in
             zip(win.out, win.strides, win.kernel, win.dilations)]
     end = [max(win.end(d), need[d] - xs[2 + d] - begin[d]) for d in range(nd)]
-    xp = padded_input(ctx, node, x, begin, end, NEG_INF if is_max else 0.0)
+    phases = phases_for(win.strides[-1])
+    xp = padded_input(ctx, node, x, begin, end, NEG_INF if is_max else 0.0, phases)
     ybuf = ctx.value(out, bname="y")
     inv = None
-    if not is_max:
+    if node.op == "AveragePool":
         include = octx["count_include_pad"] == 1
         count = np.ones((), np.float64)
         for d in range(nd):
@@ -59,14 +61,15 @@ def lower_pool(ctx: LowerCtx, node: Node) -> None:
         v, v2, v3 = Var(f"v{tag}"), Var(f"v2{tag}"), Var(f"v3{tag}")
         init = For(v, width, Store(acc, (v,), Const(NEG_INF if is_max else 0.0, F32)),
                    "vectorized")
-        xi = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
-        xi.append((ow0 + v2) * st[-1] + kv[-1] * dl[-1])
-        xv = xp[(n, c) + tuple(xi)]
-        upd = Store(acc, (v2,), xv.max(acc[v2]) if is_max else acc[v2] + xv)
+        rows = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
+        xv = xp[(n, c) + window_index(rows, ow0 + v2, kv[-1], st[-1], dl[-1], phases)]
+        upd = Store(acc, (v2,), nan_max(acc[v2], xv) if is_max else acc[v2] + (
+            xv if lp is None else lp_power(xv, lp)))
         red: Stmt = For(v2, width, upd, "vectorized")
         for d in reversed(range(nd)):
             red = For(kv[d], ks[d], red)
-        val = acc[v3] if is_max else acc[v3] * inv[tuple(orow) + (ow0 + v3,)]
+        val = acc[v3] if is_max else acc[v3] * inv[tuple(orow) + (ow0 + v3,)] if lp is None \
+            else lp_root(acc[v3], lp)
         epi = For(v3, width, Store(ybuf, (n, c) + tuple(orow) + (ow0 + v3,), val), "vectorized")
         return Allocate(acc, seq(init, red, epi))
 
@@ -83,6 +86,22 @@ def lower_pool(ctx: LowerCtx, node: Node) -> None:
     ctx.emit(_parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx.threads, work))
 
 
+def lp_power(x: Expr, p: int) -> Expr:
+    """|x| ** p (LpPool's summand)."""
+    if p == 2:
+        return x * x
+    ax = Call("abs", (x,), F32)
+    return ax if p == 1 else Call("pow", (ax, Const(float(p), F32)), F32)
+
+
+def lp_root(s: Expr, p: int) -> Expr:
+    if p == 1:
+        return s
+    if p == 2:
+        return Call("sqrt", (s,), F32)
+    return Call("pow", (s, Const(1.0 / p, F32)), F32)
+
+
 def lower_global_pool(ctx: LowerCtx, node: Node) -> None:
     _f32_only(ctx, node)
     g = ctx.graph
@@ -92,10 +111,12 @@ def lower_global_pool(ctx: LowerCtx, node: Node) -> None:
     xb = ctx.value(x, (nc, hw), "x")
     yb = ctx.value(out, (nc,), "y")
     is_max = node.op == "GlobalMaxPool"
+    lp = op_context(g, node).attrs["p"] if node.op == "GlobalLpPool" else None
     acc = Buffer("acc", DType.float32, (1,), "local")
     i, j = Var("i"), Var("j")
-    upd = acc[0].max(xb[i, j]) if is_max else acc[0] + xb[i, j]
-    res = acc[0] if is_max else acc[0] * (1.0 / hw)
+    xv = xb[i, j]
+    upd = nan_max(acc[0], xv) if is_max else acc[0] + (xv if lp is None else lp_power(xv, lp))
+    res = acc[0] if is_max else acc[0] * (1.0 / hw) if lp is None else lp_root(acc[0], lp)
     body = For(i, nc, Allocate(acc, seq(
         Store(acc, (0,), Const(NEG_INF if is_max else 0.0, F32)),
         For(j, hw, Store(acc, (0,), upd)), Store(yb, (i,), res))))
@@ -177,7 +198,42 @@ def lower_matmul(ctx: LowerCtx, node: Node, act=None, out: str | None = None) ->
         b = g.params[bn].astype(np.float32)
         m = int(np.prod(ash[:-1]))
         return _dense(ctx, node, a, False, m, ash[-1], b, None, out, act)
-    raise unsupported(node, "only a constant 2-D right operand is lowered")
+    _generic_matmul(ctx, node, a, bn, out, act)
+
+
+def _generic_matmul(ctx: LowerCtx, node: Node, a: str, b: str, out: str, act) -> None:
+    """Batched, broadcasting MatMul: out[.., m, n] = sum_k A[.., m, k] * B[.., k, n],
+    accumulated in the output, vectorized along n."""
+    g = ctx.graph
+    ash, bsh = g.types[a].shape, g.types[b].shape
+    if len(ash) == 1:
+        ash = (1,) + ash
+    if len(bsh) == 1:
+        bsh = bsh + (1,)
+    batch = tuple(np.broadcast_shapes(ash[:-2], bsh[:-2]))
+    m, k_dim, n_ = ash[-2], ash[-1], bsh[-1]
+    ab = ctx.value(a, ash, "a")
+    bb = ctx.value(b, bsh, "b")
+    yb = ctx.value(out, batch + (m, n_), "y")
+    nb = len(batch)
+
+    def body(*vs):
+        bvs, mv, nv = vs[:nb], vs[nb], vs[nb + 1]
+        kk = Var("kk")
+        ai = tuple(v if d != 1 else Const(0) for v, d in zip(bvs[nb - len(ash) + 2:],
+                                                             ash[:-2])) + (mv, kk)
+        bi = tuple(v if d != 1 else Const(0) for v, d in zip(bvs[nb - len(bsh) + 2:],
+                                                             bsh[:-2])) + (kk, nv)
+        yi = tuple(bvs) + (mv, nv)
+        fin = Store(yb, yi, act(yb[yi])) if act is not None else None
+        return seq(Store(yb, yi, Const(0.0, F32)),
+                   For(kk, k_dim, Store(yb, yi, yb[yi] + ab[ai] * bb[bi])), fin)
+
+    from cnncc.ir.loop import loop_nest
+    from .cpu_schedule import schedule_map
+    names = [(f"b{d}", s) for d, s in enumerate(batch)] + [("m", m), ("n", n_)]
+    k = Kernel(node.name, [yb, ab, bb], loop_nest(names, body))
+    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, int(np.prod(batch + (m, n_, k_dim)))))
 
 
 def lower_softmax(ctx: LowerCtx, node: Node) -> None:
@@ -203,7 +259,7 @@ def lower_softmax(ctx: LowerCtx, node: Node) -> None:
 
     body = seq(
         Store(acc, (0,), Const(NEG_INF, F32)),
-        For(r1, red, Store(acc, (0,), xb[o, r1, i].max(acc[0]))),
+        For(r1, red, Store(acc, (0,), nan_max(acc[0], xb[o, r1, i]))),
         Store(acc, (1,), Const(0.0, F32)),
         For(r2, red, seq(Store(acc, (1,), acc[1] + exp(xb[o, r2, i] - acc[0])))),
         Store(acc, (1,), Call("log", (acc[1],), F32) if log else Const(1.0, F32) / acc[1]),

@@ -10,13 +10,14 @@ from cnncc.ir.loop import (Allocate, Buffer, Call, Cmp, And, Const, Expr, F32, F
                            Select, Store, Var, loop_nest, seq)
 
 from .conv import _parallel_outer
-from .context import LowerCtx, const_input, op_context, unsupported
+from .context import LowerCtx, op_context, unsupported
 from .cpu_schedule import schedule_map
 
 
 def _normalize_rows(ctx: LowerCtx, name: str, xb: Buffer, yb: Buffer, rows: int, width: int,
-                    eps: float, scale, shift) -> None:
-    """y[i, j] = (x[i, j] - mean_i) / sqrt(var_i + eps) * scale(i, j) + shift(i, j)."""
+                    eps: float, scale, shift, stats: tuple = (None, None)) -> None:
+    """y[i, j] = (x[i, j] - mean_i) / sqrt(var_i + eps) * scale(i, j) + shift(i, j);
+    ``stats``: optional (rows,) buffers receiving mean_i and 1 / sqrt(var_i + eps)."""
     acc = Buffer("stat", DType.float32, (2,), "local")
     i, j1, j2, j3 = Var("i"), Var("j1"), Var("j2"), Var("j3")
     d = xb[i, j2] - acc[0]
@@ -27,9 +28,11 @@ def _normalize_rows(ctx: LowerCtx, name: str, xb: Buffer, yb: Buffer, rows: int,
         Store(acc, (1,), Const(0.0, F32)),
         For(j2, width, Store(acc, (1,), acc[1] + d * d)),
         Store(acc, (1,), Const(1.0, F32) / Call("sqrt", (acc[1] * (1.0 / width) + eps,), F32)),
+        [Store(b, (i,), acc[k]) for k, b in enumerate(stats) if b is not None],
         For(j3, width, Store(yb, (i, j3), (xb[i, j3] - acc[0]) * acc[1] * scale(i, j3)
                              + shift(i, j3)), "vectorized" if width >= ctx.lanes else "serial"))
-    k = Kernel(name, [yb, xb] + _extra_bufs(scale, shift), For(i, rows, Allocate(acc, body)))
+    params = [yb, xb] + _extra_bufs(scale, shift) + [b for b in stats if b is not None]
+    k = Kernel(name, params, For(i, rows, Allocate(acc, body)))
     ctx.emit(_parallel_outer(k, ["i"], ctx.threads, rows * width * 4))
 
 
@@ -63,22 +66,39 @@ def lower_instance_norm(ctx: LowerCtx, node: Node) -> None:
 def lower_layer_norm(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
     x = node.inputs[0]
-    if len([o for o in node.outputs if o]) > 1:
-        raise unsupported(node, "the Mean/InvStdDev outputs")
+    outs = list(node.outputs) + [""] * (3 - len(node.outputs))
+    if any(o and g.types[o].dtype is not DType.float32 for o in outs):
+        raise unsupported(node, "only float32 is lowered")
     if g.types[x].dtype is not DType.float32:
         raise unsupported(node, "only float32 is lowered")
     shape = g.types[x].shape
     at = op_context(g, node).attrs
     axis = at["axis"] % len(shape)
     rows, width = int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))
-    scale = const_input(g, node, 1, "Scale").astype(np.float32)
-    bias = const_input(g, node, 2, "B") if len(node.inputs) > 2 and node.inputs[2] else None
-    bias = np.zeros((), np.float32) if bias is None else bias.astype(np.float32)
-    sb = ctx.const(np.broadcast_to(scale, shape[axis:]).reshape(-1), "scale")
-    bb = ctx.const(np.broadcast_to(bias, shape[axis:]).reshape(-1), "bias")
+    sb = _row_param(ctx, node, 1, shape[axis:], 1.0, "scale")
+    bb = _row_param(ctx, node, 2, shape[axis:], 0.0, "bias")
+    stats = tuple(ctx.value(o, (rows,), f"stat{k}") if o else None
+                  for k, o in enumerate(outs[1:3]))
     _normalize_rows(ctx, node.name, ctx.value(x, (rows, width), "x"),
                     ctx.value(node.outputs[0], (rows, width), "y"), rows, width, at["epsilon"],
-                    _per(sb, lambda i, j: (j,)), _per(bb, lambda i, j: (j,)))
+                    _per(sb, lambda i, j: (j,)), _per(bb, lambda i, j: (j,)), stats)
+
+
+def _row_param(ctx: LowerCtx, node: Node, i: int, norm_shape: tuple, default: float,
+               name: str) -> Buffer:
+    """Scale/B of LayerNormalization as a flat [width] buffer: a constant is broadcast at
+    compile time; a run-time input must already have the full normalized shape."""
+    g = ctx.graph
+    width = int(np.prod(norm_shape))
+    v = node.inputs[i] if len(node.inputs) > i else ""
+    if not v:
+        return ctx.const(np.full(width, default, np.float32), name)
+    if v in g.params:
+        return ctx.const(np.broadcast_to(g.params[v].astype(np.float32), norm_shape)
+                         .reshape(-1), name)
+    if g.types[v].size != width:
+        raise unsupported(node, f"a run-time {name} must have the full normalized shape")
+    return ctx.value(v, (width,), name)
 
 
 def lower_lrn(ctx: LowerCtx, node: Node) -> None:

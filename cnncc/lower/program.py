@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 import numpy as np
 
-from cnncc.ir import CompileError, Graph, Node
+from cnncc.ir import CompileError, DType, Graph, Node
 from cnncc.ir.ops.registry import run_reference
 
 from .context import LowerCtx, unsupported
@@ -35,8 +35,23 @@ def _round(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def lower_graph(graph: Graph, lanes: int, threads: int) -> Program:
+def lower_graph(graph: Graph, lanes: int, threads: int, fuse: bool = True) -> Program:
+    """Lower every node of ``graph``; ``fuse`` applies activations in conv/gemm epilogues."""
     g = graph.copy()
+    from .rules import RULES
+    known = set(g.params)          # values known at compile time (params + folded outputs)
+    missing = []
+    for n in g.nodes:
+        if n.op in ("Shape", "Size") or (n.op in CONST_OPS
+                                         and all(i in known for i in n.inputs if i)):
+            known.update(o for o in n.outputs if o)
+        elif n.op not in RULES and n.op not in ALIAS_OPS:
+            missing.append(n)
+    if missing:
+        listed = ", ".join(f"{n.op} (node '{n.name}')" for n in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise CompileError(f"op {missing[0].op} not supported on target llvm; unsupported: "
+                           f"{listed}{more}", missing[0].name)
     ctx = LowerCtx(g, lanes, threads)
     alias: dict[str, str] = {}
     users = g.users()
@@ -49,11 +64,11 @@ def lower_graph(graph: Graph, lanes: int, threads: int) -> Program:
             continue
         if node.op in ALIAS_OPS:
             outs = [o for o in node.outputs if o]
-            if node.op == "Dropout" and len(outs) > 1:
-                raise unsupported(node, "the mask output")
+            if node.op == "Dropout":
+                _dropout_mask(ctx, node)
             alias[node.outputs[0]] = alias.get(node.inputs[0], node.inputs[0])
             continue
-        fused = fused_activation(g, node, users, idx)
+        fused = fused_activation(g, node, users, idx) if fuse else None
         if fused is not None:
             act_idx, act = fused
             skip.add(act_idx)
@@ -64,6 +79,20 @@ def lower_graph(graph: Graph, lanes: int, threads: int) -> Program:
         alias.pop(name, None)
     storage = _plan(g, ctx, alias)
     return storage
+
+
+def _dropout_mask(ctx: LowerCtx, node: Node) -> None:
+    """Inference Dropout is the identity; its optional mask output is all true."""
+    g = ctx.graph
+    tm = node.inputs[2] if len(node.inputs) > 2 else ""
+    if tm and (tm not in g.params or bool(np.asarray(g.params[tm]).reshape(-1)[0])):
+        raise unsupported(node, "training mode (random masks)")
+    if len(node.outputs) > 1 and node.outputs[1]:
+        from cnncc.ir.loop import Const, Kernel, Store, loop_nest
+        n = g.types[node.outputs[1]].size
+        mb = ctx.value(node.outputs[1], (n,), "mask")
+        ctx.emit(Kernel(f"{node.name}_mask", [mb], loop_nest(
+            [("i", n)], lambda i: Store(mb, (i,), Const(True, DType.bool)))))
 
 
 def _fold_constant(g: Graph, node: Node) -> bool:

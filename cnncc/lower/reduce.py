@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import Call, Const, F32, For, Kernel, Store, Var, seq
+from cnncc.ir.loop import Call, Const, F32, For, Kernel, Store, Var, nan_max, nan_min, seq
 from cnncc.ir.ops.reduce import reduce_axes
 
 from .context import LowerCtx, op_context, unsupported
 from .cpu_schedule import schedule_map
 
 _INIT = {"ReduceSum": 0.0, "ReduceMean": 0.0, "ReduceMax": float("-inf"),
+         "ReduceLogSumExp": float("-inf"),
          "ReduceMin": float("inf"), "ReduceProd": 1.0, "ReduceL1": 0.0, "ReduceL2": 0.0,
          "ReduceSumSquare": 0.0, "ReduceLogSum": 0.0}
 REDUCE_OPS = tuple(_INIT)
@@ -37,7 +38,7 @@ def lower_reduce(ctx: LowerCtx, node: Node) -> None:
     oidx = tuple(Const(0) if a in axes else v for a, v in enumerate(ovars))
     xidx = tuple(rvars[a] if a in axes else v for a, v in enumerate(ovars))
     xv, acc = xb[xidx], yb[oidx]
-    upd = {"ReduceMax": lambda: xv.max(acc), "ReduceMin": lambda: xv.min(acc),
+    upd = {"ReduceMax": lambda: nan_max(acc, xv), "ReduceMin": lambda: nan_min(acc, xv),
            "ReduceProd": lambda: acc * xv, "ReduceL1": lambda: acc + Call("abs", (xv,), F32),
            "ReduceL2": lambda: acc + xv * xv, "ReduceSumSquare": lambda: acc + xv * xv}.get(
         op, lambda: acc + xv)()
@@ -49,6 +50,8 @@ def lower_reduce(ctx: LowerCtx, node: Node) -> None:
            "ReduceLogSum": lambda: Call("log", (acc,), F32)}.get(op)
     body = seq(Store(yb, oidx, Const(_INIT[op], F32)), red,
                Store(yb, oidx, fin()) if fin else None)
+    if op == "ReduceLogSumExp":
+        body = _log_sum_exp(yb, oidx, xv, axes, rvars, shape)
     kept = [a for a in range(len(shape)) if a not in axes]
     for a in reversed(kept):
         body = For(ovars[a], shape[a], body)
@@ -56,3 +59,70 @@ def lower_reduce(ctx: LowerCtx, node: Node) -> None:
         body = For(Var("one"), 1, body)
     k = Kernel(node.name, [yb, xb], body)
     ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, int(np.prod(shape))))
+
+
+def _log_sum_exp(yb, oidx, xv, axes, rvars, shape):
+    """m = max (in the output), s = sum exp(x - m) (local), y = log(s) + m; a non-finite max
+    (all -inf, or +inf) shifts by 0 instead, as the reference."""
+    from cnncc.ir.loop import Allocate, Buffer, Cmp, Select
+
+    acc = Buffer("lse", DType.float32, (1,), "local")
+    m = yb[oidx]
+    red1: object = Store(yb, oidx, nan_max(m, xv))
+    red2: object = Store(acc, (0,), acc[0] + Call("exp", (xv - m,), F32))
+    for a in reversed(axes):
+        red1 = For(rvars[a], shape[a], red1)
+        red2 = For(Var(f"{rvars[a].name}b"), shape[a], red2)
+    red2 = _rename(red2, {rvars[a].name: Var(f"{rvars[a].name}b") for a in axes})
+    finite = Cmp("lt", Call("abs", (m,), F32), Const(float("inf"), F32))
+    shift = Select(finite, m, Const(0.0, F32))
+    return seq(Store(yb, oidx, Const(float("-inf"), F32)), red1,
+               Store(yb, oidx, shift),
+               Allocate(acc, seq(Store(acc, (0,), Const(0.0, F32)), red2,
+                                 Store(yb, oidx, Call("log", (acc[0],), F32) + m))))
+
+
+def _rename(stmt, mapping):
+    from cnncc.ir.affine import substitute_stmt
+    return substitute_stmt(stmt, mapping)
+
+
+def lower_arg(ctx: LowerCtx, node: Node) -> None:
+    """ArgMax / ArgMin (int64 indices) and Hardmax (one-hot of the first maximum)."""
+    from cnncc.ir.loop import Allocate, Buffer, Cast, Cmp, If, Not, Or, And, Select
+
+    g = ctx.graph
+    x, out = node.inputs[0], node.outputs[0]
+    if g.types[x].dtype is not DType.float32:
+        raise unsupported(node, "only float32 is lowered")
+    shape = g.types[x].shape
+    at = op_context(g, node).attrs
+    axis = at.get("axis", -1)
+    axis = axis + len(shape) if axis < 0 else axis
+    outer, red = int(np.prod(shape[:axis])), shape[axis]
+    inner = int(np.prod(shape[axis + 1:]))
+    xb = ctx.value(x, (outer, red, inner), "x")
+    hard = node.op == "Hardmax"
+    yb = ctx.value(out, (outer, red, inner) if hard else (outer, inner), "y")
+    best = Buffer("best", DType.float32, (1,), "local")
+    arg = Buffer("arg", DType.int64, (1,), "local")
+    o, i, r, r2 = Var("o"), Var("i"), Var("r"), Var("r2")
+    v, b = xb[o, r, i], best[0]
+    last = bool(at.get("select_last_index", 0))
+    if node.op == "ArgMin":
+        better = Cmp("le" if last else "lt", v, b)
+    else:
+        better = Cmp("ge" if last else "gt", v, b)
+    # numpy: the first NaN wins (and stays).
+    better = Or(better, And(Cmp("ne", v, v), Cmp("eq", b, b)))
+    scan = For(r, red, If(Or(Cmp("eq", r, Const(0)), And(better, Cmp("eq", b, b))), seq(
+        Store(best, (0,), v), Store(arg, (0,), r))))
+    if hard:
+        fin = For(r2, red, Store(yb, (o, r2, i), Select(Cmp("eq", r2, arg[0]), Const(1.0, F32),
+                                                         Const(0.0, F32))))
+    else:
+        fin = Store(yb, (o, i), arg[0])
+    body = Allocate(best, Allocate(arg, seq(scan, fin)))
+    k = Kernel(node.name, [yb, xb], For(o, outer, For(i, inner, body)))
+    from .conv import _parallel_outer
+    ctx.emit(_parallel_outer(k, ["o"], ctx.threads, outer * red * inner))

@@ -9,7 +9,8 @@ from .conv_transpose import lower_conv_transpose
 from .norm import lower_instance_norm, lower_layer_norm, lower_lrn
 from .elementwise import BINARY_OPS, UNARY_OPS, activation_fn, lower_elementwise
 from .gather import INDEX_MAP_OPS, lower_index_map
-from .reduce import REDUCE_OPS, lower_reduce
+from .reduce import REDUCE_OPS, lower_arg, lower_reduce
+from .resize import lower_resize
 from .typed_elementwise import TYPED_OPS, lower_typed
 from .nn import lower_gemm, lower_matmul, lower_pool, lower_global_pool, lower_softmax
 from .tensor import lower_concat, lower_pad, lower_slice, lower_transpose
@@ -27,6 +28,8 @@ RULES = {
     "MatMul": lower_matmul,
     "MaxPool": lower_pool,
     "AveragePool": lower_pool,
+    "LpPool": lower_pool,
+    "GlobalLpPool": lower_global_pool,
     "GlobalAveragePool": lower_global_pool,
     "GlobalMaxPool": lower_global_pool,
     "Softmax": lower_softmax,
@@ -43,9 +46,12 @@ for _op in TYPED_OPS:
     RULES[_op] = lower_typed
 for _op in INDEX_MAP_OPS:
     RULES[_op] = lower_index_map
+RULES["Resize"] = lower_resize
 for _op in REDUCE_OPS:
     RULES[_op] = lower_reduce
 RULES["LogSoftmax"] = lower_softmax
+for _op in ("ArgMax", "ArgMin", "Hardmax"):
+    RULES[_op] = lower_arg
 
 # Ops evaluated at compile time when every input is a constant (shape arithmetic of exporters).
 CONST_OPS = ("Shape", "Size", "Constant", "ConstantOfShape", "Range", "Cast", "CastLike",

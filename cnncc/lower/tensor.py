@@ -73,7 +73,8 @@ def lower_pad(ctx: LowerCtx, node: Node) -> None:
     rank = len(xs)
     mode = op_context(g, node).attrs["mode"]
     pads = const_input(g, node, 1, "pads").astype(np.int64).tolist()
-    cval = const_input(g, node, 2, "constant_value") if len(node.inputs) > 2 else None
+    cname = node.inputs[2] if len(node.inputs) > 2 else ""
+    cval = None if not cname or cname not in g.params else g.params[cname]
     axes = const_input(g, node, 3, "axes") if len(node.inputs) > 3 else None
     axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a
                                                     for a in axes.tolist()]
@@ -85,6 +86,11 @@ def lower_pad(ctx: LowerCtx, node: Node) -> None:
     dt = g.types[x].dtype
     fill = Const(0 if cval is None or cval.size == 0 else cval.reshape(-1)[0].item(), dt)
     xb, yb = ctx.value(x, bname="x"), ctx.value(out, bname="y")
+    params = [yb, xb]
+    if cname and cval is None and g.types[cname].size == 1:     # a run-time scalar
+        cb = ctx.value(cname, (1,), "cval")
+        params.append(cb)
+        fill = cb[0]
 
     def body(*vs):
         src, ok = [], None
@@ -101,8 +107,8 @@ def lower_pad(ctx: LowerCtx, node: Node) -> None:
         val = xb[tuple(src)]
         return Store(yb, vs, val if ok is None else Select(ok, val, fill))
 
-    k = Kernel(node.name, [yb, xb], loop_nest([(f"i{d}", s) for d, s in enumerate(oshape)],
-                                             body))
+    k = Kernel(node.name, params, loop_nest([(f"i{d}", s) for d, s in enumerate(oshape)],
+                                           body))
     ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, int(np.prod(oshape))))
 
 

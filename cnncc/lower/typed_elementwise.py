@@ -19,7 +19,7 @@ _TRIG = ("Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh
 _NUMERIC = (DType.float32, DType.float64, DType.int8, DType.int16, DType.int32, DType.int64,
             DType.uint8, DType.uint16, DType.uint32, DType.uint64)
 TYPED_OPS = tuple(_CMP) + tuple(_LOGIC) + _TRIG + ("Not", "Where", "Cast", "CastLike", "Sign",
-                                                   "Pow", "IsNaN", "IsInf")
+                                                   "Pow", "IsNaN", "IsInf", "Mod")
 
 
 def _fn(node: Node, ctx: LowerCtx) -> Callable[..., Expr]:
@@ -52,6 +52,12 @@ def _fn(node: Node, ctx: LowerCtx) -> Callable[..., Expr]:
             raise unsupported(node, "only a float32 base is lowered")
         return lambda a, b: Call("pow", (a, b if b.dtype is a.dtype else Cast(a.dtype, b)),
                                  a.dtype)
+    if op == "Mod":
+        if op_context(g, node).attrs["fmod"]:
+            return lambda a, b: Call("fmod", (a, b), a.dtype)
+        if tin[0].is_float:
+            raise unsupported(node, "fmod=0 on floats")
+        return lambda a, b: a % b
     if op == "IsNaN":
         return lambda a: Cmp("ne", a, a)
     if op == "IsInf":

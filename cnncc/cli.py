@@ -2,6 +2,7 @@
 
     cnncc info [MODEL]                          ops, shapes, parameters, FLOPs per layer
     cnncc run [MODEL] [--input x.npy] [--output y.npy] [--target T]
+    cnncc bench [MODEL] [--threads N] [--ablate] [--per-layer] [--plot F.png] [--json]
     cnncc verify [MODEL] [--opt N] [--target T]  pass-by-pass agreement with the reference
     cnncc show [MODEL] [--opt N] [-o graph.svg]  the graph before/after the passes
 
@@ -118,6 +119,28 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import load_graph
+    from .bench import benchmark, format_report, plot_report
+
+    source = resolve_model(args.model)
+    graph = load_graph(source)
+    if isinstance(source, str):
+        import onnx
+        onnx_model = onnx.load(source)
+    else:
+        onnx_model = source.to_onnx()
+    report = benchmark(graph, onnx_model, target=args.target or "llvm", threads=args.threads,
+                       rounds=args.rounds, ablate=args.ablate, per_layer=args.per_layer,
+                       with_ort=not args.no_ort, progress=not args.json)
+    if args.plot:
+        plot_report(report, args.plot)
+    print(report.to_json() if args.json else format_report(report))
+    if args.plot and not args.json:
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .backends import BACKENDS
@@ -140,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None)
     run.add_argument("--seed", type=int, default=0, help="seed of the random input")
     run.set_defaults(func=_cmd_run)
+
+    bench = sub.add_parser("bench", help="latency of unfused vs fused vs onnxruntime")
+    bench.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    bench.add_argument("--threads", type=int, default=1)
+    bench.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds")
+    bench.add_argument("--target", choices=sorted(BACKENDS), default=None)
+    bench.add_argument("--ablate", action="store_true",
+                       help="leave each pass out in turn and report what it buys")
+    bench.add_argument("--per-layer", action="store_true", help="time and GFLOP/s per kernel")
+    bench.add_argument("--plot", metavar="FILE.png", help="draw the comparison (matplotlib)")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument("--no-ort", action="store_true", help="do not run onnxruntime")
+    bench.set_defaults(func=_cmd_bench)
 
     ver = sub.add_parser("verify", help="run the passes one by one against the reference and "
                                         "name the first one after which outputs diverge")

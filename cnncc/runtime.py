@@ -90,7 +90,7 @@ class CompiledModel(abc.ABC):
                 raise InputError(f"input '{name}': expected shape {list(ttype.shape)}, got "
                                  f"{list(value.shape)}")
             # Native code reads dense row-major memory: a strided view gets a contiguous copy.
-            checked.append(np.ascontiguousarray(value))
+            checked.append(np.require(value, requirements="C"))
         return checked
 
     @abc.abstractmethod

@@ -38,6 +38,10 @@ EXCLUDED = {
     r"^test_training_dropout": "Dropout with training_mode=True (random mask; training only)",
     r"^test_bernoulli": "random sampling: outputs not comparable",
     r"^test_(randomnormal|randomuniform)": "random sampling: outputs not comparable",
+    r"^test_resize_downsample_scales_(linear|cubic)_align_corners$": (
+        "align_corners with a fractional output length: cnncc uses the integer output length "
+        "(the ONNX spec formula, and onnxruntime's result); onnx's Python reference, which "
+        "made the expected data, uses the fractional one"),
     r"^test_attention_4d_causal_fp16_expanded$": (
         "float16 rounding: the expected output is computed in higher precision; onnxruntime "
         "misses it by the same 1 fp16 ulp (4.9e-4) that exceeds atol=1e-5"),

@@ -20,21 +20,13 @@ import numpy as np
 import onnx
 
 from cnncc.ir import CompileError, DType, Graph, Node, TensorType, infer_node
-from cnncc.ir.ops import run_reference
 
+from cnncc.ir.fold import FOLD_LIMIT_BYTES, fold_node
+from ..passes.eliminate_dead_code import eliminate_dead_code
 from .load import load_model_proto
 from .opset import convert_node
 from .tensors import attribute_value, elem_dtype, tensor_to_array
 from .validate import check_ops, check_structure, check_text, default_opset, run_checker
-
-# Constant folding never materializes more than this per node: a ConstantOfShape asking for
-# gigabytes stays a runtime node (or is refused by inference when absurd).
-FOLD_LIMIT_BYTES = 64 << 20
-# Ops whose result is not a function of their inputs: never folded.
-NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                    "Bernoulli", "Multinomial", "Dropout"}
-# Ops whose result depends only on the input's type, so they fold even on runtime inputs.
-TYPE_ONLY = {"Shape", "Size"}
 
 
 def import_model(source: Any, input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -179,12 +171,16 @@ class _Importer:
              name: str) -> None:
         node = Node(op, list(inputs), list(outputs), dict(attrs), name)
         types = infer_node(node, self.graph.types, self.graph.params)
-        if self._fold(node, types):
-            return
         for out, ttype in zip(node.outputs, types):
             if out:
                 self.graph.types[out] = ttype
-        self.graph.nodes.append(node)
+        values = fold_node(self.graph, node, self.fold_limit)
+        if values is None:
+            self.graph.nodes.append(node)
+            return
+        for out, value in zip(node.outputs, values):
+            if out:
+                self._set_param(out, value)
 
     # ---- conversion -----------------------------------------------------------------------------
 
@@ -226,44 +222,6 @@ class _Importer:
                                "(string and sparse constants cannot be compiled)", name)
         self._set_param(proto.output[0], array)
 
-    def _fold(self, node: Node, types: list[TensorType]) -> bool:
-        """Evaluate ``node`` now if its inputs are constants; return whether it was folded."""
-        present = [i for i in node.inputs if i]
-        if not present or node.op in NONDETERMINISTIC:
-            return False
-        params = self.graph.params
-        type_only = node.op in TYPE_ONLY
-        if not type_only and not all(i in params for i in present):
-            return False
-        if sum(t.nbytes for t in types) > self.fold_limit:
-            return False
-        args, in_types = [], []
-        for i in node.inputs:
-            if not i:
-                args.append(None)
-                in_types.append(None)
-                continue
-            t = self.graph.types[i]
-            # Shape/Size only look at the type: a zero-strided stand-in costs no memory.
-            args.append(params[i] if i in params else np.broadcast_to(t.dtype.np.type(0), t.shape))
-            in_types.append(t)
-        try:
-            with np.errstate(all="ignore"):
-                results = run_reference(node, args, in_types)
-        except CompileError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any numpy failure of a reference is the model's
-            raise CompileError(f"{node.op}: constant folding failed ({type(e).__name__}: {e})",
-                               node.name) from None
-        for out, value, ttype in zip(node.outputs, results, types):
-            if not out:
-                continue
-            if value.shape != ttype.shape or value.dtype != ttype.dtype.np:
-                raise CompileError(f"{node.op}: reference produced {value.dtype}"
-                                   f"{list(value.shape)}, inferred {ttype}", node.name)
-            self._set_param(out, np.array(value))
-        return True
-
     # ---- finishing ------------------------------------------------------------------------------
 
     def finish(self) -> Graph:
@@ -271,8 +229,7 @@ class _Importer:
         g.outputs = [o.name for o in self.proto.output]
         for vi in self.proto.output:
             self._check_output_type(vi)
-        _eliminate_dead(g)
-        return g.verify()
+        return eliminate_dead_code(g).verify()
 
     def _check_output_type(self, vi: onnx.ValueInfoProto) -> None:
         if vi.type.WhichOneof("value") != "tensor_type":
@@ -307,21 +264,3 @@ def _inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 def _dims_text(tt: onnx.TypeProto.Tensor) -> str:
     return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
                            for d in tt.shape.dim) + "]"
-
-
-def _eliminate_dead(g: Graph) -> None:
-    """Drop nodes no graph output depends on, and parameters nothing reads."""
-    live = set(g.outputs)
-    kept: list[Node] = []
-    for node in reversed(g.nodes):
-        if any(o in live for o in node.outputs if o):
-            kept.append(node)
-            live.update(i for i in node.inputs if i)
-    g.nodes = kept[::-1]
-    for name in list(g.params):
-        if name not in live:
-            del g.params[name]
-    produced = set(g.inputs) | set(g.params) | {o for n in g.nodes for o in n.outputs if o}
-    for name in list(g.types):
-        if name not in produced:
-            del g.types[name]

@@ -3,7 +3,7 @@ from .registry import (OP_TABLE, REQUIRED, Attr, OpContext, OpDef, broadcast_sha
                        infer_node, normalize_axis, register, run_reference, same_as_input)
 # Importing a module registers its ops.
 from . import elementwise, activation, linalg, reduce, shape, tensor, pad, creation  # noqa: F401
-from . import resize  # noqa: F401
+from . import resize, scatter  # noqa: F401
 from . import conv, conv_transpose, deform_conv, pool, norm  # noqa: F401
 
 __all__ = ["OP_TABLE", "REQUIRED", "Attr", "OpContext", "OpDef", "broadcast_shapes", "get_op",

@@ -1,0 +1,193 @@
+"""`cnncc bench`: unfused (opt 0) vs fused (opt 3) vs onnxruntime, measured side by side.
+
+Variants are timed interleaved (one call of each per round, in turn) so that noise from other
+processes hits all of them alike; medians and 90th percentiles over the rounds are reported, with
+speedups relative to the fused model. `--ablate` compiles the pipeline with each pass left out in
+turn and reports what each pass buys; `--per-layer` times every kernel of the fused model.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .analysis import layer_stats
+from .ir import Graph
+
+
+@dataclass
+class VariantResult:
+    name: str
+    median_ms: float
+    p90_ms: float
+    compile_s: float
+    samples_ms: list[float] = field(repr=False, default_factory=list)
+
+
+@dataclass
+class BenchReport:
+    model: str
+    threads: int
+    rounds: int
+    variants: list[VariantResult]
+    speedups: dict[str, float]
+    ablation: list[dict] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _progress(step: int, total: int, text: str) -> None:
+    width = 24
+    done = int(width * step / total)
+    print(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{total} {text:<48}", end="",
+          file=sys.stderr, flush=True)
+    if step == total:
+        print(file=sys.stderr)
+
+
+def _ort_runner(onnx_model: Any, threads: int) -> Callable[[list[np.ndarray]], Any] | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return lambda xs: sess.run(None, dict(zip(names, xs)))
+
+
+def time_interleaved(runners: dict[str, Callable[[], Any]], rounds: int,
+                     warmup: int = 3) -> dict[str, list[float]]:
+    """Milliseconds per call of each runner, calls interleaved round by round."""
+    for _ in range(warmup):
+        for fn in runners.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def _summary(name: str, ms: list[float], compile_s: float) -> VariantResult:
+    return VariantResult(name, float(np.median(ms)), float(np.percentile(ms, 90)), compile_s, ms)
+
+
+def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", threads: int = 1,
+              rounds: int = 30, ablate: bool = False, per_layer: bool = False,
+              with_ort: bool = True, progress: bool = True) -> BenchReport:
+    from .driver import compile
+    from .passes import PassContext, enabled_passes
+
+    passes = [p.name for p in enabled_passes(PassContext(opt_level=3, target=target))]
+    plan: list[tuple[str, dict]] = [("unfused", {"opt_level": 0}), ("fused", {"opt_level": 3})]
+    if ablate:
+        plan += [(f"fused -{p}", {"opt_level": 3, "skip_passes": [p]}) for p in passes]
+    steps = len(plan) + (1 if with_ort and onnx_model is not None else 0) + 1
+    models: dict[str, Any] = {}
+    compile_s: dict[str, float] = {}
+    for k, (name, opts) in enumerate(plan):
+        if progress:
+            _progress(k, steps, f"compiling {name}")
+        t0 = time.perf_counter()
+        models[name] = compile(graph, target=target, threads=threads, **opts)
+        compile_s[name] = time.perf_counter() - t0
+    x = [np.random.default_rng(0).standard_normal(s).astype(d)
+         for s, d in zip(models["fused"].input_shapes, models["fused"].input_dtypes)]
+    runners: dict[str, Callable[[], Any]] = {n: (lambda m=m: m(*x)) for n, m in models.items()}
+    if with_ort and onnx_model is not None:
+        if progress:
+            _progress(len(plan), steps, "creating onnxruntime session")
+        t0 = time.perf_counter()
+        ort_run = _ort_runner(onnx_model, threads)
+        if ort_run is not None:
+            runners["onnxruntime"] = lambda: ort_run(x)
+            compile_s["onnxruntime"] = time.perf_counter() - t0
+    if progress:
+        _progress(steps - 1, steps, f"timing {len(runners)} variants x {rounds} rounds")
+    samples = time_interleaved(runners, rounds)
+    if progress:
+        _progress(steps, steps, "done")
+    results = [_summary(n, samples[n], compile_s[n]) for n in runners]
+    by = {r.name: r.median_ms for r in results}
+    speedups = {"fused vs unfused": by["unfused"] / by["fused"]}
+    if "onnxruntime" in by:
+        speedups["fused vs onnxruntime"] = by["onnxruntime"] / by["fused"]
+        speedups["unfused vs onnxruntime"] = by["onnxruntime"] / by["unfused"]
+    report = BenchReport(graph.name, threads, rounds, results, speedups)
+    if ablate:
+        for p in passes:
+            ms = by[f"fused -{p}"]
+            report.ablation.append({"pass": p, "without_ms": ms, "with_ms": by["fused"],
+                                    "buys": ms / by["fused"]})
+    if per_layer:
+        report.layers = per_layer_table(models["fused"], graph, x)
+    return report
+
+
+def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray]) -> list[dict]:
+    """Median time and GFLOP/s of each kernel of ``model`` (targets that can profile)."""
+    profile = getattr(model, "profile", None)
+    if profile is None:
+        from .ir import CompileError
+        raise CompileError(f"target {model.target} cannot time kernels one by one")
+    flops = {s.node: s.flops for s in layer_stats(getattr(model, "graph", graph))}
+    rows = []
+    for kernel, node, seconds in profile(inputs):
+        f = flops.get(node, 0)
+        rows.append({"kernel": kernel, "node": node, "ms": seconds * 1e3,
+                     "gflops": f / seconds / 1e9 if seconds > 0 and f else 0.0})
+    return rows
+
+
+def format_report(r: BenchReport) -> str:
+    lines = [f"model {r.model}: {r.threads} thread(s), {r.rounds} interleaved rounds",
+             f"{'variant':<34} {'median ms':>10} {'p90 ms':>10} {'compile s':>10}"]
+    for v in r.variants:
+        lines.append(f"{v.name:<34} {v.median_ms:>10.3f} {v.p90_ms:>10.3f} {v.compile_s:>10.2f}")
+    for k, s in r.speedups.items():
+        lines.append(f"speedup {k}: {s:.2f}x")
+    if r.ablation:
+        lines.append("ablation (fused model with one pass left out):")
+        for a in r.ablation:
+            lines.append(f"  without {a['pass']:<24} {a['without_ms']:>9.3f} ms  "
+                         f"(the pass buys {a['buys']:.2f}x)")
+    if r.layers:
+        total = sum(row["ms"] for row in r.layers)
+        lines.append(f"{'kernel':<40} {'node':<28} {'ms':>8} {'%':>6} {'GFLOP/s':>9}")
+        for row in sorted(r.layers, key=lambda row: -row["ms"]):
+            lines.append(f"{row['kernel'][:40]:<40} {row['node'][:28]:<28} {row['ms']:>8.3f} "
+                         f"{100 * row['ms'] / total:>6.1f} {row['gflops']:>9.1f}")
+    return "\n".join(lines)
+
+
+def plot_report(r: BenchReport, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .ir import CompileError
+        raise CompileError("--plot needs matplotlib: pip install 'cnncc[plot]'") from None
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(r.variants) + 1.5))
+    names = [v.name for v in r.variants]
+    med = [v.median_ms for v in r.variants]
+    err = [v.p90_ms - v.median_ms for v in r.variants]
+    ax.barh(names, med, xerr=[[0] * len(err), err], color="#4c72b0")
+    ax.invert_yaxis()
+    ax.set_xlabel("latency, ms (median; whisker to p90)")
+    ax.set_title(f"{r.model}, {r.threads} thread(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

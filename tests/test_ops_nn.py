@@ -3,7 +3,7 @@
 Each case builds a one-node cnncc Graph and runs it with the reference interpreter, and builds the
 same node as a one-node ONNX model run by onnxruntime (CPU), comparing at rtol 1e-4 / atol 1e-5.
 Bad attributes must give a CompileError naming the node. (The ONNX backend node tests of these ops
-are in test_ops_nn_node_cases.py.)
+are in test_onnx_node.py.)
 """
 from __future__ import annotations
 

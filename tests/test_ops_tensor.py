@@ -1,7 +1,7 @@
 """Non-convolution ops of the op table: validation errors (CompileError naming the node), the erf
 approximation, and small exact checks of inference + reference.
 
-The ONNX backend node tests for the same ops run in test_ops_tensor_onnx.py, comparisons with
+The ONNX backend node tests for the same ops run in test_onnx_node.py, comparisons with
 onnxruntime in test_ops_tensor_ort.py.
 """
 from __future__ import annotations

@@ -60,3 +60,31 @@ def test_opt_level_zero_is_unfused_and_agrees():
     m3 = cnncc.compile(g, target="llvm", opt_level=3, threads=1)
     assert len(m0.kernels) > len(m3.kernels)
     np.testing.assert_allclose(m0(x), m3(x), rtol=1e-5, atol=1e-7)
+
+
+def test_outputs_aliasing_inputs_constants_and_each_other():
+    g = Graph("edge")
+    x = g.add_input("x", TensorType(DType.float32, (2, 3)))
+    c = g.add_param("c", np.arange(6, dtype=np.float32).reshape(2, 3))
+    r, = g.add_node("Relu", [x])
+    f, = g.add_node("Flatten", [r])
+    i, = g.add_node("Identity", [c])
+    g.outputs = [x, r, f, i, r]
+    x_v = np.array([[-1, 2, -3], [4, -5, 6]], np.float32)
+    outs = cnncc.compile(g, target="llvm", threads=1)(x_v)
+    ref = run_graph(g, {"x": x_v})
+    for o, name in zip(outs, g.outputs):
+        np.testing.assert_array_equal(o, ref[name])
+    assert not np.shares_memory(outs[1], outs[4])
+
+
+def test_empty_tensor_and_scalar_graph():
+    g = Graph("empty")
+    x = g.add_input("x", TensorType(DType.float32, (0, 3)))
+    s = g.add_input("s", TensorType(DType.float32, ()))
+    y, = g.add_node("Relu", [x])
+    z, = g.add_node("Mul", [s, s])
+    g.outputs = [y, z]
+    m = cnncc.compile(g, target="llvm")
+    y_v, z_v = m(np.zeros((0, 3), np.float32), np.array(3, np.float32))
+    assert y_v.shape == (0, 3) and z_v == 9

@@ -14,14 +14,14 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, F32, For, If, Kernel, Let, Stmt, Store,
-                           Var, loop_nest, seq)
+from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, Expr, F32, For, If, Kernel, Let,
+                           Stmt, Store, Var, seq)
 from cnncc.ir.ops.spatial import resolve_window
 from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv_pointwise import is_pointwise, pointwise
-from .cpu_schedule import PARALLEL_MIN_WORK, schedule_map
+from .cpu_schedule import PARALLEL_MIN_WORK
 
 Act = Callable[[Expr], Expr] | None
 
@@ -42,22 +42,40 @@ def padded_input(ctx: LowerCtx, node: Node, x: str, begin: list, end: list,
     if phases > 1:
         pshape = pshape[:-1] + (phases, -(-pshape[-1] // phases))
     xp = ctx.temp(DType.float32, pshape, "xp")
-    # The fill writes the scratch buffer viewed as 1-D.
-    flat = Buffer("xp", DType.float32, (int(np.prod(pshape)),))
-    ctx.binding[id(flat)] = ctx.binding[id(xp)]
-    fill_k = Kernel(f"{node.name}_padfill", [flat], loop_nest(
-        [("f", flat.shape[0])], lambda f: Store(flat, (f,), Const(fill, F32))))
-    ctx.emit(schedule_map(fill_k, ctx.lanes, ctx.threads, flat.shape[0]))
     xin = ctx.value(x, bname="x")
-    names = [("n", shape[0]), ("c", shape[1])] + [(f"s{d}", shape[2 + d]) for d in range(nd)]
-    def store(n, c, *s):
-        idx = [v + b for v, b in zip(s, begin)]
-        if phases > 1:
-            idx = idx[:-1] + [idx[-1] % phases, idx[-1] // phases]
-        return Store(xp, (n, c) + tuple(idx), xin[(n, c) + tuple(s)])
+    # One pass, row by row: pad rows are filled, interior rows get left fill + a contiguous
+    # (vectorized) copy + right fill; the buffer is written exactly once.
+    n, c = Var("n"), Var("c")
+    rows = [Var(f"r{d}") for d in range(nd - 1)]
+    width, bl = shape[-1], begin[-1]
+    wfull = pshape[-1] * phases if phases > 1 else pshape[-1]
 
-    copy = Kernel(f"{node.name}_pad", [xp, xin], loop_nest(names, store))
-    ctx.emit(schedule_map(copy, ctx.lanes, ctx.threads, int(np.prod(shape))))
+    def at(w: Expr) -> tuple:
+        tail = (w % phases, w // phases) if phases > 1 else (w,)
+        return (n, c) + tuple(rows) + tail
+
+    fv = Const(fill, F32)
+    fl, w, fr, fa = Var("fl"), Var("w"), Var("fr"), Var("fa")
+    src = (n, c) + tuple(r - b for r, b in zip(rows, begin)) + (w,)
+    interior = seq(For(fl, bl, Store(xp, at(fl), fv)),
+                   For(w, width, Store(xp, at(w + bl), xin[src])),
+                   For(fr, wfull - bl - width, Store(xp, at(fr + (bl + width)), fv)))
+    cond = None
+    for r, b, sz in zip(rows, begin, shape[2:]):
+        ok = And(Cmp("ge", r, Const(b)), Cmp("lt", r, Const(b + sz)))
+        cond = ok if cond is None else And(cond, ok)
+    body: Stmt = interior if cond is None else If(cond, interior,
+                                                  For(fa, wfull, Store(xp, at(fa), fv)))
+    for r, sz in reversed(list(zip(rows, pshape[2:]))):
+        body = For(r, sz, body)
+    sch = Schedule(Kernel(f"{node.name}_pad", [xp, xin], For(n, shape[0], For(c, shape[1],
+                                                                              body))))
+    for name, ext in (("w", width), ("fa", wfull if cond is not None else 0),
+                      ("fr", wfull - bl - width)):
+        if ext >= ctx.lanes:
+            sch.vectorize(sch.split(name, ctx.lanes, mode="tail")[1])
+    work = int(np.prod(pshape))
+    ctx.emit(_parallel_outer(sch.kernel, ["n", "c"] + [r.name for r in rows], ctx.threads, work))
     return xp
 
 

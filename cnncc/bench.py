@@ -137,18 +137,28 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
 
 
 def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray]) -> list[dict]:
-    """Median time and GFLOP/s of each kernel of ``model`` (targets that can profile)."""
+    """Median time and GFLOP/s per graph node of ``model`` (summed over the node's kernels).
+
+    Needs a target that can call its kernels one by one (llvm's ``profile``)."""
     profile = getattr(model, "profile", None)
-    if profile is None:
+    program = getattr(model, "program", None)
+    if profile is None or program is None:
         from .ir import CompileError
         raise CompileError(f"target {model.target} cannot time kernels one by one")
-    flops = {s.node: s.flops for s in layer_stats(getattr(model, "graph", graph))}
-    rows = []
-    for kernel, node, seconds in profile(inputs):
-        f = flops.get(node, 0)
-        rows.append({"kernel": kernel, "node": node, "ms": seconds * 1e3,
-                     "gflops": f / seconds / 1e9 if seconds > 0 and f else 0.0})
-    return rows
+    lowered = program.ctx.graph
+    node_of = {k.name: lowered.nodes[i] for k, i in program.ctx.kernels}
+    stats = {s.node: s for s in layer_stats(lowered)}
+    rows: dict[str, dict] = {}
+    for kernel, seconds in profile(inputs):
+        node = node_of[kernel]
+        row = rows.setdefault(node.name, {"node": node.name, "op": node.op, "kernels": 0,
+                                          "ms": 0.0, "gflops": 0.0})
+        row["kernels"] += 1
+        row["ms"] += seconds * 1e3
+    for name, row in rows.items():
+        flops = stats[name].flops if name in stats else 0
+        row["gflops"] = flops / (row["ms"] * 1e-3) / 1e9 if row["ms"] > 0 else 0.0
+    return list(rows.values())
 
 
 def format_report(r: BenchReport) -> str:
@@ -165,14 +175,17 @@ def format_report(r: BenchReport) -> str:
                          f"(the pass buys {a['buys']:.2f}x)")
     if r.layers:
         total = sum(row["ms"] for row in r.layers)
-        lines.append(f"{'kernel':<40} {'node':<28} {'ms':>8} {'%':>6} {'GFLOP/s':>9}")
+        lines.append("per layer (fused model, each node's kernels timed alone):")
+        lines.append(f"{'node':<36} {'op':<20} {'kernels':>7} {'ms':>8} {'%':>6} {'GFLOP/s':>9}")
         for row in sorted(r.layers, key=lambda row: -row["ms"]):
-            lines.append(f"{row['kernel'][:40]:<40} {row['node'][:28]:<28} {row['ms']:>8.3f} "
-                         f"{100 * row['ms'] / total:>6.1f} {row['gflops']:>9.1f}")
+            lines.append(f"{row['node'][:36]:<36} {row['op'][:20]:<20} {row['kernels']:>7} "
+                         f"{row['ms']:>8.3f} {100 * row['ms'] / total:>6.1f} "
+                         f"{row['gflops']:>9.1f}")
     return "\n".join(lines)
 
 
-def plot_report(r: BenchReport, path: str) -> None:
+def require_matplotlib() -> Any:
+    """pyplot (non-interactive backend), or a clear error naming the extra to install."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -180,6 +193,11 @@ def plot_report(r: BenchReport, path: str) -> None:
     except ImportError:
         from .ir import CompileError
         raise CompileError("--plot needs matplotlib: pip install 'cnncc[plot]'") from None
+    return plt
+
+
+def plot_report(r: BenchReport, path: str) -> None:
+    plt = require_matplotlib()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(r.variants) + 1.5))
     names = [v.name for v in r.variants]
     med = [v.median_ms for v in r.variants]

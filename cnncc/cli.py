@@ -121,8 +121,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import load_graph
-    from .bench import benchmark, format_report, plot_report
+    from .bench import benchmark, format_report, plot_report, require_matplotlib
 
+    if args.plot:
+        require_matplotlib()      # fail before minutes of compiling and timing, not after
     source = resolve_model(args.model)
     graph = load_graph(source)
     if isinstance(source, str):

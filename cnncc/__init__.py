@@ -3,12 +3,14 @@
     import cnncc
     model = cnncc.compile("model.onnx")            # or a ModelProto, a Graph, a cnncc.dsl net
     y = model(x)
+    cnncc.export("model.onnx", "out")              # out/model.so, model.h, model.json
+    model = cnncc.load("out")                      # the exported library, callable again
 """
 __version__ = "0.1.0"
 
 from .ir import CompileError, InputError, Graph          # noqa: E402
-from .driver import compile, load_graph                    # noqa: E402
+from .driver import compile, export, load, load_graph      # noqa: E402
 from .runtime import CompiledModel                         # noqa: E402
 
-__all__ = ["compile", "load_graph", "CompileError", "InputError", "Graph", "CompiledModel",
-           "__version__"]
+__all__ = ["compile", "export", "load", "load_graph", "CompileError", "InputError", "Graph",
+           "CompiledModel", "__version__"]

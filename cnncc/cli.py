@@ -2,13 +2,16 @@
 
     cnncc info [MODEL]                          ops, shapes, parameters, FLOPs per layer
     cnncc run [MODEL] [--input x.npy] [--output y.npy] [--target T]
+    cnncc compile MODEL -o DIR [--name N] [--threads N] [--opt N] [--emit llvm|asm]
+                                                DIR/N.so + N.h + N.json: a C library
     cnncc bench [MODEL] [--threads N] [--ablate] [--per-layer] [--plot F.png] [--json]
     cnncc verify [MODEL] [--opt N] [--target T]  pass-by-pass agreement with the reference
     cnncc show [MODEL] [--opt N] [-o graph.svg]  the graph before/after the passes
 
 MODEL is an .onnx file or a built-in DSL net (`zoo:mobilenet_v2`, or just `mobilenet_v2`); with no
-MODEL the built-in MobileNetV2 is used. Errors are one line on stderr and a non-zero exit status;
-`--traceback` shows the Python traceback as well.
+MODEL the built-in MobileNetV2 is used; `run` also takes a library made by `compile` (its DIR or
+N.so). Errors are one line on stderr and a non-zero exit status; `--traceback` shows the Python
+traceback as well.
 """
 from __future__ import annotations
 
@@ -67,17 +70,32 @@ def _load_inputs(model: Any, paths: Sequence[str], seed: int) -> list[np.ndarray
             for shape, dtype in zip(model.input_shapes, model.input_dtypes)]
 
 
+def _is_library(spec: str) -> bool:
+    """Whether ``spec`` names a library written by `cnncc compile` (its folder or .so)."""
+    if spec.endswith(".so"):
+        return True
+    return os.path.isdir(spec) and any(n.endswith(".json") for n in os.listdir(spec))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import compile
+    from . import compile, load
+    from .ir import CompileError
 
     t0 = time.perf_counter()
-    model = compile(resolve_model(args.model), target=args.target, threads=args.threads)
+    if _is_library(args.model):
+        if args.target not in (None, "llvm") or args.threads is not None:
+            raise CompileError("--target/--threads do not apply to a compiled library (its "
+                               "code and thread count are fixed by `cnncc compile`)")
+        model = load(args.model)
+    else:
+        model = compile(resolve_model(args.model), target=args.target, threads=args.threads)
     t1 = time.perf_counter()
     inputs = _load_inputs(model, args.input or [], args.seed)
     outs = model(*inputs)
     t2 = time.perf_counter()
     outs = outs if isinstance(outs, tuple) else (outs,)
-    print(f"compiled for {model.target} in {t1 - t0:.2f} s; ran in {(t2 - t1) * 1e3:.1f} ms")
+    how = "loaded" if getattr(model, "cache_status", "") == "library" else "compiled for"
+    print(f"{how} {model.target} in {t1 - t0:.2f} s; ran in {(t2 - t1) * 1e3:.1f} ms")
     for name, value in zip(model.output_names, outs):
         print(f"output {name}: {value.dtype}{list(value.shape)}  min {value.min():.4g} "
               f"max {value.max():.4g} mean {value.mean():.4g}")
@@ -92,6 +110,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for path, value in zip(args.output, outs):
             np.save(path, value)
             print(f"wrote {path}")
+    return 0
+
+
+def _model_name(spec: str) -> str:
+    """The default library name: the file's stem or the zoo net's name."""
+    if spec.startswith("zoo:") or not (os.path.exists(spec) or spec.endswith(".onnx")):
+        return spec.removeprefix("zoo:")
+    return os.path.splitext(os.path.basename(spec))[0]
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from . import export
+    from .backends.llvm.aot import c_identifier
+
+    source = resolve_model(args.model)
+    name = args.name if args.name is not None else c_identifier(_model_name(args.model))
+    t0 = time.perf_counter()
+    paths = export(source, args.output, name=name, threads=args.threads, opt_level=args.opt,
+                   emit=args.emit or ())
+    print(f"compiled {args.model} in {time.perf_counter() - t0:.2f} s")
+    for path in paths.values():
+        print(f"wrote {path}")
     return 0
 
 
@@ -165,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None)
     run.add_argument("--seed", type=int, default=0, help="seed of the random input")
     run.set_defaults(func=_cmd_run)
+
+    comp = sub.add_parser("compile", help="compile a model into a C library "
+                                           "(DIR/NAME.so, NAME.h, NAME.json)")
+    comp.add_argument("model")
+    comp.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    comp.add_argument("--name", help="C name prefix and file name (default: the model's name)")
+    comp.add_argument("--threads", type=int, default=None,
+                      help="threads of the library (default 1; >1 links libgomp)")
+    comp.add_argument("--opt", type=int, default=3, choices=range(4))
+    comp.add_argument("--emit", action="append", choices=["llvm", "asm"],
+                      help="also write NAME.ll (optimized LLVM IR) / NAME.s (assembly)")
+    comp.set_defaults(func=_cmd_compile)
 
     bench = sub.add_parser("bench", help="latency of unfused vs fused vs onnxruntime")
     bench.add_argument("model", nargs="?", default=DEFAULT_MODEL)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
+
+from . import cache
 
 from .backends import BACKENDS
 from .ir import CompileError, Graph
@@ -33,6 +36,23 @@ def load_graph(source: Any, input_shapes: dict[str, Any] | None = None) -> Graph
                        "bytes, an onnx.ModelProto, a cnncc Graph or a cnncc.dsl net")
 
 
+def _check_options(target: str, opt_level: int, threads: int | None) -> None:
+    if target not in BACKENDS:
+        raise CompileError(f"unknown target '{target}' (available: {', '.join(BACKENDS)})")
+    if opt_level not in (0, 1, 2, 3):
+        raise CompileError(f"opt_level must be 0..3, got {opt_level}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise CompileError(f"threads must be a positive integer, got {threads!r}")
+
+
+def _optimize(graph: Graph, target: str, opt_level: int, skip: frozenset) -> Graph:
+    if BACKENDS[target].native:
+        # The reference target is the oracle: it runs the graph exactly as imported.
+        return run_pipeline(graph, PassContext(opt_level=opt_level, target=target, skip=skip))
+    return graph
+
+
 def compile(source: Any, target: str | None = None, opt_level: int = 3,
             threads: int | None = None, input_shapes: dict[str, Any] | None = None,
             **options: Any) -> CompiledModel:
@@ -41,18 +61,78 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     ``opt_level`` 0 runs no graph optimization (every op its own kernel), 3 runs all passes;
     ``threads`` is the native thread count (default: all cores); ``input_shapes`` fixes
     symbolic ONNX input dims. Other options go to the target (e.g. ``skip_passes=[...]``).
+
+    On the llvm target, compiled models are cached on disk (cnncc.cache; CNNCC_CACHE=0 turns
+    it off, ``cache=False`` skips it for one call): compiling the same model again loads the
+    library built the first time (``model.cache_status == "library"``).
     """
     target = target or DEFAULT_TARGET
-    if target not in BACKENDS:
-        raise CompileError(f"unknown target '{target}' (available: {', '.join(BACKENDS)})")
-    if opt_level not in (0, 1, 2, 3):
-        raise CompileError(f"opt_level must be 0..3, got {opt_level}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise CompileError(f"threads must be a positive integer, got {threads!r}")
+    _check_options(target, opt_level, threads)
+    use_cache = bool(options.pop("cache", True))
     skip = frozenset(options.pop("skip_passes", ()))
     graph = load_graph(source, input_shapes)
-    if BACKENDS[target].native:
-        # The reference target is the oracle: it runs the graph exactly as imported.
-        graph = run_pipeline(graph, PassContext(opt_level=opt_level, target=target, skip=skip))
+    if target == "llvm":
+        threads = threads or os.cpu_count() or 1
     options = dict(options, opt_level=opt_level, threads=threads)
-    return BACKENDS[target].build(graph, options)
+
+    def build(**extra: Any) -> CompiledModel:
+        optimized = _optimize(graph, target, opt_level, skip)
+        return BACKENDS[target].build(optimized, dict(options, **extra))
+
+    key = None
+    if use_cache and target == "llvm" and cache.cache_root() is not None:
+        key = cache.model_key(graph, target, dict(options, skip_passes=sorted(skip)))
+        hit = cache.lookup(key, rebuild=build)
+        if hit is not None:
+            return hit
+    start = time.perf_counter()
+    model = build(keep_ir=key is not None)
+    if key is not None and time.perf_counter() - start >= cache.min_seconds():
+        cache.store(key, model)
+    return model
+
+
+def export(source: Any, out_dir: str | os.PathLike, name: str | None = None,
+           threads: int | None = None, opt_level: int = 3, emit: Any = (),
+           input_shapes: dict[str, Any] | None = None, **options: Any) -> dict[str, str]:
+    """Compile ``source`` ahead of time into ``out_dir``/NAME.so, NAME.h and NAME.json (plus
+    NAME.ll / NAME.s for ``emit`` "llvm" / "asm"); returns {"library", "header", "metadata",
+    ...: path}. NAME defaults to the model file's stem or the net's name, made a C identifier;
+    a NAME given must be one. ``threads`` defaults to 1 (the library then needs only libc).
+    """
+    from .backends.llvm.aot import c_identifier, check_name, export_library
+    from .backends.llvm.model import generate
+
+    _check_options("llvm", opt_level, threads)
+    emit = (emit,) if isinstance(emit, str) else tuple(emit or ())
+    if name is None:
+        name = c_identifier(_default_name(source))
+    check_name(name)
+    skip = frozenset(options.pop("skip_passes", ()))
+    if options:
+        raise CompileError(f"unknown export option(s) {sorted(options)}")
+    graph = _optimize(load_graph(source, input_shapes), "llvm", opt_level, skip)
+    gen = generate(graph, threads or 1, opt_level)
+    return export_library(gen, os.fspath(out_dir), name, emit)
+
+
+def _default_name(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.path.splitext(os.path.basename(os.fspath(source)))[0]
+    name = getattr(source, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    graph = getattr(source, "graph", None)           # an onnx.ModelProto
+    if graph is not None and getattr(graph, "name", ""):
+        return graph.name
+    return "model"
+
+
+def load(path: str | os.PathLike) -> CompiledModel:
+    """A model exported by ``cnncc.export`` / ``cnncc compile``: its directory, .so or .json.
+
+    The library is checked against its json (sha256, signature, CPU features) before it is
+    loaded; calls get the same input checks as every CompiledModel."""
+    from .backends.llvm.library import load_library
+
+    return load_library(os.fspath(path))

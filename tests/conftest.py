@@ -29,3 +29,22 @@ def pytest_generate_tests(metafunc):
     if "fuzz_examples" in metafunc.fixturenames:
         n = 5000 if metafunc.config.getoption("--fuzz-long") else 300
         metafunc.parametrize("fuzz_examples", [n], ids=[f"{n}-graphs"])
+
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_compile_cache(tmp_path_factory):
+    """Every test (and every subprocess it starts) uses a fresh compile cache, never the user's:
+    results do not depend on what earlier runs left there, and the suite writes nothing to
+    ~/.cache. Tests of the default location clear CNNCC_CACHE_DIR themselves (monkeypatch)."""
+    old = os.environ.get("CNNCC_CACHE_DIR")
+    os.environ["CNNCC_CACHE_DIR"] = str(tmp_path_factory.mktemp("cnncc-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CNNCC_CACHE_DIR", None)
+    else:
+        os.environ["CNNCC_CACHE_DIR"] = old

@@ -77,3 +77,48 @@ def test_console_script_entry_point(tiny_onnx):
     proc = subprocess.run([sys.executable, "-m", "cnncc", "info", "zoo:no_such_net"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "no built-in net" in proc.stderr
+
+
+def _ort(path, x):
+    import onnxruntime as ort
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+
+
+def test_compile_then_run_the_library(tiny_onnx, tmp_path, capsys):
+    out_dir = tmp_path / "lib"
+    assert main(["compile", str(tiny_onnx), "-o", str(out_dir), "--emit", "llvm"]) == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["tiny.h", "tiny.json", "tiny.ll",
+                                                         "tiny.so"]
+    assert "wrote" in capsys.readouterr().out
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    ref = _ort(tiny_onnx, x)
+    for spec in (out_dir, out_dir / "tiny.so"):
+        assert main(["run", str(spec), "--input", str(tmp_path / "x.npy"),
+                     "--output", str(tmp_path / "y.npy")]) == 0
+        assert "loaded llvm" in capsys.readouterr().out
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ref, rtol=1e-4, atol=1e-5)
+    # `run` on a model file compiles it for llvm by default.
+    assert main(["run", str(tiny_onnx), "--input", str(tmp_path / "x.npy"),
+                 "--output", str(tmp_path / "z.npy")]) == 0
+    assert "for llvm" in capsys.readouterr().out
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_names_and_errors(tiny_onnx, tmp_path, capsys):
+    assert main(["compile", str(tiny_onnx), "-o", str(tmp_path), "--name", "my_net",
+                 "--threads", "2"]) == 0
+    assert (tmp_path / "my_net.so").exists() and "my_net_run" in (tmp_path / "my_net.h").read_text()
+    capsys.readouterr()
+    assert main(["compile", str(tiny_onnx), "-o", str(tmp_path), "--name", "my-net"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a C identifier" in err
+    assert main(["run", str(tmp_path / "my_net.so"), "--target", "reference"]) == 1
+    assert "do not apply to a compiled library" in capsys.readouterr().err
+    (tmp_path / "my_net.json").write_text("{")
+    assert main(["run", str(tmp_path / "my_net.so")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be read as json" in err
+    assert main(["compile", str(tmp_path / "missing.onnx"), "-o", str(tmp_path)]) == 1
+    assert "missing.onnx" in capsys.readouterr().err

@@ -1,104 +1,214 @@
 """Ahead-of-time export: a compiled model as a self-contained shared library with a C header.
 
-    export_library(model, "out/resnet.so")  ->  out/resnet.so, out/resnet.h, out/resnet.json
+    export_library(generated, "out", "resnet")  ->  out/resnet.so, out/resnet.h, out/resnet.json
 
 The library holds the generated code, the weight blob (an .incbin data section, never IR text)
-and a static 64-byte aligned arena. C API (NAME = the file stem, made a C identifier):
+and its own 64-byte aligned arena. It needs libc (libm, and libgomp when compiled with
+threads > 1) and nothing else: no Python, no cnncc. C API (see the generated header):
 
     int NAME_run(const float *const *inputs, float *const *outputs);       // 0 on success
     int NAME_run_with_arena(const float *const *inputs, float *const *outputs, void *arena);
-    extern const unsigned long NAME_arena_bytes;
 
-NAME_run uses the library's static arena: one call at a time; NAME_run_with_arena with a caller
-buffer of NAME_arena_bytes (64-byte aligned) may run concurrently. Needs a C compiler (cc) at
-export time; the library links libgomp when the model was compiled with threads > 1.
+NAME_run is thread-safe: a call takes the library's static arena when no other call holds it
+(an atomic flag, so single-threaded use never allocates) and otherwise runs on an arena
+allocated for that call (returns 1 when that allocation fails). NAME.json describes the
+signature and carries the sha256 of NAME.so (checked by the loader, library.py).
+Exporting needs a C compiler (``cc``, or $CC).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import keyword
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 
 from ...ir import CompileError
 from . import jit
 
+FORMAT = "cnncc-library-1"
+_C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float
+for goto if inline int long register restrict return short signed sizeof static struct switch
+typedef union unsigned void volatile while _Bool _Complex _Imaginary bool true false""".split())
 
-def _c_name(stem: str) -> str:
-    name = re.sub(r"\W", "_", stem)
-    return name if name and not name[0].isdigit() else f"m_{name}"
+
+def c_identifier(stem: str) -> str:
+    """A C identifier made from a file stem or net name (other characters become '_')."""
+    name = re.sub(r"\W", "_", stem, flags=re.ASCII)
+    name = name if name and not name[0].isdigit() else f"m_{name}"
+    return f"{name}_" if name in _C_KEYWORDS else name
 
 
-def export_library(model, path: str, cc: str = "cc") -> dict:
-    """Write ``path`` (.so) plus the .h and .json beside it; returns the paths."""
-    path = os.path.abspath(path)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    name = _c_name(stem)
-    base = os.path.splitext(path)[0]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    prog = model.program
+def check_name(name: str) -> str:
+    """``name`` if it is usable as the library's C prefix, else CompileError saying why."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise CompileError(f"library name {name!r} is not a C identifier (letters, digits and "
+                           "'_', not starting with a digit)")
+    if name in _C_KEYWORDS or keyword.iskeyword(name):
+        raise CompileError(f"library name {name!r} is a reserved word; choose another --name")
+    if len(name) > 200:
+        raise CompileError(f"library name {name[:20]}... is too long (200 characters at most)")
+    return name
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
+                   optimized_ir: str | None = None, extra: dict | None = None) -> dict:
+    """Write ``out_dir``/``name``.so/.h/.json (and .ll / .s for ``emit`` "llvm" / "asm") of the
+    generated program ``gen`` (model.Generated); returns {kind: path}.
+
+    ``optimized_ir``: the O3-optimized IR of ``gen`` when already at hand (skips O3);
+    ``extra``: more fields for the json (the cache stores its key there)."""
+    check_name(name)
+    bad = [e for e in emit if e not in ("llvm", "asm")]
+    if bad:
+        raise CompileError(f"unknown --emit kind(s) {bad}: expected 'llvm' or 'asm'")
+    cc = os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        raise CompileError(f"exporting a library needs a C compiler: '{cc}' was not found "
+                           "(install gcc or set $CC)")
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, name)
+    paths = {"library": base + ".so", "header": base + ".h", "metadata": base + ".json"}
+    ir_text = optimized_ir or jit.optimized_ir(gen.ir_text)
+    prog = gen.program
+    arena = max(prog.arena_bytes, 64)
     with tempfile.TemporaryDirectory(prefix="cnncc-aot-") as tmp:
         obj = os.path.join(tmp, "kernels.o")
         with open(obj, "wb") as f:
-            f.write(jit.emit_object(model.ir_text))
+            f.write(jit.emit_object(ir_text, 0))
         blob = os.path.join(tmp, "weights.bin")
         prog.weights.tofile(blob)
         wrapper = os.path.join(tmp, "wrapper.c")
         with open(wrapper, "w") as f:
-            f.write(_wrapper_c(name, model.entry_name, blob, max(prog.arena_bytes, 64)))
-        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", path, wrapper, obj, "-lm"]
-        if model.threads > 1:
+            f.write(_wrapper_c(name, gen.entry_name, blob, arena))
+        # Written beside the target, then renamed: a reader never sees half a library.
+        tmp_lib = os.path.join(tmp, "lib.so")
+        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", tmp_lib, wrapper, obj,
+               "-Wl,--as-needed", "-lm"]
+        if gen.threads > 1:
             cmd.append("-lgomp")
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
-            raise CompileError(f"linking {path} failed: {run.stderr.strip()[:2000]}")
-    header = base + ".h"
-    with open(header, "w") as f:
-        f.write(_header(name, model))
-    meta = base + ".json"
-    with open(meta, "w") as f:
-        json.dump({"name": name, "library": os.path.basename(path),
-                   "inputs": [{"name": n, "shape": list(t.shape), "dtype": t.dtype.value}
-                              for n, t in model._inputs],
-                   "outputs": [{"name": n, "shape": list(t.shape), "dtype": t.dtype.value}
-                               for n, t in model._outputs],
-                   "arena_bytes": prog.arena_bytes, "weights_bytes": int(prog.weights.nbytes),
-                   "threads": model.threads, "target": jit.target_info()}, f, indent=2)
-    return {"library": path, "header": header, "metadata": meta}
+            raise CompileError(f"linking {paths['library']} failed: {run.stderr.strip()[:2000]}")
+        digest = sha256_file(tmp_lib)
+        shutil.move(tmp_lib, paths["library"] + ".tmp")
+        os.replace(paths["library"] + ".tmp", paths["library"])
+    _write(paths["header"], _header(name, gen, arena))
+    meta = {"format": FORMAT, "name": name, "library": name + ".so",
+            "library_sha256": digest, "header": name + ".h",
+            "inputs": [_io(n, t) for n, t in gen.inputs],
+            "outputs": [_io(n, t) for n, t in gen.outputs],
+            "arena_bytes": arena, "weights_bytes": int(prog.weights.nbytes),
+            "threads": gen.threads, "thread_safe": True, "target": jit.target_info(),
+            "cnncc_version": _version(), **(extra or {})}
+    _write(paths["metadata"], json.dumps(meta, indent=2) + "\n")
+    if "llvm" in emit:
+        paths["llvm"] = base + ".ll"
+        _write(paths["llvm"], ir_text)
+    if "asm" in emit:
+        paths["asm"] = base + ".s"
+        _write(paths["asm"], jit.emit_assembly(ir_text, 0))
+    return paths
+
+
+def _version() -> str:
+    from ... import __version__
+    return __version__
+
+
+def _io(name: str, ttype) -> dict:
+    return {"name": name, "shape": list(ttype.shape), "dtype": ttype.dtype.value}
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _wrapper_c(name: str, entry: str, blob: str, arena: int) -> str:
     return f"""/* generated by cnncc: C entry points of {name} */
 #include <stdint.h>
+#include <stdlib.h>
 extern int32_t {entry}(void **inputs, void **outputs, const void *weights, void *arena);
-__asm__(".section .rodata\\n.balign 64\\n{name}_weights_blob:\\n.incbin \\"{blob}\\"\\n.previous");
-extern const unsigned char {name}_weights_blob[] __asm__("{name}_weights_blob");
-static unsigned char {name}_arena[{arena}] __attribute__((aligned(64)));
+__asm__(".section .rodata\\n.balign 64\\ncnncc_weights_blob:\\n.incbin \\"{blob}\\"\\n.previous");
+extern const unsigned char cnncc_weights_blob[] __asm__("cnncc_weights_blob");
+static unsigned char cnncc_arena[{arena}] __attribute__((aligned(64)));
+static int cnncc_arena_busy;
 const unsigned long {name}_arena_bytes = {arena};
 
 int {name}_run_with_arena(const float *const *inputs, float *const *outputs, void *arena) {{
-    return {entry}((void **)inputs, (void **)outputs, {name}_weights_blob, arena);
+    return {entry}((void **)inputs, (void **)outputs, cnncc_weights_blob, arena);
 }}
 
 int {name}_run(const float *const *inputs, float *const *outputs) {{
-    return {name}_run_with_arena(inputs, outputs, {name}_arena);
+    if (!__atomic_exchange_n(&cnncc_arena_busy, 1, __ATOMIC_ACQUIRE)) {{
+        int rc = {name}_run_with_arena(inputs, outputs, cnncc_arena);
+        __atomic_store_n(&cnncc_arena_busy, 0, __ATOMIC_RELEASE);
+        return rc;
+    }}
+    /* Another thread holds the static arena: this call gets its own. */
+    void *arena = aligned_alloc(64, {(arena + 63) // 64 * 64});
+    if (!arena) return 1;
+    int rc = {name}_run_with_arena(inputs, outputs, arena);
+    free(arena);
+    return rc;
 }}
 """
 
 
-def _header(name: str, model) -> str:
-    lines = [f"/* generated by cnncc: {name} */", f"#ifndef {name.upper()}_H",
-             f"#define {name.upper()}_H", "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
-             f"#define {name.upper()}_NUM_INPUTS {len(model._inputs)}",
-             f"#define {name.upper()}_NUM_OUTPUTS {len(model._outputs)}", ""]
-    for kind, items in (("input", model._inputs), ("output", model._outputs)):
+def _c_string(text: str) -> str:
+    """``text`` as a C string literal (anything but plain characters octal-escaped)."""
+    out = []
+    for b in text.encode("utf-8"):
+        c = chr(b)
+        out.append(c if c.isascii() and (c.isalnum() or c in " _-.:/") else f"\\{b:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def _header(name: str, gen, arena: int) -> str:
+    up = name.upper()
+    lines = [f"/* generated by cnncc: {name} */", f"#ifndef {up}_H", f"#define {up}_H",
+             "#include <stdint.h>", "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
+             f"#define {up}_NUM_INPUTS {len(gen.inputs)}",
+             f"#define {up}_NUM_OUTPUTS {len(gen.outputs)}",
+             f"#define {up}_ARENA_BYTES {arena}", ""]
+    for kind, items in (("input", gen.inputs), ("output", gen.outputs)):
         for i, (n, t) in enumerate(items):
-            lines.append(f"/* {kind} {i}: '{n}' {t.dtype.value}[{', '.join(map(str, t.shape))}]"
-                         f" (dense row-major) */")
-    lines += ["", "/* Runs one inference; pointers are in graph order. Returns 0 on success. */",
+            tag = f"{up}_{kind.upper()}{i}"
+            size = 1
+            for d in t.shape:
+                size *= d
+            lines += [f"/* {kind} {i}: {t.dtype.value}[{', '.join(map(str, t.shape))}] "
+                      "(dense row-major) */",
+                      f"#define {tag}_NAME {_c_string(n)}",
+                      f"#define {tag}_DTYPE \"{t.dtype.value}\"",
+                      f"#define {tag}_RANK {len(t.shape)}",
+                      f"#define {tag}_SIZE {size}",
+                      f"static const int64_t {tag}_SHAPE[] = "
+                      f"{{{', '.join(map(str, t.shape)) or '1'}}};"
+                      + ("  /* rank 0: placeholder */" if not t.shape else ""), ""]
+    lines += ["/* Runs one inference. inputs/outputs: one pointer per tensor, in the order above,",
+              " * to dense row-major data of the dtype above (float32 unless stated otherwise).",
+              " * Returns 0 on success, 1 when no arena memory could be allocated. Thread-safe:",
+              " * concurrent calls are allowed (a call that finds the library's arena in use",
+              " * allocates its own for that call). */",
               f"int {name}_run(const float *const *inputs, float *const *outputs);",
-              "/* Same, with a caller-owned arena of the size below (64-byte aligned). */",
+              f"/* Same, on a caller-owned arena of {up}_ARENA_BYTES bytes (64-byte aligned);",
+              " * calls running at the same time need different arenas. */",
               f"int {name}_run_with_arena(const float *const *inputs, float *const *outputs, "
               "void *arena);", f"extern const unsigned long {name}_arena_bytes;", "",
               "#ifdef __cplusplus", "}", "#endif", "#endif", ""]

@@ -294,6 +294,8 @@ class ExprEmitter:
             zero = ir.Constant(v.type, None)
             return (B.fcmp_unordered("!=", v, zero) if src.is_float else
                     B.icmp_unsigned("!=", v, zero)), vec
+        if src is DType.float64 and dst is DType.float16:
+            return self._f64_to_f16(v, dty, vec), vec
         if src.is_float and dst.is_float:
             return (B.fpext(v, dty) if dst.itemsize > src.itemsize else B.fptrunc(v, dty)), vec
         if src.is_float:
@@ -305,6 +307,27 @@ class ExprEmitter:
         if db > sb:
             return (B.sext(v, dty) if signed else B.zext(v, dty)), vec
         return (B.trunc(v, dty) if db < sb else v), vec
+
+    def _f64_to_f16(self, v, dty, vec: bool):
+        """double -> half rounded once (to nearest even) without the __truncdfhf2 libcall the
+        JIT cannot resolve: double -> float rounded to odd (truncate toward zero, then set the
+        last bit when inexact), then float -> half; round-to-odd with 13 spare bits makes the
+        second rounding exact."""
+        B = self.b
+        n = self.lanes if vec else None
+        fty = ir.FloatType() if n is None else ir.VectorType(ir.FloatType(), n)
+        ity = I32 if n is None else ir.VectorType(I32, n)
+        one = ir.Constant(ity, 1 if n is None else [1] * n)
+        f = B.fptrunc(v, fty)
+        back = B.fpext(f, v.type)
+        absf = self.b.call(self.intrinsic(f"llvm.fabs.{_suffix(v.type)}", v.type, [v.type]),
+                           [back])
+        absd = self.b.call(self.intrinsic(f"llvm.fabs.{_suffix(v.type)}", v.type, [v.type]),
+                           [v])
+        bits = B.bitcast(f, ity)
+        bits = B.select(B.fcmp_ordered(">", absf, absd), B.sub(bits, one), bits)
+        bits = B.select(B.fcmp_unordered("!=", back, v), B.or_(bits, one), bits)
+        return B.fptrunc(B.bitcast(bits, fty), dty)
 
     def _call(self, e: Call):
         fn, x = e.fn, e.args[0]

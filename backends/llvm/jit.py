@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import os
 import threading
 
@@ -61,48 +62,71 @@ def _init() -> dict:
 
 
 def cache_dir() -> str | None:
-    """Where compiled object code is cached (CNNCC_CACHE_DIR, default ~/.cache/cnncc);
-    None when CNNCC_CACHE=0."""
-    if os.environ.get("CNNCC_CACHE", "1") == "0":
+    """Where compiled object code is cached (the ``obj`` folder of the cnncc cache); None when
+    CNNCC_CACHE=0."""
+    from ...cache import cache_root
+
+    root = cache_root()
+    return os.path.join(root, "obj") if root else None
+
+
+# A cached object file is the sha256 of the object code followed by the code: a truncated or
+# altered file is detected, removed and compiled again, never handed to the JIT.
+_DIGEST = 32
+
+
+def _read_object(path: str | None) -> bytes | None:
+    """The object code cached at ``path`` if intact; a damaged file is removed."""
+    if not path:
         return None
-    return os.environ.get("CNNCC_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "cnncc")
-
-
-def _cached_object(module) -> bytes | None:
-    path = _STATE["pending"].get(module.name)
-    if path and os.path.exists(path):
+    try:
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read()
+    except OSError:
+        return None
+    body = data[_DIGEST:]
+    if len(data) > _DIGEST and hashlib.sha256(body).digest() == data[:_DIGEST]:
+        return body
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
     return None
 
 
+def _cached_object(module) -> bytes | None:
+    # The object verified by load_code (read once: the file may be evicted meanwhile).
+    return _STATE["pending"].get(module.name, (None, None))[1]
+
+
 def _notify_object(module, buffer: bytes) -> None:
-    path = _STATE["pending"].get(module.name)
-    if not path or os.path.exists(path):
+    path, cached = _STATE["pending"].get(module.name, (None, None))
+    if not path or cached is not None:
         return
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "wb") as f:
-            f.write(buffer)
+            f.write(hashlib.sha256(buffer).digest() + buffer)
         os.replace(tmp, path)          # atomic: concurrent processes never see half a file
     except OSError:
         pass                           # a read-only or full cache only costs compile time
 
 
-def load_code(text: str, key: str) -> str:
+def load_code(text: str, key: str, keep_ir: bool = False) -> tuple[str, str | None]:
     """Make the functions of ``text`` (whose symbols are unique to ``key``) callable.
 
-    Returns "memory" (already loaded in this process), "disk" (object code from the cache) or
-    "compiled" (optimized at O3 and compiled; stored in the cache)."""
+    Returns (status, optimized IR): status "memory" (already loaded in this process), "disk"
+    (object code from the cache) or "compiled" (optimized at O3 and compiled; stored in the
+    cache); the optimized IR text when ``keep_ir`` and it was optimized here, else None."""
     st = _init()
     with _LOCK:
         if key in st["loaded"]:
-            return "memory"
+            return "memory", None
     cdir = cache_dir()
     path = os.path.join(cdir, f"{key}.o") if cdir else None
-    hit = bool(path and os.path.exists(path))
+    cached = _read_object(path)
+    hit = cached is not None
     try:
         mod = llvm.parse_assembly(text)
         mod.verify()
@@ -111,18 +135,21 @@ def load_code(text: str, key: str) -> str:
     mod.name = key
     mod.triple = st["triple"]
     mod.data_layout = str(st["tm"].target_data)
+    optimized = None
     if not hit:
         optimize(mod, 3)
+        optimized = str(mod) if keep_ir else None
     with _LOCK:
         if key in st["loaded"]:
-            return "memory"
-        st["pending"][key] = path
+            return "memory", optimized
+        st["pending"][key] = (path, cached)
         st["engine"].add_module(mod)
         st["engine"].finalize_object()
         st["engine"].run_static_constructors()
         st["modules"].append(mod)
         st["loaded"].add(key)
-    return "disk" if hit else "compiled"
+        del st["pending"][key]         # the engine asks for / hands over objects only above
+    return ("disk" if hit else "compiled"), optimized
 
 
 def _cpu_for(features: str) -> str:
@@ -212,20 +239,47 @@ def assembly(text: str, opt_level: int = 3) -> str:
     return st["tm"].emit_assembly(mod)
 
 
-def emit_object(text: str, opt_level: int = 3) -> bytes:
-    """Native object code (position independent, for a shared library) of ``text``."""
+def _pic_module(text: str, opt_level: int, exported: tuple[str, ...]):
+    """``text`` parsed for the position-independent target machine of shared libraries, every
+    defined function but ``exported`` hidden (the library exports only its C entry points)."""
     st = _init()
     if "pic_tm" not in st:
         target = llvm.Target.from_default_triple()
         st["pic_tm"] = target.create_target_machine(cpu=st["cpu"], features=st["features"],
                                                     opt=3, reloc="pic", codemodel="default")
     tm = st["pic_tm"]
-    mod = llvm.parse_assembly(text)
+    try:
+        mod = llvm.parse_assembly(text)
+        mod.verify()
+    except RuntimeError as e:
+        raise CompileError(f"internal error: generated LLVM IR is invalid: {e}") from None
     mod.triple = st["triple"]
     mod.data_layout = str(tm.target_data)
-    mod.verify()
+    for fn in mod.functions:
+        local = fn.linkage.name in ("internal", "private")
+        if not fn.is_declaration and not local and fn.name not in exported:
+            fn.visibility = "hidden"
     if opt_level:
-        pto = llvm.PipelineTuningOptions(speed_level=opt_level)
-        pb = llvm.PassBuilder(tm, pto)
-        pb.getModulePassManager().run(mod, pb)
+        optimize(mod, opt_level)
+    return tm, mod
+
+
+def emit_object(text: str, opt_level: int = 3, exported: tuple[str, ...] = ()) -> bytes:
+    """Native object code (position independent, for a shared library) of ``text``; pass
+    ``opt_level`` 0 for IR that is already optimized."""
+    tm, mod = _pic_module(text, opt_level, exported)
     return tm.emit_object(mod)
+
+
+def emit_assembly(text: str, opt_level: int = 3, exported: tuple[str, ...] = ()) -> str:
+    """The assembly of ``emit_object`` (for reading)."""
+    tm, mod = _pic_module(text, opt_level, exported)
+    return tm.emit_assembly(mod)
+
+
+def host_features() -> str:
+    """The CPU features of this machine (whatever CNNCC_FEATURES says): what loaded code may use."""
+    st = _init()
+    if "host_features" not in st:
+        st["host_features"] = llvm.get_host_cpu_features().flatten()
+    return st["host_features"]

@@ -5,6 +5,7 @@ import ctypes
 import hashlib
 import os
 import threading
+from dataclasses import dataclass
 
 import llvmlite
 
@@ -25,35 +26,56 @@ def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
     return raw[off:off + nbytes]
 
 
+@dataclass
+class Generated:
+    """A lowered program and its LLVM IR, symbols prefixed by the content hash ``key``."""
+    program: object                 # cnncc.lower.program.Program
+    ir_text: str
+    key: str
+    entry_name: str
+    threads: int
+    inputs: list                    # [(name, TensorType)] in graph order
+    outputs: list
+
+
+def generate(graph: Graph, threads: int, opt_level: int = 3) -> Generated:
+    """Lower ``graph`` and generate its LLVM module (``opt_level`` 0: no epilogue fusion)."""
+    from ... import __version__
+    from ...ir.loop import Kernel
+    from ...lower.program import entry_function, lower_graph
+
+    lanes = jit.vector_lanes()
+    prog = lower_graph(graph, lanes, threads, fuse=opt_level > 0)
+    # Symbols are named after a hash of the generated code and the target: the same model
+    # compiled twice shares its code, and the object code can be cached on disk.
+    mb = ModuleBuilder("cnncc_module", lanes, threads, jit.has_openmp())
+    fns = {}
+    for k, _ in prog.ctx.kernels:
+        fns[k.name] = mb.add_kernel(Kernel(f"{_PREFIX}_{k.name}", k.params, k.body))
+    entry_function(mb.module, prog, fns, f"{_PREFIX}_run")
+    text = str(mb)
+    info = jit.target_info()
+    key = "c" + hashlib.sha256("\n".join(
+        [text, info["cpu"], info["features"], info["triple"], info["codegen"],
+         llvmlite.__version__, __version__]).encode()).hexdigest()[:24]
+    ins, outs = signature(graph)
+    return Generated(prog, text.replace(_PREFIX, key), key, f"{key}_run", threads, ins, outs)
+
+
 class LLVMModel(CompiledModel):
     target = "llvm"
 
-    def __init__(self, graph: Graph, threads: int, opt_level: int = 3):
+    def __init__(self, graph: Graph, threads: int, opt_level: int = 3, keep_ir: bool = False):
         """``opt_level`` 0: every op its own kernel (no epilogue fusion), the unfused baseline;
-        LLVM always optimizes at O3."""
-        from ... import __version__
-        from ...ir.loop import Kernel
-        from ...lower.program import entry_function, lower_graph
-
+        LLVM always optimizes at O3. ``keep_ir`` keeps the optimized IR (``optimized_ir``,
+        None when the code came from a cache) for an export of the same code."""
         super().__init__(*signature(graph))
         self.threads = threads
-        lanes = jit.vector_lanes()
-        self.program = prog = lower_graph(graph, lanes, threads, fuse=opt_level > 0)
-        # Symbols are named after a hash of the generated code and the target: the same model
-        # compiled twice shares its code, and the object code can be cached on disk.
-        mb = ModuleBuilder("cnncc_module", lanes, threads, jit.has_openmp())
-        fns = {}
-        for k, _ in prog.ctx.kernels:
-            fns[k.name] = mb.add_kernel(Kernel(f"{_PREFIX}_{k.name}", k.params, k.body))
-        entry_function(mb.module, prog, fns, f"{_PREFIX}_run")
-        text = str(mb)
-        info = jit.target_info()
-        key = "c" + hashlib.sha256("\n".join(
-            [text, info["cpu"], info["features"], info["triple"], info["codegen"],
-             llvmlite.__version__, __version__]).encode()).hexdigest()[:24]
-        self.ir_text = text.replace(_PREFIX, key)
-        self.entry_name = f"{key}_run"
-        self.cache_status = jit.load_code(self.ir_text, key)
+        self.generated = gen = generate(graph, threads, opt_level)
+        self.program = prog = gen.program
+        self.ir_text = gen.ir_text
+        self.entry_name = gen.entry_name
+        self.cache_status, self.optimized_ir = jit.load_code(gen.ir_text, gen.key, keep_ir)
         self._weights = _aligned(prog.weights.nbytes)
         self._weights[:] = prog.weights
         self._arena = _aligned(max(prog.arena_bytes, 64))
@@ -108,4 +130,4 @@ class LLVMModel(CompiledModel):
 
 def build(graph: Graph, options: dict) -> LLVMModel:
     threads = options.get("threads") or os.cpu_count() or 1
-    return LLVMModel(graph, threads, options.get("opt_level", 3))
+    return LLVMModel(graph, threads, options.get("opt_level", 3), options.get("keep_ir", False))

@@ -100,6 +100,8 @@ def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = Non
     x, w = node.inputs[0], node.inputs[1]
     if any(g.types[v].dtype is not DType.float32 for v in (x, w, out)):
         raise unsupported(node, "only float32 is lowered")
+    if any(i and i not in g.params for i in node.inputs[1:3]):
+        return _runtime_weights(ctx, node, act, out)
     wv = const_input(g, node, 1, "the weight")
     bias = const_input(g, node, 2, "the bias") if len(node.inputs) > 2 and node.inputs[2] \
         else None
@@ -122,6 +124,24 @@ def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = Non
     xp = padded_input(ctx, node, x, [win.begin(d) for d in range(nd)],
                       [win.end(d) for d in range(nd)])
     _general(ctx, node, xp, wv, bias, win, groups, act, out)
+
+
+def _runtime_weights(ctx: LowerCtx, node: Node, act: Act, out: str) -> None:
+    """Conv whose weight or bias is a run-time value: padded input + direct loop nest."""
+    from .conv_direct import direct_conv
+    g = ctx.graph
+    x, w = node.inputs[0], node.inputs[1]
+    xs, ws = g.types[x].shape, g.types[w].shape
+    nd = len(xs) - 2
+    win = resolve_window(op_context(g, node), xs, ws[2:])
+    xp = padded_input(ctx, node, x, [win.begin(d) for d in range(nd)],
+                      [win.end(d) for d in range(nd)])
+    wb = ctx.value(w, bname="w")
+    bias = ctx.value(node.inputs[2], bname="bias") if len(node.inputs) > 2 and \
+        node.inputs[2] else None
+    direct_conv(ctx, node.name, xp, lambda oc, ic, k: wb[(oc, ic) + tuple(k)], [wb], bias,
+                out, tuple(ws[2:]), tuple(win.strides), tuple(win.dilations),
+                op_context(g, node)["group"], ws[1], act)
 
 
 def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out) -> None:

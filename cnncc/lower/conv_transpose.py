@@ -22,16 +22,15 @@ def lower_conv_transpose(ctx: LowerCtx, node: Node, act=None, out: str | None = 
     x = node.inputs[0]
     if any(g.types[v].dtype is not DType.float32 for v in (x, out)):
         raise unsupported(node, "only float32 is lowered")
-    w = const_input(g, node, 1, "the weight").astype(np.float32)
+    runtime = any(i and i not in g.params for i in node.inputs[1:3])
+    wshape = g.types[node.inputs[1]].shape
     octx = op_context(g, node)
     groups = octx["group"]
     xs = g.types[x].shape
     nd = len(xs) - 2
-    ks = w.shape[2:]
-    cg, mg = w.shape[0] // groups, w.shape[1]
+    ks = wshape[2:]
+    cg, mg = wshape[0] // groups, wshape[1]
     strides, dil, begin, osp, _ = _geometry(octx, xs, ks, mg * groups)
-    b = const_input(g, node, 2, "the bias") if len(node.inputs) > 2 and node.inputs[2] else None
-    bias = np.zeros(mg * groups, np.float32) if b is None else b.astype(np.float32)
     reach = [(k - 1) * d for k, d in zip(ks, dil)]
     vsp = tuple(o + r for o, r in zip(osp, reach))
     vshape = xs[:2] + vsp
@@ -55,6 +54,11 @@ def lower_conv_transpose(ctx: LowerCtx, node: Node, act=None, out: str | None = 
         body = For(iv[d], xs[2 + d], body)
     scatter = Kernel(f"{node.name}_scatter", [v, xb], For(nv, xs[0], For(cv, xs[1], body)))
     ctx.emit(scatter)
+    if runtime:
+        return _runtime_conv(ctx, node, v, groups, cg, mg, tuple(dil), act, out)
+    w = const_input(g, node, 1, "the weight").astype(np.float32)
+    b = const_input(g, node, 2, "the bias") if len(node.inputs) > 2 and node.inputs[2] else None
+    bias = np.zeros(mg * groups, np.float32) if b is None else b.astype(np.float32)
     # conv weight [G*Mg, Cg, K...]: swap the channel axes per group, flip the kernel.
     wc = w.reshape((groups, cg, mg) + ks).transpose((0, 2, 1) + tuple(range(3, 3 + nd)))
     wc = np.ascontiguousarray(np.flip(wc, axis=tuple(range(3, 3 + nd))).reshape(
@@ -63,3 +67,23 @@ def lower_conv_transpose(ctx: LowerCtx, node: Node, act=None, out: str | None = 
     if cg == 1 and mg == 1:
         return _depthwise(ctx, node, v, wc, bias, win, act, out)
     _general(ctx, node, v, wc, bias, win, groups, act, out)
+
+
+def _runtime_conv(ctx: LowerCtx, node: Node, v: Buffer, groups: int, cg: int, mg: int,
+                  dil: tuple, act, out: str) -> None:
+    """The stride-1 conv over the scattered input with a run-time weight: conv weight
+    [g mg + m, c, k] = w[g cg + c, m, K - 1 - k] is read straight from the weight."""
+    from .conv_direct import direct_conv
+    g = ctx.graph
+    wb = ctx.value(node.inputs[1], bname="w")
+    ks = wb.shape[2:]
+    bias = ctx.value(node.inputs[2], bname="bias") if len(node.inputs) > 2 and \
+        node.inputs[2] else None
+
+    def weight(oc, ic, k):
+        cin = (oc // mg) * cg + ic if groups > 1 else ic
+        return wb[(cin, oc % mg if groups > 1 else oc)
+                  + tuple(Const(n - 1) - kk for n, kk in zip(ks, k))]
+    direct_conv(ctx, node.name, v, weight, [wb], bias, out, tuple(ks), (1,) * len(ks), dil,
+                groups, cg, act)
+    del g

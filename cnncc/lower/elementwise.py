@@ -19,64 +19,75 @@ from .context import LowerCtx, const_input, op_context, unsupported
 from .cpu_schedule import schedule_map
 
 
-def _c(v: float) -> Const:
-    return Const(float(v), F32)
+# Float types whose arithmetic is emitted natively; float16 is computed in float32 (see
+# promote.py), as numpy's float16 loops do.
+FLOAT_TYPES = (DType.float32, DType.float64)
+
+
+def _c(v: float, dt: DType = F32) -> Const:
+    return Const(float(v), dt)
+
+
+def _f(fn: str, x: Expr) -> Expr:
+    return Call(fn, (x,), x.dtype)
 
 
 def _exp(x: Expr) -> Expr:
-    return Call("exp", (x,), F32)
+    return _f("exp", x)
 
 
 def _softplus(x: Expr) -> Expr:
-    return Select(x > 20.0, x, Call("log", (_c(1.0) + _exp(x),), F32))
+    return Select(x > 20.0, x, _f("log", _c(1.0, x.dtype) + _exp(x)))
 
 
 def _expm1_neg(x: Expr) -> Expr:
     """exp(min(x, 0)) - 1 (for the x < 0 branch of Elu-like ops)."""
-    return _exp(x.min(_c(0.0))) - 1.0
+    return _exp(x.min(_c(0.0, x.dtype))) - 1.0
 
 
 def _unary_expr(op: str, a: dict) -> Callable[[Expr], Expr] | None:
-    sig = lambda x: Call("sigmoid", (x,), F32)                       # noqa: E731
+    """The expression of a unary op on an element of any native float type."""
+    sig = lambda x: _f("sigmoid", x)                                  # noqa: E731
     table: dict[str, Callable[[Expr], Expr]] = {
-        "Relu": lambda x: x.max(_c(0.0)),
+        "Relu": lambda x: x.max(_c(0.0, x.dtype)),
         "LeakyRelu": lambda x: Select(x < 0.0, x * a.get("alpha", 0.01), x),
         "Sigmoid": sig,
         "HardSigmoid": lambda x: (x * a.get("alpha", 0.2) + a.get("beta", 0.5)).max(
-            _c(0.0)).min(_c(1.0)),
-        "HardSwish": lambda x: x * (x * (1 / 6) + 0.5).max(_c(0.0)).min(_c(1.0)),
-        "Tanh": lambda x: Call("tanh", (x,), F32),
+            _c(0.0, x.dtype)).min(_c(1.0, x.dtype)),
+        "HardSwish": lambda x: x * (x * (1 / 6) + 0.5).max(_c(0.0, x.dtype)).min(
+            _c(1.0, x.dtype)),
+        "Tanh": lambda x: Call("tanh", (x,), x.dtype),
         "Elu": lambda x: Select(x < 0.0, _expm1_neg(x) * a.get("alpha", 1.0), x),
         "Selu": lambda x: Select(x <= 0.0, _expm1_neg(x) * a.get("alpha", 1.0), x)
         * a.get("gamma", 1.0),
         "Softplus": _softplus,
-        "Softsign": lambda x: x / (Call("abs", (x,), F32) + 1.0),
-        "Mish": lambda x: x * Call("tanh", (_softplus(x),), F32),
+        "Softsign": lambda x: x / (Call("abs", (x,), x.dtype) + 1.0),
+        "Mish": lambda x: x * Call("tanh", (_softplus(x),), x.dtype),
         "Swish": lambda x: x * sig(x * a.get("alpha", 1.0)),
-        "ThresholdedRelu": lambda x: Select(x > a.get("alpha", 1.0), x, _c(0.0)),
-        "Celu": lambda x: x.max(_c(0.0)) + (_expm1_neg(x * (1 / a.get("alpha", 1.0)))
-                                           * a.get("alpha", 1.0)).min(_c(0.0)),
+        "ThresholdedRelu": lambda x: Select(x > a.get("alpha", 1.0), x, _c(0.0, x.dtype)),
+        "Celu": lambda x: x.max(_c(0.0, x.dtype)) + (
+            _expm1_neg(x * (1 / a.get("alpha", 1.0))) * a.get("alpha", 1.0)).min(
+            _c(0.0, x.dtype)),
         "Shrink": lambda x: Select(x < -a.get("lambd", 0.5), x + a.get("bias", 0.0), Select(
-            x > a.get("lambd", 0.5), x - a.get("bias", 0.0), _c(0.0))),
-        "Erf": lambda x: Call("erf", (x,), F32),
+            x > a.get("lambd", 0.5), x - a.get("bias", 0.0), _c(0.0, x.dtype))),
+        "Erf": lambda x: Call("erf", (x,), x.dtype),
         "Neg": lambda x: -x,
-        "Abs": lambda x: Call("abs", (x,), F32),
-        "Reciprocal": lambda x: _c(1.0) / x,
-        "Floor": lambda x: Call("floor", (x,), F32),
-        "Ceil": lambda x: Call("ceil", (x,), F32),
-        "Round": lambda x: Call("round", (x,), F32),
+        "Abs": lambda x: Call("abs", (x,), x.dtype),
+        "Reciprocal": lambda x: _c(1.0, x.dtype) / x,
+        "Floor": lambda x: Call("floor", (x,), x.dtype),
+        "Ceil": lambda x: Call("ceil", (x,), x.dtype),
+        "Round": lambda x: Call("round", (x,), x.dtype),
         "Exp": _exp,
-        "Log": lambda x: Call("log", (x,), F32),
-        "Sqrt": lambda x: Call("sqrt", (x,), F32),
-        "Sin": lambda x: Call("sin", (x,), F32),
-        "Cos": lambda x: Call("cos", (x,), F32),
+        "Log": lambda x: Call("log", (x,), x.dtype),
+        "Sqrt": lambda x: Call("sqrt", (x,), x.dtype),
+        "Sin": lambda x: Call("sin", (x,), x.dtype),
+        "Cos": lambda x: Call("cos", (x,), x.dtype),
     }
     if op == "Gelu":
         if a.get("approximate", "none") == "tanh":
             k = math.sqrt(2 / math.pi)
-            return lambda x: x * 0.5 * (Call("tanh", ((x + x * x * x * 0.044715) * k,), F32)
-                                        + 1.0)
-        return lambda x: x * 0.5 * (Call("erf", (x * (1 / math.sqrt(2)),), F32) + 1.0)
+            return lambda x: x * 0.5 * (_f("tanh", (x + x * x * x * 0.044715) * k) + 1.0)
+        return lambda x: x * 0.5 * (Call("erf", (x * (1 / math.sqrt(2)),), x.dtype) + 1.0)
     return table.get(op)
 
 
@@ -95,14 +106,17 @@ def activation_fn(graph: Graph, node: Node) -> Callable[[Expr], Expr] | None:
     if node.op == "Clip":
         lo, hi = (const_input(graph, node, i, "Clip bound") if len(node.inputs) > i
                   and node.inputs[i] else None for i in (1, 2))
-        if any(v is not None and v.dtype != np.float32 for v in (lo, hi)):
-            return None
+        dt = graph.types[node.inputs[0]].dtype
+
+        def bound(v: np.ndarray) -> Const:
+            v = v.reshape(())
+            return Const(float(v) if dt.is_float else int(v), dt)
 
         def clip(x: Expr) -> Expr:
             if lo is not None:
-                x = x.max(_c(float(lo.reshape(()))))
+                x = x.max(bound(lo))
             if hi is not None:
-                x = x.min(_c(float(hi.reshape(()))))
+                x = x.min(bound(hi))
             return x
         return clip
     if node.op in UNARY_OPS:
@@ -135,10 +149,12 @@ def _collapse(out_shape: tuple, in_shapes: list[tuple]) -> tuple[list, list[list
 
 
 def emit_map(ctx: LowerCtx, name: str, out: str, inputs: list[str],
-             fn: Callable[..., Expr]) -> None:
-    """A kernel computing ``out = fn(*inputs)`` elementwise with numpy broadcasting."""
+             fn: Callable[..., Expr], shapes: list | None = None) -> None:
+    """A kernel computing ``out = fn(*inputs)`` elementwise with numpy broadcasting (inputs
+    viewed with ``shapes`` when given)."""
     g = ctx.graph
-    oshape, ishapes = _collapse(g.types[out].shape, [g.types[i].shape for i in inputs])
+    shapes = shapes or [g.types[i].shape for i in inputs]
+    oshape, ishapes = _collapse(g.types[out].shape, shapes)
     obuf = ctx.value(out, oshape, "out")
     ibufs = [ctx.value(i, s, f"in{k}") for k, (i, s) in enumerate(zip(inputs, ishapes))]
 
@@ -154,9 +170,11 @@ def emit_map(ctx: LowerCtx, name: str, out: str, inputs: list[str],
 def lower_elementwise(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
     out = node.outputs[0]
-    if g.types[out].dtype is not DType.float32 or any(
-            g.types[i].dtype is not DType.float32 for i in node.inputs if i):
-        raise unsupported(node, "only float32 is lowered")
+    dt = g.types[out].dtype
+    if node.op == "Clip" and dt.is_int:
+        pass                                   # integer Clip: min/max are exact on any int
+    elif dt not in FLOAT_TYPES or any(g.types[i].dtype is not dt for i in node.inputs if i):
+        raise unsupported(node, f"element type {dt} is not lowered")
     if node.op == "BatchNormalization":
         return _batch_norm(ctx, node)
     if node.op == "Clip" and any(i and i not in g.params for i in node.inputs[1:]):
@@ -204,8 +222,18 @@ def _batch_norm(ctx: LowerCtx, node: Node) -> None:
     x = node.inputs[0]
     shape = g.types[x].shape
     c = shape[1] if len(shape) > 1 else 1
-    s, t = batch_norm_scale_shift(g, node)
     bshape = (c,) + (1,) * (len(shape) - 2)
+    if any(i not in g.params for i in node.inputs[1:5]):
+        # Run-time statistics: y = (x - mean) / sqrt(var + eps) * scale + bias.
+        eps = op_context(g, node).attrs.get("epsilon", 1e-5)
+
+        def bn(a: Expr, sc: Expr, b: Expr, m: Expr, v: Expr) -> Expr:
+            return (a - m) / _f("sqrt", v + eps) * sc + b
+        return emit_map(ctx, node.name, node.outputs[0], list(node.inputs[:5]), bn,
+                        [shape] + [bshape] * 4)
+    s, t = batch_norm_scale_shift(g, node)
+    dt = g.types[x].dtype
+    s, t = s.astype(dt.np), t.astype(dt.np)
     sname = g.add_param(f"{node.name}_bn_scale", s.reshape(bshape))
     tname = g.add_param(f"{node.name}_bn_shift", t.reshape(bshape))
     emit_map(ctx, node.name, node.outputs[0], [x, sname, tname], lambda a, b, d: a * b + d)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import Cast, Kernel, Store, loop_nest
+from cnncc.ir.loop import Cast, Cmp, Const, Expr, Kernel, Select, Store, Var, loop_nest
 from cnncc.ir.ops.registry import run_reference
 
-from .context import LowerCtx, unsupported
+from .context import LowerCtx, op_context, unsupported
 from .cpu_schedule import schedule_map
 
 INDEX_MAP_OPS = ("Gather", "GatherElements", "Tile", "Expand", "DepthToSpace", "SpaceToDepth",
@@ -60,6 +60,8 @@ def index_tables(ctx: LowerCtx, node: Node) -> list[np.ndarray]:
 def lower_index_map(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
     x = node.inputs[0]
+    if node.op in ("Gather", "GatherElements") and node.inputs[1] not in g.params:
+        return _runtime_gather(ctx, node)
     tables = index_tables(ctx, node)
     for j, (out, table) in enumerate(zip(node.outputs, tables)):
         if not out or table.size == 0:
@@ -72,3 +74,38 @@ def lower_index_map(ctx: LowerCtx, node: Node) -> None:
             [("i", n)], lambda i: Store(yb, (i,), xb[Cast(DType.int64, tb[i])
                                                      if tb.dtype is not DType.int64 else tb[i]])))
         ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, n))
+
+
+def _runtime_gather(ctx: LowerCtx, node: Node) -> None:
+    """Gather / GatherElements with run-time indices: the index is loaded per output element,
+    negative values count from the end; out-of-range indices (an error for the reference) are
+    clamped so the kernel never reads outside ``x``."""
+    g = ctx.graph
+    x, ind, out = node.inputs[0], node.inputs[1], node.outputs[0]
+    xs, ish, osh = g.types[x].shape, g.types[ind].shape, g.types[out].shape
+    axis = op_context(g, node).attrs.get("axis", 0)
+    axis = axis + len(xs) if axis < 0 else axis
+    n = xs[axis]
+    xb = ctx.value(x, bname="x")
+    ib = ctx.value(ind, ish if ish else (1,), "ind")
+    yb = ctx.value(out, osh if osh else (1,), "y")
+
+    def fix(e: Expr) -> Expr:
+        e = Cast(DType.int64, e) if e.dtype is not DType.int64 else e
+        e = Select(Cmp("lt", e, Const(0)), e + n, e)
+        return e.max(Const(0)).min(Const(n - 1))
+
+    def body(*vs: Var):
+        if not osh:
+            vs = vs[:0]
+        if node.op == "GatherElements":
+            xi = tuple(fix(ib[vs]) if d == axis else v for d, v in enumerate(vs))
+        else:
+            r = len(ish)
+            jv = vs[axis:axis + r]
+            xi = tuple(vs[:axis]) + (fix(ib[jv if r else (Const(0),)]),) + tuple(vs[axis + r:])
+        return Store(yb, vs if osh else (Const(0),), xb[xi])
+
+    dims = [(f"i{d}", s) for d, s in enumerate(osh)] or [("i0", 1)]
+    k = Kernel(node.name, [yb, xb, ib], loop_nest(dims, body))
+    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, max(int(np.prod(osh)), 1)))

@@ -14,18 +14,23 @@ from .conv import _parallel_outer, padded_input, phases_for, window_index
 NEG_INF = float("-inf")
 
 
-def _f32_only(ctx: LowerCtx, node: Node) -> None:
+def _f32_only(ctx: LowerCtx, node: Node, types=(DType.float32,)) -> DType:
+    """The node's element type; CompileError unless it is one of ``types``."""
     g = ctx.graph
-    if any(g.types[v].dtype is not DType.float32 for v in list(node.inputs[:1])
-           + [o for o in node.outputs if o]):
-        raise unsupported(node, "only float32 is lowered")
+    dt = g.types[node.inputs[0]].dtype
+    if any(g.types[v].dtype is not dt for v in list(node.inputs[:1])
+           + [o for o in node.outputs if o]) or dt not in types:
+        raise unsupported(node, f"element type {dt} is not lowered")
+    return dt
 
 
 def lower_pool(ctx: LowerCtx, node: Node) -> None:
-    _f32_only(ctx, node)
-    if len([o for o in node.outputs if o]) > 1:
-        raise unsupported(node, "the Indices output")
     g = ctx.graph
+    if node.op == "MaxPool" and (len([o for o in node.outputs if o]) > 1
+                                 or g.types[node.inputs[0]].dtype is not DType.float32):
+        from .pool_indices import lower_max_pool_scan
+        return lower_max_pool_scan(ctx, node)
+    _f32_only(ctx, node)
     octx = op_context(g, node)
     x, out = node.inputs[0], node.outputs[0]
     xs, oshape = g.types[x].shape, g.types[out].shape
@@ -171,9 +176,12 @@ def _dense(ctx: LowerCtx, node: Node, a: str, trans_a: bool, m: int, k_dim: int,
 
 
 def lower_gemm(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
-    _f32_only(ctx, node)
+    dt = _f32_only(ctx, node, (DType.float32, DType.float64))
     g = ctx.graph
     at = octx_attrs = op_context(g, node).attrs
+    if dt is not DType.float32 or any(i and i not in g.params for i in node.inputs[1:]):
+        from .gemm_runtime import lower_gemm_runtime
+        return lower_gemm_runtime(ctx, node, act, out)
     b = const_input(g, node, 1, "B").astype(np.float32)
     b = (b.T if at["transB"] else b) * np.float32(at["alpha"])
     c = const_input(g, node, 2, "C") if len(node.inputs) > 2 and node.inputs[2] else None
@@ -189,12 +197,12 @@ def lower_gemm(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> N
 
 
 def lower_matmul(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
-    _f32_only(ctx, node)
+    dt = _f32_only(ctx, node, (DType.float32, DType.float64))
     g = ctx.graph
     a, bn = node.inputs
     out = out or node.outputs[0]
     ash = g.types[a].shape
-    if bn in g.params and g.types[bn].rank == 2 and len(ash) >= 2:
+    if dt is DType.float32 and bn in g.params and g.types[bn].rank == 2 and len(ash) >= 2:
         b = g.params[bn].astype(np.float32)
         m = int(np.prod(ash[:-1]))
         return _dense(ctx, node, a, False, m, ash[-1], b, None, out, act)
@@ -226,7 +234,7 @@ def _generic_matmul(ctx: LowerCtx, node: Node, a: str, b: str, out: str, act) ->
                                                              bsh[:-2])) + (kk, nv)
         yi = tuple(bvs) + (mv, nv)
         fin = Store(yb, yi, act(yb[yi])) if act is not None else None
-        return seq(Store(yb, yi, Const(0.0, F32)),
+        return seq(Store(yb, yi, Const(0.0, yb.dtype)),
                    For(kk, k_dim, Store(yb, yi, yb[yi] + ab[ai] * bb[bi])), fin)
 
     from cnncc.ir.loop import loop_nest
@@ -237,7 +245,7 @@ def _generic_matmul(ctx: LowerCtx, node: Node, a: str, b: str, out: str, act) ->
 
 
 def lower_softmax(ctx: LowerCtx, node: Node) -> None:
-    _f32_only(ctx, node)
+    dt = _f32_only(ctx, node, (DType.float32, DType.float64))
     g = ctx.graph
     x, out = node.inputs[0], node.outputs[0]
     shape = g.types[x].shape
@@ -248,21 +256,21 @@ def lower_softmax(ctx: LowerCtx, node: Node) -> None:
     inner = int(np.prod(shape[axis + 1:]))
     xb = ctx.value(x, (outer, red, inner), "x")
     yb = ctx.value(out, (outer, red, inner), "y")
-    acc = Buffer("acc", DType.float32, (2,), "local")
+    acc = Buffer("acc", dt, (2,), "local")
     o, i, r1, r2, r3 = (Var(n) for n in ("o", "i", "r1", "r2", "r3"))
     log = node.op == "LogSoftmax"
     if node.op not in ("Softmax", "LogSoftmax"):
         raise unsupported(node)
 
     def exp(e):
-        return Call("exp", (e,), F32)
+        return Call("exp", (e,), dt)
 
     body = seq(
-        Store(acc, (0,), Const(NEG_INF, F32)),
+        Store(acc, (0,), Const(NEG_INF, dt)),
         For(r1, red, Store(acc, (0,), nan_max(acc[0], xb[o, r1, i]))),
-        Store(acc, (1,), Const(0.0, F32)),
+        Store(acc, (1,), Const(0.0, dt)),
         For(r2, red, seq(Store(acc, (1,), acc[1] + exp(xb[o, r2, i] - acc[0])))),
-        Store(acc, (1,), Call("log", (acc[1],), F32) if log else Const(1.0, F32) / acc[1]),
+        Store(acc, (1,), Call("log", (acc[1],), dt) if log else Const(1.0, dt) / acc[1]),
         For(r3, red, Store(yb, (o, r3, i), xb[o, r3, i] - acc[0] - acc[1] if log
                            else exp(xb[o, r3, i] - acc[0]) * acc[1])))
     k = Kernel(node.name, [yb, xb], For(o, outer, For(i, inner, Allocate(acc, body))))

@@ -1,7 +1,7 @@
 """Which lowering rule handles which op, and the conv/gemm + activation fusion of partitioning."""
 from __future__ import annotations
 
-from cnncc.ir import CompileError, Graph, Node
+from cnncc.ir import CompileError, DType, Graph, Node
 
 from .context import LowerCtx, unsupported
 from .conv import lower_conv
@@ -10,6 +10,7 @@ from .norm import lower_instance_norm, lower_layer_norm, lower_lrn
 from .elementwise import BINARY_OPS, UNARY_OPS, activation_fn, lower_elementwise
 from .gather import INDEX_MAP_OPS, lower_index_map
 from .reduce import REDUCE_OPS, lower_arg, lower_reduce
+from .promote import lower_promoted, needs_promotion
 from .resize import lower_resize
 from .typed_elementwise import TYPED_OPS, lower_typed
 from .nn import lower_gemm, lower_matmul, lower_pool, lower_global_pool, lower_softmax
@@ -72,6 +73,8 @@ def lower_node(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> N
         rule = lower_typed
     if rule is None:
         raise unsupported(node)
+    if needs_promotion(ctx, node):
+        return lower_promoted(ctx, node, lower_node)
     if act is not None:
         rule(ctx, node, act=act, out=out)
     else:
@@ -98,7 +101,7 @@ def fused_activation(g: Graph, node: Node, users: dict, idx: int):
                                             "HardSwish", "Tanh", "Elu", "Swish", "Gelu",
                                             "Mish", "Softplus"):
         return None
-    if g.types[nxt.outputs[0]] != g.types[out]:
+    if g.types[nxt.outputs[0]] != g.types[out] or g.types[out].dtype is not DType.float32:
         return None
     try:
         fn = activation_fn(g, nxt)

@@ -38,8 +38,8 @@ def _fn(node: Node, ctx: LowerCtx) -> Callable[..., Expr]:
     if op in ("Cast", "CastLike"):
         return lambda a, *_: Cast(tout, a)
     if op in _TRIG:
-        if tin[0] is not DType.float32:
-            raise unsupported(node, "only float32 is lowered")
+        if not tin[0].is_float:
+            raise unsupported(node, f"element type {tin[0]}")
         return lambda a: Call(op.lower(), (a,), a.dtype)
     if op == "Sign":
         def sign(a: Expr) -> Expr:
@@ -48,15 +48,18 @@ def _fn(node: Node, ctx: LowerCtx) -> Callable[..., Expr]:
             return Select(a > zero, one, Select(a < zero, Const(-1, a.dtype), rest))
         return sign
     if op == "Pow":
-        if tin[0] is not DType.float32:
-            raise unsupported(node, "only a float32 base is lowered")
-        return lambda a, b: Call("pow", (a, b if b.dtype is a.dtype else Cast(a.dtype, b)),
-                                 a.dtype)
+        if tin[0].is_float:
+            return lambda a, b: Call("pow", (a, b if b.dtype is a.dtype else Cast(a.dtype, b)),
+                                     a.dtype)
+        # Integer base: computed in float64 (exact for every result an int64 can hold up to
+        # 2^53) and truncated toward zero, as the reference's astype does.
+        f64 = DType.float64
+        return lambda a, b: Cast(a.dtype, Call("pow", (Cast(f64, a), Cast(f64, b)), f64))
     if op == "Mod":
         if op_context(g, node).attrs["fmod"]:
             return lambda a, b: Call("fmod", (a, b), a.dtype)
         if tin[0].is_float:
-            raise unsupported(node, "fmod=0 on floats")
+            return _float_mod
         return lambda a, b: a % b
     if op == "IsNaN":
         return lambda a: Cmp("ne", a, a)
@@ -84,11 +87,22 @@ def _fn(node: Node, ctx: LowerCtx) -> Callable[..., Expr]:
     raise unsupported(node)
 
 
+def _float_mod(a: Expr, b: Expr) -> Expr:
+    """numpy's float remainder: the C remainder moved to the divisor's sign; a zero result
+    takes the divisor's sign; x mod 0 is NaN."""
+    r = Call("fmod", (a, b), a.dtype)
+    zero = Const(0.0, a.dtype)
+    fix = And(Cmp("ne", r, zero), Cmp("ne", r < zero, b < zero))
+    signed_zero = Select(b < zero, Const(-0.0, a.dtype), zero)
+    return Select(fix, r + b, Select(Cmp("eq", r, zero), signed_zero, r))
+
+
 def lower_typed(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
     for v in [i for i in node.inputs if i] + [o for o in node.outputs if o]:
         t = g.types[v].dtype
-        if t not in _NUMERIC and t is not DType.bool:
+        if t not in _NUMERIC and t is not DType.bool and not (
+                t is DType.float16 and node.op in ("Cast", "CastLike")):
             raise unsupported(node, f"element type {t} is not lowered")
     inputs = [i for i in node.inputs if i]
     if node.op == "CastLike":

@@ -1,0 +1,249 @@
+"""The compile cache: whole compiled models (an exported library + its json) kept on disk.
+
+A second ``cnncc.compile`` of the same model with the same options on the same machine loads the
+library compiled the first time: no passes, no lowering, no LLVM. Entries live in
+
+    $CNNCC_CACHE_DIR, else $XDG_CACHE_HOME/cnncc, else ~/.cache/cnncc   (CNNCC_CACHE=0: off)
+        lib/<key>/cnncc_model.so, cnncc_model.json    whole models (this module)
+        obj/<key>.o                                   JIT object code (llvm/jit.py)
+
+The key hashes the graph (structure, types and every parameter's bytes), the options (target,
+opt_level, threads, skip_passes, ...), the CPU/target machine, the cnncc version and the content
+of cnncc's own source files (a changed compiler never reuses old code). An entry is built in a
+temporary folder and renamed into place (atomic: a concurrent compile sees all of it or none);
+the json carries the key and the library's sha256, and an entry that fails any check (json
+unreadable or not matching, checksum, dlopen) is removed and compiled again. Models that
+compiled in less than CNNCC_CACHE_MIN_SECONDS (default 0.5 s) are not stored: they compile
+about as fast as a library loads. Total size is capped (CNNCC_CACHE_MAX_BYTES, default 2 GiB):
+the least recently used entries go first.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .ir import CompileError, Graph
+
+ENTRY_NAME = "cnncc_model"
+DEFAULT_MAX_BYTES = 2 << 30
+_STALE_TMP_SECONDS = 3600
+_SOURCE_DIGEST: list[str] = []
+
+
+def cache_root() -> str | None:
+    """The cache folder, or None when CNNCC_CACHE=0."""
+    if os.environ.get("CNNCC_CACHE", "1").strip().lower() in ("0", "off", "false", "no"):
+        return None
+    if os.environ.get("CNNCC_CACHE_DIR"):
+        return os.path.abspath(os.environ["CNNCC_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cnncc")
+
+
+def _float_env(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def min_seconds() -> float:
+    return _float_env("CNNCC_CACHE_MIN_SECONDS", 0.5)
+
+
+def max_bytes() -> int:
+    return int(_float_env("CNNCC_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES))
+
+
+def source_digest() -> str:
+    """sha256 of cnncc's Python sources (computed once per process)."""
+    if not _SOURCE_DIGEST:
+        import cnncc
+        import cnncc.backends
+        import cnncc.ir
+
+        h = hashlib.sha256()
+        for pkg in (cnncc, cnncc.ir, cnncc.backends):
+            root = os.path.dirname(pkg.__file__)
+            for folder, dirs, files in os.walk(root):
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+                for name in sorted(files):
+                    if name.endswith((".py", ".h")):
+                        path = os.path.join(folder, name)
+                        h.update(os.path.relpath(path, root).encode() + b"\0")
+                        with open(path, "rb") as f:
+                            h.update(f.read())
+        _SOURCE_DIGEST.append(h.hexdigest())
+    return _SOURCE_DIGEST[0]
+
+
+def model_key(graph: Graph, target: str, options: dict[str, Any]) -> str:
+    """The cache key of ``graph`` compiled for ``target`` with ``options`` on this machine."""
+    import llvmlite
+
+    from . import __version__
+    from .backends.llvm import jit
+
+    h = hashlib.sha256()
+
+    def add(*parts: Any) -> None:
+        for p in parts:
+            h.update(p if isinstance(p, bytes) else str(p).encode())
+            h.update(b"\0")
+
+    info = jit.target_info()
+    add("cnncc-cache-1", __version__, source_digest(), llvmlite.__version__, target,
+        info["cpu"], info["features"], info["triple"], info["codegen"])
+    add(*(f"{k}={options[k]!r}" for k in sorted(options)))
+    add(str(graph), graph.inputs, graph.outputs)
+    for node in graph.nodes:           # exact attribute values (the printer may round)
+        add(node.op, node.inputs, node.outputs)
+        for name in sorted(node.attrs):
+            add(name, _attr_bytes(node.attrs[name]))
+    for name in sorted(graph.params):
+        arr = np.ascontiguousarray(graph.params[name])
+        add(name, arr.dtype.str, arr.shape, arr.tobytes())
+    return h.hexdigest()[:32]
+
+
+def _attr_bytes(value: Any) -> bytes:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype.str}{value.shape}".encode() + value.tobytes()
+    if isinstance(value, (list, tuple)):
+        return b"[" + b",".join(_attr_bytes(v) for v in value) + b"]"
+    if isinstance(value, float):
+        return value.hex().encode()
+    if isinstance(value, Graph):        # a subgraph: its text and its constants
+        h = hashlib.sha256(str(value).encode())
+        for name in sorted(value.params):
+            h.update(name.encode() + _attr_bytes(np.ascontiguousarray(value.params[name])))
+        return h.digest()
+    return f"{type(value).__name__}:{value}".encode()
+
+
+def _entry(root: str, key: str) -> str:
+    return os.path.join(root, "lib", key)
+
+
+def lookup(key: str, rebuild: Callable[[], Any] | None = None):
+    """The cached model of ``key`` (a LibraryModel, ``cache_status`` "library"), or None.
+
+    A damaged entry is removed (and None returned, so the caller compiles again)."""
+    from .backends.llvm.library import load_library
+
+    root = cache_root()
+    if root is None:
+        return None
+    entry = _entry(root, key)
+    if not os.path.isdir(entry):
+        return None
+    try:
+        model = load_library(os.path.join(entry, ENTRY_NAME + ".json"), expect={"cache_key": key},
+                             rebuild=rebuild)
+    except CompileError:
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    try:
+        os.utime(entry)                # least recently used goes first
+    except OSError:
+        pass
+    return model
+
+
+def store(key: str, model: Any) -> str | None:
+    """Save the compiled ``model`` (an LLVMModel) under ``key``; the entry's folder, or None when
+    it could not be written (no C compiler, read-only or full disk: only compile time is lost)."""
+    from .backends.llvm.aot import export_library
+
+    root = cache_root()
+    if root is None:
+        return None
+    entry = _entry(root, key)
+    tmp = None
+    try:
+        os.makedirs(os.path.dirname(entry), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(entry))
+        export_library(model.generated, tmp, ENTRY_NAME,
+                       optimized_ir=getattr(model, "optimized_ir", None),
+                       extra={"cache_key": key})
+        try:
+            os.rename(tmp, entry)
+            tmp = None
+        except OSError:
+            if not os.path.isdir(entry):
+                raise
+            # Another process stored the same entry first: keep that one.
+    except (OSError, CompileError):
+        return None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    evict(root, keep=entry)
+    return entry
+
+
+def _size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(folder, name))
+            except OSError:
+                pass
+    return total
+
+
+def evict(root: str, keep: str | None = None, limit: int | None = None) -> list[str]:
+    """Remove the least recently used entries until the cache is under ``limit`` bytes (default
+    max_bytes()), and temporary folders of interrupted stores; returns what was removed."""
+    limit = max_bytes() if limit is None else limit
+    now = time.time()
+    items = []
+    removed = []
+    for sub in ("lib", "obj"):
+        folder = os.path.join(root, sub)
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError:
+                continue
+            if name.startswith(".tmp-") or name.endswith(".tmp"):
+                if now - mtime > _STALE_TMP_SECONDS:
+                    _remove(path)
+                    removed.append(path)
+                continue
+            items.append((mtime, path, _size(path)))
+    total = sum(s for _, _, s in items)
+    for _, path, size in sorted(items):
+        if total <= limit:
+            break
+        if path == keep:
+            continue
+        _remove(path)
+        removed.append(path)
+        total -= size
+    return removed
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -132,11 +132,14 @@ def _entry(root: str, key: str) -> str:
     return os.path.join(root, "lib", key)
 
 
-def lookup(key: str, rebuild: Callable[[], Any] | None = None):
+def lookup(key: str, graph: Graph, rebuild: Callable[[], Any] | None = None):
     """The cached model of ``key`` (a LibraryModel, ``cache_status`` "library"), or None.
 
-    A damaged entry is removed (and None returned, so the caller compiles again)."""
+    The entry's json must name ``key`` and ``graph``'s signature; a damaged or mismatched entry
+    is removed (and None returned, so the caller compiles again)."""
+    from .backends.llvm.aot import io_description
     from .backends.llvm.library import load_library
+    from .runtime import signature
 
     root = cache_root()
     if root is None:
@@ -145,7 +148,10 @@ def lookup(key: str, rebuild: Callable[[], Any] | None = None):
     if not os.path.isdir(entry):
         return None
     try:
-        model = load_library(os.path.join(entry, ENTRY_NAME + ".json"), expect={"cache_key": key},
+        ins, outs = signature(graph)
+        expect = {"cache_key": key, "inputs": [io_description(n, t) for n, t in ins],
+                  "outputs": [io_description(n, t) for n, t in outs]}
+        model = load_library(os.path.join(entry, ENTRY_NAME + ".json"), expect=expect,
                              rebuild=rebuild)
     except CompileError:
         shutil.rmtree(entry, ignore_errors=True)

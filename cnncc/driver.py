@@ -82,7 +82,7 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     key = None
     if use_cache and target == "llvm" and cache.cache_root() is not None:
         key = cache.model_key(graph, target, dict(options, skip_passes=sorted(skip)))
-        hit = cache.lookup(key, rebuild=build)
+        hit = cache.lookup(key, graph, rebuild=build)
         if hit is not None:
             return hit
     start = time.perf_counter()

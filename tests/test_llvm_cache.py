@@ -123,8 +123,9 @@ def _corrupt(entry, kind):
         meta["cache_key"] = "f" * 32
         meta_path.write_text(json.dumps(meta))
     elif kind == "json of another signature":
-        meta["inputs"][0]["shape"] = [1, 3, 9]
-        meta["cache_key"] = meta["cache_key"]
+        meta["inputs"][0]["shape"] = [1, 3, 9, 10]
+        meta_path.write_text(json.dumps(meta))
+    elif kind == "json of another format":
         meta_path.write_text(json.dumps(meta).replace('"format"', '"formatx"'))
     elif kind == "missing json":
         meta_path.unlink()
@@ -135,6 +136,7 @@ def _corrupt(entry, kind):
 @pytest.mark.parametrize("kind", ["truncated library", "wrong checksum",
                                   "library that does not load", "json that does not parse",
                                   "json of another key", "json of another signature",
+                                  "json of another format",
                                   "missing json"])
 def test_corrupt_entries_are_rebuilt(cdir, kind):
     g = tiny(11)

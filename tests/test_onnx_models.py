@@ -1,4 +1,4 @@
-"""Real CNNs imported from ONNX and run on the reference target, checked against onnxruntime.
+"""Real CNNs imported from ONNX and run on every target, checked against onnxruntime.
 
 * The 9 "light" model-zoo CNNs shipped in onnx/backend/test/data/light (opset 9; their weights are
   ConstantOfShape nodes). Input as onnx's own backend runner makes it (arange / n over the input
@@ -23,6 +23,9 @@ import pytest
 from onnx import numpy_helper
 
 import cnncc
+from cnncc.backends import BACKENDS
+
+TARGETS = list(BACKENDS)
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -65,13 +68,14 @@ def test_light_models_present():
     assert len(LIGHT_MODELS) == 9, f"expected the 9 light models in {LIGHT_DIR}: {LIGHT_MODELS}"
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", LIGHT_MODELS)
-def test_light_model(name):
+def test_light_model(name, target):
     path = str(LIGHT_DIR / f"light_{name}.onnx")
     model = onnx.load(path)
     vi = runtime_input(model)
     x = dummy_input(vi)
-    compiled = cnncc.compile(path, target="reference")
+    compiled = cnncc.compile(path, target=target)
     got = compiled.run({vi.name: x})
     expected = numpy_helper.to_array(onnx.load_tensor(str(LIGHT_DIR / f"light_{name}_output_0.pb")))
     ref = run_ort(path, {vi.name: x})
@@ -123,13 +127,14 @@ def randomize_weights(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
 RANDOM_WEIGHT_MODELS = [m for m in LIGHT_MODELS if m not in ("vgg19", "bvlc_alexnet", "zfnet512")]
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", RANDOM_WEIGHT_MODELS)
-def test_light_model_random_weights(name):
+def test_light_model_random_weights(name, target):
     model = randomize_weights(onnx.load(str(LIGHT_DIR / f"light_{name}.onnx")), seed=7)
     vi = runtime_input(model)
     shape = tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
     x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
-    compiled = cnncc.compile(model, target="reference")
+    compiled = cnncc.compile(model, target=target)
     out = compiled.run({vi.name: x})[compiled.output_names[0]]
     ref = run_ort(model, {vi.name: x})[0]
     assert np.isfinite(ref).all()
@@ -151,12 +156,13 @@ SHARED_NAMES = sorted(Path(p).name[: -len(".skel.onnx")]
                       for p in glob.glob(str(SHARED_MODELS / "*.skel.onnx"))) or ["(none)"]
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", SHARED_NAMES)
-def test_shared_model(shared_models, name):
+def test_shared_model(shared_models, name, target):
     path = shared_models / f"{name}.onnx"
     assert path.is_file(), f"fill_weights.py did not write {path}"
     data = np.load(shared_models / f"{name}.npz")
-    compiled = cnncc.compile(str(path), target="reference")
+    compiled = cnncc.compile(str(path), target=target)
     out = compiled(data["input"])
     assert rel_err(out, data["output"]) <= REL_TOL
 

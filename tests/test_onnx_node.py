@@ -8,7 +8,10 @@ numpy implementations shipped with the test cases.
     python tests/test_onnx_node.py [REGEX]   # prints: discovered / in op set / passed /
                                               # excluded by reason / failures grouped by op
 
-The target is "reference" unless CNNCC_ONNX_TARGET names another one (e.g. llvm).
+Every included case runs on both targets, "reference" (the numpy op table) and "llvm" (native
+code), at the same tolerances; cases that cannot run on llvm are listed in LLVM_EXCLUDED with the
+reason (and counted in the summary). CNNCC_ONNX_TARGET=reference|llvm restricts the run (pytest
+or the script) to one target.
 """
 from __future__ import annotations
 
@@ -29,7 +32,9 @@ from cnncc.ir import OP_TABLE, DType
 from cnncc.onnx_backend import CnnccBackend, CnnccBackendRep
 
 MIN_CASES = 1800
-TARGET = os.environ.get("CNNCC_ONNX_TARGET", "reference")
+ALL_TARGETS = ("reference", "llvm")
+TARGETS = tuple(t for t in ALL_TARGETS if os.environ.get("CNNCC_ONNX_TARGET", t) == t) \
+    or (os.environ["CNNCC_ONNX_TARGET"],)
 
 # Cases excluded by name, with the reason (regex -> reason). Everything else that is not run is
 # excluded by a rule computed from the model (domain, types, ops), also with its reason.
@@ -46,6 +51,20 @@ EXCLUDED = {
         "float16 rounding: the expected output is computed in higher precision; onnxruntime "
         "misses it by the same 1 fp16 ulp (4.9e-4) that exceeds atol=1e-5"),
 }
+
+
+# Cases run on the reference target but not on llvm (regex -> reason). Empty: every included
+# case compiles to native code and matches at the same tolerances.
+LLVM_EXCLUDED: dict[str, str] = {}
+
+
+def target_exclusion(case, target: str) -> str | None:
+    """Why an included ``case`` does not run on ``target``, or None when it does."""
+    if target == "llvm":
+        for pattern, reason in LLVM_EXCLUDED.items():
+            if re.search(pattern, case.name):
+                return f"llvm only: {reason}"
+    return None
 
 
 def _load_cases() -> list:
@@ -135,10 +154,10 @@ def _to_array(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def run_case(case) -> CnnccBackendRep:
-    """Run every data set of ``case`` on TARGET and compare with ONNX's expected outputs."""
+def run_case(case, target: str) -> CnnccBackendRep:
+    """Run every data set of ``case`` on ``target`` and compare with ONNX's expected outputs."""
     rtol, atol = max(case.rtol, 1e-3), max(case.atol, 1e-5)
-    rep = CnnccBackend.prepare(case.model, device="CPU", target=TARGET)
+    rep = CnnccBackend.prepare(case.model, device="CPU", target=target)
     for inputs, expected in case.data_sets:
         got = rep.run([_to_array(x) for x in inputs])
         assert len(got) == len(expected), f"{len(got)} outputs, expected {len(expected)}"
@@ -182,18 +201,37 @@ def test_every_op_is_exercised_by_some_case():
     assert not missing, f"ops with no included node case: {missing}"
 
 
-@pytest.mark.parametrize("case", INCLUDED, ids=[c.name for c in INCLUDED])
-def test_node(case):
-    run_case(case)
+RUNS = [(case, target) for target in TARGETS for case in INCLUDED
+        if target_exclusion(case, target) is None]
+TARGET_EXCLUDED = {(case.name, target): target_exclusion(case, target) for target in TARGETS
+                   for case in INCLUDED if target_exclusion(case, target) is not None}
+
+
+def test_llvm_exclusions_are_current():
+    """Every llvm-only exclusion names some included case (stale entries are removed)."""
+    names = [c.name for c in INCLUDED]
+    stale = [p for p in LLVM_EXCLUDED if not any(re.search(p, n) for n in names)]
+    assert not stale, f"LLVM_EXCLUDED patterns matching no included case: {stale}"
+
+
+@pytest.mark.parametrize("case,target", RUNS, ids=[f"{c.name}-{t}" for c, t in RUNS])
+def test_node(case, target):
+    run_case(case, target)
 
 
 def summary_lines() -> list[str]:
     """Counts for the pytest terminal summary (see tests/conftest.py)."""
     by_reason = collections.Counter(EXCLUDED_CASES.values())
-    lines = [f"ONNX node tests (target {TARGET}): {len(CASES)} discovered, {len(INCLUDED)} in "
-             f"our op set, {len(EXCLUDED_CASES)} excluded:"]
+    lines = [f"ONNX node tests (targets {', '.join(TARGETS)}): {len(CASES)} discovered, "
+             f"{len(INCLUDED)} in our op set, {len(EXCLUDED_CASES)} excluded:"]
     for reason, count in by_reason.most_common():
         lines.append(f"  {count:5d}  {reason}")
+    for target in TARGETS:
+        skipped = collections.Counter(r for (_, t), r in TARGET_EXCLUDED.items() if t == target)
+        lines.append(f"  on {target}: {len(INCLUDED) - sum(skipped.values())} of "
+                     f"{len(INCLUDED)} included cases run")
+        for reason, count in skipped.most_common():
+            lines.append(f"  {count:5d}  {reason}")
     return lines
 
 
@@ -206,12 +244,12 @@ def _main() -> int:
     passed = 0
     bound = collections.Counter()
     pattern = sys.argv[1] if len(sys.argv) > 1 else ""
-    selected = [c for c in INCLUDED if re.search(pattern, c.name)]
-    for case in selected:
+    selected = [(c, t) for c, t in RUNS if re.search(pattern, c.name)]
+    for case, target in selected:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                rep = run_case(case)
+                rep = run_case(case, target)
             passed += 1
             if rep.error is not None:
                 bound["inputs bound as constants" if rep._bound else "shapes from run"] += 1
@@ -220,7 +258,7 @@ def _main() -> int:
             msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             if not isinstance(e, (AssertionError, ValueError)):
                 msg = f"{type(e).__name__}: {msg} @ {traceback.extract_tb(e.__traceback__)[-1]}"
-            failures[ops].append(f"{case.name}: {msg}")
+            failures[ops].append(f"{case.name} [{target}]: {msg}")
     print("\n".join(summary_lines()))
     print(f"selected {len(selected)}, passed {passed}, failed {len(selected) - passed}")
     print(f"passed only after specializing at the first run: {dict(bound)}")

@@ -1,4 +1,4 @@
-"""The model zoo: every net exports to ONNX and the reference target matches onnxruntime.
+"""The model zoo: every net exports to ONNX, and every target matches onnxruntime on it.
 
 Tolerance: max|ours - ort| / max|ort| <= 1e-4 (float32 on both sides, different summation
 orders). Architectures are checked against torchvision's parameter counts (weights, biases and
@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 import cnncc
+from cnncc.backends import BACKENDS
 from cnncc.dsl import zoo
 
 RTOL = 1e-4
@@ -29,6 +30,7 @@ PARAM_COUNTS = {
     "vgg11_bn": 132_868_840,
     "lenet5": 61_706,
 }
+TARGETS = list(BACKENDS)
 OUTPUT_SHAPES = {"tiny_unet": (1, 2, 32, 32), "lenet5": (1, 10), "tiny_cnn": (1, 10),
                  "tiny_resnet": (1, 10), "tiny_mobilenet": (1, 10)}
 
@@ -52,11 +54,12 @@ def test_zoo_net_matches_onnxruntime(name):
     del model
     expect = sess.run(None, {net.input_names[0]: x})[0]
     del sess
-    got = cnncc.compile(net, target="reference")(x)
-    assert got.shape == expect.shape and np.isfinite(got).all()
     assert np.abs(expect).max() > 1e-3           # a non-degenerate output
-    err = float(np.abs(got - expect).max() / np.abs(expect).max())
-    assert err <= RTOL, f"{name}: relative error {err:.2e}"
+    for target in TARGETS:
+        got = cnncc.compile(net, target=target)(x)
+        assert got.shape == expect.shape and np.isfinite(got).all()
+        err = float(np.abs(got - expect).max() / np.abs(expect).max())
+        assert err <= RTOL, f"{name} on {target}: relative error {err:.2e}"
     del net
     gc.collect()
 

@@ -108,8 +108,8 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
     _write(paths["header"], _header(name, gen, arena))
     meta = {"format": FORMAT, "name": name, "library": name + ".so",
             "library_sha256": digest, "header": name + ".h",
-            "inputs": [_io(n, t) for n, t in gen.inputs],
-            "outputs": [_io(n, t) for n, t in gen.outputs],
+            "inputs": [io_description(n, t) for n, t in gen.inputs],
+            "outputs": [io_description(n, t) for n, t in gen.outputs],
             "arena_bytes": arena, "weights_bytes": int(prog.weights.nbytes),
             "threads": gen.threads, "thread_safe": True, "target": jit.target_info(),
             "cnncc_version": _version(), **(extra or {})}
@@ -128,7 +128,8 @@ def _version() -> str:
     return __version__
 
 
-def _io(name: str, ttype) -> dict:
+def io_description(name: str, ttype) -> dict:
+    """How the json describes one input or output."""
     return {"name": name, "shape": list(ttype.shape), "dtype": ttype.dtype.value}
 
 

@@ -86,6 +86,10 @@ def _read_object(path: str | None) -> bytes | None:
         return None
     body = data[_DIGEST:]
     if len(data) > _DIGEST and hashlib.sha256(body).digest() == data[:_DIGEST]:
+        try:
+            os.utime(path)             # the cache evicts the least recently used first
+        except OSError:
+            pass
         return body
     try:
         os.unlink(path)

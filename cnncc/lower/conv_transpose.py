@@ -74,7 +74,6 @@ def _runtime_conv(ctx: LowerCtx, node: Node, v: Buffer, groups: int, cg: int, mg
     """The stride-1 conv over the scattered input with a run-time weight: conv weight
     [g mg + m, c, k] = w[g cg + c, m, K - 1 - k] is read straight from the weight."""
     from .conv_direct import direct_conv
-    g = ctx.graph
     wb = ctx.value(node.inputs[1], bname="w")
     ks = wb.shape[2:]
     bias = ctx.value(node.inputs[2], bname="bias") if len(node.inputs) > 2 and \
@@ -86,4 +85,3 @@ def _runtime_conv(ctx: LowerCtx, node: Node, v: Buffer, groups: int, cg: int, mg
                   + tuple(Const(n - 1) - kk for n, kk in zip(ks, k))]
     direct_conv(ctx, node.name, v, weight, [wb], bias, out, tuple(ks), (1,) * len(ks), dil,
                 groups, cg, act)
-    del g

@@ -12,6 +12,10 @@ from .gather import INDEX_MAP_OPS, lower_index_map
 from .reduce import REDUCE_OPS, lower_arg, lower_reduce
 from .promote import lower_promoted, needs_promotion
 from .resize import lower_resize
+from .scatter import lower_scatter_elements
+from .topk import lower_topk
+from .deform_conv import lower_deform_conv
+from .norm_axes import lower_lp_norm, lower_mvn
 from .typed_elementwise import TYPED_OPS, lower_typed
 from .nn import lower_gemm, lower_matmul, lower_pool, lower_global_pool, lower_softmax
 from .tensor import lower_concat, lower_pad, lower_slice, lower_transpose
@@ -51,6 +55,11 @@ RULES["Resize"] = lower_resize
 for _op in REDUCE_OPS:
     RULES[_op] = lower_reduce
 RULES["LogSoftmax"] = lower_softmax
+RULES["ScatterElements"] = lower_scatter_elements
+RULES["TopK"] = lower_topk
+RULES["DeformConv"] = lower_deform_conv
+RULES["LpNormalization"] = lower_lp_norm
+RULES["MeanVarianceNormalization"] = lower_mvn
 for _op in ("ArgMax", "ArgMin", "Hardmax"):
     RULES[_op] = lower_arg
 

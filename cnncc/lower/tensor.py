@@ -81,7 +81,7 @@ def lower_pad(ctx: LowerCtx, node: Node) -> None:
     begin = [0] * rank
     for k, a in enumerate(axes):
         begin[a] = pads[k]
-    if mode not in ("constant", "edge", "reflect"):
+    if mode not in ("constant", "edge", "reflect", "wrap"):
         raise unsupported(node, f"mode {mode}")
     dt = g.types[x].dtype
     fill = Const(0 if cval is None or cval.size == 0 else cval.reshape(-1)[0].item(), dt)
@@ -99,6 +99,8 @@ def lower_pad(ctx: LowerCtx, node: Node) -> None:
             if mode == "reflect" and n > 1:
                 i = Select(i < 0, -i, i)
                 i = Select(i >= n, wrap(2 * (n - 1)) - i, i)
+            if mode == "wrap" and (b or oshape[len(src)] != n):
+                i = i % n                           # floor modulo: periodic both ways
             i = i.max(Const(0)).min(Const(n - 1)) if (b or oshape[len(src)] != n) else i
             if mode == "constant" and (b or oshape[len(src)] != n):
                 c = _in_range(v - b, n)

@@ -1,0 +1,58 @@
+"""TopK: per slice along the axis, an insertion into the k output slots (kept sorted) of each
+element in index order; equal values keep index order and NaN ranks last, as the reference's
+stable argsort."""
+from __future__ import annotations
+
+import numpy as np
+
+from cnncc.ir import DType, Node
+from cnncc.ir.loop import Allocate, And, Buffer, Cmp, Expr, For, If, Kernel, Or, Store, Var, seq
+
+from .context import LowerCtx, op_context, unsupported
+from .conv import _parallel_outer
+
+
+def lower_topk(ctx: LowerCtx, node: Node) -> None:
+    g = ctx.graph
+    x, vals, inds = node.inputs[0], node.outputs[0], node.outputs[1]
+    dt = g.types[x].dtype
+    if dt is DType.bool or dt is DType.float16:
+        raise unsupported(node, f"element type {dt}")
+    at = op_context(g, node).attrs
+    shape = g.types[x].shape
+    axis = at["axis"] % len(shape)
+    k = g.types[vals].shape[axis]
+    outer, red = int(np.prod(shape[:axis])), shape[axis]
+    inner = int(np.prod(shape[axis + 1:]))
+    xb = ctx.value(x, (outer, red, inner), "x")
+    yb = ctx.value(vals, (outer, k, inner), "vals")
+    params = [yb, xb]
+    ib = None
+    if inds:
+        ib = ctx.value(inds, (outer, k, inner), "inds")
+        params.append(ib)
+    else:
+        ib = Buffer("inds", DType.int64, (outer, k, inner), "local")
+    largest = bool(at["largest"])
+    cand = Buffer("cand", dt, (2,), "local")           # [0] candidate, [1] swap scratch
+    cidx = Buffer("cidx", DType.int64, (2,), "local")
+    o, i, r, j = Var("o"), Var("i"), Var("r"), Var("j")
+
+    def better(v: Expr, s: Expr) -> Expr:
+        b = Cmp("gt" if largest else "lt", v, s)
+        if dt.is_float:                                # NaN ranks after every number
+            b = Or(b, And(Cmp("ne", s, s), Cmp("eq", v, v)))
+        return b
+
+    slot_v, slot_i = yb[o, j, i], ib[o, j, i]
+    swap = seq(Store(cand, (1,), slot_v), Store(cidx, (1,), slot_i),
+               Store(yb, (o, j, i), cand[0]), Store(ib, (o, j, i), cidx[0]),
+               Store(cand, (0,), cand[1]), Store(cidx, (0,), cidx[1]))
+    insert = For(j, k, If(Or(Cmp("eq", j, r), And(Cmp("lt", j, r), better(cand[0], slot_v))),
+                          swap))
+    scan = For(r, red, seq(Store(cand, (0,), xb[o, r, i]), Store(cidx, (0,), r), insert))
+    body = Allocate(cand, Allocate(cidx, scan))
+    if not inds:
+        body = Allocate(ib, body)
+    kern = Kernel(node.name, params, For(o, outer, For(i, inner, body)))
+    ctx.emit(_parallel_outer(kern, ["o"], ctx.threads, outer * inner * red * max(k, 1)))

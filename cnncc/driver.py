@@ -86,7 +86,8 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
         if hit is not None:
             return hit
     start = time.perf_counter()
-    model = build(keep_ir=key is not None)
+    # keep_ir: the optimized IR is kept for the library stored below (no second O3 run).
+    model = build(keep_ir=True) if key is not None else build()
     if key is not None and time.perf_counter() - start >= cache.min_seconds():
         cache.store(key, model)
     return model

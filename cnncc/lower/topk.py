@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import Allocate, And, Buffer, Cmp, Expr, For, If, Kernel, Or, Store, Var, seq
+from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, Expr, For, If, Kernel, Or, Store,
+                           Var, seq)
 
 from .context import LowerCtx, op_context, unsupported
 from .conv import _parallel_outer
@@ -35,7 +36,7 @@ def lower_topk(ctx: LowerCtx, node: Node) -> None:
         ib = Buffer("inds", DType.int64, (outer, k, inner), "local")
     largest = bool(at["largest"])
     cand = Buffer("cand", dt, (2,), "local")           # [0] candidate, [1] swap scratch
-    cidx = Buffer("cidx", DType.int64, (2,), "local")
+    cidx = Buffer("cidx", DType.int64, (3,), "local")  # [2]: 1 once the candidate went in
     o, i, r, j = Var("o"), Var("i"), Var("r"), Var("j")
 
     def better(v: Expr, s: Expr) -> Expr:
@@ -47,10 +48,15 @@ def lower_topk(ctx: LowerCtx, node: Node) -> None:
     slot_v, slot_i = yb[o, j, i], ib[o, j, i]
     swap = seq(Store(cand, (1,), slot_v), Store(cidx, (1,), slot_i),
                Store(yb, (o, j, i), cand[0]), Store(ib, (o, j, i), cidx[0]),
-               Store(cand, (0,), cand[1]), Store(cidx, (0,), cidx[1]))
-    insert = For(j, k, If(Or(Cmp("eq", j, r), And(Cmp("lt", j, r), better(cand[0], slot_v))),
-                          swap))
-    scan = For(r, red, seq(Store(cand, (0,), xb[o, r, i]), Store(cidx, (0,), r), insert))
+               Store(cand, (0,), cand[1]), Store(cidx, (0,), cidx[1]),
+               Store(cidx, (2,), Const(1)))
+    # Slots 0..r-1 are filled and sorted: the candidate goes before the first slot it beats,
+    # every later filled slot moves down one, slot r (if < k) takes the last one.
+    go = Or(Cmp("eq", j, r), And(Cmp("lt", j, r), Or(Cmp("ne", cidx[2], Const(0)),
+                                                      better(cand[0], slot_v))))
+    insert = For(j, k, If(go, swap))
+    scan = For(r, red, seq(Store(cand, (0,), xb[o, r, i]), Store(cidx, (0,), r),
+                           Store(cidx, (2,), Const(0)), insert))
     body = Allocate(cand, Allocate(cidx, scan))
     if not inds:
         body = Allocate(ib, body)

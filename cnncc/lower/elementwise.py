@@ -207,12 +207,12 @@ def _reduce(f, xs):
 
 
 def batch_norm_scale_shift(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (scale, shift) with y = x * scale + shift (inference mode)."""
+    """Per-channel (scale, shift) with y = x * scale + shift (inference mode), in float64."""
     eps = op_context(graph, node).attrs.get("epsilon", 1e-5)
     scale, bias, mean, var = (const_input(graph, node, i, "BatchNormalization parameter")
                               .astype(np.float64) for i in (1, 2, 3, 4))
     s = scale / np.sqrt(var + eps)
-    return s.astype(np.float32), (bias - mean * s).astype(np.float32)
+    return s, bias - mean * s
 
 
 def _batch_norm(ctx: LowerCtx, node: Node) -> None:

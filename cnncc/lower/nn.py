@@ -14,7 +14,7 @@ from .conv import _parallel_outer, padded_input, phases_for, window_index
 NEG_INF = float("-inf")
 
 
-def _f32_only(ctx: LowerCtx, node: Node, types=(DType.float32,)) -> DType:
+def _element_type(ctx: LowerCtx, node: Node, types=(DType.float32,)) -> DType:
     """The node's element type; CompileError unless it is one of ``types``."""
     g = ctx.graph
     dt = g.types[node.inputs[0]].dtype
@@ -30,7 +30,7 @@ def lower_pool(ctx: LowerCtx, node: Node) -> None:
                                  or g.types[node.inputs[0]].dtype is not DType.float32):
         from .pool_indices import lower_max_pool_scan
         return lower_max_pool_scan(ctx, node)
-    _f32_only(ctx, node)
+    _element_type(ctx, node)
     octx = op_context(g, node)
     x, out = node.inputs[0], node.outputs[0]
     xs, oshape = g.types[x].shape, g.types[out].shape
@@ -108,7 +108,7 @@ def lp_root(s: Expr, p: int) -> Expr:
 
 
 def lower_global_pool(ctx: LowerCtx, node: Node) -> None:
-    _f32_only(ctx, node)
+    _element_type(ctx, node)
     g = ctx.graph
     x, out = node.inputs[0], node.outputs[0]
     xs = g.types[x].shape
@@ -176,7 +176,7 @@ def _dense(ctx: LowerCtx, node: Node, a: str, trans_a: bool, m: int, k_dim: int,
 
 
 def lower_gemm(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
-    dt = _f32_only(ctx, node, (DType.float32, DType.float64))
+    dt = _element_type(ctx, node, (DType.float32, DType.float64))
     g = ctx.graph
     at = octx_attrs = op_context(g, node).attrs
     if dt is not DType.float32 or any(i and i not in g.params for i in node.inputs[1:]):
@@ -197,7 +197,7 @@ def lower_gemm(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> N
 
 
 def lower_matmul(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
-    dt = _f32_only(ctx, node, (DType.float32, DType.float64))
+    dt = _element_type(ctx, node, (DType.float32, DType.float64))
     g = ctx.graph
     a, bn = node.inputs
     out = out or node.outputs[0]
@@ -245,7 +245,7 @@ def _generic_matmul(ctx: LowerCtx, node: Node, a: str, b: str, out: str, act) ->
 
 
 def lower_softmax(ctx: LowerCtx, node: Node) -> None:
-    dt = _f32_only(ctx, node, (DType.float32, DType.float64))
+    dt = _element_type(ctx, node, (DType.float32, DType.float64))
     g = ctx.graph
     x, out = node.inputs[0], node.outputs[0]
     shape = g.types[x].shape

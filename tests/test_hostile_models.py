@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import onnx
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -41,3 +42,39 @@ def test_mutants_never_crash(targets):
     print(f"{count} mutants on {targets}: {summary(result)}")
     assert not result.failures, "\n\n".join(f"mutant {i}: {v}" for i, v in result.failures[:5])
     assert sum(result.outcomes.values()) == count
+
+
+# ---- regressions found by the mutation fuzzer (each once escaped as a non-cnncc exception) -----
+
+def _conv_model(pads, op_type="Conv"):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    node = helper.make_node(op_type, ["x", "w"], ["y"], "conv", pads=pads)
+    graph = helper.make_graph([node], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_regression_op_type_that_is_not_utf8():
+    """A byte flip inside an op_type made the unsupported-op listing compare str with bytes."""
+    import cnncc
+
+    model = _conv_model([1, 1, 1, 1], op_type="Frobnicate")
+    model.graph.node.append(onnx.helper.make_node("Unknownop", ["y"], ["z"], "other"))
+    model.graph.output[0].name = "z"
+    data = model.SerializeToString()
+    assert data.count(b"Frobnicate") == 1
+    data = data.replace(b"Frobnicate", b"Frobnicat\xff")
+    with pytest.raises(cnncc.CompileError, match="not valid UTF-8"):
+        cnncc.compile(data, target="reference")
+
+
+def test_regression_absurd_pads_are_refused_before_allocating():
+    """pads of 2**31 made the reference allocate a 1.5 TiB padded input."""
+    import cnncc
+
+    with pytest.raises(cnncc.CompileError, match="pad"):
+        cnncc.compile(_conv_model([0, 0, 0, 1 << 31]), target="reference")

@@ -5,7 +5,10 @@ printed at the end of the run, e.g. the ONNX node-test counts and exclusions.
 """
 from __future__ import annotations
 
+import os
 import sys
+
+import pytest
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -31,11 +34,6 @@ def pytest_generate_tests(metafunc):
         n = 5000 if metafunc.config.getoption("--fuzz-long") else 300
         n = int(os.environ.get("CNNCC_FUZZ_EXAMPLES", n))     # explicit count wins
         metafunc.parametrize("fuzz_examples", [n], ids=[f"{n}-graphs"])
-
-
-import os
-
-import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -13,6 +13,7 @@ import numpy as np
 
 from ...ir import CompileError, Graph
 from ...runtime import CompiledModel, signature
+from ...debug import dump, dump_enabled
 from . import jit
 from .codegen import ModuleBuilder
 
@@ -59,7 +60,12 @@ def generate(graph: Graph, threads: int, opt_level: int = 3) -> Generated:
         [text, info["cpu"], info["features"], info["triple"], info["codegen"],
          llvmlite.__version__, __version__]).encode()).hexdigest()[:24]
     ins, outs = signature(graph)
-    return Generated(prog, text.replace(_PREFIX, key), key, f"{key}_run", threads, ins, outs)
+    if dump_enabled("kernels"):
+        dump("kernels", f"loop nests of {graph.name}",
+             "\n\n".join(str(k) for k, _ in prog.ctx.kernels))
+    text = text.replace(_PREFIX, key)
+    dump("llvm", f"LLVM IR of {graph.name}", text)
+    return Generated(prog, text, key, f"{key}_run", threads, ins, outs)
 
 
 class LLVMModel(CompiledModel):

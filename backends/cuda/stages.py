@@ -126,7 +126,7 @@ def _const_extent(kname: str, loop: For) -> int:
 def _bind_threads(kname: str, st: Stage) -> None:
     def height(s: Stmt) -> int:
         """Largest thread-loop height inside ``s`` (-1 when none); records dims on the way."""
-        kids = _children(s)
+        kids = children(s)
         h = max((height(c) for c in kids), default=-1)
         if isinstance(s, For) and s.kind == "gpu_thread":
             h += 1
@@ -144,7 +144,8 @@ def _bind_threads(kname: str, st: Stage) -> None:
                           f"threads, more than {MAX_THREADS}")
 
 
-def _children(s: Stmt) -> list:
+def children(s: Stmt) -> list:
+    """The statements directly nested in ``s``."""
     if isinstance(s, (For, Let, Allocate)):
         return [s.body]
     if isinstance(s, Seq):
@@ -163,7 +164,7 @@ def block_leaves(s: Stmt) -> list[Stmt]:
     loop inside (each runs as one unit between barriers)."""
     if (isinstance(s, For) and s.kind == "gpu_thread") or not has_thread_loop(s):
         return [s]
-    return [x for c in _children(s) for x in block_leaves(c)]
+    return [x for c in children(s) for x in block_leaves(c)]
 
 
 def accesses(s: Stmt):
@@ -176,7 +177,7 @@ def accesses(s: Stmt):
                 if isinstance(sub, Load):
                     yield sub.buf, sub.indices, False, loops
         inner = loops + (x,) if isinstance(x, For) and x.kind == "gpu_thread" else loops
-        for c in _children(x):
+        for c in children(x):
             yield from go(c, inner)
     yield from go(s, ())
 
@@ -206,7 +207,7 @@ def _place_buffers(kname: str, st: Stage) -> None:
                                   f"that need different storage; use two buffers")
             st.homes[id(s.buf)] = home
         inner = in_thread or (isinstance(s, For) and s.kind == "gpu_thread")
-        for c in _children(s):
+        for c in children(s):
             visit(c, inner)
 
     visit(st.body, False)

@@ -18,7 +18,7 @@ from ...ir.affine import const_value, walk_stmts
 from ...ir.dtypes import DType
 from ...ir.loop import Allocate, Bin, Cast, Const, For, If, Let, Seq, Stmt, Store
 from .cexpr import ExprRenderer, c_type
-from .stages import Stage, accesses, has_thread_loop
+from .stages import Stage, accesses, children, has_thread_loop
 
 _AXES = "xyz"
 
@@ -108,7 +108,7 @@ class StageWriter:
             if isinstance(s, Store):
                 r = frozenset(self.st.active)
             else:
-                r = frozenset().union(*(self.free(c) for c in _kids(s)))
+                r = frozenset().union(*(self.free(c) for c in children(s)))
                 if isinstance(s, For) and s.kind == "gpu_thread":
                     r = r - {self.st.thread_dims[id(s)]}
             self._free[key] = r
@@ -270,16 +270,6 @@ def _tidy(lines: list, dead: set, decls: set) -> list:
     return [x[shift[i]:] for i, x in enumerate(lines) if i not in drop]
 
 
-def _kids(s: Stmt) -> list:
-    if isinstance(s, (For, Let, Allocate)):
-        return [s.body]
-    if isinstance(s, Seq):
-        return list(s.stmts)
-    if isinstance(s, If):
-        return [s.then] + ([s.else_] if s.else_ is not None else [])
-    return []
-
-
 def _decl_name(s: Stmt) -> str:
     return s.var.name if isinstance(s, Let) else f"buf:{s.buf.name}"
 
@@ -303,7 +293,7 @@ def _barriers(st: Stage) -> set:
             leaves.append((s, loops))
             return
         inner = loops + (id(s),) if isinstance(s, For) else loops
-        for c in _kids(s):
+        for c in children(s):
             walk(c, inner)
 
     walk(st.body, ())

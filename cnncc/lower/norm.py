@@ -47,14 +47,18 @@ def _per(buf: Buffer, index):
     return f
 
 
+def _nchw_float32(ctx: LowerCtx, node: Node) -> tuple[str, str, int, int, int]:
+    """(input, output, N, C, product of the spatial dims) of a float32 NC... op."""
+    x, out = node.inputs[0], node.outputs[0]
+    if ctx.graph.types[x].dtype is not DType.float32:
+        raise unsupported(node, "only float32 is lowered")
+    shape = ctx.graph.types[x].shape
+    return x, out, shape[0], shape[1], int(np.prod(shape[2:]))
+
+
 def lower_instance_norm(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
-    x, out = node.inputs[0], node.outputs[0]
-    if g.types[x].dtype is not DType.float32:
-        raise unsupported(node, "only float32 is lowered")
-    shape = g.types[x].shape
-    n, c = shape[0], shape[1]
-    hw = int(np.prod(shape[2:]))
+    x, out, n, c, hw = _nchw_float32(ctx, node)
     eps = op_context(g, node).attrs["epsilon"]
     sb = ctx.value(node.inputs[1], (c,), "scale")
     bb = ctx.value(node.inputs[2], (c,), "bias")
@@ -103,12 +107,7 @@ def _row_param(ctx: LowerCtx, node: Node, i: int, norm_shape: tuple, default: fl
 
 def lower_lrn(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
-    x, out = node.inputs[0], node.outputs[0]
-    if g.types[x].dtype is not DType.float32:
-        raise unsupported(node, "only float32 is lowered")
-    shape = g.types[x].shape
-    n, c = shape[0], shape[1]
-    hw = int(np.prod(shape[2:]))
+    x, out, n, c, hw = _nchw_float32(ctx, node)
     at = op_context(g, node).attrs
     size = at["size"]
     before = (size - 1) // 2

@@ -4,6 +4,8 @@
     cnncc run [MODEL] [--input x.npy] [--output y.npy] [--target T]
     cnncc compile MODEL -o DIR [--name N] [--threads N] [--opt N] [--emit llvm|asm]
                                                 DIR/N.so + N.h + N.json: a C library
+    cnncc compile MODEL --target cuda [--arch sm_90] [-o DIR] [--name N] [--emit cuda]
+                                                DIR/N.cu + N.h + N.weights (+ N.so with nvcc)
     cnncc bench [MODEL] [--threads N] [--ablate] [--per-layer] [--plot F.png] [--json]
     cnncc verify [MODEL] [--opt N] [--target T]  pass-by-pass agreement with the reference
     cnncc show [MODEL] [--opt N] [-o graph.svg]  the graph before/after the passes
@@ -126,12 +128,48 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     source = resolve_model(args.model)
     name = args.name if args.name is not None else c_identifier(_model_name(args.model))
+    emit = args.emit or []
+    if args.target == "cuda":
+        return _compile_cuda(args, source, name, emit)
+    if args.arch or "cuda" in emit:
+        raise CompileError("--arch and --emit cuda need --target cuda")
+    if args.output is None:
+        raise CompileError("-o DIR is required (where the library is written)")
     t0 = time.perf_counter()
     paths = export(source, args.output, name=name, threads=args.threads, opt_level=args.opt,
                    emit=args.emit or ())
     print(f"compiled {args.model} in {time.perf_counter() - t0:.2f} s")
     for path in paths.values():
         print(f"wrote {path}")
+    return 0
+
+
+def _compile_cuda(args: argparse.Namespace, source, name: str, emit: list) -> int:
+    from . import load_graph
+    from .backends.cuda.export import export_cuda
+    from .backends.cuda.model import generate
+    from .backends.llvm.aot import check_name
+    from .passes import PassContext, run_pipeline
+
+    check_name(name)
+    if args.threads is not None:
+        raise CompileError("--threads does not apply to --target cuda")
+    if set(emit) - {"cuda"}:
+        raise CompileError("--target cuda emits only cuda (not llvm/asm)")
+    t0 = time.perf_counter()
+    graph = run_pipeline(load_graph(source), PassContext(opt_level=args.opt, target="cuda"))
+    if "cuda" in emit:
+        sys.stdout.write(generate(graph, args.opt, name=name).module.source)
+    if args.output is None:
+        if "cuda" not in emit:
+            raise CompileError("-o DIR is required (or --emit cuda to print the source)")
+        return 0
+    paths = export_cuda(graph, args.output, name, args.opt, args.arch)
+    print(f"compiled {args.model} for cuda in {time.perf_counter() - t0:.2f} s"
+          + ("" if "library" in paths else " (nvcc not found: NAME.so not built)"),
+          file=sys.stderr if "cuda" in emit else sys.stdout)
+    for path in paths.values():
+        print(f"wrote {path}", file=sys.stderr if "cuda" in emit else sys.stdout)
     return 0
 
 
@@ -207,15 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     comp = sub.add_parser("compile", help="compile a model into a C library "
-                                           "(DIR/NAME.so, NAME.h, NAME.json)")
+                                           "(DIR/NAME.so, NAME.h, NAME.json) or a CUDA program")
     comp.add_argument("model")
-    comp.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    comp.add_argument("-o", "--output", metavar="DIR", help="output folder")
+    comp.add_argument("--target", choices=["llvm", "cuda"], default="llvm",
+                      help="llvm: a CPU library; cuda: DIR/NAME.cu (+ NAME.so when nvcc is found)")
+    comp.add_argument("--arch", help="CUDA architecture of NAME.so, e.g. sm_80 or sm_90 "
+                                     "(default sm_80)")
     comp.add_argument("--name", help="C name prefix and file name (default: the model's name)")
     comp.add_argument("--threads", type=int, default=None,
                       help="threads of the library (default 1; >1 links libgomp)")
     comp.add_argument("--opt", type=int, default=3, choices=range(4))
-    comp.add_argument("--emit", action="append", choices=["llvm", "asm"],
-                      help="also write NAME.ll (optimized LLVM IR) / NAME.s (assembly)")
+    comp.add_argument("--emit", action="append", choices=["llvm", "asm", "cuda"],
+                      help="also write NAME.ll (optimized LLVM IR) / NAME.s (assembly); "
+                           "cuda: print the CUDA source")
     comp.set_defaults(func=_cmd_compile)
 
     bench = sub.add_parser("bench", help="latency of unfused vs fused vs onnxruntime")

@@ -6,6 +6,22 @@ import numpy as np
 from .ir import Graph, run_graph
 
 
+def target_params(native_only: bool = False) -> list:
+    """pytest params of every target; one that cannot run on this machine (target cuda without
+    a GPU) is a skip that says why."""
+    import pytest
+
+    from .backends import BACKENDS
+
+    params = []
+    for name, spec in BACKENDS.items():
+        if native_only and not spec.native:
+            continue
+        why = spec.missing()
+        params.append(pytest.param(name, marks=pytest.mark.skip(reason=why)) if why else name)
+    return params
+
+
 def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs for every graph input: standard normal floats, small non-negative ints."""
     rng = np.random.default_rng(seed)

@@ -223,21 +223,35 @@ class Schedule:
         self._const_extent(self.loop(name), "unroll")
         self._set_kind(name, "unrolled")
 
-    def parallel(self, name: str) -> None:
+    def check_parallel(self, name: str, what: str = "parallel") -> None:
+        """Raise ScheduleError unless loop ``name`` may run its iterations in parallel."""
         path = self._loop_path(name)
         loop = path[-1]
         bad = _stores_independent_of(loop.body, name)
         if bad:
-            raise ScheduleError(f"parallel '{name}': it is a reduction loop (stores to "
+            raise ScheduleError(f"{what} '{name}': it is a reduction loop (stores to "
                                 f"{sorted(set(bad))} do not depend on it)")
         inner = [s for s in walk_stmts(loop.body) if isinstance(s, For) and s.kind == "parallel"]
         outer = [s for s in path[:-1] if isinstance(s, For)
                  and s.kind in ("parallel", "vectorized")]
         for s in inner + outer:
             if s is not loop:
-                raise ScheduleError(f"parallel '{name}': nested with {s.kind} loop "
+                raise ScheduleError(f"{what} '{name}': nested with {s.kind} loop "
                                     f"'{s.var.name}'")
+
+    def parallel(self, name: str) -> None:
+        self.check_parallel(name)
         self._set_kind(name, "parallel")
+
+    def bind(self, name: str, kind: str) -> None:
+        """Bind loop ``name`` to the GPU grid ("gpu_block") or a block's threads ("gpu_thread");
+        same legality as parallel."""
+        if kind not in ("gpu_block", "gpu_thread"):
+            raise ScheduleError(f"bind '{name}': kind must be gpu_block or gpu_thread, "
+                                f"got {kind!r}")
+        self._const_extent(self.loop(name), f"bind {kind}")
+        self.check_parallel(name, f"bind {kind}")
+        self._set_kind(name, kind)
 
     def compute_at(self, producer: str, name: str) -> None:
         from .compute_at import compute_at

@@ -23,9 +23,9 @@ import pytest
 from onnx import numpy_helper
 
 import cnncc
-from cnncc.backends import BACKENDS
+from cnncc.testing import target_params
 
-TARGETS = list(BACKENDS)
+TARGETS = target_params()
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import cnncc
-from cnncc.backends import BACKENDS
+from cnncc.testing import target_params
 from cnncc.dsl import zoo
 from cnncc.ir import InputError
 
-TARGETS = list(BACKENDS)
-NATIVE = [t for t, spec in BACKENDS.items() if spec.native]
+TARGETS = target_params()
+NATIVE = target_params(native_only=True)
 
 
 @pytest.fixture(scope="module")

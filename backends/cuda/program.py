@@ -8,12 +8,16 @@ to storage: ("input", i) / ("output", j) (the caller's device pointers), ("const
 into the weights blob, ("arena", byte offset) into the scratch arena. The host entry points:
 
     int NAME_init(const unsigned char *weights);   // device copy of the blob + the arena
-    int NAME_run(const float *const *inputs, float *const *outputs);   // device pointers
+    int NAME_run(const float *const *inputs, float *const *outputs);
     void NAME_release(void);
 
-NAME_run launches every kernel in order on one stream, synchronizes, and returns the first CUDA
-error (0 on success); NAME_init must have succeeded before. Inputs / outputs of other element
-types are passed through the same pointer arrays and cast.
+With ``input_bytes`` / ``output_bytes`` given (what models use), NAME_run takes HOST pointers:
+NAME_init also allocates device buffers for the inputs and outputs, and NAME_run copies the inputs
+up, launches every kernel in order on one stream, copies the outputs back and synchronizes.
+Without them, the pointers are device pointers used in place (for callers that manage device
+memory). NAME_run returns the first CUDA error (0 on success); NAME_init must have succeeded
+before. Inputs / outputs of other element types pass through the same pointer arrays and are
+cast.
 """
 from __future__ import annotations
 
@@ -59,23 +63,39 @@ def _check(name: str, kernels: dict, calls: list, n_in: int, n_out: int, wbytes:
 
 
 def render_program(name: str, kernels: list, calls: list, n_inputs: int, n_outputs: int,
-                   weights_bytes: int, arena_bytes: int) -> CudaModule:
+                   weights_bytes: int, arena_bytes: int, input_bytes: list | None = None,
+                   output_bytes: list | None = None) -> CudaModule:
     """Kernels + launchers (render_module) followed by NAME_init / NAME_run / NAME_release."""
     by_name = {k.name: k for k in kernels}
     _check(name, by_name, calls, n_inputs, n_outputs, weights_bytes, arena_bytes)
+    host = input_bytes is not None or output_bytes is not None
+    if host and (len(input_bytes or ()) != n_inputs or len(output_bytes or ()) != n_outputs):
+        raise CompileError(f"cuda program {name}: need the byte size of each of the {n_inputs} "
+                           f"inputs and {n_outputs} outputs")
     mod = render_module(kernels, name)
     ck = {k.name: k for k in mod.kernels}
+    staged = [("in", i, n) for i, n in enumerate(input_bytes or ())] + \
+        [("out", j, n) for j, n in enumerate(output_bytes or ())]
     lines = [
         f"// Program {name}: {len(calls)} launches, {weights_bytes} bytes of weights, "
         f"{arena_bytes} bytes of arena.",
         f"static unsigned char *{name}_weights = nullptr;",
         f"static unsigned char *{name}_arena = nullptr;",
+    ]
+    if host:
+        lines += [f"static unsigned char *{name}_in[{max(n_inputs, 1)}];",
+                  f"static unsigned char *{name}_out[{max(n_outputs, 1)}];"]
+    lines += [
         "",
         f'extern "C" void {name}_release(void) {{',
         f"  cudaFree({name}_weights);",
         f"  cudaFree({name}_arena);",
         f"  {name}_weights = nullptr;",
         f"  {name}_arena = nullptr;",
+    ]
+    for kind, i, _ in staged:
+        lines += [f"  cudaFree({name}_{kind}[{i}]);", f"  {name}_{kind}[{i}] = nullptr;"]
+    lines += [
         "}",
         "",
         f'extern "C" int {name}_init(const unsigned char *weights) {{',
@@ -85,6 +105,11 @@ def render_program(name: str, kernels: list, calls: list, n_inputs: int, n_outpu
         f"cudaSuccess) return (int)err;",
         f"  if ((err = cudaMalloc((void **)&{name}_arena, {max(arena_bytes, 1)})) != "
         f"cudaSuccess) return (int)err;",
+    ]
+    for kind, i, nbytes in staged:
+        lines.append(f"  if ((err = cudaMalloc((void **)&{name}_{kind}[{i}], {max(nbytes, 1)})) "
+                     f"!= cudaSuccess) return (int)err;")
+    lines += [
         f"  return (int)cudaMemcpy({name}_weights, weights, {weights_bytes}, "
         f"cudaMemcpyHostToDevice);",
         "}",
@@ -94,17 +119,26 @@ def render_program(name: str, kernels: list, calls: list, n_inputs: int, n_outpu
         "  cudaStream_t stream = 0;",
         "  int err;",
     ]
+    for kind, i, nbytes in staged:
+        if kind == "in":
+            lines.append(f"  if ((err = (int)cudaMemcpyAsync({name}_in[{i}], inputs[{i}], "
+                         f"{nbytes}, cudaMemcpyHostToDevice, stream)) != 0) return err;")
     for call in calls:
         k = by_name[call.kernel]
         args = []
         for b, ro, (kind, where) in zip(k.params, ck[call.kernel].readonly, call.args):
             t = f"{'const ' if ro else ''}{c_type(b.dtype)} *"
-            src = {"input": f"inputs[{where}]", "output": f"outputs[{where}]",
+            src = {"input": f"{name}_in[{where}]" if host else f"inputs[{where}]",
+                   "output": f"{name}_out[{where}]" if host else f"outputs[{where}]",
                    "const": f"({name}_weights + {where})",
                    "arena": f"({name}_arena + {where})"}[kind]
             args.append(f"({t}){src}")
         lines.append(f"  if ((err = {call.kernel}_launch({', '.join(args)}, stream)) != 0) "
                      f"return err;")
+    for kind, j, nbytes in staged:
+        if kind == "out":
+            lines.append(f"  if ((err = (int)cudaMemcpyAsync(outputs[{j}], {name}_out[{j}], "
+                         f"{nbytes}, cudaMemcpyDeviceToHost, stream)) != 0) return err;")
     lines += ["  return (int)cudaStreamSynchronize(stream);", "}", ""]
     return CudaModule(name, mod.kernels, mod.source + "\n" + "\n".join(lines))
 

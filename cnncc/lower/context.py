@@ -25,10 +25,11 @@ class Lowered:
 class LowerCtx:
     """Per-program lowering state: storage bindings, constants, temps, kernels in order."""
 
-    def __init__(self, graph: Graph, lanes: int, threads: int):
+    def __init__(self, graph: Graph, lanes: int, threads: int, gpu: bool = False):
         self.graph = graph
         self.lanes = lanes
         self.threads = threads
+        self.gpu = gpu                  # GPU schedules (gpu_schedule.py, gpu_conv.py ...)
         self.consts: list[np.ndarray] = []
         self.binding: dict[int, tuple] = {}        # id(Buffer) -> storage
         self.kernels: list[tuple[Kernel, int]] = []  # (kernel, index of the node it belongs to)
@@ -95,7 +96,7 @@ def op_context(graph: Graph, node: Node) -> OpContext:
 
 def unsupported(node: Node, why: str = "") -> CompileError:
     extra = f" ({why})" if why else ""
-    return CompileError(f"op {node.op} not supported on target llvm{extra}", node.name)
+    return CompileError(f"op {node.op} not supported on the native targets{extra}", node.name)
 
 
 def const_input(graph: Graph, node: Node, i: int, what: str) -> Any:

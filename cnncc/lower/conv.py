@@ -21,7 +21,7 @@ from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv_pointwise import is_pointwise, pointwise
-from .cpu_schedule import PARALLEL_MIN_WORK
+from .cpu_schedule import PARALLEL_MIN_WORK, parallel_outer as _parallel_outer
 
 Act = Callable[[Expr], Expr] | None
 
@@ -75,7 +75,7 @@ def padded_input(ctx: LowerCtx, node: Node, x: str, begin: list, end: list,
         if ext >= ctx.lanes:
             sch.vectorize(sch.split(name, ctx.lanes, mode="tail")[1])
     work = int(np.prod(pshape))
-    ctx.emit(_parallel_outer(sch.kernel, ["n", "c"] + [r.name for r in rows], ctx.threads, work))
+    ctx.emit(_parallel_outer(sch.kernel, ["n", "c"] + [r.name for r in rows], ctx, work))
     return xp
 
 
@@ -222,18 +222,7 @@ def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out) -> None:
     body = For(n, oshape[0], For(gv, groups, For(ob, ocb, For(pb, full + (rest > 0), inner))))
     k = Kernel(node.name, [ybuf, xflat, wbuf, bbuf, obuf], body)
     work = int(np.prod(oshape)) * taps
-    ctx.emit(_parallel_outer(k, ["n", "g", "ob", "pb"], ctx.threads, work))
-
-
-def _parallel_outer(k: Kernel, names: list[str], threads: int, work: int) -> Kernel:
-    if threads <= 1 or work < PARALLEL_MIN_WORK:
-        return k
-    s = Schedule(k)
-    fused = names[0]
-    for nxt in names[1:]:
-        fused = s.fuse(fused, nxt)
-    s.parallel(fused)
-    return s.kernel
+    ctx.emit(_parallel_outer(k, ["n", "g", "ob", "pb"], ctx, work))
 
 
 def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1) -> None:
@@ -277,4 +266,4 @@ def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1) -> 
     body = For(n, oshape[0], For(c, oshape[1], body))
     k = Kernel(node.name, [ybuf, xp, wbuf, bbuf], body)
     work = int(np.prod(oshape)) * int(np.prod(ks))
-    ctx.emit(_parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx.threads, work))
+    ctx.emit(_parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx, work))

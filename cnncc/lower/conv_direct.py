@@ -48,4 +48,4 @@ def direct_conv(ctx: LowerCtx, name: str, xp: Buffer, weight: Weight, wbufs: lis
     params = [yb, xp] + wbufs + ([bias] if bias is not None else [])
     k = Kernel(name, params, loop_nest(dims, body))
     work = int(np.prod(oshape)) * icg * int(np.prod(kernel))
-    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, work))
+    ctx.emit(schedule_map(k, ctx, work))

@@ -75,4 +75,4 @@ def pointwise(ctx: LowerCtx, node, x: str, wv: np.ndarray, bias: np.ndarray, gro
     body = For(n, xs[0], For(gv, groups, For(c, cb, For(p, pfull + (prest > 0), body))))
     k = Kernel(node.name, [yb, xb, wbuf, bbuf], body)
     work = xs[0] * oc * npix * icg
-    ctx.emit(_parallel_outer(k, ["n", "g", "cb", "pb"], ctx.threads, work))
+    ctx.emit(_parallel_outer(k, ["n", "g", "cb", "pb"], ctx, work))

@@ -39,7 +39,7 @@ def lower_conv_transpose(ctx: LowerCtx, node: Node, act=None, out: str | None = 
     ctx.binding[id(flat)] = ctx.binding[id(v)]
     fill = Kernel(f"{node.name}_zero", [flat], loop_nest(
         [("f", flat.shape[0])], lambda f: Store(flat, (f,), Const(0.0, F32))))
-    ctx.emit(schedule_map(fill, ctx.lanes, ctx.threads, flat.shape[0]))
+    ctx.emit(schedule_map(fill, ctx, flat.shape[0]))
     xb = ctx.value(x, bname="x")
     shift = [r - bg for r, bg in zip(reach, begin)]
     iv = [Var(f"s{d}") for d in range(nd)]

@@ -1,9 +1,17 @@
-"""CPU schedules shared by lowering rules: vectorize the innermost loop, parallelize the outer."""
+"""Schedules shared by lowering rules: which loops of a kernel may run in parallel.
+
+Rules state the parallel loops once; the target decides what that means. On a CPU the innermost
+loop is vectorized and the outer ones fused into one OpenMP-parallel loop (when the kernel is big
+enough to pay for a fork/join); on a GPU (``ctx.gpu``) the parallel loops become the grid (see
+gpu_schedule.py), every kernel whatever its size.
+"""
 from __future__ import annotations
 
 from cnncc.ir.affine import const_value
 from cnncc.ir.loop import For, Kernel
 from cnncc.ir.schedule import Schedule
+
+from .gpu_schedule import gpu_map
 
 # Below this many elements a kernel runs on one thread: a GOMP fork/join costs a few us.
 PARALLEL_MIN_WORK = 1 << 15
@@ -18,11 +26,13 @@ def band(kernel: Kernel) -> list[str]:
     return names
 
 
-def schedule_map(kernel: Kernel, lanes: int, threads: int, work: int,
-                 vector_loop: str | None = None) -> Kernel:
+def schedule_map(kernel: Kernel, ctx, work: int, vector_loop: str | None = None) -> Kernel:
     """Elementwise-style schedule of a perfect nest: the innermost loop (or ``vector_loop``)
     split by the vector width with a scalar tail and vectorized, the loops outside it fused
-    into one parallel loop when the kernel is big enough."""
+    into one parallel loop when the kernel is big enough. GPU: the whole band is the grid."""
+    if ctx.gpu:
+        return gpu_map(kernel, band(kernel))
+    lanes, threads = ctx.lanes, ctx.threads
     s = Schedule(kernel)
     loops = band(kernel)
     if not loops:
@@ -41,4 +51,19 @@ def schedule_map(kernel: Kernel, lanes: int, threads: int, work: int,
         for nxt in outer_loops[1:]:
             fused = s.fuse(fused, nxt)
         s.parallel(fused)
+    return s.kernel
+
+
+def parallel_outer(k: Kernel, names: list[str], ctx, work: int) -> Kernel:
+    """The loops ``names`` (a perfectly nested band, outer first) fused and run in parallel:
+    OpenMP threads on a CPU when ``work`` pays for it, the grid on a GPU."""
+    if ctx.gpu:
+        return gpu_map(k, names)
+    if ctx.threads <= 1 or work < PARALLEL_MIN_WORK:
+        return k
+    s = Schedule(k)
+    fused = names[0]
+    for nxt in names[1:]:
+        fused = s.fuse(fused, nxt)
+    s.parallel(fused)
     return s.kernel

@@ -93,4 +93,4 @@ def lower_deform_conv(ctx: LowerCtx, node: Node) -> None:
         body = For(ov[a], oshape[2 + a], body)
     k = Kernel(node.name, params, For(n, oshape[0], For(oc, oshape[1], body)))
     work = int(np.prod(oshape)) * cg * ktot * (2 ** nd) * 4
-    ctx.emit(_parallel_outer(k, ["n", "oc"], ctx.threads, work))
+    ctx.emit(_parallel_outer(k, ["n", "oc"], ctx, work))

@@ -164,7 +164,7 @@ def emit_map(ctx: LowerCtx, name: str, out: str, inputs: list[str],
 
     nest = loop_nest([(f"i{k}", d) for k, d in enumerate(oshape)], body)
     k = Kernel(name, [obuf] + ibufs, nest)
-    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, int(np.prod(oshape))))
+    ctx.emit(schedule_map(k, ctx, int(np.prod(oshape))))
 
 
 def lower_elementwise(ctx: LowerCtx, node: Node) -> None:

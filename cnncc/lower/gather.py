@@ -73,7 +73,7 @@ def lower_index_map(ctx: LowerCtx, node: Node) -> None:
         k = Kernel(f"{node.name}_{j}" if j else node.name, [yb, xb, tb], loop_nest(
             [("i", n)], lambda i: Store(yb, (i,), xb[Cast(DType.int64, tb[i])
                                                      if tb.dtype is not DType.int64 else tb[i]])))
-        ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, n))
+        ctx.emit(schedule_map(k, ctx, n))
 
 
 def _runtime_gather(ctx: LowerCtx, node: Node) -> None:
@@ -108,4 +108,4 @@ def _runtime_gather(ctx: LowerCtx, node: Node) -> None:
 
     dims = [(f"i{d}", s) for d, s in enumerate(osh)] or [("i0", 1)]
     k = Kernel(node.name, [yb, xb, ib], loop_nest(dims, body))
-    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, max(int(np.prod(osh)), 1)))
+    ctx.emit(schedule_map(k, ctx, max(int(np.prod(osh)), 1)))

@@ -48,4 +48,4 @@ def lower_gemm_runtime(ctx: LowerCtx, node: Node, act=None, out: str | None = No
                    Store(yb, (i, j), val))
 
     k = Kernel(node.name, params, loop_nest([("m", m), ("n", n)], body))
-    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, int(np.prod((m, n, k_dim)))))
+    ctx.emit(schedule_map(k, ctx, int(np.prod((m, n, k_dim)))))

@@ -33,7 +33,7 @@ def _normalize_rows(ctx: LowerCtx, name: str, xb: Buffer, yb: Buffer, rows: int,
                              + shift(i, j3)), "vectorized" if width >= ctx.lanes else "serial"))
     params = [yb, xb] + _extra_bufs(scale, shift) + [b for b in stats if b is not None]
     k = Kernel(name, params, For(i, rows, Allocate(acc, body)))
-    ctx.emit(_parallel_outer(k, ["i"], ctx.threads, rows * width * 4))
+    ctx.emit(_parallel_outer(k, ["i"], ctx, rows * width * 4))
 
 
 def _extra_bufs(*fns) -> list:
@@ -125,4 +125,4 @@ def lower_lrn(ctx: LowerCtx, node: Node) -> None:
             -at["beta"], F32)), F32))
 
     k = Kernel(node.name, [yb, xb], loop_nest([("n", n), ("c", c), ("p", hw)], body))
-    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, n * c * hw * size))
+    ctx.emit(schedule_map(k, ctx, n * c * hw * size))

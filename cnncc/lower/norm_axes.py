@@ -61,7 +61,7 @@ def _lower_axes(ctx: LowerCtx, node: Node, axes: list[int], passes) -> None:
     k = Kernel(node.name, [yb, xb], body)
     names = [kv[a].name for a in kept[:1]]
     work = int(np.prod(shape)) * 3
-    ctx.emit(_parallel_outer(k, names, ctx.threads, work) if names else k)
+    ctx.emit(_parallel_outer(k, names, ctx, work) if names else k)
 
 
 def lower_lp_norm(ctx: LowerCtx, node: Node) -> None:

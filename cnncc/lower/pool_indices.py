@@ -79,7 +79,7 @@ def lower_max_pool_scan(ctx: LowerCtx, node: Node) -> None:
     params = [yb, xb] + ([ib] if ib is not None else [])
     k = Kernel(node.name, params, body)
     work = int(np.prod(oshape)) * int(np.prod(win.kernel))
-    ctx.emit(_parallel_outer(k, ["n", "c"], ctx.threads, work))
+    ctx.emit(_parallel_outer(k, ["n", "c"], ctx, work))
 
 
 

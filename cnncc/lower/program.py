@@ -35,8 +35,10 @@ def _round(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def lower_graph(graph: Graph, lanes: int, threads: int, fuse: bool = True) -> Program:
-    """Lower every node of ``graph``; ``fuse`` applies activations in conv/gemm epilogues."""
+def lower_graph(graph: Graph, lanes: int, threads: int, fuse: bool = True,
+                gpu: bool = False) -> Program:
+    """Lower every node of ``graph``; ``fuse`` applies activations in conv/gemm epilogues;
+    ``gpu`` picks the GPU schedules (kernels whose parallel loops are the CUDA grid)."""
     g = graph.copy()
     from .rules import RULES
     known = set(g.params)          # values known at compile time (params + folded outputs)
@@ -50,9 +52,10 @@ def lower_graph(graph: Graph, lanes: int, threads: int, fuse: bool = True) -> Pr
     if missing:
         listed = ", ".join(f"{n.op} (node '{n.name}')" for n in missing[:20])
         more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        raise CompileError(f"op {missing[0].op} not supported on target llvm; unsupported: "
+        target = "cuda" if gpu else "llvm"
+        raise CompileError(f"op {missing[0].op} not supported on target {target}; unsupported: "
                            f"{listed}{more}", missing[0].name)
-    ctx = LowerCtx(g, lanes, threads)
+    ctx = LowerCtx(g, lanes, threads, gpu)
     alias: dict[str, str] = {}
     users = g.users()
     skip: set[int] = set()

@@ -68,7 +68,7 @@ def lower_reduce(ctx: LowerCtx, node: Node) -> None:
     if not kept:
         body = For(Var("one"), 1, body)
     k = Kernel(node.name, [yb, xb], body)
-    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, int(np.prod(shape))))
+    ctx.emit(schedule_map(k, ctx, int(np.prod(shape))))
 
 
 def _init(op: str, dt: DType) -> Const:
@@ -148,4 +148,4 @@ def lower_arg(ctx: LowerCtx, node: Node) -> None:
     body = Allocate(best, Allocate(arg, seq(scan, fin)))
     k = Kernel(node.name, [yb, xb], For(o, outer, For(i, inner, body)))
     from .conv import _parallel_outer
-    ctx.emit(_parallel_outer(k, ["o"], ctx.threads, outer * red * inner))
+    ctx.emit(_parallel_outer(k, ["o"], ctx, outer * red * inner))

@@ -80,7 +80,7 @@ def lower_resize(ctx: LowerCtx, node: Node) -> None:
 
         kern = Kernel(f"{node.name}_{a}", params, loop_nest(
             [("p", pre), ("o", n_out), ("q", post)], body))
-        ctx.emit(schedule_map(kern, ctx.lanes, ctx.threads, pre * n_out * post * taps,
+        ctx.emit(schedule_map(kern, ctx, pre * n_out * post * taps,
                               vector_loop="q" if post >= ctx.lanes else "o"))
         src = dst
 

@@ -8,6 +8,8 @@ from .conv import lower_conv
 from .conv_transpose import lower_conv_transpose
 from .norm import lower_instance_norm, lower_layer_norm, lower_lrn
 from .elementwise import BINARY_OPS, UNARY_OPS, activation_fn, lower_elementwise
+from .gpu_conv import lower_conv_gpu
+from .gpu_gemm import lower_gemm_gpu, lower_matmul_gpu
 from .gather import INDEX_MAP_OPS, lower_index_map
 from .reduce import REDUCE_OPS, lower_arg, lower_reduce
 from .promote import lower_promoted, needs_promotion
@@ -63,6 +65,14 @@ RULES["MeanVarianceNormalization"] = lower_mvn
 for _op in ("ArgMax", "ArgMin", "Hardmax"):
     RULES[_op] = lower_arg
 
+# GPU schedules that replace a rule above when lowering for CUDA (ctx.gpu); the other ops run
+# their generic lowering with the parallel loops bound to the grid (gpu_schedule.py).
+GPU_RULES: dict = {
+    "Conv": lower_conv_gpu,
+    "Gemm": lower_gemm_gpu,
+    "MatMul": lower_matmul_gpu,
+}
+
 # Ops evaluated at compile time when every input is a constant (shape arithmetic of exporters).
 CONST_OPS = ("Shape", "Size", "Constant", "ConstantOfShape", "Range", "Cast", "CastLike",
              "Concat", "Gather", "Unsqueeze", "Squeeze", "Reshape", "Slice", "Mul", "Add", "Sub",
@@ -77,7 +87,7 @@ def supported_ops() -> list[str]:
 
 
 def lower_node(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
-    rule = RULES.get(node.op)
+    rule = (GPU_RULES.get(node.op) if ctx.gpu else None) or RULES.get(node.op)
     if rule is lower_elementwise and node.op in BINARY_OPS and _is_int(ctx.graph, node):
         rule = lower_typed
     if rule is None:

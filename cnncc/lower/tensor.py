@@ -18,7 +18,7 @@ def emit_copy(ctx: LowerCtx, name: str, src: str, dst: str, output: int | None =
     if output is not None:
         ctx.binding[id(db)] = ("output", output)
     k = Kernel(name, [db, sb], loop_nest([("i", n)], lambda i: Store(db, (i,), sb[i])))
-    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, n))
+    ctx.emit(schedule_map(k, ctx, n))
 
 
 def lower_concat(ctx: LowerCtx, node: Node) -> None:
@@ -39,7 +39,7 @@ def lower_concat(ctx: LowerCtx, node: Node) -> None:
         yb = ctx.value(out, (outer, total), "y")
         kern = Kernel(f"{node.name}_{k}", [yb, xb], loop_nest(
             [("o", outer), ("j", n)], lambda o, j, off=off: Store(yb, (o, j + off), xb[o, j])))
-        ctx.emit(schedule_map(kern, ctx.lanes, ctx.threads, outer * n))
+        ctx.emit(schedule_map(kern, ctx, outer * n))
         off += n
 
 
@@ -59,7 +59,7 @@ def lower_transpose(ctx: LowerCtx, node: Node) -> None:
 
     k = Kernel(node.name, [yb, xb], loop_nest([(f"i{d}", s) for d, s in enumerate(oshape)],
                                              body))
-    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, int(np.prod(oshape))))
+    ctx.emit(schedule_map(k, ctx, int(np.prod(oshape))))
 
 
 def _in_range(e: Expr, n: int) -> Expr:
@@ -111,7 +111,7 @@ def lower_pad(ctx: LowerCtx, node: Node) -> None:
 
     k = Kernel(node.name, params, loop_nest([(f"i{d}", s) for d, s in enumerate(oshape)],
                                            body))
-    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, int(np.prod(oshape))))
+    ctx.emit(schedule_map(k, ctx, int(np.prod(oshape))))
 
 
 def lower_slice(ctx: LowerCtx, node: Node) -> None:
@@ -137,4 +137,4 @@ def lower_slice(ctx: LowerCtx, node: Node) -> None:
     k = Kernel(node.name, [yb, xb], loop_nest(
         [(f"i{d}", s) for d, s in enumerate(oshape)],
         lambda *vs: Store(yb, vs, xb[tuple(v * st + f for v, st, f in zip(vs, step, first))])))
-    ctx.emit(schedule_map(k, ctx.lanes, ctx.threads, int(np.prod(oshape))))
+    ctx.emit(schedule_map(k, ctx, int(np.prod(oshape))))

@@ -61,4 +61,4 @@ def lower_topk(ctx: LowerCtx, node: Node) -> None:
     if not inds:
         body = Allocate(ib, body)
     kern = Kernel(node.name, params, For(o, outer, For(i, inner, body)))
-    ctx.emit(_parallel_outer(kern, ["o"], ctx.threads, outer * inner * red * max(k, 1)))
+    ctx.emit(_parallel_outer(kern, ["o"], ctx, outer * inner * red * max(k, 1)))

@@ -1,0 +1,61 @@
+"""The real GPU side: is an NVIDIA GPU usable here, and nvcc builds of a runnable library.
+
+    n, why = gpu_count()                       # 0 and the reason when there is none
+    so = build_cuda_library(source, "sm_90")   # nvcc -shared, linked with the CUDA runtime
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from .build import BuildError, _key, _run, _workdir, find_nvcc
+
+
+def gpu_count() -> tuple[int, str]:
+    """(number of CUDA devices, why 0 when there are none) through the driver API."""
+    try:
+        drv = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0, "the NVIDIA driver library libcuda.so.1 is not installed"
+    err = drv.cuInit(0)
+    if err != 0:
+        return 0, f"cuInit failed with CUDA driver error {err}"
+    n = ctypes.c_int(0)
+    err = drv.cuDeviceGetCount(ctypes.byref(n))
+    if err != 0:
+        return 0, f"cuDeviceGetCount failed with CUDA driver error {err}"
+    return n.value, "" if n.value else "the driver reports no CUDA device"
+
+
+def device_arch() -> str | None:
+    """sm_XY of device 0 (None without a GPU)."""
+    if gpu_count()[0] == 0:
+        return None
+    drv = ctypes.CDLL("libcuda.so.1")
+    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    if drv.cuDeviceGet(ctypes.byref(dev), 0) != 0:
+        return None
+    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
+    drv.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)
+    drv.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)
+    return f"sm_{major.value}{minor.value}"
+
+
+def build_cuda_library(source: str, arch: str | None = None, workdir=None) -> Path:
+    """nvcc ``source`` into a shared library for ``arch`` (default: device 0's), cached by
+    content; warnings are errors, as in the compile checks."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise BuildError("nvcc not found (set CNNCC_NVCC or put nvcc on PATH)")
+    arch = arch or device_arch() or "sm_80"
+    d = _workdir(_key("nvcc-so", source, arch), workdir)
+    lib = d / "model.so"
+    if not lib.exists():
+        cu = d / "model.cu"
+        cu.write_text(source)
+        _run([nvcc, "-shared", "-Xcompiler", "-fPIC", "-O3", "-std=c++17", "-Werror",
+              "all-warnings", "-gencode", f"arch=compute_{arch[3:]},code={arch}",
+              "-o", str(lib) + ".tmp", str(cu), "-lcudart"], "nvcc")
+        os.replace(str(lib) + ".tmp", lib)
+    return lib

@@ -1,8 +1,9 @@
-"""The one debug knob family, read in one place: CNNCC_DUMP=passes,kernels,llvm,...
+"""The one debug knob family, read in one place: CNNCC_DUMP=passes,kernels,llvm,cuda,...
 
     CNNCC_DUMP=passes          print the graph after every pass
     CNNCC_DUMP=fold_batch_norm print the graph after that pass only (any pass name works)
     CNNCC_DUMP=kernels,llvm    loop nests / LLVM IR of the backends (read by them through here)
+    CNNCC_DUMP=cuda            CUDA C of the cuda targets
     CNNCC_DUMP=all             everything
 """
 from __future__ import annotations

@@ -6,7 +6,9 @@ printed at the end of the run, e.g. the ONNX node-test counts and exclusions.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +50,18 @@ def _private_compile_cache(tmp_path_factory):
         os.environ.pop("CNNCC_CACHE_DIR", None)
     else:
         os.environ["CNNCC_CACHE_DIR"] = old
+
+
+SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
+
+
+@pytest.fixture(scope="session")
+def shared_models(tmp_path_factory) -> Path:
+    """../shared/models with their weights filled in (fill_weights.py), in a temp folder."""
+    if not SHARED_MODELS.is_dir():
+        pytest.skip(f"{SHARED_MODELS} does not exist (the shared model folder beside the "
+                    "repository is optional; a fresh clone does not have it)")
+    out = tmp_path_factory.mktemp("shared_models")
+    subprocess.run([sys.executable, str(SHARED_MODELS / "fill_weights.py"), str(SHARED_MODELS),
+                    str(out)], check=True, capture_output=True)
+    return out

@@ -1,18 +1,24 @@
 """CUDA backend builds: generated .cu compiled by nvcc (sm_80 and sm_90, warnings as errors, no
 spills) and by g++ with cuda_emu.h, run against numpy and the loop IR interpreter, and run under
 ThreadSanitizer / AddressSanitizer (clean kernels stay clean; a removed __syncthreads() and an
-out-of-bounds access are reported)."""
+out-of-bounds access are reported). The emulation modes (fast fibers, ucontext fibers, pthreads)
+agree bit for bit and all report divergent barriers. ``python tests/test_cuda_emu.py MODES SIZE
+ROWS`` prints a timing comparison of the modes (see bench)."""
 import ctypes
 import re
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 import cuda_kernels as ck
 from cnncc.backends.cuda import CudaKernel, CudaModule, KernelCall, render_module, render_program
-from cnncc.backends.cuda.build import (SANITIZER_EXIT, BuildError, EmuLibrary,
-                                       build_emu_executable, build_emu_library, find_cxx,
-                                       find_nvcc, nvcc_check, run_emu_executable)
+from cnncc.backends.cuda.build import (EMU_MODES, SANITIZER_EXIT, BuildError, EmuLibrary,
+                                       _emu_cmd, build_emu_executable, build_emu_library,
+                                       find_cxx, find_nvcc, harness_source, nvcc_check,
+                                       run_emu_executable)
 from cnncc.ir.dtypes import DType
 from cnncc.ir.loop import Buffer, For, Kernel, Store, Var
 from cnncc.ir.loop_interp import run_kernel
@@ -197,6 +203,24 @@ extern "C" int divergent_launch(float *p, cudaStream_t stream) {
   CNNCC_LAUNCH(divergent, dim3(1), dim3(4), stream, p);
   return (int)cudaGetLastError();
 }
+extern "C" __global__ void divergent_last(float *p) {
+  if (threadIdx.x == 3) __syncthreads();   // only the last thread waits
+  p[threadIdx.x] = 1.0f;
+}
+extern "C" int divergent_last_launch(float *p, cudaStream_t stream) {
+  CNNCC_LAUNCH(divergent_last, dim3(1), dim3(4), stream, p);
+  return (int)cudaGetLastError();
+}
+extern "C" __global__ void divergent_later(float *p) {
+  p[threadIdx.x] = 1.0f;
+  __syncthreads();                         // uniform
+  if (threadIdx.x < 2) __syncthreads();    // half of the threads
+  p[threadIdx.x] = 2.0f;
+}
+extern "C" int divergent_later_launch(float *p, cudaStream_t stream) {
+  CNNCC_LAUNCH(divergent_later, dim3(1), dim3(4), stream, p);
+  return (int)cudaGetLastError();
+}
 extern "C" __global__ void ids(float *p) {
   unsigned t = ((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) *
                (blockDim.x * blockDim.y * blockDim.z) +
@@ -216,24 +240,140 @@ extern "C" int ids_launch(float *p, cudaStream_t stream) {
   cudaStreamDestroy(s);
   cudaFree(dev);
   CNNCC_LAUNCH(ids, dim3(1), dim3(2048), stream, p);   // too many threads per block
-  return cudaGetLastError() == cudaErrorInvalidConfiguration &&
-         cudaGetLastError() == cudaSuccess ? 0 : 102;
+  if (cudaGetLastError() != cudaErrorInvalidConfiguration || cudaGetLastError() != cudaSuccess)
+    return 102;
+  CNNCC_LAUNCH(ids, dim3(0), dim3(32), stream, p);     // empty grid
+  return cudaGetLastError() == cudaErrorInvalidConfiguration ? 0 : 103;
+}
+// Every block sees fresh (0xff-filled) shared arrays; thread t's 16 KiB local array lives across
+// barriers (fiber stacks); the shared rotation needs both barriers.
+extern "C" __global__ void blocks(float *p) {
+  CNNCC_SHARED(unsigned, fresh, 64);
+  CNNCC_SHARED(float, rot, 64);
+  float mine[4096];
+  const unsigned t = threadIdx.x;
+  const bool was_fresh = fresh[t] == 0xffffffffu;
+  for (unsigned i = 0; i < 4096; ++i) mine[i] = (float)(t * 7 + i % 5 + blockIdx.x);
+  __syncthreads();
+  fresh[t] = 7u;
+  rot[t] = mine[t % 4096];
+  __syncthreads();
+  float r = rot[(t + 1) % 64] + mine[4095];
+  __syncthreads();
+  p[blockIdx.x * 64 + t] = was_fresh ? r : -1.0f;
+}
+extern "C" int blocks_launch(float *p, cudaStream_t stream) {
+  CNNCC_LAUNCH(blocks, dim3(9), dim3(64), stream, p);
+  return (int)cudaGetLastError();
+}
+extern "C" int mode_launch(float *p, cudaStream_t stream) {
+  const char *m = cnncc_emu_mode();
+  p[0] = strcmp(m, "fibers") == 0 ? 1.0f : strcmp(m, "fibers-ucontext") == 0 ? 2.0f :
+         strcmp(m, "pthreads") == 0 ? 3.0f : 0.0f;
+  return 0;
 }
 """
+MODE_CODE = {"fast": 1.0, "ucontext": 2.0, "pthreads": 3.0}
+
+
+def _hand_module() -> CudaModule:
+    def kern(name, n):
+        return CudaKernel(name, [Buffer("p", DType.float32, (n,))], (False,), [], "", "")
+    return CudaModule("hand", [kern("divergent", 4), kern("divergent_last", 4),
+                               kern("divergent_later", 4), kern("ids", 120),
+                               kern("blocks", 9 * 64), kern("mode", 1)],
+                      "#include <string.h>\n" + HAND_WRITTEN)
+
+
+def _blocks_expected() -> np.ndarray:
+    b, t = np.meshgrid(np.arange(9), np.arange(64), indexing="ij")
+    t1 = (t + 1) % 64
+    return (t1 * 7 + t1 % 5 + b + t * 7 + 4095 % 5 + b).astype(np.float32).ravel()
+
+
+def _run_hand(exe, mod, name):
+    return run_emu_executable(exe, mod.kernel(name), {"p": np.zeros(mod.kernel(name).params[0]
+                                                                    .shape, np.float32)})
 
 
 @needs_cxx
-def test_emu_runtime_api_and_deadlock_report(tmp_path, monkeypatch):
-    def kern(name, n):
-        return CudaKernel(name, [Buffer("p", DType.float32, (n,))], (False,), [], "", "")
-    mod = CudaModule("hand", [kern("divergent", 4), kern("ids", 120)], HAND_WRITTEN)
-    exe = build_emu_executable(mod, None, workdir=tmp_path)
-    outs, proc = run_emu_executable(exe, mod.kernel("ids"), {"p": np.zeros(120, np.float32)})
-    assert proc.returncode == 0, proc.stderr
-    np.testing.assert_array_equal(outs["p"], np.arange(120, dtype=np.float32))
+@pytest.mark.parametrize("emulation", list(EMU_MODES))
+def test_emu_runtime_api_and_deadlock_report(tmp_path, monkeypatch, emulation):
+    mod = _hand_module()
+    exe = build_emu_executable(mod, None, workdir=tmp_path, emulation=emulation)
+    outs, proc = _run_hand(exe, mod, "mode")
+    assert proc.returncode == 0 and outs["p"][0] == MODE_CODE[emulation], proc.stderr
+    for workers in ("1", "3"):       # blocks on the launching thread alone / with helpers
+        monkeypatch.setenv("CNNCC_EMU_THREADS", workers)
+        outs, proc = _run_hand(exe, mod, "ids")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_array_equal(outs["p"], np.arange(120, dtype=np.float32))
+        outs, proc = _run_hand(exe, mod, "blocks")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_array_equal(outs["p"], _blocks_expected())
     monkeypatch.setenv("CNNCC_EMU_BARRIER_TIMEOUT", "1")
-    outs, proc = run_emu_executable(exe, mod.kernel("divergent"), {"p": np.zeros(4, np.float32)})
-    assert outs is None and "__syncthreads() deadlock: 1 of 4 threads arrived" in proc.stderr
+    for name, arrived, exited in (("divergent", 1, 3), ("divergent_last", 1, 3),
+                                  ("divergent_later", 2, 2)):
+        outs, proc = _run_hand(exe, mod, name)
+        msg = f"__syncthreads() deadlock: {arrived} of 4 threads arrived"
+        if emulation != "pthreads":      # found at once, with the threads that exited
+            msg += f", {exited} exited without it"
+        assert outs is None and msg in proc.stderr, (name, proc.stderr)
+
+
+@needs_cxx
+def test_sanitizer_builds_use_pthreads(tmp_path):
+    """-fsanitize implies the pthread emulation: from build.py and from the header itself."""
+    mod = _hand_module()
+    assert "-DCNNCC_EMU_PTHREADS" in _emu_cmd("g++", "address", "fast")
+    assert "-DCNNCC_EMU_PTHREADS" not in _emu_cmd("g++", None, "fast")
+    with pytest.raises(BuildError, match="unknown emulation mode"):
+        _emu_cmd("g++", None, "gpu")
+    exe = build_emu_executable(mod, "address", workdir=tmp_path, emulation="fast")
+    outs, proc = _run_hand(exe, mod, "mode")
+    assert proc.returncode == 0 and outs["p"][0] == MODE_CODE["pthreads"], proc.stderr
+    (tmp_path / "k.cu").write_text(mod.source)
+    (tmp_path / "h.cpp").write_text(harness_source(mod.kernels))
+    cmd = [c for c in _emu_cmd(find_cxx(), None) if c not in ("-O2",)]
+    subprocess.run(cmd + ["-O1", "-fsanitize=address", "-o", str(tmp_path / "asan"), "-x", "c++",
+                          str(tmp_path / "k.cu"), str(tmp_path / "h.cpp")], check=True)
+    outs, proc = _run_hand(tmp_path / "asan", mod, "mode")
+    assert proc.returncode == 0 and outs["p"][0] == MODE_CODE["pthreads"], proc.stderr
+
+
+def _mode_lib(source: str, emulation: str, workdir) -> EmuLibrary:
+    lib = EmuLibrary(build_emu_library(source, workdir=workdir, emulation=emulation))
+    lib.lib.cnncc_emu_mode.restype = ctypes.c_char_p
+    want = {"fast": b"fibers", "ucontext": b"fibers-ucontext", "pthreads": b"pthreads"}
+    assert lib.lib.cnncc_emu_mode() == want[emulation]
+    return lib
+
+
+@needs_cxx
+def test_emu_modes_agree(tmp_path_factory):
+    """Every kernel gives bit-identical results in the fast (fiber), ucontext and pthread
+    emulations, including multi-block barrier kernels spread over host workers."""
+    extra = {"bigmm": ck.tiled_matmul(m=70, n=90, k=50, tile=16),
+             "rows": ck.row_sum(rows=37, cols=1000, threads=128)}
+    kernels = [k for k, _, _ in CASES.values()]
+    kernels += [_renamed(k, name) for name, (k, _, _) in extra.items()]
+    cases = dict(CASES, **{name: (_renamed(k, name), i, e) for name, (k, i, e) in extra.items()})
+    mod = render_module(kernels, "modes")
+    results = {}
+    for emulation in EMU_MODES:
+        lib = _mode_lib(mod.source, emulation, tmp_path_factory.mktemp(emulation))
+        for name, (kernel, inputs, expected) in cases.items():
+            arrays = inputs(np.random.default_rng(8))
+            before = {n: a.copy() for n, a in arrays.items()}
+            lib.launch(mod.kernel(name), arrays)
+            if expected is not None:
+                for n, want in expected(before).items():
+                    _close(arrays[n], want, 1e-4)
+            results[emulation, name] = arrays
+    for (emulation, name), arrays in results.items():
+        for n, a in arrays.items():
+            np.testing.assert_array_equal(a, results["pthreads", name][n], err_msg=(emulation,
+                                                                                     name, n))
 
 
 def _program():
@@ -276,3 +416,28 @@ def test_nvcc_program(tmp_path):
     mod, _, _ = _program()
     usage = nvcc_check(mod.source, ("sm_80",), workdir=tmp_path)
     assert set(usage["sm_80"]) == {"ew", "scale"}
+
+
+def bench(modes: list, size: int, rows: int) -> None:
+    """Print launch times of tiled_matmul size^3 (tile 16, 2 barriers per k step) and of row_sum
+    rows x 300 (128 threads, 8 barriers per block) in each emulation mode (not a test:
+    ``python tests/test_cuda_emu.py fast,pthreads 512 4096``)."""
+    import tempfile
+    mm = ck.tiled_matmul(m=size, n=size, k=size, tile=16)
+    rs = ck.row_sum(rows=rows, cols=300, threads=128)
+    mod = render_module([mm[0], rs[0]], "bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        for emulation in modes:
+            lib = _mode_lib(mod.source, emulation, tmp)
+            for kernel, inputs, expected in (mm, rs):
+                arrays = inputs(np.random.default_rng(0))
+                t0 = time.perf_counter()
+                lib.launch(mod.kernel(kernel.name), arrays)
+                dt = time.perf_counter() - t0
+                for n, want in expected(arrays).items():
+                    _close(arrays[n], want, 1e-3)
+                print(f"{emulation:9s} {kernel.name:8s} {dt:9.3f} s", flush=True)
+
+
+if __name__ == "__main__":
+    bench(sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3]))

@@ -141,17 +141,6 @@ def test_light_model_random_weights(name, target):
     assert rel_err(out, ref) <= REL_TOL
 
 
-@pytest.fixture(scope="module")
-def shared_models(tmp_path_factory) -> Path:
-    if not SHARED_MODELS.is_dir():
-        pytest.skip(f"{SHARED_MODELS} does not exist (the shared model folder beside the "
-                    "repository is optional; a fresh clone does not have it)")
-    out = tmp_path_factory.mktemp("shared_models")
-    subprocess.run([sys.executable, str(SHARED_MODELS / "fill_weights.py"), str(SHARED_MODELS),
-                    str(out)], check=True, capture_output=True)
-    return out
-
-
 SHARED_NAMES = sorted(Path(p).name[: -len(".skel.onnx")]
                       for p in glob.glob(str(SHARED_MODELS / "*.skel.onnx"))) or ["(none)"]
 

@@ -32,7 +32,7 @@ from cnncc.ir import OP_TABLE, DType
 from cnncc.onnx_backend import CnnccBackend, CnnccBackendRep
 
 MIN_CASES = 1800
-ALL_TARGETS = ("reference", "llvm")
+ALL_TARGETS = ("reference", "llvm", "cuda-emu")
 TARGETS = tuple(t for t in ALL_TARGETS if os.environ.get("CNNCC_ONNX_TARGET", t) == t) \
     or (os.environ["CNNCC_ONNX_TARGET"],)
 
@@ -154,10 +154,12 @@ def _to_array(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def run_case(case, target: str) -> CnnccBackendRep:
-    """Run every data set of ``case`` on ``target`` and compare with ONNX's expected outputs."""
+def run_case(case, target: str, rep: CnnccBackendRep | None = None) -> CnnccBackendRep:
+    """Run every data set of ``case`` on ``target`` (with ``rep`` when already prepared) and
+    compare with ONNX's expected outputs."""
     rtol, atol = max(case.rtol, 1e-3), max(case.atol, 1e-5)
-    rep = CnnccBackend.prepare(case.model, device="CPU", target=target)
+    if rep is None:
+        rep = CnnccBackend.prepare(case.model, device="CPU", target=target)
     for inputs, expected in case.data_sets:
         got = rep.run([_to_array(x) for x in inputs])
         assert len(got) == len(expected), f"{len(got)} outputs, expected {len(expected)}"
@@ -214,9 +216,29 @@ def test_llvm_exclusions_are_current():
     assert not stale, f"LLVM_EXCLUDED patterns matching no included case: {stale}"
 
 
+@pytest.fixture(scope="module")
+def emu_reps() -> dict:
+    """Every cuda-emu case prepared up front and its programs built together, 40 per g++ run
+    (one build per case would take a g++ start and the emulation header each time)."""
+    from cnncc.backends.cuda.model import build_deferred, deferred_builds
+
+    reps = {}
+    with deferred_builds() as models:
+        for case, target in RUNS:
+            if target == "cuda-emu":
+                try:
+                    reps[case.name] = CnnccBackend.prepare(case.model, device="CPU",
+                                                           target=target)
+                except Exception:       # noqa: BLE001 - the case's own test reports it
+                    pass
+    build_deferred(models)
+    return reps
+
+
 @pytest.mark.parametrize("case,target", RUNS, ids=[f"{c.name}-{t}" for c, t in RUNS])
-def test_node(case, target):
-    run_case(case, target)
+def test_node(case, target, request):
+    rep = request.getfixturevalue("emu_reps").get(case.name) if target == "cuda-emu" else None
+    run_case(case, target, rep)
 
 
 def summary_lines() -> list[str]:

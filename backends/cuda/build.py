@@ -30,6 +30,15 @@ SANITIZE_FLAGS = {
     "thread": ["-O1", "-g", "-fsanitize=thread"],
     "address": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"],
 }
+# How cuda_emu.h runs a block's CUDA threads (its top comment has the details): "fast" = the
+# calling host threads, fibers for blocks that use __syncthreads() (x86-64 context switch);
+# "ucontext" = the same with swapcontext (the portable fallback); "pthreads" = one pthread per
+# CUDA thread (what sanitizer builds always use).
+EMU_MODES = {
+    "fast": [],
+    "ucontext": ["-DCNNCC_EMU_UCONTEXT"],
+    "pthreads": ["-DCNNCC_EMU_PTHREADS"],
+}
 # Exit codes the sanitizers use in run_emu_executable (to tell their reports from crashes).
 SANITIZER_EXIT = {"thread": 66, "address": 67}
 _WARN = ["-Wall", "-Wextra", "-Wno-unused-variable", "-Wno-unused-parameter",
@@ -136,26 +145,34 @@ def parse_resource_usage(text: str) -> dict:
     return out
 
 
-def _emu_cmd(cxx: str, sanitize: str | None) -> list:
+def _emu_cmd(cxx: str, sanitize: str | None, emulation: str = "fast") -> list:
+    """g++ command prefix for a cuda-emu build. Sanitizer builds always use the pthread mode of
+    cuda_emu.h (real threads: TSan sees races, ASan exact-size shared arrays)."""
     if sanitize not in SANITIZE_FLAGS:
         raise BuildError(f"unknown sanitizer {sanitize!r} (thread, address or None)")
-    return [cxx, "-std=c++20", "-pthread", *SANITIZE_FLAGS[sanitize], *_WARN,
+    if emulation not in EMU_MODES:
+        raise BuildError(f"unknown emulation mode {emulation!r} ({', '.join(EMU_MODES)})")
+    mode = EMU_MODES["pthreads" if sanitize else emulation]
+    return [cxx, "-std=c++20", "-pthread", *SANITIZE_FLAGS[sanitize], *mode, *_WARN,
             "-include", str(EMU_HEADER)]
 
 
-def build_emu_library(source: str, sanitize: str | None = None, workdir=None) -> Path:
-    """Compile ``source`` for the host as a shared library (cached by content)."""
+def build_emu_library(source: str, sanitize: str | None = None, workdir=None,
+                      emulation: str = "fast") -> Path:
+    """Compile ``source`` for the host as a shared library (cached by content). ``emulation``
+    picks how cuda_emu.h runs a block's threads (see EMU_MODES); sanitizers imply pthreads."""
     cxx = find_cxx()
     if cxx is None:
         raise BuildError("no C++ compiler (g++) found for the cuda-emu build")
+    cmd = _emu_cmd(cxx, sanitize, emulation)
     header = EMU_HEADER.read_text()
-    d = _workdir(_key("emu-so", source, header, str(sanitize)), workdir)
+    d = _workdir(_key("emu-so", source, header, *cmd[1:]), workdir)
     lib = d / "kernels.so"
     if not lib.exists():
         cu = d / "kernels.cu"
         cu.write_text(source)
-        _run(_emu_cmd(cxx, sanitize) + ["-fPIC", "-shared", "-o", str(lib) + ".tmp",
-                                        "-x", "c++", str(cu)], "g++ (cuda-emu)")
+        _run(cmd + ["-fPIC", "-shared", "-o", str(lib) + ".tmp", "-x", "c++", str(cu)],
+             "g++ (cuda-emu)")
         os.replace(str(lib) + ".tmp", lib)
     return lib
 
@@ -261,22 +278,24 @@ int main(int argc, char **argv) {{
 """
 
 
-def build_emu_executable(module, sanitize: str | None = None, workdir=None) -> Path:
+def build_emu_executable(module, sanitize: str | None = None, workdir=None,
+                         emulation: str = "fast") -> Path:
     """Compile ``module`` plus a harness for all its kernels (see harness_source) into an
-    executable; ``sanitize`` = "thread" | "address" | None."""
+    executable; ``sanitize`` = "thread" | "address" | None (a sanitizer implies the pthreads
+    emulation), ``emulation`` as for build_emu_library."""
     cxx = find_cxx()
     if cxx is None:
         raise BuildError("no C++ compiler (g++) found for the cuda-emu build")
+    cmd = _emu_cmd(cxx, sanitize, emulation)
     harness = harness_source(module.kernels)
     header = EMU_HEADER.read_text()
-    d = _workdir(_key("emu-exe", module.source, harness, header, str(sanitize)), workdir)
+    d = _workdir(_key("emu-exe", module.source, harness, header, *cmd[1:]), workdir)
     exe = d / "run"
     if not exe.exists():
         (d / "kernels.cu").write_text(module.source)
         (d / "harness.cpp").write_text(harness)
-        _run(_emu_cmd(cxx, sanitize) + ["-o", str(exe) + ".tmp", "-x", "c++",
-                                        str(d / "kernels.cu"), str(d / "harness.cpp")],
-             "g++ (cuda-emu)")
+        _run(cmd + ["-o", str(exe) + ".tmp", "-x", "c++", str(d / "kernels.cu"),
+                    str(d / "harness.cpp")], "g++ (cuda-emu)")
         os.replace(str(exe) + ".tmp", exe)
     return exe
 

@@ -18,12 +18,12 @@ C_TYPES = {
     DType.float32: "float", DType.float64: "double", DType.int8: "signed char",
     DType.int16: "short", DType.int32: "int", DType.int64: "long long",
     DType.uint8: "unsigned char", DType.uint16: "unsigned short", DType.uint32: "unsigned int",
-    DType.uint64: "unsigned long long", DType.bool: "bool",
+    DType.uint64: "unsigned long long", DType.bool: "bool", DType.float16: "__half",
 }
 
 _SUFFIX = {DType.float32: "f32", DType.float64: "f64", DType.int8: "i8", DType.int16: "i16",
            DType.int32: "i32", DType.int64: "i64", DType.uint8: "u8", DType.uint16: "u16",
-           DType.uint32: "u32", DType.uint64: "u64", DType.bool: "bool"}
+           DType.uint32: "u32", DType.uint64: "u64", DType.bool: "bool", DType.float16: "f16"}
 
 # C operator precedence (higher binds tighter); left-associative binary operators.
 _PREC = {"?:": 2, "||": 3, "&&": 4, "==": 8, "!=": 8, "<": 9, "<=": 9, ">": 9, ">=": 9,
@@ -37,6 +37,10 @@ _MATH_F32 = {"exp": "expf", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "er
 _MATH_F64 = {"exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh", "erf": "erf",
              "abs": "fabs", "floor": "floor", "ceil": "ceil", "round": "rint",
              "sin": "sin", "cos": "cos"}
+# The rest of the C math library, same names on the device (f suffix for float).
+for _fn in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "pow",
+            "fmod"):
+    _MATH_F32[_fn], _MATH_F64[_fn] = f"{_fn}f", _fn
 
 _INT_MIN_I32, _INT_MAX_I32 = -(2 ** 31), 2 ** 31 - 1
 
@@ -62,7 +66,7 @@ def _fold_int(op: str, a: int, b: int) -> int | None:
 
 
 def c_type(dtype: DType) -> str:
-    """The C type spelling of a loop IR element type (float16 is not supported)."""
+    """The C type spelling of a loop IR element type (float16: cuda_fp16.h's __half)."""
     if dtype not in C_TYPES:
         raise CompileError(f"cuda backend: element type {dtype.value} is not supported")
     return C_TYPES[dtype]
@@ -82,6 +86,11 @@ def helper_text(name: str) -> str:
         body = [f"{t} q = a / b;", "return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;"]
     elif kind == "mod":
         body = [f"{t} r = a % b;", "return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;"]
+    elif kind == "fmod":
+        # Integer fmod = C %, made total as in the loop IR (x % 0 = 0) and without the
+        # INT_MIN % -1 trap of x86 (x % -1 = 0).
+        zero = "b == 0" if dtype.value.startswith("u") else "b == 0 || b == -1"
+        body = [f"return ({zero}) ? 0 : a % b;"]
     elif kind == "sigmoid":
         one, exp = ("1.0f", "expf") if dtype is DType.float32 else ("1.0", "exp")
         return "\n".join([f"{head}({t} x) {{", f"  return {one} / ({one} + {exp}(-x));", "}"])
@@ -173,6 +182,8 @@ class ExprRenderer:
         if isinstance(e, Cast):
             if e.dtype == e.a.dtype:
                 return self.render(e.a)
+            if DType.float16 in (e.dtype, e.a.dtype):
+                return self._half_cast(e), _PREC["primary"]
             return f"({self.ctype(e.dtype)}){self._wrap(e.a, _PREC['unary'])}", _PREC["unary"]
         if isinstance(e, Call):
             return self._call(e), _PREC["primary"]
@@ -180,16 +191,38 @@ class ExprRenderer:
             return self.access(e.buf, e.indices), _PREC["primary"]
         raise self.error(f"unknown expression {type(e).__name__}")
 
+    def _half_cast(self, e: Cast) -> str:
+        """Casts to and from float16 through the cuda_fp16.h conversions (rounded once: a
+        double goes to half directly, an integer through float, which holds every integer
+        that a half can hold)."""
+        arg = self(e.a)
+        if e.dtype is DType.float16:
+            if e.a.dtype is DType.float64:
+                return f"__double2half({arg})"
+            if e.a.dtype is DType.float32:
+                return f"__float2half_rn({arg})"
+            return f"__float2half_rn((float)({arg}))"
+        wide = f"__half2float({arg})"
+        return wide if e.dtype is DType.float32 else f"({self.ctype(e.dtype)}){wide}"
+
     def _wrap(self, e: Expr, need: int) -> str:
         text, prec = self.render(e)
         return text if prec >= need else f"({text})"
 
     def _infix(self, op: str, a: Expr, b: Expr) -> tuple[str, int]:
         p = _PREC[op]
-        return f"{self._wrap(a, p)} {op} {self._wrap(b, p + 1)}", p
+        # An && operand of || is parenthesized although C does not need it: compilers warn
+        # (-Wparentheses), and warnings are errors in the builds.
+        left = _PREC["&&"] + 1 if op == "||" else p
+        if p in (_PREC["=="], _PREC["<"]):   # a comparison of comparisons: also parenthesized
+            left = _PREC["<"] + 1
+        return f"{self._wrap(a, left)} {op} {self._wrap(b, max(left, p + 1))}", p
 
     def _const(self, e: Const) -> tuple[str, int]:
         c_type(e.dtype)
+        if e.dtype is DType.float16:
+            value = float(np.float16(e.value))
+            return f"__float2half_rn({float_literal(value, DType.float32)})", _PREC["primary"]
         if e.dtype.is_float:
             text = float_literal(e.value, e.dtype)
         elif e.dtype is DType.bool:
@@ -249,6 +282,10 @@ class ExprRenderer:
             return f"{_MATH_F32[e.fn]}({args})"
         if e.dtype is DType.float64:
             return f"{_MATH_F64[e.fn]}({args})"
+        if e.fn == "fmod" and e.dtype.is_int and e.dtype in _SUFFIX:
+            name = f"cnncc_fmod_{_SUFFIX[e.dtype]}"
+            self.helpers.add(name)
+            return f"{name}({args})"
         if e.fn == "abs" and e.dtype in (DType.int32, DType.int64):
             return f"{'llabs' if self.ctype(e.dtype) == 'long long' else 'abs'}({args})"
         raise self.error(f"math function {e.fn} on {e.dtype.value} is not "

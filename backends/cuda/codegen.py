@@ -43,7 +43,8 @@ struct switch template this thread_local throw true try typedef typeid typename 
 using virtual void volatile wchar_t while and or not xor bitand bitor compl
 threadIdx blockIdx blockDim gridDim warpSize dim3 uint3 stream err main
 exp expf log logf sqrt sqrtf tanh tanhf erf erff fabs fabsf floor floorf ceil ceilf rint rintf
-sin sinf cos cosf abs llabs NAN INFINITY
+sin sinf cos cosf abs llabs NAN INFINITY tan tanf asin asinf acos acosf atan atanf sinh sinhf
+cosh coshf asinh asinhf acosh acoshf atanh atanhf pow powf fmod fmodf
 """.split())
 
 
@@ -217,8 +218,12 @@ def render_module(kernels: list, name: str = "module") -> CudaModule:
         rendered.append(render_kernel(k))
     helpers = sorted(set().union(*(k.helpers for k in rendered)))
     parts = [PRELUDE]
+    if any("__half" in k.device for k in rendered):
+        parts.append("#ifndef CNNCC_CUDA_EMU\n#include <cuda_fp16.h>\n#endif\n")
     if helpers:
-        parts.append("\n\n".join(helper_text(h) for h in helpers) + "\n")
+        # Guarded so that several programs can share one translation unit.
+        parts.append("\n\n".join(f"#ifndef {h.upper()}_DEFINED\n#define {h.upper()}_DEFINED\n"
+                                   f"{helper_text(h)}\n#endif" for h in helpers) + "\n")
     for k in rendered:
         parts.append(k.device)
         parts.append(k.launcher)

@@ -10,6 +10,7 @@ inference; see program.py for the host side.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ...ir import CompileError, Graph
+from ...ir.loop import Kernel
 from ...runtime import CompiledModel, signature
 from ...debug import dump, dump_enabled
 from .build import BuildError, build_emu_library, find_nvcc
@@ -52,12 +54,16 @@ def generate(graph: Graph, opt_level: int = 3, name: str | None = None) -> CudaP
     from ...lower.program import lower_graph
 
     prog = lower_graph(graph, lanes=1, threads=1, fuse=opt_level > 0, gpu=True)
-    kernels = [k for k, _ in prog.ctx.kernels]
-    calls = [KernelCall(k.name, tuple(prog.storage[id(b)] for b in k.params)) for k in kernels]
     ins, outs = signature(graph)
     if name is None:
-        digest = hashlib.sha256(str(graph).encode()).hexdigest()[:8]
+        digest = hashlib.sha256(f"{opt_level}\n{graph}".encode()).hexdigest()[:8]
         name = f"{c_name(graph.name)[:40]}_{digest}"
+    # Kernel symbols carry the program's name: programs linked (or emulated) together do not
+    # clash. The kernels keep their buffers, so the program's storage map still applies.
+    prog.ctx.kernels = [(Kernel(f"{name}_{k.name}", k.params, k.body), i)
+                        for k, i in prog.ctx.kernels]
+    kernels = [k for k, _ in prog.ctx.kernels]
+    calls = [KernelCall(k.name, tuple(prog.storage[id(b)] for b in k.params)) for k in kernels]
     module = render_program(name, kernels, calls, len(ins), len(outs), prog.weights.nbytes,
                             prog.arena_bytes, [t.nbytes for _, t in ins],
                             [t.nbytes for _, t in outs])
@@ -80,32 +86,89 @@ class CudaModel(CompiledModel):
         self.program = gen.program
         self.source = gen.module.source
         self.kernels = [k for k, _ in gen.program.ctx.kernels]
-        path = build_emu_library(self.source) if emulate else build_cuda_library(self.source)
+        self._lib = None
+        self._build_error: Exception | None = None
+        if emulate and _DEFERRED is not None:
+            _DEFERRED.append(self)          # built with others by build_deferred
+        else:
+            self._attach(build_emu_library(self.source) if emulate
+                         else build_cuda_library(self.source))
+
+    def _attach(self, path) -> None:
+        """Load the library holding this program (possibly with others) and run NAME_init."""
+        name = self.generated.name
         self.library_path = Path(path)
-        self._lib = ctypes.CDLL(str(path))
+        lib = ctypes.CDLL(str(path))
         self._lock = _LOCKS.setdefault(str(path), threading.Lock())
-        self._run = getattr(self._lib, f"{gen.name}_run")
+        self._run = getattr(lib, f"{name}_run")
         self._run.restype = ctypes.c_int
         self._run.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        init = getattr(self._lib, f"{gen.name}_init")
+        init = getattr(lib, f"{name}_init")
         init.restype = ctypes.c_int
         init.argtypes = [ctypes.c_void_p]
-        weights = np.ascontiguousarray(gen.program.weights)
+        weights = np.ascontiguousarray(self.program.weights)
         with self._lock:
             err = init(weights.ctypes.data)
         if err != 0:
-            raise CompileError(f"{self.target}: {gen.name}_init failed with CUDA error {err}")
+            raise CompileError(f"{self.target}: {name}_init failed with CUDA error {err}")
+        self._lib = lib
 
     def _execute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if self._lib is None:
+            if self._build_error is not None:
+                raise self._build_error
+            self._attach(build_emu_library(self.source))
         outs = [np.empty(shape, dt) for shape, dt in zip(self.output_shapes, self.output_dtypes)]
         in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
-        with self._lock:        # one arena per library: calls take turns
+        with self._lock:        # one arena per program: calls take turns
             err = self._run(in_ptrs, out_ptrs)
         if err != 0:
             raise RuntimeError(f"{self.target}: {self.generated.name}_run returned CUDA error "
                                f"{err}")
         return outs
+
+
+_DEFERRED: list | None = None
+
+
+@contextlib.contextmanager
+def deferred_builds():
+    """Inside this block cuda-emu models are generated but not built; ``build_deferred(list)``
+    then builds them several programs per g++ run (how the op sweeps stay fast). A model not
+    built that way builds itself at its first call."""
+    global _DEFERRED
+    previous, _DEFERRED = _DEFERRED, []
+    try:
+        yield _DEFERRED
+    finally:
+        _DEFERRED = previous
+
+
+def build_deferred(models: list, per_library: int = 40, jobs: int = 2) -> None:
+    """Build the programs of ``models`` together, ``per_library`` per translation unit, ``jobs``
+    g++ processes at once; a unit that fails is retried model by model so that the error lands
+    on the model that caused it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    models = [m for m in models if m._lib is None]
+    chunks = [models[i:i + per_library] for i in range(0, len(models), per_library)]
+
+    def build_chunk(chunk: list) -> None:
+        sources = {m.generated.name: m.source for m in chunk}
+        try:
+            path = build_emu_library("\n".join(sources.values()))
+            for m in chunk:
+                m._attach(path)
+        except CompileError:
+            for m in chunk:
+                try:
+                    m._attach(build_emu_library(m.source))
+                except CompileError as e:
+                    m._build_error = e
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(build_chunk, chunks))
 
 
 def _require_gpu() -> None:

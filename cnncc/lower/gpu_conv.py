@@ -1,22 +1,24 @@
 """GPU schedules of Conv (1D/2D/3D, groups, dilation, strides, asymmetric pads, fused
 activation).
 
-General convs are an implicit GEMM per group (gpu_gemm.tiled_product): for group g,
+General convs are an implicit GEMM per group (gpu_tiles.tiled_product): for group g,
 Y[n, g OCg + oc, p] = act(bias + sum_r W[g, oc, r] X[n, g ICg + ic(r), window(p, r)]) with
 rows = output channels, columns = q = n P + p (the batch folded into the output pixels, P per
 image) and the reduction r = (ic, kernel taps) flattened. Grid: (groups, OC tiles, pixel
-tiles) on blockIdx (z, y, x). The weights are packed at compile time as [G, K, OCp] (zero
-padded to whole tiles: their shared tile loads are unguarded and coalesced along the output
-channels); the input tile gathers its window elements straight from the unpadded input
-(consecutive threads -> consecutive output pixels -> consecutive input columns at stride 1),
-pads and tile edges read as 0 through clamped loads + select, so no padded copy of the input
-is made. Each thread keeps TM x TN outputs in registers; the epilogue adds the bias and applies
-the activation before the single store (consecutive threads: consecutive pixels of a row).
+tiles) on blockIdx (z, y, x); a single-group conv with few tiles and a long reduction (late
+ResNet layers at batch 1) splits r over blockIdx.z instead. The weights are packed at compile
+time as [G, K, OCp] (zero padded to whole tiles: their shared tile loads are unguarded and
+coalesced along the output channels); the input tile gathers its window elements straight from
+the unpadded input (consecutive threads -> consecutive output pixels -> consecutive input
+columns at stride 1); pads and tile edges read as 0 through clamped loads + select, so no
+padded copy of the input is made. Each thread keeps TM x TN outputs in registers; the epilogue
+adds the bias and applies the activation before the single store (consecutive threads:
+consecutive pixels of a row).
 
 Depthwise convs (one input and one output channel per group) have no reuse across output
 channels: one block per (image, channel, pixel tile), each thread R output pixels strided by
-the block size (coalesced), the window unrolled, weights read once per tap into a register,
-accumulators in registers, no shared memory.
+the block size (coalesced loads and stores), the window unrolled, one accumulator live at a
+time (registers), no shared memory.
 """
 from __future__ import annotations
 
@@ -25,13 +27,13 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, And, Buffer, Const, Expr, F32, For, If, Kernel, Let, Select,
-                           Stmt, Store, Var, seq)
+from cnncc.ir.loop import (Allocate, And, Buffer, Const, Expr, F32, For, If, Kernel, Select, Stmt,
+                           Store, Var, seq)
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context
 from .conv import lower_conv
-from .gpu_gemm import cdiv, choose_tiling, packed, tiled_product
+from .gpu_tiles import cdiv, packed, padded_k, plan, split_scratch, tiled_product
 from .gpu_schedule import block_threads
 
 Act = Callable[[Expr], Expr] | None
@@ -65,10 +67,20 @@ def _unflatten(q: Expr, dims: tuple) -> list:
     for d in reversed(range(len(dims))):
         if d == 0:
             coords.append(rest)
+        elif dims[d] == 1:
+            coords.append(Const(0))
         else:
             coords.append(rest % dims[d])
             rest = rest // dims[d]
     return coords[::-1]
+
+
+def _tap(o: Expr, stride: int, k: Expr, dil: int, begin: int) -> Expr:
+    """Input position o * stride + k * dil - begin (without the trivial terms)."""
+    e = o * stride if stride != 1 else o
+    if not (isinstance(k, Const) and k.value == 0):
+        e = e + (k * dil if dil != 1 else k)
+    return e - begin if begin else e
 
 
 def _window_load(xb: Buffer, lead: tuple, pos: list, sizes: tuple, low: list,
@@ -108,38 +120,43 @@ def _implicit_gemm(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.n
     osp = tuple(osh[2:])
     npix = int(np.prod(osp))
     nq = batch * npix
-    t = choose_tiling(ocg, nq, k, groups)
-    kp = cdiv(k, t.bk) * t.bk
+    t, splits = plan(ocg, nq, k, groups)
+    kp = padded_k(k, t, splits)
     ocp = cdiv(ocg, t.bm) * t.bm
     wg = wv.reshape(groups, ocg, k)
     wp = np.stack([packed(wg[i].T, kp, ocp) for i in range(groups)])
     bp = np.stack([packed(bias.reshape(groups, 1, ocg)[i], 1, ocp)[0] for i in range(groups)])
     wbuf, bbuf = ctx.const(wp, "w"), ctx.const(bp, "bias")
-    xb = ctx.value(x, bname="x")
-    yb = ctx.value(out, (batch, oc, npix), "y")
     st, dl = win.strides, win.dilations
     begin = [win.begin(d) for d in range(nd)]
+    # 1x1, stride 1, unpadded: output pixel p reads input pixel p (a plain matrix product).
+    flat = taps == 1 and all(s == 1 for s in st) and not any(win.pads)
+    xb = ctx.value(x, (batch, xs[1], npix) if flat else None, "x")
+    yb = ctx.value(out, (batch, oc, npix), "y")
     q_pad = nq % t.bn != 0
-    # Which window bounds can fail: a pad on that side, or the pixel tile's padded tail.
+    # Which window bounds can fail (a pad on that side); the pixel tile's padded tail is
+    # clamped to the last pixel and masked as a whole.
     low = [begin[d] > 0 for d in range(nd)]
-    high = [(osp[d] - 1) * st[d] + (ks[d] - 1) * dl[d] - begin[d] >= xs[2 + d] or q_pad
+    high = [(osp[d] - 1) * st[d] + (ks[d] - 1) * dl[d] - begin[d] >= xs[2 + d]
             for d in range(nd)]
 
     def load_a(zz, mi, ki):
         return wbuf[zz, ki, mi]
 
     def load_b(zz, qi, ki):
-        if batch > 1:
-            nb, p = qi // npix, qi % npix
-            nb = nb.min(batch - 1) if q_pad else nb
-        else:
-            nb, p = Const(0), qi
+        extra = ki < k if kp > k else None
+        if q_pad:
+            extra = qi < nq if extra is None else And(extra, qi < nq)
+            qi = qi.min(nq - 1)
+        nb, p = (qi // npix, qi % npix) if batch > 1 else (Const(0), qi)
         kc = _unflatten(ki, (icg,) + ks)
-        ic = kc[0].min(icg - 1) if k % t.bk else kc[0]
+        ic = kc[0].min(icg - 1) if kp > k else kc[0]
         o = _unflatten(p, osp)
-        pos = [o[d] * st[d] + kc[1 + d] * dl[d] - begin[d] for d in range(nd)]
+        pos = [_tap(o[d], st[d], kc[1 + d], dl[d], begin[d]) for d in range(nd)]
         chan = zz * icg + ic if groups > 1 else ic
-        extra = ki < k if k % t.bk else None
+        if flat:
+            v = xb[nb, chan, p]
+            return v if extra is None else Select(extra, v, Const(0.0, F32))
         return _window_load(xb, (nb, chan), pos, xs[2:], low, high, extra)
 
     def epilogue(zz, mi, qi, v):
@@ -149,8 +166,12 @@ def _implicit_gemm(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.n
         nb, p = (qi // npix, qi % npix) if batch > 1 else (Const(0), qi)
         return Store(yb, (nb, zz * ocg + mi if groups > 1 else mi, p), val)
 
-    ctx.emit(tiled_product(node.name, [yb, xb, wbuf, bbuf], t, ocg, nq, k, groups, load_a,
-                           False, load_b, False, epilogue))
+    params = [yb, xb, wbuf, bbuf]
+    part = split_scratch(ctx, splits, ocg, nq)      # only with groups = 1: z is the split
+    if part is not None:
+        params.append(part)
+    ctx.emit(tiled_product(node.name, params, t, ocg, nq, k, groups, load_a, False, load_b,
+                           False, epilogue, splits, part))
 
 
 def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarray, win,
@@ -173,25 +194,27 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
     begin = [win.begin(d) for d in range(nd)]
     tail = npix % tile != 0
     low = [begin[d] > 0 for d in range(nd)]
-    high = [(osp[d] - 1) * st[d] + (ks[d] - 1) * dl[d] - begin[d] >= xs[2 + d] or tail
-            for d in range(nd)]
+    # Pixels past the end (the last tile's tail) only overflow the first output coordinate.
+    high = [(osp[d] - 1) * st[d] + (ks[d] - 1) * dl[d] - begin[d] >= xs[2 + d]
+            or (tail and d == 0) for d in range(nd)]
     n, c, pb, tv = Var("n"), Var("c"), Var("pb"), Var("t")
     acc = Buffer("acc", F32, (reps,), "local")
     r0, r1, r2 = Var("r0"), Var("r1"), Var("r2")
     kv = [Var(f"k{d}") for d in range(nd)]
-    wt = Var("wt", F32)
     nn = n if batch > 1 else Const(0)
 
     def pix(r: Expr) -> Expr:
         return pb * tile + tv + r * nt
 
     o = _unflatten(pix(r1), osp)
-    pos = [o[d] * st[d] + kv[d] * dl[d] - begin[d] for d in range(nd)]
+    pos = [_tap(o[d], st[d], kv[d], dl[d], begin[d]) for d in range(nd)]
     xv = _window_load(xb, (nn, c), pos, xs[2:], low, high)
-    red: Stmt = Let(wt, wbuf[(c,) + tuple(kv)],
-                    For(r1, reps, Store(acc, (r1,), acc[r1] + xv * wt), "unrolled"))
+    # Pixel-outer order: one accumulator live at a time (the window's weights are the same
+    # for every pixel of the block: uniform loads, cached).
+    red: Stmt = Store(acc, (r1,), acc[r1] + xv * wbuf[(c,) + tuple(kv)])
     for d in reversed(range(nd)):
         red = For(kv[d], ks[d], red, "unrolled" if ks[d] <= 7 else "serial")
+    red = For(r1, reps, red, "unrolled")
     val = acc[r2] if act is None else act(acc[r2])
     st_: Stmt = Store(yb, (nn, c, pix(r2)), val)
     if tail:

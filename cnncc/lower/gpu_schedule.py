@@ -43,8 +43,8 @@ def gpu_map(kernel: Kernel, names: list[str]) -> Kernel:
         if legal and const_value(s.loop(name).extent) is None:
             break
         legal.append(name)
-    if not legal:
-        return kernel
+    if not legal or any(const_value(s.loop(n).extent) == 0 for n in legal):
+        return kernel           # nothing to map (or an empty tensor: the kernel does nothing)
     fused = legal[0]
     for nxt in legal[1:]:
         fused = s.fuse(fused, nxt)

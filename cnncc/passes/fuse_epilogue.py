@@ -1,0 +1,105 @@
+"""fuse_epilogue: a conv's residual Add and activation become its epilogue (one FusedConv).
+
+    Add(Conv(x, W, b), z) | Add(z, Conv(x, W, b))  ==>  FusedConv(x, W, b, z)
+    act(Conv(x, W, b))                             ==>  FusedConv(x, W, b; activation=act)
+    act(FusedConv(x, W, b, z?; no activation))     ==>  FusedConv(x, W, b, z?; activation=act)
+
+so Relu(Add(Conv(x, W, b), z)) ==> FusedConv(x, W, b, z; activation=Relu) in two steps, and the
+lowering adds z and applies act in registers before the conv's single store.
+
+act is one of ir/ops/fused.py ACTIVATIONS (Gelu only in its erf form; Clip only with constant
+bounds, an omitted bound becomes -inf / inf). Only when every fused intermediate has exactly
+one user and is not a graph output (the rewriter guarantees it), every value is float32 and z
+has exactly the conv output's shape (a broadcasting Add stays an Add). The fused node takes the
+place of the last node it replaces, so z (an input of that node) is computed before it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import DType, Graph, Node
+from ..ir.ops import OP_TABLE
+from ..ir.ops.fused import ACTIVATIONS
+from ..ir.ops.registry import resolve_attrs
+from ..ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
+
+
+def _float32(g: Graph, *values: str | None) -> bool:
+    return all(g.types[v].dtype is DType.float32 for v in values if v)
+
+
+def _conv_inputs(m: Match) -> list[str]:
+    conv = m.nodes["conv"]
+    return list(conv.inputs[:3]) + [""] * (3 - len(conv.inputs[:3]))
+
+
+def _emit(b: Builder, m: Match, inputs: list[str], attrs: dict) -> None:
+    while inputs and not inputs[-1]:
+        inputs.pop()
+    b.node("FusedConv", inputs, attrs, outputs=list(m.root.outputs), name=m.nodes["conv"].name)
+
+
+def _fuse_add(b: Builder, m: Match) -> bool:
+    g = b.graph
+    conv = m.nodes["conv"]
+    y, z = conv.outputs[0], m.values["z"]
+    if z == y or g.types[z] != g.types[y] or not _float32(g, y, *conv.inputs):
+        return False
+    _emit(b, m, _conv_inputs(m) + [z], dict(conv.attrs))
+    return True
+
+
+def _activation(g: Graph, act: Node, m: Match) -> tuple[str, list[float]] | None:
+    """(activation name, activation_params) of an activation node, or None if not fusable."""
+    attrs = resolve_attrs(OP_TABLE[act.op], act)
+    if act.op == "Gelu" and attrs["approximate"] != "none":
+        return None
+    if act.op == "Clip":
+        lo, hi = (m.param(g, k) for k in ("lo", "hi"))
+        return "Clip", [-np.inf if lo is None else float(lo.reshape(())),
+                        np.inf if hi is None else float(hi.reshape(()))]
+    return act.op, [float(attrs[k]) for k in ACTIVATIONS[act.op]]
+
+
+def _fuse_act(b: Builder, m: Match) -> bool:
+    g = b.graph
+    conv = m.nodes["conv"]
+    if conv.op == "FusedConv" and conv.attrs.get("activation", ""):
+        return False
+    if g.types[m.root.outputs[0]] != g.types[conv.outputs[0]] or \
+            not _float32(g, conv.outputs[0], *conv.inputs):
+        return False
+    act = _activation(g, m.root, m)
+    if act is None:
+        return False
+    attrs = dict(conv.attrs)
+    attrs["activation"], attrs["activation_params"] = act
+    inputs = _conv_inputs(m)
+    if conv.op == "FusedConv" and len(conv.inputs) > 3:
+        inputs.append(conv.inputs[3])
+    _emit(b, m, inputs, attrs)
+    return True
+
+
+def _conv() -> Op:
+    return Op("Conv", Any("x"), Any("w"), Opt(Any("b")), bind="conv")
+
+
+def _producer() -> Op:
+    """A Conv, or a FusedConv not yet carrying an activation (checked in _fuse_act)."""
+    return Op(("Conv", "FusedConv"), Any("x"), Any("w"), Opt(Any("b")), Opt(Any("z")),
+              bind="conv", exact=False)
+
+
+_UNARY = tuple(a for a in ACTIVATIONS if a != "Clip")
+
+RULES = [
+    Rule("conv_add", Op("Add", _conv(), Any("z")), _fuse_add),
+    Rule("add_conv", Op("Add", Any("z"), _conv()), _fuse_add),
+    Rule("conv_act", Op(_UNARY, _producer()), _fuse_act),
+    Rule("conv_clip", Op("Clip", _producer(), Opt(Param("lo")), Opt(Param("hi"))), _fuse_act),
+]
+
+
+def fuse_epilogue(graph: Graph, ctx=None) -> Graph:
+    return apply_rules(graph, RULES)

@@ -1,0 +1,96 @@
+"""FusedConv: a Conv with its residual Add and activation, made by the fuse_epilogue pass.
+
+    FusedConv(X, W, B?, Z?; conv attrs, activation, activation_params)
+        = activation(Conv(X, W, B) + Z)
+
+Z (optional) has exactly the conv output's shape and dtype. ``activation`` is "" (none) or one
+of ACTIVATIONS; ``activation_params`` holds that activation's parameters in the order of
+ACTIVATIONS[name] (Clip: min, max; LeakyRelu / Elu / Swish: alpha; HardSigmoid: alpha, beta),
+or is empty for the op's defaults. The reference is the composition of the Conv, Add and
+activation references of the op table.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import Node
+from ..types import TensorType
+from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference
+from .spatial import WINDOW_ATTRS
+
+# Activation -> the names of its parameters (attributes of the ONNX op; Clip: its min/max inputs).
+ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "Relu": (), "Clip": ("min", "max"), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
+    "HardSwish": (), "Sigmoid": (), "Tanh": (), "Swish": ("alpha",), "Gelu": (),
+    "Elu": ("alpha",), "Softplus": (), "Mish": (),
+}
+CONV_ATTRS = tuple(WINDOW_ATTRS) + ("group",)
+
+
+def conv_node(node: Node) -> Node:
+    """The plain Conv of a FusedConv node (same name: its errors name the fused node)."""
+    attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRS}
+    return Node("Conv", list(node.inputs[:3]), list(node.outputs), attrs, node.name)
+
+
+def activation_node(name: str, params: list[float], node_name: str = "") -> tuple[Node, list]:
+    """The activation as a node of its own op (input "x") and the extra inputs it takes
+    (Clip's bounds as float32 scalars; None = no bound); ``params`` empty = the defaults."""
+    if name == "Clip":
+        lo, hi = params if params else (-np.inf, np.inf)
+        bounds = [None if abs(v) == np.inf else np.array(v, np.float32) for v in (lo, hi)]
+        return Node("Clip", ["x", "lo", "hi"], ["y"], {}, node_name), bounds
+    attrs = dict(zip(ACTIVATIONS[name], params))
+    return Node(name, ["x"], ["y"], attrs, node_name), []
+
+
+def _check_activation(ctx: OpContext) -> None:
+    name, params = ctx["activation"], ctx["activation_params"]
+    if not name:
+        ctx.check(not params, f"activation_params {params} given without an activation")
+        return
+    ctx.check(name in ACTIVATIONS, f"unknown activation '{name}' (supported: "
+              f"{', '.join(sorted(ACTIVATIONS))})")
+    want = ACTIVATIONS[name]
+    ctx.check(len(params) in (0, len(want)),
+              f"activation {name} takes {len(want)} activation_params "
+              f"({', '.join(want) or 'none'}), got {len(params)}: {params}")
+    ctx.check(all(np.isfinite(p) or (name == "Clip" and np.isinf(p)) for p in params),
+              f"activation_params {params} must be finite numbers")
+
+
+def _infer_fused_conv(ctx: OpContext) -> list[TensorType]:
+    conv = conv_node(ctx.node)
+    (y,) = OP_TABLE["Conv"].infer(OpContext(conv, OP_TABLE["Conv"], ctx.types[:3],
+                                            ctx.consts[:3]))
+    ctx.check(y.dtype.is_float, f"FusedConv computes in float types, got {y.dtype}")
+    if ctx.has(3):
+        z = ctx.type(3)
+        ctx.check(z.dtype == y.dtype, f"residual Z is {z.dtype} but the conv output is "
+                  f"{y.dtype}")
+        ctx.check(z.shape == y.shape, f"residual Z has shape {list(z.shape)} but the conv "
+                  f"output has shape {list(y.shape)}; they must be equal (no broadcasting)")
+    _check_activation(ctx)
+    return [y]
+
+
+def _fused_conv_reference(ctx: OpContext, x: np.ndarray, w: np.ndarray,
+                          b: np.ndarray | None = None, z: np.ndarray | None = None) -> np.ndarray:
+    node = ctx.node
+    (y,) = run_reference(conv_node(node), [x, w, b])
+    if z is not None:
+        (y,) = run_reference(Node("Add", ["y", "z"], ["s"], {}, node.name), [y, z])
+    name = ctx["activation"]
+    if name:
+        act, extra = activation_node(name, ctx["activation_params"], node.name)
+        extra = [None if e is None else e.astype(y.dtype) for e in extra]
+        (y,) = run_reference(act, [y] + extra)
+    return y.astype(x.dtype)
+
+
+register(OpDef("FusedConv", infer=_infer_fused_conv, reference=_fused_conv_reference,
+               inputs=(2, 4),
+               attrs={**WINDOW_ATTRS, "group": Attr("int", 1), "activation": Attr("str", ""),
+                      "activation_params": Attr("floats", [])},
+               doc="activation(Conv(X, W, B) + Z): the conv epilogue fusion of fuse_epilogue "
+                   "(internal op)."))

@@ -1,7 +1,9 @@
 """Shared pytest hooks: test modules may print counts in the terminal summary.
 
 A test module that defines ``TERMINAL_SUMMARY`` (a function returning lines) gets those lines
-printed at the end of the run, e.g. the ONNX node-test counts and exclusions.
+printed at the end of the run, e.g. the ONNX node-test counts and exclusions. Under pytest-xdist
+(`-n 2`, the README's command) the controller imports the modules listed in SUMMARY_MODULES
+itself: the workers that ran them print nothing.
 """
 from __future__ import annotations
 
@@ -13,8 +15,19 @@ from pathlib import Path
 import pytest
 
 
+SUMMARY_MODULES = ("test_onnx_node",)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     seen = set()
+    if getattr(config.option, "numprocesses", None):
+        import importlib
+        here = Path(__file__).resolve().parent
+        for name in SUMMARY_MODULES:
+            path = here / f"{name}.py"
+            targets = [Path(str(a).split("::")[0]).resolve() for a in config.args] or [here]
+            if any(t == path or t in path.parents for t in targets):
+                importlib.import_module(name)
     for module in list(sys.modules.values()):
         summary = getattr(module, "TERMINAL_SUMMARY", None)
         name = getattr(module, "__name__", "")

@@ -192,6 +192,7 @@ NOT_COVERED_BY_NODE_CASES = {
                 "in Python (tests/test_ops_tensor.py)",
     "GlobalLpPool": "ONNX ships no node case for it; tests/test_ops_nn.py compares it with "
                     "onnxruntime",
+    "FusedConv": "internal op made by the fuse_epilogue pass; tests/test_fuse_epilogue.py",
 }
 
 
@@ -219,7 +220,7 @@ def test_llvm_exclusions_are_current():
 @pytest.fixture(scope="module")
 def emu_reps() -> dict:
     """Every cuda-emu case prepared up front and its programs built together, 40 per g++ run
-    (one build per case would take a g++ start and the emulation header each time)."""
+    at -O0 (one build per case would take a g++ start and the emulation header each time)."""
     from cnncc.backends.cuda.model import build_deferred, deferred_builds
 
     reps = {}
@@ -231,11 +232,17 @@ def emu_reps() -> dict:
                                                            target=target)
                 except Exception:       # noqa: BLE001 - the case's own test reports it
                     pass
-    build_deferred(models)
+    build_deferred(models, quick=True)
     return reps
 
 
-@pytest.mark.parametrize("case,target", RUNS, ids=[f"{c.name}-{t}" for c, t in RUNS])
+# Under pytest-xdist (--dist loadgroup) the cuda-emu cases stay on one worker: their programs
+# are built together there (emu_reps), not once per worker.
+PARAMS = [pytest.param(c, t, id=f"{c.name}-{t}", marks=[pytest.mark.xdist_group("cuda-emu")]
+                       if t == "cuda-emu" else []) for c, t in RUNS]
+
+
+@pytest.mark.parametrize("case,target", PARAMS)
 def test_node(case, target, request):
     rep = request.getfixturevalue("emu_reps").get(case.name) if target == "cuda-emu" else None
     run_case(case, target, rep)

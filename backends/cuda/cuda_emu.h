@@ -76,6 +76,13 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
 
+// float16: cuda_fp16.h's __half as the compiler's _Float16, with the conversions the generated
+// code uses (each rounds once, to nearest even, as on the GPU).
+typedef _Float16 __half;
+inline float __half2float(__half h) { return (float)h; }
+inline __half __float2half_rn(float f) { return (__half)f; }
+inline __half __double2half(double d) { return (__half)d; }
+
 struct uint3 {
   unsigned int x, y, z;
 };

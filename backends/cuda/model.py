@@ -145,10 +145,11 @@ def deferred_builds():
         _DEFERRED = previous
 
 
-def build_deferred(models: list, per_library: int = 40, jobs: int = 2) -> None:
+def build_deferred(models: list, per_library: int = 40, jobs: int = 2,
+                   quick: bool = False) -> None:
     """Build the programs of ``models`` together, ``per_library`` per translation unit, ``jobs``
-    g++ processes at once; a unit that fails is retried model by model so that the error lands
-    on the model that caused it."""
+    g++ processes at once (``quick``: unoptimized, faster to build); a unit that fails is
+    retried model by model so that the error lands on the model that caused it."""
     from concurrent.futures import ThreadPoolExecutor
 
     models = [m for m in models if m._lib is None]
@@ -157,13 +158,13 @@ def build_deferred(models: list, per_library: int = 40, jobs: int = 2) -> None:
     def build_chunk(chunk: list) -> None:
         sources = {m.generated.name: m.source for m in chunk}
         try:
-            path = build_emu_library("\n".join(sources.values()))
+            path = build_emu_library("\n".join(sources.values()), quick=quick)
             for m in chunk:
                 m._attach(path)
         except CompileError:
             for m in chunk:
                 try:
-                    m._attach(build_emu_library(m.source))
+                    m._attach(build_emu_library(m.source, quick=quick))
                 except CompileError as e:
                     m._build_error = e
 

@@ -1,10 +1,13 @@
-"""Conv (1D/2D/3D, groups, dilation, asymmetric pads) with an optional fused activation.
+"""Conv (1D/2D/3D, groups, dilation, asymmetric pads) with an optional fused epilogue: a
+residual (a value of the output's shape added before the activation) and an activation; the
+FusedConv op (ir/ops/fused.py) carries both.
 
 Schedule (CPU): the input is first copied into a zero-padded scratch buffer when the conv pads.
 General convs: weights packed once as [G, OCb, ICg, K..., VT] (VT = 1 or 2 vectors of output
 channels, zero-padded); each task computes R output pixels of a row x VT output channels in a
 local accumulator (R unrolled x VT vectorized: registers), broadcasting one input scalar per
-pixel into an FMA with a weight vector, then adds the bias, applies the activation and stores.
+pixel into an FMA with a weight vector, then adds the bias and the residual (loaded at the index
+of the store), applies the activation and stores.
 Depthwise convs (one input channel per group) are vectorized along the output row instead.
 """
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Node
+from cnncc.ir.ops.fused import activation_node, conv_node
 from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, Expr, F32, For, If, Kernel, Let,
                            Stmt, Store, Var, seq)
 from cnncc.ir.ops.spatial import resolve_window
@@ -22,6 +26,8 @@ from cnncc.ir.schedule import Schedule
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv_pointwise import is_pointwise, pointwise
 from .cpu_schedule import PARALLEL_MIN_WORK, parallel_outer as _parallel_outer
+# The expression table of the elementwise ops: the fused activation is the same math.
+from .elementwise import _unary_expr
 
 Act = Callable[[Expr], Expr] | None
 
@@ -94,14 +100,47 @@ def phases_for(stride: int) -> int:
     return stride if 1 < stride <= 4 else 1
 
 
-def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = None) -> None:
+def fused_parts(ctx: LowerCtx, node: Node) -> tuple[Node, Act, str | None]:
+    """(plain Conv node, activation expression, residual value or None) of a FusedConv."""
+    attrs = op_context(ctx.graph, node).attrs
+    name, params = attrs["activation"], attrs["activation_params"]
+    act: Act = None
+    if name == "Clip":
+        _, bounds = activation_node(name, params)
+
+        def clip(x: Expr) -> Expr:
+            for b, side in zip(bounds, ("max", "min")):    # max(lo) first, then min(hi)
+                if b is not None:
+                    x = getattr(x, side)(Const(float(b), F32))
+            return x
+        act = clip
+    elif name:
+        act = _unary_expr(name, activation_node(name, params)[0].attrs)
+        if act is None:
+            raise unsupported(node, f"activation {name} has no lowering")
+    residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+    return conv_node(node), act, residual
+
+
+def lower_fused_conv(ctx: LowerCtx, node: Node) -> None:
+    """FusedConv: the conv lowering with the residual and the activation in its epilogue."""
+    conv, act, residual = fused_parts(ctx, node)
+    lower_conv(ctx, conv, act, node.outputs[0], residual)
+
+
+def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = None,
+               residual: str | None = None) -> None:
+    """Conv; ``act`` and ``residual`` (a graph value of the output's shape, added before
+    ``act``) are applied in the epilogue, in registers before the single store."""
     g = ctx.graph
     out = out or node.outputs[0]
     x, w = node.inputs[0], node.inputs[1]
-    if any(g.types[v].dtype is not DType.float32 for v in (x, w, out)):
+    if any(g.types[v].dtype is not DType.float32 for v in (x, w, out, residual) if v):
         raise unsupported(node, "only float32 is lowered")
+    if residual and g.types[residual].shape != g.types[out].shape:
+        raise unsupported(node, "the residual must have the output's shape")
     if any(i and i not in g.params for i in node.inputs[1:3]):
-        return _runtime_weights(ctx, node, act, out)
+        return _runtime_weights(ctx, node, act, out, residual)
     wv = const_input(g, node, 1, "the weight")
     bias = const_input(g, node, 2, "the bias") if len(node.inputs) > 2 and node.inputs[2] \
         else None
@@ -115,18 +154,19 @@ def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = Non
     bias = np.zeros(oc, np.float32) if bias is None else bias.astype(np.float32)
     npix = int(np.prod(g.types[out].shape[2:]))
     if icg > 1 and is_pointwise(win, wv.shape[2:], npix, ctx.lanes):
-        return pointwise(ctx, node, x, wv.astype(np.float32), bias, groups, act, out)
+        return pointwise(ctx, node, x, wv.astype(np.float32), bias, groups, act, out, residual)
     if icg == 1 and ocg == 1:
         phases = phases_for(win.strides[-1])
         xp = padded_input(ctx, node, x, [win.begin(d) for d in range(nd)],
                           [win.end(d) for d in range(nd)], phases=phases)
-        return _depthwise(ctx, node, xp, wv, bias, win, act, out, phases)
+        return _depthwise(ctx, node, xp, wv, bias, win, act, out, phases, residual)
     xp = padded_input(ctx, node, x, [win.begin(d) for d in range(nd)],
                       [win.end(d) for d in range(nd)])
-    _general(ctx, node, xp, wv, bias, win, groups, act, out)
+    _general(ctx, node, xp, wv, bias, win, groups, act, out, residual)
 
 
-def _runtime_weights(ctx: LowerCtx, node: Node, act: Act, out: str) -> None:
+def _runtime_weights(ctx: LowerCtx, node: Node, act: Act, out: str,
+                     residual: str | None = None) -> None:
     """Conv whose weight or bias is a run-time value: padded input + direct loop nest."""
     from .conv_direct import direct_conv
     g = ctx.graph
@@ -141,10 +181,10 @@ def _runtime_weights(ctx: LowerCtx, node: Node, act: Act, out: str) -> None:
         node.inputs[2] else None
     direct_conv(ctx, node.name, xp, lambda oc, ic, k: wb[(oc, ic) + tuple(k)], [wb], bias,
                 out, tuple(ws[2:]), tuple(win.strides), tuple(win.dilations),
-                op_context(g, node)["group"], ws[1], act)
+                op_context(g, node)["group"], ws[1], act, residual)
 
 
-def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out) -> None:
+def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out, residual=None) -> None:
     """Register-tiled conv over flattened output pixels (see the module docstring).
 
     The reduction runs over t = (ic, k...) flattened, with a compile-time table of input
@@ -181,6 +221,7 @@ def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out) -> None:
     osp = oshape[2:]
     npix = int(np.prod(osp))
     ybuf = ctx.value(out, (oshape[0], oc, npix), "y")
+    zbuf = ctx.value(residual, (oshape[0], oc, npix), "z") if residual else None
     regs = 32 if lanes >= 16 else 16
     rmax = max(1, (regs - 4) // (vt // lanes))
     r_tile = min(npix, rmax)
@@ -207,9 +248,14 @@ def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out) -> None:
                                  * wbuf[gv, ob, t, v2]), "vectorized") for k in range(rr)]
         red = For(t, taps, Let(o, obuf[t], seq(*upd)))
         val = acc[r3, v3] + bbuf[gv, ob * vt + v3]
+        chan = gv * ocg + ob * vt + v3
+        if zbuf is not None:
+            # Padded lanes of the last channel block are clamped: the masked store's loads
+            # must stay in bounds on every lane.
+            val = val + zbuf[n, chan.min(oc - 1) if ocg % vt else chan, p0 + r3]
         if act is not None:
             val = act(val)
-        st_: Stmt = Store(ybuf, (n, gv * ocg + ob * vt + v3, p0 + r3), val)
+        st_: Stmt = Store(ybuf, (n, chan, p0 + r3), val)
         if ocg % vt:
             st_ = If(ob * vt + v3 < ocg, st_, masked=True)     # acc and bias are padded
         epi = For(r3, rr, For(v3, vt, st_, "vectorized"), "unrolled")
@@ -220,12 +266,14 @@ def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out) -> None:
     if rest:     # the last pixel tile is narrower: same loop, a branch per tile
         inner = If(pb < full, inner, tile(Const(npix - rest), rest, "t"))
     body = For(n, oshape[0], For(gv, groups, For(ob, ocb, For(pb, full + (rest > 0), inner))))
-    k = Kernel(node.name, [ybuf, xflat, wbuf, bbuf, obuf], body)
+    params = [ybuf, xflat, wbuf, bbuf, obuf] + ([zbuf] if zbuf is not None else [])
+    k = Kernel(node.name, params, body)
     work = int(np.prod(oshape)) * taps
     ctx.emit(_parallel_outer(k, ["n", "g", "ob", "pb"], ctx, work))
 
 
-def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1) -> None:
+def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1,
+               residual: str | None = None) -> None:
     g = ctx.graph
     ks = wv.shape[2:]
     nd = len(ks)
@@ -236,6 +284,7 @@ def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1) -> 
     wbuf = ctx.const(wv.reshape((wv.shape[0],) + ks).astype(np.float32), "w")
     bbuf = ctx.const(bias, "b")
     ybuf = ctx.value(out, bname="y")
+    zbuf = ctx.value(residual, bname="z") if residual else None
     st, dl = win.strides, win.dilations
     n, c = Var("n"), Var("c")
     orow = [Var(f"o{d}") for d in range(nd - 1)]
@@ -251,10 +300,11 @@ def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1) -> 
         red: Stmt = For(v2, width, upd, "vectorized")
         for d in reversed(range(nd)):
             red = For(kv[d], ks[d], red, "unrolled" if ks[d] <= 7 else "serial")
-        val = acc[v3]
+        yi = (n, c) + tuple(orow) + (ow0 + v3,)
+        val = acc[v3] if zbuf is None else acc[v3] + zbuf[yi]
         if act is not None:
             val = act(val)
-        epi = For(v3, width, Store(ybuf, (n, c) + tuple(orow) + (ow0 + v3,), val), "vectorized")
+        epi = For(v3, width, Store(ybuf, yi, val), "vectorized")
         return Allocate(acc, seq(init, red, epi))
 
     owb = Var("owb")
@@ -264,6 +314,7 @@ def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1) -> 
     for d in reversed(range(nd - 1)):
         body = For(orow[d], osp[d], body)
     body = For(n, oshape[0], For(c, oshape[1], body))
-    k = Kernel(node.name, [ybuf, xp, wbuf, bbuf], body)
+    params = [ybuf, xp, wbuf, bbuf] + ([zbuf] if zbuf is not None else [])
+    k = Kernel(node.name, params, body)
     work = int(np.prod(oshape)) * int(np.prod(ks))
     ctx.emit(_parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx, work))

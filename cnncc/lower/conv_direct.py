@@ -1,7 +1,8 @@
 """Convolution with run-time weights (Conv, and ConvTranspose after its input scatter): a
 direct loop nest over the output, each element accumulated in place over (input channel of its
 group, kernel taps), vectorized along the last output axis; no weight packing, so the weight
-can be any value computed by the graph."""
+can be any value computed by the graph. An optional residual (a value of the output's shape) is
+added before the activation."""
 from __future__ import annotations
 
 from typing import Callable
@@ -18,14 +19,16 @@ Weight = Callable[[Expr, Expr, tuple], Expr]
 
 def direct_conv(ctx: LowerCtx, name: str, xp: Buffer, weight: Weight, wbufs: list,
                 bias: Buffer | None, out: str, kernel: tuple, strides: tuple, dils: tuple,
-                groups: int, icg: int, act=None) -> None:
-    """y[n, oc, o..] = act(bias[oc] + sum_{ic, k} xp[n, g icg + ic, o s + k d] w(oc, ic, k))
+                groups: int, icg: int, act=None, residual: str | None = None) -> None:
+    """y[n, oc, o..] = act(bias[oc] + sum_{ic, k} xp[n, g icg + ic, o s + k d] w(oc, ic, k)
+    + z[n, oc, o..]) (z = ``residual``, optional)
     with g = oc // (OC / groups); ``xp`` is already padded."""
     g = ctx.graph
     oshape = g.types[out].shape
     nd = len(oshape) - 2
     ocg = oshape[1] // groups
     yb = ctx.value(out, bname="y")
+    zb = ctx.value(residual, bname="z") if residual else None
     dt = yb.dtype
 
     def body(n: Var, oc: Var, *ov: Var) -> Stmt:
@@ -38,14 +41,18 @@ def direct_conv(ctx: LowerCtx, name: str, xp: Buffer, weight: Weight, wbufs: lis
         for d in reversed(range(nd)):
             red = For(kv[d], kernel[d], red)
         val = yb[yi] + bias[oc] if bias is not None else yb[yi]
+        if zb is not None:
+            val = val + zb[yi]
         if act is not None:
             val = act(val)
-        fin = Store(yb, yi, val) if bias is not None or act is not None else None
+        fin = Store(yb, yi, val) if bias is not None or act is not None or zb is not None \
+            else None
         return seq(Store(yb, yi, Const(0.0, dt)), For(ic, icg, red), fin)
 
     dims = [("n", oshape[0]), ("oc", oshape[1])] + [(f"o{d}", oshape[2 + d])
                                                    for d in range(nd)]
-    params = [yb, xp] + wbufs + ([bias] if bias is not None else [])
+    params = [yb, xp] + wbufs + ([bias] if bias is not None else []) + \
+        ([zb] if zb is not None else [])
     k = Kernel(name, params, loop_nest(dims, body))
     work = int(np.prod(oshape)) * icg * int(np.prod(kernel))
     ctx.emit(schedule_map(k, ctx, work))

@@ -3,7 +3,8 @@
 For these the input pixels a tile reads are contiguous, so the tile is CR output channels x PV
 consecutive pixels (PV = 1 or 2 vectors): per input channel one or two input vector loads, CR
 weight broadcasts, CR * PV / lanes FMAs; the epilogue stores whole vectors along each output
-channel's row (no scatter, which dominates when the reduction is short, e.g. 16 channels).
+channel's row (no scatter, which dominates when the reduction is short, e.g. 16 channels); a
+residual is loaded as whole vectors at the stores' indices and added before the activation.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def is_pointwise(win, ks, npix: int, lanes: int) -> bool:
 
 
 def pointwise(ctx: LowerCtx, node, x: str, wv: np.ndarray, bias: np.ndarray, groups: int,
-              act, out: str) -> None:
+              act, out: str, residual: str | None = None) -> None:
     from .conv import _parallel_outer
 
     g = ctx.graph
@@ -42,6 +43,7 @@ def pointwise(ctx: LowerCtx, node, x: str, wv: np.ndarray, bias: np.ndarray, gro
     wbuf, bbuf = ctx.const(wp, "w"), ctx.const(bp, "b")
     xb = ctx.value(x, (xs[0], xs[1], npix), "x")
     yb = ctx.value(out, (xs[0], oc, npix), "y")
+    zb = ctx.value(residual, (xs[0], oc, npix), "z") if residual else None
     n, gv, c, p = Var("n"), Var("g"), Var("cb"), Var("pb")
 
     def tile(crr: int, p0: Expr, pvv: int, tag: str) -> Stmt:
@@ -54,10 +56,12 @@ def pointwise(ctx: LowerCtx, node, x: str, wv: np.ndarray, bias: np.ndarray, gro
                     * wbuf[gv, c, ic, r2])
         red = For(ic, icg, For(r2, crr, For(v2, pvv, upd, "vectorized"), "unrolled"))
         val = acc[r3, v3] + bbuf[gv, c * cr + r3]
+        yi = (n, gv * ocg + c * cr + r3, p0 + v3)
+        if zb is not None:
+            val = val + zb[yi]
         if act is not None:
             val = act(val)
-        epi = For(r3, crr, For(v3, pvv, Store(yb, (n, gv * ocg + c * cr + r3, p0 + v3), val),
-                               "vectorized"), "unrolled")
+        epi = For(r3, crr, For(v3, pvv, Store(yb, yi, val), "vectorized"), "unrolled")
         return Allocate(acc, seq(init, red, epi))
 
     pfull, prest = divmod(npix, pv)
@@ -73,6 +77,6 @@ def pointwise(ctx: LowerCtx, node, x: str, wv: np.ndarray, bias: np.ndarray, gro
     if crest:
         body = If(c < cfull, body, by_pixels(crest, "c"))
     body = For(n, xs[0], For(gv, groups, For(c, cb, For(p, pfull + (prest > 0), body))))
-    k = Kernel(node.name, [yb, xb, wbuf, bbuf], body)
+    k = Kernel(node.name, [yb, xb, wbuf, bbuf] + ([zb] if zb is not None else []), body)
     work = xs[0] * oc * npix * icg
     ctx.emit(_parallel_outer(k, ["n", "g", "cb", "pb"], ctx, work))

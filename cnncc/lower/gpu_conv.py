@@ -1,5 +1,5 @@
-"""GPU schedules of Conv (1D/2D/3D, groups, dilation, strides, asymmetric pads, fused
-activation).
+"""GPU schedules of Conv and FusedConv (1D/2D/3D, groups, dilation, strides, asymmetric pads,
+fused residual and activation).
 
 General convs are an implicit GEMM per group (gpu_tiles.tiled_product): for group g,
 Y[n, g OCg + oc, p] = act(bias + sum_r W[g, oc, r] X[n, g ICg + ic(r), window(p, r)]) with
@@ -12,8 +12,8 @@ coalesced along the output channels); the input tile gathers its window elements
 the unpadded input (consecutive threads -> consecutive output pixels -> consecutive input
 columns at stride 1); pads and tile edges read as 0 through clamped loads + select, so no
 padded copy of the input is made. Each thread keeps TM x TN outputs in registers; the epilogue
-adds the bias and applies the activation before the single store (consecutive threads:
-consecutive pixels of a row).
+adds the bias and the residual (loaded at the store's index) and applies the activation before
+the single store (consecutive threads: consecutive pixels of a row).
 
 Depthwise convs (one input and one output channel per group) have no reuse across output
 channels: one block per (image, channel, pixel tile), each thread R output pixels strided by
@@ -32,23 +32,33 @@ from cnncc.ir.loop import (Allocate, And, Buffer, Const, Expr, F32, For, If, Ker
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context
-from .conv import lower_conv
+from .conv import fused_parts, lower_conv
 from .gpu_tiles import cdiv, packed, padded_k, plan, split_scratch, tiled_product
 from .gpu_schedule import block_threads
 
 Act = Callable[[Expr], Expr] | None
 
 
-def lower_conv_gpu(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = None) -> None:
+def lower_fused_conv_gpu(ctx: LowerCtx, node: Node) -> None:
+    """FusedConv for the CUDA target: the conv schedules with the residual and the activation
+    in their epilogue."""
+    conv, act, residual = fused_parts(ctx, node)
+    lower_conv_gpu(ctx, conv, act, node.outputs[0], residual)
+
+
+def lower_conv_gpu(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = None,
+                   residual: str | None = None) -> None:
     """Conv for the CUDA target: implicit-GEMM tiles, or the depthwise schedule. Run-time
-    weights and non-float32 convs take the generic rule (its parallel loops become the grid)."""
+    weights and non-float32 convs take the generic rule (its parallel loops become the grid).
+    ``residual`` (a value of the output's shape) is added before ``act``."""
     g = ctx.graph
     out = out or node.outputs[0]
     x, w = node.inputs[0], node.inputs[1]
     b = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
-    if any(g.types[v].dtype is not DType.float32 for v in (x, w, out)) or \
-            any(v not in g.params for v in (w, b) if v):
-        return lower_conv(ctx, node, act, out)
+    if any(g.types[v].dtype is not DType.float32 for v in (x, w, out, residual) if v) or \
+            any(v not in g.params for v in (w, b) if v) or \
+            (residual and g.types[residual].shape != g.types[out].shape):
+        return lower_conv(ctx, node, act, out, residual)
     wv = g.params[w].astype(np.float32)
     oc, icg = wv.shape[0], wv.shape[1]
     bias = np.zeros(oc, np.float32) if b is None else g.params[b].astype(np.float32)
@@ -56,8 +66,8 @@ def lower_conv_gpu(ctx: LowerCtx, node: Node, act: Act = None, out: str | None =
     win = resolve_window(octx, g.types[x].shape, wv.shape[2:])
     groups = octx["group"]
     if icg == 1 and oc == groups:
-        return _depthwise(ctx, node, x, wv, bias, win, act, out)
-    return _implicit_gemm(ctx, node, x, wv, bias, win, groups, act, out)
+        return _depthwise(ctx, node, x, wv, bias, win, act, out, residual)
+    return _implicit_gemm(ctx, node, x, wv, bias, win, groups, act, out, residual)
 
 
 def _unflatten(q: Expr, dims: tuple) -> list:
@@ -107,7 +117,7 @@ def _window_load(xb: Buffer, lead: tuple, pos: list, sizes: tuple, low: list,
 
 
 def _implicit_gemm(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarray,
-                   win, groups: int, act: Act, out: str) -> None:
+                   win, groups: int, act: Act, out: str, residual: str | None = None) -> None:
     g = ctx.graph
     xs = g.types[x].shape
     osh = g.types[out].shape
@@ -133,6 +143,7 @@ def _implicit_gemm(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.n
     flat = taps == 1 and all(s == 1 for s in st) and not any(win.pads)
     xb = ctx.value(x, (batch, xs[1], npix) if flat else None, "x")
     yb = ctx.value(out, (batch, oc, npix), "y")
+    zb = ctx.value(residual, (batch, oc, npix), "z") if residual else None
     q_pad = nq % t.bn != 0
     # Which window bounds can fail (a pad on that side); the pixel tile's padded tail is
     # clamped to the last pixel and masked as a whole.
@@ -161,12 +172,15 @@ def _implicit_gemm(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.n
 
     def epilogue(zz, mi, qi, v):
         val = v + bbuf[zz, mi]
+        nb, p = (qi // npix, qi % npix) if batch > 1 else (Const(0), qi)
+        yi = (nb, zz * ocg + mi if groups > 1 else mi, p)
+        if zb is not None:      # the store is guarded to the output: so is this load
+            val = val + zb[yi]
         if act is not None:
             val = act(val)
-        nb, p = (qi // npix, qi % npix) if batch > 1 else (Const(0), qi)
-        return Store(yb, (nb, zz * ocg + mi if groups > 1 else mi, p), val)
+        return Store(yb, yi, val)
 
-    params = [yb, xb, wbuf, bbuf]
+    params = [yb, xb, wbuf, bbuf] + ([zb] if zb is not None else [])
     part = split_scratch(ctx, splits, ocg, nq)      # only with groups = 1: z is the split
     if part is not None:
         params.append(part)
@@ -175,7 +189,7 @@ def _implicit_gemm(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.n
 
 
 def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarray, win,
-               act: Act, out: str) -> None:
+               act: Act, out: str, residual: str | None = None) -> None:
     g = ctx.graph
     xs = g.types[x].shape
     osh = g.types[out].shape
@@ -190,6 +204,7 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
     bbuf = ctx.const(bias, "bias")
     xb = ctx.value(x, bname="x")
     yb = ctx.value(out, (batch, chans, npix), "y")
+    zb = ctx.value(residual, (batch, chans, npix), "z") if residual else None
     st, dl = win.strides, win.dilations
     begin = [win.begin(d) for d in range(nd)]
     tail = npix % tile != 0
@@ -215,8 +230,10 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
     for d in reversed(range(nd)):
         red = For(kv[d], ks[d], red, "unrolled" if ks[d] <= 7 else "serial")
     red = For(r1, reps, red, "unrolled")
-    val = acc[r2] if act is None else act(acc[r2])
-    st_: Stmt = Store(yb, (nn, c, pix(r2)), val)
+    yi = (nn, c, pix(r2))
+    val = acc[r2] if zb is None else acc[r2] + zb[yi]
+    val = val if act is None else act(val)
+    st_: Stmt = Store(yb, yi, val)
     if tail:
         st_ = If(pix(r2) < npix, st_)
     body: Stmt = For(tv, nt, Allocate(acc, seq(
@@ -225,4 +242,4 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
     body = For(c, chans, For(pb, cdiv(npix, tile), body, "gpu_block"), "gpu_block")
     if batch > 1:
         body = For(n, batch, body, "gpu_block")
-    ctx.emit(Kernel(node.name, [yb, xb, wbuf, bbuf], body))
+    ctx.emit(Kernel(node.name, [yb, xb, wbuf, bbuf] + ([zb] if zb is not None else []), body))

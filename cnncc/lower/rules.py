@@ -4,11 +4,11 @@ from __future__ import annotations
 from cnncc.ir import CompileError, DType, Graph, Node
 
 from .context import LowerCtx, unsupported
-from .conv import lower_conv
+from .conv import lower_conv, lower_fused_conv
 from .conv_transpose import lower_conv_transpose
 from .norm import lower_instance_norm, lower_layer_norm, lower_lrn
 from .elementwise import BINARY_OPS, UNARY_OPS, activation_fn, lower_elementwise
-from .gpu_conv import lower_conv_gpu
+from .gpu_conv import lower_conv_gpu, lower_fused_conv_gpu
 from .gpu_gemm import lower_gemm_gpu, lower_matmul_gpu
 from .gather import INDEX_MAP_OPS, lower_index_map
 from .reduce import REDUCE_OPS, lower_arg, lower_reduce
@@ -27,6 +27,7 @@ ALIAS_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"
 
 RULES = {
     "Conv": lower_conv,
+    "FusedConv": lower_fused_conv,
     "ConvTranspose": lower_conv_transpose,
     "InstanceNormalization": lower_instance_norm,
     "LayerNormalization": lower_layer_norm,
@@ -69,6 +70,7 @@ for _op in ("ArgMax", "ArgMin", "Hardmax"):
 # their generic lowering with the parallel loops bound to the grid (gpu_schedule.py).
 GPU_RULES: dict = {
     "Conv": lower_conv_gpu,
+    "FusedConv": lower_fused_conv_gpu,
     "Gemm": lower_gemm_gpu,
     "MatMul": lower_matmul_gpu,
 }

@@ -15,6 +15,7 @@ from .canonicalize import canonicalize
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
+from .fuse_epilogue import fuse_epilogue
 
 
 @dataclass
@@ -36,6 +37,8 @@ PIPELINE: list[Pass] = [
     Pass("fold_constants", fold_constants, 1),
     Pass("fold_batch_norm", fold_batch_norm, 1),
     Pass("eliminate_dead_code", eliminate_dead_code, 1),
+    # After dead code is gone: a dead user of a conv output would block its fusion.
+    Pass("fuse_epilogue", fuse_epilogue, 1),
 ]
 PASS_NAMES = [p.name for p in PIPELINE]
 

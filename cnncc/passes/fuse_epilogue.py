@@ -88,7 +88,7 @@ def _conv() -> Op:
 def _producer() -> Op:
     """A Conv, or a FusedConv not yet carrying an activation (checked in _fuse_act)."""
     return Op(("Conv", "FusedConv"), Any("x"), Any("w"), Opt(Any("b")), Opt(Any("z")),
-              bind="conv", exact=False)
+              bind="conv")
 
 
 _UNARY = tuple(a for a in ACTIVATIONS if a != "Clip")

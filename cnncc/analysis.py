@@ -33,7 +33,7 @@ def node_flops(graph: Graph, node: Node) -> int:
     if out is None:
         return 0
     in0 = graph.types[node.inputs[0]] if node.inputs and node.inputs[0] else None
-    if node.op in ("Conv", "ConvTranspose", "DeformConv"):
+    if node.op in ("Conv", "FusedConv", "ConvTranspose", "DeformConv"):
         w = graph.types[node.inputs[1]].shape
         # Conv: every output element sums Cin/g * prod(k) products. ConvTranspose: every input
         # element scatters into Cout/g * prod(k) outputs.

@@ -87,6 +87,13 @@ class CnnccBackendRep(BackendRep):
                              f"({', '.join(self.input_names)}), got {len(inputs)}")
         return inputs
 
+    def specialize(self, inputs: Any) -> None:
+        """Compile now the variant that ``run(inputs)`` would compile on demand (a model whose
+        shape-defining inputs are only known from the values)."""
+        arrays = self._as_list(inputs)
+        if self.compiled is None or self._key is not None:
+            self._specialize(arrays)
+
     def _specialize(self, arrays: list[np.ndarray]) -> None:
         """Compile the variant specialized to these inputs (see the module docstring)."""
         given = dict(zip(self.input_names, arrays))

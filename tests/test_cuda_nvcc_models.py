@@ -2,8 +2,8 @@
 errors, no register spills, static shared memory within the 48 KiB of a block.
 
 Models: the DSL zoo, the light CNNs shipped in the onnx package and ../shared/models (when
-present). Their programs (symbols prefixed per model) are compiled together, one nvcc run per
-group. The per-family table (launch geometry, registers, shared memory) is printed with -s.
+present), one nvcc run per model (the shared models together: symbols are prefixed per model).
+The per-family table (launch geometry, registers, shared memory) is printed with -s.
 """
 from __future__ import annotations
 
@@ -73,23 +73,28 @@ def family_table(programs: list, usage: dict) -> list[str]:
             for (op, block), (n, r80, r90, sh) in rows.items()]
 
 
-def test_zoo_programs_compile_with_nvcc():
-    programs = _programs({name: zoo.ZOO[name]() for name in sorted(zoo.ZOO)})
-    usage = _check(programs)
-    print("\n".join(family_table(programs, usage)))
+LIGHT = sorted(LIGHT_DIR.glob("light_*.onnx"))
 
 
-def test_onnx_light_models_compile_with_nvcc():
-    sources = {p.stem: str(p) for p in sorted(LIGHT_DIR.glob("light_*.onnx"))}
-    assert len(sources) == 9, sorted(sources)
-    programs = _programs(sources)
-    usage = _check(programs)
-    print("\n".join(family_table(programs, usage)))
+def test_all_nine_light_models_are_checked():
+    assert len(LIGHT) == 9, [p.stem for p in LIGHT]
+
+
+# One test (one nvcc run) per model: pytest-xdist spreads them over the workers.
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_zoo_program_compiles_with_nvcc(name):
+    programs = _programs({name: zoo.ZOO[name]()})
+    print("\n".join(family_table(programs, _check(programs))))
+
+
+@pytest.mark.parametrize("path", LIGHT, ids=[p.stem for p in LIGHT])
+def test_onnx_light_model_compiles_with_nvcc(path):
+    programs = _programs({path.stem: str(path)})
+    print("\n".join(family_table(programs, _check(programs))))
 
 
 def test_shared_models_compile_with_nvcc(shared_models):
     sources = {Path(p).stem: p for p in sorted(glob.glob(str(shared_models / "*.onnx")))}
     assert len(sources) >= 3, sorted(sources)
     programs = _programs(sources)
-    usage = _check(programs)
-    print("\n".join(family_table(programs, usage)))
+    print("\n".join(family_table(programs, _check(programs))))

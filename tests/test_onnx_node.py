@@ -228,8 +228,10 @@ def emu_reps() -> dict:
         for case, target in RUNS:
             if target == "cuda-emu":
                 try:
-                    reps[case.name] = CnnccBackend.prepare(case.model, device="CPU",
-                                                           target=target)
+                    rep = CnnccBackend.prepare(case.model, device="CPU", target=target)
+                    # Models compiled for their first data set's values build here too.
+                    rep.specialize([_to_array(x) for x in case.data_sets[0][0]])
+                    reps[case.name] = rep
                 except Exception:       # noqa: BLE001 - the case's own test reports it
                     pass
     build_deferred(models, quick=True)

@@ -71,3 +71,11 @@ def test_wheel_installs_one_package_and_imports_from_outside(tmp_path):
     assert out[0].startswith(str(tmp_path / "site")), out
     assert out[1].startswith(str(tmp_path / "site")), out
     assert out[2] == "None None", "a top-level 'ir' or 'backends' module is importable"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    commands = [ln.strip() for ln in readme if ln.strip().startswith("python3 -m pytest")]
+    assert len(commands) == 1, commands
+    ci = [ln.split("#")[0].strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert commands[0] in ci, f"{commands[0]!r} is not a line of .ci/run"

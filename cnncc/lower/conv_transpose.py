@@ -13,7 +13,7 @@ from cnncc.ir.ops.conv_transpose import _geometry
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import _depthwise, _general
-from .cpu_schedule import schedule_map
+from .cpu_schedule import parallel_outer, schedule_map
 
 
 def lower_conv_transpose(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
@@ -53,7 +53,9 @@ def lower_conv_transpose(ctx: LowerCtx, node: Node, act=None, out: str | None = 
     for d in reversed(range(nd)):
         body = For(iv[d], xs[2 + d], body)
     scatter = Kernel(f"{node.name}_scatter", [v, xb], For(nv, xs[0], For(cv, xs[1], body)))
-    ctx.emit(scatter)
+    # Every input element lands on its own position: all loops may run in parallel.
+    ctx.emit(parallel_outer(scatter, ["n", "c"] + [s.name for s in iv], ctx,
+                            int(np.prod(xs))))
     if runtime:
         return _runtime_conv(ctx, node, v, groups, cg, mg, tuple(dil), act, out)
     w = const_input(g, node, 1, "the weight").astype(np.float32)

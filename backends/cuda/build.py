@@ -82,6 +82,13 @@ def _workdir(key: str, workdir: str | Path | None) -> Path:
     return d
 
 
+def _private(d: Path) -> Path:
+    """A scratch folder inside ``d`` for one build: builds of the same key from several
+    processes or threads (pytest-xdist workers) never write each other's files; the result is
+    moved into ``d`` with an atomic rename."""
+    return Path(tempfile.mkdtemp(prefix="build-", dir=d))
+
+
 def _key(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -107,7 +114,7 @@ def nvcc_check(source: str, archs=("sm_80", "sm_90"), workdir=None,
     nvcc = find_nvcc()
     if nvcc is None:
         raise BuildError("nvcc not found (set CNNCC_NVCC or put nvcc on PATH)")
-    d = _workdir(_key("nvcc", source, *archs, *extra), workdir)
+    d = _private(_workdir(_key("nvcc", source, *archs, *extra), workdir))
     cu = d / "kernels.cu"
     cu.write_text(source)
     cmd = [nvcc, "-c", "-o", str(d / "kernels.o"), "-Werror", "all-warnings",
@@ -116,7 +123,10 @@ def nvcc_check(source: str, archs=("sm_80", "sm_90"), workdir=None,
         if not re.fullmatch(r"sm_\d+[a-z]?", a):
             raise BuildError(f"bad CUDA architecture {a!r} (expected e.g. sm_80)")
         cmd += ["-gencode", f"arch=compute_{a[3:]},code={a}"]
-    proc = _run(cmd + [str(cu)], "nvcc")
+    try:
+        proc = _run(cmd + [str(cu)], "nvcc")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
     return parse_resource_usage(proc.stdout + proc.stderr)
 
 
@@ -173,11 +183,15 @@ def build_emu_library(source: str, sanitize: str | None = None, workdir=None,
     d = _workdir(_key("emu-so", source, header, *cmd[1:]), workdir)
     lib = d / "kernels.so"
     if not lib.exists():
-        cu = d / "kernels.cu"
+        tmp = _private(d)
+        cu = tmp / "kernels.cu"
         cu.write_text(source)
-        _run(cmd + ["-fPIC", "-shared", "-o", str(lib) + ".tmp", "-x", "c++", str(cu)],
-             "g++ (cuda-emu)")
-        os.replace(str(lib) + ".tmp", lib)
+        try:
+            _run(cmd + ["-fPIC", "-shared", "-o", str(tmp / lib.name), "-x", "c++", str(cu)],
+                 "g++ (cuda-emu)")
+            os.replace(tmp / lib.name, lib)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return lib
 
 
@@ -296,11 +310,15 @@ def build_emu_executable(module, sanitize: str | None = None, workdir=None,
     d = _workdir(_key("emu-exe", module.source, harness, header, *cmd[1:]), workdir)
     exe = d / "run"
     if not exe.exists():
-        (d / "kernels.cu").write_text(module.source)
-        (d / "harness.cpp").write_text(harness)
-        _run(cmd + ["-o", str(exe) + ".tmp", "-x", "c++", str(d / "kernels.cu"),
-                    str(d / "harness.cpp")], "g++ (cuda-emu)")
-        os.replace(str(exe) + ".tmp", exe)
+        tmp = _private(d)
+        (tmp / "kernels.cu").write_text(module.source)
+        (tmp / "harness.cpp").write_text(harness)
+        try:
+            _run(cmd + ["-o", str(tmp / "run"), "-x", "c++", str(tmp / "kernels.cu"),
+                        str(tmp / "harness.cpp")], "g++ (cuda-emu)")
+            os.replace(tmp / "run", exe)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return exe
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 from pathlib import Path
 
-from .build import BuildError, _key, _run, _workdir, find_nvcc
+from .build import BuildError, _key, _private, _run, _workdir, find_nvcc
 
 
 def gpu_count() -> tuple[int, str]:
@@ -52,10 +53,14 @@ def build_cuda_library(source: str, arch: str | None = None, workdir=None) -> Pa
     d = _workdir(_key("nvcc-so", source, arch), workdir)
     lib = d / "model.so"
     if not lib.exists():
-        cu = d / "model.cu"
+        tmp = _private(d)
+        cu = tmp / "model.cu"
         cu.write_text(source)
-        _run([nvcc, "-shared", "-Xcompiler", "-fPIC", "-O3", "-std=c++17", "-Werror",
-              "all-warnings", "-gencode", f"arch=compute_{arch[3:]},code={arch}",
-              "-o", str(lib) + ".tmp", str(cu), "-lcudart"], "nvcc")
-        os.replace(str(lib) + ".tmp", lib)
+        try:
+            _run([nvcc, "-shared", "-Xcompiler", "-fPIC", "-O3", "-std=c++17", "-Werror",
+                  "all-warnings", "-gencode", f"arch=compute_{arch[3:]},code={arch}",
+                  "-o", str(tmp / lib.name), str(cu), "-lcudart"], "nvcc")
+            os.replace(tmp / lib.name, lib)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return lib

@@ -89,6 +89,23 @@ def _private(d: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="build-", dir=d))
 
 
+def build_once(target: Path, sources: dict, command, what: str) -> Path:
+    """``target`` (a file in a cache folder), unless it exists, built by ``command(scratch)``
+    from ``sources`` ({file name: text}) written into a private scratch folder, then moved
+    into place atomically."""
+    if target.exists():
+        return target
+    tmp = _private(target.parent)
+    try:
+        for name, text in sources.items():
+            (tmp / name).write_text(text)
+        _run(command(tmp), what)
+        os.replace(tmp / target.name, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def _key(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -181,18 +198,9 @@ def build_emu_library(source: str, sanitize: str | None = None, workdir=None,
         cmd = ["-O0" if c == "-O2" else c for c in cmd]
     header = EMU_HEADER.read_text()
     d = _workdir(_key("emu-so", source, header, *cmd[1:]), workdir)
-    lib = d / "kernels.so"
-    if not lib.exists():
-        tmp = _private(d)
-        cu = tmp / "kernels.cu"
-        cu.write_text(source)
-        try:
-            _run(cmd + ["-fPIC", "-shared", "-o", str(tmp / lib.name), "-x", "c++", str(cu)],
-                 "g++ (cuda-emu)")
-            os.replace(tmp / lib.name, lib)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return lib
+    return build_once(d / "kernels.so", {"kernels.cu": source}, lambda t: cmd + [
+        "-fPIC", "-shared", "-o", str(t / "kernels.so"), "-x", "c++", str(t / "kernels.cu")],
+        "g++ (cuda-emu)")
 
 
 class EmuLibrary:
@@ -308,18 +316,9 @@ def build_emu_executable(module, sanitize: str | None = None, workdir=None,
     harness = harness_source(module.kernels)
     header = EMU_HEADER.read_text()
     d = _workdir(_key("emu-exe", module.source, harness, header, *cmd[1:]), workdir)
-    exe = d / "run"
-    if not exe.exists():
-        tmp = _private(d)
-        (tmp / "kernels.cu").write_text(module.source)
-        (tmp / "harness.cpp").write_text(harness)
-        try:
-            _run(cmd + ["-o", str(tmp / "run"), "-x", "c++", str(tmp / "kernels.cu"),
-                        str(tmp / "harness.cpp")], "g++ (cuda-emu)")
-            os.replace(tmp / "run", exe)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return exe
+    return build_once(d / "run", {"kernels.cu": module.source, "harness.cpp": harness},
+                      lambda t: cmd + ["-o", str(t / "run"), "-x", "c++", str(t / "kernels.cu"),
+                                       str(t / "harness.cpp")], "g++ (cuda-emu)")
 
 
 def run_emu_executable(exe: Path, kernel, arrays: dict, timeout: float = 300):

@@ -6,11 +6,9 @@
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
 from pathlib import Path
 
-from .build import BuildError, _key, _private, _run, _workdir, find_nvcc
+from .build import BuildError, _key, _workdir, build_once, find_nvcc
 
 
 def gpu_count() -> tuple[int, str]:
@@ -51,16 +49,7 @@ def build_cuda_library(source: str, arch: str | None = None, workdir=None) -> Pa
         raise BuildError("nvcc not found (set CNNCC_NVCC or put nvcc on PATH)")
     arch = arch or device_arch() or "sm_80"
     d = _workdir(_key("nvcc-so", source, arch), workdir)
-    lib = d / "model.so"
-    if not lib.exists():
-        tmp = _private(d)
-        cu = tmp / "model.cu"
-        cu.write_text(source)
-        try:
-            _run([nvcc, "-shared", "-Xcompiler", "-fPIC", "-O3", "-std=c++17", "-Werror",
-                  "all-warnings", "-gencode", f"arch=compute_{arch[3:]},code={arch}",
-                  "-o", str(tmp / lib.name), str(cu), "-lcudart"], "nvcc")
-            os.replace(tmp / lib.name, lib)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return lib
+    return build_once(d / "model.so", {"model.cu": source}, lambda t: [
+        nvcc, "-shared", "-Xcompiler", "-fPIC", "-O3", "-std=c++17", "-Werror", "all-warnings",
+        "-gencode", f"arch=compute_{arch[3:]},code={arch}", "-o", str(t / "model.so"),
+        str(t / "model.cu"), "-lcudart"], "nvcc")

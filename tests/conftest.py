@@ -40,13 +40,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 def pytest_addoption(parser):
     parser.addoption("--fuzz-long", action="store_true",
-                     help="differential fuzzing with 5000 random graphs (default: 200; "
+                     help="differential fuzzing with 5000 random graphs (default: 150; "
                           "CNNCC_FUZZ_EXAMPLES=N sets any count)")
 
 
 def pytest_generate_tests(metafunc):
     if "fuzz_examples" in metafunc.fixturenames:
-        n = 5000 if metafunc.config.getoption("--fuzz-long") else 200
+        n = 5000 if metafunc.config.getoption("--fuzz-long") else 150
         n = int(os.environ.get("CNNCC_FUZZ_EXAMPLES", n))     # explicit count wins
         metafunc.parametrize("fuzz_examples", [n], ids=[f"{n}-graphs"])
 

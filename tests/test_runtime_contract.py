@@ -112,12 +112,17 @@ def test_repeated_calls_do_not_grow_memory(net, target):
     x = sample(model)
     for _ in range(200):               # warm up allocator pools
         model(x)
-    before = _rss_bytes()
-    for _ in range(3000):
-        model(x)
-    growth = _rss_bytes() - before
-    # 3000 calls allocating even 1 KiB each that is never freed would show as 3 MB.
-    assert growth < 2 << 20, f"RSS grew by {growth / 1e6:.1f} MB over 3000 calls"
+    # A leak grows RSS in every window of calls; a one-off growth (an allocator arena or a
+    # page touched late, other tests' garbage in a shared pytest-xdist worker) shows in one.
+    growths = []
+    for _ in range(2):
+        before = _rss_bytes()
+        for _ in range(3000):
+            model(x)
+        growths.append(_rss_bytes() - before)
+    # 3000 calls allocating even 1 KiB each that is never freed would show as 3 MB per window.
+    assert min(growths) < 2 << 20, \
+        f"RSS grew by {[round(g / 1e6, 1) for g in growths]} MB over two windows of 3000 calls"
 
 
 def _nan_graph(op: str, attrs: dict | None = None):

@@ -158,13 +158,15 @@ def _compile_cuda(args: argparse.Namespace, source, name: str, emit: list) -> in
         raise CompileError("--target cuda emits only cuda (not llvm/asm)")
     t0 = time.perf_counter()
     graph = run_pipeline(load_graph(source), PassContext(opt_level=args.opt, target="cuda"))
-    if "cuda" in emit:
-        sys.stdout.write(generate(graph, args.opt, name=name).module.source)
     if args.output is None:
         if "cuda" not in emit:
             raise CompileError("-o DIR is required (or --emit cuda to print the source)")
+        sys.stdout.write(generate(graph, args.opt, name=name).module.source)
         return 0
     paths = export_cuda(graph, args.output, name, args.opt, args.arch)
+    if "cuda" in emit:          # the source just written, not generated a second time
+        with open(paths["source"]) as f:
+            sys.stdout.write(f.read())
     print(f"compiled {args.model} for cuda in {time.perf_counter() - t0:.2f} s"
           + ("" if "library" in paths else " (nvcc not found: NAME.so not built)"),
           file=sys.stderr if "cuda" in emit else sys.stdout)

@@ -10,6 +10,7 @@ building needs no GPU, running it does.
 from __future__ import annotations
 
 import os
+import shutil
 
 from ...ir import CompileError, Graph
 from .build import find_nvcc
@@ -54,6 +55,5 @@ def export_cuda(graph: Graph, out_dir: str, name: str, opt_level: int = 3,
     if build or (build is None and find_nvcc() is not None):
         lib = build_cuda_library(gen.module.source, arch or "sm_80")
         paths["library"] = base + ".so"
-        with open(lib, "rb") as src, open(paths["library"], "wb") as dst:
-            dst.write(src.read())
+        shutil.copyfile(lib, paths["library"])
     return paths

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from ...ir import CompileError, Graph
 from ...ir.loop import Kernel
 from ...runtime import CompiledModel, signature
 from ...debug import dump, dump_enabled
+from ..llvm.aot import c_identifier
 from .build import BuildError, build_emu_library, find_nvcc
 from .device import build_cuda_library, gpu_count
 from .codegen import CudaModule
@@ -43,12 +43,6 @@ class CudaProgram:
     outputs: list
 
 
-def c_name(text: str) -> str:
-    """``text`` made a C identifier (the program's symbol prefix)."""
-    s = re.sub(r"\W", "_", text or "model")
-    return s if re.match(r"[A-Za-z_]", s) else f"m_{s}"
-
-
 def generate(graph: Graph, opt_level: int = 3, name: str | None = None) -> CudaProgram:
     """Lower ``graph`` with the GPU schedules and render the whole program as CUDA C."""
     from ...lower.program import lower_graph
@@ -57,7 +51,7 @@ def generate(graph: Graph, opt_level: int = 3, name: str | None = None) -> CudaP
     ins, outs = signature(graph)
     if name is None:
         digest = hashlib.sha256(f"{opt_level}\n{graph}".encode()).hexdigest()[:8]
-        name = f"{c_name(graph.name)[:40]}_{digest}"
+        name = f"{c_identifier(graph.name or 'model')[:40]}_{digest}"
     # Kernel symbols carry the program's name: programs linked (or emulated) together do not
     # clash. The kernels keep their buffers, so the program's storage map still applies.
     prog.ctx.kernels = [(Kernel(f"{name}_{k.name}", k.params, k.body), i)

@@ -12,7 +12,23 @@ import subprocess
 from .ir import CompileError, Graph
 
 # Attributes worth showing in a node's box (the rest is noise at graph scale).
-_SHOWN = ("kernel_shape", "strides", "group", "activation", "epilogue", "layout", "block")
+_SHOWN = ("kernel_shape", "strides", "group", "activation", "epilogue", "layout", "block",
+          "in_layout", "kind")
+# Ops whose output is in the blocked NCHW{c}c layout (ir/ops/layout.py); others pass it on.
+_BLOCKED_OPS = ("ToNCHWc", "ConvNCHWc", "PoolNCHWc", "DwPwConvNCHWc")
+
+
+def blocked_values(graph: Graph) -> set[str]:
+    """Values in the NCHW{c}c layout: made by a blocked op, or by an elementwise op, reduction
+    or concat of blocked values (5-D results)."""
+    blocked: set[str] = set()
+    for node in graph.nodes:
+        if node.op == "FromNCHWc":
+            continue
+        if node.op in _BLOCKED_OPS or (any(i in blocked for i in node.inputs) and all(
+                graph.types[o].rank == 5 for o in node.outputs if o in graph.types)):
+            blocked.update(o for o in node.outputs if o)
+    return blocked
 
 
 def _quote(text: str) -> str:
@@ -29,6 +45,7 @@ def to_dot(graph: Graph) -> str:
         lines.append(f"  {_quote('in:' + name)} [label={label}, shape=ellipse, "
                      "fillcolor=\"#e8f5e9\"];")
     producer = {}
+    blocked = blocked_values(graph)
     for node in graph.nodes:
         for o in node.outputs:
             producer[o] = node.name
@@ -40,13 +57,20 @@ def to_dot(graph: Graph) -> str:
         label += attrs
         if nparams:
             label.append(f"{nparams:,} params")
-        color = "#fff3e0" if node.op.startswith("Fused") else "#eef3fb"
+        color = "#eef3fb"
+        if node.op in ("ToNCHWc", "FromNCHWc"):
+            color = "#eeeeee"                   # a layout transform
+        elif node.op.startswith("Fused") or "Conv" in node.op and "activation" in node.attrs:
+            color = "#fff3e0"                   # a fused group
+        elif any(o in blocked for o in node.outputs):
+            color = "#e0f7fa"                   # runs on blocked activations
         lines.append(f"  {_quote(node.name)} [label={_quote(chr(10).join(label))}, "
                      f"fillcolor=\"{color}\"];")
     for node in graph.nodes:
         for i in node.inputs:
             if i in producer:
-                lines.append(f"  {_quote(producer[i])} -> {_quote(node.name)};")
+                style = ' [label="NCHWc", color="#00838f", penwidth=2]' if i in blocked else ""
+                lines.append(f"  {_quote(producer[i])} -> {_quote(node.name)}{style};")
             elif i in graph.inputs:
                 lines.append(f"  {_quote('in:' + i)} -> {_quote(node.name)};")
     for name in graph.outputs:

@@ -23,6 +23,7 @@ class PassContext:
     opt_level: int = 3
     target: str = "llvm"
     skip: frozenset[str] = field(default_factory=frozenset)
+    lanes: int = 0        # float32 vector lanes of a CPU target; 0 = this machine's
 
 
 @dataclass(frozen=True)

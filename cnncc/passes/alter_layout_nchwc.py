@@ -1,0 +1,244 @@
+"""alter_layout_nchwc: 2-D convs and what follows them run on blocked NCHW{c}c activations.
+
+c is the target's vector width in float32 lanes (16 with AVX-512, 8 with AVX2), so the c channels of
+a pixel are one vector register (ir/ops/layout.py defines the layout and its ops). With Xb the
+blocked form of a value X (Xb = ToNCHWc(X), X = FromNCHWc(Xb)):
+
+    Conv | FusedConv(X, W, B, Z)   ==>  ConvNCHWc(Xb, W, B, Zb)     group 1 or depthwise, 2-D,
+                                                                   W and B constants
+    Conv(X_rgb, W, B), X_rgb NCHW  ==>  ConvNCHWc(X_rgb, W, B; in_layout=NCHW)   (<= 4 in channels,
+                                                                   the stem reads NCHW directly)
+    act(Xb)                        ==>  act on the 5-D Xb           (act finite on finite input)
+    op(Xb, Yb)                     ==>  op on the 5-D arrays        (Add Sub Mul Max Min; N and C
+                                                                   equal, H and W broadcast)
+    op(Xb, s)                      ==>  op(Xb, s)                   (s a one-element constant)
+    MaxPool | AveragePool(Xb)      ==>  PoolNCHWc(Xb; kind)         (2-D, one output)
+    GlobalAveragePool(Xb)          ==>  ReduceMean(Xb, axes=[2, 3])  (Max: ReduceMax)
+    Concat(Xb..., axis=1)          ==>  Concat(Xb..., axis=1)       (every C a multiple of c)
+
+Any other consumer of X (and a graph output X) reads FromNCHWc(Xb), made once, right before its
+first such consumer; a conv reading a value that exists only in NCHW gets ToNCHWc(X), made once.
+So transforms appear only at the edges of blocked regions and a To/From pair never follows its
+opposite. The convs' weights are packed into the blocked layout once, at lowering (compile
+time). Padding channels (C not a multiple of c) are carried as zero-weight lanes. The pass runs
+for CPU targets (llvm, and reference for `cnncc verify`); GPU targets keep NCHW.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import DType, Graph, Node
+from ..ir.ops import OP_TABLE, infer_node
+from ..ir.ops.registry import resolve_attrs
+
+# Unary ops that map finite inputs to finite outputs: padding lanes stay finite, so a zero
+# weight of the next conv keeps them harmless (0 * inf would be NaN).
+FINITE_UNARY = ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu",
+                "Selu", "Gelu", "Softplus", "Mish", "Swish", "Neg", "Abs", "Identity", "Clip")
+BINARY = ("Add", "Sub", "Mul", "Max", "Min")
+POOLS = ("MaxPool", "AveragePool")
+GLOBAL_POOLS = {"GlobalAveragePool": "ReduceMean", "GlobalMaxPool": "ReduceMax"}
+STEM_MAX_CHANNELS = 4
+GPU_TARGETS = ("cuda", "cuda-emu")
+
+
+def host_block() -> int:
+    """The float32 vector lanes of this CPU (the llvm backend's choice)."""
+    from ..backends.llvm.jit import vector_lanes
+    return vector_lanes()
+
+
+class _Rewriter:
+    def __init__(self, graph: Graph, block: int):
+        self.g = graph
+        self.block = block
+        self.nodes: list[Node] = []
+        self.types = dict(graph.types)
+        self.params = dict(graph.params)
+        self.blocked: dict[str, str] = {}     # NCHW value -> its blocked twin
+        self.available: set[str] = set(graph.inputs) | set(graph.params)
+        self.names = {n.name for n in graph.nodes}
+        self.values = set(graph.types) | set(graph.params) | set(graph.inputs)
+
+    # ---- naming and emission ----------------------------------------------------------------
+    def fresh(self, base: str, used: set[str]) -> str:
+        name, i = base, 1
+        while name in used:
+            name, i = f"{base}_{i}", i + 1
+        used.add(name)
+        return name
+
+    def emit(self, op: str, inputs: list[str], attrs: dict, name: str,
+             outputs: list[str]) -> list[str]:
+        node = Node(op, inputs, outputs, attrs, name)
+        for out, t in zip(outputs, infer_node(node, self.types, self.params)):
+            self.types[out] = t
+        self.nodes.append(node)
+        self.available.update(outputs)
+        return outputs
+
+    def param(self, base: str, value: np.ndarray) -> str:
+        name = self.fresh(base, self.values)
+        self.params[name] = value
+        self.types[name] = _type_of(value)
+        return name
+
+    # ---- the two transforms ----------------------------------------------------------------
+    def to_blocked(self, v: str) -> str:
+        if v not in self.blocked:
+            out = self.fresh(f"{v}_nchwc", self.values)
+            name = self.fresh(f"{v}_to_nchwc", self.names)
+            self.emit("ToNCHWc", [v], {"block": self.block}, name, [out])
+            self.blocked[v] = out
+        return self.blocked[v]
+
+    def need_nchw(self, v: str) -> None:
+        """Make the NCHW value ``v`` exist (from its blocked twin) before the next node."""
+        if not v or v in self.available:
+            return
+        src = self.blocked[v]
+        name = self.fresh(f"{v}_from_nchwc", self.names)
+        self.emit("FromNCHWc", [src], {"channels": self.g.types[v].shape[1]}, name, [v])
+
+    def blocked_out(self, node: Node) -> str:
+        out = node.outputs[0]
+        self.blocked[out] = self.fresh(f"{out}_nchwc", self.values)
+        return self.blocked[out]
+
+    # ---- rules -----------------------------------------------------------------------------
+    def run(self) -> Graph:
+        for node in self.g.nodes:
+            if not self.rewrite(node):
+                for v in node.inputs:
+                    self.need_nchw(v)
+                self.nodes.append(node)
+                self.available.update(o for o in node.outputs if o)
+        for v in self.g.outputs:
+            self.need_nchw(v)
+        live = set(self.g.inputs) | set(self.params) | \
+            {o for n in self.nodes for o in n.outputs if o}
+        types = {k: t for k, t in self.types.items() if k in live}
+        return Graph(self.g.name, self.nodes, list(self.g.inputs), list(self.g.outputs),
+                     self.params, types)
+
+    def rewrite(self, node: Node) -> bool:
+        op = node.op
+        if op in ("Conv", "FusedConv"):
+            return self.conv(node)
+        if not node.inputs or not node.inputs[0] or len(node.outputs) != 1:
+            return False
+        if not self.f32(*node.inputs, node.outputs[0]):
+            return False
+        if op in FINITE_UNARY:
+            return self.unary(node)
+        if op in BINARY or (op == "Div" and self.scalar_const(node.inputs[1])):
+            return self.binary(node)
+        if op in POOLS and node.inputs[0] in self.blocked and self.rank(node.inputs[0]) == 4:
+            attrs = {k: v for k, v in node.attrs.items() if k != "storage_order"}
+            attrs["kind"] = op
+            self.emit("PoolNCHWc", [self.blocked[node.inputs[0]]], attrs, node.name,
+                      [self.blocked_out(node)])
+            return True
+        if op in GLOBAL_POOLS and node.inputs[0] in self.blocked \
+                and self.rank(node.inputs[0]) == 4:
+            axes = self.param(f"{node.name}_axes", np.array([2, 3], np.int64))
+            self.emit(GLOBAL_POOLS[op], [self.blocked[node.inputs[0]], axes], {"keepdims": 1},
+                      node.name, [self.blocked_out(node)])
+            return True
+        if op == "Concat":
+            return self.concat(node)
+        return False
+
+    def f32(self, *values: str) -> bool:
+        return all(self.types[v].dtype is DType.float32 for v in values if v)
+
+    def rank(self, v: str) -> int:
+        return self.g.types[v].rank
+
+    def scalar_const(self, v: str) -> bool:
+        return v in self.params and self.params[v].size == 1
+
+    def conv(self, node: Node) -> bool:
+        g = self.g
+        x, w = node.inputs[0], node.inputs[1]
+        b = node.inputs[2] if len(node.inputs) > 2 else ""
+        z = node.inputs[3] if len(node.inputs) > 3 else ""
+        if w not in g.params or g.params[w].ndim != 4 or (b and b not in g.params):
+            return False
+        if not self.f32(x, w, b, z, node.outputs[0]) or g.types[x].rank != 4:
+            return False
+        attrs = resolve_attrs(OP_TABLE[node.op], node)
+        oc, icg = g.params[w].shape[:2]
+        group = attrs["group"]
+        ic = icg * group
+        if not (group == 1 or (icg == 1 and group == oc == ic)):
+            return False
+        new_attrs = dict(node.attrs)
+        new_attrs["block"] = self.block
+        if x in self.blocked or group > 1 or ic > STEM_MAX_CHANNELS:
+            xin = self.to_blocked(x)
+            new_attrs["in_layout"] = "NCHWc"
+        else:
+            self.need_nchw(x)
+            xin, new_attrs["in_layout"] = x, "NCHW"
+        inputs = [xin, w, b] + ([self.to_blocked(z)] if z else [])
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        self.emit("ConvNCHWc", inputs, new_attrs, node.name, [self.blocked_out(node)])
+        return True
+
+    def unary(self, node: Node) -> bool:
+        x = node.inputs[0]
+        if x not in self.blocked or not all(self.scalar_const(v) for v in node.inputs[1:] if v):
+            return False
+        self.emit(node.op, [self.blocked[x]] + node.inputs[1:], dict(node.attrs), node.name,
+                  [self.blocked_out(node)])
+        return True
+
+    def binary(self, node: Node) -> bool:
+        if len(node.inputs) != 2:
+            return False
+        a, b = node.inputs
+        out = self.g.types[node.outputs[0]].shape
+        ins = []
+        for v in (a, b):
+            if v in self.blocked:
+                shape = self.g.types[v].shape
+                # N and C must match the output's: only H and W may broadcast.
+                if len(shape) != 4 or len(out) != 4 or shape[:2] != out[:2]:
+                    return False
+                ins.append(self.blocked[v])
+            elif self.scalar_const(v):
+                ins.append(self.param(f"{node.name}_scalar", self.params[v].reshape(())))
+            else:
+                return False
+        if all(v not in self.blocked for v in (a, b)):
+            return False
+        self.emit(node.op, ins, dict(node.attrs), node.name, [self.blocked_out(node)])
+        return True
+
+    def concat(self, node: Node) -> bool:
+        ins = [v for v in node.inputs if v]
+        if not ins or any(v not in self.blocked or self.rank(v) != 4 for v in ins):
+            return False
+        axis = node.attrs.get("axis", 1)
+        if axis not in (1, -3) or any(self.g.types[v].shape[1] % self.block for v in ins):
+            return False
+        self.emit("Concat", [self.blocked[v] for v in ins], {"axis": 1}, node.name,
+                  [self.blocked_out(node)])
+        return True
+
+
+def _type_of(value: np.ndarray):
+    from ..ir.types import TensorType
+    return TensorType(DType.from_numpy(value.dtype), value.shape)
+
+
+def alter_layout_nchwc(graph: Graph, ctx=None) -> Graph:
+    target = getattr(ctx, "target", "llvm")
+    if target in GPU_TARGETS:
+        return graph
+    block = getattr(ctx, "lanes", 0) or host_block()
+    if not any(n.op in ("Conv", "FusedConv") for n in graph.nodes):
+        return graph
+    return _Rewriter(graph, block).run()

@@ -3,7 +3,10 @@
 Variants are timed interleaved (one call of each per round, in turn) so that noise from other
 processes hits all of them alike; medians and 90th percentiles over the rounds are reported, with
 speedups relative to the fused model. `--ablate` compiles the pipeline with each pass left out in
-turn and reports what each pass buys; `--per-layer` times every kernel of the fused model.
+turn and reports what each pass buys; `--per-layer` times every kernel of the fused model, with
+its share of the FMA peak (cnncc/peak.py, measured once per run at the bench's thread count).
+The arena figures of the native variants (peak vs no reuse, cnncc/passes/plan_memory.py) come
+with every report.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import numpy as np
 
 from .analysis import layer_stats
 from .ir import Graph
+from .passes.plan_memory import format_summary
+from .peak import fma_peak, measure_peak  # noqa: F401 (cnncc.bench.fma_peak is public API)
 
 
 @dataclass
@@ -37,6 +42,8 @@ class BenchReport:
     speedups: dict[str, float]
     ablation: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
+    memory: dict[str, dict] = field(default_factory=dict)     # variant -> arena summary
+    peak_gflops: float | None = None      # FMA peak at ``threads`` (llvm target)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -94,7 +101,8 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
     plan: list[tuple[str, dict]] = [("unfused", {"opt_level": 0}), ("fused", {"opt_level": 3})]
     if ablate:
         plan += [(f"fused -{p}", {"opt_level": 3, "skip_passes": [p]}) for p in passes]
-    steps = len(plan) + (1 if with_ort and onnx_model is not None else 0) + 1
+    peak = target == "llvm"
+    steps = len(plan) + (1 if with_ort and onnx_model is not None else 0) + 1 + peak
     models: dict[str, Any] = {}
     compile_s: dict[str, float] = {}
     for k, (name, opts) in enumerate(plan):
@@ -114,6 +122,11 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
         if ort_run is not None:
             runners["onnxruntime"] = lambda: ort_run(x)
             compile_s["onnxruntime"] = time.perf_counter() - t0
+    peak_gflops = None
+    if peak:
+        if progress:
+            _progress(steps - 2, steps, f"measuring the FMA peak on {threads} thread(s)")
+        peak_gflops = measure_peak(threads).gflops
     if progress:
         _progress(steps - 1, steps, f"timing {len(runners)} variants x {rounds} rounds")
     samples = time_interleaved(runners, rounds)
@@ -125,19 +138,26 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
     if "onnxruntime" in by:
         speedups["fused vs onnxruntime"] = by["onnxruntime"] / by["fused"]
         speedups["unfused vs onnxruntime"] = by["onnxruntime"] / by["unfused"]
-    report = BenchReport(graph.name, threads, rounds, results, speedups)
+    report = BenchReport(graph.name, threads, rounds, results, speedups,
+                         peak_gflops=peak_gflops)
+    for name in ("unfused", "fused"):
+        memory = models[name].memory_report()
+        if memory is not None:
+            report.memory[name] = memory
     if ablate:
         for p in passes:
             ms = by[f"fused -{p}"]
             report.ablation.append({"pass": p, "without_ms": ms, "with_ms": by["fused"],
                                     "buys": ms / by["fused"]})
     if per_layer:
-        report.layers = per_layer_table(models["fused"], graph, x)
+        report.layers = per_layer_table(models["fused"], graph, x, peak_gflops)
     return report
 
 
-def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray]) -> list[dict]:
-    """Median time and GFLOP/s per graph node of ``model`` (summed over the node's kernels).
+def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray],
+                    peak_gflops: float | None = None) -> list[dict]:
+    """Median time and GFLOP/s per graph node of ``model`` (summed over the node's kernels);
+    with ``peak_gflops``, also its percentage of that peak (``peak_pct``).
 
     Needs a target that can call its kernels one by one (llvm's ``profile``)."""
     profile = getattr(model, "profile", None)
@@ -158,6 +178,8 @@ def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray]) -> list[
     for name, row in rows.items():
         flops = stats[name].flops if name in stats else 0
         row["gflops"] = flops / (row["ms"] * 1e-3) / 1e9 if row["ms"] > 0 else 0.0
+        if peak_gflops:
+            row["peak_pct"] = 100 * row["gflops"] / peak_gflops
     return list(rows.values())
 
 
@@ -168,6 +190,10 @@ def format_report(r: BenchReport) -> str:
         lines.append(f"{v.name:<34} {v.median_ms:>10.3f} {v.p90_ms:>10.3f} {v.compile_s:>10.2f}")
     for k, s in r.speedups.items():
         lines.append(f"speedup {k}: {s:.2f}x")
+    for name, memory in r.memory.items():
+        lines.append(f"{name} {format_summary(memory)}")
+    if r.peak_gflops:
+        lines.append(f"FMA peak: {r.peak_gflops:.1f} GFLOP/s on {r.threads} thread(s)")
     if r.ablation:
         lines.append("ablation (fused model with one pass left out):")
         for a in r.ablation:
@@ -176,11 +202,13 @@ def format_report(r: BenchReport) -> str:
     if r.layers:
         total = sum(row["ms"] for row in r.layers)
         lines.append("per layer (fused model, each node's kernels timed alone):")
-        lines.append(f"{'node':<36} {'op':<20} {'kernels':>7} {'ms':>8} {'%':>6} {'GFLOP/s':>9}")
+        lines.append(f"{'node':<36} {'op':<20} {'kernels':>7} {'ms':>8} {'%':>6} {'GFLOP/s':>9}"
+                     + (f" {'% peak':>7}" if r.peak_gflops else ""))
         for row in sorted(r.layers, key=lambda row: -row["ms"]):
             lines.append(f"{row['node'][:36]:<36} {row['op'][:20]:<20} {row['kernels']:>7} "
                          f"{row['ms']:>8.3f} {100 * row['ms'] / total:>6.1f} "
-                         f"{row['gflops']:>9.1f}")
+                         f"{row['gflops']:>9.1f}"
+                         + (f" {row['peak_pct']:>7.1f}" if "peak_pct" in row else ""))
     return "\n".join(lines)
 
 

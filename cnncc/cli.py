@@ -1,12 +1,13 @@
 """The `cnncc` command line.
 
-    cnncc info [MODEL]                          ops, shapes, parameters, FLOPs per layer
+    cnncc info [MODEL]                          ops, shapes, parameters, FLOPs per layer, arena
     cnncc run [MODEL] [--input x.npy] [--output y.npy] [--target T]
     cnncc compile MODEL -o DIR [--name N] [--threads N] [--opt N] [--emit llvm|asm]
                                                 DIR/N.so + N.h + N.json: a C library
     cnncc compile MODEL --target cuda [--arch sm_90] [-o DIR] [--name N] [--emit cuda]
                                                 DIR/N.cu + N.h + N.weights (+ N.so with nvcc)
     cnncc bench [MODEL] [--threads N] [--ablate] [--per-layer] [--plot F.png] [--json]
+    cnncc bench --peak [--threads N] [--json]   the measured FMA peak (GFLOP/s) alone
     cnncc verify [MODEL] [--opt N] [--target T]  pass-by-pass agreement with the reference
     cnncc show [MODEL] [--opt N] [-o graph.svg]  the graph before/after the passes
 
@@ -49,8 +50,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from . import load_graph
     from .analysis import format_info
 
-    print(format_info(load_graph(resolve_model(args.model))))
+    graph = load_graph(resolve_model(args.model))
+    print(format_info(graph))
+    print(_arena_line(graph))
     return 0
+
+
+def _arena_line(graph: Any) -> str:
+    """The arena of ``graph`` compiled for llvm (opt 3, 1 thread): lowered, not compiled."""
+    from .backends.llvm.jit import vector_lanes
+    from .ir import CompileError
+    from .lower.program import lower_graph
+    from .passes import PassContext, run_pipeline
+    from .passes.plan_memory import format_summary
+
+    try:
+        prog = lower_graph(run_pipeline(graph, PassContext(opt_level=3)), vector_lanes(), 1)
+    except CompileError as e:
+        return f"arena: not planned (the llvm target cannot lower it: {e})"
+    return format_summary(prog.memory.summary()) + " [llvm, opt 3, 1 thread]"
 
 
 def _load_inputs(model: Any, paths: Sequence[str], seed: int) -> list[np.ndarray]:
@@ -123,8 +141,12 @@ def _model_name(spec: str) -> str:
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
+    import json
+
     from . import export
     from .backends.llvm.aot import c_identifier
+    from .ir import CompileError
+    from .passes.plan_memory import format_summary
 
     source = resolve_model(args.model)
     name = args.name if args.name is not None else c_identifier(_model_name(args.model))
@@ -139,6 +161,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     paths = export(source, args.output, name=name, threads=args.threads, opt_level=args.opt,
                    emit=args.emit or ())
     print(f"compiled {args.model} in {time.perf_counter() - t0:.2f} s")
+    with open(paths["metadata"]) as f:
+        print(format_summary(json.load(f)["memory"]))
     for path in paths.values():
         print(f"wrote {path}")
     return 0
@@ -149,6 +173,7 @@ def _compile_cuda(args: argparse.Namespace, source, name: str, emit: list) -> in
     from .backends.cuda.export import export_cuda
     from .backends.cuda.model import generate
     from .backends.llvm.aot import check_name
+    from .ir import CompileError
     from .passes import PassContext, run_pipeline
 
     check_name(name)
@@ -203,6 +228,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import load_graph
     from .bench import benchmark, format_report, plot_report, require_matplotlib
 
+    if args.peak:
+        return _print_peak(args)
     if args.plot:
         require_matplotlib()      # fail before minutes of compiling and timing, not after
     source = resolve_model(args.model)
@@ -220,6 +247,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(report.to_json() if args.json else format_report(report))
     if args.plot and not args.json:
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _print_peak(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .ir import CompileError
+    from .peak import measure_peak
+
+    if args.target not in (None, "llvm"):
+        raise CompileError("--peak measures the CPU (target llvm)")
+    if args.threads < 1:
+        raise CompileError(f"--threads must be positive, got {args.threads}")
+    peak = measure_peak(args.threads)
+    print(json.dumps(asdict(peak), indent=2) if args.json else peak.describe())
     return 0
 
 
@@ -270,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--target", choices=sorted(BACKENDS), default=None)
     bench.add_argument("--ablate", action="store_true",
                        help="leave each pass out in turn and report what it buys")
-    bench.add_argument("--per-layer", action="store_true", help="time and GFLOP/s per kernel")
+    bench.add_argument("--per-layer", action="store_true",
+                       help="time, GFLOP/s and %% of the FMA peak per kernel")
+    bench.add_argument("--peak", action="store_true",
+                       help="only measure the FMA peak (GFLOP/s at --threads) and exit")
     bench.add_argument("--plot", metavar="FILE.png", help="draw the comparison (matplotlib)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--no-ort", action="store_true", help="do not run onnxruntime")

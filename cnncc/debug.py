@@ -4,6 +4,8 @@
     CNNCC_DUMP=fold_batch_norm print the graph after that pass only (any pass name works)
     CNNCC_DUMP=kernels,llvm    loop nests / LLVM IR of the backends (read by them through here)
     CNNCC_DUMP=cuda            CUDA C of the cuda targets
+    CNNCC_DUMP=memory          the arena plan of every lowered program: each buffer's kernel
+                               lifetime, bytes and offset; peak vs no-reuse bytes
     CNNCC_DUMP=all             everything
 """
 from __future__ import annotations

@@ -52,6 +52,15 @@ class CompiledModel(abc.ABC):
         outs = ", ".join(f"{n}: {t}" for n, t in self._outputs)
         return f"<CompiledModel target={self.target} ({ins}) -> ({outs})>"
 
+    # ---- scratch memory -----------------------------------------------------------------------
+    def memory_report(self) -> dict[str, int] | None:
+        """The arena of native code, in bytes: ``arena_bytes`` (its peak size, buffers reused by
+        liveness), ``unshared_bytes`` (the same buffers without reuse), ``live_bytes`` (the most
+        bytes live at once: no plan needs less) and ``buffers``; None for targets without one
+        (reference). See cnncc/passes/plan_memory.py."""
+        memory = getattr(getattr(self, "program", None), "memory", None)
+        return None if memory is None else memory.summary()
+
     # ---- calling ------------------------------------------------------------------------------
     def __call__(self, *args: Any) -> np.ndarray | tuple[np.ndarray, ...]:
         if len(args) != len(self._inputs):

@@ -111,6 +111,7 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
             "inputs": [io_description(n, t) for n, t in gen.inputs],
             "outputs": [io_description(n, t) for n, t in gen.outputs],
             "arena_bytes": arena, "weights_bytes": int(prog.weights.nbytes),
+            "memory": prog.memory.summary(),
             "threads": gen.threads, "thread_safe": True, "target": jit.target_info(),
             "cnncc_version": _version(), **(extra or {})}
     _write(paths["metadata"], json.dumps(meta, indent=2) + "\n")

@@ -54,6 +54,11 @@ class LibraryModel(CompiledModel):
             return getattr(self._jit, name)
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
+    def memory_report(self) -> dict[str, int] | None:
+        # From the json (libraries written before it carried "memory": rebuilt, when possible).
+        memory = self.metadata.get("memory")
+        return dict(memory) if isinstance(memory, dict) else super().memory_report()
+
     def _execute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         outs = [np.empty(shape, dt) for shape, dt in zip(self.output_shapes, self.output_dtypes)]
         in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])

@@ -1,5 +1,8 @@
 """Graph -> program: partition into kernels, lower each, plan the arena, generate the entry.
 
+The arena plan (cnncc/passes/plan_memory.py) places the values and temps that live in the arena
+by their lifetimes over kernel positions; CNNCC_DUMP=memory prints it.
+
 Entry ABI: ``i32 NAME_run(ptr inputs, ptr outputs, ptr weights, ptr arena)``: inputs/outputs are
 arrays of data pointers (graph order), weights the packed 64-byte aligned constant blob, arena the
 scratch memory planned here. It calls every kernel once, in order.
@@ -13,6 +16,9 @@ import numpy as np
 
 from cnncc.ir import CompileError, DType, Graph, Node
 from cnncc.ir.ops.registry import run_reference
+
+from cnncc.debug import dump, dump_enabled
+from cnncc.passes.plan_memory import Lifetime, MemoryPlan, format_plan, plan_memory
 
 from .context import LowerCtx, unsupported
 from .rules import ALIAS_OPS, CONST_OPS, fused_activation, lower_node
@@ -29,6 +35,7 @@ class Program:
     arena_bytes: int
     storage: dict                   # storage key -> ("input", i) | ("output", j) | ("const", off)
                                     # | ("arena", off)
+    memory: MemoryPlan              # the arena plan (peak vs no-reuse bytes: memory.summary())
 
 
 def _round(n: int) -> int:
@@ -148,7 +155,7 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
     for a, off in zip(ctx.consts, offsets):
         blob[off:off + a.nbytes] = np.frombuffer(a.tobytes(), np.uint8)
     # Liveness over kernel positions of arena-resident values and temps.
-    live: dict[tuple, list] = {}
+    live: dict[tuple, Lifetime] = {}
     for pos, (k, _) in enumerate(ctx.kernels):
         for b in k.params:
             kind, ref = ctx.binding[id(b)]
@@ -163,24 +170,14 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
                 ref = ("t", ref)
             else:
                 continue
-            iv = live.setdefault(ref, [pos, pos, size])
-            iv[0], iv[1] = min(iv[0], pos), max(iv[1], pos)
-    placed: list[tuple[int, int, int, int]] = []      # (off, size, start, end)
-    arena_off: dict[tuple, int] = {}
-    for ref, (s, e, size) in sorted(live.items(), key=lambda kv: -kv[1][2]):
-        size = _round(max(size, 1))
-        off = 0
-        for po, ps, pst, pe in sorted(placed):
-            if pst <= e and s <= pe and off < po + ps and po < off + size:
-                off = _round(po + ps)
-        # Re-check: moving past one block may have created an overlap with another one.
-        while any(pst <= e and s <= pe and off < po + ps and po < off + size
-                  for po, ps, pst, pe in placed):
-            off = _round(max(po + ps for po, ps, pst, pe in placed
-                             if pst <= e and s <= pe and off < po + ps and po < off + size))
-        placed.append((off, size, s, e))
-        arena_off[ref] = off
-    arena = max((o + s for o, s, _, _ in placed), default=0)
+            iv = live.get(ref)
+            live[ref] = Lifetime(pos, pos, size) if iv is None else \
+                Lifetime(min(iv.first, pos), max(iv.last, pos), size)
+    plan = plan_memory(live)
+    arena_off, arena = plan.offsets, plan.arena_bytes
+    if dump_enabled("memory"):
+        dump("memory", f"arena plan of {g.name}", format_plan(
+            plan, {r: r[1] if r[0] == "v" else _temp_name(g, ctx, r[1]) for r in live}))
     storage = {}
     for k, _ in ctx.kernels:
         for b in k.params:
@@ -199,7 +196,12 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
                     storage[id(b)] = ("arena", arena_off[("v", root)])
                 else:
                     raise CompileError(f"internal error: value {root} has no storage")
-    return Program(g.name, ctx, blob, offsets, arena, storage)
+    return Program(g.name, ctx, blob, offsets, arena, storage, plan)
+
+
+def _temp_name(g: Graph, ctx: LowerCtx, tid: int) -> str:
+    idx = ctx.temps[tid][1]
+    return f"temp {tid} of " + (g.nodes[idx].name if 0 <= idx < len(g.nodes) else "outputs")
 
 
 def entry_function(module: ir.Module, prog: Program, kernels: dict, name: str) -> None:

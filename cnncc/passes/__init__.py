@@ -3,6 +3,7 @@
 Every pass is a function ``Graph -> Graph`` (taking the PassContext too) that returns a new graph;
 after each one the graph is verified and, on request, dumped (CNNCC_DUMP=passes or =PASS_NAME).
 opt_level 0 runs nothing: every op stays its own kernel, in NCHW (the "unfused" baseline).
+Last step, at lowering (needs kernel lifetimes, so not Graph -> Graph): plan_memory.py, the arena.
 """
 from __future__ import annotations
 

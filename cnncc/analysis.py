@@ -33,6 +33,13 @@ def node_flops(graph: Graph, node: Node) -> int:
     if out is None:
         return 0
     in0 = graph.types[node.inputs[0]] if node.inputs and node.inputs[0] else None
+    if node.op == "DwPwConvNCHWc":     # the depthwise conv, then the 1x1 conv on its output
+        wdw, wpw = graph.types[node.inputs[1]].shape, graph.types[node.inputs[3]].shape
+        pix = prod(out.shape[2:-1]) * out.shape[0]
+        return 2 * pix * (wdw[0] * prod(wdw[2:]) + wpw[0] * wpw[1])
+    if node.op == "ConvNCHWc":        # blocked output: count the real channels only
+        w = graph.types[node.inputs[1]].shape
+        return 2 * out.shape[0] * prod(out.shape[2:-1]) * w[0] * prod(w[1:])
     if node.op in ("Conv", "FusedConv", "ConvTranspose", "DeformConv"):
         w = graph.types[node.inputs[1]].shape
         # Conv: every output element sums Cin/g * prod(k) products. ConvTranspose: every input
@@ -45,7 +52,7 @@ def node_flops(graph: Graph, node: Node) -> int:
         if node.op == "Gemm" and node.attrs.get("transA", 0):
             k = in0.shape[0]
         return 2 * out.size * k
-    if node.op in ("MaxPool", "AveragePool", "LpPool"):
+    if node.op in ("MaxPool", "AveragePool", "LpPool", "PoolNCHWc"):
         return out.size * prod(node.attrs.get("kernel_shape", [1]))
     if node.op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax"):
         return in0.size

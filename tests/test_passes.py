@@ -146,7 +146,8 @@ def test_pipeline_runs_every_pass_and_verifies():
     assert seen == PASS_NAMES
     assert_graphs_equivalent(g, out, max_rel_error=1e-5)
     assert run_pipeline(g, PassContext(opt_level=0)) is g
-    skipped = run_pipeline(g, PassContext(skip=frozenset({"fold_batch_norm"})))
+    skipped = run_pipeline(g, PassContext(skip=frozenset({"fold_batch_norm",
+                                                          "alter_layout_nchwc"})))
     assert [n.op for n in skipped.nodes] == ["Conv", "BatchNormalization", "Relu"]
     with pytest.raises(CompileError, match="unknown pass"):
         run_pipeline(g, PassContext(skip=frozenset({"nope"})))

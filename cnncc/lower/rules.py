@@ -5,7 +5,10 @@ from cnncc.ir import CompileError, DType, Graph, Node
 
 from .context import LowerCtx, unsupported
 from .conv import lower_conv, lower_fused_conv
+from .conv_dwpw import lower_dwpw
 from .conv_transpose import lower_conv_transpose
+from .conv_nchwc import lower_conv_nchwc
+from .layout_nchwc import lower_from_nchwc, lower_pool_nchwc, lower_to_nchwc
 from .norm import lower_instance_norm, lower_layer_norm, lower_lrn
 from .elementwise import BINARY_OPS, UNARY_OPS, activation_fn, lower_elementwise
 from .gpu_conv import lower_conv_gpu, lower_fused_conv_gpu
@@ -27,8 +30,13 @@ ALIAS_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"
 
 RULES = {
     "Conv": lower_conv,
+    "DwPwConvNCHWc": lower_dwpw,
     "FusedConv": lower_fused_conv,
     "ConvTranspose": lower_conv_transpose,
+    "ConvNCHWc": lower_conv_nchwc,
+    "PoolNCHWc": lower_pool_nchwc,
+    "ToNCHWc": lower_to_nchwc,
+    "FromNCHWc": lower_from_nchwc,
     "InstanceNormalization": lower_instance_norm,
     "LayerNormalization": lower_layer_norm,
     "LRN": lower_lrn,

@@ -2,7 +2,8 @@
 
 Every pass is a function ``Graph -> Graph`` (taking the PassContext too) that returns a new graph;
 after each one the graph is verified and, on request, dumped (CNNCC_DUMP=passes or =PASS_NAME).
-opt_level 0 runs nothing: every op stays its own kernel, in NCHW (the "unfused" baseline).
+opt_level 0 runs nothing: every op stays its own kernel, in NCHW (the "unfused" baseline); 1 runs
+the clean-ups and fusions, 2 adds the NCHWc layout, 3 (the default) everything.
 Last step, at lowering (needs kernel lifetimes, so not Graph -> Graph): plan_memory.py, the arena.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
 from .fuse_epilogue import fuse_epilogue
+from .alter_layout_nchwc import alter_layout_nchwc
 
 
 @dataclass
@@ -41,6 +43,8 @@ PIPELINE: list[Pass] = [
     Pass("eliminate_dead_code", eliminate_dead_code, 1),
     # After dead code is gone: a dead user of a conv output would block its fusion.
     Pass("fuse_epilogue", fuse_epilogue, 1),
+    # After the epilogues are fused: a FusedConv becomes one blocked conv, residual included.
+    Pass("alter_layout_nchwc", alter_layout_nchwc, 2),
 ]
 PASS_NAMES = [p.name for p in PIPELINE]
 

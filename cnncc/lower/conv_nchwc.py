@@ -1,0 +1,301 @@
+"""CPU lowering of ConvNCHWc (ir/ops/layout.py): 2-D convs on NCHW{c}c activations.
+
+Dense convs (group = 1) use a direct register-tiled micro-kernel: a tile is TH x TW output
+pixels x VB output-channel blocks (TH * TW * VB vector accumulators, initialized with the bias;
+the shape chosen by a small cost model, ``_pick_tile``). Per input channel ci of a block and
+tap (kh, kw): VB weight vectors (packed once, at lowering, as [ocb group, ICb, KH, KW, ci,
+VB * c] so a tile streams one contiguous array), one broadcast input scalar per pixel
+(x[n, icb, ih, iw, ci]: one base address per tap plus constant offsets) and TH * TW * VB FMAs.
+The ci loop is unrolled by CI_UNROLL only: fully unrolled, LLVM's scheduler hoisted the loads
+of later channels and spilled accumulators. The epilogue adds the residual (blocked like the
+output), applies the activation and stores one vector per (pixel, block). The input is first
+copied into a zero-padded blocked scratch when the conv pads, so the reduction has no branches.
+A stride-1 unpadded 1x1 conv runs the same kernel over the H * W pixels flattened into one row.
+The stem (in_layout = "NCHW", few input channels) reads plain NCHW input: one "channel block"
+per input channel, with a block of one channel.
+
+Depthwise convs are memory-bound: vectorized over the c channels of a block, they read the
+unpadded input (per tile of R pixels, KH * KW taps of one input vector times one weight
+vector; border columns and rows get only their valid taps).
+
+Padding channels get zero weights and bias, so their output lanes are finite (0 before the
+activation, plus the residual's lane).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnncc.ir import DType, Node
+from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, For, If, Kernel, Let, Stmt, Store,
+                           Var, seq)
+from cnncc.ir.ops.spatial import resolve_window
+
+from .context import LowerCtx, const_input, op_context, unsupported
+from .conv import Act, fused_parts
+from .cpu_schedule import parallel_outer
+from .layout_nchwc import column_split, padded_blocked, valid_taps
+
+# Input channels of a block unrolled per iteration of the reduction's innermost loop.
+CI_UNROLL = 4
+L1_BYTES = 32 << 10
+
+
+def lower_conv_nchwc(ctx: LowerCtx, node: Node) -> None:
+    """ConvNCHWc with constant weights: the dense or the depthwise kernel."""
+    g = ctx.graph
+    conv, act, residual = fused_parts(ctx, node)
+    octx = op_context(g, node)
+    x, out = node.inputs[0], node.outputs[0]
+    for v in (x, out, residual, node.inputs[1]):
+        if v and g.types[v].dtype is not DType.float32:
+            raise unsupported(node, "only float32 is lowered")
+    if any(i and i not in g.params for i in node.inputs[1:3]):
+        raise unsupported(node, "ConvNCHWc needs constant weights and bias")
+    wv = np.asarray(const_input(g, node, 1, "the weight"), np.float32)
+    oc = wv.shape[0]
+    bias = const_input(g, node, 2, "the bias") if len(node.inputs) > 2 and node.inputs[2] \
+        else None
+    bias = np.zeros(oc, np.float32) if bias is None else np.asarray(bias, np.float32)
+    c = octx["block"]
+    stem = octx["in_layout"] == "NCHW"
+    xs = g.types[x].shape
+    plain = xs if stem else (xs[0], wv.shape[1] * octx["group"]) + tuple(xs[2:4])
+    win = resolve_window(op_context(g, conv), plain, wv.shape[2:])
+    if octx["group"] > 1:
+        return _depthwise(ctx, node, wv, bias, win, act, residual, c)
+    _dense(ctx, node, wv, bias, win, act, residual, c, stem)
+
+
+def _vector_regs(ctx: LowerCtx) -> int:
+    """Vector registers of the target: 32 zmm with AVX-512 (16 lanes), 16 ymm with AVX2."""
+    return 32 if ctx.lanes >= 16 else 16
+
+
+def _splits(size: int, step: int) -> list[tuple[int, int]]:
+    """(count, extent) of the full tiles and the tail tile of ``size`` in steps of ``step``."""
+    full, rest = divmod(size, step)
+    return [(k, e) for k, e in ((full, step), (1 if rest else 0, rest)) if k]
+
+
+def _tile_cost(ocb: int, oh: int, ow: int, vb: int, th: int, tw: int, k_step: float) -> float:
+    """Estimated cycles of the whole conv per reduction step (input channel x tap) with tiles
+    of vb blocks x th rows x tw columns (and the tails): per tile, the larger of the FMAs (2 a
+    cycle), the loads (vb + pixels, 2 a cycle), the FMA latency (4 cycles per accumulator
+    chain) and the L2 traffic of the weights (vb vectors: k_step cycles each), + 1 overhead."""
+    total = 0.0
+    for gn, gv in _splits(ocb, vb):
+        for rn, rv in _splits(oh, th):
+            for cn, cv in _splits(ow, tw):
+                r = rv * cv
+                cyc = max(r * gv / 2, (r + gv) / 2, 4.0, gv * k_step) + 1.0
+                total += gn * rn * cn * cyc
+    return total
+
+
+def _pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int
+               ) -> tuple[int, int, int]:
+    """(VB output-channel blocks, TH rows, TW columns) of the register tile minimizing
+    ``_tile_cost`` within ``regs`` vector registers (of one block each): VB weights, two
+    broadcasts and the accumulators; with VB >= 3 or a 1x1 conv, 8 registers are left out of
+    the accumulators (measured: fuller tiles spilled or ran slower). ``block_bytes``: the
+    packed weights of one output block; above L1 a tile streams them from L2."""
+    best = None
+    for vb in range(min(4, ocb), 0, -1):
+        k_step = 3.0 if vb * block_bytes > L1_BYTES else 1.0
+        limit = max(1, regs - 8 if vb >= 3 or taps == 1 else regs - vb - 2)
+        for th in range(1, min(4, oh) + 1):
+            for tw in range(1, min(ow, limit) + 1):
+                if vb * th * tw > limit:
+                    break
+                cost = _tile_cost(ocb, oh, ow, vb, th, tw, k_step)
+                if best is None or cost < best[0] * 0.99:     # ties: the larger VB
+                    best = (cost, vb, th, tw)
+    assert best is not None
+    return best[1:]
+
+
+def _pack_dense(wv: np.ndarray, c: int, cin: int, vb: int) -> list[np.ndarray]:
+    """W [OC, IC, KH, KW] -> full groups [G, ICb, KH, KW, cin, vb * c] (+ the tail group of
+    the remaining blocks as [1, ICb, KH, KW, cin, vbt * c]); zero-padded channels."""
+    oc, ic, kh, kw = wv.shape
+    ocb, icb = -(-oc // c), -(-ic // cin)
+    w = np.zeros((ocb * c, icb * cin, kh, kw), np.float32)
+    w[:oc, :ic] = wv
+    w = w.reshape(ocb, c, icb, cin, kh, kw).transpose(0, 2, 4, 5, 3, 1)   # ocb icb kh kw ci co
+    full = ocb // vb
+    out = [w[:full * vb].reshape(full, vb, icb, kh, kw, cin, c).transpose(0, 2, 3, 4, 5, 1, 6)
+           .reshape(full, icb, kh, kw, cin, vb * c)]
+    if ocb % vb:
+        t = ocb % vb
+        out.append(w[full * vb:].transpose(1, 2, 3, 4, 0, 5).reshape(1, icb, kh, kw, cin, t * c))
+    return [np.ascontiguousarray(a) for a in out]
+
+
+def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,
+           residual: str | None, c: int, stem: bool) -> None:
+    g = ctx.graph
+    out = node.outputs[0]
+    oc, ic, kh_, kw_ = wv.shape
+    ys = g.types[out].shape                              # [N, OCb, OH, OW, c]
+    nb, ocb, oh, ow = ys[:4]
+    (sh, sw), (dh, dw) = win.strides, win.dilations
+    cin = 1 if stem else c
+    xin = ctx.value(node.inputs[0], bname="x")
+    flat = (kh_ == kw_ == 1 and sh == sw == 1 and not any(win.pads))
+    if stem:       # NCHW input as [N, IC, H, W, 1]: the same kernel with blocks of 1 channel
+        xv = Buffer("x", DType.float32, xin.shape + (1,))
+        ctx.binding[id(xv)] = ctx.binding[id(xin)]
+        xin = xv
+    if flat:       # pixels flattened into one row
+        xv = Buffer("x", DType.float32, (xin.shape[0], xin.shape[1], 1,
+                                         xin.shape[2] * xin.shape[3], xin.shape[4]))
+        ctx.binding[id(xv)] = ctx.binding[id(xin)]
+        xin, oh, ow = xv, 1, oh * ow
+    xp = padded_blocked(ctx, node.name, xin, (win.begin(0), win.begin(1)),
+                        (win.end(0), win.end(1)))
+    icb = xp.shape[1]
+    vb, th, tw = _pick_tile(ocb, oh, ow, _vector_regs(ctx) * ctx.lanes // c,
+                            icb * cin * kh_ * kw_ * c * 4, kh_ * kw_)
+    packs = _pack_dense(wv, c, cin, vb)
+    wbufs = [ctx.const(p, f"w{i}") for i, p in enumerate(packs)]
+    bp = np.zeros(ocb * c, np.float32)
+    bp[:oc] = bias
+    bbuf = ctx.const(bp.reshape(ocb, c), "b")
+    ybuf = ctx.value(out, (nb, ocb, oh, ow, c), "y")
+    zbuf = ctx.value(residual, (nb, ocb, oh, ow, c), "z") if residual else None
+    n, og, o, t = Var("n"), Var("og"), Var("ot"), Var("t")
+    icv, khv, kwv = Var("icb"), Var("kh"), Var("kw")
+
+    def tile(wb: Buffer, gi: Expr, vbt: int, oh0: Expr, rh: int, ow0: Expr, rw: int,
+             tag: str) -> Stmt:
+        """rh x rw pixels from (oh0, ow0) x vbt blocks from block gi * vb."""
+        acc = Buffer(f"acc{tag}", DType.float32, (rh * rw, vbt, c), "local")
+        r, j, v, r2, j2, v2, r3, j3, v3, ci, ci0 = (Var(f"{q}{tag}") for q in (
+            "r", "j", "v", "r2", "j2", "v2", "r3", "j3", "v3", "ci", "ci0"))
+        ob0 = gi * vb
+
+        def nest(rv: Var, jv: Var, vv: Var, st: Stmt) -> Stmt:
+            return For(rv, rh * rw, For(jv, vbt, For(vv, c, st, "vectorized"), "unrolled"),
+                       "unrolled")
+
+        def pixel(rv: Var) -> tuple[Expr, Expr]:
+            return (oh0 + rv // rw, ow0 + rv % rw) if rh > 1 else (oh0, ow0 + rv)
+
+        # ci unrolled by CI_UNROLL inside a loop: a fully unrolled block let LLVM's scheduler
+        # hoist the loads of later channels and spill the accumulators.
+        split = cin > CI_UNROLL and cin % CI_UNROLL == 0
+        cc = ci + ci0 if split else ci
+        init = nest(r, j, v, Store(acc, (r, j, v), bbuf[ob0 + j, v]))
+        py, px = pixel(r2)
+        xi = xp[n, icv, py * sh + khv * dh, px * sw + kwv * dw, cc]
+        wi = wb[gi if wb.shape[0] > 1 else 0, icv, khv, kwv, cc, j2 * c + v2]
+        upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wi)
+        red: Stmt = For(ci, CI_UNROLL if split else cin, nest(r2, j2, v2, upd), "unrolled")
+        if split:
+            cio = Var(f"cio{tag}")
+            red = For(cio, cin // CI_UNROLL, Let(ci0, cio * CI_UNROLL, red))
+        red = For(icv, icb, For(khv, kh_, For(kwv, kw_, red)))
+        py, px = pixel(r3)
+        yi = (n, ob0 + j3, py, px, v3)
+        val = acc[r3, j3, v3]
+        if zbuf is not None:
+            val = val + zbuf[yi]
+        if act is not None:
+            val = act(val)
+        epi = nest(r3, j3, v3, Store(ybuf, yi, val))
+        return Allocate(acc, seq(init, red, epi))
+
+    def cell(wb: Buffer, gi: Expr, vbt: int, tag: str) -> Stmt:
+        """The tile (ot, t) of a group: TH x TW pixels from (ot * TH, t * TW), or the
+        remaining rows / columns for the last ones (branches per tile, not per FMA)."""
+        def cols(oh0: Expr, rh: int, tg: str) -> Stmt:
+            body = tile(wb, gi, vbt, oh0, rh, t * tw, tw, tg)
+            if ow % tw:
+                body = If(t < ow // tw, body, tile(wb, gi, vbt, oh0, rh, Const(ow - ow % tw),
+                                                   ow % tw, tg + "c"))
+            return body
+        body = cols(o * th, th, tag)
+        if oh % th:
+            body = If(o < oh // th, body, cols(Const(oh - oh % th), oh % th, tag + "h"))
+        return body
+
+    groups = ocb // vb
+    body = cell(wbufs[0], og, vb, "")
+    if len(wbufs) > 1:
+        tail = cell(wbufs[1], Const(groups), ocb % vb, "g")
+        body = If(og < groups, body, tail) if groups else tail
+    # Every tile is a task: enough of them for the threads even with one group and one row
+    # (a flattened 1x1 conv).
+    body = For(n, nb, For(og, groups + (len(wbufs) > 1),
+                          For(o, -(-oh // th), For(t, -(-ow // tw), body))))
+    params = [ybuf, xp, bbuf] + wbufs + ([zbuf] if zbuf is not None else [])
+    work = ybuf.size * icb * cin * kh_ * kw_
+    ctx.emit(parallel_outer(Kernel(node.name, params, body), ["n", "og", "ot", "t"], ctx,
+                            work))
+
+
+def _depthwise(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,
+               residual: str | None, c: int) -> None:
+    """Depthwise conv, reading the unpadded input (memory-bound: no padded copy). Rows: the
+    valid kh range of each output row from compile-time tables; columns: the interior ones
+    (every kw tap inside) in tiles of R pixels, each border column on its own with its valid
+    taps unrolled."""
+    g = ctx.graph
+    out = node.outputs[0]
+    oc, _, kh_, kw_ = wv.shape
+    ys = g.types[out].shape
+    nb, cb, oh, ow = ys[:4]
+    ih, iw = g.types[node.inputs[0]].shape[2:4]
+    (sh, sw), (dh, dw) = win.strides, win.dilations
+    pt, pl = win.begin(0), win.begin(1)
+    xin = ctx.value(node.inputs[0], bname="x")
+    w = np.zeros((cb * c, kh_, kw_), np.float32)
+    w[:oc] = wv[:, 0]
+    wbuf = ctx.const(np.ascontiguousarray(w.reshape(cb, c, kh_, kw_).transpose(0, 2, 3, 1)),
+                     "w")
+    bp = np.zeros(cb * c, np.float32)
+    bp[:oc] = bias
+    bbuf = ctx.const(bp.reshape(cb, c), "b")
+    rows = [valid_taps(ih, kh_, sh, dh, pt, o) for o in range(oh)]
+    khlo = ctx.const(np.array([r[0] if r else 0 for r in rows], np.int64), "khlo")
+    khn = ctx.const(np.array([len(r) for r in rows], np.int64), "khn")
+    ybuf = ctx.value(out, bname="y")
+    zbuf = ctx.value(residual, bname="z") if residual else None
+    n, b, o, t, khv = Var("n"), Var("cb"), Var("oh"), Var("t"), Var("kh")
+    rmax = max(1, (_vector_regs(ctx) * ctx.lanes // c - 4) // 2)
+
+    def tile(ow0: Expr, rr: int, taps: list[int], tag: str) -> Stmt:
+        """rr pixels from column ow0, all with the kw taps ``taps``."""
+        acc = Buffer(f"acc{tag}", DType.float32, (rr, c), "local")
+        r, v, r2, v2, r3, v3 = (Var(f"{q}{tag}") for q in ("r", "v", "r2", "v2", "r3", "v3"))
+        init = For(r, rr, For(v, c, Store(acc, (r, v), bbuf[b, v]), "vectorized"), "unrolled")
+        upd = []
+        for kw in taps:
+            xi = xin[n, b, o * sh + (khv * dh - pt), (ow0 + r2) * sw + (kw * dw - pl), v2]
+            upd.append(For(r2, rr, For(v2, c, Store(acc, (r2, v2), acc[r2, v2] + xi
+                                                    * wbuf[b, khv, kw, v2]), "vectorized"),
+                           "unrolled"))
+        red = For(khv, khn[o], seq(*upd), start=khlo[o])
+        yi = (n, b, o, ow0 + r3, v3)
+        val = acc[r3, v3]
+        if zbuf is not None:
+            val = val + zbuf[yi]
+        if act is not None:
+            val = act(val)
+        epi = For(r3, rr, For(v3, c, Store(ybuf, yi, val), "vectorized"), "unrolled")
+        return Allocate(acc, seq(init, red, epi))
+
+    cols, c0, c1 = column_split(iw, kw_, sw, dw, pl, ow)
+    parts: list[Stmt] = [tile(Const(p), 1, cols[p], f"l{p}") for p in range(c0)]
+    if c1 > c0:
+        width = c1 - c0
+        rt = -(-width // -(-width // rmax))
+        full, rest = divmod(width, rt)
+        parts.append(For(t, full, tile(t * rt + c0, rt, list(range(kw_)), "")))
+        if rest:
+            parts.append(tile(Const(c1 - rest), rest, list(range(kw_)), "r"))
+    parts += [tile(Const(p), 1, cols[p], f"e{p}") for p in range(c1, ow)]
+    body = For(n, nb, For(b, cb, For(o, oh, seq(*parts))))
+    params = [ybuf, xin, wbuf, bbuf, khlo, khn] + ([zbuf] if zbuf is not None else [])
+    work = ybuf.size * kh_ * kw_
+    ctx.emit(parallel_outer(Kernel(node.name, params, body), ["n", "cb", "oh"], ctx, work))

@@ -46,10 +46,12 @@ def _check_options(target: str, opt_level: int, threads: int | None) -> None:
         raise CompileError(f"threads must be a positive integer, got {threads!r}")
 
 
-def _optimize(graph: Graph, target: str, opt_level: int, skip: frozenset) -> Graph:
+def _optimize(graph: Graph, target: str, opt_level: int, skip: frozenset,
+              lowrank_tol: float | None = None) -> Graph:
     if BACKENDS[target].native:
         # The reference target is the oracle: it runs the graph exactly as imported.
-        return run_pipeline(graph, PassContext(opt_level=opt_level, target=target, skip=skip))
+        return run_pipeline(graph, PassContext(opt_level=opt_level, target=target, skip=skip,
+                                               lowrank_tol=lowrank_tol))
     return graph
 
 
@@ -60,7 +62,8 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
 
     ``opt_level`` 0 runs no graph optimization (every op its own kernel), 3 runs all passes;
     ``threads`` is the native thread count (default: all cores); ``input_shapes`` fixes
-    symbolic ONNX input dims. Other options go to the target (e.g. ``skip_passes=[...]``).
+    symbolic ONNX input dims. Other options go to the target (e.g. ``skip_passes=[...]``;
+    ``dw_lowrank_tol=0.01`` opts into approximate depthwise factoring, printing its error bound).
 
     On the llvm target, compiled models are cached on disk (cnncc.cache; CNNCC_CACHE=0 turns
     it off, ``cache=False`` skips it for one call): compiling the same model again loads the
@@ -70,18 +73,20 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     _check_options(target, opt_level, threads)
     use_cache = bool(options.pop("cache", True))
     skip = frozenset(options.pop("skip_passes", ()))
+    lowrank_tol = options.pop("dw_lowrank_tol", None)
     graph = load_graph(source, input_shapes)
     if target == "llvm":
         threads = threads or os.cpu_count() or 1
     options = dict(options, opt_level=opt_level, threads=threads)
 
     def build(**extra: Any) -> CompiledModel:
-        optimized = _optimize(graph, target, opt_level, skip)
+        optimized = _optimize(graph, target, opt_level, skip, lowrank_tol)
         return BACKENDS[target].build(optimized, dict(options, **extra))
 
     key = None
     if use_cache and target == "llvm" and cache.cache_root() is not None:
-        key = cache.model_key(graph, target, dict(options, skip_passes=sorted(skip)))
+        key = cache.model_key(graph, target, dict(options, skip_passes=sorted(skip),
+                                                  dw_lowrank_tol=lowrank_tol))
         hit = cache.lookup(key, graph, rebuild=build)
         if hit is not None:
             return hit
@@ -110,9 +115,10 @@ def export(source: Any, out_dir: str | os.PathLike, name: str | None = None,
         name = c_identifier(_default_name(source))
     check_name(name)
     skip = frozenset(options.pop("skip_passes", ()))
+    lowrank_tol = options.pop("dw_lowrank_tol", None)
     if options:
         raise CompileError(f"unknown export option(s) {sorted(options)}")
-    graph = _optimize(load_graph(source, input_shapes), "llvm", opt_level, skip)
+    graph = _optimize(load_graph(source, input_shapes), "llvm", opt_level, skip, lowrank_tol)
     gen = generate(graph, threads or 1, opt_level)
     return export_library(gen, os.fspath(out_dir), name, emit)
 

@@ -10,6 +10,7 @@ import pytest
 import cnncc
 from cnncc.ir import CompileError, DType, Graph, TensorType, run_graph
 from cnncc.ir.ops.layout import blocked_shape, from_blocked
+from cnncc.passes import PassContext
 from cnncc.passes.depthwise_separable import depthwise_separable, rank1_factors
 from cnncc.testing import assert_graphs_equivalent, random_inputs, relative_error
 
@@ -185,7 +186,8 @@ def compiled_vs_reference(before: Graph, threads: int) -> float:
     (24, 40, (9, 11), 2, True),
     (40, 24, (13, 7), 2, False),
     (144, 24, (15, 13), 1, True),
-    (144, 160, (7, 7), 1, True),       # 10 output blocks: register tiles of 4, 4 and 2
+    (144, 160, (7, 7), 1, True),       # 10 output blocks: register tiles of 2
+    (40, 128, (15, 17), 2, True),      # 8 output blocks: register tiles of 4
     (40, 16, (5, 3), 1, False),         # rows narrower than a tile, 1 output block
 ])
 def test_fused_kernel_matches_reference(threads, c, oc, hw, stride, residual):
@@ -345,10 +347,9 @@ def test_approximate_factoring_is_opt_in_and_within_its_bound(monkeypatch, capsy
     w += rand(rng, *w.shape, scale=2e-3)                  # close to, but not, rank 1
     before = dw_graph("FusedConv", w, hw=(13, 12), pads=(2, 2, 2, 2), strides=(1, 1),
                       act={})
-    monkeypatch.delenv("CNNCC_DW_LOWRANK", raising=False)
     assert ops(depthwise_separable(before)) == ["FusedConv"]
-    monkeypatch.setenv("CNNCC_DW_LOWRANK", "0.01")
-    after = depthwise_separable(before).verify()
+    assert ops(depthwise_separable(before, PassContext())) == ["FusedConv"]
+    after = depthwise_separable(before, PassContext(lowrank_tol=0.01)).verify()
     assert ops(after) == ["Conv", "FusedConv"]
     msg = capsys.readouterr().err
     assert "conv: 5x5 depthwise filters replaced by rank-1 approximations" in msg
@@ -358,11 +359,16 @@ def test_approximate_factoring_is_opt_in_and_within_its_bound(monkeypatch, capsy
     # ||window||_2 <= sqrt(25) * max|x| (zero padding only lowers it).
     bound = factor * 5 * np.abs(feeds["x"]).max()
     assert 0 < err <= bound * 1.01 + 1e-5
-    monkeypatch.setenv("CNNCC_DW_LOWRANK", "1e-5")       # too strict for this filter set
-    assert ops(depthwise_separable(before)) == ["FusedConv"]
-    monkeypatch.setenv("CNNCC_DW_LOWRANK", "two")
-    with pytest.raises(CompileError, match="CNNCC_DW_LOWRANK"):
-        depthwise_separable(before)
+    # too strict for this filter set
+    assert ops(depthwise_separable(before, PassContext(lowrank_tol=1e-5))) == ["FusedConv"]
+    with pytest.raises(CompileError, match="dw_lowrank_tol"):
+        depthwise_separable(before, PassContext(lowrank_tol="two"))
+    # Through cnncc.compile: an option of the compile (and of its cache key).
+    exact = cnncc.compile(before, target="llvm", threads=1, cache=False)
+    approx = cnncc.compile(before, target="llvm", threads=1, dw_lowrank_tol=0.01, cache=False)
+    x = feeds["x"]
+    assert relative_error(exact(x), run_graph(before, feeds)["conv"]) <= 1e-4
+    assert np.abs(approx(x) - run_graph(before, feeds)["conv"]).max() <= bound * 1.01 + 1e-5
 
 
 # ---- a whole network -----------------------------------------------------------------------
@@ -371,15 +377,13 @@ def test_tiny_mobilenet_blocks_fuse_and_match_reference():
     """Every inverted-residual block's depthwise -> project pair fuses after the pipeline and
     alter_layout_nchwc; the compiled net matches the reference of the imported graph."""
     from cnncc.dsl import zoo
-    from cnncc.passes import PASS_NAMES, PassContext, run_pipeline
-    from cnncc.passes.alter_layout_nchwc import alter_layout_nchwc
+    from cnncc.passes import PASS_NAMES, run_pipeline
 
     graph = zoo.tiny_mobilenet().to_graph().verify()
+    assert PASS_NAMES.index("depthwise_separable") > PASS_NAMES.index("alter_layout_nchwc")
+    layout = run_pipeline(graph, PassContext(skip=frozenset({"depthwise_separable"})))
+    depthwise = [n for n in layout.nodes if n.op == "ConvNCHWc" and n.attrs.get("group", 1) > 1]
     opt = run_pipeline(graph, PassContext())
-    if "alter_layout_nchwc" not in PASS_NAMES:
-        opt = alter_layout_nchwc(opt).verify()
-    depthwise = [n for n in opt.nodes if n.op == "ConvNCHWc" and n.attrs.get("group", 1) > 1]
-    opt = depthwise_separable(opt).verify()
     assert depthwise and ops(opt).count("DwPwConvNCHWc") == len(depthwise)
     feeds = random_inputs(graph, seed=4)
     ref = run_graph(graph, feeds)[graph.outputs[0]]

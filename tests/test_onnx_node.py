@@ -193,6 +193,14 @@ NOT_COVERED_BY_NODE_CASES = {
     "GlobalLpPool": "ONNX ships no node case for it; tests/test_ops_nn.py compares it with "
                     "onnxruntime",
     "FusedConv": "internal op made by the fuse_epilogue pass; tests/test_fuse_epilogue.py",
+    "ToNCHWc": "internal op of alter_layout_nchwc; tests/test_alter_layout.py, "
+               "tests/test_nchwc_kernels.py",
+    "FromNCHWc": "internal op of alter_layout_nchwc; tests/test_alter_layout.py, "
+                 "tests/test_nchwc_kernels.py",
+    "ConvNCHWc": "internal op of alter_layout_nchwc; tests/test_nchwc_kernels.py",
+    "PoolNCHWc": "internal op of alter_layout_nchwc; tests/test_nchwc_kernels.py",
+    "DwPwConvNCHWc": "internal op made by the depthwise_separable pass; "
+                     "tests/test_depthwise_separable.py",
 }
 
 

@@ -47,11 +47,16 @@ def _activation(ctx: LowerCtx, node: Node, name: str, params: list):
 
 def _tiles(ow: int, ocb: int, channels: int, lanes: int, block: int) -> tuple[int, int]:
     """(R pixels, VB output blocks) of the pointwise register tile. Measured on MobileNetV2's
-    blocks (AVX-512): VB = 2 with R = 7 or 8 beats VB = 3 or 4 (more accumulators, which
-    spill) and R = 12 to 14 (28 accumulators); R divides the row when a divisor is near."""
+    blocks (AVX-512): VB = 2 with R = 7 or 8 beats VB = 3 or 4 with 6 to 8 pixels (more
+    accumulators, which spill) and R = 12 to 14, except for many output blocks in groups of 4
+    (960 -> 320: VB = 4, R = 7 reuses each broadcast 4 times). R divides the row when a divisor
+    is near."""
     per_block = -(-block // lanes)                 # registers per c-lane vector
-    vb = max(1, min(ocb, 2 // per_block))
+    wide = ocb >= 8 and ocb % 4 == 0
+    vb = max(1, min(ocb, (4 if wide else 2) // per_block))
     rmax = R_PIXELS if lanes >= 16 else R_PIXELS // 2
+    if vb * per_block >= 4:
+        rmax = 7                                   # 28 accumulators
     rmax = max(1, min(rmax, ow, TILE_BYTES // (4 * channels)))
     for r in range(rmax, (3 * rmax + 3) // 4 - 1, -1):
         if ow % r == 0:

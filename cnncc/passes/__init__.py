@@ -19,6 +19,7 @@ from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
 from .fuse_epilogue import fuse_epilogue
 from .alter_layout_nchwc import alter_layout_nchwc
+from .depthwise_separable import depthwise_separable
 
 
 @dataclass
@@ -27,6 +28,7 @@ class PassContext:
     target: str = "llvm"
     skip: frozenset[str] = field(default_factory=frozenset)
     lanes: int = 0        # float32 vector lanes of a CPU target; 0 = this machine's
+    lowrank_tol: float | None = None    # opt-in approximate depthwise factoring (None: exact only)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ PIPELINE: list[Pass] = [
     Pass("fuse_epilogue", fuse_epilogue, 1),
     # After the epilogues are fused: a FusedConv becomes one blocked conv, residual included.
     Pass("alter_layout_nchwc", alter_layout_nchwc, 2),
+    # On blocked convs: a depthwise conv and the 1x1 conv reading it become one kernel.
+    Pass("depthwise_separable", depthwise_separable, 3),
 ]
 PASS_NAMES = [p.name for p in PIPELINE]
 

@@ -27,7 +27,8 @@
     the same up to float rounding, for KH + KW instead of KH * KW multiply-adds per output.
     Fusion runs first: a depthwise conv that fuses with its pointwise conv is not factored.
 
-(b') Approximate rank-1 factoring, opt-in: with CNNCC_DW_LOWRANK=tol (0 < tol < 1), a filter
+(b') Approximate rank-1 factoring, opt-in: with the compile option dw_lowrank_tol=tol
+    (PassContext.lowrank_tol; 0 < tol < 1), a filter
     set that is not exactly rank 1 is replaced by its best rank-1 approximation sigma_1 u v^T
     (the same rewrite as (b)) when, for every channel, ||W_c - sigma_1 u v^T||_F =
     sqrt(sigma_2^2 + ...) <= tol * ||W_c||_F. By Cauchy-Schwarz each output before the
@@ -51,7 +52,6 @@ from ..ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
 # sigma_2 <= RANK1_TOL * sigma_1 (per channel) counts as rank 1: float32 weights built as an
 # outer product have sigma_2 / sigma_1 ~ 1e-8; anything a trained net has is far above 1e-6.
 RANK1_TOL = 1e-6
-LOWRANK_ENV = "CNNCC_DW_LOWRANK"
 DW_OPS = ("Conv", "FusedConv", "ConvNCHWc")
 
 
@@ -144,19 +144,16 @@ def _svd1(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return u[:, :, 0] * root, vt[:, 0, :] * root, s
 
 
-def approx_tolerance() -> float | None:
-    """The relative filter error allowed by CNNCC_DW_LOWRANK, or None (exact rewrites only)."""
-    text = os.environ.get(LOWRANK_ENV, "").strip()
-    if not text:
+def approx_tolerance(ctx) -> float | None:
+    """The relative filter error the compile option dw_lowrank_tol allows, or None (exact
+    rewrites only)."""
+    tol = getattr(ctx, "lowrank_tol", None)
+    if tol is None:
         return None
-    try:
-        tol = float(text)
-    except ValueError:
-        tol = -1.0
-    if not 0 < tol < 1:
-        raise CompileError(f"{LOWRANK_ENV}={text!r}: expected a relative filter error in (0, 1), "
-                           "e.g. 0.01")
-    return tol
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        raise CompileError(f"dw_lowrank_tol={tol!r}: expected a relative filter error in "
+                           "(0, 1), e.g. 0.01")
+    return float(tol)
 
 
 def _split_attrs(node: Node, win: Window, first: bool) -> dict:
@@ -222,6 +219,6 @@ def _factor_rules(approx_tol: float | None) -> list[Rule]:
 
 
 def depthwise_separable(graph: Graph, ctx=None) -> Graph:
-    """(a) then (b) of the module docstring (and (b') when CNNCC_DW_LOWRANK is set), each to a
+    """(a) then (b) of the module docstring (and (b') when ctx.lowrank_tol is set), each to a
     fixed point."""
-    return apply_rules(apply_rules(graph, FUSE_RULES), _factor_rules(approx_tolerance()))
+    return apply_rules(apply_rules(graph, FUSE_RULES), _factor_rules(approx_tolerance(ctx)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .loop import (BOOL, And, Allocate, Bin, Call, Cast, Cmp, Const, Expr, For, If, Let, Load, Not,
-                   Or, Select, Seq, Stmt, Store, Var)
+                   Or, Prefetch, Select, Seq, Stmt, Store, Var)
 
 
 # ---- generic traversal ---------------------------------------------------------------------------
@@ -54,6 +54,8 @@ def map_stmt(s: Stmt, efn: Callable[[Expr], Expr]) -> Stmt:
         return Let(s.var, efn(s.value), map_stmt(s.body, efn))
     if isinstance(s, Allocate):
         return Allocate(s.buf, map_stmt(s.body, efn))
+    if isinstance(s, Prefetch):
+        return Prefetch(s.buf, tuple(efn(i) for i in s.indices), s.level)
     raise TypeError(f"unknown statement {type(s).__name__}")
 
 
@@ -116,6 +118,9 @@ def stmt_exprs(s: Stmt):
         yield from stmt_exprs(s.body)
     elif isinstance(s, Allocate):
         yield from stmt_exprs(s.body)
+    elif isinstance(s, Prefetch):
+        for i in s.indices:
+            yield s, i
 
 
 def walk_stmts(s: Stmt):

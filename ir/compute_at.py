@@ -10,8 +10,8 @@ buffer, guarded to P's bounds, and the reads are redirected to it.
 from __future__ import annotations
 
 from .affine import bounds, const_value, simplify, substitute_stmt, walk_stmts, map_stmt, map_expr
-from .loop import (Allocate, And, Buffer, Cmp, Const, For, If, Kernel, Load, Seq, Stmt, Store,
-                   Var, seq)
+from .loop import (Allocate, And, Buffer, Cmp, Const, For, If, Kernel, Load, Prefetch, Seq, Stmt,
+                   Store, Var, seq)
 
 
 def _err(msg: str):
@@ -117,7 +117,13 @@ def compute_at(kernel: Kernel, producer: str, loop_name: str) -> Kernel:
                    loop.start)
     consumer = _rebuild(stages[cidx], loop, new_loop)
     rest = [consumer if i == cidx else st for i, st in enumerate(stages) if i != prod_idx[0]]
-    return Kernel(kernel.name, kernel.params, _rebuild(kernel.body, alloc, seq(*rest)))
+    body = _rebuild(kernel.body, alloc, seq(*rest))
+    # Prefetches of the producer would name a buffer that no longer exists (its tile is
+    # computed in place): hints, so they are dropped.
+    for x in list(walk_stmts(body)):
+        if isinstance(x, Prefetch) and x.buf is buf:
+            body = _rebuild(body, x, Seq([]))
+    return Kernel(kernel.name, kernel.params, body)
 
 
 def _shallow(path: list, loop: For):

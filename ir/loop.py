@@ -5,8 +5,8 @@ Expressions are immutable dataclasses; Python operators build them (``i * 4 + j`
 and floats become constants. Integer division by 0 acts as division by 1 (x / 0 = x, x % 0 = 0).
 min(a, b) = (b < a ? b : a), max(a, b) = (a < b ? b : a): a NaN in
 the first operand propagates (put the data operand first).
-Statements are For / Store / Seq / If / Let / Allocate. A Kernel has global Buffer parameters
-passed by pointer; local buffers come from Allocate.
+Statements are For / Store / Seq / If / Let / Allocate / Prefetch (a cache hint). A Kernel has
+global Buffer parameters passed by pointer; local buffers come from Allocate.
 """
 from __future__ import annotations
 
@@ -264,6 +264,23 @@ class Let(Stmt):
 class Allocate(Stmt):
     buf: Buffer
     body: Stmt
+
+
+@dataclass(eq=False)
+class Prefetch(Stmt):
+    """A hint to bring the cache line holding ``buf[indices]`` into cache level ``level``
+    (1: L1, 2: L2, 3: L3) ahead of its use. It has no effect on results: interpreters skip
+    it, backends may emit nothing. Transformations treat it like a Store without a value."""
+    buf: Buffer
+    indices: tuple
+    level: int = 2
+
+    def __post_init__(self):
+        self.indices = tuple(wrap(i) for i in self.indices)
+        if len(self.indices) != len(self.buf.shape):
+            raise IndexError(f"prefetch {self.buf.name}: {len(self.indices)} indices for rank "
+                             f"{len(self.buf.shape)}")
+        assert self.level in (1, 2, 3), self.level
 
 
 @dataclass(eq=False)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import CompileError
 from .loop import (Allocate, And, Bin, Call, Cast, Cmp, Const, Expr, For, If, Kernel, Let, Load,
-                   Not, Or, Select, Seq, Stmt, Store, Var)
+                   Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
 
 
 def _erf(x: float) -> float:
@@ -76,6 +76,8 @@ class _Interp:
             self.mem[s.buf.name] = np.full(s.buf.shape, fill, s.buf.dtype.np)
             self.stmt(s.body, env)
             del self.mem[s.buf.name]
+        elif isinstance(s, Prefetch):
+            pass                    # a cache hint: no effect on results
         else:
             raise TypeError(f"unknown statement {type(s).__name__}")
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .loop import (Allocate, And, Bin, Call, Cast, Cmp, Const, Expr, For, If, Kernel, Let, Load,
-                   Not, Or, Select, Seq, Stmt, Store, Var)
+                   Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
 
 _SYM = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%",
         "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
@@ -62,6 +62,9 @@ def format_stmt(s: Stmt, indent: int = 0) -> list[str]:
     if isinstance(s, Allocate):
         shape = "x".join(str(d) for d in s.buf.shape)
         return [f"{pad}local {s.buf.name}: {s.buf.dtype}[{shape}]"] + format_stmt(s.body, indent)
+    if isinstance(s, Prefetch):
+        idx = ", ".join(format_expr(i) for i in s.indices)
+        return [f"{pad}prefetch L{s.level} {s.buf.name}[{idx}]"]
     raise TypeError(f"unknown statement {type(s).__name__}")
 
 

@@ -26,9 +26,9 @@ def test_benchmark_report_has_every_part():
     assert [a["pass"] for a in report.ablation] == PASS_NAMES
     assert set(report.speedups) == {"fused vs unfused", "fused vs onnxruntime",
                                     "unfused vs onnxruntime"}
-    # At opt 3 the convs carry their activations (fuse_epilogue): FusedConv rows.
-    assert {row["op"] for row in report.layers} >= {"FusedConv", "Gemm"}
-    conv = next(row for row in report.layers if row["op"] == "FusedConv")
+    # At opt 3 the convs carry their activations (fuse_epilogue) in the blocked layout.
+    assert {row["op"] for row in report.layers} >= {"ConvNCHWc", "Gemm"}
+    conv = next(row for row in report.layers if row["op"] == "ConvNCHWc")
     assert conv["ms"] > 0 and conv["gflops"] > 0
     text = format_report(report)
     assert "speedup fused vs unfused" in text and "without fold_batch_norm" in text

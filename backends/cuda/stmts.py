@@ -16,7 +16,7 @@ import re
 from ...ir import CompileError
 from ...ir.affine import const_value, walk_stmts
 from ...ir.dtypes import DType
-from ...ir.loop import Allocate, Bin, Cast, Const, For, If, Let, Seq, Stmt, Store
+from ...ir.loop import Allocate, Bin, Cast, Const, For, If, Let, Prefetch, Seq, Stmt, Store
 from .cexpr import ExprRenderer, c_type
 from .stages import Stage, accesses, children, has_thread_loop
 
@@ -172,6 +172,9 @@ class StageWriter:
                 self.alloc_lines.add(len(self.lines))
                 self.emit(f"{c_type(s.buf.dtype)} {self.names.buf(s.buf)}[{size}];")
             self.stmt(s.body, bound, blk)
+        elif isinstance(s, Prefetch):
+            # A CPU cache hint: GPU caches are left to the hardware.
+            self.emit(f"// prefetch {self.names.buf(s.buf)} (not emitted)")
         else:
             raise CompileError(f"cuda backend, kernel {self.kname}: unknown statement "
                                f"{type(s).__name__}")

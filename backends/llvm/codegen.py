@@ -3,7 +3,8 @@
 Each Kernel becomes ``void NAME(T* noalias p0, ...)``. Loop kinds: serial (a phi loop), unrolled
 (body emitted once per iteration), vectorized (body emitted once on <lanes x T> values; bodies that
 cannot be vectorized are emitted once per lane), parallel (outlined into NAME_parK(ptr ctx) and run
-by libgomp's GOMP_parallel with a static split of the iteration range).
+by libgomp's GOMP_parallel with a static split of the iteration range). Prefetch becomes
+llvm.prefetch, once per vector of lanes.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import llvmlite.ir as ir
 
 from ...ir import CompileError
 from ...ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
-from ...ir.loop import Allocate, For, If, Kernel, Let, Load, Seq, Stmt, Store, Var
+from ...ir.loop import Allocate, For, If, Kernel, Let, Load, Prefetch, Seq, Stmt, Store, Var
 from .exprs import I32, I64, PTR, ExprEmitter, lltype
 
 
@@ -67,6 +68,7 @@ class FunctionEmitter(ExprEmitter):
         self.vvar = None
         self.vec_lets: set = set()
         self.scalar_lane = False
+        self.lane_copy = False         # emitting a lane other than a vector's first, one by one
         self._lin_cache: dict = {}     # (id(buf), id(indices)) -> linear index (kept alive)
 
     # ---- statements ----------------------------------------------------------------------------
@@ -97,8 +99,21 @@ class FunctionEmitter(ExprEmitter):
             self.bufs[s.buf.name] = p
             self.emit(s.body)
             del self.bufs[s.buf.name]
+        elif isinstance(s, Prefetch):
+            self.prefetch(s)
         else:
             raise CompileError(f"internal error: cannot emit {type(s).__name__}")
+
+    def prefetch(self, s: Prefetch) -> None:
+        """llvm.prefetch (read, data cache) of the line holding s.buf[s.indices]; in a
+        vectorized loop once per vector (the address of its first lane), not per lane."""
+        if self.lane_copy:
+            return
+        kind, p, _ = self.address(s.buf, s.indices)
+        fn = self.intrinsic("llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
+        # locality 3 keeps the line in every level (L1), 2 in L2 and beyond, 1 in L3.
+        self.b.call(fn, [p[0] if kind == "lanes" else p, ir.Constant(I32, 0),
+                         ir.Constant(I32, 4 - s.level), ir.Constant(I32, 1)])
 
     def emit_if(self, s: If) -> None:
         if self.vvar is not None and self.lane_dep(s.cond):
@@ -165,16 +180,22 @@ class FunctionEmitter(ExprEmitter):
         start = self.ev_scalar(s.start)
         full, rest = divmod(n, self.lanes)
         if self.vvar is not None or not self._vectorizable(s):
+            outer = self.lane_copy
             for k in range(n):
+                self.lane_copy = outer or k % self.lanes != 0
                 self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
                 self.emit(s.body)
+            self.lane_copy = outer
             self.env.pop(s.var.name, None)
             return
         for c in range(full):
             self._vector_chunk(s, self.b.add(start, ir.Constant(I64, c * self.lanes)))
+        outer = self.lane_copy
         for k in range(full * self.lanes, n):     # the remainder lanes, one by one
+            self.lane_copy = outer or k > full * self.lanes
             self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
             self.emit(s.body)
+        self.lane_copy = outer
         self.env.pop(s.var.name, None)
 
     def _vector_chunk(self, s: For, base: ir.Value) -> None:
@@ -212,7 +233,7 @@ class FunctionEmitter(ExprEmitter):
                         if isinstance(v, Var) and v.name not in bound})
         bufs = sorted({x.buf.name for _, e in stmt_exprs(s) for x in walk_exprs(e)
                        if isinstance(x, Load)} | {x.buf.name for x in walk_stmts(s)
-                                                 if isinstance(x, Store)})
+                                                 if isinstance(x, (Store, Prefetch))})
         local = {x.buf.name for x in walk_stmts(s) if isinstance(x, Allocate)}
         bufs = [b for b in bufs if b not in local]
         for b in bufs:

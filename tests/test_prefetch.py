@@ -1,0 +1,287 @@
+"""Prefetch (ir/loop.py), a cache hint in the loop IR: printed, ignored by the interpreter, kept
+with substituted indices by every schedule primitive, dropped by compute_at for the producer,
+emitted as llvm.prefetch (once per vector of lanes, outlined parallel loops included) and as a
+comment in CUDA C; ConvNCHWc kernels (cnncc/lower/conv_nchwc.py) prefetching the next group's
+weights match the reference interpreter (|llvm - ref| <= 1e-4 * max(1, max |ref|)) and prefetch
+exactly the next group's weight lines, all inside the weight buffer."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from cnncc.backends.cuda import render_kernel
+from cnncc.backends.llvm import jit
+from cnncc.backends.llvm.kernels import compile_kernel
+from cnncc.ir.dtypes import DType
+from cnncc.ir.loop import (Allocate, Buffer, For, If, Kernel, Let, Prefetch, Seq, Stmt, Store,
+                           Var, loop_nest, seq)
+from cnncc.ir.loop_interp import run_kernel
+from cnncc.ir.loop_printer import format_expr
+from cnncc.ir.schedule import Schedule
+from cnncc.lower import conv_nchwc
+from cnncc.lower.program import lower_graph
+
+from test_nchwc_kernels import check, conv_graph
+from test_schedule import blur_kernel
+
+F32 = DType.float32
+# A read prefetch into the data cache; the group is its locality.
+PREFETCH_CALL = re.compile(
+    r"call void @\"llvm\.prefetch\.p0\"\(ptr [^,]+, i32 0, i32 (\d), i32 1\)")
+
+
+def scale_kernel(m: int, n: int, level: int = 2) -> Kernel:
+    """b[i, j] = 2 a[i, j] with a prefetch of a[i, j] (the element about to be read)."""
+    a, b = Buffer("a", F32, (m, n)), Buffer("b", F32, (m, n))
+    body = loop_nest([("i", m), ("j", n)], lambda i, j: seq(
+        Prefetch(a, (i, j), level), Store(b, (i, j), a[i, j] * 2.0)))
+    return Kernel("scale", [a, b], body)
+
+
+def prefetches(s: Stmt) -> list[Prefetch]:
+    from cnncc.ir.affine import walk_stmts
+    return [x for x in walk_stmts(s) if isinstance(x, Prefetch)]
+
+
+def check_pairs(kernel: Kernel) -> int:
+    """Every prefetch of a is followed, in its Seq, by the store reading a at the same indices
+    (a schedule substitutes both alike); returns the number of prefetches."""
+    from cnncc.ir.affine import walk_stmts
+    n = 0
+    for s in walk_stmts(kernel.body):
+        if isinstance(s, Seq) and any(isinstance(x, Prefetch) for x in s.stmts):
+            pf, st = s.stmts
+            assert isinstance(pf, Prefetch) and isinstance(st, Store)
+            assert [format_expr(i) for i in pf.indices] == [format_expr(i) for i in st.indices]
+            n += 1
+    return n
+
+
+def run_scale(kernel: Kernel, m: int, n: int, threads: int = 1) -> str:
+    """Run ``kernel`` in the interpreter and compiled; both must give 2 a. The LLVM IR text."""
+    a = np.random.default_rng(0).standard_normal((m, n)).astype(np.float32)
+    b1, b2 = np.zeros_like(a), np.zeros_like(a)
+    run_kernel(kernel, {"a": a, "b": b1})
+    ck = compile_kernel(kernel, threads=threads)
+    ck({"a": a, "b": b2})
+    np.testing.assert_array_equal(b1, 2 * a)
+    np.testing.assert_array_equal(b2, 2 * a)
+    return ck.ir_text
+
+
+# ---- IR, printer, interpreter -------------------------------------------------------------------
+
+def test_printer_and_checks():
+    k = scale_kernel(3, 5, level=1)
+    assert "prefetch L1 a[i, j]" in str(k)
+    with pytest.raises(IndexError, match="prefetch a: 1 indices for rank 2"):
+        Prefetch(Buffer("a", F32, (2, 2)), (0,))
+
+
+def test_interpreter_ignores_it():
+    """A prefetch of an index past the buffer changes nothing (a hint, never a load)."""
+    a, b = Buffer("a", F32, (6,)), Buffer("b", F32, (6,))
+    i = Var("i")
+    k = Kernel("k", [a, b], For(i, 6, seq(Prefetch(a, (i + 100,)), Store(b, (i,), a[i] + 1.0))))
+    x = np.arange(6, dtype=np.float32)
+    y = np.zeros(6, np.float32)
+    run_kernel(k, {"a": x, "b": y})
+    np.testing.assert_array_equal(y, x + 1)
+
+
+# ---- schedules ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["guard", "tail"])
+def test_split_vectorize_unroll_parallel(mode):
+    m, n = 5, 37
+    s = Schedule(scale_kernel(m, n))
+    jo, ji = s.split("j", jit.vector_lanes(), mode=mode)
+    s.vectorize(ji)
+    io, ii = s.split("i", 2, mode="guard")
+    s.unroll(ii)
+    s.parallel(io)
+    # tail mode: the main nest and the tail loop each hold a copy of the body.
+    assert check_pairs(s.kernel) == (2 if mode == "tail" else 1)
+    assert len(prefetches(s.kernel.body)) == check_pairs(s.kernel)
+    assert "j_o" in format_expr(prefetches(s.kernel.body)[0].indices[1])
+    run_scale(s.kernel, m, n, threads=2)
+
+
+def test_fuse_reorder():
+    m, n = 4, 6
+    s = Schedule(scale_kernel(m, n))
+    s.reorder("j", "i")
+    f = s.fuse("j", "i")
+    assert check_pairs(s.kernel) == 1
+    pf = prefetches(s.kernel.body)[0]
+    i, j = (format_expr(x) for x in pf.indices)
+    assert f"({f} % 4)" in i and f"({f} // 4)" in j
+    run_scale(s.kernel, m, n)
+
+
+def test_compute_at_drops_producer_prefetches():
+    """The producer's tile is computed in place: a prefetch of it is dropped, others kept."""
+    h, w = 6, 9
+    k = blur_kernel(h, w)
+    alloc = k.body
+    assert isinstance(alloc, Allocate)
+    prod, cons = alloc.body.stmts
+    tmp, a = alloc.buf, k.params[0]
+    inner = cons.body.body
+    cons = For(cons.var, cons.extent, For(cons.body.var, cons.body.extent, seq(
+        Prefetch(tmp, (cons.var, cons.body.var)), Prefetch(a, (cons.var, cons.body.var)),
+        inner)))
+    s = Schedule(Kernel("blur", k.params, Allocate(tmp, seq(prod, cons))))
+    s.compute_at("tmp", "x")
+    assert [p.buf.name for p in prefetches(s.kernel.body)] == ["a"]
+    x = np.random.default_rng(2).standard_normal((h, w)).astype(np.float32)
+    out = np.zeros((h - 1, w - 1), np.float32)
+    compile_kernel(s.kernel)({"a": x, "out": out})
+    t = 2 * x
+    np.testing.assert_allclose(out, t[:-1, :-1] + t[:-1, 1:] + t[1:, :-1], rtol=1e-6)
+
+
+# ---- LLVM ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("level,locality", [(1, "3"), (2, "2"), (3, "1")])
+def test_llvm_prefetch_levels(level, locality):
+    text = run_scale(scale_kernel(3, 5, level), 3, 5)
+    assert PREFETCH_CALL.findall(text) == [locality]
+
+
+def test_llvm_once_per_vector():
+    """A vectorized loop of 2 vectors + 3 lanes: one prefetch per vector and one for the
+    remainder lanes; a loop that runs lane by lane (lane-dependent branch): one per vector."""
+    lanes = jit.vector_lanes()
+    n = 2 * lanes + 3
+    s = Schedule(scale_kernel(2, n))
+    s.vectorize("j")
+    assert len(PREFETCH_CALL.findall(run_scale(s.kernel, 2, n))) == 3
+    a, b = Buffer("a", F32, (n,)), Buffer("b", F32, (n,))
+    j = Var("j")
+    body = For(j, n, seq(Prefetch(a, (j,)), If(j < 5, Store(b, (j,), a[j]), Store(b, (j,),
+                                                                                   a[j] * 2.0))),
+               "vectorized")
+    ck = compile_kernel(Kernel("lanes", [a, b], body))
+    assert len(PREFETCH_CALL.findall(ck.ir_text)) == 3
+    x = np.arange(n, dtype=np.float32)
+    y = np.zeros(n, np.float32)
+    ck({"a": x, "b": y})
+    np.testing.assert_array_equal(y, np.where(np.arange(n) < 5, x, 2 * x))
+
+
+def test_llvm_parallel_prefetch_only_buffer():
+    """An outlined parallel loop gets a buffer it only prefetches (never loads or stores)."""
+    m, n = 8, 16
+    a, b, c = (Buffer(x, F32, (m, n)) for x in "abc")
+    body = loop_nest([("i", m)], lambda i: For(Var("j"), n, seq(
+        Prefetch(c, (i, Var("j"))), Store(b, (i, Var("j")), a[i, Var("j")] + 1.0))), "parallel")
+    ck = compile_kernel(Kernel("pc", [a, b, c], body), threads=2)
+    assert "GOMP_parallel" in ck.ir_text and PREFETCH_CALL.search(ck.ir_text)
+    x = np.random.default_rng(3).standard_normal((m, n)).astype(np.float32)
+    y = np.zeros_like(x)
+    ck({"a": x, "b": y, "c": np.zeros_like(x)})
+    np.testing.assert_array_equal(y, x + 1)
+
+
+def test_cuda_renders_a_comment():
+    m, n = 4, 32
+    s = Schedule(scale_kernel(m, n))
+    s.bind("i", "gpu_block")
+    s.bind("j", "gpu_thread")
+    text = render_kernel(s.kernel).device
+    assert "// prefetch a (not emitted)" in text
+    assert re.search(r"b\[.*\] = a\[.*\] \* 2\.0f;", text)
+
+
+# ---- ConvNCHWc ----------------------------------------------------------------------------------
+
+def conv_kernel(g) -> Kernel:
+    prog = lower_graph(g, 16, 1)
+    (k,) = [k for k, _ in prog.ctx.kernels if k.name == "conv"]
+    return k
+
+
+def record(s: Stmt, hits: Buffer, og: Var) -> Stmt:
+    """``s`` with each prefetch of wf turned into a store hits[og, index] = 1 (bounds-checked
+    by the interpreter)."""
+    if isinstance(s, Prefetch):
+        return Store(hits, (og,) + s.indices, 1.0)
+    if isinstance(s, For):
+        return For(s.var, s.extent, record(s.body, hits, og), s.kind, s.start)
+    if isinstance(s, Seq):
+        return Seq([record(x, hits, og) for x in s.stmts])
+    if isinstance(s, If):
+        return If(s.cond, record(s.then, hits, og),
+                  None if s.else_ is None else record(s.else_, hits, og), s.masked)
+    if isinstance(s, Let):
+        return Let(s.var, s.value, record(s.body, hits, og))
+    if isinstance(s, Allocate):
+        return Allocate(s.buf, record(s.body, hits, og))
+    return s
+
+
+@pytest.mark.parametrize("ic,oc,h,k,stride", [
+    (16, 64, 4, 3, 1),      # 2 groups of 2 tiles
+    (16, 80, 6, 3, 1),      # a tail group; 3 tiles, 2 of them prefetching
+    (32, 96, 5, 1, 1),      # a flattened 1x1 conv
+])
+def test_conv_prefetches_next_group(ic, oc, h, k, stride):
+    """While group g runs, exactly the lines of group g + 1 (the last group: its own) are
+    prefetched, each at the start of its line, inside the weight buffer; the tail group and
+    the first group's own weights are not prefetched."""
+    kern = conv_kernel(conv_graph(ic, oc, h, h, k, stride=stride))
+    w0 = next(b for b in kern.params if b.name == "w0")
+    wf = next(b for b in kern.params if b.name == "wf")
+    assert wf.size == w0.size and "prefetch L2 wf[" in str(kern)
+    groups, per = w0.shape[0], w0.size // w0.shape[0]
+    og_extent = -(-oc // w0.shape[-1])            # the full groups and the tail group
+    hits = Buffer("hits", F32, (og_extent,) + wf.shape)
+    body = record(kern.body, hits, Var("og"))
+    arrays = {b.name: np.zeros(b.shape, np.float32) for b in kern.params}
+    arrays["hits"] = np.zeros(hits.shape, np.float32)
+    run_kernel(Kernel("rec", kern.params + [hits], body), arrays)
+    got = arrays["hits"]
+    line = 64 // 4
+    for g in range(og_extent):
+        want = np.zeros(wf.size, np.float32)
+        if g < groups:
+            nxt = min(g + 1, groups - 1)
+            want[nxt * per:(nxt + 1) * per:line] = 1
+        np.testing.assert_array_equal(got[g], want, err_msg=f"group {g}")
+
+
+@pytest.mark.parametrize("ic,oc,h,k,stride,kw", [
+    (64, 128, 7, 3, 1, {}),
+    (16, 80, 6, 3, 1, {"residual": True, "act": "Relu"}),
+    (32, 96, 5, 1, 1, {"batch": 2}),
+    (48, 96, 9, 1, 2, {"act": "Clip"}),
+    (24, 72, 6, 3, 1, {"pads": (0, 1, 1, 0)}),
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_with_prefetch_matches_reference(ic, oc, h, k, stride, kw, threads):
+    g = conv_graph(ic, oc, h, h, k, stride=stride, **kw)
+    assert prefetches(conv_kernel(g).body)
+    check(g, threads)
+
+
+def test_conv_prefetch_only_with_few_tiles():
+    """Many pixel tiles per group (or one group): no prefetch, no flat weight view."""
+    many = conv_kernel(conv_graph(32, 64, 40, 40, 3))
+    one = conv_kernel(conv_graph(16, 32, 5, 5, 3))
+    for kern in (many, one):
+        assert not prefetches(kern.body) and "wf" not in [b.name for b in kern.params]
+
+
+@pytest.mark.parametrize("groups,tiles,step,want", [
+    (4, 4, 512, (2, 4)), (4, 14, 512, (1, 8)), (8, 3, 512, (4, 2)), (2, 7, 768, (2, 6)),
+    (1, 4, 512, None), (4, conv_nchwc.PREFETCH_MAX_TILES + 1, 512, None), (4, 4, 96, None),
+])
+def test_prefetch_plan(groups, tiles, step, want):
+    plan = conv_nchwc._prefetch_plan(groups, tiles, step)
+    assert plan == want
+    if plan:
+        per, used = plan
+        assert per * used * 64 == step and used <= tiles

@@ -11,6 +11,7 @@ with every report.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,7 @@ class BenchReport:
     layers: list[dict] = field(default_factory=list)
     memory: dict[str, dict] = field(default_factory=dict)     # variant -> arena summary
     peak_gflops: float | None = None      # FMA peak at ``threads`` (llvm target)
+    openmp_wait: str = ""                  # how idle OpenMP workers wait (the libgomp env)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -72,15 +74,27 @@ def _ort_runner(onnx_model: Any, threads: int) -> Callable[[list[np.ndarray]], A
     return lambda xs: sess.run(None, dict(zip(names, xs)))
 
 
+def openmp_wait_policy() -> str:
+    """The libgomp wait settings of this process (as cnncc's jit leaves them)."""
+    keys = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    return " ".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ)
+
+
 def time_interleaved(runners: dict[str, Callable[[], Any]], rounds: int,
                      warmup: int = 3) -> dict[str, list[float]]:
-    """Milliseconds per call of each runner, calls interleaved round by round."""
+    """Milliseconds per call of each runner, calls interleaved round by round.
+
+    In each round every runner makes one untimed call, then the timed one: the idle worker
+    threads of the runner before it (OpenMP's, onnxruntime's pool) spin for a while after their
+    last job, and the untimed call absorbs that (and the waking of its own workers), so the
+    timed call is the steady-state latency of a model called repeatedly."""
     for _ in range(warmup):
         for fn in runners.values():
             fn()
     samples: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for name, fn in runners.items():
+            fn()
             t0 = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - t0) * 1e3)
@@ -139,7 +153,8 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
         speedups["fused vs onnxruntime"] = by["onnxruntime"] / by["fused"]
         speedups["unfused vs onnxruntime"] = by["onnxruntime"] / by["unfused"]
     report = BenchReport(graph.name, threads, rounds, results, speedups,
-                         peak_gflops=peak_gflops)
+                         peak_gflops=peak_gflops,
+                         openmp_wait=openmp_wait_policy() if threads > 1 else "")
     for name in ("unfused", "fused"):
         memory = models[name].memory_report()
         if memory is not None:
@@ -184,7 +199,8 @@ def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray],
 
 
 def format_report(r: BenchReport) -> str:
-    lines = [f"model {r.model}: {r.threads} thread(s), {r.rounds} interleaved rounds",
+    lines = [f"model {r.model}: {r.threads} thread(s), {r.rounds} interleaved rounds"
+             + (f"; OpenMP workers wait with {r.openmp_wait}" if r.openmp_wait else ""),
              f"{'variant':<34} {'median ms':>10} {'p90 ms':>10} {'compile s':>10}"]
     for v in r.variants:
         lines.append(f"{v.name:<34} {v.median_ms:>10.3f} {v.p90_ms:>10.3f} {v.compile_s:>10.2f}")

@@ -285,3 +285,22 @@ def test_prefetch_plan(groups, tiles, step, want):
     if plan:
         per, used = plan
         assert per * used * 64 == step and used <= tiles
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_prefetching_conv_gives_each_thread_one_contiguous_share(threads):
+    """With prefetching, task i prefetches for task i + 1: the fused task range is split into
+    ``threads`` contiguous parts run in parallel (not the dynamic schedule's small chunks, which
+    hand the next group to the other core); the results still match the reference."""
+    g = conv_graph(64, 128, 14, 14, 3, stride=1)
+    prog = lower_graph(g, 16, threads)
+    (kern,) = [k for k, _ in prog.ctx.kernels if k.name == "conv"]
+    text = str(kern)
+    assert "prefetch L2 wf[" in text
+    assert re.search(rf"parallel for \w+ in range\({threads}\):", text), text[:600]
+    check(g, threads=threads)
+    # Without prefetching (many pixel tiles per group) the dynamic schedule stays.
+    big = conv_graph(16, 32, 64, 64, 3, stride=1)
+    (k2,) = [k for k, _ in lower_graph(big, 16, threads).ctx.kernels if k.name == "conv"]
+    assert "prefetch" not in str(k2)
+    assert not re.search(rf"parallel for \w+ in range\({threads}\):", str(k2))

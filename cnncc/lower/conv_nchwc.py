@@ -37,7 +37,7 @@ from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import Act, fused_parts
-from .cpu_schedule import parallel_outer
+from .cpu_schedule import parallel_contiguous, parallel_outer
 from .layout_nchwc import column_split, padded_blocked, valid_taps
 
 # Input channels of a block unrolled per iteration of the reduction's innermost loop.
@@ -285,8 +285,9 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
     params = [ybuf, xp, bbuf] + wbufs + ([zbuf] if zbuf is not None else [])
     params += [wflat] if wflat is not None else []
     work = ybuf.size * icb * cin * kh_ * kw_
-    ctx.emit(parallel_outer(Kernel(node.name, params, body), ["n", "og", "ot", "t"], ctx,
-                            work))
+    # With prefetching, a thread's next group must be the one it prefetched: contiguous shares.
+    schedule = parallel_contiguous if wflat is not None else parallel_outer
+    ctx.emit(schedule(Kernel(node.name, params, body), ["n", "og", "ot", "t"], ctx, work))
 
 
 def _depthwise(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,

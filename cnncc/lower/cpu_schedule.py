@@ -67,3 +67,23 @@ def parallel_outer(k: Kernel, names: list[str], ctx, work: int) -> Kernel:
         fused = s.fuse(fused, nxt)
     s.parallel(fused)
     return s.kernel
+
+
+def parallel_contiguous(k: Kernel, names: list[str], ctx, work: int) -> Kernel:
+    """Like ``parallel_outer``, but each thread runs one contiguous share of the fused range
+    (split into ``threads`` parts, the parts run in parallel): for kernels whose task i
+    prefetches what task i + 1 reads, which the dynamic schedule's small chunks would hand to
+    the other core. On a GPU, or below the work threshold: ``parallel_outer``."""
+    if ctx.gpu or ctx.threads <= 1 or work < PARALLEL_MIN_WORK:
+        return parallel_outer(k, names, ctx, work)
+    s = Schedule(k)
+    fused = names[0]
+    for nxt in names[1:]:
+        fused = s.fuse(fused, nxt)
+    n = const_value(s.loop(fused).extent)
+    if n is None or n < 2 * ctx.threads:
+        s.parallel(fused)
+        return s.kernel
+    part, _ = s.split(fused, -(-n // ctx.threads), mode="guard")
+    s.parallel(part)
+    return s.kernel

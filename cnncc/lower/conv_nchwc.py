@@ -38,7 +38,7 @@ from cnncc.ir.ops.spatial import resolve_window
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import Act, fused_parts
 from .cpu_schedule import parallel_contiguous, parallel_outer
-from .layout_nchwc import column_split, padded_blocked, valid_taps
+from .layout_nchwc import padded_blocked, row_tiles, valid_taps
 
 # Input channels of a block unrolled per iteration of the reduction's innermost loop.
 CI_UNROLL = 4
@@ -341,16 +341,7 @@ def _depthwise(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win,
         epi = For(r3, rr, For(v3, c, Store(ybuf, yi, val), "vectorized"), "unrolled")
         return Allocate(acc, seq(init, red, epi))
 
-    cols, c0, c1 = column_split(iw, kw_, sw, dw, pl, ow)
-    parts: list[Stmt] = [tile(Const(p), 1, cols[p], f"l{p}") for p in range(c0)]
-    if c1 > c0:
-        width = c1 - c0
-        rt = -(-width // -(-width // rmax))
-        full, rest = divmod(width, rt)
-        parts.append(For(t, full, tile(t * rt + c0, rt, list(range(kw_)), "")))
-        if rest:
-            parts.append(tile(Const(c1 - rest), rest, list(range(kw_)), "r"))
-    parts += [tile(Const(p), 1, cols[p], f"e{p}") for p in range(c1, ow)]
+    parts = row_tiles(tile, t, iw, kw_, sw, dw, pl, ow, rmax)
     body = For(n, nb, For(b, cb, For(o, oh, seq(*parts))))
     params = [ybuf, xin, wbuf, bbuf, khlo, khn] + ([zbuf] if zbuf is not None else [])
     work = ybuf.size * kh_ * kw_

@@ -9,6 +9,8 @@ W pixels of one channel read as vectors, written lane by lane; FromNCHWc: left t
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from cnncc.ir import DType, Node
@@ -122,6 +124,24 @@ def column_split(size: int, k: int, stride: int, dil: int, pad: int, out: int
     return (cols, inner[0], inner[-1] + 1) if inner else (cols, out, out)
 
 
+def row_tiles(tile: Callable[[Expr, int, list[int], str], Stmt], t: Var, size: int, k: int,
+              stride: int, dil: int, pad: int, out: int, rmax: int) -> list[Stmt]:
+    """The statements covering one output row: each border column on its own with its valid
+    taps, the interior columns in a loop ``t`` over tiles of at most ``rmax`` pixels (equal
+    sizes, a narrower last one). ``tile(first column, width, taps, tag)`` makes one tile."""
+    cols, c0, c1 = column_split(size, k, stride, dil, pad, out)
+    parts: list[Stmt] = [tile(Const(p), 1, cols[p], f"l{p}") for p in range(c0)]
+    if c1 > c0:
+        width = c1 - c0
+        rt = -(-width // -(-width // rmax))
+        full, rest = divmod(width, rt)
+        parts.append(For(t, full, tile(t * rt + c0, rt, list(range(k)), "")))
+        if rest:
+            parts.append(tile(Const(c1 - rest), rest, list(range(k)), "r"))
+    parts += [tile(Const(p), 1, cols[p], f"e{p}") for p in range(c1, out)]
+    return parts
+
+
 def lower_pool_nchwc(ctx: LowerCtx, node: Node) -> None:
     """MaxPool / AveragePool on NCHWc, reading the unpadded input (memory-bound: no padded
     copy): per output row the valid kh range from compile-time tables; the interior columns in
@@ -177,16 +197,7 @@ def lower_pool_nchwc(ctx: LowerCtx, node: Node) -> None:
                                  "vectorized"), "unrolled")
         return Allocate(acc, seq(init, red, epi))
 
-    cols, c0, c1 = column_split(iw, kw_, sw, dw, pl, ow)
-    parts: list[Stmt] = [tile(Const(p), 1, cols[p], f"l{p}") for p in range(c0)]
-    if c1 > c0:
-        width = c1 - c0
-        tw = -(-width // -(-width // 8))
-        full, rest = divmod(width, tw)
-        parts.append(For(t, full, tile(t * tw + c0, tw, list(range(kw_)), "")))
-        if rest:
-            parts.append(tile(Const(c1 - rest), rest, list(range(kw_)), "r"))
-    parts += [tile(Const(p), 1, cols[p], f"e{p}") for p in range(c1, ow)]
+    parts = row_tiles(tile, t, iw, kw_, sw, dw, pl, ow, 8)
     body = For(n, nb, For(b, cb, For(o, oh, seq(*parts))))
     params = [ybuf, xin, khlo, khn] + ([inv] if inv is not None else [])
     work = ybuf.size * kh_ * kw_

@@ -35,12 +35,16 @@ class LowerCtx:
         self.kernels: list[tuple[Kernel, int]] = []  # (kernel, index of the node it belongs to)
         self.temps: dict[int, tuple[int, int]] = {}  # temp id -> (nbytes, node index)
         self.node_index = 0
+        # Blocked values stored inside a zero ring (halo.py): value -> (rows, columns).
+        self.halo: dict[str, tuple[int, int]] = {}
         self._names: set[str] = set()
 
     # ---- buffers --------------------------------------------------------------------------------
     def value(self, name: str, shape: tuple | None = None, bname: str | None = None) -> Buffer:
         """A buffer over graph value ``name`` (optionally viewed with another shape)."""
         t = self.graph.types[name]
+        if name in self.halo:     # a dense view would read the ring: halo.blocked knows it
+            raise CompileError(f"internal error: {name} has a halo; view it with halo.blocked")
         shape = t.shape if shape is None else tuple(shape)
         if int(np.prod(shape)) != t.size:
             raise CompileError(f"internal error: view {shape} of {name} {t.shape}")

@@ -38,6 +38,7 @@ from cnncc.ir.ops.spatial import resolve_window
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import Act, fused_parts
 from .cpu_schedule import parallel_contiguous, parallel_outer
+from .halo import blocked, zero_halo
 from .layout_nchwc import padded_blocked, row_tiles, valid_taps
 
 # Input channels of a block unrolled per iteration of the reduction's innermost loop.
@@ -163,8 +164,13 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
     nb, ocb, oh, ow = ys[:4]
     (sh, sw), (dh, dw) = win.strides, win.dilations
     cin = 1 if stem else c
-    xin = ctx.value(node.inputs[0], bname="x")
-    flat = (kh_ == kw_ == 1 and sh == sw == 1 and not any(win.pads))
+    xh = xw = 0
+    if stem:
+        xin = ctx.value(node.inputs[0], bname="x")
+    else:
+        xin, xh, xw = blocked(ctx, node.inputs[0], "x")
+    halos = any(v in ctx.halo for v in (node.inputs[0], out, residual))
+    flat = kh_ == kw_ == 1 and sh == sw == 1 and not any(win.pads) and not halos
     if stem:       # NCHW input as [N, IC, H, W, 1]: the same kernel with blocks of 1 channel
         xv = Buffer("x", DType.float32, xin.shape + (1,))
         ctx.binding[id(xv)] = ctx.binding[id(xin)]
@@ -174,8 +180,14 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
                                          xin.shape[2] * xin.shape[3], xin.shape[4]))
         ctx.binding[id(xv)] = ctx.binding[id(xin)]
         xin, oh, ow = xv, 1, oh * ow
-    xp = padded_blocked(ctx, node.name, xin, (win.begin(0), win.begin(1)),
-                        (win.end(0), win.end(1)))
+    # The input's halo (when it has one) holds every padding pixel this conv reads (halo.py);
+    # pixel (ih, iw) of the padded input is then at (ih + oy, iw + ox).
+    if xh >= max(win.begin(0), win.end(0)) and xw >= max(win.begin(1), win.end(1)):
+        xp, oy, ox = xin, xh - win.begin(0), xw - win.begin(1)
+    else:
+        assert not (xh or xw), "a halo smaller than the padding of a conv reading it"
+        xp, oy, ox = padded_blocked(ctx, node.name, xin, (win.begin(0), win.begin(1)),
+                                    (win.end(0), win.end(1))), 0, 0
     icb = xp.shape[1]
     vb, th, tw = _pick_tile(ocb, oh, ow, _vector_regs(ctx) * ctx.lanes // c,
                             icb * cin * kh_ * kw_ * c * 4, kh_ * kw_)
@@ -193,8 +205,16 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
     bp = np.zeros(ocb * c, np.float32)
     bp[:oc] = bias
     bbuf = ctx.const(bp.reshape(ocb, c), "b")
-    ybuf = ctx.value(out, (nb, ocb, oh, ow, c), "y")
-    zbuf = ctx.value(residual, (nb, ocb, oh, ow, c), "z") if residual else None
+    yh = yw = zh = zw = 0
+    zbuf = None
+    if flat:
+        ybuf = ctx.value(out, (nb, ocb, oh, ow, c), "y")
+        zbuf = ctx.value(residual, (nb, ocb, oh, ow, c), "z") if residual else None
+    else:
+        ybuf, yh, yw = blocked(ctx, out, "y")
+        if residual:
+            zbuf, zh, zw = blocked(ctx, residual, "z")
+    zero_halo(ctx, out, node.name)
     n, og, o, t = Var("n"), Var("og"), Var("ot"), Var("t")
     icv, khv, kwv = Var("icb"), Var("kh"), Var("kw")
 
@@ -218,7 +238,7 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         cc = ci + ci0 if split else ci
         init = nest(r, j, v, Store(acc, (r, j, v), bbuf[ob0 + j, v]))
         py, px = pixel(r2)
-        xi = xp[n, icv, py * sh + khv * dh, px * sw + kwv * dw, cc]
+        xi = xp[n, icv, py * sh + khv * dh + oy, px * sw + kwv * dw + ox, cc]
         wi = wb[gi if wb.shape[0] > 1 else 0, icv, khv, kwv, cc, j2 * c + v2]
         upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wi)
         red: Stmt = For(ci, CI_UNROLL if split else cin, nest(r2, j2, v2, upd), "unrolled")
@@ -232,13 +252,12 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         if wflat is not None and wb is wbufs[0]:
             red = Let(pfb, prefetch_base(), red)
         py, px = pixel(r3)
-        yi = (n, ob0 + j3, py, px, v3)
         val = acc[r3, j3, v3]
         if zbuf is not None:
-            val = val + zbuf[yi]
+            val = val + zbuf[n, ob0 + j3, py + zh, px + zw, v3]
         if act is not None:
             val = act(val)
-        epi = nest(r3, j3, v3, Store(ybuf, yi, val))
+        epi = nest(r3, j3, v3, Store(ybuf, (n, ob0 + j3, py + yh, px + yw, v3), val))
         return Allocate(acc, seq(init, red, epi))
 
     def prefetch_base() -> Expr:
@@ -284,7 +303,7 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
                           For(o, -(-oh // th), For(t, -(-ow // tw), body))))
     params = [ybuf, xp, bbuf] + wbufs + ([zbuf] if zbuf is not None else [])
     params += [wflat] if wflat is not None else []
-    work = ybuf.size * icb * cin * kh_ * kw_
+    work = nb * ocb * oh * ow * c * icb * cin * kh_ * kw_
     # With prefetching, a thread's next group must be the one it prefetched: contiguous shares.
     schedule = parallel_contiguous if wflat is not None else parallel_outer
     ctx.emit(schedule(Kernel(node.name, params, body), ["n", "og", "ot", "t"], ctx, work))
@@ -304,7 +323,7 @@ def _depthwise(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win,
     ih, iw = g.types[node.inputs[0]].shape[2:4]
     (sh, sw), (dh, dw) = win.strides, win.dilations
     pt, pl = win.begin(0), win.begin(1)
-    xin = ctx.value(node.inputs[0], bname="x")
+    xin, xh, xw = blocked(ctx, node.inputs[0], "x")
     w = np.zeros((cb * c, kh_, kw_), np.float32)
     w[:oc] = wv[:, 0]
     wbuf = ctx.const(np.ascontiguousarray(w.reshape(cb, c, kh_, kw_).transpose(0, 2, 3, 1)),
@@ -315,8 +334,9 @@ def _depthwise(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win,
     rows = [valid_taps(ih, kh_, sh, dh, pt, o) for o in range(oh)]
     khlo = ctx.const(np.array([r[0] if r else 0 for r in rows], np.int64), "khlo")
     khn = ctx.const(np.array([len(r) for r in rows], np.int64), "khn")
-    ybuf = ctx.value(out, bname="y")
-    zbuf = ctx.value(residual, bname="z") if residual else None
+    ybuf, yh, yw = blocked(ctx, out, "y")
+    zbuf, zh, zw = blocked(ctx, residual, "z") if residual else (None, 0, 0)
+    zero_halo(ctx, out, node.name)
     n, b, o, t, khv = Var("n"), Var("cb"), Var("oh"), Var("t"), Var("kh")
     rmax = max(1, (_vector_regs(ctx) * ctx.lanes // c - 4) // 2)
 
@@ -327,22 +347,23 @@ def _depthwise(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win,
         init = For(r, rr, For(v, c, Store(acc, (r, v), bbuf[b, v]), "vectorized"), "unrolled")
         upd = []
         for kw in taps:
-            xi = xin[n, b, o * sh + (khv * dh - pt), (ow0 + r2) * sw + (kw * dw - pl), v2]
+            xi = xin[n, b, o * sh + (khv * dh + xh - pt), (ow0 + r2) * sw + (kw * dw + xw - pl),
+                     v2]
             upd.append(For(r2, rr, For(v2, c, Store(acc, (r2, v2), acc[r2, v2] + xi
                                                     * wbuf[b, khv, kw, v2]), "vectorized"),
                            "unrolled"))
         red = For(khv, khn[o], seq(*upd), start=khlo[o])
-        yi = (n, b, o, ow0 + r3, v3)
         val = acc[r3, v3]
         if zbuf is not None:
-            val = val + zbuf[yi]
+            val = val + zbuf[n, b, o + zh, ow0 + r3 + zw, v3]
         if act is not None:
             val = act(val)
-        epi = For(r3, rr, For(v3, c, Store(ybuf, yi, val), "vectorized"), "unrolled")
+        epi = For(r3, rr, For(v3, c, Store(ybuf, (n, b, o + yh, ow0 + r3 + yw, v3), val),
+                              "vectorized"), "unrolled")
         return Allocate(acc, seq(init, red, epi))
 
     parts = row_tiles(tile, t, iw, kw_, sw, dw, pl, ow, rmax)
     body = For(n, nb, For(b, cb, For(o, oh, seq(*parts))))
     params = [ybuf, xin, wbuf, bbuf, khlo, khn] + ([zbuf] if zbuf is not None else [])
-    work = ybuf.size * kh_ * kw_
+    work = nb * cb * oh * ow * c * kh_ * kw_
     ctx.emit(parallel_outer(Kernel(node.name, params, body), ["n", "cb", "oh"], ctx, work))

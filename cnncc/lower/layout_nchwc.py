@@ -24,6 +24,7 @@ from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, op_context, unsupported
 from .cpu_schedule import parallel_outer
+from .halo import blocked, zero_halo
 
 NEG_INF = float("-inf")
 
@@ -161,8 +162,9 @@ def lower_pool_nchwc(ctx: LowerCtx, node: Node) -> None:
     win = resolve_window(octx, xs, octx["kernel_shape"], bool(octx["ceil_mode"]))
     is_max = kind == "MaxPool"
     (pt, pl), (ih, iw) = (win.begin(0), win.begin(1)), xs[2:]
-    xin = ctx.value(node.inputs[0], bname="x")
-    ybuf = ctx.value(node.outputs[0], bname="y")
+    xin, xh, xw = blocked(ctx, node.inputs[0], "x")
+    ybuf, yh, yw = blocked(ctx, node.outputs[0], "y")
+    zero_halo(ctx, node.outputs[0], node.name)
     nb, cb, oh, ow, c = ys5
     (sh, sw), (dh, dw), (kh_, kw_) = win.strides, win.dilations, win.kernel
     rows = [valid_taps(ih, kh_, sh, dh, pt, o) for o in range(oh)]
@@ -187,18 +189,19 @@ def lower_pool_nchwc(ctx: LowerCtx, node: Node) -> None:
                                                                 F32)), "vectorized"), "unrolled")
         upd = []
         for kw in taps:
-            xv = xin[n, b, o * sh + (kh * dh - pt), (ow0 + r2) * sw + (kw * dw - pl), v2]
+            xv = xin[n, b, o * sh + (kh * dh + xh - pt), (ow0 + r2) * sw + (kw * dw + xw - pl),
+                     v2]
             val = nan_max(acc[r2, v2], xv) if is_max else acc[r2, v2] + xv
             upd.append(For(r2, width, For(v2, c, Store(acc, (r2, v2), val), "vectorized"),
                            "unrolled"))
         red = For(kh, khn[o], seq(*upd), start=khlo[o])
         val = acc[r3, v3] if inv is None else acc[r3, v3] * inv[o, ow0 + r3]
-        epi = For(r3, width, For(v3, c, Store(ybuf, (n, b, o, ow0 + r3, v3), val),
+        epi = For(r3, width, For(v3, c, Store(ybuf, (n, b, o + yh, ow0 + r3 + yw, v3), val),
                                  "vectorized"), "unrolled")
         return Allocate(acc, seq(init, red, epi))
 
     parts = row_tiles(tile, t, iw, kw_, sw, dw, pl, ow, 8)
     body = For(n, nb, For(b, cb, For(o, oh, seq(*parts))))
     params = [ybuf, xin, khlo, khn] + ([inv] if inv is not None else [])
-    work = ybuf.size * kh_ * kw_
+    work = nb * cb * oh * ow * c * kh_ * kw_
     ctx.emit(parallel_outer(Kernel(node.name, params, body), ["n", "cb", "oh"], ctx, work))

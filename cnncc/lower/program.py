@@ -21,6 +21,7 @@ from cnncc.debug import dump, dump_enabled
 from cnncc.passes.plan_memory import Lifetime, MemoryPlan, format_plan, plan_memory
 
 from .context import LowerCtx, unsupported
+from .halo import halo_nbytes, plan_halos
 from .rules import ALIAS_OPS, CONST_OPS, fused_activation, lower_node
 
 ALIGN = 64
@@ -63,6 +64,8 @@ def lower_graph(graph: Graph, lanes: int, threads: int, fuse: bool = True,
         raise CompileError(f"op {missing[0].op} not supported on target {target}; unsupported: "
                            f"{listed}{more}", missing[0].name)
     ctx = LowerCtx(g, lanes, threads, gpu)
+    if not gpu:
+        ctx.halo = plan_halos(g)
     alias: dict[str, str] = {}
     users = g.users()
     skip: set[int] = set()
@@ -164,7 +167,7 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
                 if root in key_of:
                     continue
                 ref = ("v", root)
-                size = g.types[root].nbytes
+                size = halo_nbytes(ctx, root)
             elif kind == "temp":
                 size = ctx.temps[ref][0]
                 ref = ("t", ref)

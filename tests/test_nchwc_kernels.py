@@ -123,6 +123,27 @@ def test_two_threads(ic, oc, h, w, k, stride):
     check(conv_graph(ic, oc, h, w, k, stride=stride, residual=True, act="Relu"), threads=2)
 
 
+@pytest.mark.parametrize("pixel_major", [True, False])
+@pytest.mark.parametrize("ic,oc,h,w,k,stride,threads", [
+    (32, 80, 13, 11, 3, 1, 2),      # a tail group, tail columns
+    (48, 64, 9, 9, 1, 1, 3),        # flattened 1x1, three shares
+    (16, 48, 15, 15, 3, 2, 2),
+    (24, 40, 8, 9, 3, 1, 1),
+])
+def test_loop_orders(ic, oc, h, w, k, stride, threads, pixel_major, monkeypatch):
+    """Pixel-major (rows outer, every channel group per pixel tile; small weights) and
+    group-major tile orders compute the same conv; the loop band says which one ran."""
+    from cnncc.lower import conv_nchwc_tiles
+    from cnncc.lower.program import lower_graph
+
+    monkeypatch.setattr(conv_nchwc_tiles, "PIXEL_MAJOR_MAX_BYTES", 1 << 40 if pixel_major else 0)
+    g = conv_graph(ic, oc, h, w, k, stride=stride, residual=True, act="Relu")
+    (kern,) = [kn for kn, _ in lower_graph(g, BLOCK, 1).ctx.kernels if kn.name == "conv"]
+    bands = [line.split()[1] for line in str(kern).splitlines() if line.strip()[:4] == "for "]
+    assert bands[:4] == (["n", "ot", "t", "og"] if pixel_major else ["n", "og", "ot", "t"])
+    check(g, threads=threads)
+
+
 def test_padding_lanes_ignored_and_finite():
     """Garbage (finite) in the padding lanes of a blocked input does not reach the real
     channels, and the output's padding lanes stay finite."""

@@ -20,7 +20,7 @@ from cnncc.ir.loop import (Allocate, Buffer, For, If, Kernel, Let, Prefetch, Seq
 from cnncc.ir.loop_interp import run_kernel
 from cnncc.ir.loop_printer import format_expr
 from cnncc.ir.schedule import Schedule
-from cnncc.lower import conv_nchwc
+from cnncc.lower import conv_nchwc_tiles
 from cnncc.lower.program import lower_graph
 
 from test_nchwc_kernels import check, conv_graph
@@ -198,6 +198,13 @@ def test_cuda_renders_a_comment():
 
 # ---- ConvNCHWc ----------------------------------------------------------------------------------
 
+@pytest.fixture
+def group_major(monkeypatch):
+    """Convs group-major whatever their weights (the small test convs would run pixel-major,
+    which never prefetches: every core keeps all of their weights in L2)."""
+    monkeypatch.setattr(conv_nchwc_tiles, "PIXEL_MAJOR_MAX_BYTES", 0)
+
+
 def conv_kernel(g) -> Kernel:
     prog = lower_graph(g, 16, 1)
     (k,) = [k for k, _ in prog.ctx.kernels if k.name == "conv"]
@@ -228,7 +235,7 @@ def record(s: Stmt, hits: Buffer, og: Var) -> Stmt:
     (16, 80, 6, 3, 1),      # a tail group; 3 tiles, 2 of them prefetching
     (32, 96, 5, 1, 1),      # a flattened 1x1 conv
 ])
-def test_conv_prefetches_next_group(ic, oc, h, k, stride):
+def test_conv_prefetches_next_group(ic, oc, h, k, stride, group_major):
     """While group g runs, exactly the lines of group g + 1 (the last group: its own) are
     prefetched, each at the start of its line, inside the weight buffer; the tail group and
     the first group's own weights are not prefetched."""
@@ -261,13 +268,13 @@ def test_conv_prefetches_next_group(ic, oc, h, k, stride):
     (24, 72, 6, 3, 1, {"pads": (0, 1, 1, 0)}),
 ])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_conv_with_prefetch_matches_reference(ic, oc, h, k, stride, kw, threads):
+def test_conv_with_prefetch_matches_reference(ic, oc, h, k, stride, kw, threads, group_major):
     g = conv_graph(ic, oc, h, h, k, stride=stride, **kw)
     assert prefetches(conv_kernel(g).body)
     check(g, threads)
 
 
-def test_conv_prefetch_only_with_few_tiles():
+def test_conv_prefetch_only_with_few_tiles(group_major):
     """Many pixel tiles per group (or one group): no prefetch, no flat weight view."""
     many = conv_kernel(conv_graph(32, 64, 40, 40, 3))
     one = conv_kernel(conv_graph(16, 32, 5, 5, 3))
@@ -277,10 +284,10 @@ def test_conv_prefetch_only_with_few_tiles():
 
 @pytest.mark.parametrize("groups,tiles,step,want", [
     (4, 4, 512, (2, 4)), (4, 14, 512, (1, 8)), (8, 3, 512, (4, 2)), (2, 7, 768, (2, 6)),
-    (1, 4, 512, None), (4, conv_nchwc.PREFETCH_MAX_TILES + 1, 512, None), (4, 4, 96, None),
+    (1, 4, 512, None), (4, conv_nchwc_tiles.PREFETCH_MAX_TILES + 1, 512, None), (4, 4, 96, None),
 ])
 def test_prefetch_plan(groups, tiles, step, want):
-    plan = conv_nchwc._prefetch_plan(groups, tiles, step)
+    plan = conv_nchwc_tiles.prefetch_plan(groups, tiles, step)
     assert plan == want
     if plan:
         per, used = plan
@@ -288,7 +295,7 @@ def test_prefetch_plan(groups, tiles, step, want):
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_prefetching_conv_gives_each_thread_one_contiguous_share(threads):
+def test_prefetching_conv_gives_each_thread_one_contiguous_share(threads, group_major):
     """With prefetching, task i prefetches for task i + 1: the fused task range is split into
     ``threads`` contiguous parts run in parallel (not the dynamic schedule's small chunks, which
     hand the next group to the other core); the results still match the reference."""

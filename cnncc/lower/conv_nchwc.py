@@ -2,14 +2,15 @@
 
 Dense convs (group = 1) use a direct register-tiled micro-kernel: a tile is TH x TW output
 pixels x VB output-channel blocks (TH * TW * VB vector accumulators, initialized with the bias;
-the shape chosen by a small cost model, ``_pick_tile``). Per input channel ci of a block and
-tap (kh, kw): VB weight vectors (packed once, at lowering, as [ocb group, ICb, KH, KW, ci,
-VB * c] so a tile streams one contiguous array), one broadcast input scalar per pixel
-(x[n, icb, ih, iw, ci]: one base address per tap plus constant offsets) and TH * TW * VB FMAs.
-The ci loop is unrolled by CI_UNROLL only: fully unrolled, LLVM's scheduler hoisted the loads
-of later channels and spilled accumulators. The epilogue adds the residual (blocked like the
-output), applies the activation and stores one vector per (pixel, block). The input is first
-copied into a zero-padded blocked scratch when the conv pads, so the reduction has no branches.
+the shape, the packed weights and the loop order of the tiles: conv_nchwc_tiles.py). Per input
+channel ci of a block and tap (kh, kw): VB weight vectors (packed once, at lowering, as [ocb
+group, ICb, KH, KW, ci, VB * c] so a tile streams one contiguous array), one broadcast input
+scalar per pixel (x[n, icb, ih, iw, ci]: one base address per tap plus constant offsets) and
+TH * TW * VB FMAs. The ci loop is unrolled by CI_UNROLL only: fully unrolled, LLVM's scheduler
+hoisted the loads of later channels and spilled accumulators. The epilogue adds the residual
+(blocked like the output), applies the activation and stores one vector per (pixel, block).
+A padded conv reads its input in place when the input has a zero halo (halo.py), else from a
+zero-padded blocked copy, so the reduction has no branches.
 A stride-1 unpadded 1x1 conv runs the same kernel over the H * W pixels flattened into one row.
 The stem (in_layout = "NCHW", few input channels) reads plain NCHW input: one "channel block"
 per input channel, with a block of one channel.
@@ -17,7 +18,7 @@ per input channel, with a block of one channel.
 Weight-bound convs (deep layers: few pixel tiles per group of VB blocks, each group's weights
 read once from L3 / DRAM, so the group's first tile stalls on them) prefetch the next group's
 weights into L2 while a group runs: spread over its first tiles, a few lines per reduction
-step (addresses in a flat view of the packed weights; ``_prefetch_plan``).
+step (addresses in a flat view of the packed weights; conv_nchwc_tiles.prefetch_plan).
 
 Depthwise convs are memory-bound: vectorized over the c channels of a block, they read the
 unpadded input (per tile of R pixels, KH * KW taps of one input vector times one weight
@@ -38,17 +39,9 @@ from cnncc.ir.ops.spatial import resolve_window
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import Act, fused_parts
 from .cpu_schedule import parallel_contiguous, parallel_outer
+from .conv_nchwc_tiles import CI_UNROLL, LINE_BYTES, dense_tiling, vector_regs
 from .halo import blocked, zero_halo
 from .layout_nchwc import padded_blocked, row_tiles, valid_taps
-
-# Input channels of a block unrolled per iteration of the reduction's innermost loop.
-CI_UNROLL = 4
-L1_BYTES = 32 << 10
-LINE_BYTES = 64
-# Groups of at most this many pixel tiles prefetch the next group's weights into L2. Measured
-# (ResNet-18/50, 1 thread, weights from L3): 4 to 56 tiles a group gain 5-30%; from ~100 tiles
-# the first tile's stall is amortized and the prefetches cost more than they save.
-PREFETCH_MAX_TILES = 64
 
 
 def lower_conv_nchwc(ctx: LowerCtx, node: Node) -> None:
@@ -74,112 +67,30 @@ def lower_conv_nchwc(ctx: LowerCtx, node: Node) -> None:
     win = resolve_window(op_context(g, conv), plain, wv.shape[2:])
     if octx["group"] > 1:
         return _depthwise(ctx, node, wv, bias, win, act, residual, c)
-    _dense(ctx, node, wv, bias, win, act, residual, c, stem)
+    _dense(ctx, node, bias, win, act, residual)
 
 
-def _vector_regs(ctx: LowerCtx) -> int:
-    """Vector registers of the target: 32 zmm with AVX-512 (16 lanes), 16 ymm with AVX2."""
-    return 32 if ctx.lanes >= 16 else 16
-
-
-def _splits(size: int, step: int) -> list[tuple[int, int]]:
-    """(count, extent) of the full tiles and the tail tile of ``size`` in steps of ``step``."""
-    full, rest = divmod(size, step)
-    return [(k, e) for k, e in ((full, step), (1 if rest else 0, rest)) if k]
-
-
-def _tile_cost(ocb: int, oh: int, ow: int, vb: int, th: int, tw: int, k_step: float) -> float:
-    """Estimated cycles of the whole conv per reduction step (input channel x tap) with tiles
-    of vb blocks x th rows x tw columns (and the tails): per tile, the larger of the FMAs (2 a
-    cycle), the loads (vb + pixels, 2 a cycle), the FMA latency (4 cycles per accumulator
-    chain) and the L2 traffic of the weights (vb vectors: k_step cycles each), + 1 overhead."""
-    total = 0.0
-    for gn, gv in _splits(ocb, vb):
-        for rn, rv in _splits(oh, th):
-            for cn, cv in _splits(ow, tw):
-                r = rv * cv
-                cyc = max(r * gv / 2, (r + gv) / 2, 4.0, gv * k_step) + 1.0
-                total += gn * rn * cn * cyc
-    return total
-
-
-def _pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int
-               ) -> tuple[int, int, int]:
-    """(VB output-channel blocks, TH rows, TW columns) of the register tile minimizing
-    ``_tile_cost`` within ``regs`` vector registers (of one block each): VB weights, two
-    broadcasts and the accumulators; with VB >= 3 or a 1x1 conv, 8 registers are left out of
-    the accumulators (measured: fuller tiles spilled or ran slower). ``block_bytes``: the
-    packed weights of one output block; above L1 a tile streams them from L2."""
-    best = None
-    for vb in range(min(4, ocb), 0, -1):
-        k_step = 3.0 if vb * block_bytes > L1_BYTES else 1.0
-        limit = max(1, regs - 8 if vb >= 3 or taps == 1 else regs - vb - 2)
-        for th in range(1, min(4, oh) + 1):
-            for tw in range(1, min(ow, limit) + 1):
-                if vb * th * tw > limit:
-                    break
-                cost = _tile_cost(ocb, oh, ow, vb, th, tw, k_step)
-                if best is None or cost < best[0] * 0.99:     # ties: the larger VB
-                    best = (cost, vb, th, tw)
-    assert best is not None
-    return best[1:]
-
-
-def _pack_dense(wv: np.ndarray, c: int, cin: int, vb: int) -> list[np.ndarray]:
-    """W [OC, IC, KH, KW] -> full groups [G, ICb, KH, KW, cin, vb * c] (+ the tail group of
-    the remaining blocks as [1, ICb, KH, KW, cin, vbt * c]); zero-padded channels."""
-    oc, ic, kh, kw = wv.shape
-    ocb, icb = -(-oc // c), -(-ic // cin)
-    w = np.zeros((ocb * c, icb * cin, kh, kw), np.float32)
-    w[:oc, :ic] = wv
-    w = w.reshape(ocb, c, icb, cin, kh, kw).transpose(0, 2, 4, 5, 3, 1)   # ocb icb kh kw ci co
-    full = ocb // vb
-    out = [w[:full * vb].reshape(full, vb, icb, kh, kw, cin, c).transpose(0, 2, 3, 4, 5, 1, 6)
-           .reshape(full, icb, kh, kw, cin, vb * c)]
-    if ocb % vb:
-        t = ocb % vb
-        out.append(w[full * vb:].transpose(1, 2, 3, 4, 0, 5).reshape(1, icb, kh, kw, cin, t * c))
-    return [np.ascontiguousarray(a) for a in out]
-
-
-def _prefetch_plan(groups: int, tiles: int, step_bytes: int) -> tuple[int, int] | None:
-    """(P lines prefetched per reduction step, U tiles prefetching) spreading the next group's
-    weights over the tiles of a group: a tile's reduction step reads L = ``step_bytes`` / 64
-    lines of its group's weights, so U = L / P tiles prefetching P lines a step cover the next
-    group's; P is the smallest divisor of L with U <= ``tiles``. None when it does not pay (one
-    group, or many tiles a group)."""
-    lines, rest = divmod(step_bytes, LINE_BYTES)
-    if groups < 2 or tiles > PREFETCH_MAX_TILES or rest or not lines:
-        return None
-    per = next(d for d in range(1, lines + 1) if lines % d == 0 and d * tiles >= lines)
-    return per, lines // per
-
-
-def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,
-           residual: str | None, c: int, stem: bool) -> None:
-    g = ctx.graph
+def _dense(ctx: LowerCtx, node: Node, bias: np.ndarray, win, act: Act, residual: str | None
+           ) -> None:
     out = node.outputs[0]
-    oc, ic, kh_, kw_ = wv.shape
-    ys = g.types[out].shape                              # [N, OCb, OH, OW, c]
-    nb, ocb, oh, ow = ys[:4]
+    lay = dense_tiling(ctx, node)
+    c, cin, vb, th, tw = lay.c, lay.cin, lay.vb, lay.th, lay.tw
+    nb, ocb, oh, ow = lay.nb, lay.ocb, lay.oh, lay.ow
+    kh_, kw_ = win.kernel
     (sh, sw), (dh, dw) = win.strides, win.dilations
-    cin = 1 if stem else c
     xh = xw = 0
-    if stem:
+    if lay.stem:   # NCHW input as [N, IC, H, W, 1]: the same kernel with blocks of 1 channel
         xin = ctx.value(node.inputs[0], bname="x")
-    else:
-        xin, xh, xw = blocked(ctx, node.inputs[0], "x")
-    halos = any(v in ctx.halo for v in (node.inputs[0], out, residual))
-    flat = kh_ == kw_ == 1 and sh == sw == 1 and not any(win.pads) and not halos
-    if stem:       # NCHW input as [N, IC, H, W, 1]: the same kernel with blocks of 1 channel
         xv = Buffer("x", DType.float32, xin.shape + (1,))
         ctx.binding[id(xv)] = ctx.binding[id(xin)]
         xin = xv
-    if flat:       # pixels flattened into one row
+    else:
+        xin, xh, xw = blocked(ctx, node.inputs[0], "x")
+    if lay.flat:   # pixels flattened into one row
         xv = Buffer("x", DType.float32, (xin.shape[0], xin.shape[1], 1,
                                          xin.shape[2] * xin.shape[3], xin.shape[4]))
         ctx.binding[id(xv)] = ctx.binding[id(xin)]
-        xin, oh, ow = xv, 1, oh * ow
+        xin = xv
     # The input's halo (when it has one) holds every padding pixel this conv reads (halo.py);
     # pixel (ih, iw) of the padded input is then at (ih + oy, iw + ox).
     if xh >= max(win.begin(0), win.end(0)) and xw >= max(win.begin(1), win.end(1)):
@@ -188,26 +99,21 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         assert not (xh or xw), "a halo smaller than the padding of a conv reading it"
         xp, oy, ox = padded_blocked(ctx, node.name, xin, (win.begin(0), win.begin(1)),
                                     (win.end(0), win.end(1))), 0, 0
-    icb = xp.shape[1]
-    vb, th, tw = _pick_tile(ocb, oh, ow, _vector_regs(ctx) * ctx.lanes // c,
-                            icb * cin * kh_ * kw_ * c * 4, kh_ * kw_)
-    packs = _pack_dense(wv, c, cin, vb)
-    wbufs = [ctx.const(p, f"w{i}") for i, p in enumerate(packs)]
-    split = cin > CI_UNROLL and cin % CI_UNROLL == 0
-    steps = icb * kh_ * kw_ * (cin // CI_UNROLL if split else 1)      # per tile
-    groups = ocb // vb
-    ntw = -(-ow // tw)
-    plan = _prefetch_plan(groups, -(-oh // th) * ntw, packs[0][0].nbytes // steps)
+    packs, wbufs = lay.packs, lay.wbufs
+    split, steps, groups = lay.split, lay.steps, lay.groups
+    ext = lay.extents()
+    ntw = ext["t"]
+    plan = lay.group_plan()
     wflat = None
     if plan:       # the full groups' weights as one flat array, for the prefetch addresses
         wflat = Buffer("wf", DType.float32, (packs[0].size,))
         ctx.binding[id(wflat)] = ctx.binding[id(wbufs[0])]
     bp = np.zeros(ocb * c, np.float32)
-    bp[:oc] = bias
+    bp[:len(bias)] = bias
     bbuf = ctx.const(bp.reshape(ocb, c), "b")
     yh = yw = zh = zw = 0
     zbuf = None
-    if flat:
+    if lay.flat:
         ybuf = ctx.value(out, (nb, ocb, oh, ow, c), "y")
         zbuf = ctx.value(residual, (nb, ocb, oh, ow, c), "z") if residual else None
     else:
@@ -217,6 +123,7 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
     zero_halo(ctx, out, node.name)
     n, og, o, t = Var("n"), Var("og"), Var("ot"), Var("t")
     icv, khv, kwv = Var("icb"), Var("kh"), Var("kw")
+    var = {"n": n, "og": og, "ot": o, "t": t}
 
     def tile(wb: Buffer, gi: Expr, vbt: int, oh0: Expr, rh: int, ow0: Expr, rw: int,
              tag: str) -> Stmt:
@@ -244,13 +151,15 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         red: Stmt = For(ci, CI_UNROLL if split else cin, nest(r2, j2, v2, upd), "unrolled")
         cio = Var(f"cio{tag}")
         pfb = Var(f"pfb{tag}")
+        step = (icv * kh_ + khv) * kw_ + kwv
+        step = step * (cin // CI_UNROLL) + cio if split else step
         if wflat is not None and wb is wbufs[0]:
-            red = seq(prefetch(pfb, cio if split else None), red)
+            red = seq(prefetch_group(pfb, step), red)
         if split:
             red = For(cio, cin // CI_UNROLL, Let(ci0, cio * CI_UNROLL, red))
-        red = For(icv, icb, For(khv, kh_, For(kwv, kw_, red)))
+        red = For(icv, lay.icb, For(khv, kh_, For(kwv, kw_, red)))
         if wflat is not None and wb is wbufs[0]:
-            red = Let(pfb, prefetch_base(), red)
+            red = Let(pfb, group_base(), red)
         py, px = pixel(r3)
         val = acc[r3, j3, v3]
         if zbuf is not None:
@@ -260,7 +169,7 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         epi = nest(r3, j3, v3, Store(ybuf, (n, ob0 + j3, py + yh, px + yw, v3), val))
         return Allocate(acc, seq(init, red, epi))
 
-    def prefetch_base() -> Expr:
+    def group_base() -> Expr:
         """Offset in ``wflat`` of the first line the tile (ot, t) prefetches: tile k of the
         group takes part k % U of the next group's weights (the last group: its own, in cache
         already); tiles past the U first repeat the prefetches of the first ones."""
@@ -270,13 +179,11 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         part = (o * ntw + t) % used
         return nxt * packs[0][0].size + part * (steps * per * LINE_BYTES // 4)
 
-    def prefetch(base: Var, cio: Var | None) -> Stmt:
-        """P prefetches into L2 per reduction step (icb, kh, kw[, cio]): one line each."""
+    def prefetch_group(base: Var, step: Expr) -> Stmt:
+        """P prefetches of the next group's weights into L2 per reduction step: a line each."""
         assert plan is not None and wflat is not None
         per = plan[0]
-        it = (icv * kh_ + khv) * kw_ + kwv
-        it = it * (cin // CI_UNROLL) + cio if cio is not None else it
-        return seq(*[Prefetch(wflat, (base + (it * per + p) * (LINE_BYTES // 4),), 2)
+        return seq(*[Prefetch(wflat, (base + (step * per + p) * (LINE_BYTES // 4),), 2)
                      for p in range(per)])
 
     def cell(wb: Buffer, gi: Expr, vbt: int, tag: str) -> Stmt:
@@ -299,14 +206,14 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         body = If(og < groups, body, tail) if groups else tail
     # Every tile is a task: enough of them for the threads even with one group and one row
     # (a flattened 1x1 conv).
-    body = For(n, nb, For(og, groups + (len(wbufs) > 1),
-                          For(o, -(-oh // th), For(t, -(-ow // tw), body))))
+    for name in reversed(list(ext)):
+        body = For(var[name], ext[name], body)
     params = [ybuf, xp, bbuf] + wbufs + ([zbuf] if zbuf is not None else [])
     params += [wflat] if wflat is not None else []
-    work = nb * ocb * oh * ow * c * icb * cin * kh_ * kw_
-    # With prefetching, a thread's next group must be the one it prefetched: contiguous shares.
-    schedule = parallel_contiguous if wflat is not None else parallel_outer
-    ctx.emit(schedule(Kernel(node.name, params, body), ["n", "og", "ot", "t"], ctx, work))
+    # Contiguous shares: a group-major thread's next group is the one it prefetched; a
+    # pixel-major one's rows are those its core wrote.
+    schedule = parallel_contiguous if wflat is not None or lay.pixel_major else parallel_outer
+    ctx.emit(schedule(Kernel(node.name, params, body), list(ext), ctx, lay.work))
 
 
 def _depthwise(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,
@@ -338,7 +245,7 @@ def _depthwise(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win,
     zbuf, zh, zw = blocked(ctx, residual, "z") if residual else (None, 0, 0)
     zero_halo(ctx, out, node.name)
     n, b, o, t, khv = Var("n"), Var("cb"), Var("oh"), Var("t"), Var("kh")
-    rmax = max(1, (_vector_regs(ctx) * ctx.lanes // c - 4) // 2)
+    rmax = max(1, (vector_regs(ctx) * ctx.lanes // c - 4) // 2)
 
     def tile(ow0: Expr, rr: int, taps: list[int], tag: str) -> Stmt:
         """rr pixels from column ow0, all with the kw taps ``taps``."""

@@ -39,8 +39,9 @@ LINE_BYTES = 64
 # the first tile's stall is amortized and the prefetches cost more than they save.
 PREFETCH_MAX_TILES = 64
 # With several threads, convs whose packed weights fit in this many bytes (half an L2 of 2 MiB)
-# run pixel-major. Measured (interleaved A/B, whole nets): ResNet-18 2 threads 1.5% faster,
-# ResNet-50 2 threads within noise; at 1 thread group-major was faster (ResNet-50 by 4%).
+# run pixel-major. Measured (interleaved A/B of whole nets, both compile orders): ResNet-18 at
+# 2 threads 0.2-3.5% faster, ResNet-50 / MobileNetV2 / SqueezeNet within noise (+-2%); at 1
+# thread group-major was faster (ResNet-50 by 4%).
 PIXEL_MAJOR_MAX_BYTES = 1 << 20
 
 

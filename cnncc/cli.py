@@ -178,6 +178,7 @@ def _compile_cuda(args: argparse.Namespace, source, name: str, emit: list) -> in
     from .backends.llvm.aot import check_name
     from .ir import CompileError
     from .passes import PassContext, run_pipeline
+    from .passes.plan_memory import format_summary
 
     check_name(name)
     if args.threads is not None:
@@ -191,15 +192,17 @@ def _compile_cuda(args: argparse.Namespace, source, name: str, emit: list) -> in
             raise CompileError("-o DIR is required (or --emit cuda to print the source)")
         sys.stdout.write(generate(graph, args.opt, name=name).module.source)
         return 0
-    paths = export_cuda(graph, args.output, name, args.opt, args.arch)
+    gen = generate(graph, args.opt, name=name)
+    paths = export_cuda(graph, args.output, name, args.opt, args.arch, gen=gen)
     if "cuda" in emit:          # the source just written, not generated a second time
         with open(paths["source"]) as f:
             sys.stdout.write(f.read())
+    log = sys.stderr if "cuda" in emit else sys.stdout
     print(f"compiled {args.model} for cuda in {time.perf_counter() - t0:.2f} s"
-          + ("" if "library" in paths else " (nvcc not found: NAME.so not built)"),
-          file=sys.stderr if "cuda" in emit else sys.stdout)
+          + ("" if "library" in paths else " (nvcc not found: NAME.so not built)"), file=log)
+    print(format_summary(gen.program.memory.summary()) + " [device memory]", file=log)
     for path in paths.values():
-        print(f"wrote {path}", file=sys.stderr if "cuda" in emit else sys.stdout)
+        print(f"wrote {path}", file=log)
     return 0
 
 

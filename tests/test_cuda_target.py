@@ -6,6 +6,7 @@ either runs on a GPU (when one is present) or refuses with an error that says wh
 from __future__ import annotations
 
 import ctypes
+import re
 import subprocess
 import sys
 
@@ -76,6 +77,9 @@ def test_cli_compile_cuda_writes_program(tmp_path):
     proc = _cli("compile", "zoo:tiny_cnn", "--target", "cuda", "-o", str(tmp_path),
                 "--name", "tiny")
     assert proc.returncode == 0, proc.stderr
+    # The device arena, as the llvm target reports its own.
+    assert re.search(r"^arena: [\d.]+ KiB peak, [\d.]+ KiB without reuse .* \[device memory\]$",
+                     proc.stdout, re.M), proc.stdout
     cu = (tmp_path / "tiny.cu").read_text()
     assert 'extern "C" int tiny_run(const float *const *inputs, float *const *outputs)' in cu
     assert "cudaMemcpyAsync" in cu and "cudaMemcpyDeviceToHost" in cu

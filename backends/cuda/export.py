@@ -15,7 +15,7 @@ import shutil
 from ...ir import CompileError, Graph
 from .build import find_nvcc
 from .device import build_cuda_library
-from .model import generate
+from .model import CudaProgram, generate
 
 
 def header_text(name: str, inputs: list, outputs: list, weights_bytes: int) -> str:
@@ -37,13 +37,16 @@ def header_text(name: str, inputs: list, outputs: list, weights_bytes: int) -> s
 
 
 def export_cuda(graph: Graph, out_dir: str, name: str, opt_level: int = 3,
-                arch: str | None = None, build: bool | None = None) -> dict[str, str]:
-    """Write the CUDA program of ``graph``; build NAME.so when nvcc is found (``build`` None)
-    or always (``build`` True: BuildError without nvcc)."""
+                arch: str | None = None, build: bool | None = None,
+                gen: CudaProgram | None = None) -> dict[str, str]:
+    """Write the CUDA program of ``graph`` (or ``gen``, when it was generated already, named
+    ``name``); build NAME.so when nvcc is found (``build`` None) or always (``build`` True:
+    BuildError without nvcc)."""
     if arch is not None and not (isinstance(arch, str) and arch.startswith("sm_")
                                  and arch[3:].isdigit()):
         raise CompileError(f"bad CUDA architecture {arch!r} (expected e.g. sm_80 or sm_90)")
-    gen = generate(graph, opt_level, name=name)
+    if gen is None:
+        gen = generate(graph, opt_level, name=name)
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, name)
     paths = {"source": base + ".cu", "header": base + ".h", "weights": base + ".weights"}

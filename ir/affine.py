@@ -136,6 +136,26 @@ def walk_stmts(s: Stmt):
             yield from walk_stmts(s.else_)
 
 
+def replace_stmts(s: Stmt, fn: Callable[[Stmt], Stmt | None]) -> Stmt:
+    """``s`` with every statement for which ``fn`` returns a replacement replaced by it (its
+    inside not visited); the others rebuilt around their replaced parts."""
+    new = fn(s)
+    if new is not None:
+        return new
+    if isinstance(s, For):
+        return For(s.var, s.extent, replace_stmts(s.body, fn), s.kind, s.start)
+    if isinstance(s, Seq):
+        return Seq([replace_stmts(x, fn) for x in s.stmts])
+    if isinstance(s, If):
+        return If(s.cond, replace_stmts(s.then, fn),
+                  None if s.else_ is None else replace_stmts(s.else_, fn), s.masked)
+    if isinstance(s, Let):
+        return Let(s.var, s.value, replace_stmts(s.body, fn))
+    if isinstance(s, Allocate):
+        return Allocate(s.buf, replace_stmts(s.body, fn))
+    return s
+
+
 def free_vars(e: Expr) -> set[str]:
     return {x.name for x in walk_exprs(e) if isinstance(x, Var)}
 

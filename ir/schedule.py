@@ -10,8 +10,8 @@ the kernel's meaning (or raises ScheduleError naming what is wrong) and records 
 """
 from __future__ import annotations
 
-from .affine import (const_value, free_vars, simplify, stmt_exprs, substitute_stmt, uses_var,
-                     walk_exprs, walk_stmts)
+from .affine import (const_value, free_vars, replace_stmts, simplify, stmt_exprs,
+                     substitute_stmt, uses_var, walk_exprs, walk_stmts)
 from .errors import CompileError
 from .loop import Allocate, Cmp, Const, For, If, Kernel, Let, Seq, Stmt, Store, Var, seq
 
@@ -22,20 +22,7 @@ class ScheduleError(CompileError):
 
 def _rebuild(s: Stmt, target: Stmt, new: Stmt) -> Stmt:
     """``s`` with the node ``target`` (by identity) replaced by ``new``."""
-    if s is target:
-        return new
-    if isinstance(s, For):
-        return For(s.var, s.extent, _rebuild(s.body, target, new), s.kind, s.start)
-    if isinstance(s, Seq):
-        return Seq([_rebuild(x, target, new) for x in s.stmts])
-    if isinstance(s, If):
-        return If(s.cond, _rebuild(s.then, target, new),
-                  None if s.else_ is None else _rebuild(s.else_, target, new), s.masked)
-    if isinstance(s, Let):
-        return Let(s.var, s.value, _rebuild(s.body, target, new))
-    if isinstance(s, Allocate):
-        return Allocate(s.buf, _rebuild(s.body, target, new))
-    return s
+    return replace_stmts(s, lambda x: new if x is target else None)
 
 
 def _path(s: Stmt, name: str) -> list[Stmt] | None:

@@ -14,9 +14,10 @@ import pytest
 from cnncc.backends.cuda import render_kernel
 from cnncc.backends.llvm import jit
 from cnncc.backends.llvm.kernels import compile_kernel
+from cnncc.ir.affine import replace_stmts
 from cnncc.ir.dtypes import DType
-from cnncc.ir.loop import (Allocate, Buffer, For, If, Kernel, Let, Prefetch, Seq, Stmt, Store,
-                           Var, loop_nest, seq)
+from cnncc.ir.loop import (Allocate, Buffer, For, If, Kernel, Prefetch, Seq, Stmt, Store, Var,
+                           loop_nest, seq)
 from cnncc.ir.loop_interp import run_kernel
 from cnncc.ir.loop_printer import format_expr
 from cnncc.ir.schedule import Schedule
@@ -214,20 +215,8 @@ def conv_kernel(g) -> Kernel:
 def record(s: Stmt, hits: Buffer, og: Var) -> Stmt:
     """``s`` with each prefetch of wf turned into a store hits[og, index] = 1 (bounds-checked
     by the interpreter)."""
-    if isinstance(s, Prefetch):
-        return Store(hits, (og,) + s.indices, 1.0)
-    if isinstance(s, For):
-        return For(s.var, s.extent, record(s.body, hits, og), s.kind, s.start)
-    if isinstance(s, Seq):
-        return Seq([record(x, hits, og) for x in s.stmts])
-    if isinstance(s, If):
-        return If(s.cond, record(s.then, hits, og),
-                  None if s.else_ is None else record(s.else_, hits, og), s.masked)
-    if isinstance(s, Let):
-        return Let(s.var, s.value, record(s.body, hits, og))
-    if isinstance(s, Allocate):
-        return Allocate(s.buf, record(s.body, hits, og))
-    return s
+    return replace_stmts(s, lambda x: Store(hits, (og,) + x.indices, 1.0)
+                         if isinstance(x, Prefetch) else None)
 
 
 @pytest.mark.parametrize("ic,oc,h,k,stride", [

@@ -67,13 +67,13 @@ def lower_conv_nchwc(ctx: LowerCtx, node: Node) -> None:
     win = resolve_window(op_context(g, conv), plain, wv.shape[2:])
     if octx["group"] > 1:
         return _depthwise(ctx, node, wv, bias, win, act, residual, c)
-    _dense(ctx, node, bias, win, act, residual)
+    _dense(ctx, node, wv, bias, win, act, residual)
 
 
-def _dense(ctx: LowerCtx, node: Node, bias: np.ndarray, win, act: Act, residual: str | None
-           ) -> None:
+def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,
+           residual: str | None) -> None:
     out = node.outputs[0]
-    lay = dense_tiling(ctx, node)
+    lay = dense_tiling(ctx, node, wv, win)
     c, cin, vb, th, tw = lay.c, lay.cin, lay.vb, lay.th, lay.tw
     nb, ocb, oh, ow = lay.nb, lay.ocb, lay.oh, lay.ow
     kh_, kw_ = win.kernel

@@ -23,10 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncc.ir import Node
-from cnncc.ir.ops.fused import conv_node
-from cnncc.ir.ops.spatial import resolve_window
 
-from .context import LowerCtx, const_input, op_context
+from .context import LowerCtx, op_context
 
 # Input channels of a block unrolled per iteration of the reduction's innermost loop.
 CI_UNROLL = 4
@@ -178,17 +176,15 @@ class DenseTiling:
                              self.packs[0][0].nbytes // self.steps)
 
 
-def dense_tiling(ctx: LowerCtx, node: Node) -> DenseTiling:
-    """The tiling of dense ConvNCHWc ``node``; its packed weights become constants of ``ctx``."""
+def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
+    """The tiling of dense ConvNCHWc ``node`` with weights ``wv`` [OC, IC, KH, KW] and window
+    ``win`` (resolve_window); its packed weights become constants of ``ctx``."""
     g = ctx.graph
     octx = op_context(g, node)
-    wv = np.asarray(const_input(g, node, 1, "the weight"), np.float32)
     c, stem = octx["block"], octx["in_layout"] == "NCHW"
     xs, ys = g.types[node.inputs[0]].shape, g.types[node.outputs[0]].shape
     nb, ocb, oh, ow = ys[:4]
-    _, ic, kh, kw = wv.shape
-    plain = xs if stem else (xs[0], ic) + tuple(xs[2:4])
-    win = resolve_window(op_context(g, conv_node(node)), plain, wv.shape[2:])
+    kh, kw = wv.shape[2:]
     residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
     halos = any(v in ctx.halo for v in (node.inputs[0], node.outputs[0], residual))
     flat = kh == kw == 1 and tuple(win.strides) == (1, 1) and not any(win.pads) and not halos

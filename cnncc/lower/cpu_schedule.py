@@ -26,6 +26,14 @@ def band(kernel: Kernel) -> list[str]:
     return names
 
 
+def fuse_band(s: Schedule, names: list[str]) -> str:
+    """Fuse the perfectly nested loops ``names`` (outer first) into one; its name."""
+    fused = names[0]
+    for nxt in names[1:]:
+        fused = s.fuse(fused, nxt)
+    return fused
+
+
 def schedule_map(kernel: Kernel, ctx, work: int, vector_loop: str | None = None) -> Kernel:
     """Elementwise-style schedule of a perfect nest: the innermost loop (or ``vector_loop``)
     split by the vector width with a scalar tail and vectorized, the loops outside it fused
@@ -47,10 +55,7 @@ def schedule_map(kernel: Kernel, ctx, work: int, vector_loop: str | None = None)
         if not outer_loops:
             outer_loops = [o]
     if threads > 1 and work >= PARALLEL_MIN_WORK and outer_loops:
-        fused = outer_loops[0]
-        for nxt in outer_loops[1:]:
-            fused = s.fuse(fused, nxt)
-        s.parallel(fused)
+        s.parallel(fuse_band(s, outer_loops))
     return s.kernel
 
 
@@ -62,10 +67,7 @@ def parallel_outer(k: Kernel, names: list[str], ctx, work: int) -> Kernel:
     if ctx.threads <= 1 or work < PARALLEL_MIN_WORK:
         return k
     s = Schedule(k)
-    fused = names[0]
-    for nxt in names[1:]:
-        fused = s.fuse(fused, nxt)
-    s.parallel(fused)
+    s.parallel(fuse_band(s, names))
     return s.kernel
 
 
@@ -77,9 +79,7 @@ def parallel_contiguous(k: Kernel, names: list[str], ctx, work: int) -> Kernel:
     if ctx.gpu or ctx.threads <= 1 or work < PARALLEL_MIN_WORK:
         return parallel_outer(k, names, ctx, work)
     s = Schedule(k)
-    fused = names[0]
-    for nxt in names[1:]:
-        fused = s.fuse(fused, nxt)
+    fused = fuse_band(s, names)
     n = const_value(s.loop(fused).extent)
     if n is None or n < 2 * ctx.threads:
         s.parallel(fused)

@@ -9,12 +9,15 @@ from typing import Any, Callable
 
 
 @dataclass(frozen=True)
-class Target:
+class Backend:
+    """A registry entry: how a target name builds a CompiledModel."""
     name: str
     description: str
     build: Callable[..., Any]          # (graph, options) -> CompiledModel; imported lazily
     native: bool                       # generates code (runs the optimization pipeline)
     missing: Callable[[], str | None] = lambda: None   # why it cannot run here (None: it can)
+    # (threads) -> the CPU Target the code is generated for; None for targets that are not CPUs
+    machine: Callable[[int | None], Any] = lambda threads: None
 
 
 def _cuda_missing() -> str | None:
@@ -41,6 +44,11 @@ def _build_llvm(graph, options):
     return build(graph, options)
 
 
+def _llvm_machine(threads):
+    from .llvm.jit import host_target
+    return host_target(threads)
+
+
 def _build_cuda(graph, options):
     from .cuda.model import build
     return build(graph, options, emulate=False)
@@ -51,11 +59,12 @@ def _build_cuda_emu(graph, options):
     return build(graph, options, emulate=True)
 
 
-BACKENDS: dict[str, Target] = {
-    "reference": Target("reference", "numpy interpreter (the oracle)", _build_reference, False),
-    "llvm": Target("llvm", "native CPU code via LLVM (llvmlite JIT)", _build_llvm, True),
-    "cuda": Target("cuda", "CUDA C built by nvcc, run on an NVIDIA GPU", _build_cuda, True,
+BACKENDS: dict[str, Backend] = {
+    "reference": Backend("reference", "numpy interpreter (the oracle)", _build_reference, False),
+    "llvm": Backend("llvm", "native CPU code via LLVM (llvmlite JIT)", _build_llvm, True,
+                    machine=_llvm_machine),
+    "cuda": Backend("cuda", "CUDA C built by nvcc, run on an NVIDIA GPU", _build_cuda, True,
                    _cuda_missing),
-    "cuda-emu": Target("cuda-emu", "the CUDA C of target cuda compiled for the CPU with an "
+    "cuda-emu": Backend("cuda-emu", "the CUDA C of target cuda compiled for the CPU with an "
                        "emulation header (g++)", _build_cuda_emu, True, _emu_missing),
 }

@@ -46,6 +46,7 @@ class BenchReport:
     memory: dict[str, dict] = field(default_factory=dict)     # variant -> arena summary
     peak_gflops: float | None = None      # FMA peak at ``threads`` (llvm target)
     openmp_wait: str = ""                  # how idle OpenMP workers wait (the libgomp env)
+    machine: str = ""                      # the Target compiled for (Target.describe())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -74,10 +75,17 @@ def _ort_runner(onnx_model: Any, threads: int) -> Callable[[list[np.ndarray]], A
     return lambda xs: sess.run(None, dict(zip(names, xs)))
 
 
+def machine_line(threads: int) -> str:
+    """The Target that target llvm compiles for at ``threads``, in one line."""
+    from .driver import host_target
+    return host_target(threads).describe()
+
+
 def openmp_wait_policy() -> str:
-    """The libgomp wait settings of this process (as cnncc's jit leaves them)."""
-    keys = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-    return " ".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ)
+    """How idle OpenMP workers of this process wait: what `cnncc.compile` users get too (the
+    bench sets nothing of its own)."""
+    from .backends.llvm.jit import wait_policy
+    return wait_policy()
 
 
 def time_interleaved(runners: dict[str, Callable[[], Any]], rounds: int,
@@ -154,7 +162,8 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
         speedups["unfused vs onnxruntime"] = by["onnxruntime"] / by["unfused"]
     report = BenchReport(graph.name, threads, rounds, results, speedups,
                          peak_gflops=peak_gflops,
-                         openmp_wait=openmp_wait_policy() if threads > 1 else "")
+                         openmp_wait=openmp_wait_policy() if threads > 1 else "",
+                         machine=machine_line(threads) if target == "llvm" else "")
     for name in ("unfused", "fused"):
         memory = models[name].memory_report()
         if memory is not None:
@@ -202,6 +211,8 @@ def format_report(r: BenchReport) -> str:
     lines = [f"model {r.model}: {r.threads} thread(s), {r.rounds} interleaved rounds"
              + (f"; OpenMP workers wait with {r.openmp_wait}" if r.openmp_wait else ""),
              f"{'variant':<34} {'median ms':>10} {'p90 ms':>10} {'compile s':>10}"]
+    if r.machine:
+        lines.insert(1, f"target: {r.machine}")
     for v in r.variants:
         lines.append(f"{v.name:<34} {v.median_ms:>10.3f} {v.p90_ms:>10.3f} {v.compile_s:>10.2f}")
     for k, s in r.speedups.items():

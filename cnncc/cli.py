@@ -27,9 +27,6 @@ from typing import Any, Sequence
 import numpy as np
 
 DEFAULT_MODEL = "zoo:mobilenet_v2"
-# GOMP_SPINCOUNT of `cnncc bench --threads N>1`: about 0.1 ms of spinning, enough to bridge the
-# gap between two kernels (measured: MobileNetV2, 2 threads, 4.5 ms asleep vs 2.7 ms spinning).
-BENCH_SPINCOUNT = "100000"
 
 
 def resolve_model(spec: str) -> Any:
@@ -50,25 +47,28 @@ def resolve_model(spec: str) -> Any:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import load_graph
+    from . import host_target, load_graph
     from .analysis import format_info
 
     graph = load_graph(resolve_model(args.model))
     print(format_info(graph))
     print(_arena_line(graph))
+    print(f"target: {host_target(1).describe()} [llvm]")
     return 0
 
 
 def _arena_line(graph: Any) -> str:
     """The arena of ``graph`` compiled for llvm (opt 3, 1 thread): lowered, not compiled."""
-    from .backends.llvm.jit import vector_lanes
+    from .driver import host_target
     from .ir import CompileError
     from .lower.program import lower_graph
     from .passes import PassContext, run_pipeline
     from .passes.plan_memory import format_summary
 
+    machine = host_target(1)
     try:
-        prog = lower_graph(run_pipeline(graph, PassContext(opt_level=3)), vector_lanes(), 1)
+        prog = lower_graph(run_pipeline(graph, PassContext(opt_level=3, machine=machine)),
+                           machine)
     except CompileError as e:
         return f"arena: not planned (the llvm target cannot lower it: {e})"
     return format_summary(prog.memory.summary()) + " [llvm, opt 3, 1 thread]"
@@ -217,12 +217,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from . import load_graph
+    from . import host_target, load_graph
     from .passes import PassContext, run_pipeline
     from .show import to_dot, write_graph
 
     graph = load_graph(resolve_model(args.model))
-    graph = run_pipeline(graph, PassContext(opt_level=args.opt))
+    graph = run_pipeline(graph, PassContext(opt_level=args.opt, machine=host_target()))
     if args.output:
         print(f"wrote {write_graph(graph, args.output)}")
     else:
@@ -238,12 +238,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _print_peak(args)
     if args.plot:
         require_matplotlib()      # fail before minutes of compiling and timing, not after
-    if args.threads > 1 and not args.no_spin and "OMP_WAIT_POLICY" not in os.environ \
-            and "GOMP_SPINCOUNT" not in os.environ:
-        # Idle OpenMP workers spin briefly before sleeping, as onnxruntime's pool does (cnncc's
-        # default is to sleep at once: robust when other processes want the cores). Read by
-        # libgomp when it loads, which is after this point in this process.
-        os.environ["GOMP_SPINCOUNT"] = BENCH_SPINCOUNT
     source = resolve_model(args.model)
     graph = load_graph(source)
     if isinstance(source, str):
@@ -332,9 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", metavar="FILE.png", help="draw the comparison (matplotlib)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--no-ort", action="store_true", help="do not run onnxruntime")
-    bench.add_argument("--no-spin", action="store_true",
-                       help="with --threads > 1: OpenMP workers sleep between kernels instead "
-                            f"of spinning up to GOMP_SPINCOUNT={BENCH_SPINCOUNT} first")
     bench.set_defaults(func=_cmd_bench)
 
     ver = sub.add_parser("verify", help="run the passes one by one against the reference and "

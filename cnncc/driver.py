@@ -9,6 +9,7 @@ from . import cache
 
 from .backends import BACKENDS
 from .ir import CompileError, Graph
+from .ir.target import Target
 from .passes import PassContext, run_pipeline
 from .runtime import CompiledModel
 
@@ -46,12 +47,19 @@ def _check_options(target: str, opt_level: int, threads: int | None) -> None:
         raise CompileError(f"threads must be a positive integer, got {threads!r}")
 
 
+def host_target(threads: int | None = None) -> Target:
+    """The Target that target "llvm" compiles for on this machine (or for CNNCC_CPU /
+    CNNCC_FEATURES): ISA, vector lanes and registers, caches, cores; ``threads`` defaults to
+    the cores."""
+    return BACKENDS["llvm"].machine(threads)
+
+
 def _optimize(graph: Graph, target: str, opt_level: int, skip: frozenset,
-              lowrank_tol: float | None = None) -> Graph:
+              lowrank_tol: float | None = None, machine: Target | None = None) -> Graph:
     if BACKENDS[target].native:
         # The reference target is the oracle: it runs the graph exactly as imported.
         return run_pipeline(graph, PassContext(opt_level=opt_level, target=target, skip=skip,
-                                               lowrank_tol=lowrank_tol))
+                                               lowrank_tol=lowrank_tol, machine=machine))
     return graph
 
 
@@ -75,12 +83,15 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     skip = frozenset(options.pop("skip_passes", ()))
     lowrank_tol = options.pop("dw_lowrank_tol", None)
     graph = load_graph(source, input_shapes)
-    if target == "llvm":
-        threads = threads or os.cpu_count() or 1
+    # The one Target of this compile (None for targets that are not CPUs): passes, lowering
+    # and the backend read it; nothing below asks the machine again.
+    machine = BACKENDS[target].machine(threads)
     options = dict(options, opt_level=opt_level, threads=threads)
+    if machine is not None:
+        options.update(threads=machine.threads, machine=machine)
 
     def build(**extra: Any) -> CompiledModel:
-        optimized = _optimize(graph, target, opt_level, skip, lowrank_tol)
+        optimized = _optimize(graph, target, opt_level, skip, lowrank_tol, machine)
         return BACKENDS[target].build(optimized, dict(options, **extra))
 
     key = None
@@ -118,8 +129,10 @@ def export(source: Any, out_dir: str | os.PathLike, name: str | None = None,
     lowrank_tol = options.pop("dw_lowrank_tol", None)
     if options:
         raise CompileError(f"unknown export option(s) {sorted(options)}")
-    graph = _optimize(load_graph(source, input_shapes), "llvm", opt_level, skip, lowrank_tol)
-    gen = generate(graph, threads or 1, opt_level)
+    machine = host_target(threads or 1)
+    graph = _optimize(load_graph(source, input_shapes), "llvm", opt_level, skip, lowrank_tol,
+                      machine)
+    gen = generate(graph, machine, opt_level)
     return export_library(gen, os.fspath(out_dir), name, emit)
 
 

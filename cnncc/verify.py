@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .backends import BACKENDS
 from .ir import Graph, run_graph
 from .passes import PassContext, enabled_passes
 from .testing import random_inputs, relative_error
@@ -72,7 +73,10 @@ def verify_pipeline(graph: Graph, opt_level: int = 3, target: str | None = None,
     feeds = random_inputs(graph, seed)
     ref_env = run_graph(graph, feeds, keep=True)
     report = VerifyReport(tolerance=tolerance)
-    ctx = PassContext(opt_level=opt_level, target=target or "reference")
+    # The passes choose for the CPU that target llvm compiles for (the reference target runs
+    # the same pipeline when verified).
+    ctx = PassContext(opt_level=opt_level, target=target or "reference",
+                      machine=BACKENDS["llvm"].machine(None))
     current = graph
     for p in enabled_passes(ctx):
         current = p.run(current, ctx).verify()

@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from cnncc import host_target
 from cnncc.dsl import zoo
 from cnncc.ir import DType, Graph, TensorType
 from cnncc.passes import PASS_NAMES, PassContext
@@ -38,7 +39,7 @@ def conv(g: Graph, rng, x: str, oc: int, k: int = 3, stride: int = 1, group: int
 
 
 def run(g: Graph, block: int = BLOCK) -> Graph:
-    out = alter_layout_nchwc(g, PassContext(lanes=block)).verify()
+    out = alter_layout_nchwc(g, PassContext(machine=host_target().replace(lanes=block))).verify()
     assert_graphs_equivalent(g, out, max_rel_error=1e-6)
     return out
 
@@ -160,8 +161,8 @@ def test_left_alone_without_convs_grouped_convs_runtime_weights_and_on_gpu():
     g2 = Graph("gpu")
     g2.add_input("x", TensorType(F32, (1, 8, 5, 5)))
     g2.outputs = [conv(g2, rng, "x", 8)]
-    assert alter_layout_nchwc(g2, PassContext(target="cuda", lanes=8)) is g2
-    assert ops(alter_layout_nchwc(g2, PassContext(lanes=16)))["ConvNCHWc"] == 1
+    assert alter_layout_nchwc(g2, PassContext(target="cuda")) is g2
+    assert ops(alter_layout_nchwc(g2, PassContext(machine=host_target().replace(lanes=16))))["ConvNCHWc"] == 1
 
 
 def _small(name: str):
@@ -185,7 +186,7 @@ def test_show_marks_blocked_values_and_transforms():
     g.add_input("x", TensorType(F32, (1, 8, 5, 5)))
     a = conv(g, rng, "x", 8, name="c1")
     g.outputs = [conv(g, rng, a, 8, name="c2")]
-    out = alter_layout_nchwc(g, PassContext(lanes=BLOCK))
+    out = alter_layout_nchwc(g, PassContext(machine=host_target().replace(lanes=BLOCK)))
     blocked = blocked_values(out)
     assert {o for n in out.nodes if n.op != "FromNCHWc" for o in n.outputs} == blocked
     dot = to_dot(out)

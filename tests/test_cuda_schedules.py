@@ -36,7 +36,7 @@ class Case:
         rng = np.random.default_rng(seed)
         self.feeds = {n: rng.standard_normal(g.types[n].shape).astype(g.types[n].dtype.np)
                       for n in g.inputs}
-        self.ctx = LowerCtx(g, lanes=1, threads=1, gpu=True)
+        self.ctx = LowerCtx(g, None, gpu=True)
         fused = fused_activation(g, g.nodes[0], g.users(), 0) if len(g.nodes) == 2 else None
         if fused is not None:
             lower_node(self.ctx, g.nodes[0], act=fused[1], out=g.nodes[1].outputs[0])
@@ -382,7 +382,7 @@ def test_sanitizers_clean(sanitize):
 def test_lower_graph_picks_gpu_schedules():
     """lower_graph(gpu=True) routes Conv/Gemm/MatMul to these schedules, fusing activations."""
     case = CASES["c2d_k3"]
-    prog = lower_graph(case.g, 1, 1, gpu=True)
+    prog = lower_graph(case.g, None, gpu=True)
     kernels = [k for k, _ in prog.ctx.kernels]
     assert len(kernels) == 1
     src = render_module(kernels, "lg").source

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import cnncc
+from cnncc import host_target
 from cnncc.ir import CompileError, DType, Graph, TensorType, run_graph
 from cnncc.ir.ops.layout import blocked_shape, from_blocked
 from cnncc.passes import PassContext
@@ -217,7 +218,7 @@ def test_fused_kernel_rows_in_chunks(monkeypatch, threads):
     from cnncc.lower import conv_dwpw
     monkeypatch.setattr(conv_dwpw, "TILE_BYTES", 4 * 8 * 48 * 2)    # 2 sub-tiles of 8 pixels
     g = dw_pw_graph(40, 24, (9, 27), stride=1, residual=True)       # 27 = 3 sub-tiles + 3
-    assert conv_dwpw._tiles(27, 2, 40, 16, 16)[0] == 8
+    assert conv_dwpw._tiles(27, 2, 40, 16, 16, 32)[0] == 8     # AVX-512: 32 registers
     assert compiled_vs_reference(g, threads) < RTOL
 
 
@@ -381,9 +382,10 @@ def test_tiny_mobilenet_blocks_fuse_and_match_reference():
 
     graph = zoo.tiny_mobilenet().to_graph().verify()
     assert PASS_NAMES.index("depthwise_separable") > PASS_NAMES.index("alter_layout_nchwc")
-    layout = run_pipeline(graph, PassContext(skip=frozenset({"depthwise_separable"})))
+    layout = run_pipeline(graph, PassContext(skip=frozenset({"depthwise_separable"}),
+                                              machine=host_target()))
     depthwise = [n for n in layout.nodes if n.op == "ConvNCHWc" and n.attrs.get("group", 1) > 1]
-    opt = run_pipeline(graph, PassContext())
+    opt = run_pipeline(graph, PassContext(machine=host_target()))
     assert depthwise and ops(opt).count("DwPwConvNCHWc") == len(depthwise)
     feeds = random_inputs(graph, seed=4)
     ref = run_graph(graph, feeds)[graph.outputs[0]]

@@ -137,11 +137,12 @@ def test_loop_orders(ic, oc, h, w, k, stride, threads, pixel_major, monkeypatch)
     threads) and group-major tile orders compute the same conv; the loop band says which one
     ran."""
     from cnncc.lower import conv_nchwc_tiles
+    from cnncc import host_target
     from cnncc.lower.program import lower_graph
 
-    monkeypatch.setattr(conv_nchwc_tiles, "PIXEL_MAJOR_MAX_BYTES", 1 << 40 if pixel_major else 0)
+    monkeypatch.setattr(conv_nchwc_tiles, "PIXEL_MAJOR_L2_SHARE", 1e9 if pixel_major else 0)
     g = conv_graph(ic, oc, h, w, k, stride=stride, residual=True, act="Relu")
-    (kern,) = [kn for kn, _ in lower_graph(g, BLOCK, threads).ctx.kernels if kn.name == "conv"]
+    (kern,) = [kn for kn, _ in lower_graph(g, host_target(threads).replace(lanes=BLOCK)).ctx.kernels if kn.name == "conv"]
     text = str(kern)
     want = ["n", "ot", "t", "og"] if pixel_major and threads > 1 else ["n", "og", "ot", "t"]
     if threads > 1:        # the band fused into one parallel loop, named after its loops

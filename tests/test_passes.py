@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cnncc import host_target
 from cnncc.ir import CompileError, DType, Graph, TensorType
 from cnncc.passes import PASS_NAMES, PassContext, run_pipeline
 from cnncc.passes.canonicalize import canonicalize
@@ -142,7 +143,8 @@ def test_fold_constants_and_dead_code():
 def test_pipeline_runs_every_pass_and_verifies():
     seen = []
     g = conv_bn_graph()
-    out = run_pipeline(g, PassContext(opt_level=3), after_pass=lambda n, h: seen.append(n))
+    out = run_pipeline(g, PassContext(opt_level=3, machine=host_target()),
+                       after_pass=lambda n, h: seen.append(n))
     assert seen == PASS_NAMES
     assert_graphs_equivalent(g, out, max_rel_error=1e-5)
     assert run_pipeline(g, PassContext(opt_level=0)) is g

@@ -129,8 +129,9 @@ def test_exported_library_reports_the_same_memory(tmp_path):
 
 def test_dump_memory_prints_the_plan(monkeypatch, capsys):
     monkeypatch.setattr(cnncc.debug, "DUMP", frozenset({"memory"}))
-    graph = run_pipeline(zoo.tiny_cnn().to_graph(), PassContext(opt_level=3))
-    prog = lower_graph(graph, jit.vector_lanes(), 1)
+    machine = jit.host_target(1)
+    graph = run_pipeline(zoo.tiny_cnn().to_graph(), PassContext(opt_level=3, machine=machine))
+    prog = lower_graph(graph, machine)
     err = capsys.readouterr().err
     assert "=== arena plan of tiny_cnn ===" in err
     # One line per planned buffer, then the totals.

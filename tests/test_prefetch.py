@@ -23,9 +23,15 @@ from cnncc.ir.loop_printer import format_expr
 from cnncc.ir.schedule import Schedule
 from cnncc.lower import conv_nchwc_tiles
 from cnncc.lower.program import lower_graph
+from cnncc.ir.target import Target
 
 from test_nchwc_kernels import check, conv_graph
 from test_schedule import blur_kernel
+
+# The loop IR tests below are about one AVX-512 machine (16-lane blocks, 32 registers, a 32 KiB
+# L1 and a 2 MiB L2), whatever the host.
+AVX512 = Target.from_features("+avx512f,+avx512bw,+avx512vl,+avx2,+avx,+fma,+sse2",
+                              caches={"l1d": 32 << 10, "l2": 2 << 20, "l3": 32 << 20}, cores=2)
 
 F32 = DType.float32
 # A read prefetch into the data cache; the group is its locality.
@@ -203,11 +209,11 @@ def test_cuda_renders_a_comment():
 def group_major(monkeypatch):
     """Convs group-major whatever their weights (the small test convs would run pixel-major,
     which never prefetches: every core keeps all of their weights in L2)."""
-    monkeypatch.setattr(conv_nchwc_tiles, "PIXEL_MAJOR_MAX_BYTES", 0)
+    monkeypatch.setattr(conv_nchwc_tiles, "PIXEL_MAJOR_L2_SHARE", 0)
 
 
 def conv_kernel(g) -> Kernel:
-    prog = lower_graph(g, 16, 1)
+    prog = lower_graph(g, AVX512.replace(threads=1))
     (k,) = [k for k, _ in prog.ctx.kernels if k.name == "conv"]
     return k
 
@@ -289,7 +295,7 @@ def test_prefetching_conv_gives_each_thread_one_contiguous_share(threads, group_
     ``threads`` contiguous parts run in parallel (not the dynamic schedule's small chunks, which
     hand the next group to the other core); the results still match the reference."""
     g = conv_graph(64, 128, 14, 14, 3, stride=1)
-    prog = lower_graph(g, 16, threads)
+    prog = lower_graph(g, AVX512.replace(threads=threads))
     (kern,) = [k for k, _ in prog.ctx.kernels if k.name == "conv"]
     text = str(kern)
     assert "prefetch L2 wf[" in text
@@ -297,6 +303,6 @@ def test_prefetching_conv_gives_each_thread_one_contiguous_share(threads, group_
     check(g, threads=threads)
     # Without prefetching (many pixel tiles per group) the dynamic schedule stays.
     big = conv_graph(16, 32, 64, 64, 3, stride=1)
-    (k2,) = [k for k, _ in lower_graph(big, 16, threads).ctx.kernels if k.name == "conv"]
+    (k2,) = [k for k, _ in lower_graph(big, AVX512.replace(threads=threads)).ctx.kernels if k.name == "conv"]
     assert "prefetch" not in str(k2)
     assert not re.search(rf"parallel for \w+ in range\({threads}\):", str(k2))

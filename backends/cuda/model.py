@@ -47,7 +47,7 @@ def generate(graph: Graph, opt_level: int = 3, name: str | None = None) -> CudaP
     """Lower ``graph`` with the GPU schedules and render the whole program as CUDA C."""
     from ...lower.program import lower_graph
 
-    prog = lower_graph(graph, lanes=1, threads=1, fuse=opt_level > 0, gpu=True)
+    prog = lower_graph(graph, None, fuse=opt_level > 0, gpu=True)
     ins, outs = signature(graph)
     if name is None:
         digest = hashlib.sha256(f"{opt_level}\n{graph}".encode()).hexdigest()[:8]

@@ -16,6 +16,7 @@ import threading
 import llvmlite.binding as llvm
 
 from ...ir import CompileError
+from ...ir.target import Target
 
 _LOCK = threading.Lock()
 # The large code model: JIT'd modules land anywhere in the address space, and 32-bit relative
@@ -31,13 +32,16 @@ def _init() -> dict:
             return _STATE
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        # Idle OpenMP workers sleep instead of spinning. When another process holds a core,
-        # a spinning worker and the thread running the next kernel share one CPU and every
-        # fork/join waits out a time slice: measured 10-100x slower small models with the
-        # default spin (2 ms vs 0.19 ms per call); sleeping costs a futex wake per kernel.
-        # Read by libgomp when it loads; the user's OMP_WAIT_POLICY / GOMP_SPINCOUNT win.
-        if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        features = os.environ.get("CNNCC_FEATURES") or llvm.get_host_cpu_features().flatten()
+        cpu = os.environ.get("CNNCC_CPU") or _cpu_for(features)
+        target = llvm.Target.from_default_triple()
+        tm = target.create_target_machine(cpu=cpu, features=features, opt=3,
+                                          **_TM_OPTS)
+        backing = llvm.parse_assembly("")
+        engine = llvm.create_mcjit_compiler(backing, tm)
+        _STATE.update(tm=tm, engine=engine, features=features, cpu=cpu,
+                      triple=llvm.get_process_triple(), modules=[], loaded=set(), pending={})
+        _STATE["wait"] = _set_wait_policy()
         gomp = ctypes.util.find_library("gomp") or "libgomp.so.1"
         try:
             # Loaded through ctypes, whose handle is never closed: llvmlite dlcloses the libraries
@@ -48,17 +52,100 @@ def _init() -> dict:
             _STATE["gomp"] = lib
         except (OSError, AttributeError):
             _STATE["gomp"] = None
-        features = os.environ.get("CNNCC_FEATURES") or llvm.get_host_cpu_features().flatten()
-        cpu = os.environ.get("CNNCC_CPU") or _cpu_for(features)
-        target = llvm.Target.from_default_triple()
-        tm = target.create_target_machine(cpu=cpu, features=features, opt=3,
-                                          **_TM_OPTS)
-        backing = llvm.parse_assembly("")
-        engine = llvm.create_mcjit_compiler(backing, tm)
-        _STATE.update(tm=tm, engine=engine, features=features, cpu=cpu,
-                      triple=llvm.get_process_triple(), modules=[], loaded=set(), pending={})
         engine.set_object_cache(_notify_object, _cached_object)
         return _STATE
+
+
+# How long an idle OpenMP worker spins before it sleeps. Kernels follow each other within
+# microseconds and a loop of calls from Python leaves 10-50 us between them, so a worker that
+# spins this long is awake for the next kernel instead of paying a futex wake per kernel
+# (MobileNetV2 at 2 threads, Zen 5: 1.95-2.26 ms spinning 0.7 ms vs 3.26-3.49 ms sleeping at once,
+# 2.81 ms on 1 thread); after the last call it burns at most this much CPU per worker. When
+# another process holds a core a spinning worker delays the kernel that runs beside it, by at
+# most this much per kernel (same model with a busy loop beside it: 5.7 ms vs 3.1 ms sleeping),
+# which is why the spin is short. libgomp counts iterations, not time: the count is derived
+# from the measured cost of one iteration of its spin loop on this CPU (23 ns on Zen 5, from a
+# few ns to ~40 ns on Intel cores).
+SPIN_SECONDS = 500e-6
+_SPIN_PROBE = """
+declare void @llvm.x86.sse2.pause()
+define void @cnncc_spin_probe(ptr %flag, i64 %n) {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%next, %body]
+  %more = icmp ult i64 %i, %n
+  br i1 %more, label %body, label %exit
+body:
+  %v = load atomic i32, ptr %flag monotonic, align 4
+  %set = icmp ne i32 %v, 0
+  call void @llvm.x86.sse2.pause()
+  %next = add i64 %i, 1
+  br i1 %set, label %exit, label %loop
+exit:
+  ret void
+}
+"""
+
+
+def spin_iteration_seconds() -> float | None:
+    """Seconds per iteration of a spin-wait loop like libgomp's (an atomic load, a compare, a
+    pause), measured with JIT'd code: best of 5 runs of 4000 iterations. None off x86."""
+    import time
+
+    st = _init() if not _STATE else _STATE
+    if "spin_s" in st:
+        return st["spin_s"]
+    seconds = None
+    if st["triple"].startswith(("x86_64", "i686", "i386")):
+        mod = llvm.parse_assembly(_SPIN_PROBE)
+        mod.triple = st["triple"]
+        mod.data_layout = str(st["tm"].target_data)
+        st["engine"].add_module(mod)
+        st["engine"].finalize_object()
+        st["modules"].append(mod)
+        fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(
+            st["engine"].get_function_address("cnncc_spin_probe"))
+        flag = ctypes.c_int32(0)
+        n, best = 4000, float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn(ctypes.addressof(flag), n)
+            best = min(best, time.perf_counter() - t0)
+        seconds = best / n
+    st["spin_s"] = seconds
+    return seconds
+
+
+def _set_wait_policy() -> str:
+    """Make idle OpenMP workers spin about SPIN_SECONDS, then sleep, unless the user chose
+    (OMP_WAIT_POLICY / GOMP_SPINCOUNT); libgomp reads this when it loads, which is next. Says
+    what applies."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        how = "set by the user"
+    else:
+        per = spin_iteration_seconds()
+        count = max(1000, int(SPIN_SECONDS / per)) if per else 20000
+        os.environ["GOMP_SPINCOUNT"] = str(count)
+        how = f"spin ~{SPIN_SECONDS * 1e6:.0f} us, then sleep"
+    if _loaded("libgomp"):
+        how = "libgomp was loaded before cnncc: its own settings apply"
+    keys = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    env = " ".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ)
+    return f"{env} ({how})"
+
+
+def _loaded(library: str) -> bool:
+    try:
+        with open("/proc/self/maps") as f:
+            return any(library in line for line in f)
+    except OSError:
+        return False
+
+
+def wait_policy() -> str:
+    """How idle OpenMP workers of this process wait (the libgomp settings and who chose them)."""
+    return _init()["wait"]
 
 
 def cache_dir() -> str | None:
@@ -166,14 +253,18 @@ def _cpu_for(features: str) -> str:
     return llvm.get_host_cpu_name() or "generic"
 
 
+def host_target(threads: int | None = None) -> Target:
+    """The Target of the code this JIT generates: the host's CPU, or what CNNCC_CPU /
+    CNNCC_FEATURES say (CNNCC_MAX_LANES=8 keeps AVX-512 machines to 8-lane vectors); caches
+    and cores from the operating system. ``threads`` defaults to the cores."""
+    st = _init()
+    max_lanes = int(os.environ["CNNCC_MAX_LANES"]) if os.environ.get("CNNCC_MAX_LANES") else None
+    return Target.from_features(st["features"], st["cpu"], threads=threads, max_lanes=max_lanes)
+
+
 def vector_lanes() -> int:
-    """f32 lanes of the widest vector unit (16 AVX-512, 8 AVX/AVX2, 4 otherwise)."""
-    flags = set(f[1:] for f in _init()["features"].split(",") if f.startswith("+"))
-    if "avx512f" in flags and os.environ.get("CNNCC_MAX_LANES", "") != "8":
-        return 16
-    if "avx" in flags:
-        return 8
-    return 4
+    """f32 lanes of the host Target's vectors (16 AVX-512, 8 AVX/AVX2, 4 otherwise)."""
+    return host_target().lanes
 
 
 def has_openmp() -> bool:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import threading
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ import llvmlite
 import numpy as np
 
 from ...ir import CompileError, Graph
+from ...ir.target import Target
 from ...runtime import CompiledModel, signature
 from ...debug import dump, dump_enabled
 from . import jit
@@ -39,14 +39,15 @@ class Generated:
     outputs: list
 
 
-def generate(graph: Graph, threads: int, opt_level: int = 3) -> Generated:
-    """Lower ``graph`` and generate its LLVM module (``opt_level`` 0: no epilogue fusion)."""
+def generate(graph: Graph, machine: Target, opt_level: int = 3) -> Generated:
+    """Lower ``graph`` for ``machine`` and generate its LLVM module (``opt_level`` 0: no
+    epilogue fusion)."""
     from ... import __version__
     from ...ir.loop import Kernel
     from ...lower.program import entry_function, lower_graph
 
-    lanes = jit.vector_lanes()
-    prog = lower_graph(graph, lanes, threads, fuse=opt_level > 0)
+    lanes, threads = machine.lanes, machine.threads
+    prog = lower_graph(graph, machine, fuse=opt_level > 0)
     # Symbols are named after a hash of the generated code and the target: the same model
     # compiled twice shares its code, and the object code can be cached on disk.
     mb = ModuleBuilder("cnncc_module", lanes, threads, jit.has_openmp())
@@ -71,13 +72,14 @@ def generate(graph: Graph, threads: int, opt_level: int = 3) -> Generated:
 class LLVMModel(CompiledModel):
     target = "llvm"
 
-    def __init__(self, graph: Graph, threads: int, opt_level: int = 3, keep_ir: bool = False):
+    def __init__(self, graph: Graph, machine: Target, opt_level: int = 3, keep_ir: bool = False):
         """``opt_level`` 0: every op its own kernel (no epilogue fusion), the unfused baseline;
         LLVM always optimizes at O3. ``keep_ir`` keeps the optimized IR (``optimized_ir``,
         None when the code came from a cache) for an export of the same code."""
         super().__init__(*signature(graph))
-        self.threads = threads
-        self.generated = gen = generate(graph, threads, opt_level)
+        self.machine = machine
+        self.threads = machine.threads
+        self.generated = gen = generate(graph, machine, opt_level)
         self.program = prog = gen.program
         self.ir_text = gen.ir_text
         self.entry_name = gen.entry_name
@@ -135,5 +137,5 @@ class LLVMModel(CompiledModel):
 
 
 def build(graph: Graph, options: dict) -> LLVMModel:
-    threads = options.get("threads") or os.cpu_count() or 1
-    return LLVMModel(graph, threads, options.get("opt_level", 3), options.get("keep_ir", False))
+    machine = options.get("machine") or jit.host_target(options.get("threads"))
+    return LLVMModel(graph, machine, options.get("opt_level", 3), options.get("keep_ir", False))

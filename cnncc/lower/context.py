@@ -14,6 +14,7 @@ import numpy as np
 from cnncc.ir import CompileError, DType, Graph, Node, OP_TABLE
 from cnncc.ir.loop import Buffer, Kernel
 from cnncc.ir.ops.registry import OpContext
+from cnncc.ir.target import Target
 
 
 @dataclass
@@ -25,10 +26,13 @@ class Lowered:
 class LowerCtx:
     """Per-program lowering state: storage bindings, constants, temps, kernels in order."""
 
-    def __init__(self, graph: Graph, lanes: int, threads: int, gpu: bool = False):
+    def __init__(self, graph: Graph, target: Target | None, gpu: bool = False):
+        """``target``: the CPU compiled for (None with ``gpu``: GPU schedules, no CPU vectors
+        or threads)."""
         self.graph = graph
-        self.lanes = lanes
-        self.threads = threads
+        self.target = target
+        self.lanes = target.lanes if target is not None else 1
+        self.threads = target.threads if target is not None else 1
         self.gpu = gpu                  # GPU schedules (gpu_schedule.py, gpu_conv.py ...)
         self.consts: list[np.ndarray] = []
         self.binding: dict[int, tuple] = {}        # id(Buffer) -> storage

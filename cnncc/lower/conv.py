@@ -222,7 +222,7 @@ def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out, residual=None)
     npix = int(np.prod(osp))
     ybuf = ctx.value(out, (oshape[0], oc, npix), "y")
     zbuf = ctx.value(residual, (oshape[0], oc, npix), "z") if residual else None
-    regs = 32 if lanes >= 16 else 16
+    regs = ctx.target.vector_registers
     rmax = max(1, (regs - 4) // (vt // lanes))
     r_tile = min(npix, rmax)
     n, gv, ob, pb = Var("n"), Var("g"), Var("ob"), Var("pb")

@@ -33,7 +33,8 @@ from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import fused_parts
 from .cpu_schedule import parallel_outer
 
-R_PIXELS = 8            # pixels of a register tile (AVX-512; half that with fewer lanes)
+# Pixels of a register tile per vector register of the target: 8 with 32 registers, 4 with 16.
+R_PIXELS_PER_REGISTER = 0.25
 TILE_BYTES = 64 << 10   # the depthwise tile T of one task stays under this
 IC_UNROLL = 4           # input channels per iteration of the pointwise reduction loop
 
@@ -45,18 +46,19 @@ def _activation(ctx: LowerCtx, node: Node, name: str, params: list):
     return fused_parts(ctx, probe)[1]
 
 
-def _tiles(ow: int, ocb: int, channels: int, lanes: int, block: int) -> tuple[int, int]:
-    """(R pixels, VB output blocks) of the pointwise register tile. Measured on MobileNetV2's
-    blocks (AVX-512): VB = 2 with R = 7 or 8 beats VB = 3 or 4 with 6 to 8 pixels (more
-    accumulators, which spill) and R = 12 to 14, except for many output blocks in groups of 4
-    (960 -> 320: VB = 4, R = 7 reuses each broadcast 4 times). R divides the row when a divisor
-    is near."""
+def _tiles(ow: int, ocb: int, channels: int, lanes: int, block: int, regs: int
+           ) -> tuple[int, int]:
+    """(R pixels, VB output blocks) of the pointwise register tile within ``regs`` vector
+    registers. Measured on MobileNetV2's blocks (AVX-512, 32 registers): VB = 2 with R = 7 or 8
+    beats VB = 3 or 4 with 6 to 8 pixels (more accumulators, which spill) and R = 12 to 14,
+    except for many output blocks in groups of 4 (960 -> 320: VB = 4, R = 7 reuses each
+    broadcast 4 times: 28 accumulators, 4 registers left). So R is at most a quarter of the
+    registers and leaves 4 of them free of accumulators. R divides the row when a divisor is
+    near."""
     per_block = -(-block // lanes)                 # registers per c-lane vector
     wide = ocb >= 8 and ocb % 4 == 0
     vb = max(1, min(ocb, (4 if wide else 2) // per_block))
-    rmax = R_PIXELS if lanes >= 16 else R_PIXELS // 2
-    if vb * per_block >= 4:
-        rmax = 7                                   # 28 accumulators
+    rmax = min(int(regs * R_PIXELS_PER_REGISTER), (regs - 4) // (vb * per_block))
     rmax = max(1, min(rmax, ow, TILE_BYTES // (4 * channels)))
     for r in range(rmax, (3 * rmax + 3) // 4 - 1, -1):
         if ow % r == 0:
@@ -91,7 +93,7 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     dh, dl = attrs["dw_dilations"] or [1, 1]
     act_d = _activation(ctx, node, attrs["dw_activation"], attrs["dw_activation_params"])
     act_p = _activation(ctx, node, attrs["pw_activation"], attrs["pw_activation_params"])
-    r_tile, vb = _tiles(ow_n, ocb_n, channels, ctx.lanes, c)
+    r_tile, vb = _tiles(ow_n, ocb_n, channels, ctx.lanes, c, ctx.target.vector_registers)
     oct_n = -(-ocb_n // vb)
 
     # Packed constants (zero in the padding channels).

@@ -4,10 +4,12 @@
 small cost model), the weights packed for that tile (``pack_dense``), the loop order of the
 tasks and how threads share them, and the prefetch plan.
 
-Loop order: with several threads, pixel-major (output rows outermost, every channel group per
-pixel tile) when the packed weights fit in half an L2, so each core keeps all of them while it
-works on rows its core wrote; group-major otherwise (each core its own groups of output
-channels), and always with one thread.
+Every size comes from the Target (ir/target.py): the vector registers bound the register tile,
+the target's L1 decides when a tile's weights stream from L2, its L2 when a conv runs
+pixel-major. Loop order: with several threads, pixel-major (output rows outermost, every
+channel group per pixel tile) when the packed weights fit in half an L2, so each core keeps all
+of them while it works on rows its core wrote; group-major otherwise (each core its own groups
+of output channels), and always with one thread.
 
 Weights come from L3 / DRAM the first time a run reads them: a group-major conv with few pixel
 tiles per group prefetches the next group's weights into L2 while a group runs
@@ -28,7 +30,6 @@ from .context import LowerCtx, op_context
 
 # Input channels of a block unrolled per iteration of the reduction's innermost loop.
 CI_UNROLL = 4
-L1_BYTES = 32 << 10
 # Cycles per weight vector a tile streams from L2 (its weights above L1), in the cost model.
 L2_STEP_CYCLES = 3.0
 LINE_BYTES = 64
@@ -36,16 +37,16 @@ LINE_BYTES = 64
 # (ResNet-18/50, 1 thread, weights from L3): 4 to 56 tiles a group gain 5-30%; from ~100 tiles
 # the first tile's stall is amortized and the prefetches cost more than they save.
 PREFETCH_MAX_TILES = 64
-# With several threads, convs whose packed weights fit in this many bytes (half an L2 of 2 MiB)
-# run pixel-major. Measured (interleaved A/B of whole nets, both compile orders): ResNet-18 at
+# With several threads, convs whose packed weights fit in this share of an L2 run pixel-major.
+# Measured with a 2 MiB L2 (interleaved A/B of whole nets, both compile orders): ResNet-18 at
 # 2 threads 0.2-3.5% faster, ResNet-50 / MobileNetV2 / SqueezeNet within noise (+-2%); at 1
 # thread group-major was faster (ResNet-50 by 4%).
-PIXEL_MAJOR_MAX_BYTES = 1 << 20
+PIXEL_MAJOR_L2_SHARE = 0.5
 
 
 def vector_regs(ctx: LowerCtx) -> int:
-    """Vector registers of the target: 32 zmm with AVX-512 (16 lanes), 16 ymm with AVX2."""
-    return 32 if ctx.lanes >= 16 else 16
+    """Vector registers of the target (32 zmm with AVX-512, 16 ymm with AVX2)."""
+    return ctx.target.vector_registers
 
 
 def _splits(size: int, step: int) -> list[tuple[int, int]]:
@@ -69,16 +70,17 @@ def _tile_cost(ocb: int, oh: int, ow: int, vb: int, th: int, tw: int, k_step: fl
     return total
 
 
-def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int
-              ) -> tuple[int, int, int]:
+def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
+              l1_bytes: int) -> tuple[int, int, int]:
     """(VB output-channel blocks, TH rows, TW columns) of the register tile minimizing
     ``_tile_cost`` within ``regs`` vector registers (of one block each): VB weights, two
     broadcasts and the accumulators; with VB >= 3 or a 1x1 conv, 8 registers are left out of
     the accumulators (measured: fuller tiles spilled or ran slower). ``block_bytes``: the
-    packed weights of one output block; above L1 a tile streams them from L2."""
+    packed weights of one output block; above ``l1_bytes`` (the target's L1) a tile streams
+    them from L2."""
     best = None
     for vb in range(min(4, ocb), 0, -1):
-        k_step = L2_STEP_CYCLES if vb * block_bytes > L1_BYTES else 1.0
+        k_step = L2_STEP_CYCLES if vb * block_bytes > l1_bytes else 1.0
         limit = max(1, regs - 8 if vb >= 3 or taps == 1 else regs - vb - 2)
         for th in range(1, min(4, oh) + 1):
             for tw in range(1, min(ow, limit) + 1):
@@ -142,6 +144,7 @@ class DenseTiling:
     wbufs: list                 # their constant buffers
     threads: int
     work: int
+    pixel_major_max_bytes: int  # packed weights up to this run pixel-major with threads > 1
 
     @property
     def split(self) -> bool:
@@ -158,7 +161,7 @@ class DenseTiling:
 
     @property
     def pixel_major(self) -> bool:
-        return self.threads > 1 and sum(p.nbytes for p in self.packs) <= PIXEL_MAJOR_MAX_BYTES
+        return self.threads > 1 and sum(p.nbytes for p in self.packs) <= self.pixel_major_max_bytes
 
     def extents(self) -> dict[str, int]:
         """The task loops, outer first, and their extents."""
@@ -192,10 +195,11 @@ def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
         oh, ow = 1, oh * ow
     cin = 1 if stem else c
     icb = xs[1]
+    target = ctx.target
     vb, th, tw = pick_tile(ocb, oh, ow, vector_regs(ctx) * ctx.lanes // c,
-                           icb * cin * kh * kw * c * 4, kh * kw)
+                           icb * cin * kh * kw * c * 4, kh * kw, target.l1d_bytes)
     packs = pack_dense(wv, c, cin, vb)
     wbufs = [ctx.const(p, f"w{i}") for i, p in enumerate(packs)]
     work = nb * ocb * oh * ow * c * icb * cin * kh * kw
     return DenseTiling(stem, flat, c, cin, nb, ocb, icb, oh, ow, kh * kw, vb, th, tw, packs,
-                       wbufs, ctx.threads, work)
+                       wbufs, ctx.threads, work, int(target.l2_bytes * PIXEL_MAJOR_L2_SHARE))

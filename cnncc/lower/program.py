@@ -16,6 +16,7 @@ import numpy as np
 
 from cnncc.ir import CompileError, DType, Graph, Node
 from cnncc.ir.ops.registry import run_reference
+from cnncc.ir.target import Target
 
 from cnncc.debug import dump, dump_enabled
 from cnncc.passes.plan_memory import Lifetime, MemoryPlan, format_plan, plan_memory
@@ -43,10 +44,11 @@ def _round(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def lower_graph(graph: Graph, lanes: int, threads: int, fuse: bool = True,
+def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
                 gpu: bool = False) -> Program:
-    """Lower every node of ``graph``; ``fuse`` applies activations in conv/gemm epilogues;
-    ``gpu`` picks the GPU schedules (kernels whose parallel loops are the CUDA grid)."""
+    """Lower every node of ``graph`` for the CPU ``target``; ``fuse`` applies activations in
+    conv/gemm epilogues; ``gpu`` (``target`` None) picks the GPU schedules (kernels whose
+    parallel loops are the CUDA grid)."""
     g = graph.copy()
     from .rules import RULES
     known = set(g.params)          # values known at compile time (params + folded outputs)
@@ -63,7 +65,7 @@ def lower_graph(graph: Graph, lanes: int, threads: int, fuse: bool = True,
         target = "cuda" if gpu else "llvm"
         raise CompileError(f"op {missing[0].op} not supported on target {target}; unsupported: "
                            f"{listed}{more}", missing[0].name)
-    ctx = LowerCtx(g, lanes, threads, gpu)
+    ctx = LowerCtx(g, target, gpu)
     if not gpu:
         ctx.halo = plan_halos(g)
     alias: dict[str, str] = {}

@@ -13,6 +13,7 @@ from typing import Callable
 
 from ..debug import dump, dump_enabled
 from ..ir import Graph
+from ..ir.target import Target
 from .canonicalize import canonicalize
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
@@ -27,7 +28,7 @@ class PassContext:
     opt_level: int = 3
     target: str = "llvm"
     skip: frozenset[str] = field(default_factory=frozenset)
-    lanes: int = 0        # float32 vector lanes of a CPU target; 0 = this machine's
+    machine: Target | None = None     # the CPU compiled for (None: not a CPU target)
     lowrank_tol: float | None = None    # opt-in approximate depthwise factoring (None: exact only)
 
 

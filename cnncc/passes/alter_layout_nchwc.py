@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import DType, Graph, Node
+from ..ir import CompileError, DType, Graph, Node
 from ..ir.ops import OP_TABLE, infer_node
 from ..ir.ops.registry import resolve_attrs
 
@@ -40,12 +40,6 @@ POOLS = ("MaxPool", "AveragePool")
 GLOBAL_POOLS = {"GlobalAveragePool": "ReduceMean", "GlobalMaxPool": "ReduceMax"}
 STEM_MAX_CHANNELS = 4
 GPU_TARGETS = ("cuda", "cuda-emu")
-
-
-def host_block() -> int:
-    """The float32 vector lanes of this CPU (the llvm backend's choice)."""
-    from ..backends.llvm.jit import vector_lanes
-    return vector_lanes()
 
 
 class _Rewriter:
@@ -238,7 +232,11 @@ def alter_layout_nchwc(graph: Graph, ctx=None) -> Graph:
     target = getattr(ctx, "target", "llvm")
     if target in GPU_TARGETS:
         return graph
-    block = getattr(ctx, "lanes", 0) or host_block()
+    machine = getattr(ctx, "machine", None)
+    if machine is None:
+        raise CompileError("internal error: alter_layout_nchwc needs the CPU Target "
+                           "(PassContext.machine) to choose the channel block")
+    block = machine.lanes
     if not any(n.op in ("Conv", "FusedConv") for n in graph.nodes):
         return graph
     return _Rewriter(graph, block).run()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, run_graph
+from ..ir import CompileError, Graph, run_graph
 from ..runtime import CompiledModel, signature
 
 
@@ -20,4 +20,11 @@ class ReferenceModel(CompiledModel):
 
 
 def build(graph: Graph, options: dict) -> ReferenceModel:
+    # threads and opt_level mean nothing to the interpreter but are accepted for every target.
+    known = ("opt_level", "threads", "keep_ir")
+    unknown = set(options) - set(known)
+    if unknown:
+        raise CompileError(f"unknown option(s) for target reference: {sorted(unknown)} (known: "
+                           f"{', '.join(known)}, and the driver's cache, skip_passes, "
+                           "dw_lowrank_tol, input_shapes)")
     return ReferenceModel(graph)

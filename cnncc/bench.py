@@ -11,7 +11,6 @@ with every report.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,9 +19,11 @@ from typing import Any, Callable
 import numpy as np
 
 from .analysis import layer_stats
+from .driver import host_target
 from .ir import Graph
 from .passes.plan_memory import format_summary
 from .peak import fma_peak, measure_peak  # noqa: F401 (cnncc.bench.fma_peak is public API)
+from .tune import tuned_line
 
 
 @dataclass
@@ -47,6 +48,7 @@ class BenchReport:
     peak_gflops: float | None = None      # FMA peak at ``threads`` (llvm target)
     openmp_wait: str = ""                  # how idle OpenMP workers wait (the libgomp env)
     machine: str = ""                      # the Target compiled for (Target.describe())
+    tuned: str = ""                        # which kernels the tuning log serves (cnncc tune)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -77,7 +79,6 @@ def _ort_runner(onnx_model: Any, threads: int) -> Callable[[list[np.ndarray]], A
 
 def machine_line(threads: int) -> str:
     """The Target that target llvm compiles for at ``threads``, in one line."""
-    from .driver import host_target
     return host_target(threads).describe()
 
 
@@ -163,7 +164,8 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
     report = BenchReport(graph.name, threads, rounds, results, speedups,
                          peak_gflops=peak_gflops,
                          openmp_wait=openmp_wait_policy() if threads > 1 else "",
-                         machine=machine_line(threads) if target == "llvm" else "")
+                         machine=machine_line(threads) if target == "llvm" else "",
+                         tuned=tuned_line(graph, host_target(threads)) if target == "llvm" else "")
     for name in ("unfused", "fused"):
         memory = models[name].memory_report()
         if memory is not None:
@@ -213,6 +215,8 @@ def format_report(r: BenchReport) -> str:
              f"{'variant':<34} {'median ms':>10} {'p90 ms':>10} {'compile s':>10}"]
     if r.machine:
         lines.insert(1, f"target: {r.machine}")
+    if r.tuned:
+        lines.insert(2, r.tuned)
     for v in r.variants:
         lines.append(f"{v.name:<34} {v.median_ms:>10.3f} {v.p90_ms:>10.3f} {v.compile_s:>10.2f}")
     for k, s in r.speedups.items():

@@ -48,12 +48,18 @@ def resolve_model(spec: str) -> Any:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import host_target, load_graph
+    from .ir import CompileError
+    from .tune import tuned_line
     from .analysis import format_info
 
     graph = load_graph(resolve_model(args.model))
     print(format_info(graph))
     print(_arena_line(graph))
     print(f"target: {host_target(1).describe()} [llvm]")
+    try:
+        print(tuned_line(graph, host_target(1)) + " [1 thread]")
+    except CompileError:
+        pass                      # not lowerable for llvm: _arena_line said so
     return 0
 
 
@@ -216,6 +222,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 2
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .tune import DEFAULT_BUDGET_S, format_report, tune
+
+    report = tune(resolve_model(args.model), threads=args.threads,
+                  budget=DEFAULT_BUDGET_S if args.budget is None else args.budget)
+    print(json.dumps(asdict(report), indent=2) if args.json else format_report(report))
+    return 0
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from . import host_target, load_graph
     from .passes import PassContext, run_pipeline
@@ -327,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--no-ort", action="store_true", help="do not run onnxruntime")
     bench.set_defaults(func=_cmd_bench)
+
+    tune = sub.add_parser("tune", help="time a few schedules per conv workload on this machine "
+                                       "and log the winners for cnncc.compile")
+    tune.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    tune.add_argument("--threads", type=int, default=None, help="default: all cores")
+    tune.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                      help="no new round after this many seconds (default 600)")
+    tune.add_argument("--json", action="store_true", help="machine-readable output")
+    tune.set_defaults(func=_cmd_tune)
 
     ver = sub.add_parser("verify", help="run the passes one by one against the reference and "
                                         "name the first one after which outputs diverge")

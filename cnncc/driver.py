@@ -5,7 +5,7 @@ import os
 import time
 from typing import Any
 
-from . import cache
+from . import cache, tuning_log
 
 from .backends import BACKENDS
 from .ir import CompileError, Graph
@@ -89,6 +89,8 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     options = dict(options, opt_level=opt_level, threads=threads)
     if machine is not None:
         options.update(threads=machine.threads, machine=machine)
+        if "schedules" not in options:      # the tuning log's winners (cnncc tune), if any
+            options["schedules"] = tuning_log.schedules(machine)
 
     def build(**extra: Any) -> CompiledModel:
         optimized = _optimize(graph, target, opt_level, skip, lowrank_tol, machine)
@@ -132,7 +134,7 @@ def export(source: Any, out_dir: str | os.PathLike, name: str | None = None,
     machine = host_target(threads or 1)
     graph = _optimize(load_graph(source, input_shapes), "llvm", opt_level, skip, lowrank_tol,
                       machine)
-    gen = generate(graph, machine, opt_level)
+    gen = generate(graph, machine, opt_level, tuning_log.schedules(machine))
     return export_library(gen, os.fspath(out_dir), name, emit)
 
 

@@ -44,6 +44,7 @@ class Target:
     l3_bytes: int               # the last level, shared
     cores: int                  # cores this process may run on
     threads: int                # threads the generated program runs on
+    model_name: str = ""        # the CPU's marketing name (/proc/cpuinfo), for logs and reports
 
     @property
     def fma(self) -> bool:
@@ -70,14 +71,14 @@ class Target:
     def describe(self) -> str:
         """One line for reports: ISA, vectors, caches, cores, threads."""
         kib = lambda n: f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"   # noqa: E731
-        return (f"{self.isa} ({self.cpu}): {self.lanes} x f32 lanes, {self.vector_registers} "
+        return (f"{self.model_name or self.cpu}, {self.isa}: {self.lanes} x f32 lanes, {self.vector_registers} "
                 f"vector registers, L1d {kib(self.l1d_bytes)} / L2 {kib(self.l2_bytes)} / "
                 f"L3 {kib(self.l3_bytes)}, {self.cores} core(s), {self.threads} thread(s)")
 
     @classmethod
     def from_features(cls, features: str, cpu: str = "generic", threads: int | None = None,
                       caches: dict[str, int] | None = None, cores: int | None = None,
-                      max_lanes: int | None = None) -> "Target":
+                      max_lanes: int | None = None, model_name: str | None = None) -> "Target":
         """The Target of a CPU with LLVM ``features``; caches and cores default to this
         machine's (sysfs, the affinity mask); ``max_lanes`` caps the vector width."""
         flags = feature_flags(features)
@@ -93,7 +94,8 @@ class Target:
         caches = dict(FALLBACK_CACHES, **(caches if caches is not None else host_caches()))
         cores = cores or host_cores()
         return cls(isa, features, cpu, lanes, regs, caches["l1d"], caches["l2"], caches["l3"],
-                   cores, threads or cores)
+                   cores, threads or cores,
+                   host_model_name() if model_name is None else model_name)
 
 
 def feature_flags(features: str) -> frozenset[str]:
@@ -106,6 +108,18 @@ def isa_level(flags: frozenset[str]) -> str:
         if all(f in flags for f in needs):
             return name
     return SCALAR
+
+
+def host_model_name(path: str = "/proc/cpuinfo") -> str:
+    """The CPU's name as the kernel reports it ("" when it does not)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("model name") and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def host_cores() -> int:

@@ -180,7 +180,10 @@ def _require_gpu() -> None:
 
 
 def build(graph: Graph, options: dict, emulate: bool) -> CudaModel:
-    unknown = set(options) - {"opt_level", "threads", "keep_ir"}
+    known = ("opt_level", "threads", "keep_ir")
+    unknown = set(options) - set(known)
     if unknown:
-        raise CompileError(f"unknown option(s) for target cuda: {sorted(unknown)}")
+        raise CompileError(f"unknown option(s) for target cuda: {sorted(unknown)} (known: "
+                           f"{', '.join(known)}, and the driver's cache, skip_passes, "
+                           "dw_lowrank_tol, input_shapes)")
     return CudaModel(graph, options.get("opt_level", 3), emulate)

@@ -39,15 +39,16 @@ class Generated:
     outputs: list
 
 
-def generate(graph: Graph, machine: Target, opt_level: int = 3) -> Generated:
+def generate(graph: Graph, machine: Target, opt_level: int = 3,
+             schedules: dict | None = None) -> Generated:
     """Lower ``graph`` for ``machine`` and generate its LLVM module (``opt_level`` 0: no
-    epilogue fusion)."""
+    epilogue fusion; ``schedules``: tuned schedules by workload key, see cnncc/tune.py)."""
     from ... import __version__
     from ...ir.loop import Kernel
     from ...lower.program import entry_function, lower_graph
 
     lanes, threads = machine.lanes, machine.threads
-    prog = lower_graph(graph, machine, fuse=opt_level > 0)
+    prog = lower_graph(graph, machine, fuse=opt_level > 0, schedules=schedules)
     # Symbols are named after a hash of the generated code and the target: the same model
     # compiled twice shares its code, and the object code can be cached on disk.
     mb = ModuleBuilder("cnncc_module", lanes, threads, jit.has_openmp())
@@ -69,17 +70,28 @@ def generate(graph: Graph, machine: Target, opt_level: int = 3) -> Generated:
     return Generated(prog, text, key, f"{key}_run", threads, ins, outs)
 
 
+def _bound(fn, ptrs: list[int], keep: tuple):
+    """``fn(*ptrs)`` as a call with no arguments that keeps ``keep`` (the arrays behind the
+    pointers) alive as long as it lives."""
+    def call() -> None:
+        fn(*ptrs)
+    call.keep = keep
+    call.fn = fn
+    return call
+
+
 class LLVMModel(CompiledModel):
     target = "llvm"
 
-    def __init__(self, graph: Graph, machine: Target, opt_level: int = 3, keep_ir: bool = False):
+    def __init__(self, graph: Graph, machine: Target, opt_level: int = 3, keep_ir: bool = False,
+                 schedules: dict | None = None):
         """``opt_level`` 0: every op its own kernel (no epilogue fusion), the unfused baseline;
         LLVM always optimizes at O3. ``keep_ir`` keeps the optimized IR (``optimized_ir``,
         None when the code came from a cache) for an export of the same code."""
         super().__init__(*signature(graph))
         self.machine = machine
         self.threads = machine.threads
-        self.generated = gen = generate(graph, machine, opt_level)
+        self.generated = gen = generate(graph, machine, opt_level, schedules)
         self.program = prog = gen.program
         self.ir_text = gen.ir_text
         self.entry_name = gen.entry_name
@@ -95,30 +107,39 @@ class LLVMModel(CompiledModel):
             jit.function_address(self.entry_name))
         self.kernels = [k for k, _ in prog.ctx.kernels]
 
-    def profile(self, inputs: list[np.ndarray], repeat: int = 10) -> list[tuple[str, float]]:
-        """Median seconds per kernel (each kernel called on its own, in program order)."""
-        import time
-
+    def kernel_calls(self, inputs: list[np.ndarray]) -> list[tuple[str, int, object]]:
+        """(kernel name, index of its graph node, a call of it with no arguments) for every
+        kernel in program order, bound to this model's weights and arena and to ``inputs``:
+        for timing kernels one by one (``profile``, cnncc/tune.py). Keep the list while calling."""
         checked = self._check(list(inputs))
         outs = [np.empty(s, d) for s, d in zip(self.output_shapes, self.output_dtypes)]
         base = {"input": [a.ctypes.data for a in checked], "output": [a.ctypes.data for a in outs],
                 "const": self._weights.ctypes.data, "arena": self._arena.ctypes.data}
         uid = self.entry_name[:-len("_run")]
-        result = []
-        for k in self.kernels:
+        calls = []
+        for k, node_index in self.program.ctx.kernels:
             ptrs = []
             for b in k.params:
                 kind, ref = self.program.storage[id(b)]
                 ptrs.append(base[kind][ref] if kind in ("input", "output") else base[kind] + ref)
             fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(ptrs))(
                 jit.function_address(f"{uid}_{k.name}"))
-            fn(*ptrs)
+            calls.append((k.name, node_index, _bound(fn, ptrs, (checked, outs))))
+        return calls
+
+    def profile(self, inputs: list[np.ndarray], repeat: int = 10) -> list[tuple[str, float]]:
+        """Median seconds per kernel (each kernel called on its own, in program order)."""
+        import time
+
+        result = []
+        for name, _, call in self.kernel_calls(inputs):
+            call()
             times = []
             for _ in range(repeat):
                 t0 = time.perf_counter()
-                fn(*ptrs)
+                call()
                 times.append(time.perf_counter() - t0)
-            result.append((k.name, float(np.median(times))))
+            result.append((name, float(np.median(times))))
         return result
 
     def _execute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -136,6 +157,15 @@ class LLVMModel(CompiledModel):
         return outs
 
 
+OPTIONS = ("opt_level", "threads", "machine", "schedules", "keep_ir")
+
+
 def build(graph: Graph, options: dict) -> LLVMModel:
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise CompileError(f"unknown option(s) for target llvm: {sorted(unknown)} (known: "
+                           f"{', '.join(OPTIONS)}, and the driver's cache, skip_passes, "
+                           "dw_lowrank_tol, input_shapes)")
     machine = options.get("machine") or jit.host_target(options.get("threads"))
-    return LLVMModel(graph, machine, options.get("opt_level", 3), options.get("keep_ir", False))
+    return LLVMModel(graph, machine, options.get("opt_level", 3), options.get("keep_ir", False),
+                     options.get("schedules"))

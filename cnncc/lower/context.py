@@ -41,6 +41,13 @@ class LowerCtx:
         self.node_index = 0
         # Blocked values stored inside a zero ring (halo.py): value -> (rows, columns).
         self.halo: dict[str, tuple[int, int]] = {}
+        # Tuning (cnncc/tune.py): schedules chosen for workload keys (from the tuning log or a
+        # tuner's round); the keys and candidate schedules of this program's tunable kernels;
+        # which node has which key; the nodes that got a tuned schedule.
+        self.schedules: dict[str, Any] = {}
+        self.workloads: dict[str, list] = {}
+        self.workload_of: dict[str, str] = {}
+        self.tuned: set[str] = set()
         self._names: set[str] = set()
 
     # ---- buffers --------------------------------------------------------------------------------

@@ -42,6 +42,9 @@ PREFETCH_MAX_TILES = 64
 # 2 threads 0.2-3.5% faster, ResNet-50 / MobileNetV2 / SqueezeNet within noise (+-2%); at 1
 # thread group-major was faster (ResNet-50 by 4%).
 PIXEL_MAJOR_L2_SHARE = 0.5
+# Register tiles the tuner tries per dense conv: the cost model's best few (with several threads,
+# each in both loop orders and the rule's).
+TUNE_TILES = 4
 
 
 def vector_regs(ctx: LowerCtx) -> int:
@@ -81,7 +84,7 @@ def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int
     best = None
     for vb in range(min(4, ocb), 0, -1):
         k_step = L2_STEP_CYCLES if vb * block_bytes > l1_bytes else 1.0
-        limit = max(1, regs - 8 if vb >= 3 or taps == 1 else regs - vb - 2)
+        limit = tile_limit(regs, vb, taps)
         for th in range(1, min(4, oh) + 1):
             for tw in range(1, min(ow, limit) + 1):
                 if vb * th * tw > limit:
@@ -91,6 +94,55 @@ def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int
                     best = (cost, vb, th, tw)
     assert best is not None
     return best[1:]
+
+
+@dataclass(frozen=True)
+class DenseSchedule:
+    """The tunable choices of a dense NCHWc conv: its register tile (VB blocks x TH rows x TW
+    columns) and, with several threads, the loop order (None: the L2 rule decides). Every
+    schedule within the register limit computes the same conv; only the speed differs."""
+    vb: int
+    th: int
+    tw: int
+    pixel_major: bool | None = None
+
+    def as_dict(self) -> dict:
+        return {"vb": self.vb, "th": self.th, "tw": self.tw, "pixel_major": self.pixel_major}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DenseSchedule":
+        pm = d.get("pixel_major")
+        if not all(isinstance(d.get(k), int) and not isinstance(d.get(k), bool)
+                   for k in ("vb", "th", "tw")) or pm not in (None, True, False):
+            raise ValueError(f"not a dense conv schedule: {d!r}")
+        return cls(d["vb"], d["th"], d["tw"], pm)
+
+
+def tile_limit(regs: int, vb: int, taps: int) -> int:
+    """Accumulators a register tile of ``vb`` blocks may hold (pick_tile's rule)."""
+    return max(1, regs - 8 if vb >= 3 or taps == 1 else regs - vb - 2)
+
+
+def tile_fits(sched: DenseSchedule, ocb: int, oh: int, ow: int, regs: int, taps: int) -> bool:
+    return (1 <= sched.vb <= min(4, ocb) and 1 <= sched.th <= oh and 1 <= sched.tw <= ow
+            and sched.vb * sched.th * sched.tw <= tile_limit(regs, sched.vb, taps))
+
+
+def ranked_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
+                 l1_bytes: int, count: int) -> list[tuple[int, int, int]]:
+    """The ``count`` register tiles of lowest ``_tile_cost`` (best first): the tuner's
+    candidates."""
+    scored = []
+    for vb in range(min(4, ocb), 0, -1):
+        k_step = L2_STEP_CYCLES if vb * block_bytes > l1_bytes else 1.0
+        limit = tile_limit(regs, vb, taps)
+        for th in range(1, min(4, oh) + 1):
+            for tw in range(1, min(ow, limit) + 1):
+                if vb * th * tw > limit:
+                    break
+                scored.append((_tile_cost(ocb, oh, ow, vb, th, tw, k_step), -vb, th, tw))
+    scored.sort()
+    return [(-nvb, th, tw) for _, nvb, th, tw in scored[:count]]
 
 
 def pack_dense(wv: np.ndarray, c: int, cin: int, vb: int) -> list[np.ndarray]:
@@ -145,6 +197,7 @@ class DenseTiling:
     threads: int
     work: int
     pixel_major_max_bytes: int  # packed weights up to this run pixel-major with threads > 1
+    order: bool | None = None   # a tuned loop order (True: pixel-major); None: the L2 rule
 
     @property
     def split(self) -> bool:
@@ -161,7 +214,11 @@ class DenseTiling:
 
     @property
     def pixel_major(self) -> bool:
-        return self.threads > 1 and sum(p.nbytes for p in self.packs) <= self.pixel_major_max_bytes
+        if self.threads <= 1:
+            return False
+        if self.order is not None:
+            return self.order
+        return sum(p.nbytes for p in self.packs) <= self.pixel_major_max_bytes
 
     def extents(self) -> dict[str, int]:
         """The task loops, outer first, and their extents."""
@@ -196,10 +253,34 @@ def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
     cin = 1 if stem else c
     icb = xs[1]
     target = ctx.target
-    vb, th, tw = pick_tile(ocb, oh, ow, vector_regs(ctx) * ctx.lanes // c,
-                           icb * cin * kh * kw * c * 4, kh * kw, target.l1d_bytes)
+    regs = vector_regs(ctx) * ctx.lanes // c
+    block_bytes = icb * cin * kh * kw * c * 4
+    vb, th, tw = pick_tile(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes)
+    order = None
+    key = dense_workload(target, xs, wv.shape, win, stem, flat)
+    tuned = ctx.schedules.get(key)
+    if isinstance(tuned, DenseSchedule) and tile_fits(tuned, ocb, oh, ow, regs, kh * kw):
+        vb, th, tw, order = tuned.vb, tuned.th, tuned.tw, tuned.pixel_major
+        ctx.tuned.add(node.name)
+    if key not in ctx.workloads:
+        ranked = ranked_tiles(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes,
+                              TUNE_TILES)
+        orders = (None, True, False) if target.threads > 1 else (None,)
+        ctx.workloads[key] = [DenseSchedule(*t, o) for t in ranked for o in orders]
+    ctx.workload_of[node.name] = key
     packs = pack_dense(wv, c, cin, vb)
     wbufs = [ctx.const(p, f"w{i}") for i, p in enumerate(packs)]
     work = nb * ocb * oh * ow * c * icb * cin * kh * kw
     return DenseTiling(stem, flat, c, cin, nb, ocb, icb, oh, ow, kh * kw, vb, th, tw, packs,
-                       wbufs, ctx.threads, work, int(target.l2_bytes * PIXEL_MAJOR_L2_SHARE))
+                       wbufs, ctx.threads, work, int(target.l2_bytes * PIXEL_MAJOR_L2_SHARE),
+                       order)
+
+
+def dense_workload(target, xs, wshape, win, stem: bool, flat: bool) -> str:
+    """The tuning log's key of a dense NCHWc conv: what decides its speed (the target's
+    vectors and threads, the shapes, the window, the layout variant), never the model it is
+    in, its weights or its epilogue."""
+    return (f"conv_nchwc/{target.isa}/l{target.lanes}/t{target.threads}/x{'x'.join(map(str, xs))}"
+            f"/w{'x'.join(map(str, wshape))}/s{'x'.join(map(str, win.strides))}"
+            f"/d{'x'.join(map(str, win.dilations))}/p{'x'.join(map(str, win.pads))}"
+            f"{'/stem' if stem else ''}{'/flat' if flat else ''}")

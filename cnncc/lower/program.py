@@ -45,10 +45,11 @@ def _round(n: int) -> int:
 
 
 def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
-                gpu: bool = False) -> Program:
+                gpu: bool = False, schedules: dict | None = None) -> Program:
     """Lower every node of ``graph`` for the CPU ``target``; ``fuse`` applies activations in
     conv/gemm epilogues; ``gpu`` (``target`` None) picks the GPU schedules (kernels whose
-    parallel loops are the CUDA grid)."""
+    parallel loops are the CUDA grid); ``schedules`` maps workload keys to tuned schedules
+    (cnncc/tune.py: a kernel whose key is there uses it, the cost model's choice otherwise)."""
     g = graph.copy()
     from .rules import RULES
     known = set(g.params)          # values known at compile time (params + folded outputs)
@@ -66,6 +67,7 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
         raise CompileError(f"op {missing[0].op} not supported on target {target}; unsupported: "
                            f"{listed}{more}", missing[0].name)
     ctx = LowerCtx(g, target, gpu)
+    ctx.schedules = dict(schedules or {})
     if not gpu:
         ctx.halo = plan_halos(g)
     alias: dict[str, str] = {}

@@ -1,0 +1,86 @@
+"""The tuning log: measured winners of `cnncc tune`, one JSON file per CPU model and ISA.
+
+It lives in the cache folder (``$CNNCC_CACHE_DIR/tuning/<cpu model>-<isa>.json``). Its keys are
+workload keys (cnncc/lower/conv_nchwc_tiles.dense_workload: op, shapes, window, target vectors
+and threads), never model names, so what one model's tuning found serves every model with the
+same workload. `cnncc.compile` reads it for the llvm target; a kernel whose workload is there
+gets the logged schedule, any other the cost model's choice. The log can only change speed:
+every schedule it can name computes the same result, an entry that does not fit its kernel is
+ignored, and a file that cannot be read or parsed is ignored with a warning. Writes are atomic
+(a temporary file renamed over the old one).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import warnings
+from typing import Any
+
+from .cache import cache_root
+from .ir.target import Target
+from .lower.conv_nchwc_tiles import DenseSchedule
+
+FORMAT = "cnncc-tuning-1"
+
+
+def log_path(machine: Target) -> str | None:
+    """Where the log of ``machine``'s CPU model and ISA lives (None: caching is off)."""
+    root = cache_root()
+    if root is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", machine.model_name or machine.cpu).strip("-").lower()
+    return os.path.join(root, "tuning", f"{slug or 'cpu'}-{machine.isa}.json")
+
+
+def read_entries(path: str | None) -> dict[str, dict]:
+    """{workload key: entry} of the log at ``path``; {} when there is none, and with a
+    warning when it is damaged."""
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or data.get("format") != FORMAT \
+                or not isinstance(data.get("entries"), dict):
+            raise ValueError("not a cnncc tuning log")
+        return {k: v for k, v in data["entries"].items() if isinstance(v, dict)}
+    except (OSError, ValueError) as e:
+        warnings.warn(f"ignoring the tuning log {path}: {e}", RuntimeWarning, stacklevel=2)
+        return {}
+
+
+def schedules(machine: Target) -> dict[str, Any]:
+    """{workload key: schedule} of the log of ``machine`` (entries that do not parse are left
+    out: the cost model decides for them)."""
+    out: dict[str, Any] = {}
+    for key, entry in read_entries(log_path(machine)).items():
+        try:
+            out[key] = DenseSchedule.from_dict(entry.get("schedule", {}))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return out
+
+
+def record(machine: Target, results: dict[str, dict]) -> str:
+    """Merge ``results`` ({key: {"schedule": {...}, "ms": ..., "default_ms": ...}}) into the
+    log of ``machine`` (atomically); returns its path."""
+    path = log_path(machine)
+    if path is None:
+        raise OSError("the tuning log lives in the cnncc cache folder, which CNNCC_CACHE=0 "
+                      "turns off")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        entries = read_entries(path)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for key, res in results.items():
+        entries[key] = dict(res, tuned_at=now)
+    data = {"format": FORMAT, "cpu": machine.model_name, "isa": machine.isa,
+            "features": machine.features, "entries": dict(sorted(entries.items()))}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,144 @@
+"""The tuner (cnncc/tune.py) and its log (cnncc/tuning_log.py): schedules are per workload, a
+logged schedule is used by cnncc.compile, and no schedule or log content changes results."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import cnncc
+from cnncc import tuning_log
+from cnncc.dsl import zoo
+from cnncc.lower.conv_nchwc_tiles import DenseSchedule
+from cnncc.testing import random_inputs, relative_error
+from cnncc.tune import format_report, tune, tuned_line
+
+pytestmark = pytest.mark.xdist_group("tune")     # one worker: they share a private cache
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CNNCC_CACHE", raising=False)
+    return tmp_path / "cache"
+
+
+def outputs(model, graph):
+    feeds = random_inputs(graph, 1)
+    return model(*[feeds[n] for n in graph.inputs])
+
+
+def workloads(threads=1):
+    m = cnncc.compile(zoo.tiny_resnet(), threads=threads, cache=False, schedules={})
+    return m, m.program.ctx
+
+
+def test_every_candidate_schedule_computes_the_same_model():
+    """Forcing any candidate of every workload (every tile, both loop orders) gives the
+    reference's outputs: a schedule changes speed only."""
+    graph = zoo.tiny_resnet().to_graph()
+    ref = outputs(cnncc.compile(graph, target="reference"), graph)
+    _, ctx = workloads(threads=2)
+    assert len(ctx.workloads) >= 6 and all(len(c) >= 3 for c in ctx.workloads.values())
+    rounds = max(len(c) for c in ctx.workloads.values())
+    for r in (1, rounds // 2, rounds - 1):
+        sched = {k: c[min(r, len(c) - 1)] for k, c in ctx.workloads.items()}
+        m = cnncc.compile(graph, threads=2, cache=False, schedules=sched)
+        assert m.program.ctx.tuned == set(m.program.ctx.workload_of)
+        for got, want in zip(outputs(m, graph), ref):
+            assert relative_error(got, want) < 1e-4
+
+
+def test_schedules_that_do_not_fit_are_ignored():
+    """A schedule beyond the register limit or the output (a stale log) leaves the cost
+    model's choice."""
+    base, ctx = workloads()
+    bad = {k: DenseSchedule(99, 1, 1) for k in ctx.workloads}
+    bad.update({k: DenseSchedule(1, 1000, 1000) for k in list(ctx.workloads)[:2]})
+    m = cnncc.compile(zoo.tiny_resnet(), threads=1, cache=False, schedules=bad)
+    assert not m.program.ctx.tuned
+    assert m.generated.key == base.generated.key        # the same code, byte for byte
+
+
+def test_workload_keys_do_not_depend_on_the_model():
+    """The same conv (shapes, window, target) in two different nets has one key."""
+    _, a = workloads()
+    graph = zoo.tiny_resnet().to_graph()
+    graph.name = "another_net"
+    m = cnncc.compile(graph, threads=1, cache=False, schedules={})
+    assert set(m.program.ctx.workloads) == set(a.workloads)
+    assert all(k.startswith("conv_nchwc/") and "tiny_resnet" not in k for k in a.workloads)
+
+
+def test_tune_logs_winners_that_compile_uses(private_cache):
+    report = tune(zoo.tiny_cnn(), threads=1, budget=120, progress=False)
+    assert report.workloads and report.rounds >= 1 and not report.rejected
+    text = format_report(report)
+    assert "workload" in text and "tunable kernels" in text
+    machine = cnncc.host_target(1)
+    path = tuning_log.log_path(machine)
+    assert path.startswith(str(private_cache))
+    logged = [w for w in report.workloads if w.logged]
+    for w in report.workloads:          # a logged winner beat the cost model's choice
+        assert (w.best_ms < w.default_ms) if w.logged else w.best == w.default
+    if logged:
+        entries = json.load(open(path))["entries"]
+        assert {w.key for w in logged} <= set(entries)
+        m = cnncc.compile(zoo.tiny_cnn(), threads=1, cache=False)
+        tuned_keys = {m.program.ctx.workload_of[n] for n in m.program.ctx.tuned}
+        assert tuned_keys == {w.key for w in logged}
+        assert "tuned: " in tuned_line(zoo.tiny_cnn().to_graph(), machine)
+    graph = zoo.tiny_cnn().to_graph()
+    want = outputs(cnncc.compile(graph, target="reference"), graph)
+    got = outputs(cnncc.compile(graph, threads=1), graph)
+    assert all(relative_error(g, w) < 1e-4 for g, w in zip(got, want))
+
+
+def test_a_corrupt_or_foreign_log_is_ignored_with_a_warning(private_cache):
+    machine = cnncc.host_target(1)
+    path = tuning_log.log_path(machine)
+    os.makedirs(os.path.dirname(path))
+    graph = zoo.tiny_cnn().to_graph()
+    want = outputs(cnncc.compile(graph, target="reference"), graph)
+    for text in ("{not json", json.dumps({"format": "other", "entries": {}}), "[]"):
+        with open(path, "w") as f:
+            f.write(text)
+        with pytest.warns(RuntimeWarning, match="ignoring the tuning log"):
+            m = cnncc.compile(graph, threads=1, cache=False)
+        assert not m.program.ctx.tuned
+        assert all(relative_error(g, w) < 1e-4 for g, w in zip(outputs(m, graph), want))
+    # Entries that do not parse are skipped one by one; the others still apply.
+    _, ctx = workloads()
+    key = next(iter(ctx.workloads))
+    good = ctx.workloads[key][-1]
+    with open(path, "w") as f:
+        json.dump({"format": tuning_log.FORMAT, "entries": {
+            key: {"schedule": good.as_dict()}, "x": {"schedule": {"vb": "2"}}, "y": 3}}, f)
+    assert tuning_log.schedules(machine) == {key: good}
+
+
+def test_log_writes_are_atomic_and_merge(private_cache):
+    machine = cnncc.host_target(1)
+    s1, s2 = DenseSchedule(1, 2, 3, None), DenseSchedule(2, 1, 4, True)
+    p = tuning_log.record(machine, {"k1": {"schedule": s1.as_dict(), "ms": 1.0}})
+    tuning_log.record(machine, {"k2": {"schedule": s2.as_dict(), "ms": 2.0}})
+    assert tuning_log.schedules(machine) == {"k1": s1, "k2": s2}
+    assert not [n for n in os.listdir(os.path.dirname(p)) if n.endswith(".tmp")]
+    data = json.load(open(p))
+    assert data["isa"] == machine.isa and data["format"] == tuning_log.FORMAT
+
+
+def test_tune_refuses_a_bad_budget():
+    with pytest.raises(cnncc.CompileError, match="budget"):
+        tune(zoo.tiny_cnn(), budget=0)
+
+
+def test_tune_cli(private_cache, capsys):
+    from cnncc.cli import main
+
+    assert main(["tune", "tiny_cnn", "--threads", "1", "--budget", "30", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["threads"] == 1 and data["workloads"]
+    assert np.isfinite([w["default_ms"] for w in data["workloads"]]).all()

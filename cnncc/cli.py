@@ -254,6 +254,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.peak:
         return _print_peak(args)
+    if args.suite:
+        return _run_suite(args)
     if args.plot:
         require_matplotlib()      # fail before minutes of compiling and timing, not after
     source = resolve_model(args.model)
@@ -268,9 +270,36 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                        with_ort=not args.no_ort, progress=not args.json)
     if args.plot:
         plot_report(report, args.plot)
+    if isinstance(args.json, str):        # --json FILE: the JSON there, the table here
+        _write(args.json, report.to_json())
+        args.json = False
     print(report.to_json() if args.json else format_report(report))
     if args.plot and not args.json:
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _run_suite(args: argparse.Namespace) -> int:
+    from .ir import CompileError
+    from .suite import format_markdown, format_suite, run_suite
+
+    if args.target not in (None, "llvm"):
+        raise CompileError("--suite compares target llvm with onnxruntime")
+    if args.model != DEFAULT_MODEL:
+        raise CompileError("--suite runs every suite model: pick some with --only NAME,...")
+    names = [n for n in (args.only or "").split(",") if n]
+    report = run_suite(args.threads, args.rounds, args.models or [], names or None)
+    if isinstance(args.json, str):
+        _write(args.json, report.to_json())
+    if args.markdown:
+        _write(args.markdown, format_markdown(report))
+    print(report.to_json() if args.json is True else format_suite(report))
     return 0
 
 
@@ -342,8 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--peak", action="store_true",
                        help="only measure the FMA peak (GFLOP/s at --threads) and exit")
     bench.add_argument("--plot", metavar="FILE.png", help="draw the comparison (matplotlib)")
-    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument("--json", nargs="?", const=True, default=False, metavar="FILE",
+                       help="machine-readable output (to FILE when given)")
     bench.add_argument("--no-ort", action="store_true", help="do not run onnxruntime")
+    bench.add_argument("--suite", action="store_true",
+                       help="every zoo net, the onnx light CNNs and --models against "
+                            "onnxruntime, one table with the geo-mean")
+    bench.add_argument("--models", action="append", metavar="DIR",
+                       help="with --suite: also every .onnx file in DIR (repeatable)")
+    bench.add_argument("--only", metavar="NAME,...", help="with --suite: just these models")
+    bench.add_argument("--markdown", metavar="FILE", help="with --suite: the table as Markdown")
     bench.set_defaults(func=_cmd_bench)
 
     tune = sub.add_parser("tune", help="time a few schedules per conv workload on this machine "

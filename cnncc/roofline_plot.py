@@ -80,7 +80,6 @@ def plot_roofline(path: str, programs: dict[str, list[dict]], peak_gflops: float
     xs = [p[0] for pts in points.values() for p in pts.values()] or [1.0]
     ys = [p[1] for pts in points.values() for p in pts.values()] or [1.0]
     lo, hi = min(xs + [0.1]) / 2, max(xs + [peak_gflops / bandwidth.dram.roof_gbs]) * 2
-    _draw_roofs(ax, lo, hi, peak_gflops, bandwidth)
     for row, name in sorted(everything, key=lambda e: -e[0]["ms"])[:LABELLED]:
         ax.annotate(short_name(row["node"]), (row["intensity"], row["gflops"]), fontsize=7,
                     color=COLOURS.get(name, "black"), xytext=(4, 3), textcoords="offset points",
@@ -93,20 +92,26 @@ def plot_roofline(path: str, programs: dict[str, list[dict]], peak_gflops: float
     ax.set_xlabel("arithmetic intensity, FLOP/byte (compulsory traffic)")
     ax.set_ylabel("achieved GFLOP/s (each kernel timed alone)")
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _draw_roofs(ax, lo, hi, peak_gflops, bandwidth)
     ax.grid(True, which="major", alpha=0.3)
     left = sum(drawn["left_out"].values())
     if left:
         ax.text(0.99, 0.01, f"not shown: {left} kernels without FLOPs (layout changes, copies)",
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="grey")
-    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.04), fontsize=8, markerscale=0.5)
-    fig.tight_layout()
+    legend = ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.04), fontsize=8)
+    for handle in legend.legend_handles:
+        handle.set_sizes([40])
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return drawn
 
 
 def _draw_roofs(ax: Any, lo: float, hi: float, peak: float, bandwidth: Bandwidth) -> None:
-    """The compute roof and the two memory roofs, each named with its measured figure."""
+    """The compute roof and the two memory roofs, each named with its measured figure (call
+    with the axes' final limits set: the labels follow the slope as drawn)."""
+    import math
+
     import numpy as np
 
     x = np.geomspace(lo, hi, 200)
@@ -116,9 +121,11 @@ def _draw_roofs(ax: Any, lo: float, hi: float, peak: float, bandwidth: Bandwidth
         gbs = rates.roof_gbs
         y = [attainable_gflops(peak, gbs, v) for v in x]
         ax.plot(x, y, color="black", lw=1.2, ls=style, gid=f"roof-{rates.level}")
-        at = max(lo * 1.5, min(hi / 10, peak / gbs / 8))     # on the slope, left of the ridge
-        ax.text(at, gbs * at * 1.15, f"{rates.level} {gbs:.0f} GB/s", fontsize=8,
-                rotation=0, ha="left", va="bottom")
+        at = max(lo * 1.2, peak / gbs / 6)          # on the slope, left of the ridge point
+        (x0, y0), (x1, y1) = ax.transData.transform([(at, gbs * at), (at * 2, gbs * at * 2)])
+        angle = math.degrees(math.atan2(y1 - y0, x1 - x0))
+        ax.text(at, gbs * at * 1.12, f"{rates.level} {gbs:.0f} GB/s", fontsize=8,
+                rotation=angle, rotation_mode="anchor", ha="left", va="bottom")
 
 
 ISA_OF_LANES = {16: "AVX-512", 8: "AVX2", 4: "SSE"}

@@ -80,15 +80,21 @@ def plot_roofline(path: str, programs: dict[str, list[dict]], peak_gflops: float
     xs = [p[0] for pts in points.values() for p in pts.values()] or [1.0]
     ys = [p[1] for pts in points.values() for p in pts.values()] or [1.0]
     lo, hi = min(xs + [0.1]) / 2, max(xs + [peak_gflops / bandwidth.dram.roof_gbs]) * 2
-    for row, name in sorted(everything, key=lambda e: -e[0]["ms"])[:LABELLED]:
+    # Labels of neighbouring markers (a kernel and its fused replacement, repeated blocks)
+    # take turns above-right, below-right, above-left and below-left.
+    offsets = [((5, 4), "left"), ((5, -10), "left"), ((-5, 4), "right"), ((-5, -10), "right")]
+    for k, (row, name) in enumerate(sorted(everything, key=lambda e: -e[0]["ms"])[:LABELLED]):
+        offset, align = offsets[k % len(offsets)]
         ax.annotate(short_name(row["node"]), (row["intensity"], row["gflops"]), fontsize=7,
-                    color=COLOURS.get(name, "black"), xytext=(4, 3), textcoords="offset points",
-                    zorder=4)
+                    color=COLOURS.get(name, "black"), xytext=offset, ha=align,
+                    textcoords="offset points", zorder=4,
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                          "alpha": 0.6})
         drawn["labelled"].append(row["node"])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
-    ax.set_ylim(min(ys + [peak_gflops / 100]) / 2, peak_gflops * 2)
+    ax.set_ylim(min(ys + [peak_gflops / 100]) / 2, max(ys + [peak_gflops]) * 2)
     ax.set_xlabel("arithmetic intensity, FLOP/byte (compulsory traffic)")
     ax.set_ylabel("achieved GFLOP/s (each kernel timed alone)")
     ax.set_title(title, fontsize=10)

@@ -120,16 +120,16 @@ def format_layers(rows: list[dict], title: str) -> list[str]:
     roofs = any("roof" in row for row in rows)
     lines = [title,
              f"{'node':<32} {'op':<16} {'ms':>8} {'%':>5} {'GFLOP/s':>8}"
-             + (f" {'%peak':>6}" if any("peak_pct" in r for r in rows) else "")
-             + (f" {'MB':>7} {'FLOP/B':>7} {'roof':>4} {'attain':>7} {'%roof':>6}"
+             + (f" {'% peak':>7}" if any("peak_pct" in r for r in rows) else "")
+             + (f" {'MB':>7} {'FLOP/B':>7} {'roof':>4} {'attain':>7} {'% roof':>7}"
                 if roofs else "")]
     for row in sorted(rows, key=lambda row: -row["ms"]):
         line = (f"{row['node'][:32]:<32} {row['op'][:16]:<16} {row['ms']:>8.3f} "
                 f"{100 * row['ms'] / total:>5.1f} {row['gflops']:>8.1f}")
         if "peak_pct" in row:
-            line += f" {row['peak_pct']:>6.1f}"
+            line += f" {row['peak_pct']:>7.1f}"
         if "roof" in row:
             line += (f" {row['bytes'] / 1e6:>7.2f} {row['intensity']:>7.2f} {row['roof']:>4} "
-                     f"{row['attainable_gflops']:>7.1f} {row['roof_pct']:>6.1f}")
+                     f"{row['attainable_gflops']:>7.1f} {row['roof_pct']:>7.1f}")
         lines.append(line)
     return lines

@@ -150,7 +150,7 @@ def test_bench_json_columns_recompute():
     assert {r["node"] for r in data["unfused_layers"] if r["flops"]} <= fused_nodes
     text = format_report(report)
     assert "L2 bandwidth:" in text and "DRAM bandwidth:" in text
-    assert "per layer (unfused model):" in text and "%roof" in text
+    assert "per layer (unfused model):" in text and "% roof" in text
 
 
 def svg_markers(svg: str, gid: str) -> int:

@@ -7,11 +7,12 @@ Two kernels, JIT-compiled by the LLVM backend like the FMA kernel of cnncc/peak.
     read+write  y[t, k, c] = x[t, k, c] * a                   (bytes = x read + y written,
                                             as STREAM counts them: write-allocate not included)
 
-each at two working sets: one that fits the L2 cache of the cores running it (every block of the
-parallel loop sweeps its own slice of half an L2 many times; the dynamic schedule gives a block
-to one thread, so the slice stays in that core's L2) and one far beyond the last-level cache
-(4 x LLC, at least 64 MiB, swept once per call: DRAM traffic). Cache sizes come from sysfs, with
-a fallback that keeps both promises on any machine (a small L2, a large LLC).
+each at three working sets: one that fits the L2 cache of the cores running it (every block of
+the parallel loop sweeps its own slice of half an L2 many times; the dynamic schedule gives a
+block to one thread, so the slice stays in that core's L2), half the last-level cache (several
+sweeps: LLC traffic) and one far beyond it (4 x LLC, at least 64 MiB, swept once per call: DRAM
+traffic). Cache sizes come from sysfs, with a fallback that keeps the first and the last promise
+on any machine (a small L2, a large LLC).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ SYSFS_CACHE = "/sys/devices/system/cpu/cpu0/cache"
 @dataclass(frozen=True)
 class StreamRates:
     """GB/s of the two kernels at one working set (``bytes``, all arrays of a call)."""
-    level: str            # "L2" or "DRAM"
+    level: str            # "L2", "LLC" or "DRAM"
     bytes: int
     read_gbs: float
     read_write_gbs: float
@@ -52,27 +53,34 @@ class StreamRates:
 
 @dataclass(frozen=True)
 class Bandwidth:
-    """Measured streaming rates on ``threads`` threads, in L2 (``cache``) and DRAM (``dram``);
-    ``l2_bytes`` / ``llc_bytes``: the cache sizes (per core / of cpu0) they were sized by."""
+    """Measured streaming rates on ``threads`` threads, in L2, in the last-level cache and in
+    DRAM; ``l2_bytes`` / ``llc_bytes``: the cache sizes (per core / of cpu0) they were sized by."""
     threads: int
     lanes: int
     l2_bytes: int
     llc_bytes: int
-    cache: StreamRates
+    l2: StreamRates
+    llc: StreamRates
     dram: StreamRates
 
     @classmethod
     def from_dict(cls, data: dict) -> "Bandwidth":
         """The inverse of ``dataclasses.asdict`` (as a bench report stores it)."""
-        rates = {k: StreamRates(**data[k]) for k in ("cache", "dram")}
+        rates = {k: StreamRates(**data[k]) for k in ("l2", "llc", "dram")}
         return cls(**{**data, **rates})
 
     def describe(self) -> str:
+        sizes = {"L2": f" (L2 {self.l2_bytes // 1024} KiB per core)",
+                 "LLC": f" (LLC {self.llc_bytes // 1024} KiB)"}
         return "\n".join(
             f"{r.level} bandwidth: {r.read_gbs:.1f} GB/s read, {r.read_write_gbs:.1f} GB/s "
-            f"read+write on {self.threads} thread(s) ({r.bytes / 2**20:.1f} MiB working set; "
-            f"L2 {self.l2_bytes // 1024} KiB, LLC {self.llc_bytes // 1024} KiB)"
-            for r in (self.cache, self.dram))
+            f"read+write on {self.threads} thread(s), {r.bytes / 2**20:.1f} MiB working set"
+            + sizes.get(r.level, "") for r in self.levels)
+
+    @property
+    def levels(self) -> tuple[StreamRates, StreamRates, StreamRates]:
+        """The three measurements, nearest the cores first."""
+        return self.l2, self.llc, self.dram
 
 
 def parse_size(text: str) -> int:
@@ -177,30 +185,34 @@ def time_stream(kind: str, total_bytes: int, sweeps: int, threads: int, lanes: i
     return blocks * chunks * chunk_bytes * sweeps / min(times) / 1e9
 
 
-def working_sets(threads: int, l2: int, llc: int) -> tuple[int, int]:
-    """(bytes of the L2 measurement, bytes of the DRAM one) on ``threads`` threads: a block's
-    slice is half an L2; the DRAM set is 4 x LLC within [DRAM_MIN, DRAM_MAX]."""
-    cache = BLOCKS_PER_THREAD * threads * (l2 // 2)
-    return cache, min(DRAM_MAX, max(DRAM_MIN, 4 * llc))
+def working_sets(threads: int, l2: int, llc: int) -> tuple[int, int, int]:
+    """Bytes of the L2, LLC and DRAM measurements on ``threads`` threads: a block's slice is
+    half an L2; the LLC set half the LLC but at least twice the threads' L2s; the DRAM set
+    4 x LLC within [DRAM_MIN, DRAM_MAX]."""
+    in_l2 = BLOCKS_PER_THREAD * threads * (l2 // 2)
+    return (in_l2, max(llc // 2, 2 * threads * l2), min(DRAM_MAX, max(DRAM_MIN, 4 * llc)))
 
 
 def measure_bandwidth(threads: int = 1, repeat: int = REPEAT) -> Bandwidth:
-    """Read and read+write GB/s in L2 and in DRAM on ``threads`` threads."""
+    """Read and read+write GB/s in L2, in the LLC and in DRAM on ``threads`` threads."""
     from .backends.llvm import jit
 
     lanes = jit.vector_lanes()
     l2, llc = cache_sizes()
-    cache_set, dram_set = working_sets(threads, l2, llc)
-    # L2 streams at ~100 GB/s per core on current x86: enough sweeps for ~CACHE_SECONDS a call.
-    sweeps = max(1, int(CACHE_SECONDS * 100e9 * threads / cache_set))
+    l2_set, llc_set, dram_set = working_sets(threads, l2, llc)
+    # Per core, L2 streams at ~100 GB/s and more on current x86, an LLC at ~50: enough sweeps
+    # for ~CACHE_SECONDS a call.
+    plan = (("L2", l2_set, max(1, int(CACHE_SECONDS * 100e9 * threads / l2_set))),
+            ("LLC", llc_set, max(1, int(CACHE_SECONDS * 50e9 * threads / llc_set))),
+            ("DRAM", dram_set, 1))
     rates = []
-    for level, size, n in (("L2", cache_set, sweeps), ("DRAM", dram_set, 1)):
+    for level, size, n in plan:
         rates.append(StreamRates(level, size,
                                  time_stream("read", size, n, threads, lanes, repeat),
                                  time_stream("scale", size, n, threads, lanes, repeat)))
-    return Bandwidth(threads, lanes, l2, llc, rates[0], rates[1])
+    return Bandwidth(threads, lanes, l2, llc, *rates)
 
 
 def bandwidth(threads: int = 1) -> Bandwidth:
-    """The measured streaming bandwidths (L2 and DRAM, read and read+write) at ``threads``."""
+    """The measured streaming bandwidths (L2, LLC, DRAM; read and read+write) at ``threads``."""
     return measure_bandwidth(threads)

@@ -9,9 +9,9 @@ the lowered graph together with the activations lowering applied in their epilog
   does not fit in cache are not counted either: achieved bytes/s can only be higher.
 - Intensity = FLOPs / bytes; attainable GFLOP/s = min(FMA peak, bandwidth x intensity).
 - Which bandwidth: the kernel is timed alone and repeatedly (cnncc's ``profile``), so its data is
-  warm: a working set (= its bytes) within the last-level cache streams from cache and gets the
-  cache roof (measured in L2: an upper bound for data in L3), a larger one gets the DRAM roof.
-  Each roof is the faster of the read and read+write rates (cnncc/bandwidth.py).
+  warm and stays where it fits: a working set (= its bytes) within the L2s of the threads gets
+  the L2 roof, one within the last-level cache the LLC roof, a larger one the DRAM roof. Each
+  roof is the faster of the read and read+write rates (cnncc/bandwidth.py).
 - % of roof = achieved / attainable GFLOP/s; for a kernel without FLOPs (layout changes, copies)
   it is achieved bytes/s over the bandwidth, which is what the same ratio tends to as the
   intensity goes to 0 on the memory roof.
@@ -71,7 +71,9 @@ def group_bytes(graph: Graph, nodes: list[Node]) -> int:
 
 def roof_for(bandwidth: Bandwidth, working_set: int) -> StreamRates:
     """The bandwidth that bounds a kernel with ``working_set`` bytes (see the module text)."""
-    return bandwidth.dram if working_set > bandwidth.llc_bytes else bandwidth.cache
+    if working_set <= bandwidth.threads * bandwidth.l2_bytes:
+        return bandwidth.l2
+    return bandwidth.llc if working_set <= bandwidth.llc_bytes else bandwidth.dram
 
 
 def attainable_gflops(peak_gflops: float, bandwidth_gbs: float, intensity: float) -> float:

@@ -1,7 +1,7 @@
 """`cnncc bench --roofline FILE`: the roofline picture of the fused and the unfused program.
 
-Log-log, FLOP/byte against GFLOP/s: the FMA peak (flat) and the two memory roofs (cache and
-DRAM, sloped) measured on this machine; one marker per kernel (area by its share of its
+Log-log, FLOP/byte against GFLOP/s: the FMA peak (flat) and the memory roofs (L2, last-level
+cache, DRAM; sloped) measured on this machine; one marker per kernel (area by its share of its
 program's time), unfused and fused in two colours; a thin line from every unfused kernel to
 the fused kernel that does its work now (``covers`` of the rows, from Node.origin); the 10
 most expensive kernels named. Kernels without FLOPs (layout changes, copies) have no place on
@@ -114,7 +114,7 @@ def plot_roofline(path: str, programs: dict[str, list[dict]], peak_gflops: float
 
 
 def _draw_roofs(ax: Any, lo: float, hi: float, peak: float, bandwidth: Bandwidth) -> None:
-    """The compute roof and the two memory roofs, each named with its measured figure (call
+    """The compute roof and the memory roofs, each named with its measured figure (call
     with the axes' final limits set: the labels follow the slope as drawn)."""
     import math
 
@@ -123,7 +123,7 @@ def _draw_roofs(ax: Any, lo: float, hi: float, peak: float, bandwidth: Bandwidth
     x = np.geomspace(lo, hi, 200)
     ax.plot(x, np.full_like(x, peak), color="black", lw=1.5, gid="roof-compute")
     ax.text(hi / 1.1, peak * 1.08, f"FMA peak {peak:.0f} GFLOP/s", ha="right", fontsize=8)
-    for rates, style in ((bandwidth.cache, "--"), (bandwidth.dram, ":")):
+    for rates, style in zip(bandwidth.levels, ("--", "-.", ":")):
         gbs = rates.roof_gbs
         y = [attainable_gflops(peak, gbs, v) for v in x]
         ax.plot(x, y, color="black", lw=1.2, ls=style, gid=f"roof-{rates.level}")

@@ -59,10 +59,11 @@ def test_cache_sizes_from_sysfs_and_fallback(tmp_path):
 
 
 def test_working_sets_fit_l2_and_exceed_the_llc():
-    cache, dram = working_sets(2, 1 << 20, 32 << 20)
-    assert cache // (4 * 2) == (1 << 20) // 2          # a block's slice: half an L2
-    assert dram == 128 << 20
-    assert working_sets(1, 1 << 20, 1 << 30)[1] == 1 << 30       # capped
+    in_l2, in_llc, dram = working_sets(2, 1 << 20, 32 << 20)
+    assert in_l2 // (4 * 2) == (1 << 20) // 2          # a block's slice: half an L2
+    assert in_llc == 16 << 20 and dram == 128 << 20
+    assert working_sets(1, 1 << 20, 1 << 30)[2] == 1 << 30       # capped
+    assert working_sets(4, 1 << 20, 4 << 20)[1] == 8 << 20       # out of the 4 L2s at least
 
 
 def test_cli_bench_peak_prints_both_roofs(capsys):
@@ -70,10 +71,12 @@ def test_cli_bench_peak_prints_both_roofs(capsys):
     data = json.loads(capsys.readouterr().out)
     bandwidth = Bandwidth.from_dict(data["bandwidth"])
     assert bandwidth.threads == 1 and bandwidth.dram.bytes > bandwidth.llc_bytes
-    for rates in (bandwidth.cache, bandwidth.dram):
+    assert [r.level for r in bandwidth.levels] == ["L2", "LLC", "DRAM"]
+    for rates in bandwidth.levels:
         assert rates.read_gbs > 0 and rates.read_write_gbs > 0
     assert main(["bench", "--peak"]) == 0
     out = capsys.readouterr().out
     assert "FMA peak: " in out and "L2 bandwidth: " in out and "DRAM bandwidth: " in out
+    assert "LLC bandwidth: " in out
     measured = cnncc.bench.bandwidth(1)
-    assert isinstance(measured, Bandwidth) and measured.cache.level == "L2"
+    assert isinstance(measured, Bandwidth) and measured.l2.level == "L2"

@@ -26,7 +26,8 @@ from cnncc.roofline_plot import plot_roofline
 
 F = 4           # bytes per float32
 FAKE_BANDWIDTH = Bandwidth(threads=1, lanes=16, l2_bytes=1 << 20, llc_bytes=32 << 20,
-                           cache=StreamRates("L2", 4 << 20, 200.0, 180.0),
+                           l2=StreamRates("L2", 4 << 20, 200.0, 180.0),
+                           llc=StreamRates("LLC", 16 << 20, 90.0, 100.0),
                            dram=StreamRates("DRAM", 128 << 20, 40.0, 30.0))
 
 
@@ -108,8 +109,11 @@ def test_epilogue_activation_joins_its_gemm():
 
 
 def test_roof_choice_and_columns():
-    assert roof_for(FAKE_BANDWIDTH, 32 << 20).level == "L2"
+    assert roof_for(FAKE_BANDWIDTH, 1 << 20).level == "L2"
+    assert roof_for(FAKE_BANDWIDTH, (1 << 20) + 1).level == "LLC"
+    assert roof_for(FAKE_BANDWIDTH, 32 << 20).level == "LLC"
     assert roof_for(FAKE_BANDWIDTH, (32 << 20) + 1).level == "DRAM"
+    assert FAKE_BANDWIDTH.llc.roof_gbs == 100.0
     @dsl.net(input_shape=(1, 8, 16, 16), name="one_conv")
     def one_conv(x):
         return dsl.conv2d(x, 16, 3, padding=1)
@@ -126,7 +130,12 @@ def check_columns(rows: list[dict], peak: float, bandwidth: dict) -> None:
         assert row["intensity"] == pytest.approx(row["flops"] / row["bytes"])
         assert row["gflops"] == pytest.approx(row["flops"] / s / 1e9)
         assert row["gbs"] == pytest.approx(row["bytes"] / s / 1e9)
-        level = bandwidth["dram"] if row["bytes"] > bandwidth["llc_bytes"] else bandwidth["cache"]
+        if row["bytes"] <= bandwidth["threads"] * bandwidth["l2_bytes"]:
+            level = bandwidth["l2"]
+        elif row["bytes"] <= bandwidth["llc_bytes"]:
+            level = bandwidth["llc"]
+        else:
+            level = bandwidth["dram"]
         assert row["roof"] == level["level"]
         assert row["roof_gbs"] == max(level["read_gbs"], level["read_write_gbs"])
         attain = min(peak, row["roof_gbs"] * row["intensity"])
@@ -142,7 +151,7 @@ def test_bench_json_columns_recompute():
                        progress=False)
     data = json.loads(report.to_json())
     bandwidth = data["bandwidth"]
-    assert bandwidth["cache"]["read_gbs"] > 0 and bandwidth["dram"]["read_write_gbs"] > 0
+    assert all(bandwidth[k]["read_gbs"] > 0 for k in ("l2", "llc", "dram"))
     check_columns(data["layers"], data["peak_gflops"], bandwidth)
     check_columns(data["unfused_layers"], data["peak_gflops"], bandwidth)
     fused_nodes = {c for row in data["layers"] for c in row["covers"]}
@@ -168,7 +177,7 @@ def test_roofline_plot_of_every_zoo_net(name, tmp_path):
     path = tmp_path / f"{name}.svg"
     drawn = plot_roofline(str(path), programs, 100.0, FAKE_BANDWIDTH, name)
     svg = path.read_text()
-    for roof in ("roof-compute", "roof-L2", "roof-DRAM"):
+    for roof in ("roof-compute", "roof-L2", "roof-LLC", "roof-DRAM"):
         assert f'id="{roof}"' in svg
     for variant, rows in programs.items():
         shown = [r for r in rows if r["flops"] > 0]

@@ -27,6 +27,7 @@ from .passes.plan_memory import format_summary
 from .bandwidth import Bandwidth, bandwidth, measure_bandwidth  # noqa: F401 (bandwidth: API)
 from .peak import fma_peak, measure_peak  # noqa: F401 (cnncc.bench.fma_peak is public API)
 from .roofline import format_layers, layer_rows
+from .roofline_plot import require_pyplot
 
 
 @dataclass
@@ -226,14 +227,7 @@ def format_report(r: BenchReport) -> str:
 
 def require_matplotlib() -> Any:
     """pyplot (non-interactive backend), or a clear error naming the extra to install."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        from .ir import CompileError
-        raise CompileError("--plot needs matplotlib: pip install 'cnncc[plot]'") from None
-    return plt
+    return require_pyplot("--plot")
 
 
 def plot_report(r: BenchReport, path: str) -> None:

@@ -28,14 +28,15 @@ def check_path(path: str) -> None:
         raise CompileError(f"--roofline writes {', '.join(FORMATS)} files, got '{path}'")
 
 
-def require_pyplot() -> Any:
-    """pyplot on the non-interactive Agg backend, or a clear error naming the extra."""
+def require_pyplot(option: str = "--roofline") -> Any:
+    """pyplot on the non-interactive Agg backend, or a clear error naming ``option`` and the
+    extra to install."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise CompileError("--roofline needs matplotlib: pip install 'cnncc[plot]'") from None
+        raise CompileError(f"{option} needs matplotlib: pip install 'cnncc[plot]'") from None
     return plt
 
 

@@ -98,10 +98,10 @@ def test_fused_dw_pw_block_flops_bytes_and_what_it_covers():
 
 
 def test_epilogue_activation_joins_its_gemm():
-    @dsl.net(input_shape=(1, 64), name="gemm_relu")
-    def gemm_relu(x):
+    @dsl.net(input_shape=(1, 64), name="gemm_sigmoid")
+    def gemm_sigmoid(x):
         return dsl.sigmoid(dsl.dense(x, 10, name="fc"))
-    rows = rows_of(gemm_relu(), 3)
+    rows = rows_of(gemm_sigmoid(), 3)
     row = only_row(rows, "Gemm")
     assert len(rows) == 1 and len(row["covers"]) == 2      # the sigmoid runs in its epilogue
     assert row["flops"] == 2 * 10 * 64 + 10

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -203,3 +204,9 @@ def test_cli_roofline_bad_requests(capsys):
     assert "--roofline writes .png, .svg, .pdf files" in capsys.readouterr().err
     assert main(["bench", "zoo:tiny_cnn", "--target", "reference", "--roofline", "x.png"]) == 1
     assert "target llvm" in capsys.readouterr().err
+
+
+def test_cli_roofline_without_matplotlib(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)       # import matplotlib fails
+    assert main(["bench", "zoo:tiny_cnn", "--roofline", "roofline.png"]) == 1
+    assert "--roofline needs matplotlib: pip install 'cnncc[plot]'" in capsys.readouterr().err

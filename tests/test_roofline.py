@@ -185,6 +185,9 @@ def test_roofline_plot_of_every_zoo_net(name, tmp_path):
         assert drawn["markers"][variant] == len(shown) > 0
         assert svg_markers(svg, f"kernels-{variant}") == len(shown)
     assert drawn["joins"] >= drawn["markers"]["fused"] - drawn["left_out"]["fused"] > 0
+    # every unfused kernel that computes is joined to the fused kernel doing its work now
+    covered = {c for r in programs["fused"] for c in r["covers"]}
+    assert {r["node"] for r in programs["unfused"] if r["flops"]} <= covered
     assert len(drawn["labelled"]) == min(10, sum(drawn["markers"].values()))
 
 

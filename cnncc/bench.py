@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .analysis import layer_stats
 from .ir import Graph
 from .passes.plan_memory import format_summary
 from .bandwidth import Bandwidth, bandwidth, measure_bandwidth  # noqa: F401 (bandwidth: API)
@@ -48,10 +47,10 @@ class BenchReport:
     speedups: dict[str, float]
     ablation: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
+    unfused_layers: list[dict] = field(default_factory=list)
+    bandwidth: dict | None = None          # cnncc.bandwidth.Bandwidth as a dict (--per-layer)
     memory: dict[str, dict] = field(default_factory=dict)     # variant -> arena summary
     peak_gflops: float | None = None      # FMA peak at ``threads`` (llvm target)
-    bandwidth: dict | None = None          # cnncc.bandwidth.Bandwidth as a dict (--per-layer)
-    unfused_layers: list[dict] = field(default_factory=list)
     openmp_wait: str = ""                  # how idle OpenMP workers wait (the libgomp env)
 
     def to_json(self) -> str:
@@ -164,7 +163,6 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
         speedups["unfused vs onnxruntime"] = by["onnxruntime"] / by["unfused"]
     report = BenchReport(graph.name, threads, rounds, results, speedups,
                          peak_gflops=peak_gflops,
-                         bandwidth=asdict(measured_bandwidth) if measured_bandwidth else None,
                          openmp_wait=openmp_wait_policy() if threads > 1 else "")
     for name in ("unfused", "fused"):
         memory = models[name].memory_report()
@@ -176,6 +174,7 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
             report.ablation.append({"pass": p, "without_ms": ms, "with_ms": by["fused"],
                                     "buys": ms / by["fused"]})
     if per_layer:
+        report.bandwidth = asdict(measured_bandwidth) if measured_bandwidth else None
         report.layers = per_layer_table(models["fused"], graph, x, peak_gflops,
                                         measured_bandwidth)
         report.unfused_layers = per_layer_table(models["unfused"], graph, x, peak_gflops,
@@ -184,10 +183,11 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
 
 
 def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray],
-                    peak_gflops: float | None = None, bandwidth: Any = None) -> list[dict]:
+                    peak_gflops: float | None = None,
+                    measured_bandwidth: Bandwidth | None = None) -> list[dict]:
     """Median time, GFLOP/s, bytes and FLOP/byte per graph node of ``model`` (summed over the
     node's kernels, cnncc/roofline.py); with ``peak_gflops``, also its percentage of that peak
-    (``peak_pct``), and with ``bandwidth`` too (a cnncc.bandwidth.Bandwidth) its roof.
+    (``peak_pct``), and with ``measured_bandwidth`` too its roof.
 
     Needs a target that can call its kernels one by one (llvm's ``profile``)."""
     profile = getattr(model, "profile", None)
@@ -195,7 +195,7 @@ def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray],
     if profile is None or program is None:
         from .ir import CompileError
         raise CompileError(f"target {model.target} cannot time kernels one by one")
-    return layer_rows(program, profile(inputs), peak_gflops, bandwidth)
+    return layer_rows(program, profile(inputs), peak_gflops, measured_bandwidth)
 
 
 def format_report(r: BenchReport) -> str:

@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--roofline", metavar="FILE.png|.svg",
                        help="draw the roofline of every kernel (matplotlib; implies --per-layer)")
     bench.add_argument("--peak", action="store_true",
-                       help="only measure the FMA peak and the L2/DRAM bandwidth and exit")
+                       help="only measure the FMA peak and the L2, LLC and DRAM bandwidth, "
+                            "and exit")
     bench.add_argument("--plot", metavar="FILE.png", help="draw the comparison (matplotlib)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--no-ort", action="store_true", help="do not run onnxruntime")

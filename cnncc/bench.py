@@ -4,7 +4,9 @@ Variants are timed interleaved (one call of each per round, in turn) so that noi
 processes hits all of them alike; medians and 90th percentiles over the rounds are reported, with
 speedups relative to the fused model. `--ablate` compiles the pipeline with each pass left out in
 turn and reports what each pass buys; `--per-layer` times every kernel of the fused model, with
-its share of the FMA peak (cnncc/peak.py, measured once per run at the bench's thread count).
+its share of the FMA peak (cnncc/peak.py, measured once per run at the bench's thread count),
+and times the unfused model's kernels too, each with its place on the roofline (cnncc/roofline.py:
+bytes, FLOP/byte, the roof set by the peak and the bandwidth of cnncc/bandwidth.py).
 The arena figures of the native variants (peak vs no reuse, cnncc/passes/plan_memory.py) come
 with every report.
 """
@@ -18,12 +20,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .analysis import layer_stats
 from .driver import host_target
 from .ir import Graph
 from .passes.plan_memory import format_summary
+from .bandwidth import Bandwidth, bandwidth, measure_bandwidth  # noqa: F401 (bandwidth: API)
 from .peak import fma_peak, measure_peak  # noqa: F401 (cnncc.bench.fma_peak is public API)
 from .tune import tuned_line
+from .roofline import format_layers, layer_rows
+from .roofline_plot import require_pyplot
 
 
 @dataclass
@@ -44,6 +48,8 @@ class BenchReport:
     speedups: dict[str, float]
     ablation: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
+    unfused_layers: list[dict] = field(default_factory=list)
+    bandwidth: dict | None = None          # cnncc.bandwidth.Bandwidth as a dict (--per-layer)
     memory: dict[str, dict] = field(default_factory=dict)     # variant -> arena summary
     peak_gflops: float | None = None      # FMA peak at ``threads`` (llvm target)
     openmp_wait: str = ""                  # how idle OpenMP workers wait (the libgomp env)
@@ -146,10 +152,13 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
             runners["onnxruntime"] = lambda: ort_run(x)
             compile_s["onnxruntime"] = time.perf_counter() - t0
     peak_gflops = None
+    measured_bandwidth = None
     if peak:
         if progress:
             _progress(steps - 2, steps, f"measuring the FMA peak on {threads} thread(s)")
         peak_gflops = measure_peak(threads).gflops
+        if per_layer:
+            measured_bandwidth = measure_bandwidth(threads)
     if progress:
         _progress(steps - 1, steps, f"timing {len(runners)} variants x {rounds} rounds")
     samples = time_interleaved(runners, rounds)
@@ -176,14 +185,20 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
             report.ablation.append({"pass": p, "without_ms": ms, "with_ms": by["fused"],
                                     "buys": ms / by["fused"]})
     if per_layer:
-        report.layers = per_layer_table(models["fused"], graph, x, peak_gflops)
+        report.bandwidth = asdict(measured_bandwidth) if measured_bandwidth else None
+        report.layers = per_layer_table(models["fused"], graph, x, peak_gflops,
+                                        measured_bandwidth)
+        report.unfused_layers = per_layer_table(models["unfused"], graph, x, peak_gflops,
+                                                measured_bandwidth)
     return report
 
 
 def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray],
-                    peak_gflops: float | None = None) -> list[dict]:
-    """Median time and GFLOP/s per graph node of ``model`` (summed over the node's kernels);
-    with ``peak_gflops``, also its percentage of that peak (``peak_pct``).
+                    peak_gflops: float | None = None,
+                    measured_bandwidth: Bandwidth | None = None) -> list[dict]:
+    """Median time, GFLOP/s, bytes and FLOP/byte per graph node of ``model`` (summed over the
+    node's kernels, cnncc/roofline.py); with ``peak_gflops``, also its percentage of that peak
+    (``peak_pct``), and with ``measured_bandwidth`` too its roof.
 
     Needs a target that can call its kernels one by one (llvm's ``profile``)."""
     profile = getattr(model, "profile", None)
@@ -191,22 +206,7 @@ def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray],
     if profile is None or program is None:
         from .ir import CompileError
         raise CompileError(f"target {model.target} cannot time kernels one by one")
-    lowered = program.ctx.graph
-    node_of = {k.name: lowered.nodes[i] for k, i in program.ctx.kernels}
-    stats = {s.node: s for s in layer_stats(lowered)}
-    rows: dict[str, dict] = {}
-    for kernel, seconds in profile(inputs):
-        node = node_of[kernel]
-        row = rows.setdefault(node.name, {"node": node.name, "op": node.op, "kernels": 0,
-                                          "ms": 0.0, "gflops": 0.0})
-        row["kernels"] += 1
-        row["ms"] += seconds * 1e3
-    for name, row in rows.items():
-        flops = stats[name].flops if name in stats else 0
-        row["gflops"] = flops / (row["ms"] * 1e-3) / 1e9 if row["ms"] > 0 else 0.0
-        if peak_gflops:
-            row["peak_pct"] = 100 * row["gflops"] / peak_gflops
-    return list(rows.values())
+    return layer_rows(program, profile(inputs), peak_gflops, measured_bandwidth)
 
 
 def format_report(r: BenchReport) -> str:
@@ -225,34 +225,24 @@ def format_report(r: BenchReport) -> str:
         lines.append(f"{name} {format_summary(memory)}")
     if r.peak_gflops:
         lines.append(f"FMA peak: {r.peak_gflops:.1f} GFLOP/s on {r.threads} thread(s)")
+    if r.bandwidth:
+        lines.append(Bandwidth.from_dict(r.bandwidth).describe())
     if r.ablation:
         lines.append("ablation (fused model with one pass left out):")
         for a in r.ablation:
             lines.append(f"  without {a['pass']:<24} {a['without_ms']:>9.3f} ms  "
                          f"(the pass buys {a['buys']:.2f}x)")
     if r.layers:
-        total = sum(row["ms"] for row in r.layers)
-        lines.append("per layer (fused model, each node's kernels timed alone):")
-        lines.append(f"{'node':<36} {'op':<20} {'kernels':>7} {'ms':>8} {'%':>6} {'GFLOP/s':>9}"
-                     + (f" {'% peak':>7}" if r.peak_gflops else ""))
-        for row in sorted(r.layers, key=lambda row: -row["ms"]):
-            lines.append(f"{row['node'][:36]:<36} {row['op'][:20]:<20} {row['kernels']:>7} "
-                         f"{row['ms']:>8.3f} {100 * row['ms'] / total:>6.1f} "
-                         f"{row['gflops']:>9.1f}"
-                         + (f" {row['peak_pct']:>7.1f}" if "peak_pct" in row else ""))
+        lines += format_layers(r.layers, "per layer (fused model, each node's kernels timed "
+                                         "alone):")
+    if r.unfused_layers:
+        lines += format_layers(r.unfused_layers, "per layer (unfused model):")
     return "\n".join(lines)
 
 
 def require_matplotlib() -> Any:
     """pyplot (non-interactive backend), or a clear error naming the extra to install."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        from .ir import CompileError
-        raise CompileError("--plot needs matplotlib: pip install 'cnncc[plot]'") from None
-    return plt
+    return require_pyplot("--plot")
 
 
 def plot_report(r: BenchReport, path: str) -> None:

@@ -7,7 +7,8 @@
     cnncc compile MODEL --target cuda [--arch sm_90] [-o DIR] [--name N] [--emit cuda]
                                                 DIR/N.cu + N.h + N.weights (+ N.so with nvcc)
     cnncc bench [MODEL] [--threads N] [--ablate] [--per-layer] [--plot F.png] [--json]
-    cnncc bench --peak [--threads N] [--json]   the measured FMA peak (GFLOP/s) alone
+                [--roofline F.png|F.svg]        the roofline of every kernel, fused and unfused
+    cnncc bench --peak [--threads N] [--json]   the measured FMA peak and bandwidths alone
     cnncc verify [MODEL] [--opt N] [--target T]  pass-by-pass agreement with the reference
     cnncc show [MODEL] [--opt N] [-o graph.svg]  the graph before/after the passes
 
@@ -251,6 +252,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import load_graph
     from .bench import benchmark, format_report, plot_report, require_matplotlib
+    from .ir import CompileError
+    from .roofline_plot import check_path, plot_report_roofline, require_pyplot
 
     if args.peak:
         return _print_peak(args)
@@ -258,6 +261,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _run_suite(args)
     if args.plot:
         require_matplotlib()      # fail before minutes of compiling and timing, not after
+    if args.roofline:
+        check_path(args.roofline)
+        require_pyplot()
+        if (args.target or "llvm") != "llvm":
+            raise CompileError("--roofline needs the CPU's peak and bandwidth (target llvm)")
     source = resolve_model(args.model)
     graph = load_graph(source)
     if isinstance(source, str):
@@ -266,16 +274,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         onnx_model = source.to_onnx()
     report = benchmark(graph, onnx_model, target=args.target or "llvm", threads=args.threads,
-                       rounds=args.rounds, ablate=args.ablate, per_layer=args.per_layer,
+                       rounds=args.rounds, ablate=args.ablate,
+                       per_layer=args.per_layer or bool(args.roofline),
                        with_ort=not args.no_ort, progress=not args.json)
     if args.plot:
         plot_report(report, args.plot)
+    if args.roofline:
+        plot_report_roofline(report, args.roofline)
     if isinstance(args.json, str):        # --json FILE: the JSON there, the table here
         _write(args.json, report.to_json())
         args.json = False
     print(report.to_json() if args.json else format_report(report))
-    if args.plot and not args.json:
-        print(f"wrote {args.plot}")
+    for path in (args.plot, args.roofline):
+        if path and not args.json:
+            print(f"wrote {path}")
     return 0
 
 
@@ -307,6 +319,7 @@ def _print_peak(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
+    from .bandwidth import measure_bandwidth
     from .ir import CompileError
     from .peak import measure_peak
 
@@ -315,7 +328,9 @@ def _print_peak(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise CompileError(f"--threads must be positive, got {args.threads}")
     peak = measure_peak(args.threads)
-    print(json.dumps(asdict(peak), indent=2) if args.json else peak.describe())
+    bandwidth = measure_bandwidth(args.threads)
+    print(json.dumps(dict(asdict(peak), bandwidth=asdict(bandwidth)), indent=2) if args.json
+          else f"{peak.describe()}\n{bandwidth.describe()}")
     return 0
 
 
@@ -367,9 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ablate", action="store_true",
                        help="leave each pass out in turn and report what it buys")
     bench.add_argument("--per-layer", action="store_true",
-                       help="time, GFLOP/s and %% of the FMA peak per kernel")
+                       help="time, GFLOP/s, %% of the FMA peak and the roofline per kernel "
+                            "(fused and unfused)")
+    bench.add_argument("--roofline", metavar="FILE.png|.svg",
+                       help="draw the roofline of every kernel (matplotlib; implies --per-layer)")
     bench.add_argument("--peak", action="store_true",
-                       help="only measure the FMA peak (GFLOP/s at --threads) and exit")
+                       help="only measure the FMA peak and the L2, LLC and DRAM bandwidth, "
+                            "and exit")
     bench.add_argument("--plot", metavar="FILE.png", help="draw the comparison (matplotlib)")
     bench.add_argument("--json", nargs="?", const=True, default=False, metavar="FILE",
                        help="machine-readable output (to FILE when given)")

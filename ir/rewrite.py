@@ -91,6 +91,8 @@ class Builder:
         # Names of the nodes being replaced are free again (a folded conv keeps its name).
         gone = {id(n) for n in replaced}
         self._names = {n.name for n in graph.nodes if id(n) not in gone}
+        # Every replacement node does (part of) the work of all the replaced ones.
+        self.sources = tuple(dict.fromkeys(s for n in replaced for s in n.origin))
 
     def param(self, base: str, value: np.ndarray) -> str:
         return self.graph.add_param(base, value)
@@ -105,7 +107,8 @@ class Builder:
         self._names.add(node_name)
         if outputs is None:
             outputs = [self.graph.fresh_name(node_name)]
-        node = Node(op, list(inputs), list(outputs), dict(attrs or {}), node_name)
+        node = Node(op, list(inputs), list(outputs), dict(attrs or {}), node_name,
+                    self.sources)
         for out, t in zip(node.outputs, infer_node(node, self.graph.types, self.graph.params)):
             if out:
                 self.graph.types[out] = t

@@ -89,6 +89,7 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
         if fused is not None:
             act_idx, act = fused
             skip.add(act_idx)
+            ctx.epilogue_of[act_idx] = idx
             lower_node(ctx, node, act=act, out=g.nodes[act_idx].outputs[0])
             continue
         lower_node(ctx, node)

@@ -63,8 +63,8 @@ class _Rewriter:
         return name
 
     def emit(self, op: str, inputs: list[str], attrs: dict, name: str,
-             outputs: list[str]) -> list[str]:
-        node = Node(op, inputs, outputs, attrs, name)
+             outputs: list[str], sources: tuple[str, ...] = ()) -> list[str]:
+        node = Node(op, inputs, outputs, attrs, name, sources)
         for out, t in zip(outputs, infer_node(node, self.types, self.params)):
             self.types[out] = t
         self.nodes.append(node)
@@ -131,13 +131,13 @@ class _Rewriter:
             attrs = {k: v for k, v in node.attrs.items() if k != "storage_order"}
             attrs["kind"] = op
             self.emit("PoolNCHWc", [self.blocked[node.inputs[0]]], attrs, node.name,
-                      [self.blocked_out(node)])
+                      [self.blocked_out(node)], node.origin)
             return True
         if op in GLOBAL_POOLS and node.inputs[0] in self.blocked \
                 and self.rank(node.inputs[0]) == 4:
             axes = self.param(f"{node.name}_axes", np.array([2, 3], np.int64))
             self.emit(GLOBAL_POOLS[op], [self.blocked[node.inputs[0]], axes], {"keepdims": 1},
-                      node.name, [self.blocked_out(node)])
+                      node.name, [self.blocked_out(node)], node.origin)
             return True
         if op == "Concat":
             return self.concat(node)
@@ -178,7 +178,7 @@ class _Rewriter:
         inputs = [xin, w, b] + ([self.to_blocked(z)] if z else [])
         while inputs and not inputs[-1]:
             inputs.pop()
-        self.emit("ConvNCHWc", inputs, new_attrs, node.name, [self.blocked_out(node)])
+        self.emit("ConvNCHWc", inputs, new_attrs, node.name, [self.blocked_out(node)], node.origin)
         return True
 
     def unary(self, node: Node) -> bool:
@@ -186,7 +186,7 @@ class _Rewriter:
         if x not in self.blocked or not all(self.scalar_const(v) for v in node.inputs[1:] if v):
             return False
         self.emit(node.op, [self.blocked[x]] + node.inputs[1:], dict(node.attrs), node.name,
-                  [self.blocked_out(node)])
+                  [self.blocked_out(node)], node.origin)
         return True
 
     def binary(self, node: Node) -> bool:
@@ -208,7 +208,7 @@ class _Rewriter:
                 return False
         if all(v not in self.blocked for v in (a, b)):
             return False
-        self.emit(node.op, ins, dict(node.attrs), node.name, [self.blocked_out(node)])
+        self.emit(node.op, ins, dict(node.attrs), node.name, [self.blocked_out(node)], node.origin)
         return True
 
     def concat(self, node: Node) -> bool:
@@ -219,7 +219,7 @@ class _Rewriter:
         if axis not in (1, -3) or any(self.g.types[v].shape[1] % self.block for v in ins):
             return False
         self.emit("Concat", [self.blocked[v] for v in ins], {"axis": 1}, node.name,
-                  [self.blocked_out(node)])
+                  [self.blocked_out(node)], node.origin)
         return True
 
 

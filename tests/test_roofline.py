@@ -35,8 +35,9 @@ FAKE_BANDWIDTH = Bandwidth(threads=1, lanes=16, l2_bytes=1 << 20, llc_bytes=32 <
 def rows_of(net: dsl.Net | Graph, opt_level: int, seconds: float = 1e-3) -> list[dict]:
     """layer_rows of ``net`` lowered at ``opt_level``, every kernel taking ``seconds``."""
     graph = net if isinstance(net, Graph) else net.to_graph()
-    graph = run_pipeline(graph, PassContext(opt_level=opt_level))
-    program = lower_graph(graph, jit.vector_lanes(), 1, fuse=opt_level > 0)
+    machine = jit.host_target(1)
+    graph = run_pipeline(graph, PassContext(opt_level=opt_level, machine=machine))
+    program = lower_graph(graph, machine, fuse=opt_level > 0)
     timings = [(k.name, seconds) for k, _ in program.ctx.kernels]
     return layer_rows(program, timings, 100.0, FAKE_BANDWIDTH)
 

@@ -33,6 +33,9 @@ class LowerCtx:
         self.target = target
         self.lanes = target.lanes if target is not None else 1
         self.threads = target.threads if target is not None else 1
+        # Vector registers that CPU register tiles are sized for. GPU kernels reuse some CPU
+        # compute definitions (a direct conv's tile of pixels) with 1 lane: 16, as for AVX2.
+        self.vector_registers = target.vector_registers if target is not None else 16
         self.gpu = gpu                  # GPU schedules (gpu_schedule.py, gpu_conv.py ...)
         self.consts: list[np.ndarray] = []
         self.binding: dict[int, tuple] = {}        # id(Buffer) -> storage

@@ -93,7 +93,7 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     dh, dl = attrs["dw_dilations"] or [1, 1]
     act_d = _activation(ctx, node, attrs["dw_activation"], attrs["dw_activation_params"])
     act_p = _activation(ctx, node, attrs["pw_activation"], attrs["pw_activation_params"])
-    r_tile, vb = _tiles(ow_n, ocb_n, channels, ctx.lanes, c, ctx.target.vector_registers)
+    r_tile, vb = _tiles(ow_n, ocb_n, channels, ctx.lanes, c, ctx.vector_registers)
     oct_n = -(-ocb_n // vb)
 
     # Packed constants (zero in the padding channels).

@@ -49,7 +49,7 @@ TUNE_TILES = 4
 
 def vector_regs(ctx: LowerCtx) -> int:
     """Vector registers of the target (32 zmm with AVX-512, 16 ymm with AVX2)."""
-    return ctx.target.vector_registers
+    return ctx.vector_registers
 
 
 def _splits(size: int, step: int) -> list[tuple[int, int]]:

@@ -32,7 +32,7 @@ def pointwise(ctx: LowerCtx, node, x: str, wv: np.ndarray, bias: np.ndarray, gro
     xs = g.types[x].shape
     npix = int(np.prod(xs[2:]))
     pv = 2 * lanes if npix >= 2 * lanes else lanes
-    regs = ctx.target.vector_registers
+    regs = ctx.vector_registers
     cr = max(1, min(ocg, (regs - pv // lanes - 1) // (pv // lanes)))
     cb = -(-ocg // cr)
     wp = np.zeros((groups, cb * cr, icg), np.float32)

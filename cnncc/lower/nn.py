@@ -145,7 +145,7 @@ def _dense(ctx: LowerCtx, node: Node, a: str, trans_a: bool, m: int, k_dim: int,
     wbuf, bbuf = ctx.const(bp, "w"), ctx.const(bb, "b")
     abuf = ctx.value(a, (k_dim, m) if trans_a else (m, k_dim), "a")
     ybuf = ctx.value(out, (m, nn_), "y")
-    regs = ctx.target.vector_registers
+    regs = ctx.vector_registers
     r_tile = min(m, max(1, (regs - 4) // (vt // lanes)))
     nbv = Var("nb")
 

@@ -192,7 +192,10 @@ class Schedule:
     def _set_kind(self, name: str, kind: str) -> None:
         loop = self.loop(name)
         self._replace(loop, For(loop.var, loop.extent, loop.body, kind, loop.start))
-        self.log.append(f"{kind[:-2] if kind.endswith('ed') else kind}({name})")
+        # The log reads back as the calls that made it: vectorize(i), unroll(j), bind(k, kind).
+        call = {"vectorized": f"vectorize({name})", "unrolled": f"unroll({name})",
+                "parallel": f"parallel({name})"}.get(kind, f"bind({name}, {kind})")
+        self.log.append(call)
 
     def vectorize(self, name: str) -> None:
         loop = self.loop(name)

@@ -38,6 +38,9 @@ def test_split_vectorize_unroll(mode, shape):
     s.unroll(ii)
     s.parallel(io)
     assert "split(j, 4" in str(s) and "vectorized for" in str(s)
+    # The log reads back as the calls that made it.
+    assert s.log == [f"split(j, 4, {mode}) -> {jo}, {ji}", f"vectorize({ji})",
+                     f"split(i, 2, guard) -> {io}, {ii}", f"unroll({ii})", f"parallel({io})"]
     run_mm(s.kernel, *shape)
 
 

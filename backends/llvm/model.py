@@ -15,6 +15,7 @@ from ...ir import CompileError, Graph
 from ...runtime import CompiledModel, signature
 from ...debug import dump, dump_enabled
 from . import jit
+from .batch_entry import MODES, arena_stride, batch_entry_function
 from .codegen import ModuleBuilder
 
 _PREFIX = "cnnccPFX"        # stands for the content-hash symbol prefix until it is known
@@ -53,7 +54,11 @@ def generate(graph: Graph, threads: int, opt_level: int = 3) -> Generated:
     fns = {}
     for k, _ in prog.ctx.kernels:
         fns[k.name] = mb.add_kernel(Kernel(f"{_PREFIX}_{k.name}", k.params, k.body))
-    entry_function(mb.module, prog, fns, f"{_PREFIX}_run")
+    run = entry_function(mb.module, prog, fns, f"{_PREFIX}_run")
+    g = prog.ctx.graph
+    batch_entry_function(mb.module, run, f"{_PREFIX}_run_batch",
+                         [g.types[n].nbytes for n in g.inputs],
+                         [g.types[n].nbytes for n in g.outputs], threads, mb.openmp)
     text = str(mb)
     info = jit.target_info()
     key = "c" + hashlib.sha256("\n".join(
@@ -91,6 +96,10 @@ class LLVMModel(CompiledModel):
         self._fn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
                                     ctypes.c_void_p, ctypes.c_void_p)(
             jit.function_address(self.entry_name))
+        self._batch_fn = ctypes.CFUNCTYPE(
+            ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+            jit.function_address(self.entry_name + "_batch"))
         self.kernels = [k for k, _ in prog.ctx.kernels]
 
     def profile(self, inputs: list[np.ndarray], repeat: int = 10) -> list[tuple[str, float]]:
@@ -123,12 +132,38 @@ class LLVMModel(CompiledModel):
         outs = [np.empty(shape, dt) for shape, dt in zip(self.output_shapes, self.output_dtypes)]
         in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
-        arena = self._arena
-        if threading.get_ident() != self._owner:
-            arena = getattr(self._local, "arena", None)
-            if arena is None:
-                arena = self._local.arena = _aligned(max(self.program.arena_bytes, 64))
+        arena = self._arenas(1)
         rc = self._fn(in_ptrs, out_ptrs, self._weights.ctypes.data, arena.ctypes.data)
+        if rc != 0:
+            raise CompileError(f"native code returned error {rc}")
+        return outs
+
+    def _arenas(self, count: int) -> np.ndarray:
+        """``count`` arenas, ``arena_stride`` apart, owned by the calling Python thread (ctypes
+        releases the GIL: concurrent calls from other threads get their own)."""
+        owner = threading.get_ident() == self._owner
+        arena = self._arena if owner else getattr(self._local, "arena", None)
+        stride = arena_stride(self.program.arena_bytes)
+        if arena is None or arena.nbytes < count * stride:
+            arena = _aligned(count * stride)
+            if owner:
+                self._arena = arena
+            else:
+                self._local.arena = arena
+        return arena
+
+    def _execute_batch(self, inputs: list[np.ndarray], n: int,
+                       mode: str = "auto") -> list[np.ndarray]:
+        """``n`` images through the batch entry (batch_entry.py); ``mode`` "auto", "latency"
+        (one image after another, kernels split across threads) or "throughput" (images side
+        by side, one per thread)."""
+        outs = [np.empty((n,) + shape[1:], dt)
+                for shape, dt in zip(self.output_shapes, self.output_dtypes)]
+        in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])
+        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
+        arenas = self._arenas(self.threads)
+        rc = self._batch_fn(n, MODES[mode], in_ptrs, out_ptrs, self._weights.ctypes.data,
+                            arenas.ctypes.data, arena_stride(self.program.arena_bytes))
         if rc != 0:
             raise CompileError(f"native code returned error {rc}")
         return outs

@@ -60,7 +60,7 @@ def _progress(step: int, total: int, text: str) -> None:
         print(file=sys.stderr)
 
 
-def _ort_runner(onnx_model: Any, threads: int) -> Callable[[list[np.ndarray]], Any] | None:
+def ort_runner(onnx_model: Any, threads: int) -> Callable[[list[np.ndarray]], Any] | None:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -132,7 +132,7 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
         if progress:
             _progress(len(plan), steps, "creating onnxruntime session")
         t0 = time.perf_counter()
-        ort_run = _ort_runner(onnx_model, threads)
+        ort_run = ort_runner(onnx_model, threads)
         if ort_run is not None:
             runners["onnxruntime"] = lambda: ort_run(x)
             compile_s["onnxruntime"] = time.perf_counter() - t0

@@ -8,6 +8,8 @@
                                                 DIR/N.cu + N.h + N.weights (+ N.so with nvcc)
     cnncc bench [MODEL] [--threads N] [--ablate] [--per-layer] [--plot F.png] [--json]
     cnncc bench --peak [--threads N] [--json]   the measured FMA peak (GFLOP/s) alone
+    cnncc bench [MODEL] --batch 1,8,32 [--threads N] [--rounds R]   images/s vs onnxruntime
+    cnncc infer MODEL --input DIR_OR_GLOB --output OUT.parquet [--ray [ADDRESS]] [--batch N]
     cnncc verify [MODEL] [--opt N] [--target T]  pass-by-pass agreement with the reference
     cnncc show [MODEL] [--opt N] [-o graph.svg]  the graph before/after the passes
 
@@ -25,6 +27,8 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
+
+from .infer import add_arguments as add_infer_arguments, run_infer
 
 DEFAULT_MODEL = "zoo:mobilenet_v2"
 # GOMP_SPINCOUNT of `cnncc bench --threads N>1`: about 0.1 ms of spinning, enough to bridge the
@@ -251,6 +255,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         onnx_model = onnx.load(source)
     else:
         onnx_model = source.to_onnx()
+    if args.batch:
+        from .throughput import run_batch_bench
+        return run_batch_bench(args, graph, onnx_model)
     report = benchmark(graph, onnx_model, target=args.target or "llvm", threads=args.threads,
                        rounds=args.rounds, ablate=args.ablate, per_layer=args.per_layer,
                        with_ort=not args.no_ort, progress=not args.json)
@@ -332,10 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", metavar="FILE.png", help="draw the comparison (matplotlib)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--no-ort", action="store_true", help="do not run onnxruntime")
+    bench.add_argument("--batch", metavar="N[,N...]", help="images/s of cnncc and onnxruntime "
+                       "at batch N (a table for several)")
     bench.add_argument("--no-spin", action="store_true",
                        help="with --threads > 1: OpenMP workers sleep between kernels instead "
                             f"of spinning up to GOMP_SPINCOUNT={BENCH_SPINCOUNT} first")
     bench.set_defaults(func=_cmd_bench)
+
+    infer = sub.add_parser("infer", help="classify a folder of images or .npy files into a "
+                           "parquet file, here or on Ray (resumable)")
+    add_infer_arguments(infer)
+    infer.set_defaults(func=lambda args: run_infer(args, resolve_model))
 
     ver = sub.add_parser("verify", help="run the passes one by one against the reference and "
                                         "name the first one after which outputs diverge")

@@ -8,6 +8,9 @@ inferred again with the inputs' batch dim set to 2 and to 3 (Shape/Size evaluate
 batch, as the ONNX graph would see them), and every value computed from an input must keep the
 batch as its leading axis (its batch-1 shape with dim 0 replaced by the probe batch). Ops that
 keep shapes while mixing along an axis (Softmax over axis 0, ...) are checked by their axis.
+
+Blind spot: the ONNX importer folds Shape(x) into constants at batch 1, so a graph that uses
+its batch size as a number (x / Shape(x)[0]) looks like a per-image graph here.
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ def _probe(graph: Graph, n: int) -> str | None:
         if reason:
             return f"{where} {reason}"
         try:
-            out_types = infer_node(node, types, consts)
+            out_types = _per_image_reshape(node, graph, n) or infer_node(node, types, consts)
         except CompileError as e:
             return f"{where} cannot take a batch of {n}: {e}"
         for out, t in zip(node.outputs, out_types):
@@ -77,6 +80,18 @@ def _probe(graph: Graph, n: int) -> str | None:
         if name not in batched:
             return f"output '{name}' does not depend on the inputs (it has no batch axis)"
     return None
+
+
+def _per_image_reshape(node: Node, graph: Graph, n: int) -> list[TensorType] | None:
+    """A Reshape from batch 1 to batch 1 reshapes each image on its own: its target shape was
+    usually computed from Shape(x) (``x.view(x.size(0), -1)``), which the ONNX importer folded
+    into a constant at batch 1, so the constant's leading 1 stands for the batch."""
+    if node.op != "Reshape":
+        return None
+    before, after = graph.types[node.inputs[0]], graph.types[node.outputs[0]]
+    if not before.shape or not after.shape or before.shape[0] != 1 or after.shape[0] != 1:
+        return None
+    return [TensorType(after.dtype, (n,) + after.shape[1:])]
 
 
 def _evaluate(node: Node, types: dict, consts: dict) -> str | None:

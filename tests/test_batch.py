@@ -214,3 +214,30 @@ def test_inputs_of_different_batches_are_refused():
                           np.full((3, 5), 2, np.float32))
     with pytest.raises(InputError, match="same batch size"):
         model(np.ones((3, 5), np.float32), np.ones((2, 5), np.float32))
+
+
+def test_bench_batch_table(capsys):
+    import json
+
+    import onnxruntime as ort
+
+    from cnncc.cli import main
+    from cnncc.throughput import parse_batches, symbolic_batch
+
+    assert main(["bench", "tiny_cnn", "--batch", "1,4", "--threads", "1", "--rounds", "2",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["batches"]
+    assert [r["batch"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["cnncc_images_per_s"] > 0 and r["ort_images_per_s"] > 0
+        assert abs(r["cnncc_images_per_s"] - r["batch"] / r["cnncc_ms"] * 1e3) < 1e-6
+    # onnxruntime's model is the same net at a symbolic batch.
+    net = ZOO["tiny_cnn"]()
+    sess = ort.InferenceSession(symbolic_batch(net.to_onnx()).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    model = cnncc.compile(net, threads=1)
+    x = images(model.input_shapes[0], 4)
+    assert relative_error(model(x), sess.run(None, {sess.get_inputs()[0].name: x})[0]) <= 1e-4
+    for bad in ("0", "a,b", "", "4,-1"):
+        with pytest.raises(InputError, match="--batch"):
+            parse_batches(bad)

@@ -111,7 +111,8 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     table = pq.read_table(out).to_pydict()
     assert table["index"] == list(range(200)) and table["path"] == paths
     model = cnncc.load(library)
-    expect = np.concatenate([model(np.stack([prepared(p, model.input_shapes[0])
-                                             for p in paths[i:i + 50]])) for i in (0, 50, 100, 150)])
+    shape = model.input_shapes[0]
+    expect = np.concatenate([model(np.stack([prepared(p, shape) for p in paths[i:i + 50]]))
+                             for i in (0, 50, 100, 150)])
     got = np.array(table["output"], np.float32)
     assert np.abs(got - expect).max() <= 1e-5 * np.abs(expect).max()

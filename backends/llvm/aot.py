@@ -120,7 +120,8 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
             "outputs": [io_description(n, t) for n, t in gen.outputs],
             "arena_bytes": arena, "weights_bytes": int(prog.weights.nbytes),
             "memory": prog.memory.summary(),
-            "threads": gen.threads, "thread_safe": True, "batch_refusal": batch_refusal, "target": jit.target_info(),
+            "threads": gen.threads, "thread_safe": True, "batch_refusal": batch_refusal,
+            "target": jit.target_info(),
             "cnncc_version": _version(), **(extra or {})}
     _write(paths["metadata"], json.dumps(meta, indent=2) + "\n")
     if "llvm" in emit:
@@ -253,11 +254,11 @@ def _header(name: str, gen, arena: int, batch_refusal: str | None) -> str:
               "void *arena);", f"extern const unsigned long {name}_arena_bytes;", "",
               "/* Runs n images: every tensor above with its leading (batch) dim n instead of 1,",
               " * image after image in each tensor. Outputs equal n calls of the function above.",
-              f" * With several threads ({gen.threads} compiled in), from n >= threads on the images "
-              "run side by side,", " * one per thread (throughput mode); fewer images run one "
-              "after another, each split", " * across the threads (latency mode). Thread-safe. "
-              "Returns 0 on success, 1 when no arena", " * memory could be allocated, 2 when n < 0 "
-              "or the model cannot take other batch sizes"
+              f" * With several threads ({gen.threads} compiled in), from n >= threads on the "
+              "images run side by side,", " * one per thread (throughput mode); fewer images run "
+              "one after another, each split", " * across the threads (latency mode). "
+              "Thread-safe. Returns 0 on success, 1 when no arena", " * memory could be "
+              "allocated, 2 when n < 0 or the model cannot take other batch sizes"
               + (":" if batch_refusal else " (this one can)."),
               *([f" * {line}" for line in _wrap(batch_refusal.replace("*/", "* /"))]
                 if batch_refusal else []),

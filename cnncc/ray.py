@@ -14,13 +14,14 @@ cnncc's Python package but no compiler and no model file.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import ray
 
 from .images import ImageLoader
-from .infer import BatchPredictor, Progress, pack_library
 from .parts import PartStore
+from .predictor import BatchPredictor, pack_library
 
 __all__ = ["Predictor", "pack_library", "run_on_ray"]
 
@@ -37,7 +38,7 @@ class Predictor(BatchPredictor):
 
 
 def run_on_ray(store: PartStore, pending: list[int], model: dict, loader: ImageLoader,
-               address: str, worker_cpus: int, progress: Progress,
+               address: str, worker_cpus: int, progress: Any,
                stop_after: int | None) -> bool:
     """Compute the ``pending`` chunks of ``store`` on Ray (the runtime already initialized in
     this process, else the cluster at ``address``, else a local one); rows come back to this

@@ -131,8 +131,8 @@ class CompiledModel(abc.ABC):
         if value.ndim != len(ttype.shape) or value.ndim == 0 or value.shape[1:] != ttype.shape[1:]:
             return ""
         if self.batch_refusal is not None:
-            return (f" (model {self.target} runs only its compiled batch {ttype.shape[0]}: "
-                    f"{self.batch_refusal})")
+            return (f" (this {self.target} model runs only its compiled batch "
+                    f"{ttype.shape[0]}: {self.batch_refusal})")
         return " (every input must have the same batch size)"
 
     def _execute_batch(self, inputs: list[np.ndarray], n: int) -> list[np.ndarray]:

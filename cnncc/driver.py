@@ -90,8 +90,7 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
                                                   dw_lowrank_tol=lowrank_tol))
         hit = cache.lookup(key, graph, rebuild=build)
         if hit is not None:
-            hit.batch_refusal = batch_refusal(graph)
-            return hit
+            return hit              # its json carries batch_refusal, stored with it below
     start = time.perf_counter()
     # keep_ir: the optimized IR is kept for the library stored below (no second O3 run).
     model = build(keep_ir=True) if key is not None else build()

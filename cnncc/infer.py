@@ -91,6 +91,9 @@ def run_infer(args: argparse.Namespace, resolve: Callable[[str], Any]) -> int:
         raise InputError(f"--output {args.output}: expected a .parquet file name")
     library = _model_library(args.model, os.path.abspath(args.output) + ".parts", resolve)
     meta = read_metadata(find_library(library)[1])
+    if len(meta["inputs"]) != 1:
+        raise InputError(f"cnncc infer runs models with one input; {args.model} has "
+                         f"{len(meta['inputs'])}")
     store = PartStore(args.output, paths, args.batch, meta["library_sha256"],
                       {"normalize": args.normalize})
     pending = store.open()
@@ -128,6 +131,6 @@ def run_local(store: PartStore, pending: list[int], predictor: BatchPredictor,
             return False
         rows = store.chunk_range(k)
         out = predictor({"index": np.array(rows), "path": [store.paths[i] for i in rows]})
-        store.write(k, {n: out[n] for n in predictor.model.output_names})
+        store.write(k, {n: out[n] for n in predictor.columns})
         progress.add(len(rows))
     return True

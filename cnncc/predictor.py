@@ -23,6 +23,9 @@ def pack_library(path: str) -> dict[str, bytes]:
     return files
 
 
+RESERVED_COLUMNS = ("index", "path", "image", "top1")
+
+
 class BatchPredictor:
     """Maps a batch {"path": [...], ...} (or {"image": (N, ...) array, ...}) to the model's
     outputs: the callable of Ray Data's ``map_batches`` and of the local loop alike.
@@ -44,6 +47,9 @@ class BatchPredictor:
         self.loader = loader or ImageLoader(self.model.input_shapes[0],
                                             str(self.model.input_dtypes[0]))
         self.column = column
+        # The output columns: the model's output names, moved aside when they collide with ours.
+        self.columns = [f"output_{n}" if n in RESERVED_COLUMNS + (column,) else n
+                        for n in self.model.output_names]
         self._pool = None
 
     def predict(self, x: np.ndarray) -> list[np.ndarray]:
@@ -69,5 +75,5 @@ class BatchPredictor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         x = batch[self.column] if self.column in batch else self.loader(list(batch["path"]))
         result = {k: np.asarray(v) for k, v in batch.items() if k != self.column}
-        result.update(zip(self.model.output_names, self.predict(x)))
+        result.update(zip(self.columns, self.predict(x)))
         return result

@@ -109,6 +109,11 @@ def print_progress(text: str) -> None:
 
 def run_batch_bench(args: Any, graph: Graph, onnx_model: Any) -> int:
     """`cnncc bench --batch ...` (args: the bench command's)."""
+    mixed = [flag for flag, on in (("--ablate", args.ablate), ("--per-layer", args.per_layer),
+                                   ("--plot", args.plot)) if on]
+    if mixed:
+        raise InputError(f"--batch times whole models: it does not combine with "
+                         f"{', '.join(mixed)}")
     rows = batch_benchmark(graph, onnx_model, parse_batches(args.batch), args.threads,
                            args.rounds, args.target or "llvm", not args.no_ort,
                            None if args.json else print_progress)

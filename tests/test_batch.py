@@ -241,3 +241,14 @@ def test_bench_batch_table(capsys):
     for bad in ("0", "a,b", "", "4,-1"):
         with pytest.raises(InputError, match="--batch"):
             parse_batches(bad)
+
+
+def test_symbolic_batch_onnx_model_runs_any_batch():
+    from cnncc.throughput import symbolic_batch
+
+    net = ZOO["tiny_cnn"]()
+    model = cnncc.compile(symbolic_batch(net.to_onnx()), threads=2)
+    assert model.input_shapes[0][0] == 1 and model.batch_refusal is None
+    x = images(model.input_shapes[0], 3)
+    assert np.array_equal(model(x), single_runs(model, x))
+    assert relative_error(model(x), cnncc.compile(net, target="reference")(x)) <= 1e-4

@@ -35,7 +35,7 @@ def single_runs(model, x):
 
 @pytest.mark.parametrize("name", SMALL)
 def test_small_zoo_nets_batch_equals_single_runs(name):
-    model = cnncc.compile(ZOO[name](), threads=2)
+    model = cnncc.compile(ZOO[name](), threads=2, cache=False)     # the JIT: run_batch modes
     assert model.batch_refusal is None
     shape = model.input_shapes[0]
     for n in BATCHES:
@@ -44,7 +44,7 @@ def test_small_zoo_nets_batch_equals_single_runs(name):
         assert got.shape == (n,) + model.output_shapes[0][1:]
         assert np.array_equal(got, single_runs(model, x)), f"{name}, batch {n}"
         for mode in ("latency", "throughput"):
-            assert np.array_equal(model._execute_batch([x], n, mode)[0], got), (name, n, mode)
+            assert np.array_equal(model.run_batch(x, mode)[0], got), (name, n, mode)
     ref = cnncc.compile(ZOO[name](), target="reference")
     x = images(shape, 3, seed=7)
     assert relative_error(model(x), ref(x)) <= 1e-4

@@ -11,7 +11,7 @@ import llvmlite
 
 import numpy as np
 
-from ...ir import CompileError, Graph
+from ...ir import CompileError, Graph, InputError
 from ...runtime import CompiledModel, signature
 from ...debug import dump, dump_enabled
 from . import jit
@@ -152,11 +152,22 @@ class LLVMModel(CompiledModel):
                 self._local.arena = arena
         return arena
 
+    def run_batch(self, x: np.ndarray, mode: str = "auto") -> list[np.ndarray]:
+        """The outputs of the images ``x`` (a one-input model, x of shape (N, ...)) in batch
+        ``mode``: "auto" (as ``model(x)``), "latency" (one image after another, each image's
+        kernels split across the threads) or "throughput" (images side by side, one per
+        thread); the outputs are the same in every mode (examples/batch_modes.py times them)."""
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+        if self.batch_refusal is not None or len(self.input_names) != 1:
+            raise InputError("run_batch takes one-input models that run other batch sizes"
+                             + (f" ({self.batch_refusal})" if self.batch_refusal else ""))
+        checked, n = self._check_batch([x])
+        return self._execute_batch(checked, len(x) if n is None else n, mode)
+
     def _execute_batch(self, inputs: list[np.ndarray], n: int,
                        mode: str = "auto") -> list[np.ndarray]:
-        """``n`` images through the batch entry (batch_entry.py); ``mode`` "auto", "latency"
-        (one image after another, kernels split across threads) or "throughput" (images side
-        by side, one per thread)."""
+        """``n`` images through the batch entry (batch_entry.py) in ``mode`` (see run_batch)."""
         outs = [np.empty((n,) + shape[1:], dt)
                 for shape, dt in zip(self.output_shapes, self.output_dtypes)]
         in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])

@@ -178,7 +178,7 @@ def store(key: str, model: Any) -> str | None:
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(entry))
         export_library(model.generated, tmp, ENTRY_NAME,
                        optimized_ir=getattr(model, "optimized_ir", None),
-                       extra={"cache_key": key})
+                       extra={"cache_key": key}, batch_refusal=model.batch_refusal)
         try:
             os.rename(tmp, entry)
             tmp = None

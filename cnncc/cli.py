@@ -9,6 +9,8 @@
     cnncc bench [MODEL] [--threads N] [--ablate] [--per-layer] [--plot F.png] [--json]
                 [--roofline F.png|F.svg]        the roofline of every kernel, fused and unfused
     cnncc bench --peak [--threads N] [--json]   the measured FMA peak and bandwidths alone
+    cnncc bench [MODEL] --batch 1,8,32 [--threads N] [--rounds R]   images/s vs onnxruntime
+    cnncc infer MODEL --input DIR_OR_GLOB --output OUT.parquet [--ray [ADDRESS]] [--batch N]
     cnncc verify [MODEL] [--opt N] [--target T]  pass-by-pass agreement with the reference
     cnncc show [MODEL] [--opt N] [-o graph.svg]  the graph before/after the passes
 
@@ -26,6 +28,8 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
+
+from .infer import add_arguments as add_infer_arguments, run_infer
 
 DEFAULT_MODEL = "zoo:mobilenet_v2"
 
@@ -273,6 +277,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         onnx_model = onnx.load(source)
     else:
         onnx_model = source.to_onnx()
+    if args.batch:
+        from .throughput import run_batch_bench
+        return run_batch_bench(args, graph, onnx_model)
     report = benchmark(graph, onnx_model, target=args.target or "llvm", threads=args.threads,
                        rounds=args.rounds, ablate=args.ablate,
                        per_layer=args.per_layer or bool(args.roofline),
@@ -400,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --suite: also every .onnx file in DIR (repeatable)")
     bench.add_argument("--only", metavar="NAME,...", help="with --suite: just these models")
     bench.add_argument("--markdown", metavar="FILE", help="with --suite: the table as Markdown")
+    bench.add_argument("--batch", metavar="N[,N...]", help="images/s of cnncc and onnxruntime "
+                       "at batch N (a table for several)")
     bench.set_defaults(func=_cmd_bench)
 
     tune = sub.add_parser("tune", help="time a few schedules per conv workload on this machine "
@@ -410,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="no new round after this many seconds (default 600)")
     tune.add_argument("--json", action="store_true", help="machine-readable output")
     tune.set_defaults(func=_cmd_tune)
+
+    infer = sub.add_parser("infer", help="classify a folder of images or .npy files into a "
+                           "parquet file, here or on Ray (resumable)")
+    add_infer_arguments(infer)
+    infer.set_defaults(func=lambda args: run_infer(args, resolve_model))
 
     ver = sub.add_parser("verify", help="run the passes one by one against the reference and "
                                         "name the first one after which outputs diverge")

@@ -10,6 +10,7 @@ from . import cache, tuning_log
 from .backends import BACKENDS
 from .ir import CompileError, Graph
 from .ir.target import Target
+from .ir.batch import batch_refusal
 from .passes import PassContext, run_pipeline
 from .runtime import CompiledModel
 
@@ -102,10 +103,11 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
                                                   dw_lowrank_tol=lowrank_tol))
         hit = cache.lookup(key, graph, rebuild=build)
         if hit is not None:
-            return hit
+            return hit              # its json carries batch_refusal, stored with it below
     start = time.perf_counter()
     # keep_ir: the optimized IR is kept for the library stored below (no second O3 run).
     model = build(keep_ir=True) if key is not None else build()
+    model.batch_refusal = batch_refusal(graph)
     if key is not None and time.perf_counter() - start >= cache.min_seconds():
         cache.store(key, model)
     return model
@@ -132,10 +134,11 @@ def export(source: Any, out_dir: str | os.PathLike, name: str | None = None,
     if options:
         raise CompileError(f"unknown export option(s) {sorted(options)}")
     machine = host_target(threads or 1)
-    graph = _optimize(load_graph(source, input_shapes), "llvm", opt_level, skip, lowrank_tol,
-                      machine)
+    source_graph = load_graph(source, input_shapes)
+    graph = _optimize(source_graph, "llvm", opt_level, skip, lowrank_tol, machine)
     gen = generate(graph, machine, opt_level, tuning_log.schedules(machine))
-    return export_library(gen, os.fspath(out_dir), name, emit)
+    return export_library(gen, os.fspath(out_dir), name, emit,
+                          batch_refusal=batch_refusal(source_graph))
 
 
 def _default_name(source: Any) -> str:

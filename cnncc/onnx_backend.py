@@ -65,13 +65,19 @@ class CnnccBackendRep(BackendRep):
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
         arrays = self._as_list(inputs)
-        if self.compiled is None or self._key is not None:
+        if self.compiled is None or self._key is not None or not self._fits(arrays):
             self._specialize(arrays)
         assert self.compiled is not None
         feeds = {n: a for n, a in zip(self.input_names, arrays) if n not in self._bound}
         result = self.compiled.run(feeds)
         return namedtupledict("Outputs", self.output_names)(
             *[result[n] for n in self.output_names])
+
+    def _fits(self, arrays: list[np.ndarray]) -> bool:
+        """Whether the model compiled at prepare() has these shapes (a symbolic batch dim is
+        compiled as 1: other batches get the variant of their shapes, as other symbolic dims)."""
+        shapes = dict(zip(self.compiled.input_names, self.compiled.input_shapes))
+        return all(a.shape == shapes.get(n, a.shape) for n, a in zip(self.input_names, arrays))
 
     def _as_list(self, inputs: Any) -> list[np.ndarray]:
         if isinstance(inputs, dict):

@@ -17,6 +17,10 @@ class CompiledModel(abc.ABC):
     """A model ready to run. ``model(x, ...)`` or ``model.run({name: array})``."""
 
     target: str = "?"
+    # Why the model runs only the batch it was compiled for; None: a model compiled for batch 1
+    # takes any batch N (N single runs). Set by cnncc.compile / cnncc.load from
+    # cnncc.ir.batch.batch_refusal of the source graph (before passes rewrite Flatten and co).
+    batch_refusal: str | None = "it was not built by cnncc.compile or cnncc.load"
 
     def __init__(self, inputs: list[tuple[str, TensorType]], outputs: list[tuple[str, TensorType]]):
         self._inputs = list(inputs)
@@ -66,7 +70,7 @@ class CompiledModel(abc.ABC):
         if len(args) != len(self._inputs):
             raise InputError(f"model takes {len(self._inputs)} input(s) "
                              f"({', '.join(self.input_names)}), got {len(args)}")
-        outs = self._execute(self._check(list(args)))
+        outs = self._run_checked(list(args))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -81,10 +85,30 @@ class CompiledModel(abc.ABC):
             if extra:
                 parts.append(f"unknown input(s) {extra}")
             raise InputError("; ".join(parts) + f" (model inputs: {self.input_names})")
-        outs = self._execute(self._check([feeds[n] for n in self.input_names]))
+        outs = self._run_checked([feeds[n] for n in self.input_names])
         return dict(zip(self.output_names, outs))
 
-    def _check(self, args: list[Any]) -> list[np.ndarray]:
+    def _run_checked(self, args: list[Any]) -> list[np.ndarray]:
+        checked, n = self._check_batch(args)
+        if n is None:
+            return self._execute(checked)
+        if n == 0:
+            return [np.empty((0,) + s[1:], d) for s, d in zip(self.output_shapes,
+                                                               self.output_dtypes)]
+        return self._execute_batch(checked, n)
+
+    def _check_batch(self, args: list[Any]) -> tuple[list[np.ndarray], int | None]:
+        """The checked inputs and their batch N (None: exactly the compiled shapes). A model
+        compiled for batch 1 whose graph keeps images apart takes (N, ...) for every input."""
+        batches = {value.shape[0] for (_, t), value in zip(self._inputs, args)
+                   if isinstance(value, np.ndarray) and value.ndim == len(t.shape) >= 1
+                   and value.shape[1:] == t.shape[1:] and value.shape[0] != t.shape[0]}
+        if len(batches) != 1 or self.batch_refusal is not None:
+            return self._check(args), None
+        n = batches.pop()
+        return self._check(args, batch=n), n
+
+    def _check(self, args: list[Any], batch: int | None = None) -> list[np.ndarray]:
         checked = []
         for (name, ttype), value in zip(self._inputs, args):
             if isinstance(value, np.generic):
@@ -95,12 +119,29 @@ class CompiledModel(abc.ABC):
             if value.dtype != ttype.dtype.np:
                 raise InputError(f"input '{name}': expected dtype {ttype.dtype.value}, got "
                                  f"{value.dtype} (convert with .astype(np.{ttype.dtype.value}))")
-            if tuple(value.shape) != ttype.shape:
-                raise InputError(f"input '{name}': expected shape {list(ttype.shape)}, got "
-                                 f"{list(value.shape)}")
+            want = ttype.shape if batch is None else (batch,) + ttype.shape[1:]
+            if tuple(value.shape) != want:
+                raise InputError(f"input '{name}': expected shape {list(want)}, got "
+                                 f"{list(value.shape)}" + self._batch_note(ttype, value))
             # Native code reads dense row-major memory: a strided view gets a contiguous copy.
             checked.append(np.require(value, requirements="C"))
         return checked
+
+    def _batch_note(self, ttype: TensorType, value: np.ndarray) -> str:
+        if value.ndim != len(ttype.shape) or value.ndim == 0 or value.shape[1:] != ttype.shape[1:]:
+            return ""
+        if self.batch_refusal is not None:
+            return (f" (this {self.target} model runs only its compiled batch "
+                    f"{ttype.shape[0]}: {self.batch_refusal})")
+        return " (every input must have the same batch size)"
+
+    def _execute_batch(self, inputs: list[np.ndarray], n: int) -> list[np.ndarray]:
+        """Run ``n`` images (inputs of shape (n, ...)): one single run per image."""
+        outs = [np.empty((n,) + s[1:], d) for s, d in zip(self.output_shapes, self.output_dtypes)]
+        for b in range(n):
+            for out, image in zip(outs, self._execute([a[b:b + 1] for a in inputs])):
+                out[b:b + 1] = image
+        return outs
 
     @abc.abstractmethod
     def _execute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -108,13 +108,22 @@ def test_bad_input_dims(dims, words):
 
 
 def test_symbolic_dims_need_input_shapes():
-    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", ["N", 3])], [vi("y", ["N", 3])])
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [3, "N"])], [vi("y", [3, "N"])])
     msg = error_of(m)
     assert "'x'" in msg and "input_shapes" in msg and "N" in msg
-    graph = import_model(m, input_shapes={"x": (5, 3)})
-    assert graph.types["y"].shape == (5, 3)
-    assert "contradicts" in error_of(m, input_shapes={"x": (5, 4)})
+    graph = import_model(m, input_shapes={"x": (3, 5)})
+    assert graph.types["y"].shape == (3, 5)
+    assert "contradicts" in error_of(m, input_shapes={"x": (4, 5)})
     assert "not runtime inputs" in error_of(m, input_shapes={"zz": (1,)})
+
+
+def test_a_symbolic_batch_dim_alone_is_batch_1():
+    # The batch is then a run-time argument (tests/test_batch.py).
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", ["N", 3])], [vi("y", ["N", 3])])
+    assert import_model(m).types["y"].shape == (1, 3)
+    assert import_model(m, input_shapes={"x": (5, 3)}).types["y"].shape == (5, 3)
+    m = model([helper.make_node("Neg", ["x"], ["y"])], [vi("x", ["N"])], [vi("y", ["N"])])
+    assert "input_shapes" in error_of(m)          # rank 1: no batch of images
 
 
 def test_raw_data_length_mismatch():

@@ -91,7 +91,8 @@ def test_library_needs_only_libc_and_libgomp(tmp_path, threads):
     # Only the C entry points are exported; the kernels are hidden.
     syms = subprocess.run(["nm", "-D", "--defined-only", paths["library"]], capture_output=True,
                           text=True, check=True).stdout.split()[2::3]
-    assert sorted(syms) == ["deps_arena_bytes", "deps_run", "deps_run_with_arena"]
+    assert sorted(syms) == ["deps_arena_bytes", "deps_run", "deps_run_batch",
+                            "deps_run_with_arena"]
 
 
 def test_weights_are_a_data_section_not_ir_text(tmp_path):

@@ -66,10 +66,16 @@ def onnxruntime_result(name: str):
 def test_zoo_net_matches_onnxruntime(name, target):
     net, x, expect = onnxruntime_result(name)
     assert np.abs(expect).max() > 1e-3           # a non-degenerate output
-    got = cnncc.compile(net, target=target)(x)
+    model = cnncc.compile(net, target=target)
+    got = model(x)
     assert got.shape == expect.shape and np.isfinite(got).all()
     err = float(np.abs(got - expect).max() / np.abs(expect).max())
     assert err <= RTOL, f"{name} on {target}: relative error {err:.2e}"
+    if target == "llvm":
+        # Batch at run time on the same compiled model (tests/test_batch.py has the small nets
+        # at every batch): 2 images give exactly the two single runs.
+        x2 = np.random.default_rng(2).standard_normal(x.shape).astype(x.dtype)
+        assert np.array_equal(model(np.concatenate([x, x2])), np.concatenate([got, model(x2)]))
     gc.collect()
 
 

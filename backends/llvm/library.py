@@ -36,13 +36,20 @@ class LibraryModel(CompiledModel):
     target = "llvm"
 
     def __init__(self, path: str, meta: dict, fn: Callable,
-                 rebuild: Callable[[], Any] | None = None, status: str = "library"):
+                 rebuild: Callable[[], Any] | None = None, status: str = "library",
+                 batch_fn: Callable | None = None):
         super().__init__(_signature(meta, "inputs"), _signature(meta, "outputs"))
         self.path = path
         self.metadata = meta
         self.threads = int(meta["threads"])
         self.cache_status = status
         self._fn = fn
+        self._batch_fn = batch_fn
+        refusal = meta.get("batch_refusal", "unknown")
+        if refusal is not None and not isinstance(refusal, str):
+            refusal = f"{os.path.basename(path)}: its json's batch_refusal is not a string"
+        self.batch_refusal = refusal if batch_fn is not None else (
+            "the library was exported before NAME_run_batch existed; export it again")
         self._rebuild = rebuild
         self._jit = None
 
@@ -63,11 +70,23 @@ class LibraryModel(CompiledModel):
         outs = [np.empty(shape, dt) for shape, dt in zip(self.output_shapes, self.output_dtypes)]
         in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
-        rc = self._fn(in_ptrs, out_ptrs)
-        if rc != 0:
-            raise MemoryError(f"{os.path.basename(self.path)}: no memory for the arena "
-                              f"({self.metadata['arena_bytes']} bytes)")
+        self._raise_for(self._fn(in_ptrs, out_ptrs))
         return outs
+
+    def _execute_batch(self, inputs: list[np.ndarray], n: int) -> list[np.ndarray]:
+        outs = [np.empty((n,) + shape[1:], dt)
+                for shape, dt in zip(self.output_shapes, self.output_dtypes)]
+        in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])
+        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
+        self._raise_for(self._batch_fn(n, in_ptrs, out_ptrs))
+        return outs
+
+    def _raise_for(self, rc: int) -> None:
+        if rc == 1:
+            raise MemoryError(f"{os.path.basename(self.path)}: no memory for the arena "
+                              f"({self.metadata['arena_bytes']} bytes per thread)")
+        if rc != 0:
+            raise CompileError(f"{os.path.basename(self.path)}: native code returned error {rc}")
 
 
 def find_library(path: str) -> tuple[str, str]:
@@ -191,4 +210,8 @@ def load_library(path: str, expect: dict | None = None, rebuild: Callable | None
         raise CompileError(f"{so_path} has no function {meta['name']}_run") from None
     fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
         ctypes.cast(raw, ctypes.c_void_p).value)
-    return LibraryModel(so_path, meta, fn, rebuild, status)
+    raw_batch = getattr(lib, f"{meta['name']}_run_batch", None)
+    batch_fn = None if raw_batch is None else ctypes.CFUNCTYPE(
+        ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
+        ctypes.cast(raw_batch, ctypes.c_void_p).value)
+    return LibraryModel(so_path, meta, fn, rebuild, status, batch_fn)

@@ -10,11 +10,12 @@ import llvmlite
 
 import numpy as np
 
-from ...ir import CompileError, Graph
+from ...ir import CompileError, Graph, InputError
 from ...ir.target import Target
 from ...runtime import CompiledModel, signature
 from ...debug import dump, dump_enabled
 from . import jit
+from .batch_entry import MODES, arena_stride, batch_entry_function
 from .codegen import ModuleBuilder
 
 _PREFIX = "cnnccPFX"        # stands for the content-hash symbol prefix until it is known
@@ -55,7 +56,11 @@ def generate(graph: Graph, machine: Target, opt_level: int = 3,
     fns = {}
     for k, _ in prog.ctx.kernels:
         fns[k.name] = mb.add_kernel(Kernel(f"{_PREFIX}_{k.name}", k.params, k.body))
-    entry_function(mb.module, prog, fns, f"{_PREFIX}_run")
+    run = entry_function(mb.module, prog, fns, f"{_PREFIX}_run")
+    g = prog.ctx.graph
+    batch_entry_function(mb.module, run, f"{_PREFIX}_run_batch",
+                         [g.types[n].nbytes for n in g.inputs],
+                         [g.types[n].nbytes for n in g.outputs], threads, mb.openmp)
     text = str(mb)
     info = jit.target_info()
     key = "c" + hashlib.sha256("\n".join(
@@ -105,6 +110,10 @@ class LLVMModel(CompiledModel):
         self._fn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
                                     ctypes.c_void_p, ctypes.c_void_p)(
             jit.function_address(self.entry_name))
+        self._batch_fn = ctypes.CFUNCTYPE(
+            ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+            jit.function_address(self.entry_name + "_batch"))
         self.kernels = [k for k, _ in prog.ctx.kernels]
 
     def kernel_calls(self, inputs: list[np.ndarray]) -> list[tuple[str, int, object]]:
@@ -146,12 +155,49 @@ class LLVMModel(CompiledModel):
         outs = [np.empty(shape, dt) for shape, dt in zip(self.output_shapes, self.output_dtypes)]
         in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
-        arena = self._arena
-        if threading.get_ident() != self._owner:
-            arena = getattr(self._local, "arena", None)
-            if arena is None:
-                arena = self._local.arena = _aligned(max(self.program.arena_bytes, 64))
+        arena = self._arenas(1)
         rc = self._fn(in_ptrs, out_ptrs, self._weights.ctypes.data, arena.ctypes.data)
+        if rc != 0:
+            raise CompileError(f"native code returned error {rc}")
+        return outs
+
+    def _arenas(self, count: int) -> np.ndarray:
+        """``count`` arenas, ``arena_stride`` apart, owned by the calling Python thread (ctypes
+        releases the GIL: concurrent calls from other threads get their own)."""
+        owner = threading.get_ident() == self._owner
+        arena = self._arena if owner else getattr(self._local, "arena", None)
+        stride = arena_stride(self.program.arena_bytes)
+        if arena is None or arena.nbytes < count * stride:
+            arena = _aligned(count * stride)
+            if owner:
+                self._arena = arena
+            else:
+                self._local.arena = arena
+        return arena
+
+    def run_batch(self, x: np.ndarray, mode: str = "auto") -> list[np.ndarray]:
+        """The outputs of the images ``x`` (a one-input model, x of shape (N, ...)) in batch
+        ``mode``: "auto" (as ``model(x)``), "latency" (one image after another, each image's
+        kernels split across the threads) or "throughput" (images side by side, one per
+        thread); the outputs are the same in every mode (examples/batch_modes.py times them)."""
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+        if self.batch_refusal is not None or len(self.input_names) != 1:
+            raise InputError("run_batch takes one-input models that run other batch sizes"
+                             + (f" ({self.batch_refusal})" if self.batch_refusal else ""))
+        checked, n = self._check_batch([x])
+        return self._execute_batch(checked, len(x) if n is None else n, mode)
+
+    def _execute_batch(self, inputs: list[np.ndarray], n: int,
+                       mode: str = "auto") -> list[np.ndarray]:
+        """``n`` images through the batch entry (batch_entry.py) in ``mode`` (see run_batch)."""
+        outs = [np.empty((n,) + shape[1:], dt)
+                for shape, dt in zip(self.output_shapes, self.output_dtypes)]
+        in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])
+        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
+        arenas = self._arenas(self.threads)
+        rc = self._batch_fn(n, MODES[mode], in_ptrs, out_ptrs, self._weights.ctypes.data,
+                            arenas.ctypes.data, arena_stride(self.program.arena_bytes))
         if rc != 0:
             raise CompileError(f"native code returned error {rc}")
         return outs

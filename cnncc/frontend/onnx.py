@@ -116,6 +116,10 @@ class _Importer:
         elif declared is None:
             raise CompileError(f"{what} has no declared shape: pass it with "
                                f"input_shapes={{'{vi.name}': (...)}}")
+        elif len(declared) >= 2 and declared[0] is None and None not in declared[1:]:
+            # A symbolic batch dim alone: compiled for batch 1, the batch is then given at run
+            # time (model(x) with x of any leading N, cnncc/ir/batch.py).
+            shape = [1] + [int(d) for d in declared[1:]]
         elif any(d is None for d in declared):
             raise CompileError(f"{what} has symbolic or unknown dims {_dims_text(tt)}: pass "
                                f"concrete ones with input_shapes={{'{vi.name}': (...)}}")

@@ -212,7 +212,7 @@ def _temp_name(g: Graph, ctx: LowerCtx, tid: int) -> str:
     return f"temp {tid} of " + (g.nodes[idx].name if 0 <= idx < len(g.nodes) else "outputs")
 
 
-def entry_function(module: ir.Module, prog: Program, kernels: dict, name: str) -> None:
+def entry_function(module: ir.Module, prog: Program, kernels: dict, name: str) -> ir.Function:
     """``i32 NAME(ptr inputs, ptr outputs, ptr weights, ptr arena)`` calling every kernel."""
     ptr = ir.PointerType()
     i8, i64 = ir.IntType(8), ir.IntType(64)
@@ -238,3 +238,4 @@ def entry_function(module: ir.Module, prog: Program, kernels: dict, name: str) -
         args = [pointer(prog.storage[id(p)]) for p in k.params]
         b.call(kernels[k.name], args)
     b.ret(ir.Constant(ir.IntType(32), 0))
+    return fn

@@ -91,8 +91,9 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
         if hit is not None:
             return hit
     start = time.perf_counter()
-    # keep_ir: the optimized IR is kept for the library stored below (no second O3 run).
-    model = build(keep_ir=True) if key is not None else build()
+    # export_objects: the kernels' position-independent objects, which the library stored
+    # below links, are built with their JIT objects (one O3 run per kernel).
+    model = build(export_objects=True) if key is not None else build()
     if key is not None and time.perf_counter() - start >= cache.min_seconds():
         cache.store(key, model)
     return model

@@ -180,7 +180,7 @@ def _require_gpu() -> None:
 
 
 def build(graph: Graph, options: dict, emulate: bool) -> CudaModel:
-    unknown = set(options) - {"opt_level", "threads", "keep_ir"}
+    unknown = set(options) - {"opt_level", "threads", "export_objects"}
     if unknown:
         raise CompileError(f"unknown option(s) for target cuda: {sorted(unknown)}")
     return CudaModel(graph, options.get("opt_level", 3), emulate)

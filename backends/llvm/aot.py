@@ -28,6 +28,7 @@ import tempfile
 
 from ...ir import CompileError
 from . import jit
+from .objects import build_objects
 
 FORMAT = "cnncc-library-1"
 _C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float
@@ -63,12 +64,13 @@ def sha256_file(path: str) -> str:
 
 
 def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
-                   optimized_ir: str | None = None, extra: dict | None = None) -> dict:
+                   extra: dict | None = None) -> dict:
     """Write ``out_dir``/``name``.so/.h/.json (and .ll / .s for ``emit`` "llvm" / "asm") of the
     generated program ``gen`` (model.Generated); returns {kind: path}.
 
-    ``optimized_ir``: the O3-optimized IR of ``gen`` when already at hand (skips O3);
-    ``extra``: more fields for the json (the cache stores its key there)."""
+    The library links the entry function and one position-independent object per unique
+    kernel (from the kernel cache, or compiled in parallel: objects.py); ``extra``: more fields
+    for the json (the cache stores its key there)."""
     check_name(name)
     bad = [e for e in emit if e not in ("llvm", "asm")]
     if bad:
@@ -81,13 +83,16 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, name)
     paths = {"library": base + ".so", "header": base + ".h", "metadata": base + ".json"}
-    ir_text = optimized_ir or jit.optimized_ir(gen.ir_text)
     prog = gen.program
     arena = max(prog.arena_bytes, 64)
+    code, _ = build_objects(gen.unique, ("pic",), gen.lanes, gen.threads, gen.openmp)
     with tempfile.TemporaryDirectory(prefix="cnncc-aot-") as tmp:
-        obj = os.path.join(tmp, "kernels.o")
-        with open(obj, "wb") as f:
-            f.write(jit.emit_object(ir_text, 0))
+        objs = []
+        for i, data in enumerate([jit.emit_object(gen.entry_text)] +
+                                 [c["pic"] for c in code.values()]):
+            objs.append(os.path.join(tmp, f"part{i}.o"))
+            with open(objs[-1], "wb") as f:
+                f.write(data)
         blob = os.path.join(tmp, "weights.bin")
         prog.weights.tofile(blob)
         wrapper = os.path.join(tmp, "wrapper.c")
@@ -95,7 +100,7 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
             f.write(_wrapper_c(name, gen.entry_name, blob, arena))
         # Written beside the target, then renamed: a reader never sees half a library.
         tmp_lib = os.path.join(tmp, "lib.so")
-        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", tmp_lib, wrapper, obj,
+        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", tmp_lib, wrapper, *objs,
                "-Wl,--as-needed", "-lm"]
         if gen.threads > 1:
             cmd.append("-lgomp")
@@ -115,6 +120,7 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
             "threads": gen.threads, "thread_safe": True, "target": jit.target_info(),
             "cnncc_version": _version(), **(extra or {})}
     _write(paths["metadata"], json.dumps(meta, indent=2) + "\n")
+    ir_text = jit.optimized_ir(gen.ir_text) if emit else ""
     if "llvm" in emit:
         paths["llvm"] = base + ".ll"
         _write(paths["llvm"], ir_text)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .analysis import layer_stats
+from .compile_time import format_stages
 from .ir import Graph
 from .passes.plan_memory import format_summary
 from .peak import fma_peak, measure_peak  # noqa: F401 (cnncc.bench.fma_peak is public API)
@@ -46,6 +47,7 @@ class BenchReport:
     memory: dict[str, dict] = field(default_factory=dict)     # variant -> arena summary
     peak_gflops: float | None = None      # FMA peak at ``threads`` (llvm target)
     openmp_wait: str = ""                  # how idle OpenMP workers wait (the libgomp env)
+    compile_stages: dict = field(default_factory=dict)   # of the fused model (compile_time.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -154,7 +156,8 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
         speedups["unfused vs onnxruntime"] = by["onnxruntime"] / by["unfused"]
     report = BenchReport(graph.name, threads, rounds, results, speedups,
                          peak_gflops=peak_gflops,
-                         openmp_wait=openmp_wait_policy() if threads > 1 else "")
+                         openmp_wait=openmp_wait_policy() if threads > 1 else "",
+                         compile_stages=getattr(models["fused"], "compile_stages", {}))
     for name in ("unfused", "fused"):
         memory = models[name].memory_report()
         if memory is not None:
@@ -206,6 +209,8 @@ def format_report(r: BenchReport) -> str:
         lines.append(f"{v.name:<34} {v.median_ms:>10.3f} {v.p90_ms:>10.3f} {v.compile_s:>10.2f}")
     for k, s in r.speedups.items():
         lines.append(f"speedup {k}: {s:.2f}x")
+    if r.compile_stages:
+        lines.append("fused " + format_stages(r.compile_stages))
     for name, memory in r.memory.items():
         lines.append(f"{name} {format_summary(memory)}")
     if r.peak_gflops:

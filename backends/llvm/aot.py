@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 
 from ...ir import CompileError
 from . import jit
@@ -64,7 +65,7 @@ def sha256_file(path: str) -> str:
 
 
 def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, report: dict | None = None) -> dict:
     """Write ``out_dir``/``name``.so/.h/.json (and .ll / .s for ``emit`` "llvm" / "asm") of the
     generated program ``gen`` (model.Generated); returns {kind: path}.
 
@@ -85,7 +86,8 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
     paths = {"library": base + ".so", "header": base + ".h", "metadata": base + ".json"}
     prog = gen.program
     arena = max(prog.arena_bytes, 64)
-    code, _ = build_objects(gen.unique, ("pic",), gen.lanes, gen.threads, gen.openmp)
+    code, stats = build_objects(gen.unique, ("pic",), gen.lanes, gen.threads, gen.openmp)
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cnncc-aot-") as tmp:
         objs = []
         for i, data in enumerate([jit.emit_object(gen.entry_text)] +
@@ -110,6 +112,8 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
         digest = sha256_file(tmp_lib)
         shutil.move(tmp_lib, paths["library"] + ".tmp")
         os.replace(paths["library"] + ".tmp", paths["library"])
+    if report is not None:
+        report.update(stats.report(len(gen.symbols)), link=time.perf_counter() - t0)
     _write(paths["header"], _header(name, gen, arena))
     meta = {"format": FORMAT, "name": name, "library": name + ".so",
             "library_sha256": digest, "header": name + ".h",

@@ -44,11 +44,19 @@ class BuildStats:
     memory: int = 0                 # already loaded in this process
     disk: int = 0                   # object code from the kernel cache
     compiled: int = 0               # generated, optimized and compiled now
-    emit_seconds: float = 0.0       # IR emission (Python), summed over workers
-    llvm_seconds: float = 0.0       # parse + O3 + code generation, summed over workers
+    emit_seconds: float = 0.0       # IR emission (Python), CPU seconds summed over workers
+    llvm_seconds: float = 0.0       # parse + O3 + code generation, CPU s summed over workers
     wall_seconds: float = 0.0       # the whole build, wall clock
     workers: int = 0
     extra: dict = field(default_factory=dict)
+
+    def report(self, calls: int) -> dict:
+        """The kernel part of a compile's stages (cnncc/compile_time.py); ``calls``: kernel
+        calls in the program."""
+        return {"kernels": self.wall_seconds, "ir_emission": self.emit_seconds,
+                "llvm": self.llvm_seconds, "kernels_unique": self.kernels, "kernel_calls": calls,
+                "kernels_memory": self.memory, "kernels_disk": self.disk,
+                "kernels_compiled": self.compiled, "workers": self.workers}
 
 
 def kernel_dir() -> str | None:
@@ -127,11 +135,11 @@ def _build(job: tuple) -> tuple[str, dict, float, float]:
     """Worker: (symbol, kernel, lanes, threads, openmp, kinds) -> (symbol, {kind: code},
     emission seconds, LLVM seconds)."""
     symbol, kernel, lanes, threads, openmp, kinds = job
-    t0 = time.perf_counter()
+    t0 = time.process_time()           # CPU seconds: wall time means little on a busy machine
     text = kernel_ir(symbol, kernel, lanes, threads, openmp)
-    t1 = time.perf_counter()
+    t1 = time.process_time()
     code = jit.object_code(text, kinds)
-    return symbol, code, t1 - t0, time.perf_counter() - t1
+    return symbol, code, t1 - t0, time.process_time() - t1
 
 
 def build_objects(unique: dict, kinds: tuple, lanes: int, threads: int, openmp: bool,

@@ -149,3 +149,32 @@ def test_loops_left_to_llvm_unroll(monkeypatch):
     monkeypatch.setenv("CNNCC_CACHE", "0")
     m = cnncc.compile(twin_convs(0), threads=1)
     assert "llvm.loop.unroll.full" in m.ir_text
+
+
+def test_compile_stages_are_reported(monkeypatch, capsys):
+    from cnncc.cli import main
+
+    monkeypatch.setenv("CNNCC_CACHE", "0")
+    m = cnncc.compile(twin_convs(4), threads=1)
+    st = m.compile_stages
+    for key in ("import", "passes", "lowering", "kernels", "ir_emission", "llvm", "link"):
+        assert st[key] >= 0, key
+    assert st["kernels_memory"] + st["kernels_disk"] + st["kernels_compiled"] == \
+        st["kernels_unique"] <= st["kernel_calls"] == len(m.kernels)
+    assert main(["run", "lenet5", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "compile stages: import" in out and "unique workloads" in out
+
+
+def test_bench_compile_cold_and_warm(capsys):
+    from cnncc.cli import main
+
+    assert main(["bench", "--compile", "lenet5", "--json"]) == 0
+    import json
+    (row,) = json.loads(capsys.readouterr().out)
+    cold, kernels, library = row["cold"], row["kernels"], row["library"]
+    assert (cold["status"], kernels["status"], library["status"]) == \
+        ("compiled", "disk", "library")
+    assert cold["stages"]["kernels_compiled"] == cold["stages"]["kernels_unique"] > 0
+    assert kernels["stages"]["kernels_disk"] == kernels["stages"]["kernels_unique"]
+    assert cold["peak_rss_mb"] > 0 and cold["import_cnncc"] > 0

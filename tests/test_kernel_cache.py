@@ -5,6 +5,7 @@ build the same code as one process; the kernels folder has its own size cap."""
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -117,7 +118,10 @@ def test_parallel_workers_build_the_same_code(monkeypatch):
     for jobs in ("1", "2"):
         monkeypatch.setenv("CNNCC_COMPILE_JOBS", jobs)
         built[jobs], stats = objects.build_objects(unique, ("jit",), lanes, 1, False)
-        assert stats.compiled == len(unique) and stats.workers == min(int(jobs), len(unique))
+        # Other Python threads (a test runner's) keep the build in this process.
+        forks = threading.active_count() == 1
+        assert stats.compiled == len(unique)
+        assert stats.workers == (min(int(jobs), len(unique)) if forks else 1)
     assert len(unique) >= 2 and built["1"] == built["2"]
 
 

@@ -16,7 +16,9 @@ here), the least recently used first.
 Kernels missing from the cache are compiled by CNNCC_COMPILE_JOBS processes (default: one per
 core): llvmlite serializes every call into LLVM behind one lock, so threads do not overlap, and
 the IR emission in Python needs the GIL. Workers are forked (they inherit the JIT's target
-machine); a pool that cannot start or breaks falls back to compiling in this process.
+machine), and only while this process runs no other Python thread (a forked child would
+inherit the locks other threads hold); a pool that cannot start or breaks falls back to
+compiling in this process.
 """
 from __future__ import annotations
 
@@ -74,12 +76,17 @@ def max_bytes() -> int:
 
 
 def compile_jobs(pending: int) -> int:
-    """Worker processes for ``pending`` kernels (CNNCC_COMPILE_JOBS, default the core count)."""
+    """Worker processes for ``pending`` kernels (CNNCC_COMPILE_JOBS, default the core count).
+
+    One (compile in this process) while other Python threads run: a forked child inherits
+    their locks (LLVM's, the JIT's) held, and would wait for them forever."""
     try:
         jobs = int(os.environ.get("CNNCC_COMPILE_JOBS", "0"))
     except ValueError:
         raise CompileError("CNNCC_COMPILE_JOBS must be an integer (worker processes compiling "
                            f"kernels), got {os.environ['CNNCC_COMPILE_JOBS']!r}") from None
+    if threading.active_count() > 1:
+        return 1
     jobs = jobs if jobs > 0 else (os.cpu_count() or 1)
     return max(1, min(jobs, pending))
 

@@ -16,20 +16,13 @@ import numpy as np
 from ... import __version__
 from ...ir import CompileError, Graph
 from ...ir.loop import Kernel
-from ...lower.program import entry_function, lower_graph
+from ...lower.program import aligned_zeros, entry_function, lower_graph
 from ...runtime import CompiledModel, signature
 from ...debug import dump, dump_enabled
 from . import jit, objects
 from .codegen import ModuleBuilder
 from .exprs import PTR
 from .workloads import target_signature, unique_kernels
-
-def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
-    """A zeroed uint8 array whose data pointer is ``align``-byte aligned."""
-    raw = np.zeros(nbytes + align, np.uint8)
-    off = (-raw.ctypes.data) % align
-    return raw[off:off + nbytes]
-
 
 @dataclass
 class Generated:
@@ -121,9 +114,8 @@ class LLVMModel(CompiledModel):
         self.build_stats = stats
         self.cache_status = "compiled" if stats.compiled or entry_status == "compiled" else \
             "disk" if stats.disk or entry_status == "disk" else "memory"
-        self._weights = _aligned(prog.weights.nbytes)
-        self._weights[:] = prog.weights
-        self._arena = _aligned(max(prog.arena_bytes, 64))
+        self._weights = prog.weights             # 64-byte aligned by lower_graph: no copy
+        self._arena = aligned_zeros(max(prog.arena_bytes, 64))
         # ctypes releases the GIL: concurrent calls from other threads get their own arena.
         self._owner = threading.get_ident()
         self._local = threading.local()
@@ -176,7 +168,7 @@ class LLVMModel(CompiledModel):
         if threading.get_ident() != self._owner:
             arena = getattr(self._local, "arena", None)
             if arena is None:
-                arena = self._local.arena = _aligned(max(self.program.arena_bytes, 64))
+                arena = self._local.arena = aligned_zeros(max(self.program.arena_bytes, 64))
         rc = self._fn(in_ptrs, out_ptrs, self._weights.ctypes.data, arena.ctypes.data)
         if rc != 0:
             raise CompileError(f"native code returned error {rc}")

@@ -39,6 +39,13 @@ class Program:
     memory: MemoryPlan              # the arena plan (peak vs no-reuse bytes: memory.summary())
 
 
+def aligned_zeros(nbytes: int) -> np.ndarray:
+    """A zeroed uint8 array whose data pointer is ALIGN-byte aligned."""
+    raw = np.zeros(nbytes + ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    return raw[off:off + nbytes]
+
+
 def _round(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
@@ -154,9 +161,11 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
     for a in ctx.consts:
         offsets.append(total)
         total = _round(total + a.nbytes)
-    blob = np.zeros(max(total, ALIGN), np.uint8)
+    blob = aligned_zeros(max(total, ALIGN))
     for a, off in zip(ctx.consts, offsets):
-        blob[off:off + a.nbytes] = np.frombuffer(a.tobytes(), np.uint8)
+        blob[off:off + a.nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    # The blob holds them now: packed copies are not kept until the model is freed.
+    ctx.consts.clear()
     # Liveness over kernel positions of arena-resident values and temps.
     live: dict[tuple, Lifetime] = {}
     for pos, (k, _) in enumerate(ctx.kernels):

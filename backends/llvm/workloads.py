@@ -2,24 +2,38 @@
 
 A kernel's workload is its loop IR printed with the kernel called ``K``, its parameters ``p0,
 p1, ...`` and its local buffers ``l0, l1, ...`` (the names lowering gives them carry the node's
-name), together with the target and the code generator's version. Kernels with the same
-workload are generated, optimized and compiled once, under the symbol ``cnk_<hash>``, and
-called from every node that needs them: weights, bias and halos reach a kernel as arguments
+name), together with the target and the code generator's version (a hash of this folder's
+sources). Kernels with the same workload are generated, optimized and compiled once, under the
+symbol ``cnk_<hash>``, and called from every node that needs them: weights, bias and halos reach a kernel as arguments
 (the entry function passes each node's pointers), never as addresses inside its code.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 
 import llvmlite
 
 from ...ir.affine import walk_stmts
 from ...ir.loop import Allocate, Kernel
 from ...ir.loop_printer import format_kernel
+from . import codegen
 
-# Bumped whenever codegen.py / exprs.py change the code generated for the same loop IR: the
-# kernel cache (objects.py) must never hand out code of an older code generator.
-CODEGEN_VERSION = "kernels-1"
+_CODEGEN_DIGEST: list[str] = []
+
+
+def codegen_version() -> str:
+    """A hash of the LLVM backend's sources (this folder): the kernel cache (objects.py) never
+    hands out code of another version of the code generator."""
+    if not _CODEGEN_DIGEST:
+        h = hashlib.sha256()
+        folder = os.path.dirname(os.path.abspath(__file__))
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    h.update(name.encode() + b"\0" + f.read())
+        _CODEGEN_DIGEST.append(h.hexdigest()[:16])
+    return _CODEGEN_DIGEST[0]
 
 
 def canonical_text(kernel: Kernel) -> str:
@@ -42,9 +56,9 @@ def target_signature(info: dict, lanes: int, threads: int, openmp: bool) -> str:
     """What besides the loop IR decides a kernel's machine code."""
     from ... import __version__
 
-    return "\n".join([CODEGEN_VERSION, __version__, llvmlite.__version__, info["cpu"],
+    return "\n".join([codegen_version(), __version__, llvmlite.__version__, info["cpu"],
                       info["features"], info["triple"], info["codegen"], f"lanes={lanes}",
-                      f"threads={threads}", f"openmp={openmp}"])
+                      f"threads={threads}", f"openmp={openmp}", f"llvm_unrolls={codegen.LLVM_UNROLLS}"])
 
 
 def kernel_symbol(kernel: Kernel, signature: str) -> str:

@@ -161,10 +161,13 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
     for a in ctx.consts:
         offsets.append(total)
         total = _round(total + a.nbytes)
+    # Each packed array is dropped as soon as it is copied (the zeroed blob's pages are only
+    # committed when written): peak memory is about one copy of the weights, not two.
     blob = aligned_zeros(max(total, ALIGN))
-    for a, off in zip(ctx.consts, offsets):
-        blob[off:off + a.nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-    # The blob holds them now: packed copies are not kept until the model is freed.
+    for i, off in enumerate(offsets):
+        a = np.ascontiguousarray(ctx.consts[i])
+        blob[off:off + a.nbytes] = a.reshape(-1).view(np.uint8)
+        ctx.consts[i] = a = None
     ctx.consts.clear()
     # Liveness over kernel positions of arena-resident values and temps.
     live: dict[tuple, Lifetime] = {}

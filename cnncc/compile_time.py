@@ -4,8 +4,9 @@
 prints it with ``format_stages``. Stages: import (ONNX/DSL -> graph), cache_lookup (hashing
 the model, loading a cached library), passes, lowering (loop IR, weight packing, the entry
 function), kernels (wall time of building the unique kernels; ir_emission and llvm are their
-parts in CPU seconds summed over the worker processes), link (loading objects into the JIT) and cache_store
-(writing the model's library). ``bench_compile`` times compiles in fresh processes.
+parts in CPU seconds summed over the worker processes), link (loading objects into the JIT)
+and cache_store (writing the model's library). ``bench_compile`` times compiles in fresh
+processes.
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ A kernel's workload is its loop IR printed with the kernel called ``K``, its par
 p1, ...`` and its local buffers ``l0, l1, ...`` (the names lowering gives them carry the node's
 name), together with the target and the code generator's version (a hash of this folder's
 sources). Kernels with the same workload are generated, optimized and compiled once, under the
-symbol ``cnk_<hash>``, and called from every node that needs them: weights, bias and halos reach a kernel as arguments
-(the entry function passes each node's pointers), never as addresses inside its code.
+symbol ``cnk_<hash>``, and called from every node that needs them: weights, bias and halos
+reach a kernel as arguments (the entry function passes each node's pointers), never as
+addresses inside its code.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def target_signature(info: dict, lanes: int, threads: int, openmp: bool) -> str:
 
     return "\n".join([codegen_version(), __version__, llvmlite.__version__, info["cpu"],
                       info["features"], info["triple"], info["codegen"], f"lanes={lanes}",
-                      f"threads={threads}", f"openmp={openmp}", f"llvm_unrolls={codegen.LLVM_UNROLLS}"])
+                      f"threads={threads}", f"openmp={openmp}",
+                      f"llvm_unrolls={codegen.LLVM_UNROLLS}"])
 
 
 def kernel_symbol(kernel: Kernel, signature: str) -> str:

@@ -87,6 +87,8 @@ class FunctionEmitter(ExprEmitter):
         self.scalar_lane = False
         self.lane_copy = False         # emitting a lane other than a vector's first, one by one
         self._lin_cache: dict = {}     # (id(buf), id(indices)) -> linear index (kept alive)
+        self._names: dict = {}         # id(expr) -> (expr, the variables it reads)
+        self._coefs: dict = {}         # (id(index), vector variable) -> (index, coefficient)
 
     # ---- statements ----------------------------------------------------------------------------
     def emit(self, s: Stmt) -> None:

@@ -74,11 +74,20 @@ class ExprEmitter:
             g = ir.Function(self.module, ir.FunctionType(ret, args), name=name)
         return g
 
+    def var_names(self, e: Expr) -> frozenset:
+        """The variables ``e`` reads (remembered: index expressions are asked about once per
+        unrolled copy of their loop body)."""
+        hit = self._names.get(id(e))
+        if hit is None or hit[0] is not e:
+            hit = self._names[id(e)] = (e, frozenset(x.name for x in walk_exprs(e)
+                                                     if isinstance(x, Var)))
+        return hit[1]
+
     def lane_dep(self, e: Expr) -> bool:
         if self.vvar is None:
             return False
-        return any(isinstance(x, Var) and (x.name == self.vvar or x.name in self.vec_lets)
-                   for x in walk_exprs(e))
+        names = self.var_names(e)
+        return self.vvar in names or not names.isdisjoint(self.vec_lets)
 
     def ev_scalar(self, e: Expr) -> ir.Value:
         v, vec = self.ev(e)
@@ -97,8 +106,8 @@ class ExprEmitter:
         ety = lltype(buf.dtype)
         if not self.lane_dep(lin):
             return "scalar", self.b.gep(ptr, [self.ev_scalar(lin)], source_etype=ety), ety
-        coef = None if any(isinstance(x, Var) and x.name in self.vec_lets
-                           for x in walk_exprs(lin)) else coefficient(lin, self.vvar)
+        coef = None if not self.var_names(lin).isdisjoint(self.vec_lets) else \
+            self._coefficient(lin)
         if coef == 1:
             self.scalar_lane = True
             try:
@@ -110,6 +119,13 @@ class ExprEmitter:
         ptrs = [self.b.gep(ptr, [self.b.extract_element(idx, ir.Constant(I32, k))],
                            source_etype=ety) for k in range(self.lanes)]
         return "lanes", ptrs, ety
+
+    def _coefficient(self, lin: Expr):
+        key = (id(lin), self.vvar)
+        hit = self._coefs.get(key)
+        if hit is None or hit[0] is not lin:
+            hit = self._coefs[key] = (lin, coefficient(lin, self.vvar))
+        return hit[1]
 
     def load(self, e: Load):
         kind, p, ety = self.address(e.buf, e.indices)

@@ -88,6 +88,7 @@ class FunctionEmitter(ExprEmitter):
         self.lane_copy = False         # emitting a lane other than a vector's first, one by one
         self._lin_cache: dict = {}     # (id(buf), id(indices)) -> linear index (kept alive)
         self._names: dict = {}         # id(expr) -> (expr, the variables it reads)
+        self._lin_text: dict = {}      # (shape, index texts) -> linear index
         self._coefs: dict = {}         # (id(index), vector variable) -> (index, coefficient)
 
     # ---- statements ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import llvmlite.ir as ir
 from ...ir import CompileError, DType
 from ...ir.affine import coefficient, simplify, walk_exprs
 from ...ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
+from ...ir.loop_printer import format_expr
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -100,7 +101,12 @@ class ExprEmitter:
         key = (id(buf), id(indices))
         hit = self._lin_cache.get(key)
         if hit is None:
-            hit = self._lin_cache[key] = (linear_index(buf, indices), buf, indices)
+            # Unrolled loop IR repeats the same index text many times: simplified once.
+            text = (buf.shape, tuple(format_expr(i) for i in indices))
+            lin = self._lin_text.get(text)
+            if lin is None:
+                lin = self._lin_text[text] = linear_index(buf, indices)
+            hit = self._lin_cache[key] = (lin, buf, indices)
         lin = hit[0]
         ptr = self.bufs[buf.name]
         ety = lltype(buf.dtype)

@@ -14,6 +14,7 @@ from ...ir import CompileError
 from ...ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
 from ...ir.loop import Allocate, For, If, Kernel, Let, Load, Prefetch, Seq, Stmt, Store, Var
 from .exprs import I32, I64, PTR, ExprEmitter, lltype
+from .indexing import IndexCache
 
 # Unrolled loops whose variable indexes no scratch buffer are emitted as loops with
 # llvm.loop.unroll.full (False: every unrolled loop is unrolled here, as before; for A/B runs).
@@ -86,10 +87,7 @@ class FunctionEmitter(ExprEmitter):
         self.vec_lets: set = set()
         self.scalar_lane = False
         self.lane_copy = False         # emitting a lane other than a vector's first, one by one
-        self._lin_cache: dict = {}     # (id(buf), id(indices)) -> linear index (kept alive)
-        self._names: dict = {}         # id(expr) -> (expr, the variables it reads)
-        self._lin_text: dict = {}      # (shape, index texts) -> linear index
-        self._coefs: dict = {}         # (id(index), vector variable) -> (index, coefficient)
+        self.index = IndexCache()
 
     # ---- statements ----------------------------------------------------------------------------
     def emit(self, s: Stmt) -> None:

@@ -8,9 +8,8 @@ import math
 import llvmlite.ir as ir
 
 from ...ir import CompileError, DType
-from ...ir.affine import coefficient, simplify, walk_exprs
 from ...ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
-from ...ir.loop_printer import format_expr
+from .indexing import IndexCache
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -28,16 +27,6 @@ def lltype(dtype: DType, value: bool = False) -> ir.Type:
     return _LL[dtype]
 
 
-def linear_index(buf, indices) -> Expr:
-    """Row-major linear offset of ``buf[indices]``."""
-    lin: Expr = Const(0)
-    stride = 1
-    for idx, dim in reversed(list(zip(indices, buf.shape))):
-        lin = idx * stride + lin if stride != 1 else idx + lin
-        stride *= dim
-    return simplify(lin)
-
-
 _CMP_F = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 
@@ -51,6 +40,7 @@ class ExprEmitter:
     vvar: str | None
     lanes: int
     vec_lets: set
+    index: IndexCache
 
     # ---- helpers -------------------------------------------------------------------------------
     def splat(self, v: ir.Value) -> ir.Value:
@@ -75,19 +65,10 @@ class ExprEmitter:
             g = ir.Function(self.module, ir.FunctionType(ret, args), name=name)
         return g
 
-    def var_names(self, e: Expr) -> frozenset:
-        """The variables ``e`` reads (remembered: index expressions are asked about once per
-        unrolled copy of their loop body)."""
-        hit = self._names.get(id(e))
-        if hit is None or hit[0] is not e:
-            hit = self._names[id(e)] = (e, frozenset(x.name for x in walk_exprs(e)
-                                                     if isinstance(x, Var)))
-        return hit[1]
-
     def lane_dep(self, e: Expr) -> bool:
         if self.vvar is None:
             return False
-        names = self.var_names(e)
+        names = self.index.var_names(e)
         return self.vvar in names or not names.isdisjoint(self.vec_lets)
 
     def ev_scalar(self, e: Expr) -> ir.Value:
@@ -98,22 +79,13 @@ class ExprEmitter:
 
     # ---- memory --------------------------------------------------------------------------------
     def address(self, buf, indices):
-        key = (id(buf), id(indices))
-        hit = self._lin_cache.get(key)
-        if hit is None:
-            # Unrolled loop IR repeats the same index text many times: simplified once.
-            text = (buf.shape, tuple(format_expr(i) for i in indices))
-            lin = self._lin_text.get(text)
-            if lin is None:
-                lin = self._lin_text[text] = linear_index(buf, indices)
-            hit = self._lin_cache[key] = (lin, buf, indices)
-        lin = hit[0]
+        lin = self.index.offset(buf, indices)
         ptr = self.bufs[buf.name]
         ety = lltype(buf.dtype)
         if not self.lane_dep(lin):
             return "scalar", self.b.gep(ptr, [self.ev_scalar(lin)], source_etype=ety), ety
-        coef = None if not self.var_names(lin).isdisjoint(self.vec_lets) else \
-            self._coefficient(lin)
+        coef = None if not self.index.var_names(lin).isdisjoint(self.vec_lets) else \
+            self.index.coefficient(lin, self.vvar)
         if coef == 1:
             self.scalar_lane = True
             try:
@@ -125,13 +97,6 @@ class ExprEmitter:
         ptrs = [self.b.gep(ptr, [self.b.extract_element(idx, ir.Constant(I32, k))],
                            source_etype=ety) for k in range(self.lanes)]
         return "lanes", ptrs, ety
-
-    def _coefficient(self, lin: Expr):
-        key = (id(lin), self.vvar)
-        hit = self._coefs.get(key)
-        if hit is None or hit[0] is not lin:
-            hit = self._coefs[key] = (lin, coefficient(lin, self.vvar))
-        return hit[1]
 
     def load(self, e: Load):
         kind, p, ety = self.address(e.buf, e.indices)

@@ -21,7 +21,7 @@ class ReferenceModel(CompiledModel):
 
 def build(graph: Graph, options: dict) -> ReferenceModel:
     # threads and opt_level mean nothing to the interpreter but are accepted for every target.
-    known = ("opt_level", "threads", "keep_ir")
+    known = ("opt_level", "threads", "export_objects")
     unknown = set(options) - set(known)
     if unknown:
         raise CompileError(f"unknown option(s) for target reference: {sorted(unknown)} (known: "

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .driver import host_target
+from .compile_time import format_stages
 from .ir import Graph
 from .passes.plan_memory import format_summary
 from .bandwidth import Bandwidth, bandwidth, measure_bandwidth  # noqa: F401 (bandwidth: API)
@@ -55,6 +56,7 @@ class BenchReport:
     openmp_wait: str = ""                  # how idle OpenMP workers wait (the libgomp env)
     machine: str = ""                      # the Target compiled for (Target.describe())
     tuned: str = ""                        # which kernels the tuning log serves (cnncc tune)
+    compile_stages: dict = field(default_factory=dict)   # of the fused model (compile_time.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -174,7 +176,8 @@ def benchmark(graph: Graph, onnx_model: Any | None, target: str = "llvm", thread
                          peak_gflops=peak_gflops,
                          openmp_wait=openmp_wait_policy() if threads > 1 else "",
                          machine=machine_line(threads) if target == "llvm" else "",
-                         tuned=tuned_line(graph, host_target(threads)) if target == "llvm" else "")
+                         tuned=tuned_line(graph, host_target(threads)) if target == "llvm" else "",
+                         compile_stages=getattr(models["fused"], "compile_stages", {}))
     for name in ("unfused", "fused"):
         memory = models[name].memory_report()
         if memory is not None:
@@ -221,6 +224,8 @@ def format_report(r: BenchReport) -> str:
         lines.append(f"{v.name:<34} {v.median_ms:>10.3f} {v.p90_ms:>10.3f} {v.compile_s:>10.2f}")
     for k, s in r.speedups.items():
         lines.append(f"speedup {k}: {s:.2f}x")
+    if r.compile_stages:
+        lines.append("fused " + format_stages(r.compile_stages))
     for name, memory in r.memory.items():
         lines.append(f"{name} {format_summary(memory)}")
     if r.peak_gflops:

@@ -6,6 +6,7 @@ library compiled the first time: no passes, no lowering, no LLVM. Entries live i
     $CNNCC_CACHE_DIR, else $XDG_CACHE_HOME/cnncc, else ~/.cache/cnncc   (CNNCC_CACHE=0: off)
         lib/<key>/cnncc_model.so, cnncc_model.json    whole models (this module)
         obj/<key>.o                                   JIT object code (llvm/jit.py)
+        kernels/<symbol>.<kind>.o                     one kernel's code (llvm/objects.py)
 
 The key hashes the graph (structure, types and every parameter's bytes), the options (target,
 opt_level, threads, skip_passes, ...), the CPU/target machine, the cnncc version and the content
@@ -176,9 +177,8 @@ def store(key: str, model: Any) -> str | None:
     try:
         os.makedirs(os.path.dirname(entry), exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(entry))
-        export_library(model.generated, tmp, ENTRY_NAME,
-                       optimized_ir=getattr(model, "optimized_ir", None),
-                       extra={"cache_key": key}, batch_refusal=model.batch_refusal)
+        export_library(model.generated, tmp, ENTRY_NAME, extra={"cache_key": key},
+                       batch_refusal=model.batch_refusal)
         try:
             os.rename(tmp, entry)
             tmp = None
@@ -208,14 +208,16 @@ def _size(path: str) -> int:
     return total
 
 
-def evict(root: str, keep: str | None = None, limit: int | None = None) -> list[str]:
-    """Remove the least recently used entries until the cache is under ``limit`` bytes (default
-    max_bytes()), and temporary folders of interrupted stores; returns what was removed."""
+def evict(root: str, keep: str | None = None, limit: int | None = None,
+          folders: tuple[str, ...] = ("lib", "obj")) -> list[str]:
+    """Remove the least recently used entries of ``folders`` until they hold under ``limit``
+    bytes (default max_bytes()), and temporary files of interrupted stores; returns what was
+    removed. (The kernel objects, ``kernels/``, have their own cap: llvm/objects.py.)"""
     limit = max_bytes() if limit is None else limit
     now = time.time()
     items = []
     removed = []
-    for sub in ("lib", "obj"):
+    for sub in folders:
         folder = os.path.join(root, sub)
         try:
             names = os.listdir(folder)

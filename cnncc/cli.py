@@ -11,6 +11,7 @@
     cnncc bench --peak [--threads N] [--json]   the measured FMA peak and bandwidths alone
     cnncc bench [MODEL] --batch 1,8,32 [--threads N] [--rounds R]   images/s vs onnxruntime
     cnncc infer MODEL --input DIR_OR_GLOB --output OUT.parquet [--ray [ADDRESS]] [--batch N]
+    cnncc bench --compile [MODEL...] [--json]   cold / warm compile times in new processes
     cnncc verify [MODEL] [--opt N] [--target T]  pass-by-pass agreement with the reference
     cnncc show [MODEL] [--opt N] [-o graph.svg]  the graph before/after the passes
 
@@ -30,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .infer import add_arguments as add_infer_arguments, run_infer
+from .compile_time import format_stages
 
 DEFAULT_MODEL = "zoo:mobilenet_v2"
 
@@ -130,6 +132,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outs = outs if isinstance(outs, tuple) else (outs,)
     how = "loaded" if getattr(model, "cache_status", "") == "library" else "compiled for"
     print(f"{how} {model.target} in {t1 - t0:.2f} s; ran in {(t2 - t1) * 1e3:.1f} ms")
+    if getattr(model, "compile_stages", None):
+        print(format_stages(model.compile_stages))
     for name, value in zip(model.output_names, outs):
         print(f"output {name}: {value.dtype}{list(value.shape)}  min {value.min():.4g} "
               f"max {value.max():.4g} mean {value.mean():.4g}")
@@ -172,9 +176,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if args.output is None:
         raise CompileError("-o DIR is required (where the library is written)")
     t0 = time.perf_counter()
+    stages: dict = {}
     paths = export(source, args.output, name=name, threads=args.threads, opt_level=args.opt,
-                   emit=args.emit or ())
+                   emit=args.emit or (), report=stages)
     print(f"compiled {args.model} in {time.perf_counter() - t0:.2f} s")
+    print(format_stages(stages))
     with open(paths["metadata"]) as f:
         print(format_summary(json.load(f)["memory"]))
     for path in paths.values():
@@ -254,11 +260,21 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
     from . import load_graph
     from .bench import benchmark, format_report, plot_report, require_matplotlib
+    from .compile_time import bench_compile, format_bench
     from .ir import CompileError
     from .roofline_plot import check_path, plot_report_roofline, require_pyplot
 
+    if args.compile:
+        rows = bench_compile(args.model or [DEFAULT_MODEL])
+        print(json.dumps(rows, indent=2) if args.json else format_bench(rows))
+        return 0
+    if len(args.model) > 1:
+        raise CompileError("several models are only benchmarked with --compile")
+    args.model = args.model[0] if args.model else DEFAULT_MODEL
     if args.peak:
         return _print_peak(args)
     if args.suite:
@@ -382,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.set_defaults(func=_cmd_compile)
 
     bench = sub.add_parser("bench", help="latency of unfused vs fused vs onnxruntime")
-    bench.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    bench.add_argument("model", nargs="*", help="one model (several with --compile)")
+    bench.add_argument("--compile", action="store_true",
+                       help="time cold and warm compiles of each MODEL in new processes")
     bench.add_argument("--threads", type=int, default=1)
     bench.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds")
     bench.add_argument("--target", choices=sorted(BACKENDS), default=None)

@@ -23,17 +23,17 @@ def load_graph(source: Any, input_shapes: dict[str, Any] | None = None) -> Graph
     ``source``: a path to an .onnx file, its bytes, an onnx.ModelProto, a Graph, or a cnncc.dsl
     net. ``input_shapes`` fixes symbolic input dims of ONNX models ({input name: shape}).
     """
-    import onnx
-
     if isinstance(source, Graph):
         return source.verify()
+    to_graph = getattr(source, "to_graph", None)
+    if callable(to_graph):
+        return to_graph().verify()
+    import onnx     # only for ONNX sources: importing it costs about half a second
+
     if isinstance(source, (str, os.PathLike, bytes, onnx.ModelProto)):
         from .frontend.onnx import import_model
         src = os.fspath(source) if isinstance(source, os.PathLike) else source
         return import_model(src, input_shapes=input_shapes)
-    to_graph = getattr(source, "to_graph", None)
-    if callable(to_graph):
-        return to_graph().verify()
     raise CompileError(f"cannot compile a {type(source).__name__}: expected an ONNX path or "
                        "bytes, an onnx.ModelProto, a cnncc Graph or a cnncc.dsl net")
 
@@ -83,7 +83,9 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     use_cache = bool(options.pop("cache", True))
     skip = frozenset(options.pop("skip_passes", ()))
     lowrank_tol = options.pop("dw_lowrank_tol", None)
+    start = time.perf_counter()
     graph = load_graph(source, input_shapes)
+    stages = {"import": time.perf_counter() - start}
     # The one Target of this compile (None for targets that are not CPUs): passes, lowering
     # and the backend read it; nothing below asks the machine again.
     machine = BACKENDS[target].machine(threads)
@@ -94,32 +96,45 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
             options["schedules"] = tuning_log.schedules(machine)
 
     def build(**extra: Any) -> CompiledModel:
+        t0 = time.perf_counter()
         optimized = _optimize(graph, target, opt_level, skip, lowrank_tol, machine)
-        return BACKENDS[target].build(optimized, dict(options, **extra))
+        report = dict(stages, passes=time.perf_counter() - t0)
+        built = BACKENDS[target].build(optimized, dict(options, **extra))
+        report.update(getattr(built, "compile_report", dict)())
+        built.compile_stages = report     # seconds per stage (cnncc/compile_time.py)
+        return built
 
     key = None
     if use_cache and target == "llvm" and cache.cache_root() is not None:
+        t0 = time.perf_counter()
         key = cache.model_key(graph, target, dict(options, skip_passes=sorted(skip),
                                                   dw_lowrank_tol=lowrank_tol))
         hit = cache.lookup(key, graph, rebuild=build)
+        stages["cache_lookup"] = time.perf_counter() - t0
         if hit is not None:
+            hit.compile_stages = stages
             return hit              # its json carries batch_refusal, stored with it below
     start = time.perf_counter()
-    # keep_ir: the optimized IR is kept for the library stored below (no second O3 run).
-    model = build(keep_ir=True) if key is not None else build()
+    # export_objects: the kernels' position-independent objects, which the library stored
+    # below links, are built with their JIT objects (one O3 run per kernel).
+    model = build(export_objects=True) if key is not None else build()
     model.batch_refusal = batch_refusal(graph)
     if key is not None and time.perf_counter() - start >= cache.min_seconds():
+        t0 = time.perf_counter()
         cache.store(key, model)
+        model.compile_stages["cache_store"] = time.perf_counter() - t0
     return model
 
 
 def export(source: Any, out_dir: str | os.PathLike, name: str | None = None,
            threads: int | None = None, opt_level: int = 3, emit: Any = (),
-           input_shapes: dict[str, Any] | None = None, **options: Any) -> dict[str, str]:
+           input_shapes: dict[str, Any] | None = None, report: dict | None = None,
+           **options: Any) -> dict[str, str]:
     """Compile ``source`` ahead of time into ``out_dir``/NAME.so, NAME.h and NAME.json (plus
     NAME.ll / NAME.s for ``emit`` "llvm" / "asm"); returns {"library", "header", "metadata",
     ...: path}. NAME defaults to the model file's stem or the net's name, made a C identifier;
     a NAME given must be one. ``threads`` defaults to 1 (the library then needs only libc).
+    ``report``: a dict that receives the seconds per compile stage (cnncc/compile_time.py).
     """
     from .backends.llvm.aot import c_identifier, check_name, export_library
     from .backends.llvm.model import generate
@@ -134,10 +149,15 @@ def export(source: Any, out_dir: str | os.PathLike, name: str | None = None,
     if options:
         raise CompileError(f"unknown export option(s) {sorted(options)}")
     machine = host_target(threads or 1)
+    report = {} if report is None else report
+    t0 = time.perf_counter()
     source_graph = load_graph(source, input_shapes)
+    t1 = time.perf_counter()
     graph = _optimize(source_graph, "llvm", opt_level, skip, lowrank_tol, machine)
+    t2 = time.perf_counter()
     gen = generate(graph, machine, opt_level, tuning_log.schedules(machine))
-    return export_library(gen, os.fspath(out_dir), name, emit,
+    report.update({"import": t1 - t0, "passes": t2 - t1, "lowering": gen.lower_seconds})
+    return export_library(gen, os.fspath(out_dir), name, emit, report=report,
                           batch_refusal=batch_refusal(source_graph))
 
 

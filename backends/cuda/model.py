@@ -180,7 +180,7 @@ def _require_gpu() -> None:
 
 
 def build(graph: Graph, options: dict, emulate: bool) -> CudaModel:
-    known = ("opt_level", "threads", "keep_ir")
+    known = ("opt_level", "threads", "export_objects")
     unknown = set(options) - set(known)
     if unknown:
         raise CompileError(f"unknown option(s) for target cuda: {sorted(unknown)} (known: "

@@ -29,10 +29,12 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 
 from ...ir import CompileError
 from . import jit
 from .batch_entry import arena_stride
+from .objects import build_objects
 
 FORMAT = "cnncc-library-1"
 _C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float
@@ -68,14 +70,15 @@ def sha256_file(path: str) -> str:
 
 
 def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
-                   optimized_ir: str | None = None, extra: dict | None = None,
+                   extra: dict | None = None, report: dict | None = None,
                    batch_refusal: str | None = "unknown") -> dict:
     """Write ``out_dir``/``name``.so/.h/.json (and .ll / .s for ``emit`` "llvm" / "asm") of the
     generated program ``gen`` (model.Generated); returns {kind: path}.
 
-    ``optimized_ir``: the O3-optimized IR of ``gen`` when already at hand (skips O3);
-    ``extra``: more fields for the json (the cache stores its key there); ``batch_refusal``:
-    why NAME_run_batch refuses other batch sizes (None: it runs them; cnncc.ir.batch)."""
+    The library links the entry function and one position-independent object per unique
+    kernel (from the kernel cache, or compiled in parallel: objects.py); ``extra``: more fields
+    for the json (the cache stores its key there); ``batch_refusal``: why NAME_run_batch
+    refuses other batch sizes (None: it runs them; cnncc.ir.batch)."""
     check_name(name)
     bad = [e for e in emit if e not in ("llvm", "asm")]
     if bad:
@@ -88,13 +91,17 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, name)
     paths = {"library": base + ".so", "header": base + ".h", "metadata": base + ".json"}
-    ir_text = optimized_ir or jit.optimized_ir(gen.ir_text)
     prog = gen.program
     arena = max(prog.arena_bytes, 64)
+    code, stats = build_objects(gen.unique, ("pic",), gen.lanes, gen.threads, gen.openmp)
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cnncc-aot-") as tmp:
-        obj = os.path.join(tmp, "kernels.o")
-        with open(obj, "wb") as f:
-            f.write(jit.emit_object(ir_text, 0))
+        objs = []
+        for i, data in enumerate([jit.emit_object(gen.entry_text)] +
+                                 [c["pic"] for c in code.values()]):
+            objs.append(os.path.join(tmp, f"part{i}.o"))
+            with open(objs[-1], "wb") as f:
+                f.write(data)
         blob = os.path.join(tmp, "weights.bin")
         prog.weights.tofile(blob)
         wrapper = os.path.join(tmp, "wrapper.c")
@@ -103,7 +110,7 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
                                batch_refusal is None))
         # Written beside the target, then renamed: a reader never sees half a library.
         tmp_lib = os.path.join(tmp, "lib.so")
-        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", tmp_lib, wrapper, obj,
+        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", tmp_lib, wrapper, *objs,
                "-Wl,--as-needed", "-lm"]
         if gen.threads > 1:
             cmd.append("-lgomp")
@@ -113,6 +120,8 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
         digest = sha256_file(tmp_lib)
         shutil.move(tmp_lib, paths["library"] + ".tmp")
         os.replace(paths["library"] + ".tmp", paths["library"])
+    if report is not None:
+        report.update(stats.report(len(gen.symbols)), link=time.perf_counter() - t0)
     _write(paths["header"], _header(name, gen, arena, batch_refusal))
     meta = {"format": FORMAT, "name": name, "library": name + ".so",
             "library_sha256": digest, "header": name + ".h",
@@ -124,6 +133,7 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
             "target": jit.target_info(),
             "cnncc_version": _version(), **(extra or {})}
     _write(paths["metadata"], json.dumps(meta, indent=2) + "\n")
+    ir_text = jit.optimized_ir(gen.ir_text) if emit else ""
     if "llvm" in emit:
         paths["llvm"] = base + ".ll"
         _write(paths["llvm"], ir_text)

@@ -14,6 +14,11 @@ from ...ir import CompileError
 from ...ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
 from ...ir.loop import Allocate, For, If, Kernel, Let, Load, Prefetch, Seq, Stmt, Store, Var
 from .exprs import I32, I64, PTR, ExprEmitter, lltype
+from .indexing import IndexCache
+
+# Unrolled loops whose variable indexes no scratch buffer are emitted as loops with
+# llvm.loop.unroll.full (False: every unrolled loop is unrolled here, as before; for A/B runs).
+LLVM_UNROLLS = True
 
 
 class ModuleBuilder:
@@ -26,6 +31,8 @@ class ModuleBuilder:
         self.openmp = openmp and threads > 1
         self.kernels: dict[str, ir.Function] = {}
         self._outlined = 0
+        self._unroll_md = None
+        self._loops = 0
 
     def add_kernel(self, kernel: Kernel) -> ir.Function:
         if kernel.name in self.kernels:
@@ -42,6 +49,17 @@ class ModuleBuilder:
         em.b.ret_void()
         self.kernels[kernel.name] = fn
         return fn
+
+    def unroll_full(self) -> ir.MDValue:
+        """A new loop ID (self-referential, as LLVM requires) asking for a full unroll."""
+        if self._unroll_md is None:
+            self._unroll_md = self.module.add_metadata(
+                [ir.MetaDataString(self.module, "llvm.loop.unroll.full")])
+        self._loops += 1
+        md = self.module.add_metadata([ir.MetaDataString(self.module,
+                                                         f"cnncc.loop{self._loops}")])
+        md.operands = (md, self._unroll_md)
+        return md
 
     def outlined_name(self, base: str) -> str:
         self._outlined += 1
@@ -69,7 +87,7 @@ class FunctionEmitter(ExprEmitter):
         self.vec_lets: set = set()
         self.scalar_lane = False
         self.lane_copy = False         # emitting a lane other than a vector's first, one by one
-        self._lin_cache: dict = {}     # (id(buf), id(indices)) -> linear index (kept alive)
+        self.index = IndexCache()
 
     # ---- statements ----------------------------------------------------------------------------
     def emit(self, s: Stmt) -> None:
@@ -139,7 +157,12 @@ class FunctionEmitter(ExprEmitter):
         if s.kind in ("unrolled", "vectorized") and n is None:
             raise CompileError(f"internal error: {s.kind} loop '{s.var.name}' needs a constant "
                                "extent")
-        if s.kind == "unrolled":
+        if s.kind == "unrolled" and LLVM_UNROLLS and self.vvar is None and self._llvm_unrolls(s):
+            # A loop LLVM unrolls (same code after O3, a fraction of the IR to build and parse).
+            start = self.ev_scalar(s.start)
+            self.serial_loop(s.var.name, start, self.b.add(start, ir.Constant(I64, n)),
+                             lambda: self.emit(s.body), unroll=True)
+        elif s.kind == "unrolled":
             start = self.ev_scalar(s.start)
             for k in range(n):
                 self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
@@ -156,7 +179,31 @@ class FunctionEmitter(ExprEmitter):
         else:
             raise CompileError(f"loop kind {s.kind} is not supported on target llvm")
 
-    def serial_loop(self, name: str, lo: ir.Value, hi: ir.Value, body) -> None:
+    def _llvm_unrolls(self, s: For) -> bool:
+        """Whether unrolled loop ``s`` may be left to LLVM's full unroll: its variable must not
+        index a scratch buffer (register tiles stay promotable to registers before the unroll
+        pass runs) and its body must allocate nothing."""
+        if const_value(s.extent) < 2:
+            return False
+        dep = {s.var.name}
+        for st in walk_stmts(s.body):
+            if isinstance(st, Let) and _uses(st.value, dep):
+                dep.add(st.var.name)
+        for st in walk_stmts(s.body):
+            if isinstance(st, Allocate) or (
+                    isinstance(st, (Store, Prefetch)) and not self._global(st.buf)
+                    and any(_uses(i, dep) for i in st.indices)):
+                return False
+        return not any(isinstance(x, Load) and not self._global(x.buf)
+                       and any(_uses(i, dep) for i in x.indices)
+                       for _, e in stmt_exprs(s.body) for x in walk_exprs(e))
+
+    def _global(self, buf) -> bool:
+        p = self.bufs.get(buf.name)
+        return isinstance(p, ir.Argument) or getattr(p, "_cnncc_shared", False)
+
+    def serial_loop(self, name: str, lo: ir.Value, hi: ir.Value, body,
+                    unroll: bool = False) -> None:
         pre = self.b.block
         header = self.fn.append_basic_block(f"{name}.head")
         blk = self.fn.append_basic_block(f"{name}.body")
@@ -171,7 +218,9 @@ class FunctionEmitter(ExprEmitter):
         body()
         nxt = self.b.add(phi, ir.Constant(I64, 1))
         phi.add_incoming(nxt, self.b.block)
-        self.b.branch(header)
+        latch = self.b.branch(header)
+        if unroll:
+            latch.set_metadata("llvm.loop", self.mb.unroll_full())
         self.b.position_at_end(done)
         self.env.pop(name, None)
 

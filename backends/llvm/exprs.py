@@ -8,8 +8,8 @@ import math
 import llvmlite.ir as ir
 
 from ...ir import CompileError, DType
-from ...ir.affine import coefficient, simplify, walk_exprs
 from ...ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
+from .indexing import IndexCache
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -27,16 +27,6 @@ def lltype(dtype: DType, value: bool = False) -> ir.Type:
     return _LL[dtype]
 
 
-def linear_index(buf, indices) -> Expr:
-    """Row-major linear offset of ``buf[indices]``."""
-    lin: Expr = Const(0)
-    stride = 1
-    for idx, dim in reversed(list(zip(indices, buf.shape))):
-        lin = idx * stride + lin if stride != 1 else idx + lin
-        stride *= dim
-    return simplify(lin)
-
-
 _CMP_F = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 
@@ -50,6 +40,7 @@ class ExprEmitter:
     vvar: str | None
     lanes: int
     vec_lets: set
+    index: IndexCache
 
     # ---- helpers -------------------------------------------------------------------------------
     def splat(self, v: ir.Value) -> ir.Value:
@@ -77,8 +68,8 @@ class ExprEmitter:
     def lane_dep(self, e: Expr) -> bool:
         if self.vvar is None:
             return False
-        return any(isinstance(x, Var) and (x.name == self.vvar or x.name in self.vec_lets)
-                   for x in walk_exprs(e))
+        names = self.index.var_names(e)
+        return self.vvar in names or not names.isdisjoint(self.vec_lets)
 
     def ev_scalar(self, e: Expr) -> ir.Value:
         v, vec = self.ev(e)
@@ -88,17 +79,13 @@ class ExprEmitter:
 
     # ---- memory --------------------------------------------------------------------------------
     def address(self, buf, indices):
-        key = (id(buf), id(indices))
-        hit = self._lin_cache.get(key)
-        if hit is None:
-            hit = self._lin_cache[key] = (linear_index(buf, indices), buf, indices)
-        lin = hit[0]
+        lin = self.index.offset(buf, indices)
         ptr = self.bufs[buf.name]
         ety = lltype(buf.dtype)
         if not self.lane_dep(lin):
             return "scalar", self.b.gep(ptr, [self.ev_scalar(lin)], source_etype=ety), ety
-        coef = None if any(isinstance(x, Var) and x.name in self.vec_lets
-                           for x in walk_exprs(lin)) else coefficient(lin, self.vvar)
+        coef = None if not self.index.var_names(lin).isdisjoint(self.vec_lets) else \
+            self.index.coefficient(lin, self.vvar)
         if coef == 1:
             self.scalar_lane = True
             try:

@@ -243,6 +243,75 @@ def load_code(text: str, key: str, keep_ir: bool = False) -> tuple[str, str | No
     return ("disk" if hit else "compiled"), optimized
 
 
+def _parse(text: str, tm):
+    """``text`` parsed and verified for target machine ``tm``."""
+    try:
+        mod = llvm.parse_assembly(text)
+        mod.verify()
+    except RuntimeError as e:
+        raise CompileError(f"internal error: generated LLVM IR is invalid: {e}") from None
+    mod.triple = _init()["triple"]
+    mod.data_layout = str(tm.target_data)
+    return mod
+
+
+def _pic_machine():
+    """The position-independent target machine of shared libraries (same CPU and features)."""
+    st = _init()
+    if "pic_tm" not in st:
+        target = llvm.Target.from_default_triple()
+        st["pic_tm"] = target.create_target_machine(cpu=st["cpu"], features=st["features"],
+                                                    opt=3, reloc="pic", codemodel="default")
+    return st["pic_tm"]
+
+
+def object_code(text: str, kinds: tuple = ("jit",)) -> dict:
+    """``text`` optimized at O3 once and compiled to object code of each kind: "jit" (for
+    ``load_objects``) and "pic" (position independent, every defined function hidden: for
+    linking into a shared library). Runs in compile worker processes too (objects.py)."""
+    st = _init()
+    mod = _parse(text, st["tm"])
+    optimize(mod, 3)
+    code = {}
+    for kind in kinds:
+        # Code generation changes the module: every kind but the last gets a copy.
+        m = mod.clone() if kind != kinds[-1] else mod
+        if kind == "pic":
+            tm = _pic_machine()
+            m.data_layout = str(tm.target_data)
+            for fn in m.functions:
+                if not fn.is_declaration and fn.linkage.name not in ("internal", "private"):
+                    fn.visibility = "hidden"
+        elif kind == "jit":
+            tm = st["tm"]
+        else:
+            raise CompileError(f"internal error: unknown object kind {kind!r}")
+        code[kind] = tm.emit_object(m)
+    return code
+
+
+def loaded(names) -> set:
+    """Those of ``names`` (object names given to ``load_objects``) already in the JIT."""
+    st = _init()
+    with _LOCK:
+        return set(names) & st["loaded"]
+
+
+def load_objects(objects: dict) -> None:
+    """Add object code of kind "jit" ({name: code}; names already loaded are skipped) to the
+    JIT and resolve it: its functions are callable by name, and from code loaded later."""
+    st = _init()
+    with _LOCK:
+        for name, code in objects.items():
+            if name in st["loaded"]:
+                continue
+            obj = llvm.ObjectFileRef.from_data(code)
+            st["engine"].add_object_file(obj)
+            st["modules"].append(obj)
+            st["loaded"].add(name)
+        st["engine"].finalize_object()
+
+
 def _cpu_for(features: str) -> str:
     """A CPU name consistent with the feature list (features are passed explicitly as well)."""
     flags = set(f[1:] for f in features.split(",") if f.startswith("+"))
@@ -337,19 +406,8 @@ def assembly(text: str, opt_level: int = 3) -> str:
 def _pic_module(text: str, opt_level: int, exported: tuple[str, ...]):
     """``text`` parsed for the position-independent target machine of shared libraries, every
     defined function but ``exported`` hidden (the library exports only its C entry points)."""
-    st = _init()
-    if "pic_tm" not in st:
-        target = llvm.Target.from_default_triple()
-        st["pic_tm"] = target.create_target_machine(cpu=st["cpu"], features=st["features"],
-                                                    opt=3, reloc="pic", codemodel="default")
-    tm = st["pic_tm"]
-    try:
-        mod = llvm.parse_assembly(text)
-        mod.verify()
-    except RuntimeError as e:
-        raise CompileError(f"internal error: generated LLVM IR is invalid: {e}") from None
-    mod.triple = st["triple"]
-    mod.data_layout = str(tm.target_data)
+    tm = _pic_machine()
+    mod = _parse(text, tm)
     for fn in mod.functions:
         local = fn.linkage.name in ("internal", "private")
         if not fn.is_declaration and not local and fn.name not in exported:

@@ -135,9 +135,12 @@ def _dense(ctx: LowerCtx, node: Node, a: str, trans_a: bool, m: int, k_dim: int,
     nn_ = bmat.shape[1]
     vt = 2 * lanes if nn_ >= 2 * lanes else lanes
     nb = -(-nn_ // vt)
-    bp = np.zeros((k_dim, nb * vt), np.float32)
-    bp[:, :nn_] = bmat
-    bp = np.ascontiguousarray(bp.reshape(k_dim, nb, vt).transpose(1, 0, 2))
+    # Packed block by block straight into [NB, K, VT]: no padded or transposed full copies (a
+    # VGG-11 classifier matrix is 411 MB).
+    bp = np.zeros((nb, k_dim, vt), np.float32)
+    for j in range(nb):
+        cols = min(vt, nn_ - j * vt)
+        bp[j, :, :cols] = bmat[:, j * vt:j * vt + cols]
     bias_rows = 1 if bias is None else bias.shape[0]
     bb = np.zeros((bias_rows, nb * vt), np.float32)
     if bias is not None:
@@ -182,8 +185,10 @@ def lower_gemm(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> N
     if dt is not DType.float32 or any(i and i not in g.params for i in node.inputs[1:]):
         from .gemm_runtime import lower_gemm_runtime
         return lower_gemm_runtime(ctx, node, act, out)
-    b = const_input(g, node, 1, "B").astype(np.float32)
-    b = (b.T if at["transB"] else b) * np.float32(at["alpha"])
+    b = const_input(g, node, 1, "B").astype(np.float32, copy=False)
+    b = b.T if at["transB"] else b
+    if at["alpha"] != 1.0:         # x * 1.0 is x: no full copy of the matrix for nothing
+        b = b * np.float32(at["alpha"])
     c = const_input(g, node, 2, "C") if len(node.inputs) > 2 and node.inputs[2] else None
     out = out or node.outputs[0]
     m, nn_ = g.types[out].shape
@@ -203,7 +208,7 @@ def lower_matmul(ctx: LowerCtx, node: Node, act=None, out: str | None = None) ->
     out = out or node.outputs[0]
     ash = g.types[a].shape
     if dt is DType.float32 and bn in g.params and g.types[bn].rank == 2 and len(ash) >= 2:
-        b = g.params[bn].astype(np.float32)
+        b = g.params[bn].astype(np.float32, copy=False)
         m = int(np.prod(ash[:-1]))
         return _dense(ctx, node, a, False, m, ash[-1], b, None, out, act)
     _generic_matmul(ctx, node, a, bn, out, act)

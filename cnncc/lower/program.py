@@ -40,6 +40,13 @@ class Program:
     memory: MemoryPlan              # the arena plan (peak vs no-reuse bytes: memory.summary())
 
 
+def aligned_zeros(nbytes: int) -> np.ndarray:
+    """A zeroed uint8 array whose data pointer is ALIGN-byte aligned."""
+    raw = np.zeros(nbytes + ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    return raw[off:off + nbytes]
+
+
 def _round(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
@@ -159,9 +166,14 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
     for a in ctx.consts:
         offsets.append(total)
         total = _round(total + a.nbytes)
-    blob = np.zeros(max(total, ALIGN), np.uint8)
-    for a, off in zip(ctx.consts, offsets):
-        blob[off:off + a.nbytes] = np.frombuffer(a.tobytes(), np.uint8)
+    # Each packed array is dropped as soon as it is copied (the zeroed blob's pages are only
+    # committed when written): peak memory is about one copy of the weights, not two.
+    blob = aligned_zeros(max(total, ALIGN))
+    for i, off in enumerate(offsets):
+        a = np.ascontiguousarray(ctx.consts[i])
+        blob[off:off + a.nbytes] = a.reshape(-1).view(np.uint8)
+        ctx.consts[i] = a = None
+    ctx.consts.clear()
     # Liveness over kernel positions of arena-resident values and temps.
     live: dict[tuple, Lifetime] = {}
     for pos, (k, _) in enumerate(ctx.kernels):

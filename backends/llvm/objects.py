@@ -1,0 +1,221 @@
+"""Kernel object code: built once per workload, kept on disk, compiled in parallel processes.
+
+Each unique kernel (workloads.py) becomes its own LLVM module, optimized at O3 and compiled to
+object code of two kinds: "jit" (the JIT's target machine, loaded into its engine) and "pic"
+(position independent, linked into exported libraries). Objects are cached in
+
+    $CNNCC_CACHE_DIR/kernels/<symbol>.<kind>.o      (CNNCC_CACHE=0: no cache)
+
+shared by every model and process: the symbol hashes the kernel's loop IR, the target and the
+code generator's version, so a model whose kernels were all compiled before (by any model)
+needs no LLVM for them. A file is the sha256 of the code followed by the code, written to a
+temporary name and renamed (atomic); a damaged file is removed and compiled again. The folder
+is capped at CNNCC_KERNEL_CACHE_MAX_BYTES (default 1 GiB of code; weights are never stored
+here), the least recently used first.
+
+Kernels missing from the cache are compiled by CNNCC_COMPILE_JOBS processes (default: one per
+core): llvmlite serializes every call into LLVM behind one lock, so threads do not overlap, and
+the IR emission in Python needs the GIL. Workers are forked (they inherit the JIT's target
+machine), and only while this process runs no other Python thread (a forked child would
+inherit the locks other threads hold); a pool that cannot start or breaks falls back to
+compiling in this process.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from ...ir import CompileError
+from ...ir.loop import Kernel
+from . import jit
+from .codegen import ModuleBuilder
+
+KINDS = ("jit", "pic")
+DEFAULT_MAX_BYTES = 1 << 30
+_DIGEST = 32
+
+
+@dataclass
+class BuildStats:
+    """What building a model's kernels cost (summed over workers for the per-stage times)."""
+    kernels: int = 0                # unique kernels asked for
+    memory: int = 0                 # already loaded in this process
+    disk: int = 0                   # object code from the kernel cache
+    compiled: int = 0               # generated, optimized and compiled now
+    emit_seconds: float = 0.0       # IR emission (Python), CPU seconds summed over workers
+    llvm_seconds: float = 0.0       # parse + O3 + code generation, CPU s summed over workers
+    wall_seconds: float = 0.0       # the whole build, wall clock
+    workers: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def report(self, calls: int) -> dict:
+        """The kernel part of a compile's stages (cnncc/compile_time.py); ``calls``: kernel
+        calls in the program."""
+        return {"kernels": self.wall_seconds, "ir_emission": self.emit_seconds,
+                "llvm": self.llvm_seconds, "kernels_unique": self.kernels, "kernel_calls": calls,
+                "kernels_memory": self.memory, "kernels_disk": self.disk,
+                "kernels_compiled": self.compiled, "workers": self.workers}
+
+
+def kernel_dir() -> str | None:
+    from ...cache import cache_root
+
+    root = cache_root()
+    return os.path.join(root, "kernels") if root else None
+
+
+def max_bytes() -> int:
+    try:
+        return int(float(os.environ.get("CNNCC_KERNEL_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES)))
+    except ValueError:
+        return DEFAULT_MAX_BYTES
+
+
+def compile_jobs(pending: int) -> int:
+    """Worker processes for ``pending`` kernels (CNNCC_COMPILE_JOBS, default the core count).
+
+    One (compile in this process) while other Python threads run: a forked child inherits
+    their locks (LLVM's, the JIT's) held, and would wait for them forever."""
+    try:
+        jobs = int(os.environ.get("CNNCC_COMPILE_JOBS", "0"))
+    except ValueError:
+        raise CompileError("CNNCC_COMPILE_JOBS must be an integer (worker processes compiling "
+                           f"kernels), got {os.environ['CNNCC_COMPILE_JOBS']!r}") from None
+    if threading.active_count() > 1:
+        return 1
+    jobs = jobs if jobs > 0 else (os.cpu_count() or 1)
+    return max(1, min(jobs, pending))
+
+
+def _path(folder: str | None, symbol: str, kind: str) -> str | None:
+    return os.path.join(folder, f"{symbol}.{kind}.o") if folder else None
+
+
+def read_object(path: str | None) -> bytes | None:
+    """The object code cached at ``path`` if intact; a damaged file is removed."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    body = data[_DIGEST:]
+    if len(data) > _DIGEST and hashlib.sha256(body).digest() == data[:_DIGEST]:
+        try:
+            os.utime(path)             # least recently used goes first
+        except OSError:
+            pass
+        return body
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    return None
+
+
+def write_object(path: str | None, code: bytes) -> None:
+    if not path:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(hashlib.sha256(code).digest() + code)
+        os.replace(tmp, path)          # atomic: concurrent processes never see half a file
+    except OSError:
+        pass                           # a read-only or full cache only costs compile time
+
+
+def kernel_ir(symbol: str, kernel: Kernel, lanes: int, threads: int, openmp: bool) -> str:
+    """The LLVM IR text of one kernel compiled alone under ``symbol``."""
+    mb = ModuleBuilder(symbol, lanes, threads, openmp)
+    mb.add_kernel(Kernel(symbol, kernel.params, kernel.body))
+    return str(mb)
+
+
+def _build(job: tuple) -> tuple[str, dict, float, float]:
+    """Worker: (symbol, kernel, lanes, threads, openmp, kinds) -> (symbol, {kind: code},
+    emission seconds, LLVM seconds)."""
+    symbol, kernel, lanes, threads, openmp, kinds = job
+    t0 = time.process_time()           # CPU seconds: wall time means little on a busy machine
+    text = kernel_ir(symbol, kernel, lanes, threads, openmp)
+    t1 = time.process_time()
+    code = jit.object_code(text, kinds)
+    return symbol, code, t1 - t0, time.process_time() - t1
+
+
+def build_objects(unique: dict, kinds: tuple, lanes: int, threads: int, openmp: bool,
+                  skip: set = frozenset()) -> tuple[dict, BuildStats]:
+    """Object code of every kernel in ``unique`` ({symbol: Kernel}) but those in ``skip`` (already
+    loaded): ({symbol: {kind: code}}, stats). From the cache when there, else compiled (in
+    parallel) and stored."""
+    start = time.perf_counter()
+    stats = BuildStats(kernels=len(unique), memory=len(set(unique) & set(skip)))
+    folder = kernel_dir()
+    result, todo = {}, []
+    for sym in unique:
+        if sym in skip:
+            continue
+        found = {kind: read_object(_path(folder, sym, kind)) for kind in kinds}
+        if all(v is not None for v in found.values()):
+            result[sym] = found
+            stats.disk += 1
+        else:
+            todo.append(sym)
+    jobs = [(sym, unique[sym], lanes, threads, openmp, kinds) for sym in todo]
+    stats.workers = compile_jobs(len(jobs)) if jobs else 0
+    for sym, code, emit_s, llvm_s in _run(jobs, stats.workers):
+        result[sym] = code
+        stats.compiled += 1
+        stats.emit_seconds += emit_s
+        stats.llvm_seconds += llvm_s
+        for kind, data in code.items():
+            write_object(_path(folder, sym, kind), data)
+    if todo and folder:
+        from ...cache import evict
+
+        evict(os.path.dirname(folder), folders=("kernels",), limit=max_bytes())
+    stats.wall_seconds = time.perf_counter() - start
+    return result, stats
+
+
+# The jobs of the running build: forked workers inherit them (only indices cross the pipe).
+_JOBS: list = []
+
+
+def _build_index(i: int) -> tuple[str, dict, float, float]:
+    return _build(_JOBS[i])
+
+
+def _run(jobs: list, workers: int):
+    if workers <= 1 or len(jobs) <= 1:
+        return [_build(j) for j in jobs]
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    # Largest kernels first: the last one to finish decides the wall time.
+    jobs = sorted(jobs, key=lambda j: -_weight(j[1]))
+    with _FORK_LOCK:
+        _JOBS[:] = jobs
+        try:
+            with ProcessPoolExecutor(workers,
+                                     mp_context=multiprocessing.get_context("fork")) as ex:
+                return list(ex.map(_build_index, range(len(jobs))))
+        except (BrokenProcessPool, OSError, ValueError):
+            return [_build(j) for j in jobs]
+        finally:
+            _JOBS.clear()
+
+
+_FORK_LOCK = threading.Lock()
+
+
+def _weight(kernel: Kernel) -> int:
+    from ...ir.affine import walk_stmts
+
+    return sum(1 for _ in walk_stmts(kernel.body))

@@ -58,11 +58,13 @@ def test_equal_workloads_share_one_kernel(tmp_path, monkeypatch):
 
 def test_resnet50_kernel_count_before_and_after_dedup():
     """ResNet-50 lowers to 74 kernels; 36 distinct workloads are compiled (measured)."""
-    from cnncc.driver import _optimize
+    from cnncc.passes import PassContext, run_pipeline
 
-    graph = _optimize(ZOO["resnet50"]().to_graph().verify(), "llvm", 3, frozenset())
-    lanes = jit.vector_lanes()
-    kernels = [k for k, _ in lower_graph(graph, lanes, 1).ctx.kernels]
+    machine = jit.host_target(1)
+    graph = run_pipeline(ZOO["resnet50"]().to_graph().verify(),
+                         PassContext(opt_level=3, machine=machine))
+    lanes = machine.lanes
+    kernels = [k for k, _ in lower_graph(graph, machine).ctx.kernels]
     symbols, unique = unique_kernels(kernels, target_signature(jit.target_info(), lanes, 1,
                                                                jit.has_openmp()))
     assert len(kernels) == 74 and len(unique) <= 40
@@ -112,7 +114,7 @@ def test_new_model_with_known_kernels_compiles_from_the_kernel_cache(tmp_path):
 def test_parallel_workers_build_the_same_code(monkeypatch):
     monkeypatch.setenv("CNNCC_CACHE", "0")
     lanes = jit.vector_lanes()
-    kernels = [k for k, _ in lower_graph(twin_convs(0, 16), lanes, 1).ctx.kernels]
+    kernels = [k for k, _ in lower_graph(twin_convs(0, 16), jit.host_target(1)).ctx.kernels]
     _, unique = unique_kernels(kernels, target_signature(jit.target_info(), lanes, 1, False))
     built = {}
     for jobs in ("1", "2"):

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..ir import CompileError
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -18,6 +20,16 @@ class Backend:
     missing: Callable[[], str | None] = lambda: None   # why it cannot run here (None: it can)
     # (threads) -> the CPU Target the code is generated for; None for targets that are not CPUs
     machine: Callable[[int | None], Any] = lambda threads: None
+
+
+def check_options(target: str, options: dict, known: tuple[str, ...]) -> None:
+    """Refuse options a target does not know, naming the ones it does (the driver itself takes
+    cache, skip_passes, dw_lowrank_tol and input_shapes)."""
+    unknown = set(options) - set(known)
+    if unknown:
+        raise CompileError(f"unknown option(s) for target {target}: {sorted(unknown)} (known: "
+                           f"{', '.join(known)}, and the driver's cache, skip_passes, "
+                           "dw_lowrank_tol, input_shapes)")
 
 
 def _cuda_missing() -> str | None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import CompileError, Graph, run_graph
+from ..ir import Graph, run_graph
 from ..runtime import CompiledModel, signature
+from . import check_options
 
 
 class ReferenceModel(CompiledModel):
@@ -22,9 +23,5 @@ class ReferenceModel(CompiledModel):
 def build(graph: Graph, options: dict) -> ReferenceModel:
     # threads and opt_level mean nothing to the interpreter but are accepted for every target.
     known = ("opt_level", "threads", "export_objects")
-    unknown = set(options) - set(known)
-    if unknown:
-        raise CompileError(f"unknown option(s) for target reference: {sorted(unknown)} (known: "
-                           f"{', '.join(known)}, and the driver's cache, skip_passes, "
-                           "dw_lowrank_tol, input_shapes)")
+    check_options("reference", options, known)
     return ReferenceModel(graph)

@@ -74,14 +74,9 @@ def _progress(step: int, total: int, text: str) -> None:
 def _kernel_ms(model: Any, inputs: list[np.ndarray], repeat: int) -> dict[int, float]:
     """{graph node index: median ms of its kernels, summed} of ``model`` (kernels alone)."""
     out: dict[int, float] = {}
-    for _, node_index, call in model.kernel_calls(inputs):
-        call()
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-        out[node_index] = out.get(node_index, 0.0) + float(np.median(times)) * 1e3
+    timed = model.profile(inputs, repeat)          # in program order, as ctx.kernels
+    for (_, node_index), (_, seconds) in zip(model.program.ctx.kernels, timed):
+        out[node_index] = out.get(node_index, 0.0) + seconds * 1e3
     return out
 
 

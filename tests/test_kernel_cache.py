@@ -14,6 +14,7 @@ import pytest
 import cnncc
 from cnncc import cache
 from cnncc.backends.llvm import jit, objects
+from cnncc.backends.llvm.object_files import read_object
 from cnncc.backends.llvm.workloads import canonical_text, target_signature, unique_kernels
 from cnncc.dsl.zoo import ZOO
 from cnncc.ir import DType, Graph, TensorType
@@ -108,7 +109,7 @@ def test_new_model_with_known_kernels_compiles_from_the_kernel_cache(tmp_path):
     entries[0].write_bytes(entries[0].read_bytes()[:200])
     third = compile_in_new_process(3, cdir)
     assert third["kernels_compiled"] == 1 and third["kernels_disk"] == third["kernels_unique"] - 1
-    assert objects.read_object(str(entries[0])) is not None
+    assert read_object(str(entries[0])) is not None
 
 
 def test_parallel_workers_build_the_same_code(monkeypatch):

@@ -168,3 +168,13 @@ def test_compiled_model_keeps_its_target():
     assert m.machine == t
     x = np.zeros(m.input_shapes[0], np.float32)
     assert np.isfinite(m(x)[0]).all()
+
+
+@pytest.mark.parametrize("target", ["reference", "llvm", "cuda-emu"])
+def test_every_backend_refuses_unknown_options(target):
+    """A misspelt option is an error naming it and the known ones, never silently ignored."""
+    from cnncc.dsl import zoo
+
+    with pytest.raises(cnncc.CompileError, match=rf"unknown option\(s\) for target {target}: "
+                                                 r"\['therads'\] \(known: opt_level, threads"):
+        cnncc.compile(zoo.tiny_cnn(), target=target, therads=2, cache=False)

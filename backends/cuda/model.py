@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import check_options
 from ...ir import CompileError, Graph
 from ...ir.loop import Kernel
 from ...runtime import CompiledModel, signature
@@ -181,9 +182,5 @@ def _require_gpu() -> None:
 
 def build(graph: Graph, options: dict, emulate: bool) -> CudaModel:
     known = ("opt_level", "threads", "export_objects")
-    unknown = set(options) - set(known)
-    if unknown:
-        raise CompileError(f"unknown option(s) for target cuda: {sorted(unknown)} (known: "
-                           f"{', '.join(known)}, and the driver's cache, skip_passes, "
-                           "dw_lowrank_tol, input_shapes)")
+    check_options("cuda-emu" if emulate else "cuda", options, known)
     return CudaModel(graph, options.get("opt_level", 3), emulate)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import os
 import threading
 
@@ -17,6 +16,7 @@ import llvmlite.binding as llvm
 
 from ...ir import CompileError
 from ...ir.target import Target
+from .object_files import read_object, write_object
 
 _LOCK = threading.Lock()
 # The large code model: JIT'd modules land anywhere in the address space, and 32-bit relative
@@ -157,34 +157,6 @@ def cache_dir() -> str | None:
     return os.path.join(root, "obj") if root else None
 
 
-# A cached object file is the sha256 of the object code followed by the code: a truncated or
-# altered file is detected, removed and compiled again, never handed to the JIT.
-_DIGEST = 32
-
-
-def _read_object(path: str | None) -> bytes | None:
-    """The object code cached at ``path`` if intact; a damaged file is removed."""
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    body = data[_DIGEST:]
-    if len(data) > _DIGEST and hashlib.sha256(body).digest() == data[:_DIGEST]:
-        try:
-            os.utime(path)             # the cache evicts the least recently used first
-        except OSError:
-            pass
-        return body
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-    return None
-
-
 def _cached_object(module) -> bytes | None:
     # The object verified by load_code (read once: the file may be evicted meanwhile).
     return _STATE["pending"].get(module.name, (None, None))[1]
@@ -192,16 +164,8 @@ def _cached_object(module) -> bytes | None:
 
 def _notify_object(module, buffer: bytes) -> None:
     path, cached = _STATE["pending"].get(module.name, (None, None))
-    if not path or cached is not None:
-        return
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(hashlib.sha256(buffer).digest() + buffer)
-        os.replace(tmp, path)          # atomic: concurrent processes never see half a file
-    except OSError:
-        pass                           # a read-only or full cache only costs compile time
+    if path and cached is None:
+        write_object(path, buffer)
 
 
 def load_code(text: str, key: str, keep_ir: bool = False) -> tuple[str, str | None]:
@@ -216,7 +180,7 @@ def load_code(text: str, key: str, keep_ir: bool = False) -> tuple[str, str | No
             return "memory", None
     cdir = cache_dir()
     path = os.path.join(cdir, f"{key}.o") if cdir else None
-    cached = _read_object(path)
+    cached = read_object(path)
     hit = cached is not None
     try:
         mod = llvm.parse_assembly(text)

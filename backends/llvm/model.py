@@ -19,6 +19,7 @@ from ...ir.target import Target
 from ...lower.program import aligned_zeros, entry_function, lower_graph
 from ...runtime import CompiledModel, signature
 from ...debug import dump, dump_enabled
+from .. import check_options
 from . import jit, objects
 from .batch_entry import MODES, arena_stride, batch_entry_function
 from .codegen import ModuleBuilder
@@ -186,8 +187,6 @@ class LLVMModel(CompiledModel):
 
     def profile(self, inputs: list[np.ndarray], repeat: int = 10) -> list[tuple[str, float]]:
         """Median seconds per kernel (each kernel called on its own, in program order)."""
-        import time
-
         result = []
         for name, _, call in self.kernel_calls(inputs):
             call()
@@ -255,11 +254,7 @@ OPTIONS = ("opt_level", "threads", "machine", "schedules", "export_objects")
 
 
 def build(graph: Graph, options: dict) -> LLVMModel:
-    unknown = set(options) - set(OPTIONS)
-    if unknown:
-        raise CompileError(f"unknown option(s) for target llvm: {sorted(unknown)} (known: "
-                           f"{', '.join(OPTIONS)}, and the driver's cache, skip_passes, "
-                           "dw_lowrank_tol, input_shapes)")
+    check_options("llvm", options, OPTIONS)
     machine = options.get("machine") or jit.host_target(options.get("threads"))
     return LLVMModel(graph, machine, options.get("opt_level", 3),
                      options.get("export_objects", False), options.get("schedules"))

@@ -22,7 +22,6 @@ compiling in this process.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -33,10 +32,10 @@ from ...ir import CompileError
 from ...ir.loop import Kernel
 from . import jit
 from .codegen import ModuleBuilder
+from .object_files import read_object, write_object
 
 KINDS = ("jit", "pic")
 DEFAULT_MAX_BYTES = 1 << 30
-_DIGEST = 32
 
 
 @dataclass
@@ -93,42 +92,6 @@ def compile_jobs(pending: int) -> int:
 
 def _path(folder: str | None, symbol: str, kind: str) -> str | None:
     return os.path.join(folder, f"{symbol}.{kind}.o") if folder else None
-
-
-def read_object(path: str | None) -> bytes | None:
-    """The object code cached at ``path`` if intact; a damaged file is removed."""
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    body = data[_DIGEST:]
-    if len(data) > _DIGEST and hashlib.sha256(body).digest() == data[:_DIGEST]:
-        try:
-            os.utime(path)             # least recently used goes first
-        except OSError:
-            pass
-        return body
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-    return None
-
-
-def write_object(path: str | None, code: bytes) -> None:
-    if not path:
-        return
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(hashlib.sha256(code).digest() + code)
-        os.replace(tmp, path)          # atomic: concurrent processes never see half a file
-    except OSError:
-        pass                           # a read-only or full cache only costs compile time
 
 
 def kernel_ir(symbol: str, kernel: Kernel, lanes: int, threads: int, openmp: bool) -> str:

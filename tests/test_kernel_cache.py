@@ -185,3 +185,27 @@ def test_bench_compile_cold_and_warm(capsys):
     assert cold["stages"]["kernels_compiled"] == cold["stages"]["kernels_unique"] > 0
     assert kernels["stages"]["kernels_disk"] == kernels["stages"]["kernels_unique"]
     assert cold["peak_rss_mb"] > 0 and cold["import_cnncc"] > 0
+
+
+def _compile_in_daemon(queue):
+    try:
+        m = cnncc.compile(twin_convs(0, 16), cache=False)
+        queue.put(("ok", m.build_stats.workers))
+    except BaseException as e:                    # reported to the parent, never swallowed
+        queue.put(("error", repr(e)))
+
+
+def test_a_daemonic_process_compiles_without_workers(monkeypatch):
+    """A multiprocessing.Pool worker is daemonic and may not fork children: it compiles every
+    kernel itself."""
+    import multiprocessing
+
+    monkeypatch.setenv("CNNCC_CACHE", "0")
+    monkeypatch.setenv("CNNCC_COMPILE_JOBS", "2")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_compile_in_daemon, args=(queue,), daemon=True)
+    proc.start()
+    status, detail = queue.get(timeout=300)
+    proc.join(60)
+    assert status == "ok" and detail <= 1, detail

@@ -22,6 +22,7 @@ compiling in this process.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -78,13 +79,14 @@ def compile_jobs(pending: int) -> int:
     """Worker processes for ``pending`` kernels (CNNCC_COMPILE_JOBS, default the core count).
 
     One (compile in this process) while other Python threads run: a forked child inherits
-    their locks (LLVM's, the JIT's) held, and would wait for them forever."""
+    their locks (LLVM's, the JIT's) held, and would wait for them forever; and in a daemonic
+    process (a multiprocessing.Pool worker's), which may not have children."""
     try:
         jobs = int(os.environ.get("CNNCC_COMPILE_JOBS", "0"))
     except ValueError:
         raise CompileError("CNNCC_COMPILE_JOBS must be an integer (worker processes compiling "
                            f"kernels), got {os.environ['CNNCC_COMPILE_JOBS']!r}") from None
-    if threading.active_count() > 1:
+    if threading.active_count() > 1 or multiprocessing.current_process().daemon:
         return 1
     jobs = jobs if jobs > 0 else (os.cpu_count() or 1)
     return max(1, min(jobs, pending))
@@ -158,7 +160,6 @@ def _build_index(i: int) -> tuple[str, dict, float, float]:
 def _run(jobs: list, workers: int):
     if workers <= 1 or len(jobs) <= 1:
         return [_build(j) for j in jobs]
-    import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
 
     # Largest kernels first: the last one to finish decides the wall time.

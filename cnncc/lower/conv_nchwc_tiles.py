@@ -7,7 +7,7 @@ tasks and how threads share them, and the prefetch plan.
 Every size comes from the Target (ir/target.py): the vector registers bound the register tile,
 the target's L1 decides when a tile's weights stream from L2, its L2 when a conv runs
 pixel-major. Loop order: with several threads, pixel-major (output rows outermost, every
-channel group per pixel tile) when the packed weights fit in half an L2, so each core keeps all
+channel group per pixel tile) when the packed weights fit in the L2, so each core keeps all
 of them while it works on rows its core wrote; group-major otherwise (each core its own groups
 of output channels), and always with one thread.
 
@@ -37,14 +37,17 @@ LINE_BYTES = 64
 # (ResNet-18/50, 1 thread, weights from L3): 4 to 56 tiles a group gain 5-30%; from ~100 tiles
 # the first tile's stall is amortized and the prefetches cost more than they save.
 PREFETCH_MAX_TILES = 64
-# With several threads, convs whose packed weights fit in this share of an L2 run pixel-major.
-# Measured with a 2 MiB L2 (interleaved A/B of whole nets, both compile orders): ResNet-18 at
-# 2 threads 0.2-3.5% faster, ResNet-50 / MobileNetV2 / SqueezeNet within noise (+-2%); at 1
-# thread group-major was faster (ResNet-50 by 4%).
-PIXEL_MAJOR_L2_SHARE = 0.5
+# With several threads, convs whose packed weights fit in this share of an L2 run pixel-major
+# (each core then streams every weight once per pixel tile, from its own L2). Measured,
+# interleaved A/B of whole nets: with a 2 MiB L2 (Intel, AVX-512), pixel-major up to 1 MiB of
+# weights made ResNet-18 at 2 threads 0.2-3.5% faster, ResNet-50 / MobileNetV2 / SqueezeNet
+# within noise (+-2%), 1 thread group-major was faster (ResNet-50 by 4%); with a 1 MiB L2 (AMD
+# Zen 5), up to the whole L2 beat up to half of it: ResNet-18 at 2 threads 2.0-2.5% faster in
+# three runs, ResNet-50 and MobileNetV2 within +-1.2%.
+PIXEL_MAJOR_L2_SHARE = 1.0
 # Register tiles the tuner tries per dense conv: the cost model's best few (with several threads,
 # each in both loop orders and the rule's).
-TUNE_TILES = 4
+TUNE_TILES = 8
 
 
 def vector_regs(ctx: LowerCtx) -> int:

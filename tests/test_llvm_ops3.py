@@ -157,6 +157,22 @@ def test_topk_ties_and_nan(largest, axis):
     check(g, feeds)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_topk_small_slices_across_columns(seed):
+    """Small slices (fully unrolled by LLVM) vectorized across the columns: the swap through
+    the output buffers was miscompiled (a repeated index), e.g. column 1 of seed 0's 5 x 6
+    input, [2, 0, 2, 3, 3], gave indices [1, 1, 2] instead of [1, 0, 2]."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, (5, 6)).astype(np.float32)
+    x[1, 2] = np.nan
+    for largest in (0, 1):
+        g, feeds = build({"x": x})
+        k = g.add_param("k", np.array([3], np.int64))
+        v, i = g.add_node("TopK", ["x", k], {"largest": largest, "axis": 0}, outputs=2)
+        g.outputs = [v, i]
+        check(g, feeds)
+
+
 @pytest.mark.parametrize("dtype,order", [(np.float32, 0), (np.float32, 1), (np.int8, 0)])
 def test_max_pool_indices(dtype, order):
     x = (RNG.standard_normal((2, 3, 7, 6)) * 20).astype(dtype)

@@ -32,12 +32,17 @@ def lower_topk(ctx: LowerCtx, node: Node) -> None:
     if inds:
         ib = ctx.value(inds, (outer, k, inner), "inds")
         params.append(ib)
-    else:
-        ib = Buffer("inds", DType.int64, (outer, k, inner), "local")
     largest = bool(at["largest"])
+    # The k slots of one slice live in local arrays and are copied out at the end: swapping
+    # through the output buffers themselves was miscompiled by LLVM 22's loop vectorizer once
+    # it unrolled small slices and vectorized across them (a masked load of the index output
+    # moved after the masked store it must precede: TopK of 5x6 along axis 0 gave a repeated
+    # index in ~40% of random inputs).
+    sv = Buffer("sv", dt, (max(k, 1),), "local")
+    si = Buffer("si", DType.int64, (max(k, 1),), "local")
     cand = Buffer("cand", dt, (2,), "local")           # [0] candidate, [1] swap scratch
     cidx = Buffer("cidx", DType.int64, (3,), "local")  # [2]: 1 once the candidate went in
-    o, i, r, j = Var("o"), Var("i"), Var("r"), Var("j")
+    o, i, r, j, c = Var("o"), Var("i"), Var("r"), Var("j"), Var("c")
 
     def better(v: Expr, s: Expr) -> Expr:
         b = Cmp("gt" if largest else "lt", v, s)
@@ -45,9 +50,9 @@ def lower_topk(ctx: LowerCtx, node: Node) -> None:
             b = Or(b, And(Cmp("ne", s, s), Cmp("eq", v, v)))
         return b
 
-    slot_v, slot_i = yb[o, j, i], ib[o, j, i]
+    slot_v, slot_i = sv[j], si[j]
     swap = seq(Store(cand, (1,), slot_v), Store(cidx, (1,), slot_i),
-               Store(yb, (o, j, i), cand[0]), Store(ib, (o, j, i), cidx[0]),
+               Store(sv, (j,), cand[0]), Store(si, (j,), cidx[0]),
                Store(cand, (0,), cand[1]), Store(cidx, (0,), cidx[1]),
                Store(cidx, (2,), Const(1)))
     # Slots 0..r-1 are filled and sorted: the candidate goes before the first slot it beats,
@@ -57,8 +62,8 @@ def lower_topk(ctx: LowerCtx, node: Node) -> None:
     insert = For(j, k, If(go, swap))
     scan = For(r, red, seq(Store(cand, (0,), xb[o, r, i]), Store(cidx, (0,), r),
                            Store(cidx, (2,), Const(0)), insert))
-    body = Allocate(cand, Allocate(cidx, scan))
-    if not inds:
-        body = Allocate(ib, body)
+    out = [Store(yb, (o, c, i), sv[c])] + ([Store(ib, (o, c, i), si[c])] if inds else [])
+    body = Allocate(sv, Allocate(si, Allocate(cand, Allocate(cidx, seq(
+        scan, For(c, k, seq(*out)))))))
     kern = Kernel(node.name, params, For(o, outer, For(i, inner, body)))
     ctx.emit(_parallel_outer(kern, ["o"], ctx, outer * inner * red * max(k, 1)))

@@ -97,20 +97,43 @@ def openmp_wait_policy() -> str:
     return wait_policy()
 
 
+# Before each runner's turn the process must be idle: at most QUIET_CPU_S of CPU time in a
+# window of QUIET_WINDOW_S, waited for at most QUIET_MAX_S (a busy machine cannot be waited out).
+QUIET_WINDOW_S = 0.005
+QUIET_CPU_S = 0.0005
+QUIET_MAX_S = 0.25
+
+
+def wait_until_idle() -> float:
+    """Sleep until the threads of this process stop using CPU (another engine's pool spinning
+    after its last call); returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < QUIET_MAX_S:
+        c0 = time.process_time()
+        time.sleep(QUIET_WINDOW_S)
+        if time.process_time() - c0 <= QUIET_CPU_S:
+            break
+    return time.perf_counter() - start
+
+
 def time_interleaved(runners: dict[str, Callable[[], Any]], rounds: int,
                      warmup: int = 3) -> dict[str, list[float]]:
     """Milliseconds per call of each runner, calls interleaved round by round.
 
-    In each round every runner makes one untimed call, then the timed one: the idle worker
-    threads of the runner before it (OpenMP's, onnxruntime's pool) spin for a while after their
-    last job, and the untimed call absorbs that (and the waking of its own workers), so the
-    timed call is the steady-state latency of a model called repeatedly."""
+    In each round every runner waits until the process is idle, makes one untimed call, then
+    the timed one. The wait matters: idle worker threads spin for a while after their last
+    job (onnxruntime's pool for tens of ms, cnncc's OpenMP workers ~0.5 ms), and a runner timed
+    while another engine's workers still spin on the same cores measures the two sharing them
+    (MobileNetV2 at 2 threads on 2 cores: cnncc 5.5 ms after onnxruntime's call vs 1.8 ms
+    alone). The untimed call wakes the runner's own workers, so the timed call is the
+    steady-state latency of a model called repeatedly, as a user's loop sees it."""
     for _ in range(warmup):
         for fn in runners.values():
             fn()
     samples: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for name, fn in runners.items():
+            wait_until_idle()
             fn()
             t0 = time.perf_counter()
             fn()

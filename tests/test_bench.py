@@ -18,6 +18,28 @@ def test_time_interleaved_alternates_variants():
     assert all(len(v) == 4 and min(v) >= 0 for v in samples.values())
 
 
+def test_runners_wait_until_the_process_is_idle():
+    """Another engine's threads still busy after its call (a spinning pool) are waited out
+    before the next runner's turn; an idle process does not wait."""
+    import threading
+    import time
+
+    from cnncc.bench import QUIET_MAX_S, wait_until_idle
+
+    assert wait_until_idle() < QUIET_MAX_S
+    stop = time.perf_counter() + 0.2
+
+    def spin():
+        while time.perf_counter() < stop:
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    waited = wait_until_idle()
+    t.join()
+    assert waited >= 0.05
+
+
 def test_benchmark_report_has_every_part():
     net = zoo.tiny_cnn()
     report = benchmark(net.to_graph(), net.to_onnx(), rounds=3, ablate=True, per_layer=True,

@@ -122,7 +122,7 @@ def time_interleaved(runners: dict[str, Callable[[], Any]], rounds: int,
 
     In each round every runner waits until the process is idle, makes one untimed call, then
     the timed one. The wait matters: idle worker threads spin for a while after their last
-    job (onnxruntime's pool for tens of ms, cnncc's OpenMP workers ~0.5 ms), and a runner timed
+    job (onnxruntime's pool for tens of ms, cnncc's OpenMP workers ~50 us), and a runner timed
     while another engine's workers still spin on the same cores measures the two sharing them
     (MobileNetV2 at 2 threads on 2 cores: cnncc 5.5 ms after onnxruntime's call vs 1.8 ms
     alone). The untimed call wakes the runner's own workers, so the timed call is the

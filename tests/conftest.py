@@ -18,7 +18,7 @@ import pytest
 SUMMARY_MODULES = ("test_onnx_node",)
 
 # The README's command runs two test processes on (typically) two cores, each calling models
-# with threads=2: more threads than cores. cnncc's default lets idle OpenMP workers spin ~0.5 ms
+# with threads=2: more threads than cores. cnncc's default lets idle OpenMP workers spin ~50 us
 # (fast on a dedicated machine), which here would take turns with the other process's threads;
 # the tests check numbers, not speed, so their workers sleep at once. tests/test_target.py
 # checks the default itself, in child processes without this setting.

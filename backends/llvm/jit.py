@@ -57,16 +57,16 @@ def _init() -> dict:
 
 
 # How long an idle OpenMP worker spins before it sleeps. Kernels follow each other within
-# microseconds and a loop of calls from Python leaves 10-50 us between them, so a worker that
-# spins this long is awake for the next kernel instead of paying a futex wake per kernel
-# (MobileNetV2 at 2 threads, Zen 5: 1.95-2.26 ms spinning 0.7 ms vs 3.26-3.49 ms sleeping at once,
-# 2.81 ms on 1 thread); after the last call it burns at most this much CPU per worker. When
-# another process holds a core a spinning worker delays the kernel that runs beside it, by at
-# most this much per kernel (same model with a busy loop beside it: 5.7 ms vs 3.1 ms sleeping),
-# which is why the spin is short. libgomp counts iterations, not time: the count is derived
-# from the measured cost of one iteration of its spin loop on this CPU (23 ns on Zen 5, from a
-# few ns to ~40 ns on Intel cores).
-SPIN_SECONDS = 500e-6
+# microseconds, so a worker that spins a little is awake for the next kernel instead of paying a
+# futex wake per kernel. Measured on a 2-core Zen 5 VM (calls after 10 ms idle, then back to
+# back): MobileNetV2 at 2 threads 1.6-2.2 ms spinning 50 us, 1.6-2.8 ms spinning 0.5 ms, 3.1-3.5
+# ms sleeping at once (2.9 ms on 1 thread); LeNet-5 at 2 threads 0.3-0.5 ms spinning 50 us but
+# 2-3.4 ms spinning 0.5 ms (a woken worker and a spinning one sharing a vCPU for a time slice),
+# 0.04-0.18 ms sleeping at once. A short spin also bounds what a worker burns after the last
+# call and what it costs a kernel when another process holds a core. libgomp counts iterations,
+# not time: the count is derived from the measured cost of one iteration of its spin loop on
+# this CPU (23 ns on Zen 5, a few ns to ~40 ns on Intel cores).
+SPIN_SECONDS = 50e-6
 _SPIN_PROBE = """
 declare void @llvm.x86.sse2.pause()
 define void @cnncc_spin_probe(ptr %flag, i64 %n) {
@@ -125,7 +125,7 @@ def _set_wait_policy() -> str:
         how = "set by the user"
     else:
         per = spin_iteration_seconds()
-        count = max(1000, int(SPIN_SECONDS / per)) if per else 20000
+        count = max(200, int(SPIN_SECONDS / per)) if per else 2000
         os.environ["GOMP_SPINCOUNT"] = str(count)
         how = f"spin ~{SPIN_SECONDS * 1e6:.0f} us, then sleep"
     if _loaded("libgomp"):

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .ir import DType
 from .ir.loop import Allocate, Buffer, Const, For, Kernel, Store, Var, seq
-from .peak import BLOCKS_PER_THREAD, REPEAT
+from .peak import BLOCKS_PER_THREAD, REPEAT, fastest_call
 
 F32 = DType.float32
 CHAINS = 8
@@ -175,14 +174,8 @@ def time_stream(kind: str, total_bytes: int, sweeps: int, threads: int, lanes: i
     chunk_bytes = CHAINS * lanes * 4 * arrays_swept
     chunks = max(1, total_bytes // (blocks * chunk_bytes))
     kernel = compiled_stream_kernel(kind, blocks, chunks, lanes, sweeps, threads)
-    arrays = stream_arrays(kind, blocks, chunks, lanes)
-    kernel(arrays)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        kernel(arrays)
-        times.append(time.perf_counter() - t0)
-    return blocks * chunks * chunk_bytes * sweeps / min(times) / 1e9
+    seconds = fastest_call(kernel, stream_arrays(kind, blocks, chunks, lanes), repeat)
+    return blocks * chunks * chunk_bytes * sweeps / seconds / 1e9
 
 
 def working_sets(threads: int, l2: int, llc: int) -> tuple[int, int, int]:

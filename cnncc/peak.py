@@ -99,6 +99,18 @@ def run_fma(x: np.ndarray, ab: np.ndarray, iterations: int, threads: int = 1) ->
     compiled_fma_kernel(iterations, lanes, chains, blocks, threads)({"x": x, "ab": ab})
 
 
+def fastest_call(kernel, arrays: dict, repeat: int) -> float:
+    """Seconds of the fastest of ``repeat`` calls of ``kernel(arrays)`` after a warm-up call
+    (the best trial, as STREAM reports: on a shared machine slower calls measure the others)."""
+    kernel(arrays)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        kernel(arrays)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def measure_peak(threads: int = 1, iterations: int = ITERATIONS, repeat: int = REPEAT) -> Peak:
     """Time the FMA kernel ``repeat`` times (after one warm-up call) and return the peak of
     the fastest call."""
@@ -111,15 +123,9 @@ def measure_peak(threads: int = 1, iterations: int = ITERATIONS, repeat: int = R
     kernel = compiled_fma_kernel(per_block, lanes, chains, blocks, threads)
     x = np.ones((blocks, chains, lanes), np.float32)
     ab = np.array([[COEFFICIENTS[0]] * lanes, [COEFFICIENTS[1]] * lanes], np.float32)
-    arrays = {"x": x, "ab": ab}
-    kernel(arrays)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        kernel(arrays)
-        times.append(time.perf_counter() - t0)
+    seconds = fastest_call(kernel, {"x": x, "ab": ab}, repeat)
     flops = 2 * per_block * chains * lanes * blocks
-    return Peak(flops / min(times) / 1e9, threads, lanes, chains,
+    return Peak(flops / seconds / 1e9, threads, lanes, chains,
                 per_block * BLOCKS_PER_THREAD)
 
 

@@ -75,7 +75,7 @@ def find_cxx() -> str | None:
     return None
 
 
-def _workdir(key: str, workdir: str | Path | None) -> Path:
+def build_workdir(key: str, workdir: str | Path | None) -> Path:
     base = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "cnncc-cuda"
     d = base / key
     d.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def build_once(target: Path, sources: dict, command, what: str) -> Path:
     return target
 
 
-def _key(*parts: str) -> str:
+def build_key(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:
         h.update(p.encode())
@@ -131,7 +131,7 @@ def nvcc_check(source: str, archs=("sm_80", "sm_90"), workdir=None,
     nvcc = find_nvcc()
     if nvcc is None:
         raise BuildError("nvcc not found (set CNNCC_NVCC or put nvcc on PATH)")
-    d = _private(_workdir(_key("nvcc", source, *archs, *extra), workdir))
+    d = _private(build_workdir(build_key("nvcc", source, *archs, *extra), workdir))
     cu = d / "kernels.cu"
     cu.write_text(source)
     cmd = [nvcc, "-c", "-o", str(d / "kernels.o"), "-Werror", "all-warnings",
@@ -197,7 +197,7 @@ def build_emu_library(source: str, sanitize: str | None = None, workdir=None,
     if quick and not sanitize:
         cmd = ["-O0" if c == "-O2" else c for c in cmd]
     header = EMU_HEADER.read_text()
-    d = _workdir(_key("emu-so", source, header, *cmd[1:]), workdir)
+    d = build_workdir(build_key("emu-so", source, header, *cmd[1:]), workdir)
     return build_once(d / "kernels.so", {"kernels.cu": source}, lambda t: cmd + [
         "-fPIC", "-shared", "-o", str(t / "kernels.so"), "-x", "c++", str(t / "kernels.cu")],
         "g++ (cuda-emu)")
@@ -315,7 +315,7 @@ def build_emu_executable(module, sanitize: str | None = None, workdir=None,
     cmd = _emu_cmd(cxx, sanitize, emulation)
     harness = harness_source(module.kernels)
     header = EMU_HEADER.read_text()
-    d = _workdir(_key("emu-exe", module.source, harness, header, *cmd[1:]), workdir)
+    d = build_workdir(build_key("emu-exe", module.source, harness, header, *cmd[1:]), workdir)
     return build_once(d / "run", {"kernels.cu": module.source, "harness.cpp": harness},
                       lambda t: cmd + ["-o", str(t / "run"), "-x", "c++", str(t / "kernels.cu"),
                                        str(t / "harness.cpp")], "g++ (cuda-emu)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
-from .build import BuildError, _key, _workdir, build_once, find_nvcc
+from .build import BuildError, build_key, build_workdir, build_once, find_nvcc
 
 
 def gpu_count() -> tuple[int, str]:
@@ -48,7 +48,7 @@ def build_cuda_library(source: str, arch: str | None = None, workdir=None) -> Pa
     if nvcc is None:
         raise BuildError("nvcc not found (set CNNCC_NVCC or put nvcc on PATH)")
     arch = arch or device_arch() or "sm_80"
-    d = _workdir(_key("nvcc-so", source, arch), workdir)
+    d = build_workdir(build_key("nvcc-so", source, arch), workdir)
     return build_once(d / "model.so", {"model.cu": source}, lambda t: [
         nvcc, "-shared", "-Xcompiler", "-fPIC", "-O3", "-std=c++17", "-Werror", "all-warnings",
         "-gencode", f"arch=compute_{arch[3:]},code={arch}", "-o", str(t / "model.so"),

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .layers import Padding, Size, _fail, _ints, _tensor, pads_of
+from .layers import Padding, Size, fail, ints, tensor_arg, pads_of
 from .tensor import Operand, Tensor, binary
 
 
@@ -19,7 +19,7 @@ def _node_name(x: Tensor, name: str | None) -> str | None:
 
 
 def _unary(op: str, x: Tensor, attrs: dict | None = None, name: str | None = None) -> Tensor:
-    x = _tensor(x, op)
+    x = tensor_arg(x, op)
     return x.builder.node(op, [x], attrs, name=_node_name(x, name))[0]
 
 
@@ -36,7 +36,7 @@ def relu(x: Tensor, name: str | None = None) -> Tensor:
 def clip(x: Tensor, min: float | None = None, max: float | None = None,
          name: str | None = None) -> Tensor:
     """Clamp to [min, max] (ONNX Clip with constant min/max inputs; None = unbounded)."""
-    x = _tensor(x, "clip")
+    x = tensor_arg(x, "clip")
     lo = _scalar(x, min, "clip_min") if min is not None else None
     hi = _scalar(x, max, "clip_max") if max is not None else None
     return x.builder.node("Clip", [x, lo, hi], name=_node_name(x, name))[0]
@@ -73,14 +73,14 @@ def tanh(x: Tensor, name: str | None = None) -> Tensor:
 
 def silu(x: Tensor, name: str | None = None) -> Tensor:
     """x * sigmoid(x) (SiLU / Swish-1), as the Sigmoid + Mul pair exporters write."""
-    x = _tensor(x, "silu")
+    x = tensor_arg(x, "silu")
     return x.builder.node("Mul", [x, sigmoid(x)], name=_node_name(x, name))[0]
 
 
 def gelu(x: Tensor, approximate: str = "none", name: str | None = None) -> Tensor:
     """Gaussian error linear unit (ONNX Gelu-20); approximate 'none' (erf) or 'tanh'."""
     if approximate not in ("none", "tanh"):
-        raise _fail(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        raise fail(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     return _unary("Gelu", x, {"approximate": approximate} if approximate != "none" else None,
                   name)
 
@@ -95,9 +95,9 @@ def identity(x: Tensor, name: str | None = None) -> Tensor:
 
 def dropout(x: Tensor, ratio: float = 0.5, name: str | None = None) -> Tensor:
     """Dropout: the identity at inference. Kept as an ONNX Dropout node (ratio as an input)."""
-    x = _tensor(x, "dropout")
+    x = tensor_arg(x, "dropout")
     if not 0.0 <= float(ratio) < 1.0:
-        raise _fail(f"dropout: ratio must be in [0, 1), got {ratio!r}")
+        raise fail(f"dropout: ratio must be in [0, 1), got {ratio!r}")
     r = _scalar(x, ratio, "dropout_ratio")
     return x.builder.node("Dropout", [x, r], name=_node_name(x, name))[0]
 
@@ -107,9 +107,9 @@ def dropout(x: Tensor, ratio: float = 0.5, name: str | None = None) -> Tensor:
 def _pool(op: str, x: Tensor, kernel_size: Size, stride: Size | None, padding: Padding,
           ceil_mode: bool, extra: dict, name: str | None) -> Tensor:
     what = op
-    x = _tensor(x, what, 4)
-    kernel = _ints(kernel_size, 2, f"{what}: kernel_size")
-    strides = kernel if stride is None else _ints(stride, 2, f"{what}: stride")
+    x = tensor_arg(x, what, 4)
+    kernel = ints(kernel_size, 2, f"{what}: kernel_size")
+    strides = kernel if stride is None else ints(stride, 2, f"{what}: stride")
     dilations = extra.get("dilations", [1, 1])
     pads = pads_of(padding, kernel, strides, dilations, x.shape[2:], what)
     attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, **extra}
@@ -121,7 +121,7 @@ def _pool(op: str, x: Tensor, kernel_size: Size, stride: Size | None, padding: P
 def max_pool2d(x: Tensor, kernel_size: Size, stride: Size | None = None, padding: Padding = 0,
                dilation: Size = 1, ceil_mode: bool = False, name: str | None = None) -> Tensor:
     """Max pooling (ONNX MaxPool; padding never wins a max). ``stride`` defaults to the kernel."""
-    dil = _ints(dilation, 2, "MaxPool: dilation")
+    dil = ints(dilation, 2, "MaxPool: dilation")
     extra = {"dilations": dil} if dil != [1, 1] else {}
     return _pool("MaxPool", x, kernel_size, stride, padding, ceil_mode, extra, name)
 
@@ -146,7 +146,7 @@ def global_max_pool(x: Tensor, name: str | None = None) -> Tensor:
 def reduce_mean(x: Tensor, axes: Sequence[int], keepdims: bool = True,
                 name: str | None = None) -> Tensor:
     """Mean over ``axes`` (ONNX ReduceMean with constant axes input)."""
-    x = _tensor(x, "reduce_mean")
+    x = tensor_arg(x, "reduce_mean")
     ax = x.builder.param("axes", np.asarray([int(a) for a in axes], dtype=np.int64))
     return x.builder.node("ReduceMean", [x, ax], {"keepdims": int(bool(keepdims))},
                           name=_node_name(x, name))[0]
@@ -161,7 +161,7 @@ def flatten(x: Tensor, axis: int = 1, name: str | None = None) -> Tensor:
 
 def reshape(x: Tensor, shape: Sequence[int], name: str | None = None) -> Tensor:
     """ONNX Reshape with a constant shape: -1 infers one dim, 0 copies the input's dim."""
-    x = _tensor(x, "reshape")
+    x = tensor_arg(x, "reshape")
     s = x.builder.param("shape", np.asarray([int(d) for d in shape], dtype=np.int64))
     return x.builder.node("Reshape", [x, s], name=_node_name(x, name))[0]
 
@@ -173,9 +173,9 @@ def transpose(x: Tensor, perm: Sequence[int] | None = None, name: str | None = N
 
 def concat(tensors: Sequence[Tensor], axis: int = 1, name: str | None = None) -> Tensor:
     """Join along ``axis`` (ONNX Concat); default axis 1 = channels."""
-    ts = [_tensor(t, "concat") for t in tensors]
+    ts = [tensor_arg(t, "concat") for t in tensors]
     if not ts:
-        raise _fail("concat: needs at least one tensor")
+        raise fail("concat: needs at least one tensor")
     return ts[0].builder.node("Concat", ts, {"axis": int(axis)}, name=_node_name(ts[0], name))[0]
 
 
@@ -183,15 +183,15 @@ def pad(x: Tensor, pads: Sequence, mode: str = "constant", value: float = 0.0,
         name: str | None = None) -> Tensor:
     """ONNX Pad of every axis. ``pads``: one (begin, end) pair per axis, or the flat ONNX list
     [begins..., ends...]. ``mode``: constant, reflect, edge or wrap."""
-    x = _tensor(x, "pad")
+    x = tensor_arg(x, "pad")
     if mode not in ("constant", "reflect", "edge", "wrap"):
-        raise _fail(f"pad: mode must be constant, reflect, edge or wrap, got {mode!r}")
+        raise fail(f"pad: mode must be constant, reflect, edge or wrap, got {mode!r}")
     items = list(pads)
     if items and all(isinstance(p, (tuple, list)) for p in items):
-        pairs = [_ints(p, 2, "pad: pads", minimum=-(1 << 30)) for p in items]
+        pairs = [ints(p, 2, "pad: pads", minimum=-(1 << 30)) for p in items]
         flat = [p[0] for p in pairs] + [p[1] for p in pairs]
     else:
-        flat = _ints(items, len(items), "pad: pads", minimum=-(1 << 30))
+        flat = ints(items, len(items), "pad: pads", minimum=-(1 << 30))
     b = x.builder
     inputs = [x, b.param("pads", np.asarray(flat, dtype=np.int64))]
     if mode == "constant":
@@ -208,11 +208,11 @@ def resize(x: Tensor, scale_factor: float | Sequence[float] | None = None,
     mode 'nearest' matches PyTorch's nearest (asymmetric, floor); 'linear' is bilinear with
     half-pixel centers, or corner-aligned with ``align_corners=True``.
     """
-    x = _tensor(x, "resize", 4)
+    x = tensor_arg(x, "resize", 4)
     if mode not in ("nearest", "linear"):
-        raise _fail(f"resize: mode must be 'nearest' or 'linear', got {mode!r}")
+        raise fail(f"resize: mode must be 'nearest' or 'linear', got {mode!r}")
     if (scale_factor is None) == (size is None):
-        raise _fail("resize: give exactly one of scale_factor and size")
+        raise fail("resize: give exactly one of scale_factor and size")
     b = x.builder
     attrs: dict = {"mode": mode}
     if mode == "nearest":
@@ -223,11 +223,11 @@ def resize(x: Tensor, scale_factor: float | Sequence[float] | None = None,
     if scale_factor is not None:
         sf = [scale_factor] * 2 if isinstance(scale_factor, (int, float)) else list(scale_factor)
         if len(sf) != 2 or not all(isinstance(s, (int, float)) and s > 0 for s in sf):
-            raise _fail(f"resize: scale_factor must be a positive number or two, got "
+            raise fail(f"resize: scale_factor must be a positive number or two, got "
                         f"{scale_factor!r}")
         scales = b.param("scales", np.asarray([1.0, 1.0, *sf], dtype=np.float32))
         return b.node("Resize", [x, None, scales], attrs, name=_node_name(x, name))[0]
-    hw = _ints(size, 2, "resize: size")
+    hw = ints(size, 2, "resize: size")
     sizes = b.param("sizes", np.asarray([*x.shape[:2], *hw], dtype=np.int64))
     return b.node("Resize", [x, None, None, sizes], attrs, name=_node_name(x, name))[0]
 

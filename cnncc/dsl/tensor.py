@@ -80,7 +80,7 @@ class Builder:
                 continue
             if t.builder is not self:
                 raise CompileError(f"{op}: tensor '{t.name}' belongs to another net "
-                                   f"('{t.builder.graph.name}')" + _user_location())
+                                   f"('{t.builder.graph.name}')" + user_location())
             names.append(t.name)
         try:
             outs = self.graph.add_node(op, names, attrs, name=name or self.scoped(op.lower()),
@@ -124,7 +124,7 @@ def scope(name: str) -> Iterator[None]:
         yield
 
 
-def _user_location() -> str:
+def user_location() -> str:
     """`` (at file:line)`` of the innermost caller outside cnncc.dsl: the net definition line."""
     frame = sys._getframe(1)
     while frame is not None:
@@ -136,7 +136,7 @@ def _user_location() -> str:
 
 def _located(err: CompileError) -> CompileError:
     """The same error with the user's source line appended."""
-    located = CompileError(str(err) + _user_location())
+    located = CompileError(str(err) + user_location())
     located.node = err.node
     return located
 
@@ -229,13 +229,13 @@ def as_tensor(value: Operand, like: Tensor, base: str = "const") -> Tensor:
             raise CompileError(f"cannot use {value!r:.60} as a tensor constant")
         return like.builder.param(base, arr.astype(like.dtype))
     raise CompileError(f"expected a dsl.Tensor or a number/array, got {type(value).__name__}"
-                       + _user_location())
+                       + user_location())
 
 
 def binary(op: str, a: Operand, b: Operand) -> Tensor:
     """A broadcasting binary op; one side may be a constant (it takes the other side's dtype)."""
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
-        raise CompileError(f"{op}: at least one operand must be a dsl.Tensor" + _user_location())
+        raise CompileError(f"{op}: at least one operand must be a dsl.Tensor" + user_location())
     like = a if isinstance(a, Tensor) else b
     ta, tb = as_tensor(a, like), as_tensor(b, like)
     return like.builder.node(op, [ta, tb])[0]

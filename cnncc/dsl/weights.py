@@ -11,7 +11,7 @@ import numpy as np
 
 from cnncc.ir import CompileError
 
-from .tensor import Builder, _user_location
+from .tensor import Builder, user_location
 
 # Random weights beyond this many elements (8 GiB of float32) are refused before allocating.
 MAX_WEIGHT_ELEMENTS = 1 << 31
@@ -21,7 +21,7 @@ def _normal(b: Builder, shape: Sequence[int]) -> np.ndarray:
     shape = tuple(int(d) for d in shape)
     if int(np.prod(shape, dtype=np.float64)) > MAX_WEIGHT_ELEMENTS:
         raise CompileError(f"weight of shape {list(shape)} is too large "
-                           f"(> {MAX_WEIGHT_ELEMENTS} elements)" + _user_location())
+                           f"(> {MAX_WEIGHT_ELEMENTS} elements)" + user_location())
     return b.rng.standard_normal(shape, dtype=np.float32)
 
 

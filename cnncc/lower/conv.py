@@ -25,7 +25,7 @@ from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv_pointwise import is_pointwise, pointwise
-from .cpu_schedule import PARALLEL_MIN_WORK, parallel_outer as _parallel_outer
+from .cpu_schedule import PARALLEL_MIN_WORK, parallel_outer
 # The expression table of the elementwise ops: the fused activation is the same math.
 from .elementwise import _unary_expr
 
@@ -81,7 +81,7 @@ def padded_input(ctx: LowerCtx, node: Node, x: str, begin: list, end: list,
         if ext >= ctx.lanes:
             sch.vectorize(sch.split(name, ctx.lanes, mode="tail")[1])
     work = int(np.prod(pshape))
-    ctx.emit(_parallel_outer(sch.kernel, ["n", "c"] + [r.name for r in rows], ctx, work))
+    ctx.emit(parallel_outer(sch.kernel, ["n", "c"] + [r.name for r in rows], ctx, work))
     return xp
 
 
@@ -269,7 +269,7 @@ def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out, residual=None)
     params = [ybuf, xflat, wbuf, bbuf, obuf] + ([zbuf] if zbuf is not None else [])
     k = Kernel(node.name, params, body)
     work = int(np.prod(oshape)) * taps
-    ctx.emit(_parallel_outer(k, ["n", "g", "ob", "pb"], ctx, work))
+    ctx.emit(parallel_outer(k, ["n", "g", "ob", "pb"], ctx, work))
 
 
 def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1,
@@ -317,4 +317,4 @@ def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1,
     params = [ybuf, xp, wbuf, bbuf] + ([zbuf] if zbuf is not None else [])
     k = Kernel(node.name, params, body)
     work = int(np.prod(oshape)) * int(np.prod(ks))
-    ctx.emit(_parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx, work))
+    ctx.emit(parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx, work))

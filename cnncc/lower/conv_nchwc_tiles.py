@@ -76,6 +76,19 @@ def _tile_cost(ocb: int, oh: int, ow: int, vb: int, th: int, tw: int, k_step: fl
     return total
 
 
+def _costed_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
+                  l1_bytes: int):
+    """(cost, VB, TH, TW) of every register tile within the register limit, larger VB first."""
+    for vb in range(min(4, ocb), 0, -1):
+        k_step = L2_STEP_CYCLES if vb * block_bytes > l1_bytes else 1.0
+        limit = tile_limit(regs, vb, taps)
+        for th in range(1, min(4, oh) + 1):
+            for tw in range(1, min(ow, limit) + 1):
+                if vb * th * tw > limit:
+                    break
+                yield _tile_cost(ocb, oh, ow, vb, th, tw, k_step), vb, th, tw
+
+
 def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
               l1_bytes: int) -> tuple[int, int, int]:
     """(VB output-channel blocks, TH rows, TW columns) of the register tile minimizing
@@ -85,16 +98,9 @@ def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int
     packed weights of one output block; above ``l1_bytes`` (the target's L1) a tile streams
     them from L2."""
     best = None
-    for vb in range(min(4, ocb), 0, -1):
-        k_step = L2_STEP_CYCLES if vb * block_bytes > l1_bytes else 1.0
-        limit = tile_limit(regs, vb, taps)
-        for th in range(1, min(4, oh) + 1):
-            for tw in range(1, min(ow, limit) + 1):
-                if vb * th * tw > limit:
-                    break
-                cost = _tile_cost(ocb, oh, ow, vb, th, tw, k_step)
-                if best is None or cost < best[0] * 0.99:     # ties: the larger VB
-                    best = (cost, vb, th, tw)
+    for cost, vb, th, tw in _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes):
+        if best is None or cost < best[0] * 0.99:     # ties: the larger VB
+            best = (cost, vb, th, tw)
     assert best is not None
     return best[1:]
 
@@ -135,15 +141,8 @@ def ranked_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: 
                  l1_bytes: int, count: int) -> list[tuple[int, int, int]]:
     """The ``count`` register tiles of lowest ``_tile_cost`` (best first): the tuner's
     candidates."""
-    scored = []
-    for vb in range(min(4, ocb), 0, -1):
-        k_step = L2_STEP_CYCLES if vb * block_bytes > l1_bytes else 1.0
-        limit = tile_limit(regs, vb, taps)
-        for th in range(1, min(4, oh) + 1):
-            for tw in range(1, min(ow, limit) + 1):
-                if vb * th * tw > limit:
-                    break
-                scored.append((_tile_cost(ocb, oh, ow, vb, th, tw, k_step), -vb, th, tw))
+    scored = [(cost, -vb, th, tw) for cost, vb, th, tw in
+              _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes)]
     scored.sort()
     return [(-nvb, th, tw) for _, nvb, th, tw in scored[:count]]
 

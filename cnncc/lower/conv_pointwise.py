@@ -23,7 +23,7 @@ def is_pointwise(win, ks, npix: int, lanes: int) -> bool:
 
 def pointwise(ctx: LowerCtx, node, x: str, wv: np.ndarray, bias: np.ndarray, groups: int,
               act, out: str, residual: str | None = None) -> None:
-    from .conv import _parallel_outer
+    from .cpu_schedule import parallel_outer
 
     g = ctx.graph
     lanes = ctx.lanes
@@ -79,4 +79,4 @@ def pointwise(ctx: LowerCtx, node, x: str, wv: np.ndarray, bias: np.ndarray, gro
     body = For(n, xs[0], For(gv, groups, For(c, cb, For(p, pfull + (prest > 0), body))))
     k = Kernel(node.name, [yb, xb, wbuf, bbuf] + ([zb] if zb is not None else []), body)
     work = xs[0] * oc * npix * icg
-    ctx.emit(_parallel_outer(k, ["n", "g", "cb", "pb"], ctx, work))
+    ctx.emit(parallel_outer(k, ["n", "g", "cb", "pb"], ctx, work))

@@ -14,7 +14,7 @@ from cnncc.ir.loop import (And, Call, Cast, Cmp, Const, Expr, For, Kernel, Selec
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context, unsupported
-from .conv import _parallel_outer
+from .conv import parallel_outer
 
 
 def lower_deform_conv(ctx: LowerCtx, node: Node) -> None:
@@ -93,4 +93,4 @@ def lower_deform_conv(ctx: LowerCtx, node: Node) -> None:
         body = For(ov[a], oshape[2 + a], body)
     k = Kernel(node.name, params, For(n, oshape[0], For(oc, oshape[1], body)))
     work = int(np.prod(oshape)) * cg * ktot * (2 ** nd) * 4
-    ctx.emit(_parallel_outer(k, ["n", "oc"], ctx, work))
+    ctx.emit(parallel_outer(k, ["n", "oc"], ctx, work))

@@ -9,7 +9,8 @@ from cnncc.ir.loop import (Allocate, Buffer, Call, Const, Expr, F32, For, If, Ke
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, const_input, op_context, unsupported
-from .conv import _parallel_outer, padded_input, phases_for, window_index
+from .conv import padded_input, phases_for, window_index
+from .cpu_schedule import parallel_outer
 
 NEG_INF = float("-inf")
 
@@ -88,7 +89,7 @@ def lower_pool(ctx: LowerCtx, node: Node) -> None:
     params = [ybuf, xp] + ([inv] if inv is not None else [])
     k = Kernel(node.name, params, body)
     work = int(np.prod(oshape)) * int(np.prod(ks))
-    ctx.emit(_parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx, work))
+    ctx.emit(parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx, work))
 
 
 def lp_power(x: Expr, p: int) -> Expr:
@@ -125,7 +126,7 @@ def lower_global_pool(ctx: LowerCtx, node: Node) -> None:
     body = For(i, nc, Allocate(acc, seq(
         Store(acc, (0,), Const(NEG_INF if is_max else 0.0, F32)),
         For(j, hw, Store(acc, (0,), upd)), Store(yb, (i,), res))))
-    ctx.emit(_parallel_outer(Kernel(node.name, [yb, xb], body), ["i"], ctx, nc * hw))
+    ctx.emit(parallel_outer(Kernel(node.name, [yb, xb], body), ["i"], ctx, nc * hw))
 
 
 def _dense(ctx: LowerCtx, node: Node, a: str, trans_a: bool, m: int, k_dim: int,
@@ -175,7 +176,7 @@ def _dense(ctx: LowerCtx, node: Node, a: str, trans_a: bool, m: int, k_dim: int,
     if m % r_tile:
         body = seq(body, tile(Const(m - m % r_tile), m % r_tile, "t"))
     k = Kernel(node.name, [ybuf, abuf, wbuf, bbuf], For(nbv, nb, body))
-    ctx.emit(_parallel_outer(k, ["nb"], ctx, m * nn_ * k_dim))
+    ctx.emit(parallel_outer(k, ["nb"], ctx, m * nn_ * k_dim))
 
 
 def lower_gemm(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
@@ -279,4 +280,4 @@ def lower_softmax(ctx: LowerCtx, node: Node) -> None:
         For(r3, red, Store(yb, (o, r3, i), xb[o, r3, i] - acc[0] - acc[1] if log
                            else exp(xb[o, r3, i] - acc[0]) * acc[1])))
     k = Kernel(node.name, [yb, xb], For(o, outer, For(i, inner, Allocate(acc, body))))
-    ctx.emit(_parallel_outer(k, ["o"], ctx, outer * red * inner * 8))
+    ctx.emit(parallel_outer(k, ["o"], ctx, outer * red * inner * 8))

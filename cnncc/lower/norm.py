@@ -9,7 +9,7 @@ from cnncc.ir import DType, Node
 from cnncc.ir.loop import (Allocate, Buffer, Call, Cmp, And, Const, Expr, F32, For, Kernel,
                            Select, Store, Var, loop_nest, seq)
 
-from .conv import _parallel_outer
+from .cpu_schedule import parallel_outer
 from .context import LowerCtx, op_context, unsupported
 from .cpu_schedule import schedule_map
 
@@ -33,7 +33,7 @@ def _normalize_rows(ctx: LowerCtx, name: str, xb: Buffer, yb: Buffer, rows: int,
                              + shift(i, j3)), "vectorized" if width >= ctx.lanes else "serial"))
     params = [yb, xb] + _extra_bufs(scale, shift) + [b for b in stats if b is not None]
     k = Kernel(name, params, For(i, rows, Allocate(acc, body)))
-    ctx.emit(_parallel_outer(k, ["i"], ctx, rows * width * 4))
+    ctx.emit(parallel_outer(k, ["i"], ctx, rows * width * 4))
 
 
 def _extra_bufs(*fns) -> list:

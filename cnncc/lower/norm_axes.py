@@ -12,7 +12,7 @@ from cnncc.ir.loop import Allocate, Buffer, Call, Cast, Cmp, Const, Expr, For, K
     Stmt, Store, Var, seq
 
 from .context import LowerCtx, op_context, unsupported
-from .conv import _parallel_outer
+from .cpu_schedule import parallel_outer
 
 F64 = DType.float64
 
@@ -61,7 +61,7 @@ def _lower_axes(ctx: LowerCtx, node: Node, axes: list[int], passes) -> None:
     k = Kernel(node.name, [yb, xb], body)
     names = [kv[a].name for a in kept[:1]]
     work = int(np.prod(shape)) * 3
-    ctx.emit(_parallel_outer(k, names, ctx, work) if names else k)
+    ctx.emit(parallel_outer(k, names, ctx, work) if names else k)
 
 
 def lower_lp_norm(ctx: LowerCtx, node: Node) -> None:

@@ -12,7 +12,7 @@ from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, For, If, Kernel, O
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context, unsupported
-from .conv import _parallel_outer
+from .cpu_schedule import parallel_outer
 
 
 def _lowest(dt: DType) -> Const:
@@ -79,7 +79,7 @@ def lower_max_pool_scan(ctx: LowerCtx, node: Node) -> None:
     params = [yb, xb] + ([ib] if ib is not None else [])
     k = Kernel(node.name, params, body)
     work = int(np.prod(oshape)) * int(np.prod(win.kernel))
-    ctx.emit(_parallel_outer(k, ["n", "c"], ctx, work))
+    ctx.emit(parallel_outer(k, ["n", "c"], ctx, work))
 
 
 

@@ -147,5 +147,5 @@ def lower_arg(ctx: LowerCtx, node: Node) -> None:
         fin = Store(yb, (o, i), arg[0])
     body = Allocate(best, Allocate(arg, seq(scan, fin)))
     k = Kernel(node.name, [yb, xb], For(o, outer, For(i, inner, body)))
-    from .conv import _parallel_outer
-    ctx.emit(_parallel_outer(k, ["o"], ctx, outer * red * inner))
+    from .cpu_schedule import parallel_outer
+    ctx.emit(parallel_outer(k, ["o"], ctx, outer * red * inner))

@@ -10,7 +10,7 @@ from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, Expr, For, If, Ker
                            Var, seq)
 
 from .context import LowerCtx, op_context, unsupported
-from .conv import _parallel_outer
+from .cpu_schedule import parallel_outer
 
 
 def lower_topk(ctx: LowerCtx, node: Node) -> None:
@@ -66,4 +66,4 @@ def lower_topk(ctx: LowerCtx, node: Node) -> None:
     body = Allocate(sv, Allocate(si, Allocate(cand, Allocate(cidx, seq(
         scan, For(c, k, seq(*out)))))))
     kern = Kernel(node.name, params, For(o, outer, For(i, inner, body)))
-    ctx.emit(_parallel_outer(kern, ["o"], ctx, outer * inner * red * max(k, 1)))
+    ctx.emit(parallel_outer(kern, ["o"], ctx, outer * inner * red * max(k, 1)))

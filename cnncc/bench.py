@@ -7,7 +7,7 @@ turn and reports what each pass buys; `--per-layer` times every kernel of the fu
 its share of the FMA peak (cnncc/peak.py, measured once per run at the bench's thread count),
 and times the unfused model's kernels too, each with its place on the roofline (cnncc/roofline.py:
 bytes, FLOP/byte, the roof set by the peak and the bandwidth of cnncc/bandwidth.py).
-The arena figures of the native variants (peak vs no reuse, cnncc/passes/plan_memory.py) come
+The arena figures of the native variants (peak vs no reuse, cnncc/lower/memory_plan.py) come
 with every report.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from .driver import host_target
 from .compile_time import format_stages
 from .ir import Graph
-from .passes.plan_memory import format_summary
+from .lower.memory_plan import format_summary
 from .bandwidth import Bandwidth, bandwidth, measure_bandwidth  # noqa: F401 (bandwidth: API)
 from .peak import fma_peak, measure_peak  # noqa: F401 (cnncc.bench.fma_peak is public API)
 from .tune import tuned_line

@@ -61,7 +61,7 @@ class CompiledModel(abc.ABC):
         """The arena of native code, in bytes: ``arena_bytes`` (its peak size, buffers reused by
         liveness), ``unshared_bytes`` (the same buffers without reuse), ``live_bytes`` (the most
         bytes live at once: no plan needs less) and ``buffers``; None for targets without one
-        (reference). See cnncc/passes/plan_memory.py."""
+        (reference). See cnncc/lower/memory_plan.py."""
         memory = getattr(getattr(self, "program", None), "memory", None)
         return None if memory is None else memory.summary()
 

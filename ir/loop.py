@@ -15,6 +15,7 @@ from math import prod
 from typing import Union
 
 from .dtypes import DType
+from .loop_printer import format_kernel
 
 LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "gpu_block", "gpu_thread")
 BIN_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max")
@@ -290,7 +291,6 @@ class Kernel:
     body: Stmt
 
     def __str__(self) -> str:
-        from .loop_printer import format_kernel
         return format_kernel(self)
 
 

@@ -12,11 +12,13 @@ import ctypes
 import os
 import threading
 
+import llvmlite
 import llvmlite.binding as llvm
 
 from ...ir import CompileError
 from ...ir.target import Target
 from . import thread_pool
+from ..cache_folders import cache_root
 from .object_files import read_object, write_object
 
 _LOCK = threading.Lock()
@@ -93,8 +95,6 @@ def wait_policy() -> str:
 def cache_dir() -> str | None:
     """Where compiled object code is cached (the ``obj`` folder of the cnncc cache); None when
     CNNCC_CACHE=0."""
-    from ...cache import cache_root
-
     root = cache_root()
     return os.path.join(root, "obj") if root else None
 
@@ -245,6 +245,11 @@ def vector_lanes() -> int:
 def has_openmp() -> bool:
     """Whether parallel loops may run on several threads (cnncc's pool, thread_pool.py)."""
     return "pool_module" in _init()
+
+
+def llvmlite_version() -> str:
+    """The llvmlite release generating this process's code (a compile cache key part)."""
+    return llvmlite.__version__
 
 
 def target_info() -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 
 from cnncc.ir import CompileError, DType, Graph, Node
 from cnncc.ir.aligned import ALIGN, align, aligned_zeros
-from cnncc.ir.ops.registry import run_reference
+from cnncc.ir.fold import TYPE_ONLY, fold_node
 from cnncc.ir.target import Target
 
 from cnncc.debug import dump, dump_enabled
@@ -49,7 +49,7 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
     known = set(g.params)          # values known at compile time (params + folded outputs)
     missing = []
     for n in g.nodes:
-        if n.op in ("Shape", "Size") or (n.op in CONST_OPS
+        if n.op in TYPE_ONLY or (n.op in CONST_OPS
                                          and all(i in known for i in n.inputs if i)):
             known.update(o for o in n.outputs if o)
         elif n.op not in RULES and n.op not in ALIAS_OPS:
@@ -108,17 +108,15 @@ def _dropout_mask(ctx: LowerCtx, node: Node) -> None:
 
 
 def _fold_constant(g: Graph, node: Node) -> bool:
-    """Evaluate a node with constant inputs (or a Shape/Size of a static shape) at compile time:
-    its outputs become parameters and no kernel is emitted."""
-    ins = [i for i in node.inputs if i]
-    if node.op not in ("Shape", "Size") and (node.op not in CONST_OPS
-                                             or not all(i in g.params for i in ins)):
+    """Evaluate a node the lowering folds (CONST_OPS with constant inputs, or a Shape/Size of
+    a static shape) at compile time (ir/fold.py): its outputs become parameters and no kernel
+    is emitted. Any size: the alternative is a kernel computing the same constant."""
+    if node.op not in CONST_OPS and node.op not in TYPE_ONLY:
         return False
-    args = [g.params.get(i) if i else None for i in node.inputs]
-    if node.op in ("Shape", "Size"):
-        args[0] = np.zeros(g.types[node.inputs[0]].shape, g.types[node.inputs[0]].dtype.np)
-    results = run_reference(node, args)
-    for out, value in zip(node.outputs, results):
+    values = fold_node(g, node, limit=None)
+    if values is None:
+        return False
+    for out, value in zip(node.outputs, values):
         if out:
             g.params[out] = np.ascontiguousarray(value)
     return True

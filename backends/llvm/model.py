@@ -141,6 +141,10 @@ class LLVMModel(CompiledModel):
             "disk" if stats.disk or entry_status == "disk" else "memory"
         self._weights = prog.weights             # 64-byte aligned by lower_graph: no copy
         self._arena = aligned_zeros(max(prog.arena_bytes, 64))
+        self._weights_ptr = self._weights.ctypes.data
+        self._arena_ptr = self._arena.ctypes.data
+        self._in_ptrs_type = ctypes.c_void_p * max(1, len(self._inputs))
+        self._out_ptrs_type = ctypes.c_void_p * max(1, len(self._outputs))
         # ctypes releases the GIL: concurrent calls from other threads get their own arena.
         self._owner = threading.get_ident()
         self._local = threading.local()
@@ -197,11 +201,14 @@ class LLVMModel(CompiledModel):
         return result
 
     def _execute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        outs = [np.empty(shape, dt) for shape, dt in zip(self.output_shapes, self.output_dtypes)]
-        in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])
-        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
-        arena = self._arenas(1)
-        rc = self._fn(in_ptrs, out_ptrs, self._weights.ctypes.data, arena.ctypes.data)
+        outs = [np.empty(shape, dt) for shape, dt in self._output_specs]
+        in_ptrs = self._in_ptrs_type(*[a.ctypes.data for a in inputs])
+        out_ptrs = self._out_ptrs_type(*[a.ctypes.data for a in outs])
+        if threading.get_ident() == self._owner:       # the arena of the thread that compiled
+            arena = self._arena_ptr
+        else:
+            arena = self._arenas(1).ctypes.data
+        rc = self._fn(in_ptrs, out_ptrs, self._weights_ptr, arena)
         if rc != 0:
             raise CompileError(f"native code returned error {rc}")
         return outs
@@ -216,6 +223,7 @@ class LLVMModel(CompiledModel):
             arena = aligned_zeros(count * stride)
             if owner:
                 self._arena = arena
+                self._arena_ptr = arena.ctypes.data
             else:
                 self._local.arena = arena
         return arena

@@ -12,7 +12,10 @@ sleeping worker woken by the first kernel after an idle gap cost small models 0.
 at 2 threads on a 2-core VM (README, Threads).
 
 Workers spin ``cnncc_pool_spin_ns`` nanoseconds (by the clock, so no per-CPU calibration) after
-their last job, then sleep on a futex; the caller wakes them only when some sleep. A second
+their last job, then sleep on a futex; the caller wakes them only when some sleep. Both spin
+loops call sched_yield every few dozen pauses: on a VM or a loaded machine a worker can share a
+CPU with the caller, and a spinning thread would keep the other one (the caller with the rest of
+the chunks, or the worker finishing its chunk) off that CPU for a whole time slice. A second
 caller while a job runs (another thread, or a parallel loop nested in a parallel region) runs its
 job alone (n = 1). After fork() the child starts its own workers. ``cnncc_pool_shutdown`` stops
 the workers (an atexit hook of the JIT; a destructor of an exported library, run by dlclose).
@@ -64,6 +67,7 @@ declare i32 @__register_atfork(ptr, ptr, ptr, ptr)
 $dso_decl
 declare i64 @syscall(i64, ...)
 declare i32 @clock_gettime(i32, ptr)
+declare i32 @sched_yield()
 declare void @llvm.x86.sse2.pause()
 
 define internal i64 @cnncc_pool_now() nounwind {
@@ -116,6 +120,7 @@ spin_more:
   br label %spin
 
 clock:
+  call i32 @sched_yield()
   %t = call i64 @cnncc_pool_now()
   %spent = sub i64 %t, %t0
   %enough = icmp sge i64 %spent, %limit
@@ -269,12 +274,19 @@ work:
   br label %join
 
 join:
+  %spins = phi i32 [ 0, %work ], [ %spins1, %wait ], [ 0, %yield ]
   %inside = load atomic i32, ptr @cnncc_pool_active seq_cst, align 4
   %clear = icmp eq i32 %inside, 0
   br i1 %clear, label %unlock, label %wait
 
 wait:
   call void @llvm.x86.sse2.pause()
+  %spins1 = add i32 %spins, 1
+  %often = icmp ult i32 %spins1, 64
+  br i1 %often, label %join, label %yield
+
+yield:
+  call i32 @sched_yield()
   br label %join
 
 unlock:

@@ -97,7 +97,7 @@ def model_key(graph: Graph, target: str, options: dict[str, Any]) -> str:
 
     def add(*parts: Any) -> None:
         for p in parts:
-            h.update(p if isinstance(p, bytes) else str(p).encode())
+            h.update(p if isinstance(p, (bytes, np.ndarray)) else str(p).encode())
             h.update(b"\0")
 
     info = jit.target_info()
@@ -111,7 +111,7 @@ def model_key(graph: Graph, target: str, options: dict[str, Any]) -> str:
             add(name, _attr_bytes(node.attrs[name]))
     for name in sorted(graph.params):
         arr = np.ascontiguousarray(graph.params[name])
-        add(name, arr.dtype.str, arr.shape, arr.tobytes())
+        add(name, arr.dtype.str, arr.shape, arr.reshape(-1).view(np.uint8))   # no copy
     return h.hexdigest()[:32]
 
 

@@ -98,6 +98,10 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     def build(**extra: Any) -> CompiledModel:
         t0 = time.perf_counter()
         optimized = _optimize(graph, target, opt_level, skip, lowrank_tol, machine)
+        if extra.get("release_params") and optimized is not graph:
+            # The imported arrays now live in ``optimized`` only (passes share or replace
+            # them), which lowering drops one by one once packed (peak memory).
+            graph.params = {}
         report = dict(stages, passes=time.perf_counter() - t0)
         built = BACKENDS[target].build(optimized, dict(options, **extra))
         report.update(getattr(built, "compile_report", dict)())
@@ -115,10 +119,15 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
             hit.compile_stages = stages
             return hit              # its json carries batch_refusal, stored with it below
     start = time.perf_counter()
+    refusal = batch_refusal(graph)
     # export_objects: the kernels' position-independent objects, which the library stored
     # below links, are built with their JIT objects (one O3 run per kernel).
-    model = build(export_objects=True) if key is not None else build()
-    model.batch_refusal = batch_refusal(graph)
+    extra = {"export_objects": True} if key is not None else {}
+    if target == "llvm" and not isinstance(source, Graph) and not callable(
+            getattr(source, "to_graph", None)):
+        extra["release_params"] = True      # an ONNX model imported here: its arrays are ours
+    model = build(**extra)
+    model.batch_refusal = refusal
     if key is not None and time.perf_counter() - start >= cache.min_seconds():
         t0 = time.perf_counter()
         cache.store(key, model)

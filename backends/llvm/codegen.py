@@ -33,6 +33,7 @@ class ModuleBuilder:
         self._outlined = 0
         self._unroll_md = None
         self._loops = 0
+        self.memory_bufs: set = set()     # of the kernel being emitted: memory_resident()
 
     def add_kernel(self, kernel: Kernel) -> ir.Function:
         if kernel.name in self.kernels:
@@ -44,6 +45,7 @@ class ModuleBuilder:
             arg.name = buf.name
             arg.add_attribute("noalias")
         bufs = {b.name: a for b, a in zip(kernel.params, fn.args)}
+        self.memory_bufs = memory_resident(kernel.body)
         em = FunctionEmitter(self, fn, bufs, {})
         em.emit(kernel.body)
         em.b.ret_void()
@@ -199,8 +201,12 @@ class FunctionEmitter(ExprEmitter):
                        for _, e in stmt_exprs(s.body) for x in walk_exprs(e))
 
     def _global(self, buf) -> bool:
+        """Whether ``buf`` lives in memory whatever the unrolling: a kernel argument, a buffer
+        shared with a parallel loop's body, or a scratch buffer some access indexes at run
+        time (never promoted to registers)."""
         p = self.bufs.get(buf.name)
-        return isinstance(p, ir.Argument) or getattr(p, "_cnncc_shared", False)
+        return (isinstance(p, ir.Argument) or getattr(p, "_cnncc_shared", False)
+                or buf.name in self.mb.memory_bufs)
 
     def serial_loop(self, name: str, lo: ir.Value, hi: ir.Value, body,
                     unroll: bool = False) -> None:
@@ -354,6 +360,44 @@ class FunctionEmitter(ExprEmitter):
     def _omp(self, name: str) -> ir.Function:
         return self.module.globals.get(name) or ir.Function(
             self.module, ir.FunctionType(I32, []), name)
+
+
+def memory_resident(body: Stmt) -> set:
+    """Names of the scratch buffers (Allocate) of ``body`` that some load or store indexes with
+    a run-time value (a serial or parallel loop's variable, or a Let of one): LLVM keeps them in
+    memory, so unrolling a loop that indexes them cannot change what stays in registers."""
+    found: set = set()
+
+    def note(exprs, dyn: set) -> None:
+        for e in exprs:
+            for x in walk_exprs(e):
+                if isinstance(x, Load) and any(_uses(i, dyn) for i in x.indices):
+                    found.add(x.buf.name)
+
+    def visit(s: Stmt, dyn: set) -> None:
+        if isinstance(s, Seq):
+            for x in s.stmts:
+                visit(x, dyn)
+        elif isinstance(s, For):
+            note((s.start, s.extent), dyn)
+            visit(s.body, dyn | {s.var.name} if s.kind in ("serial", "parallel") else dyn)
+        elif isinstance(s, Let):
+            note((s.value,), dyn)
+            visit(s.body, dyn | {s.var.name} if _uses(s.value, dyn) else dyn)
+        elif isinstance(s, If):
+            note((s.cond,), dyn)
+            visit(s.then, dyn)
+            if s.else_ is not None:
+                visit(s.else_, dyn)
+        elif isinstance(s, Allocate):
+            visit(s.body, dyn)
+        elif isinstance(s, (Store, Prefetch)):
+            if any(_uses(i, dyn) for i in s.indices):
+                found.add(s.buf.name)
+            note(s.indices + ((s.value,) if isinstance(s, Store) else ()), dyn)
+
+    visit(body, set())
+    return found
 
 
 def _uses(e, names: set) -> bool:

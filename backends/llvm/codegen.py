@@ -90,6 +90,7 @@ class FunctionEmitter(ExprEmitter):
         self.scalar_lane = False
         self.lane_copy = False         # emitting a lane other than a vector's first, one by one
         self.index = IndexCache()
+        self.int_values: dict = {}    # exprs.py: integer values emitted, by block and operands
 
     # ---- statements ----------------------------------------------------------------------------
     def emit(self, s: Stmt) -> None:
@@ -162,12 +163,12 @@ class FunctionEmitter(ExprEmitter):
         if s.kind == "unrolled" and LLVM_UNROLLS and self.vvar is None and self._llvm_unrolls(s):
             # A loop LLVM unrolls (same code after O3, a fraction of the IR to build and parse).
             start = self.ev_scalar(s.start)
-            self.serial_loop(s.var.name, start, self.b.add(start, ir.Constant(I64, n)),
+            self.serial_loop(s.var.name, start, self._plus(start, n),
                              lambda: self.emit(s.body), unroll=True)
         elif s.kind == "unrolled":
             start = self.ev_scalar(s.start)
             for k in range(n):
-                self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
+                self.env[s.var.name] = (self._plus(start, k), False)
                 self.emit(s.body)
             self.env.pop(s.var.name, None)
         elif s.kind == "vectorized":
@@ -180,6 +181,12 @@ class FunctionEmitter(ExprEmitter):
                              lambda: self.emit(s.body))
         else:
             raise CompileError(f"loop kind {s.kind} is not supported on target llvm")
+
+    def _plus(self, v: ir.Value, k: int) -> ir.Value:
+        """``v + k``: a constant when ``v`` is one (the iterations of loops unrolled here)."""
+        if isinstance(v, ir.Constant):
+            return ir.Constant(I64, v.constant + k)
+        return self.b.add(v, ir.Constant(I64, k))
 
     def _llvm_unrolls(self, s: For) -> bool:
         """Whether unrolled loop ``s`` may be left to LLVM's full unroll: its variable must not
@@ -238,17 +245,17 @@ class FunctionEmitter(ExprEmitter):
             outer = self.lane_copy
             for k in range(n):
                 self.lane_copy = outer or k % self.lanes != 0
-                self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
+                self.env[s.var.name] = (self._plus(start, k), False)
                 self.emit(s.body)
             self.lane_copy = outer
             self.env.pop(s.var.name, None)
             return
         for c in range(full):
-            self._vector_chunk(s, self.b.add(start, ir.Constant(I64, c * self.lanes)))
+            self._vector_chunk(s, self._plus(start, c * self.lanes))
         outer = self.lane_copy
         for k in range(full * self.lanes, n):     # the remainder lanes, one by one
             self.lane_copy = outer or k > full * self.lanes
-            self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
+            self.env[s.var.name] = (self._plus(start, k), False)
             self.emit(s.body)
         self.lane_copy = outer
         self.env.pop(s.var.name, None)

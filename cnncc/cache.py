@@ -4,7 +4,7 @@ A second ``cnncc.compile`` of the same model with the same options on the same m
 library compiled the first time: no passes, no lowering, no LLVM. Entries live in
 
     $CNNCC_CACHE_DIR, else $XDG_CACHE_HOME/cnncc, else ~/.cache/cnncc   (CNNCC_CACHE=0: off)
-        lib/<key>/cnncc_model.so, cnncc_model.json    whole models (this module)
+        lib/<key>/cnncc_model.so, .json, .weights     whole models (this module)
         obj/<key>.o                                   JIT object code (llvm/jit.py)
         kernels/<symbol>.<kind>.o                     one kernel's code (llvm/objects.py)
 
@@ -12,8 +12,9 @@ The key hashes the graph (structure, types and every parameter's bytes), the opt
 opt_level, threads, skip_passes, ...), the CPU/target machine, the cnncc version and the content
 of cnncc's own source files (a changed compiler never reuses old code). An entry is built in a
 temporary folder and renamed into place (atomic: a concurrent compile sees all of it or none);
-the json carries the key and the library's sha256, and an entry that fails any check (json
-unreadable or not matching, checksum, dlopen) is removed and compiled again. Models that
+the json carries the key and the sha256 of the library and of its weights (a file beside it,
+not linked in: aot.py), and an entry that fails any check (json unreadable or not matching,
+checksums, dlopen) is removed and compiled again. Models that
 compiled in less than CNNCC_CACHE_MIN_SECONDS (default 0.5 s) are not stored: they compile
 about as fast as a library loads. Total size is capped (CNNCC_CACHE_MAX_BYTES, default 2 GiB):
 the least recently used entries go first.
@@ -82,7 +83,7 @@ def model_key(graph: Graph, target: str, options: dict[str, Any]) -> str:
 
     def add(*parts: Any) -> None:
         for p in parts:
-            h.update(p if isinstance(p, bytes) else str(p).encode())
+            h.update(p if isinstance(p, (bytes, np.ndarray)) else str(p).encode())
             h.update(b"\0")
 
     info = jit.target_info()
@@ -96,7 +97,7 @@ def model_key(graph: Graph, target: str, options: dict[str, Any]) -> str:
             add(name, _attr_bytes(node.attrs[name]))
     for name in sorted(graph.params):
         arr = np.ascontiguousarray(graph.params[name])
-        add(name, arr.dtype.str, arr.shape, arr.tobytes())
+        add(name, arr.dtype.str, arr.shape, arr.reshape(-1).view(np.uint8))   # no copy
     return h.hexdigest()[:32]
 
 
@@ -164,7 +165,7 @@ def store(key: str, model: Any) -> str | None:
         os.makedirs(os.path.dirname(entry), exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(entry))
         export_library(model.generated, tmp, ENTRY_NAME, extra={"cache_key": key},
-                       batch_refusal=model.batch_refusal)
+                       batch_refusal=model.batch_refusal, weights_file=True)
         try:
             os.rename(tmp, entry)
             tmp = None

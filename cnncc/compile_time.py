@@ -63,8 +63,11 @@ rng = np.random.default_rng(0)
 model(*[rng.standard_normal(s).astype(d) for s, d in zip(model.input_shapes, model.input_dtypes)])
 cpu = (c1.user + c1.system + c1.children_user + c1.children_system
        - c0.user - c0.system - c0.children_user - c0.children_system)
-rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+# This process's peak (VmHWM: ru_maxrss would carry the parent's over exec) or a compile
+# worker's (forked: it shares this process's pages), whichever is higher.
+with open("/proc/self/status") as f:
+    hwm = int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
+rss = max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(json.dumps({"import_cnncc": t1 - t0, "compile": t3 - t2, "cpu": cpu,
                   "peak_rss_mb": rss / 1024, "status": model.cache_status,
                   "stages": getattr(model, "compile_stages", {})}))

@@ -71,16 +71,19 @@ def _optimize(graph: Graph, target: str, opt_level: int, skip: frozenset,
 
 
 def lower(graph: Graph, target: str, opt_level: int = 3, machine: Target | None = None,
-          schedules: dict | None = None) -> Program | Graph:
+          schedules: dict | None = None, release_params: bool = False) -> Program | Graph:
     """The lowering stage: ``graph`` (optimized) as the Program that ``target``'s backend
     generates code from, with that target's schedules (CPU: for ``machine``, using the tuned
     ``schedules`` by workload key; GPU); opt_level 0 keeps activations out of conv/gemm
-    epilogues. The reference target interprets the graph itself: it gets ``graph`` back."""
+    epilogues; ``release_params``: the graph's arrays belong to this compile and are dropped
+    once packed (cnncc/lower/program.py). The reference target interprets the graph itself: it
+    gets ``graph`` back."""
     kind = BACKENDS[target].lowering
     if kind is None:
         return graph
     return lower_graph(graph, machine if kind == "cpu" else None, fuse=opt_level > 0,
-                       gpu=kind == "gpu", schedules=schedules if kind == "cpu" else None)
+                       gpu=kind == "gpu", schedules=schedules if kind == "cpu" else None,
+                       release_params=release_params)
 
 
 def compile(source: Any, target: str | None = None, opt_level: int = 3,
@@ -117,8 +120,14 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     def build(**extra: Any) -> CompiledModel:
         t0 = time.perf_counter()
         optimized = _optimize(graph, target, opt_level, skip, lowrank_tol, machine)
+        release = bool(extra.pop("release_params", False))
+        if release and optimized is not graph:
+            # The imported arrays now live in ``optimized`` only (passes share or replace
+            # them), which lowering drops one by one once packed (peak memory).
+            graph.params = {}
         t1 = time.perf_counter()
-        program = lower(optimized, target, opt_level, machine, options.get("schedules"))
+        program = lower(optimized, target, opt_level, machine, options.get("schedules"),
+                        release_params=release)
         report = dict(stages, passes=t1 - t0, lowering=time.perf_counter() - t1)
         built = BACKENDS[target].build(program, dict(options, **extra))
         for stage, seconds in getattr(built, "compile_report", dict)().items():
@@ -137,10 +146,15 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
             hit.compile_stages = stages
             return hit              # its json carries batch_refusal, stored with it below
     start = time.perf_counter()
+    refusal = batch_refusal(graph)
     # export_objects: the kernels' position-independent objects, which the library stored
     # below links, are built with their JIT objects (one O3 run per kernel).
-    model = build(export_objects=True) if key is not None else build()
-    model.batch_refusal = batch_refusal(graph)
+    extra = {"export_objects": True} if key is not None else {}
+    if target == "llvm" and not isinstance(source, Graph) and not callable(
+            getattr(source, "to_graph", None)):
+        extra["release_params"] = True      # an ONNX model imported here: its arrays are ours
+    model = build(**extra)
+    model.batch_refusal = refusal
     if key is not None and time.perf_counter() - start >= cache.min_seconds():
         t0 = time.perf_counter()
         cache.store(key, model)

@@ -60,11 +60,20 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_compile_cache(tmp_path_factory):
-    """Every test (and every subprocess it starts) uses a fresh compile cache, never the user's:
-    results do not depend on what earlier runs left there, and the suite writes nothing to
-    ~/.cache. Tests of the default location clear CNNCC_CACHE_DIR themselves (monkeypatch)."""
+    """Every test (and every subprocess it starts) uses a compile cache that starts empty with
+    the run, never the user's: results do not depend on what earlier runs left there, and the
+    suite writes nothing to ~/.cache. The xdist workers of one run share it (the caches are
+    safe for concurrent processes), so a kernel one worker compiled is not compiled again by
+    the other. Tests that count cache hits use private folders; tests of the default location
+    clear CNNCC_CACHE_DIR themselves (monkeypatch)."""
     old = os.environ.get("CNNCC_CACHE_DIR")
-    os.environ["CNNCC_CACHE_DIR"] = str(tmp_path_factory.mktemp("cnncc-cache"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Each worker's base temp folder is popen-gwN inside the run's own folder.
+        shared = tmp_path_factory.getbasetemp().parent / "cnncc-cache"
+        shared.mkdir(exist_ok=True)
+        os.environ["CNNCC_CACHE_DIR"] = str(shared)
+    else:
+        os.environ["CNNCC_CACHE_DIR"] = str(tmp_path_factory.mktemp("cnncc-cache"))
     yield
     if old is None:
         os.environ.pop("CNNCC_CACHE_DIR", None)

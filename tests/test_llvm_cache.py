@@ -90,7 +90,8 @@ def test_second_compile_in_a_new_process_loads_the_library(cdir, tmp_path):
                                   np.load(tmp_path / "y_compiled.npy"))
     (entry,) = os.listdir(cdir / "lib")
     assert sorted(os.listdir(cdir / "lib" / entry)) == ["cnncc_model.h", "cnncc_model.json",
-                                                         "cnncc_model.so"]
+                                                         "cnncc_model.so",
+                                                         "cnncc_model.weights"]
     off, _ = run_script(tmp_path, dict(env, CNNCC_CACHE="0"))
     assert off == "compiled"
 
@@ -129,6 +130,14 @@ def _corrupt(entry, kind):
         meta_path.write_text(json.dumps(meta).replace('"format"', '"formatx"'))
     elif kind == "missing json":
         meta_path.unlink()
+    elif kind == "altered weights":
+        weights = entry / "cnncc_model.weights"
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 1
+        weights.write_bytes(bytes(data))
+    elif kind == "truncated weights":
+        weights = entry / "cnncc_model.weights"
+        weights.write_bytes(weights.read_bytes()[:-4])
     else:
         raise AssertionError(kind)
 
@@ -137,7 +146,7 @@ def _corrupt(entry, kind):
                                   "library that does not load", "json that does not parse",
                                   "json of another key", "json of another signature",
                                   "json of another format",
-                                  "missing json"])
+                                  "missing json", "altered weights", "truncated weights"])
 def test_corrupt_entries_are_rebuilt(cdir, kind):
     g = tiny(11)
     ref = cnncc.compile(g, target="reference")(X)

@@ -35,6 +35,7 @@ class ModuleBuilder:
         self._outlined = 0
         self._unroll_md = None
         self._loops = 0
+        self.memory_bufs: set = set()     # of the kernel being emitted: memory_resident()
 
     def add_kernel(self, kernel: Kernel) -> ir.Function:
         if kernel.name in self.kernels:
@@ -46,6 +47,7 @@ class ModuleBuilder:
             arg.name = buf.name
             arg.add_attribute("noalias")
         bufs = {b.name: a for b, a in zip(kernel.params, fn.args)}
+        self.memory_bufs = memory_resident(kernel.body)
         em = FunctionEmitter(self, fn, bufs, {})
         em.emit(kernel.body)
         em.b.ret_void()
@@ -90,6 +92,7 @@ class FunctionEmitter(ExprEmitter):
         self.scalar_lane = False
         self.lane_copy = False         # emitting a lane other than a vector's first, one by one
         self.index = IndexCache()
+        self.int_values: dict = {}    # exprs.py: integer values emitted, by block and operands
 
     # ---- statements ----------------------------------------------------------------------------
     def emit(self, s: Stmt) -> None:
@@ -162,12 +165,12 @@ class FunctionEmitter(ExprEmitter):
         if s.kind == "unrolled" and LLVM_UNROLLS and self.vvar is None and self._llvm_unrolls(s):
             # A loop LLVM unrolls (same code after O3, a fraction of the IR to build and parse).
             start = self.ev_scalar(s.start)
-            self.serial_loop(s.var.name, start, self.b.add(start, ir.Constant(I64, n)),
+            self.serial_loop(s.var.name, start, self._plus(start, n),
                              lambda: self.emit(s.body), unroll=True)
         elif s.kind == "unrolled":
             start = self.ev_scalar(s.start)
             for k in range(n):
-                self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
+                self.env[s.var.name] = (self._plus(start, k), False)
                 self.emit(s.body)
             self.env.pop(s.var.name, None)
         elif s.kind == "vectorized":
@@ -180,6 +183,12 @@ class FunctionEmitter(ExprEmitter):
                              lambda: self.emit(s.body))
         else:
             raise CompileError(f"loop kind {s.kind} is not supported on target llvm")
+
+    def _plus(self, v: ir.Value, k: int) -> ir.Value:
+        """``v + k``: a constant when ``v`` is one (the iterations of loops unrolled here)."""
+        if isinstance(v, ir.Constant):
+            return ir.Constant(I64, v.constant + k)
+        return self.b.add(v, ir.Constant(I64, k))
 
     def _llvm_unrolls(self, s: For) -> bool:
         """Whether unrolled loop ``s`` may be left to LLVM's full unroll: its variable must not
@@ -201,8 +210,12 @@ class FunctionEmitter(ExprEmitter):
                        for _, e in stmt_exprs(s.body) for x in walk_exprs(e))
 
     def _global(self, buf) -> bool:
+        """Whether ``buf`` lives in memory whatever the unrolling: a kernel argument, a buffer
+        shared with a parallel loop's body, or a scratch buffer some access indexes at run
+        time (never promoted to registers)."""
         p = self.bufs.get(buf.name)
-        return isinstance(p, ir.Argument) or getattr(p, "_cnncc_shared", False)
+        return (isinstance(p, ir.Argument) or getattr(p, "_cnncc_shared", False)
+                or buf.name in self.mb.memory_bufs)
 
     def serial_loop(self, name: str, lo: ir.Value, hi: ir.Value, body,
                     unroll: bool = False) -> None:
@@ -234,17 +247,17 @@ class FunctionEmitter(ExprEmitter):
             outer = self.lane_copy
             for k in range(n):
                 self.lane_copy = outer or k % self.lanes != 0
-                self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
+                self.env[s.var.name] = (self._plus(start, k), False)
                 self.emit(s.body)
             self.lane_copy = outer
             self.env.pop(s.var.name, None)
             return
         for c in range(full):
-            self._vector_chunk(s, self.b.add(start, ir.Constant(I64, c * self.lanes)))
+            self._vector_chunk(s, self._plus(start, c * self.lanes))
         outer = self.lane_copy
         for k in range(full * self.lanes, n):     # the remainder lanes, one by one
             self.lane_copy = outer or k > full * self.lanes
-            self.env[s.var.name] = (self.b.add(start, ir.Constant(I64, k)), False)
+            self.env[s.var.name] = (self._plus(start, k), False)
             self.emit(s.body)
         self.lane_copy = outer
         self.env.pop(s.var.name, None)
@@ -357,6 +370,44 @@ def parallel_function(module: ir.Module) -> ir.Function:
     """The thread pool's entry (thread_pool.py), declared in ``module``."""
     return module.globals.get(thread_pool.SYMBOL) or ir.Function(
         module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I32]), thread_pool.SYMBOL)
+
+
+def memory_resident(body: Stmt) -> set:
+    """Names of the scratch buffers (Allocate) of ``body`` that some load or store indexes with
+    a run-time value (a serial or parallel loop's variable, or a Let of one): LLVM keeps them in
+    memory, so unrolling a loop that indexes them cannot change what stays in registers."""
+    found: set = set()
+
+    def note(exprs, dyn: set) -> None:
+        for e in exprs:
+            for x in walk_exprs(e):
+                if isinstance(x, Load) and any(_uses(i, dyn) for i in x.indices):
+                    found.add(x.buf.name)
+
+    def visit(s: Stmt, dyn: set) -> None:
+        if isinstance(s, Seq):
+            for x in s.stmts:
+                visit(x, dyn)
+        elif isinstance(s, For):
+            note((s.start, s.extent), dyn)
+            visit(s.body, dyn | {s.var.name} if s.kind in ("serial", "parallel") else dyn)
+        elif isinstance(s, Let):
+            note((s.value,), dyn)
+            visit(s.body, dyn | {s.var.name} if _uses(s.value, dyn) else dyn)
+        elif isinstance(s, If):
+            note((s.cond,), dyn)
+            visit(s.then, dyn)
+            if s.else_ is not None:
+                visit(s.else_, dyn)
+        elif isinstance(s, Allocate):
+            visit(s.body, dyn)
+        elif isinstance(s, (Store, Prefetch)):
+            if any(_uses(i, dyn) for i in s.indices):
+                found.add(s.buf.name)
+            note(s.indices + ((s.value,) if isinstance(s, Store) else ()), dyn)
+
+    visit(body, set())
+    return found
 
 
 def _uses(e, names: set) -> bool:

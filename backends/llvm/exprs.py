@@ -9,7 +9,7 @@ import llvmlite.ir as ir
 
 from ...ir import CompileError, DType
 from ...ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
-from .indexing import IndexCache
+from .indexing import IndexCache, fold_int_values, value_key
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -211,6 +211,22 @@ class ExprEmitter:
                 if isinstance(m, Bin) and m.op == "mul":
                     return self._fma(m.a, m.b, c)
         a, b, vec = self.both(self.ev(e.a), self.ev(e.b))
+        if fl or vec or e.dtype.value.startswith("uint"):
+            return self._bin_values(e, a, b, vec)
+        # Signed scalar integers (index arithmetic): folded when constant, and each value
+        # emitted once per basic block (the unrolled statements of a register tile share their
+        # run-time index terms).
+        folded = fold_int_values(e.op, a, b)
+        if folded is not None:
+            return folded, vec
+        key = (id(self.b.block), e.op, value_key(a), value_key(b))
+        known = self.int_values.get(key)
+        if known is None:
+            known = self.int_values[key] = self._bin_values(e, a, b, vec)
+        return known
+
+    def _bin_values(self, e: Bin, a, b, vec: bool):
+        fl = e.dtype.is_float
         B = self.b
         uns = e.dtype.value.startswith("uint")
         if e.op in ("min", "max"):

@@ -7,9 +7,58 @@ once per expression. Entries keep their expressions alive, so ``id`` keys stay v
 """
 from __future__ import annotations
 
+import llvmlite.ir as ir
+
 from ...ir.affine import coefficient, simplify, walk_exprs
 from ...ir.loop import Const, Expr, Var
 from ...ir.loop_printer import format_expr
+
+
+def fold_int(op: str, a: int, b: int, bits: int) -> int:
+    """The signed ``bits``-bit integer Bin ``op`` of two constants, as the emitted code computes
+    it (exprs.py: wrap-around; div truncates, floordiv and mod floor; a zero divisor acts as 1
+    and -1 never traps)."""
+    if op in ("div", "floordiv", "mod"):
+        b = 1 if b == 0 else b
+        if b == -1:
+            return _wrap(-a, bits) if op != "mod" else 0
+        if op == "div":
+            q = abs(a) // abs(b)
+            return _wrap(q if (a < 0) == (b < 0) else -q, bits)
+        return _wrap(a // b if op == "floordiv" else a % b, bits)
+    if op in ("min", "max"):
+        return min(a, b) if op == "min" else max(a, b)
+    return _wrap({"add": a + b, "sub": a - b, "mul": a * b}[op], bits)
+
+
+def fold_int_values(op: str, a, b):
+    """The llvmlite value of signed integer Bin ``op`` on values ``a`` and ``b`` when it needs
+    no instruction (both constants; x + 0, x - 0, x * 1, x * 0, 0 + x, 1 * x, x // 1), else
+    None."""
+    ca = a.constant if isinstance(a, ir.Constant) else None
+    cb = b.constant if isinstance(b, ir.Constant) else None
+    if ca is not None and cb is not None:
+        return ir.Constant(a.type, fold_int(op, ca, cb, a.type.width))
+    if cb == 0 and op in ("add", "sub") or cb == 1 and op in ("mul", "div", "floordiv"):
+        return a
+    if ca == 0 and op == "add" or ca == 1 and op == "mul":
+        return b
+    if (ca == 0 or cb == 0) and op == "mul":
+        return ir.Constant(a.type, 0)
+    return None
+
+
+def value_key(v) -> tuple:
+    """A key of llvmlite value ``v`` for a memo of pure integer operations: constants by value,
+    anything else by identity (instructions live as long as their function)."""
+    if isinstance(v, ir.Constant):
+        return ("const", str(v.type), v.constant)
+    return ("value", id(v))
+
+
+def _wrap(v: int, bits: int) -> int:
+    half = 1 << (bits - 1)
+    return (v + half) % (1 << bits) - half
 
 
 def linear_index(buf, indices) -> Expr:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -203,15 +204,57 @@ def load_library(path: str, expect: dict | None = None, rebuild: Callable | None
         raise CompileError(f"{so_path} is corrupt or was replaced: its sha256 does not match "
                            f"{os.path.basename(meta_path)}")
     _check_cpu(meta, so_path)
+    # A library with its weights in a file beside it (the cache's: aot.py) takes them first.
+    weights = _read_weights(meta, meta_path) if "weights_file" in meta else None
+    sfx, wargs = ("_ext", (ctypes.c_void_p,)) if weights is not None else ("", ())
     lib = _dlopen(so_path, digest)
     try:
-        raw = getattr(lib, f"{meta['name']}_run")
+        raw = getattr(lib, f"{meta['name']}_run{sfx}")
     except AttributeError:
-        raise CompileError(f"{so_path} has no function {meta['name']}_run") from None
-    fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
+        raise CompileError(f"{so_path} has no function {meta['name']}_run{sfx}") from None
+    fn = ctypes.CFUNCTYPE(ctypes.c_int, *wargs, ctypes.c_void_p, ctypes.c_void_p)(
         ctypes.cast(raw, ctypes.c_void_p).value)
-    raw_batch = getattr(lib, f"{meta['name']}_run_batch", None)
+    raw_batch = getattr(lib, f"{meta['name']}_run_batch{sfx}", None)
     batch_fn = None if raw_batch is None else ctypes.CFUNCTYPE(
-        ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
+        ctypes.c_int, *wargs, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
         ctypes.cast(raw_batch, ctypes.c_void_p).value)
+    if weights is not None:
+        fn, batch_fn = _with_weights(fn, weights), _with_weights(batch_fn, weights)
     return LibraryModel(so_path, meta, fn, rebuild, status, batch_fn)
+
+
+def _read_weights(meta: dict, meta_path: str) -> np.ndarray:
+    """The weights file named by ``meta`` (64-byte aligned), after checking its size and
+    sha256."""
+    desc = meta["weights_file"]
+    try:
+        path = os.path.join(os.path.dirname(meta_path), os.path.basename(desc["name"]))
+        size, digest = int(desc["bytes"]), str(desc["sha256"])
+    except (KeyError, TypeError, ValueError):
+        raise CompileError(f"{meta_path}: 'weights_file' is not a valid description") from None
+    raw = np.empty(size + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    data = raw[start:start + size]
+    try:
+        with open(path, "rb") as f:
+            got = f.readinto(memoryview(data))
+            extra = f.read(1)
+    except OSError as e:
+        raise CompileError(f"{path} cannot be read: {e}") from None
+    if got != size or extra or hashlib.sha256(data.data).hexdigest() != digest:
+        raise CompileError(f"{path} is corrupt or was replaced: its size or sha256 does not "
+                           f"match {os.path.basename(meta_path)}")
+    return data
+
+
+def _with_weights(fn, weights: np.ndarray):
+    """``fn`` (an _ext entry point) with ``weights`` bound as its first argument; keeps them
+    alive."""
+    if fn is None:
+        return None
+    ptr = weights.ctypes.data
+
+    def call(*args):
+        return fn(ptr, *args)
+    call.weights = weights
+    return call

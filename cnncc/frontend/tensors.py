@@ -6,6 +6,7 @@ allocation.
 """
 from __future__ import annotations
 
+import sys
 from math import prod
 from typing import Any
 
@@ -26,6 +27,14 @@ _TYPED_FIELD = {
     _T.INT16: "int32_data", _T.INT8: "int32_data", _T.UINT16: "int32_data",
     _T.UINT8: "int32_data", _T.BOOL: "int32_data", _T.FLOAT16: "int32_data",
 }
+
+
+def _plain(tensor: onnx.TensorProto, dtype: DType) -> bool:
+    """Whether ``tensor``'s raw bytes are its values as numpy stores them (little-endian
+    host, an element type stored as itself): then its array is a read-only view of one copy
+    of the payload (a 400 MB fc weight is not copied twice more on import)."""
+    return (sys.byteorder == "little" and tensor.data_type in _TYPED_FIELD
+            and np.dtype(dtype.np) == onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
 
 
 def elem_dtype(elem_type: int, what: str) -> DType:
@@ -54,6 +63,8 @@ def tensor_to_array(tensor: onnx.TensorProto, model_dir: str | None,
     nbytes = count * dtype.itemsize
     if tensor.data_location == _T.EXTERNAL:
         raw = read_external(tensor, model_dir, nbytes)
+        if _plain(tensor, dtype):
+            return np.frombuffer(raw, dtype.np).reshape(dims)
         copy = _T()
         copy.CopyFrom(tensor)
         copy.ClearField("external_data")
@@ -61,9 +72,13 @@ def tensor_to_array(tensor: onnx.TensorProto, model_dir: str | None,
         copy.raw_data = raw
         tensor = copy
     elif tensor.HasField("raw_data"):
-        if len(tensor.raw_data) != nbytes:
-            raise CompileError(f"{what}: raw_data holds {len(tensor.raw_data)} bytes but dims "
+        raw = tensor.raw_data           # every read of the field copies the payload
+        if len(raw) != nbytes:
+            raise CompileError(f"{what}: raw_data holds {len(raw)} bytes but dims "
                                f"{dims} of {dtype.value} need {nbytes}")
+        if _plain(tensor, dtype):
+            return np.frombuffer(raw, dtype.np).reshape(dims)
+        del raw
     else:
         field = _TYPED_FIELD[tensor.data_type]
         have = len(getattr(tensor, field))

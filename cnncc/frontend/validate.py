@@ -154,37 +154,67 @@ def run_checker(model: onnx.ModelProto, order: list[int],
 
     The checker insists on things we do not: nodes in file order (``order`` is the topological
     order we computed) and a declared type and shape on every graph output (``output_types`` are
-    the inferred ones). A copy with those filled in is checked when needed. Skipped for models
-    with external data (the checker would open the files itself, without our confinement rules)
-    and for models too large to serialize.
+    the inferred ones). A copy without the weights (``_weightless``) with those filled in is
+    checked. Skipped for models with external data (the checker would open the files itself,
+    without our confinement rules) and for models too large to serialize.
     """
     for t in model.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             return
     try:
-        if model.ByteSize() >= 2**31:
+        copy = _weightless(model)
+        if copy.ByteSize() >= 2**31:
             return
         untyped = [i for i, o in enumerate(model.graph.output)
                    if not o.type.tensor_type.HasField("shape") or not o.type.tensor_type.elem_type]
-        legacy = any(_legacy_attr(n, a) for n in model.graph.node for a in n.attribute)
-        if order != sorted(order) or untyped or legacy:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
+        if order != sorted(order):
             del copy.graph.node[:]
             copy.graph.node.extend(model.graph.node[i] for i in order)
-            for i in untyped:
-                out = copy.graph.output[i]
-                t = output_types[out.name]
-                out.type.CopyFrom(onnx.helper.make_tensor_type_proto(t.dtype.to_onnx(), t.shape))
-            for node in copy.graph.node:
-                _drop_legacy_attrs(node)
-            model = copy
-        onnx.checker.check_model(model)
+        for i in untyped:
+            out = copy.graph.output[i]
+            t = output_types[out.name]
+            out.type.CopyFrom(onnx.helper.make_tensor_type_proto(t.dtype.to_onnx(), t.shape))
+        for node in copy.graph.node:
+            _drop_legacy_attrs(node)
+        onnx.checker.check_model(copy)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise CompileError(f"the ONNX checker rejects the model: {first}") from None
     except (RuntimeError, ValueError, TypeError) as e:
         raise CompileError(f"the ONNX checker failed on the model: {e}") from None
+
+
+def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` for the checker without the initializers' payloads: each top-level
+    initializer becomes a typed graph input (the checker would serialize the whole model and
+    parse it again, two more copies of VGG-11's 531 MB; tensor_to_array checks every payload
+    against its dims)."""
+    copy = onnx.ModelProto()
+    _copy_fields(model, copy, skip="graph")
+    _copy_fields(model.graph, copy.graph, skip="initializer")
+    inputs = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        if t.name not in inputs:
+            inputs.add(t.name)
+            copy.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type,
+                                                                       list(t.dims)))
+    return copy
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    """Every set field of message ``src`` but ``skip`` copied into ``dst``."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        repeated = getattr(fd, "is_repeated", None)
+        if repeated is None:                        # protobuf before 6
+            repeated = fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
 
 
 def _legacy_attr(node: onnx.NodeProto, attr: onnx.AttributeProto) -> bool:

@@ -215,18 +215,25 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
         r, j, j2, r3, j3 = (Var(f"{q}{tag}") for q in ("dr", "dj", "dj2", "dr3", "dj3"))
         init = For(r, rr, For(j, c, Store(acc, (r, j), bdb[cb, j]), "vectorized"), "unrolled")
 
+        a, b = Var(f"dka{tag}"), Var(f"dkb{tag}")
+        ih = oh * sh + (a * dh - pt)
+
+        def fma(k: int, tap: Expr) -> Stmt:
+            iw = (ow0 + k) * sw + (tap * dl - pl)
+            value = acc[k, j2] + xb[n, cb, ih, iw, j2] * wdb[cb, a, tap, j2]
+            return For(j2, c, Store(acc, (k, j2), value), "vectorized")
+
+        # Pixels with every kw tap share a kw loop; the others take their valid taps one by
+        # one. Both tap loops are unrolled by LLVM (the accumulators are indexed by the
+        # pixel only), so each accumulator still sums its taps in (kh, kw) order.
+        full = [k for k in range(rr) if cols is None or cols[k] == all_kw]
+
         def taps(khs: tuple[int, ...]) -> Stmt:
-            upd = []
-            for a in khs:
-                ih = oh * sh + (a * dh - pt)
-                for b in all_kw:
-                    for k in range(rr):
-                        if cols is not None and b not in cols[k]:
-                            continue
-                        iw = (ow0 + k) * sw + (b * dl - pl)
-                        fma = acc[k, j2] + xb[n, cb, ih, iw, j2] * wdb[cb, a, b, j2]
-                        upd.append(For(j2, c, Store(acc, (k, j2), fma), "vectorized"))
-            return seq(*upd)
+            if not khs:
+                return seq()
+            row = [For(b, kw, seq(*[fma(k, b) for k in full]), "unrolled")] if full else []
+            row += [fma(k, Const(t)) for k in range(rr) if k not in full for t in cols[k]]
+            return For(a, len(khs), seq(*row), "unrolled", start=khs[0])
 
         red = taps(all_kh)
         for o, t in reversed(border_rows):

@@ -39,12 +39,17 @@ class Program:
 
 
 def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
-                gpu: bool = False, schedules: dict | None = None) -> Program:
+                gpu: bool = False, schedules: dict | None = None,
+                release_params: bool = False) -> Program:
     """Lower every node of ``graph`` for the CPU ``target``; ``fuse`` applies activations in
     conv/gemm epilogues; ``gpu`` (``target`` None) picks the GPU schedules (kernels whose
     parallel loops are the CUDA grid); ``schedules`` maps workload keys to tuned schedules
-    (cnncc/tune.py: a kernel whose key is there uses it, the cost model's choice otherwise)."""
+    (cnncc/tune.py: a kernel whose key is there uses it, the cost model's choice otherwise).
+    ``release_params``: ``graph``'s arrays belong to this compile (the driver imported them):
+    each is dropped from ``graph.params`` once the last node reading it is lowered (its packed
+    copy is in the weights), so the unpacked and packed weights are not all alive at once."""
     g = graph.copy()
+    release = _last_uses(g) if release_params else {}
     from .rules import RULES
     known = set(g.params)          # values known at compile time (params + folded outputs)
     missing = []
@@ -68,6 +73,9 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
     users = g.users()
     skip: set[int] = set()
     for idx, node in enumerate(g.nodes):
+        for name in release.get(idx - 1, ()):
+            del g.params[name]
+            graph.params.pop(name, None)
         if idx in skip:
             continue
         ctx.node_index = idx
@@ -91,6 +99,24 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
     program = _plan(g, ctx, alias)
     program.fused = fuse
     return program
+
+
+def _last_uses(g: Graph) -> dict[int, list[str]]:
+    """{node index: the parameters whose last reader it is}, for parameters read only by nodes
+    that lower_node packs (not by alias ops, constant folding or as graph outputs)."""
+    last: dict[str, int] = {}
+    kept = set(g.outputs)
+    for idx, n in enumerate(g.nodes):
+        for name in n.inputs:
+            if name in g.params:
+                last[name] = idx
+                if n.op in ALIAS_OPS or n.op in CONST_OPS:
+                    kept.add(name)
+    by_node: dict[int, list[str]] = {}
+    for name, idx in last.items():
+        if name not in kept:
+            by_node.setdefault(idx, []).append(name)
+    return by_node
 
 
 def _dropout_mask(ctx: LowerCtx, node: Node) -> None:

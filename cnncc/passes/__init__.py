@@ -19,6 +19,7 @@ from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
 from .fuse_epilogue import fuse_epilogue
+from .recognize_activations import recognize_activations
 from .alter_layout_nchwc import alter_layout_nchwc
 from .depthwise_separable import depthwise_separable
 
@@ -44,6 +45,8 @@ PIPELINE: list[Pass] = [
     Pass("fold_constants", fold_constants, 1),
     Pass("fold_batch_norm", fold_batch_norm, 1),
     Pass("eliminate_dead_code", eliminate_dead_code, 1),
+    # Before the epilogue fusion: a recognised SiLU / HardSwish / Gelu is one activation to fuse.
+    Pass("recognize_activations", recognize_activations, 1),
     # After dead code is gone: a dead user of a conv output would block its fusion.
     Pass("fuse_epilogue", fuse_epilogue, 1),
     # After the epilogues are fused: a FusedConv becomes one blocked conv, residual included.

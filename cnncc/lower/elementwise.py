@@ -37,12 +37,36 @@ def _exp(x: Expr) -> Expr:
 
 
 def _softplus(x: Expr) -> Expr:
-    return Select(x > 20.0, x, _f("log", _c(1.0, x.dtype) + _exp(x)))
+    """max(x, 0) + log1p(exp(-|x|)): no overflow, accurate in the tiny negative tail."""
+    return x.max(_c(0.0, x.dtype)) + _f("log1p", _exp(-_f("abs", x)))
+
+
+def _mish(x: Expr) -> Expr:
+    """x tanh(softplus(x)) = x e (e + 2) / (e (e + 2) + 2), e = exp(x) = h^2, h = exp(x / 2):
+    the factor e applied last as h twice keeps results in the denormals to one rounding
+    (x > 20: x)."""
+    h = _exp(x.min(_c(20.0, x.dtype)) * 0.5)
+    e = h * h
+    r = (e + 2.0) / (e * (e + 2.0) + 2.0)
+    return Select(x > 20.0, x, x * r * h * h)
+
+
+def _gelu_erf(x: Expr) -> Expr:
+    """0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(a), a = -x / sqrt 2 rounded; the rounding error
+    d of a (an FMA residual plus the constant's own error) would cost erfc a relative 2 a d in
+    the negative tail (a > 0): corrected there by the factor 1 - 2 a d."""
+    c = np.float32(-1 / math.sqrt(2))
+    c_lo = -1 / math.sqrt(2) - float(c)
+    xd = x.max(_c(-16.0, x.dtype))             # erfc(-16 / sqrt 2) underflows: no inf - inf
+    ad = xd * float(c)
+    d = xd * float(c) + (-ad) + xd * c_lo
+    corr = Select(x < 0.0, 1.0 - ad * d * 2.0, _c(1.0, x.dtype))
+    return x * 0.5 * _f("erfc", x * float(c)) * corr
 
 
 def _expm1_neg(x: Expr) -> Expr:
-    """exp(min(x, 0)) - 1 (for the x < 0 branch of Elu-like ops)."""
-    return _exp(x.min(_c(0.0, x.dtype))) - 1.0
+    """exp(min(x, 0)) - 1 (for the x < 0 branch of Elu-like ops), accurate near 0."""
+    return _f("expm1", x.min(_c(0.0, x.dtype)))
 
 
 def _unary_expr(op: str, a: dict) -> Callable[[Expr], Expr] | None:
@@ -54,15 +78,15 @@ def _unary_expr(op: str, a: dict) -> Callable[[Expr], Expr] | None:
         "Sigmoid": sig,
         "HardSigmoid": lambda x: (x * a.get("alpha", 0.2) + a.get("beta", 0.5)).max(
             _c(0.0, x.dtype)).min(_c(1.0, x.dtype)),
-        "HardSwish": lambda x: x * (x * (1 / 6) + 0.5).max(_c(0.0, x.dtype)).min(
-            _c(1.0, x.dtype)),
+        "HardSwish": lambda x: x * ((x + 3.0).max(_c(0.0, x.dtype)).min(_c(6.0, x.dtype))
+                                    * (1 / 6)),
         "Tanh": lambda x: Call("tanh", (x,), x.dtype),
         "Elu": lambda x: Select(x < 0.0, _expm1_neg(x) * a.get("alpha", 1.0), x),
         "Selu": lambda x: Select(x <= 0.0, _expm1_neg(x) * a.get("alpha", 1.0), x)
         * a.get("gamma", 1.0),
         "Softplus": _softplus,
         "Softsign": lambda x: x / (Call("abs", (x,), x.dtype) + 1.0),
-        "Mish": lambda x: x * Call("tanh", (_softplus(x),), x.dtype),
+        "Mish": _mish,
         "Swish": lambda x: x * sig(x * a.get("alpha", 1.0)),
         "ThresholdedRelu": lambda x: Select(x > a.get("alpha", 1.0), x, _c(0.0, x.dtype)),
         "Celu": lambda x: x.max(_c(0.0, x.dtype)) + (
@@ -85,9 +109,10 @@ def _unary_expr(op: str, a: dict) -> Callable[[Expr], Expr] | None:
     }
     if op == "Gelu":
         if a.get("approximate", "none") == "tanh":
-            k = math.sqrt(2 / math.pi)
-            return lambda x: x * 0.5 * (_f("tanh", (x + x * x * x * 0.044715) * k) + 1.0)
-        return lambda x: x * 0.5 * (Call("erf", (x * (1 / math.sqrt(2)),), x.dtype) + 1.0)
+            # 0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation in the negative tail.
+            k = 2 * math.sqrt(2 / math.pi)
+            return lambda x: x * _f("sigmoid", (x + x * x * x * 0.044715) * k)
+        return _gelu_erf
     return table.get(op)
 
 

@@ -52,8 +52,25 @@ def erf(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def erfc(x: np.ndarray) -> np.ndarray:
+    """1 - erf(x) in float64 without cancellation for large x (the continued fraction of erf)."""
+    x = np.asarray(x, dtype=np.float64)
+    ax = np.abs(x)
+    out = 1.0 - erf(x)
+    big = ax >= 3.0
+    xb = ax[big]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+        t = xb.copy()
+        for k in range(80, 0, -1):
+            t = xb + (k / 2.0) / t
+        tail = np.exp(-xb * xb) / _SQRT_PI / t
+    out[big] = np.where(x[big] > 0, tail, 2.0 - tail)
+    return out
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))     # no overflow for large |x|
+    e = np.exp(-np.abs(x))                    # no overflow, no cancellation in either tail
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -61,9 +78,9 @@ def _softplus(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
-    if approximate == "tanh":
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    if approximate == "tanh":      # 0.5 (1 + tanh(u)) = sigmoid(2 u)
+        return x * _sigmoid(2.0 * math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))
+    return 0.5 * x * erfc(-x / math.sqrt(2.0))
 
 
 def _check_kind(ctx: OpContext, t: TensorType, kind: str, what: str = "input") -> None:

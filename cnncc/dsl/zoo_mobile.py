@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from . import functional as F
 from . import layers as L
 from .net import Net, build
 from .tensor import Tensor, scope
 
 Act = Callable[[Tensor], Tensor]
+_RESIDUAL_GAMMA = 0.25
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -24,11 +27,16 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 
 
 def _conv_bn(x: Tensor, out: int, k: int, stride: int = 1, groups: int = 1,
-             act: Act | None = None, eps: float = 1e-5, name: str = "conv") -> Tensor:
+             act: Act | None = None, eps: float = 1e-5, name: str = "conv",
+             gamma: float | None = None) -> Tensor:
+    """conv + BN (+ act); ``gamma``: the BN scale, else random (a residual branch's last BN
+    with a small scale keeps the seeded-random net's activations from growing block by block,
+    as zero-initialised residual BNs do in training recipes)."""
     with scope(name):
         y = L.conv2d(x, out, k, stride=stride, padding=k // 2, groups=groups, bias=False,
                      name="conv")
-        y = L.batch_norm(y, eps=eps, name="bn")
+        scale = None if gamma is None else np.full(out, gamma, np.float32)
+        y = L.batch_norm(y, eps=eps, scale=scale, name="bn")
         return act(y) if act is not None else y
 
 
@@ -55,8 +63,9 @@ def _mbconv(x: Tensor, expand: int, k: int, stride: int, out: int) -> Tensor:
         y = _conv_bn(y, hidden, 1, act=F.silu, name="expand")
     y = _conv_bn(y, hidden, k, stride, groups=hidden, act=F.silu, name="dw")
     y = _squeeze_excitation(y, max(1, c_in // 4), F.silu, F.sigmoid)
-    y = _conv_bn(y, out, 1, name="project")
-    return y + x if stride == 1 and c_in == out else y
+    residual = stride == 1 and c_in == out
+    y = _conv_bn(y, out, 1, name="project", gamma=_RESIDUAL_GAMMA if residual else None)
+    return y + x if residual else y
 
 
 def _efficientnet_b0(x: Tensor, num_classes: int) -> Tensor:
@@ -110,8 +119,10 @@ def _v3_block(x: Tensor, k: int, hidden: int, out: int, se: bool, hs: bool,
     y = _conv_bn(y, hidden, k, stride, groups=hidden, act=act, eps=_V3_EPS, name="dw")
     if se:
         y = _squeeze_excitation(y, make_divisible(hidden // 4), F.relu, F.hard_sigmoid)
-    y = _conv_bn(y, out, 1, eps=_V3_EPS, name="project")
-    return y + x if stride == 1 and c_in == out else y
+    residual = stride == 1 and c_in == out
+    y = _conv_bn(y, out, 1, eps=_V3_EPS, name="project", gamma=_RESIDUAL_GAMMA if residual
+                 else None)
+    return y + x if residual else y
 
 
 def _mobilenet_v3(x: Tensor, num_classes: int, settings: list, last: int) -> Tensor:

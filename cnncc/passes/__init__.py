@@ -22,6 +22,7 @@ from .fuse_epilogue import fuse_epilogue
 from .recognize_activations import recognize_activations
 from .alter_layout_nchwc import alter_layout_nchwc
 from .depthwise_separable import depthwise_separable
+from .fuse_channel_scale import fuse_channel_scale
 
 
 @dataclass
@@ -53,6 +54,8 @@ PIPELINE: list[Pass] = [
     Pass("alter_layout_nchwc", alter_layout_nchwc, 2),
     # On blocked convs: a depthwise conv and the 1x1 conv reading it become one kernel.
     Pass("depthwise_separable", depthwise_separable, 3),
+    # Last: a squeeze-excitation gate goes into the 1x1 conv reading the gated map.
+    Pass("fuse_channel_scale", fuse_channel_scale, 2),
 ]
 PASS_NAMES = [p.name for p in PIPELINE]
 

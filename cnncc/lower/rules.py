@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from cnncc.ir import CompileError, DType, Graph, Node
+from cnncc.ir.ops.fused import ACTIVATIONS
 
 from .context import LowerCtx, unsupported
 from .conv import lower_conv, lower_fused_conv
@@ -126,9 +127,7 @@ def fused_activation(g: Graph, node: Node, users: dict, idx: int):
     nxt = g.nodes[idx + 1]
     if use[0] is not nxt or nxt.inputs[0] != out:
         return None
-    if nxt.op != "Clip" and nxt.op not in ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid",
-                                            "HardSwish", "Tanh", "Elu", "Swish", "Gelu",
-                                            "Mish", "Softplus"):
+    if nxt.op not in ACTIVATIONS:
         return None
     if g.types[nxt.outputs[0]] != g.types[out] or g.types[out].dtype is not DType.float32:
         return None

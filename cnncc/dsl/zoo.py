@@ -16,6 +16,7 @@ from . import functional as F
 from . import layers as L
 from .net import Net, build
 from .tensor import Tensor, scope
+from .zoo_convnext import convnext_tiny
 from .zoo_mobile import MOBILE_ZOO, make_divisible
 
 
@@ -265,6 +266,7 @@ ZOO: dict[str, Callable[..., Net]] = {
     "tiny_mobilenet": tiny_mobilenet,
     "tiny_unet": tiny_unet,
     **MOBILE_ZOO,
+    "convnext_tiny": convnext_tiny,
 }
 
 __all__ = ["ZOO", *ZOO]

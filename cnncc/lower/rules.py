@@ -6,6 +6,7 @@ from cnncc.ir.ops.fused import ACTIVATIONS
 
 from .context import LowerCtx, unsupported
 from .conv import lower_conv, lower_fused_conv
+from .channel_norm import lower_channel_layer_norm
 from .conv_dwpw import lower_dwpw
 from .conv_transpose import lower_conv_transpose
 from .conv_nchwc import lower_conv_nchwc
@@ -40,6 +41,7 @@ RULES = {
     "FromNCHWc": lower_from_nchwc,
     "InstanceNormalization": lower_instance_norm,
     "LayerNormalization": lower_layer_norm,
+    "ChannelLayerNorm": lower_channel_layer_norm,
     "LRN": lower_lrn,
     "Gemm": lower_gemm,
     "MatMul": lower_matmul,

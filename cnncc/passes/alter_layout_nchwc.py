@@ -142,6 +142,12 @@ class _Rewriter:
             return True
         if op == "Concat":
             return self.concat(node)
+        if op == "ChannelLayerNorm" and node.inputs[0] in self.blocked and \
+                not node.attrs.get("block"):
+            attrs = {**node.attrs, "block": self.block, "channels": self.g.types[node.inputs[0]].shape[1]}
+            self.emit(op, [self.blocked[node.inputs[0]]] + node.inputs[1:], attrs, node.name,
+                      [self.blocked_out(node)], node.origin)
+            return True
         return False
 
     def f32(self, *values: str) -> bool:

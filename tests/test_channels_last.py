@@ -84,3 +84,54 @@ def test_channels_last_block_against_onnxruntime(channels, branch):
         got = cnncc.compile(m, opt_level=opt, threads=1).run({"x": x})
         for name, w in zip(["y", "r"], want):
             assert relative_error(got[name], w) <= 1e-5, (opt, name)
+
+
+def _decomposed(axis_last: bool) -> onnx.ModelProto:
+    """LayerNorm spelled ReduceMean / Sub / Pow / ReduceMean / Add / Sqrt / Div / Mul / Add:
+    channels-last between transposes (an old exporter's LayerNorm2d) or over axis 1 (a
+    hand-written channels-first LayerNorm)."""
+    rng = np.random.default_rng(0)
+    c = 24
+    shape = [c] if axis_last else [c, 1, 1]
+    inits = [numpy_helper.from_array((rng.standard_normal((c, 3, 3, 3)) * 0.3).astype(np.float32),
+                                     "w"),
+             numpy_helper.from_array(np.array([-1 if axis_last else 1], np.int64), "axes"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, shape).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), "b")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])]
+    src = "c"
+    if axis_last:
+        nodes.append(n("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]))
+        src = "t"
+    nodes += [n("ReduceMean", [src, "axes"], ["m"]), n("Sub", [src, "m"], ["d"]),
+              n("Pow", ["d", "two"], ["p"]), n("ReduceMean", ["p", "axes"], ["v"]),
+              n("Add", ["v", "eps"], ["e"]), n("Sqrt", ["e"], ["s"]), n("Div", ["d", "s"], ["q"]),
+              n("Mul", ["q", "g"], ["qg"]), n("Add", ["qg", "b"], ["ln"])]
+    if axis_last:
+        nodes.append(n("Transpose", ["ln"], ["y"], perm=[0, 3, 1, 2]))
+    else:
+        nodes.append(n("Relu", ["ln"], ["y"]))
+    g = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 5, 6])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, c, 5, 6])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+@pytest.mark.parametrize("axis_last", [True, False])
+def test_decomposed_layer_norm(axis_last):
+    m = _decomposed(axis_last)
+    g = run_pipeline(import_model(m), PassContext(opt_level=3, machine=host_target(1)))
+    ops = _ops(g)
+    assert "ChannelLayerNorm" in ops and not {"ReduceMean", "Transpose", "Div", "ToNCHWc"} & set(
+        ops), ops
+    x = np.random.default_rng(1).standard_normal((1, 3, 5, 6)).astype(np.float32)
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    assert relative_error(cnncc.compile(m, threads=1)(x), want) <= 1e-5
+    assert relative_error(cnncc.compile(m, target="reference")(x), want) <= 1e-5

@@ -21,6 +21,7 @@ from .fold_constants import fold_constants
 from .fuse_epilogue import fuse_epilogue
 from .recognize_activations import recognize_activations
 from .lift_channels_last import lift_channels_last
+from .recognize_layer_norm import recognize_layer_norm
 from .alter_layout_nchwc import alter_layout_nchwc
 from .depthwise_separable import depthwise_separable
 from .fuse_channel_scale import fuse_channel_scale
@@ -49,6 +50,7 @@ PIPELINE: list[Pass] = [
     Pass("eliminate_dead_code", eliminate_dead_code, 1),
     # Before the epilogue fusion: a recognised SiLU / HardSwish / Gelu is one activation to fuse.
     Pass("recognize_activations", recognize_activations, 1),
+    Pass("recognize_layer_norm", recognize_layer_norm, 1),
     # CPU: channels-last stretches (LayerNorm2d, ConvNeXt blocks) on the NCHW map, convs 1x1.
     Pass("lift_channels_last", lift_channels_last, 1),
     # After dead code is gone: a dead user of a conv output would block its fusion.

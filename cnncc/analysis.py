@@ -8,13 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-from .ir import Graph, Node
+from cnncc.ir import Graph, Node
+from cnncc.ir.ops.activation_exprs import UNARY_LOWERING
 
-# Ops whose cost is one operation per output element (or a few; we count one, as is customary).
+# Operations per output element: the unary ops' own count (their op-table Lowering: one, as is
+# customary), one for the other elementwise ops.
 _PER_OUTPUT = {
-    "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu",
-    "Selu", "Gelu", "Erf", "Exp", "Sqrt", "Softplus", "Add", "Sub", "Mul", "Div", "Sum", "Max",
-    "Min", "Mean", "Neg", "Abs", "Reciprocal", "Log", "Pow",
+    **{op: low.flops for op, low in UNARY_LOWERING.items()},
+    **dict.fromkeys(("PRelu", "Clip", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean",
+                     "Pow"), 1),
 }
 
 
@@ -61,7 +63,7 @@ def node_flops(graph: Graph, node: Node) -> int:
     if node.op in ("Softmax", "LogSoftmax"):
         return 3 * out.size
     if node.op in _PER_OUTPUT:
-        return out.size
+        return out.size * _PER_OUTPUT[node.op]
     return 0
 
 

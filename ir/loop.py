@@ -22,7 +22,7 @@ from .loop_printer import format_kernel
 LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "gpu_block", "gpu_thread")
 BIN_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max")
 CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
-MATH_FNS = ("exp", "log", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "sigmoid", "round",
+MATH_FNS = ("exp", "expm1", "log", "log1p", "erfc", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "sigmoid", "round",
             "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
             "atanh", "pow", "fmod")
 

@@ -22,6 +22,9 @@ _MATH = {
     "sqrt": lambda x: math.sqrt(x) if x >= 0 else math.nan,
     "tanh": math.tanh, "erf": _erf, "abs": abs, "floor": math.floor, "ceil": math.ceil,
     "sigmoid": lambda x: 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0,
+    "expm1": lambda x: math.expm1(x) if x < 709 else math.inf,
+    "log1p": lambda x: math.log1p(x) if x > -1 else (-math.inf if x == -1 else math.nan),
+    "erfc": math.erfc,
     "round": lambda x: float(np.round(x)), "sin": math.sin, "cos": math.cos,
 }
 for _n in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh"):

@@ -149,6 +149,10 @@ ACTIVATIONS = {
     "gelu_tanh": (lambda x: dsl.gelu(x, "tanh"),
                   lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))),
     "neg": (lambda x: -x, np.negative),
+    "softplus": (dsl.softplus, lambda x: np.log1p(np.exp(x))),
+    "mish": (dsl.mish, lambda x: x * np.tanh(np.log1p(np.exp(x)))),
+    "celu_via_activation": (lambda x: dsl.activation("Celu", x, alpha=2.0),
+                            lambda x: np.maximum(x, 0) + np.minimum(0, 2 * np.expm1(x / 2))),
 }
 
 
@@ -160,6 +164,11 @@ def test_activations_match_numpy_formula(name):
     got = cnncc.compile(net, target="reference")(x)
     assert rel_err(got, formula(x.astype(np.float64))) <= RTOL
     assert_matches_ort(net)
+
+
+def test_activation_names_the_known_ops():
+    with pytest.raises(cnncc.CompileError, match="unknown op 'Swishy'.*Mish"):
+        dsl.build(lambda x: dsl.activation("Swishy", x), (1, 3))
 
 
 def test_gelu_exact_matches_onnxruntime():

@@ -30,6 +30,10 @@ PARAM_COUNTS = {
     "vgg11": 132_863_336,
     "vgg11_bn": 132_868_840,
     "lenet5": 61_706,
+    "efficientnet_b0": 5_288_548,
+    "mobilenet_v3_large": 5_483_032,
+    "mobilenet_v3_small": 2_542_856,
+    "convnext_tiny": 28_589_128,
 }
 TARGETS = target_params()
 OUTPUT_SHAPES = {"tiny_unet": (1, 2, 32, 32), "lenet5": (1, 10), "tiny_cnn": (1, 10),

@@ -38,7 +38,7 @@ _MATH_F64 = {"exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh", "erf": 
              "abs": "fabs", "floor": "floor", "ceil": "ceil", "round": "rint",
              "sin": "sin", "cos": "cos"}
 # The rest of the C math library, same names on the device (f suffix for float).
-for _fn in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "pow",
+for _fn in ("expm1", "log1p", "erfc", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "pow",
             "fmod"):
     _MATH_F32[_fn], _MATH_F64[_fn] = f"{_fn}f", _fn
 

@@ -3,13 +3,13 @@ enclosing vectorized loop) values, math functions expanded into intrinsics and p
 """
 from __future__ import annotations
 
-import math
 
 import llvmlite.ir as ir
 
 from ...ir import CompileError, DType
 from ...ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
 from .indexing import IndexCache, fold_int_values, value_key
+from .vecmath import FUNCTIONS as VECMATH_FUNCTIONS, VecMath
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -334,12 +334,15 @@ class ExprEmitter:
 
     def _call(self, e: Call):
         fn, x = e.fn, e.args[0]
-        if fn in ("tanh", "erf") and e.dtype is DType.float64:
-            # The expansions below are float32-accurate; float64 calls the C library.
+        if fn in VECMATH_FUNCTIONS and e.dtype is DType.float32:
+            v, vec = self.ev(x)
+            return VecMath(self.b, self.intrinsic).emit(fn, v), vec
+        if fn in ("tanh", "erf", "expm1", "log1p", "erfc") and e.dtype is DType.float64:
+            # vecmath.py is float32; float64 calls the C library.
             v, vec = self.ev(x)
             return self._libm(fn, v, vec), vec
-        if fn in ("tanh", "erf", "sigmoid"):
-            return self._expanded(fn, x)
+        if fn == "sigmoid":
+            return self._sigmoid64(x)
         if fn == "fmod":
             a, b, vec = self.both(self.ev(x), self.ev(e.args[1]))
             if e.dtype.is_float:
@@ -370,43 +373,17 @@ class ExprEmitter:
             out = self.b.insert_element(out, self.b.call(fn, [lane]), ir.Constant(I32, k))
         return out
 
-    def _expanded(self, fn: str, x: Expr):
-        """tanh, erf and sigmoid as expressions over exp (x evaluated once, bound to a temp)."""
-        tmp = Var(f"__{fn}_{id(x)}", x.dtype)
+    def _sigmoid64(self, x: Expr):
+        """float64 sigmoid as 1 / (1 + exp(-x)) (x evaluated once, bound to a temp)."""
+        tmp = Var(f"__sigmoid_{id(x)}", x.dtype)
         self.env[tmp.name] = self.ev(x)
         one = Const(1.0, x.dtype)
-        if fn == "sigmoid":
-            r = one / (one + Call("exp", (-tmp,), x.dtype))
-        elif fn == "tanh":
-            big = one - Const(2.0, x.dtype) / (Call("exp", (tmp * 2.0,), x.dtype) + one)
-            x2 = tmp * tmp
-            small = tmp * _poly(x2, [1.0, -1 / 3, 2 / 15, -17 / 315, 62 / 2835], x.dtype)
-            r = Select(Call("abs", (tmp,), x.dtype) < 0.5, small, big)
-        else:
-            ax = Call("abs", (tmp,), x.dtype)
-            t = one / (one + ax * 0.3275911)
-            p = t * _poly(t, [0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429],
-                          x.dtype)
-            big = one - p * Call("exp", (-(tmp * tmp),), x.dtype)
-            big = Select(tmp < 0.0, -big, big)
-            x2 = tmp * tmp
-            c = 2 / math.sqrt(math.pi)
-            small = tmp * _poly(x2, [c, -c / 3, c / 10, -c / 42, c / 216, -c / 1320], x.dtype)
-            r = Select(ax < 0.5, small, big)
-        out = self.ev(r)
+        out = self.ev(one / (one + Call("exp", (-tmp,), x.dtype)))
         del self.env[tmp.name]
         return out
 
 
 _LIBM_ONLY = ("asinh", "acosh", "atanh")
-
-
-def _poly(x: Expr, coefs: list, dtype) -> Expr:
-    """c0 + c1 x + c2 x^2 + ... in Horner form."""
-    r: Expr = Const(coefs[-1], dtype)
-    for c in reversed(coefs[:-1]):
-        r = r * x + Const(c, dtype)
-    return r
 
 
 def _suffix(ty: ir.Type) -> str:

@@ -19,10 +19,11 @@ from .tensor import Tensor, constant, scope
 from .net import Net, NetDef, build, net
 from .layers import (batch_norm, conv2d, conv_transpose2d, dense, depthwise_conv2d, linear,
                      pads_of)
-from .functional import (add, avg_pool2d, clip, concat, div, dropout, flatten, gelu,
+from .functional import (activation, add, avg_pool2d, clip, concat, div, dropout, flatten, gelu,
                          global_avg_pool, global_max_pool, hard_sigmoid, hard_swish, identity,
                          leaky_relu, matmul, max_pool2d, maximum, minimum, mul, pad, reduce_mean,
-                         relu, relu6, reshape, resize, sigmoid, silu, softmax, sub, tanh,
+                         mish, relu, relu6, reshape, resize, sigmoid, silu, softmax, softplus,
+                         sub, tanh,
                          transpose, upsample)
 from . import zoo
 
@@ -30,7 +31,7 @@ __all__ = [
     "Tensor", "Net", "NetDef", "net", "build", "constant", "scope", "zoo",
     "conv2d", "depthwise_conv2d", "conv_transpose2d", "dense", "linear", "batch_norm", "pads_of",
     "relu", "relu6", "clip", "leaky_relu", "hard_sigmoid", "hard_swish", "sigmoid", "tanh",
-    "silu", "gelu", "softmax", "identity", "dropout",
+    "silu", "gelu", "softplus", "mish", "activation", "softmax", "identity", "dropout",
     "max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool", "reduce_mean",
     "flatten", "reshape", "transpose", "concat", "pad", "resize", "upsample",
     "add", "sub", "mul", "div", "matmul", "maximum", "minimum",

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cnncc.ir.ops.activation_exprs import UNARY_LOWERING
+
 from .layers import Padding, Size, fail, ints, tensor_arg, pads_of
 from .tensor import Operand, Tensor, binary
 
@@ -83,6 +85,24 @@ def gelu(x: Tensor, approximate: str = "none", name: str | None = None) -> Tenso
         raise fail(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     return _unary("Gelu", x, {"approximate": approximate} if approximate != "none" else None,
                   name)
+
+
+def softplus(x: Tensor, name: str | None = None) -> Tensor:
+    """log(1 + exp(x)) (ONNX Softplus)."""
+    return _unary("Softplus", x, name=name)
+
+
+def mish(x: Tensor, name: str | None = None) -> Tensor:
+    """x * tanh(softplus(x)) (ONNX Mish-18)."""
+    return _unary("Mish", x, name=name)
+
+
+def activation(op: str, x: Tensor, name: str | None = None, **attrs: float | str) -> Tensor:
+    """Any unary op of the op table that the compiler lowers (``activation("Celu", x,
+    alpha=2.0)``): a new table entry is usable here at once."""
+    if op not in UNARY_LOWERING:
+        raise fail(f"activation: unknown op {op!r} (one of {', '.join(sorted(UNARY_LOWERING))})")
+    return _unary(op, x, dict(attrs) or None, name)
 
 
 def softmax(x: Tensor, axis: int = -1, name: str | None = None) -> Tensor:

@@ -16,6 +16,8 @@ from . import functional as F
 from . import layers as L
 from .net import Net, build
 from .tensor import Tensor, scope
+from .zoo_convnext import convnext_tiny
+from .zoo_mobile import MOBILE_ZOO, make_divisible
 
 
 def _conv_bn(x: Tensor, out: int, k: int, stride: int = 1, groups: int = 1,
@@ -151,22 +153,16 @@ def tiny_resnet(seed: int = 0, batch: int = 1, num_classes: int = 10,
 
 # ---- MobileNets ----------------------------------------------------------------------------------
 
-def _make_divisible(v: float, divisor: int = 8) -> int:
-    """torchvision's channel rounding: nearest multiple of ``divisor``, never below 90% of v."""
-    out = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return out + divisor if out < 0.9 * v else out
-
-
 _MOBILENET_V1 = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
                  (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
 
 
 def _mobilenet_v1(x: Tensor, num_classes: int, width: float) -> Tensor:
-    x = _conv_bn(x, _make_divisible(32 * width), 3, 2, act=F.relu6, name="stem")
+    x = _conv_bn(x, make_divisible(32 * width), 3, 2, act=F.relu6, name="stem")
     for i, (out, stride) in enumerate(_MOBILENET_V1):
         with scope(f"features.{i}"):
             x = _conv_bn(x, x.shape[1], 3, stride, groups=x.shape[1], act=F.relu6, name="dw")
-            x = _conv_bn(x, _make_divisible(out * width), 1, act=F.relu6, name="pw")
+            x = _conv_bn(x, make_divisible(out * width), 1, act=F.relu6, name="pw")
     return _classifier(x, num_classes)
 
 
@@ -195,14 +191,14 @@ def _inverted_residual(x: Tensor, out: int, stride: int, expand: int) -> Tensor:
 
 def _mobilenet_v2(x: Tensor, num_classes: int, width: float, settings: list, stem_stride: int,
                   last: int) -> Tensor:
-    x = _conv_bn(x, _make_divisible(32 * width), 3, stem_stride, act=F.relu6, name="stem")
+    x = _conv_bn(x, make_divisible(32 * width), 3, stem_stride, act=F.relu6, name="stem")
     i = 1
     for t, c, n, s in settings:
         for j in range(n):
             with scope(f"features.{i}"):
-                x = _inverted_residual(x, _make_divisible(c * width), s if j == 0 else 1, t)
+                x = _inverted_residual(x, make_divisible(c * width), s if j == 0 else 1, t)
             i += 1
-    x = _conv_bn(x, _make_divisible(last * max(1.0, width)), 1, act=F.relu6, name="head")
+    x = _conv_bn(x, make_divisible(last * max(1.0, width)), 1, act=F.relu6, name="head")
     x = F.dropout(F.flatten(F.global_avg_pool(x)), 0.2)
     return L.dense(x, num_classes, name="classifier")
 
@@ -269,6 +265,8 @@ ZOO: dict[str, Callable[..., Net]] = {
     "tiny_resnet": tiny_resnet,
     "tiny_mobilenet": tiny_mobilenet,
     "tiny_unet": tiny_unet,
+    **MOBILE_ZOO,
+    "convnext_tiny": convnext_tiny,
 }
 
 __all__ = ["ZOO", *ZOO]

@@ -27,7 +27,7 @@ from .context import LowerCtx, const_input, op_context, unsupported
 from .conv_pointwise import is_pointwise, pointwise
 from .cpu_schedule import parallel_outer
 # The expression table of the elementwise ops: the fused activation is the same math.
-from .elementwise import unary_expr
+from cnncc.ir.ops.activation_exprs import unary_expr
 
 Act = Callable[[Expr], Expr] | None
 
@@ -115,9 +115,7 @@ def fused_parts(ctx: LowerCtx, node: Node) -> tuple[Node, Act, str | None]:
             return x
         act = clip
     elif name:
-        act = unary_expr(name, activation_node(name, params)[0].attrs)
-        if act is None:
-            raise unsupported(node, f"activation {name} has no lowering")
+        act = unary_expr(activation_node(name, params)[0])
     residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
     return conv_node(node), act, residual
 

@@ -35,6 +35,7 @@ from cnncc.ir import DType, Node
 from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, For, If, Kernel, Let, Prefetch, Stmt,
                            Store, Var, seq)
 from cnncc.ir.ops.spatial import resolve_window
+from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import Act, fused_parts
@@ -65,15 +66,39 @@ def lower_conv_nchwc(ctx: LowerCtx, node: Node) -> None:
     xs = g.types[x].shape
     plain = xs if stem else (xs[0], wv.shape[1] * octx["group"]) + tuple(xs[2:4])
     win = resolve_window(op_context(g, conv), plain, wv.shape[2:])
+    scale = node.inputs[4] if len(node.inputs) > 4 and node.inputs[4] else None
     if octx["group"] > 1:
+        if scale:
+            raise unsupported(node, "an input scale on a depthwise conv")
         return _depthwise(ctx, node, wv, bias, win, act, residual, c)
-    _dense(ctx, node, wv, bias, win, act, residual)
+    _dense(ctx, node, wv, bias, win, act, residual, scale)
+
+
+def _scaled_weights(ctx: LowerCtx, node: Node, lay, scale: str) -> list[Buffer]:
+    """The packed weights [G, ICb, KH, KW, ci, VB * c] times the input scale [1, ICb, 1, 1, ci]
+    of their input channel, into scratch buffers (one small kernel per pack, each call)."""
+    sbuf = ctx.value(scale, bname="s")
+    out = []
+    for k, w in enumerate(lay.wbufs):
+        t = ctx.temp(DType.float32, w.shape, f"ws{k}")
+        ng, icb, kh, kw, ci, v = w.shape
+        g_, i, h, x, j, o = (Var(n) for n in ("g", "i", "h", "x", "j", "o"))
+        body = For(g_, ng, For(i, icb, For(h, kh, For(x, kw, For(j, ci, For(
+            o, v, Store(t, (g_, i, h, x, j, o), w[g_, i, h, x, j, o] * sbuf[0, i, 0, 0, j])))))))
+        sch = Schedule(Kernel(f"{node.name}_scale_w{k}", [t, w, sbuf], body))
+        if v % ctx.lanes == 0:
+            sch.vectorize(sch.split("o", ctx.lanes)[1])
+        ctx.emit(sch.kernel)
+        out.append(t)
+    return out
 
 
 def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,
-           residual: str | None) -> None:
+           residual: str | None, scale: str | None = None) -> None:
     out = node.outputs[0]
     lay = dense_tiling(ctx, node, wv, win)
+    if scale:
+        lay.wbufs = _scaled_weights(ctx, node, lay, scale)
     c, cin, vb, th, tw = lay.c, lay.cin, lay.vb, lay.th, lay.tw
     nb, ocb, oh, ow = lay.nb, lay.ocb, lay.oh, lay.ow
     kh_, kw_ = win.kernel

@@ -6,14 +6,14 @@ loop vectorized, the outer loops fused and parallel.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 
 from cnncc.ir import DType, Graph, Node
-from cnncc.ir.loop import (Call, Const, Expr, F32, Kernel, Select, Store, Var, loop_nest,
+from cnncc.ir.loop import (Call, Const, Expr, Kernel, Select, Store, Var, loop_nest,
                            nan_max, nan_min)
+from cnncc.ir.ops.activation_exprs import UNARY_LOWERING, unary_expr
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .cpu_schedule import schedule_map
@@ -24,77 +24,12 @@ from .cpu_schedule import schedule_map
 FLOAT_TYPES = (DType.float32, DType.float64)
 
 
-def _c(v: float, dt: DType = F32) -> Const:
-    return Const(float(v), dt)
-
-
 def _f(fn: str, x: Expr) -> Expr:
     return Call(fn, (x,), x.dtype)
 
 
-def _exp(x: Expr) -> Expr:
-    return _f("exp", x)
-
-
-def _softplus(x: Expr) -> Expr:
-    return Select(x > 20.0, x, _f("log", _c(1.0, x.dtype) + _exp(x)))
-
-
-def _expm1_neg(x: Expr) -> Expr:
-    """exp(min(x, 0)) - 1 (for the x < 0 branch of Elu-like ops)."""
-    return _exp(x.min(_c(0.0, x.dtype))) - 1.0
-
-
-def unary_expr(op: str, a: dict) -> Callable[[Expr], Expr] | None:
-    """The expression of a unary op on an element of any native float type."""
-    sig = lambda x: _f("sigmoid", x)                                  # noqa: E731
-    table: dict[str, Callable[[Expr], Expr]] = {
-        "Relu": lambda x: x.max(_c(0.0, x.dtype)),
-        "LeakyRelu": lambda x: Select(x < 0.0, x * a.get("alpha", 0.01), x),
-        "Sigmoid": sig,
-        "HardSigmoid": lambda x: (x * a.get("alpha", 0.2) + a.get("beta", 0.5)).max(
-            _c(0.0, x.dtype)).min(_c(1.0, x.dtype)),
-        "HardSwish": lambda x: x * (x * (1 / 6) + 0.5).max(_c(0.0, x.dtype)).min(
-            _c(1.0, x.dtype)),
-        "Tanh": lambda x: Call("tanh", (x,), x.dtype),
-        "Elu": lambda x: Select(x < 0.0, _expm1_neg(x) * a.get("alpha", 1.0), x),
-        "Selu": lambda x: Select(x <= 0.0, _expm1_neg(x) * a.get("alpha", 1.0), x)
-        * a.get("gamma", 1.0),
-        "Softplus": _softplus,
-        "Softsign": lambda x: x / (Call("abs", (x,), x.dtype) + 1.0),
-        "Mish": lambda x: x * Call("tanh", (_softplus(x),), x.dtype),
-        "Swish": lambda x: x * sig(x * a.get("alpha", 1.0)),
-        "ThresholdedRelu": lambda x: Select(x > a.get("alpha", 1.0), x, _c(0.0, x.dtype)),
-        "Celu": lambda x: x.max(_c(0.0, x.dtype)) + (
-            _expm1_neg(x * (1 / a.get("alpha", 1.0))) * a.get("alpha", 1.0)).min(
-            _c(0.0, x.dtype)),
-        "Shrink": lambda x: Select(x < -a.get("lambd", 0.5), x + a.get("bias", 0.0), Select(
-            x > a.get("lambd", 0.5), x - a.get("bias", 0.0), _c(0.0, x.dtype))),
-        "Erf": lambda x: Call("erf", (x,), x.dtype),
-        "Neg": lambda x: -x,
-        "Abs": lambda x: Call("abs", (x,), x.dtype),
-        "Reciprocal": lambda x: _c(1.0, x.dtype) / x,
-        "Floor": lambda x: Call("floor", (x,), x.dtype),
-        "Ceil": lambda x: Call("ceil", (x,), x.dtype),
-        "Round": lambda x: Call("round", (x,), x.dtype),
-        "Exp": _exp,
-        "Log": lambda x: Call("log", (x,), x.dtype),
-        "Sqrt": lambda x: Call("sqrt", (x,), x.dtype),
-        "Sin": lambda x: Call("sin", (x,), x.dtype),
-        "Cos": lambda x: Call("cos", (x,), x.dtype),
-    }
-    if op == "Gelu":
-        if a.get("approximate", "none") == "tanh":
-            k = math.sqrt(2 / math.pi)
-            return lambda x: x * 0.5 * (_f("tanh", (x + x * x * x * 0.044715) * k) + 1.0)
-        return lambda x: x * 0.5 * (Call("erf", (x * (1 / math.sqrt(2)),), x.dtype) + 1.0)
-    return table.get(op)
-
-
-UNARY_OPS = ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
-             "Softplus", "Softsign", "Mish", "Swish", "ThresholdedRelu", "Erf", "Neg", "Abs",
-             "Reciprocal", "Floor", "Ceil", "Round", "Exp", "Log", "Sqrt", "Sin", "Cos", "Gelu",
-             "Celu", "Shrink")
+# Unary ops with a loop-IR expression on their op-table entry (ir/ops/activation.py).
+UNARY_OPS = tuple(UNARY_LOWERING)
 BINARY_OPS = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
               "Div": lambda a, b: a / b, "Max": nan_max,
               "Min": nan_min, "Sum": lambda a, b: a + b,
@@ -120,7 +55,7 @@ def activation_fn(graph: Graph, node: Node) -> Callable[[Expr], Expr] | None:
             return x
         return clip
     if node.op in UNARY_OPS:
-        return unary_expr(node.op, op_context(graph, node).attrs)
+        return unary_expr(node)
     return None
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from cnncc.ir import CompileError, DType, Graph, Node
+from cnncc.ir.ops.fused import ACTIVATIONS
 
 from .context import LowerCtx, unsupported
 from .conv import lower_conv, lower_fused_conv
+from .channel_norm import lower_channel_layer_norm
 from .conv_dwpw import lower_dwpw
 from .conv_transpose import lower_conv_transpose
 from .conv_nchwc import lower_conv_nchwc
@@ -39,6 +41,7 @@ RULES = {
     "FromNCHWc": lower_from_nchwc,
     "InstanceNormalization": lower_instance_norm,
     "LayerNormalization": lower_layer_norm,
+    "ChannelLayerNorm": lower_channel_layer_norm,
     "LRN": lower_lrn,
     "Gemm": lower_gemm,
     "MatMul": lower_matmul,
@@ -126,9 +129,7 @@ def fused_activation(g: Graph, node: Node, users: dict, idx: int):
     nxt = g.nodes[idx + 1]
     if use[0] is not nxt or nxt.inputs[0] != out:
         return None
-    if nxt.op != "Clip" and nxt.op not in ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid",
-                                            "HardSwish", "Tanh", "Elu", "Swish", "Gelu",
-                                            "Mish", "Softplus"):
+    if nxt.op not in ACTIVATIONS:
         return None
     if g.types[nxt.outputs[0]] != g.types[out] or g.types[out].dtype is not DType.float32:
         return None

@@ -20,8 +20,12 @@ from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
 from .fuse_epilogue import fuse_epilogue
+from .recognize_activations import recognize_activations
+from .lift_channels_last import lift_channels_last
+from .recognize_layer_norm import recognize_layer_norm
 from .alter_layout_nchwc import alter_layout_nchwc
 from .depthwise_separable import depthwise_separable
+from .fuse_channel_scale import fuse_channel_scale
 
 
 @dataclass
@@ -45,12 +49,19 @@ PIPELINE: list[Pass] = [
     Pass("fold_constants", fold_constants, 1),
     Pass("fold_batch_norm", fold_batch_norm, 1),
     Pass("eliminate_dead_code", eliminate_dead_code, 1),
+    # Before the epilogue fusion: a recognised SiLU / HardSwish / Gelu is one activation to fuse.
+    Pass("recognize_activations", recognize_activations, 1),
+    Pass("recognize_layer_norm", recognize_layer_norm, 1),
+    # CPU: channels-last stretches (LayerNorm2d, ConvNeXt blocks) on the NCHW map, convs 1x1.
+    Pass("lift_channels_last", lift_channels_last, 1),
     # After dead code is gone: a dead user of a conv output would block its fusion.
     Pass("fuse_epilogue", fuse_epilogue, 1),
     # After the epilogues are fused: a FusedConv becomes one blocked conv, residual included.
     Pass("alter_layout_nchwc", alter_layout_nchwc, 2),
     # On blocked convs: a depthwise conv and the 1x1 conv reading it become one kernel.
     Pass("depthwise_separable", depthwise_separable, 3),
+    # Last: a squeeze-excitation gate goes into the 1x1 conv reading the gated map.
+    Pass("fuse_channel_scale", fuse_channel_scale, 2),
 ]
 PASS_NAMES = [p.name for p in PIPELINE]
 

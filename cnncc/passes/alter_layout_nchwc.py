@@ -29,12 +29,13 @@ import numpy as np
 
 from ..ir import CompileError, DType, Graph, Node
 from ..ir.ops import OP_TABLE, infer_node
+from ..ir.ops.activation_exprs import UNARY_LOWERING
 from ..ir.ops.registry import resolve_attrs
 
 # Unary ops that map finite inputs to finite outputs: padding lanes stay finite, so a zero
 # weight of the next conv keeps them harmless (0 * inf would be NaN).
-FINITE_UNARY = ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu",
-                "Selu", "Gelu", "Softplus", "Mish", "Swish", "Neg", "Abs", "Identity", "Clip")
+# Unary ops that keep finite padding lanes finite (their op-table Lowering says so).
+FINITE_UNARY = tuple(op for op, low in UNARY_LOWERING.items() if low.finite) + ("Identity", "Clip")
 BINARY = ("Add", "Sub", "Mul", "Max", "Min")
 POOLS = ("MaxPool", "AveragePool")
 GLOBAL_POOLS = {"GlobalAveragePool": "ReduceMean", "GlobalMaxPool": "ReduceMax"}
@@ -141,6 +142,12 @@ class _Rewriter:
             return True
         if op == "Concat":
             return self.concat(node)
+        if op == "ChannelLayerNorm" and node.inputs[0] in self.blocked and \
+                not node.attrs.get("block"):
+            attrs = {**node.attrs, "block": self.block, "channels": self.g.types[node.inputs[0]].shape[1]}
+            self.emit(op, [self.blocked[node.inputs[0]]] + node.inputs[1:], attrs, node.name,
+                      [self.blocked_out(node)], node.origin)
+            return True
         return False
 
     def f32(self, *values: str) -> bool:

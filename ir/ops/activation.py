@@ -12,7 +12,10 @@ from typing import Callable
 import numpy as np
 
 from ..dtypes import DType
+from ..loop import Call, Select
 from ..types import TensorType
+from . import activation_exprs as E
+from .activation_exprs import UNARY_LOWERING, Lowering
 from .registry import Attr, OpContext, OpDef, register
 
 FLOAT = "float"
@@ -52,8 +55,25 @@ def erf(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def erfc(x: np.ndarray) -> np.ndarray:
+    """1 - erf(x) in float64 without cancellation for large x (the continued fraction of erf)."""
+    x = np.asarray(x, dtype=np.float64)
+    ax = np.abs(x)
+    out = 1.0 - erf(x)
+    big = ax >= 3.0
+    xb = ax[big]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+        t = xb.copy()
+        for k in range(80, 0, -1):
+            t = xb + (k / 2.0) / t
+        tail = np.exp(-xb * xb) / _SQRT_PI / t
+    out[big] = np.where(x[big] > 0, tail, 2.0 - tail)
+    return out
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))     # no overflow for large |x|
+    e = np.exp(-np.abs(x))                    # no overflow, no cancellation in either tail
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -61,9 +81,9 @@ def _softplus(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
-    if approximate == "tanh":
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    if approximate == "tanh":      # 0.5 (1 + tanh(u)) = sigmoid(2 u)
+        return x * _sigmoid(2.0 * math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))
+    return 0.5 * x * erfc(-x / math.sqrt(2.0))
 
 
 def _check_kind(ctx: OpContext, t: TensorType, kind: str, what: str = "input") -> None:
@@ -74,8 +94,13 @@ def _check_kind(ctx: OpContext, t: TensorType, kind: str, what: str = "input") -
 
 
 def _unary(name: str, fn: Callable, kind: str = FLOAT, attrs: dict | None = None,
-           out_dtype: DType | None = None, doc: str = "") -> None:
-    """Register a one-input elementwise op; ``fn(ctx, x)`` computes on float64 (or native ints)."""
+           out_dtype: DType | None = None, doc: str = "", expr: Callable | None = None,
+           fusable: bool = False, finite: bool = False, flops: int = 1) -> None:
+    """Register a one-input elementwise op; ``fn(ctx, x)`` computes on float64 (or native ints).
+    ``expr(x, attrs)`` (its loop IR, for the compiled targets), ``fusable``, ``finite`` and
+    ``flops``: activation_exprs.Lowering."""
+    if expr is not None:
+        UNARY_LOWERING[name] = Lowering(expr, flops, fusable, finite)
 
     def infer(ctx: OpContext) -> list[TensorType]:
         t = ctx.type(0)
@@ -92,48 +117,74 @@ def _unary(name: str, fn: Callable, kind: str = FLOAT, attrs: dict | None = None
 
 
 # ---- activations ---------------------------------------------------------------------------------
-_unary("Relu", lambda c, x: np.maximum(x, 0).astype(x.dtype), SIGNED)
+# Adding one: its reference (float64), attributes and Lowering here, plus its tests (README,
+# "Contributing"): the DSL, lowering, epilogue fusion, layout pass and FLOP counts read this.
+_unary("Relu", lambda c, x: np.maximum(x, 0).astype(x.dtype), SIGNED,
+       expr=lambda x, a: x.max(E.c(0.0, x)), fusable=True, finite=True)
 _unary("LeakyRelu", lambda c, x: np.where(x < 0, c["alpha"] * x, x), FLOAT,
-       {"alpha": Attr("float", 0.01)})
-_unary("Sigmoid", lambda c, x: _sigmoid(x))
+       {"alpha": Attr("float", 0.01)},
+       expr=lambda x, a: Select(x < 0.0, x * a["alpha"], x), fusable=True, finite=True)
+_unary("Sigmoid", lambda c, x: _sigmoid(x), expr=lambda x, a: E.f("sigmoid", x), fusable=True,
+       finite=True)
 _unary("HardSigmoid", lambda c, x: np.clip(c["alpha"] * x + c["beta"], 0.0, 1.0), FLOAT,
-       {"alpha": Attr("float", 0.2), "beta": Attr("float", 0.5)})
-_unary("HardSwish", lambda c, x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0))
-_unary("Tanh", lambda c, x: np.tanh(x))
+       {"alpha": Attr("float", 0.2), "beta": Attr("float", 0.5)},
+       expr=lambda x, a: (x * a["alpha"] + a["beta"]).max(E.c(0.0, x)).min(E.c(1.0, x)),
+       fusable=True, finite=True)
+_unary("HardSwish", lambda c, x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+       expr=lambda x, a: E.hard_swish(x), fusable=True, finite=True)
+_unary("Tanh", lambda c, x: np.tanh(x), expr=lambda x, a: E.f("tanh", x), fusable=True,
+       finite=True)
 _unary("Elu", lambda c, x: np.where(x < 0, c["alpha"] * np.expm1(np.minimum(x, 0)), x), FLOAT,
-       {"alpha": Attr("float", 1.0)})
+       {"alpha": Attr("float", 1.0)},
+       expr=lambda x, a: Select(x < 0.0, E.expm1_neg(x) * a["alpha"], x), fusable=True,
+       finite=True)
 _unary("Selu", lambda c, x: c["gamma"] * np.where(
     x <= 0, c["alpha"] * np.expm1(np.minimum(x, 0)), x), FLOAT,
     {"alpha": Attr("float", 1.67326319217681884765625),
-     "gamma": Attr("float", 1.05070102214813232421875)})
+     "gamma": Attr("float", 1.05070102214813232421875)},
+    expr=lambda x, a: Select(x <= 0.0, E.expm1_neg(x) * a["alpha"], x) * a["gamma"],
+    finite=True)
 _unary("Celu", lambda c, x: np.maximum(x, 0) + np.minimum(
-    0, c["alpha"] * np.expm1(np.minimum(x, 0) / c["alpha"])), FLOAT, {"alpha": Attr("float", 1.0)})
+    0, c["alpha"] * np.expm1(np.minimum(x, 0) / c["alpha"])), FLOAT, {"alpha": Attr("float", 1.0)},
+    expr=lambda x, a: x.max(E.c(0.0, x)) + (E.expm1_neg(x * (1 / a["alpha"])) * a["alpha"]).min(
+        E.c(0.0, x)))
 _unary("Gelu", lambda c, x: _gelu(x, c["approximate"]), FLOAT,
-       {"approximate": Attr("str", "none")})
-_unary("Softplus", lambda c, x: _softplus(x))
-_unary("Softsign", lambda c, x: x / (1.0 + np.abs(x)))
+       {"approximate": Attr("str", "none")}, expr=lambda x, a: E.gelu(x, a["approximate"]),
+       fusable=True, finite=True)
+_unary("Softplus", lambda c, x: _softplus(x), expr=lambda x, a: E.softplus(x), fusable=True,
+       finite=True)
+_unary("Softsign", lambda c, x: x / (1.0 + np.abs(x)),
+       expr=lambda x, a: x / (Call("abs", (x,), x.dtype) + 1.0))
 _unary("ThresholdedRelu", lambda c, x: np.where(x > c["alpha"], x, 0.0), FLOAT,
-       {"alpha": Attr("float", 1.0)})
-_unary("Mish", lambda c, x: x * np.tanh(_softplus(x)))
-_unary("Swish", lambda c, x: x * _sigmoid(c["alpha"] * x), FLOAT, {"alpha": Attr("float", 1.0)})
+       {"alpha": Attr("float", 1.0)},
+       expr=lambda x, a: Select(x > a["alpha"], x, E.c(0.0, x)))
+_unary("Mish", lambda c, x: x * np.tanh(_softplus(x)), expr=lambda x, a: E.mish(x), fusable=True,
+       finite=True)
+_unary("Swish", lambda c, x: x * _sigmoid(c["alpha"] * x), FLOAT, {"alpha": Attr("float", 1.0)},
+       expr=lambda x, a: x * E.f("sigmoid", x * a["alpha"]), fusable=True, finite=True)
 _unary("Shrink", lambda c, x: np.where(x < -c["lambd"], x + c["bias"], np.where(
     x > c["lambd"], x - c["bias"], 0)), NUMERIC,
-    {"bias": Attr("float", 0.0), "lambd": Attr("float", 0.5)})
+    {"bias": Attr("float", 0.0), "lambd": Attr("float", 0.5)},
+    expr=lambda x, a: Select(x < -a["lambd"], x + a["bias"], Select(
+        x > a["lambd"], x - a["bias"], E.c(0.0, x))))
 
 # ---- math functions ------------------------------------------------------------------------------
-_unary("Erf", lambda c, x: erf(x))
-_unary("Neg", lambda c, x: np.negative(x), SIGNED)
-_unary("Abs", lambda c, x: np.abs(x), NUMERIC)
+_unary("Erf", lambda c, x: erf(x), expr=lambda x, a: E.f("erf", x))
+_unary("Neg", lambda c, x: np.negative(x), SIGNED, expr=lambda x, a: -x, finite=True)
+_unary("Abs", lambda c, x: np.abs(x), NUMERIC, expr=lambda x, a: E.f("abs", x), finite=True)
 _unary("Sign", lambda c, x: np.sign(x), NUMERIC)
-_unary("Reciprocal", lambda c, x: 1.0 / x)
-_unary("Floor", lambda c, x: np.floor(x))
-_unary("Ceil", lambda c, x: np.ceil(x))
-_unary("Round", lambda c, x: np.round(x))      # halves to even, as ONNX specifies
+_unary("Reciprocal", lambda c, x: 1.0 / x, expr=lambda x, a: E.c(1.0, x) / x)
+for _name, _fn in {"Floor": np.floor, "Ceil": np.ceil, "Round": np.round}.items():
+    # Round: halves to even, as ONNX specifies
+    _unary(_name, lambda c, x, fn=_fn: fn(x), expr=lambda x, a, n=_name.lower(): E.f(n, x))
 for _name, _fn in {"Exp": np.exp, "Log": np.log, "Sqrt": np.sqrt, "Sin": np.sin, "Cos": np.cos,
                    "Tan": np.tan, "Asin": np.arcsin, "Acos": np.arccos, "Atan": np.arctan,
                    "Sinh": np.sinh, "Cosh": np.cosh, "Asinh": np.arcsinh, "Acosh": np.arccosh,
                    "Atanh": np.arctanh}.items():
-    _unary(_name, lambda c, x, fn=_fn: fn(x))
+    _lower = _name.lower()
+    _unary(_name, lambda c, x, fn=_fn: fn(x),
+           expr=(lambda x, a, n=_lower: E.f(n, x)) if _name in ("Exp", "Log", "Sqrt", "Sin", "Cos")
+           else None)
 
 # ---- predicates and logic ------------------------------------------------------------------------
 _unary("IsNaN", lambda c, x: np.isnan(x), FLOAT, out_dtype=DType.bool)

@@ -15,14 +15,16 @@ import numpy as np
 
 from ..node import Node
 from ..types import TensorType
+from . import activation  # noqa: F401  (registers the activations and their Lowerings)
+from .activation_exprs import UNARY_LOWERING, fusable_params
 from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference
 from .spatial import WINDOW_ATTRS
 
-# Activation -> the names of its parameters (attributes of the ONNX op; Clip: its min/max inputs).
+# Activation -> the names of its parameters (the op's float attributes; Clip: its min/max
+# inputs): every op whose Lowering is fusable, and Clip.
 ACTIVATIONS: dict[str, tuple[str, ...]] = {
-    "Relu": (), "Clip": ("min", "max"), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
-    "HardSwish": (), "Sigmoid": (), "Tanh": (), "Swish": ("alpha",), "Gelu": (),
-    "Elu": ("alpha",), "Softplus": (), "Mish": (),
+    "Clip": ("min", "max"),
+    **{op: fusable_params(op) for op, low in UNARY_LOWERING.items() if low.fusable},
 }
 CONV_ATTRS = tuple(WINDOW_ATTRS) + ("group",)
 

@@ -8,13 +8,15 @@ so the c channels of one pixel are one vector. The ops:
 
     ToNCHWc(X; block=c)                    = Xb
     FromNCHWc(Xb; channels=C)              = X
-    ConvNCHWc(Xb, W, B?, Zb?; conv attrs, activation, activation_params, block, in_layout)
-                                           = block(FusedConv(X, W, B, Z))
+    ConvNCHWc(Xb, W, B?, Zb?, Sb?; conv attrs, activation, activation_params, block, in_layout)
+                                           = block(FusedConv(X * S, W, B, Z))
     PoolNCHWc(Xb; kind, pool attrs)        = block(kind(X))          (kind: MaxPool, AveragePool)
 
 W and B stay in ONNX layout in the graph (the lowering packs them once, at compile time).
 ConvNCHWc takes X in plain NCHW when in_layout = "NCHW" (a stem reading the network's RGB input
-directly) and handles group = 1 or depthwise (group = in channels = out channels). Lanes of the
+directly) and handles group = 1 or depthwise (group = in channels = out channels). Sb (dense
+1x1 convs of blocked input only) is a per-input-channel scale [N, ICb, 1, 1, c] applied to X
+before the conv (a squeeze-excitation gate; the lowering scales the weights). Lanes of the
 padding channels of an op's output are unspecified by the kernels (finite when the inputs are):
 every consumer ignores them (a conv has zero weights for them, FromNCHWc drops them). The
 references here give 0 there. Elementwise ops, reductions over H, W and channel Concats of
@@ -106,10 +108,10 @@ register(OpDef("FromNCHWc", infer=_infer_from,
 # ---- ConvNCHWc ------------------------------------------------------------------------------
 
 def fused_conv_of(node: Node) -> Node:
-    """The FusedConv (NCHW) that a ConvNCHWc node computes, blocked."""
+    """The FusedConv (NCHW) that a ConvNCHWc node computes, blocked (the input scale S aside)."""
     attrs = {k: v for k, v in node.attrs.items()
              if k in CONV_ATTRS or k in ("activation", "activation_params")}
-    return Node("FusedConv", list(node.inputs), list(node.outputs), attrs, node.name)
+    return Node("FusedConv", list(node.inputs[:4]), list(node.outputs), attrs, node.name)
 
 
 def _conv_channels(ctx: OpContext) -> tuple[int, int]:
@@ -138,6 +140,13 @@ def _infer_conv(ctx: OpContext) -> list[TensorType]:
     types = [x, ctx.type(1), ctx.type(2) if ctx.has(2) else None]
     if ctx.has(3):
         types.append(_unblocked_type(_check_blocked(ctx, 3, "residual Z", block, oc), oc))
+    if ctx.has(4):
+        s, xb = ctx.type(4), ctx.type(0)
+        ctx.check(layout == "NCHWc" and ctx["group"] == 1 and ctx.type(1).shape[2:] == (1, 1),
+                  "the input scale S is for dense 1x1 convs of blocked input")
+        want = (xb.shape[0], xb.shape[1], 1, 1, block)
+        ctx.check(s.shape == want and s.dtype == xb.dtype,
+                  f"input scale S must be {xb.dtype}{list(want)}, got {s.dtype}{list(s.shape)}")
     fused = fused_conv_of(ctx.node)
     (y,) = OP_TABLE["FusedConv"].infer(OpContext(fused, OP_TABLE["FusedConv"], types,
                                                  ctx.consts))
@@ -145,17 +154,20 @@ def _infer_conv(ctx: OpContext) -> list[TensorType]:
 
 
 def _conv_reference(ctx: OpContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
-                    z: np.ndarray | None = None) -> np.ndarray:
+                    z: np.ndarray | None = None, s: np.ndarray | None = None) -> np.ndarray:
     ic, oc = w.shape[1] * ctx["group"], w.shape[0]
+    if s is not None:
+        x = x * s
     if ctx["in_layout"] == "NCHWc":
         x = from_blocked(x, ic)
     if z is not None:
         z = from_blocked(z, oc)
-    (y,) = run_reference(fused_conv_of(ctx.node), [x, w, b, z])
+    fused = fused_conv_of(ctx.node)
+    (y,) = run_reference(fused, [x, w, b, z])
     return to_blocked(y, ctx["block"])
 
 
-register(OpDef("ConvNCHWc", infer=_infer_conv, reference=_conv_reference, inputs=(2, 4),
+register(OpDef("ConvNCHWc", infer=_infer_conv, reference=_conv_reference, inputs=(2, 5),
                attrs={**WINDOW_ATTRS, "group": Attr("int", 1), "activation": Attr("str", ""),
                       "activation_params": Attr("floats", []), "block": Attr("int"),
                       "in_layout": Attr("str", "NCHWc")},

@@ -22,7 +22,7 @@ from .layers import (batch_norm, conv2d, conv_transpose2d, dense, depthwise_conv
 from .functional import (add, avg_pool2d, clip, concat, div, dropout, flatten, gelu,
                          global_avg_pool, global_max_pool, hard_sigmoid, hard_swish, identity,
                          leaky_relu, matmul, max_pool2d, maximum, minimum, mul, pad, reduce_mean,
-                         relu, relu6, reshape, resize, sigmoid, silu, softmax, sub, tanh,
+                         relu, relu6, reshape, resize, sigmoid, silu, softmax, split, sub, tanh,
                          transpose, upsample)
 from . import zoo
 
@@ -32,6 +32,6 @@ __all__ = [
     "relu", "relu6", "clip", "leaky_relu", "hard_sigmoid", "hard_swish", "sigmoid", "tanh",
     "silu", "gelu", "softmax", "identity", "dropout",
     "max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool", "reduce_mean",
-    "flatten", "reshape", "transpose", "concat", "pad", "resize", "upsample",
+    "flatten", "reshape", "transpose", "concat", "split", "pad", "resize", "upsample",
     "add", "sub", "mul", "div", "matmul", "maximum", "minimum",
 ]

@@ -16,6 +16,8 @@ from . import functional as F
 from . import layers as L
 from .net import Net, build
 from .tensor import Tensor, scope
+from .zoo_blocks import (BLOCK_NETS, densenet121, googlenet, regnet_y_400mf,  # noqa: F401
+                         resnext50_32x4d, shufflenet_v2_x1_0, squeezenet1_1)
 
 
 def _conv_bn(x: Tensor, out: int, k: int, stride: int = 1, groups: int = 1,
@@ -269,6 +271,7 @@ ZOO: dict[str, Callable[..., Net]] = {
     "tiny_resnet": tiny_resnet,
     "tiny_mobilenet": tiny_mobilenet,
     "tiny_unet": tiny_unet,
+    **BLOCK_NETS,
 }
 
 __all__ = ["ZOO", *ZOO]

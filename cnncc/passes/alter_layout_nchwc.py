@@ -4,8 +4,9 @@ c is the target's vector width in float32 lanes (16 with AVX-512, 8 with AVX2), 
 a pixel are one vector register (ir/ops/layout.py defines the layout and its ops). With Xb the
 blocked form of a value X (Xb = ToNCHWc(X), X = FromNCHWc(Xb)):
 
-    Conv | FusedConv(X, W, B, Z)   ==>  ConvNCHWc(Xb, W, B, Zb)     group 1 or depthwise, 2-D,
-                                                                   W and B constants
+    Conv | FusedConv(X, W, B, Z)   ==>  ConvNCHWc(Xb, W, B, Zb)     group 1, depthwise or groups
+                                                                   tiling the blocks (group_span),
+                                                                   2-D, W and B constants
     Conv(X_rgb, W, B), X_rgb NCHW  ==>  ConvNCHWc(X_rgb, W, B; in_layout=NCHW)   (<= 4 in channels,
                                                                    the stem reads NCHW directly)
     act(Xb)                        ==>  act on the 5-D Xb           (act finite on finite input)
@@ -29,6 +30,7 @@ import numpy as np
 
 from ..ir import CompileError, DType, Graph, Node
 from ..ir.ops import OP_TABLE, infer_node
+from ..ir.ops.layout import group_span
 from ..ir.ops.registry import resolve_attrs
 
 # Unary ops that map finite inputs to finite outputs: padding lanes stay finite, so a zero
@@ -165,7 +167,8 @@ class _Rewriter:
         oc, icg = g.params[w].shape[:2]
         group = attrs["group"]
         ic = icg * group
-        if not (group == 1 or (icg == 1 and group == oc == ic)):
+        if not (group == 1 or (icg == 1 and group == oc == ic)
+                or group_span(ic, oc, group, self.block) is not None):
             return False
         new_attrs = dict(node.attrs)
         new_attrs["block"] = self.block

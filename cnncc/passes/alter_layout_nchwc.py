@@ -13,6 +13,10 @@ blocked form of a value X (Xb = ToNCHWc(X), X = FromNCHWc(Xb)):
     op(Xb, Yb)                     ==>  op on the 5-D arrays        (Add Sub Mul Max Min; N and C
                                                                    equal, H and W broadcast)
     op(Xb, s)                      ==>  op(Xb, s)                   (s a one-element constant)
+    op(Xb, K)                      ==>  op(Xb, Kb)                  (K a constant [C, 1, 1] or
+                                                                   [1, C, 1, 1]: a standalone
+                                                                   BatchNorm's scale and shift;
+                                                                   Kb [1, Cb, 1, 1, c], 0-padded)
     MaxPool | AveragePool(Xb)      ==>  PoolNCHWc(Xb; kind)         (2-D, one output)
     GlobalAveragePool(Xb)          ==>  ReduceMean(Xb, axes=[2, 3])  (Max: ReduceMax)
     Concat(Xb..., axis=1)          ==>  Concat(Xb..., axis=1)       (every C a multiple of c)
@@ -30,7 +34,7 @@ import numpy as np
 
 from ..ir import CompileError, DType, Graph, Node
 from ..ir.ops import OP_TABLE, infer_node
-from ..ir.ops.layout import group_span
+from ..ir.ops.layout import group_span, to_blocked
 from ..ir.ops.registry import resolve_attrs
 
 # Unary ops that map finite inputs to finite outputs: padding lanes stay finite, so a zero
@@ -207,12 +211,25 @@ class _Rewriter:
                 ins.append(self.blocked[v])
             elif self.scalar_const(v):
                 ins.append(self.param(f"{node.name}_scalar", self.params[v].reshape(())))
+            elif self.channel_const(v, out):
+                ins.append(self.param(f"{node.name}_blocked", self.blocked_const(v)))
             else:
                 return False
         if all(v not in self.blocked for v in (a, b)):
             return False
         self.emit(node.op, ins, dict(node.attrs), node.name, [self.blocked_out(node)], node.origin)
         return True
+
+    def channel_const(self, v: str, out: tuple) -> bool:
+        """A constant holding one value per channel of the 4-D output ``out``."""
+        if v not in self.params or len(out) != 4:
+            return False
+        shape = self.params[v].shape
+        return shape in ((out[1], 1, 1), (1, out[1], 1, 1)) and out[1] > 1
+
+    def blocked_const(self, v: str) -> np.ndarray:
+        value = self.params[v].reshape(1, -1, 1, 1)
+        return to_blocked(value, self.block)
 
     def concat(self, node: Node) -> bool:
         ins = [v for v in node.inputs if v]

@@ -18,6 +18,7 @@ from .canonicalize import canonicalize
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
+from .fold_channel_shuffle import fold_channel_shuffle
 from .fuse_epilogue import fuse_epilogue
 from .alter_layout_nchwc import alter_layout_nchwc
 from .depthwise_separable import depthwise_separable
@@ -43,6 +44,8 @@ PIPELINE: list[Pass] = [
     Pass("canonicalize", canonicalize, 1),
     Pass("fold_constants", fold_constants, 1),
     Pass("fold_batch_norm", fold_batch_norm, 1),
+    # Before dead code: the Concats, Reshapes and Transposes it composes away are left dead.
+    Pass("fold_channel_shuffle", fold_channel_shuffle, 1),
     Pass("eliminate_dead_code", eliminate_dead_code, 1),
     # After dead code is gone: a dead user of a conv output would block its fusion.
     Pass("fuse_epilogue", fuse_epilogue, 1),

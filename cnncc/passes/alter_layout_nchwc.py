@@ -20,6 +20,8 @@ blocked form of a value X (Xb = ToNCHWc(X), X = FromNCHWc(Xb)):
     MaxPool | AveragePool(Xb)      ==>  PoolNCHWc(Xb; kind)         (2-D, one output)
     GlobalAveragePool(Xb)          ==>  ReduceMean(Xb, axes=[2, 3])  (Max: ReduceMax)
     Concat(Xb..., axis=1)          ==>  Concat(Xb..., axis=1)       (every C a multiple of c)
+    ChannelGather(X...)            ==>  ChannelGather(Xb...; block=c, in_channels)  (2-D; some
+                                                                   X blocked already)
 
 Any other consumer of X (and a graph output X) reads FromNCHWc(Xb), made once, right before its
 first such consumer; a conv reading a value that exists only in NCHW gets ToNCHWc(X), made once.
@@ -147,6 +149,8 @@ class _Rewriter:
             return True
         if op == "Concat":
             return self.concat(node)
+        if op == "ChannelGather":
+            return self.gather(node)
         return False
 
     def f32(self, *values: str) -> bool:
@@ -239,6 +243,18 @@ class _Rewriter:
         if axis not in (1, -3) or any(self.g.types[v].shape[1] % self.block for v in ins):
             return False
         self.emit("Concat", [self.blocked[v] for v in ins], {"axis": 1}, node.name,
+                  [self.blocked_out(node)], node.origin)
+        return True
+
+
+    def gather(self, node: Node) -> bool:
+        ins = node.inputs
+        if node.attrs.get("block") or not any(v in self.blocked for v in ins) \
+                or any(self.rank(v) != 4 for v in ins):
+            return False
+        attrs = {"sources": list(node.attrs["sources"]), "block": self.block,
+                 "in_channels": [self.g.types[v].shape[1] for v in ins]}
+        self.emit("ChannelGather", [self.to_blocked(v) for v in ins], attrs, node.name,
                   [self.blocked_out(node)], node.origin)
         return True
 

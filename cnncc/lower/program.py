@@ -80,8 +80,8 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
     skip: set[int] = set()
     if not gpu:
         ctx.halo = plan_halos(g)
-        if fuse:     # opt_level 0, the unfused baseline, copies every concat
-            place, skip = plan_inplace_concats(g, ctx.halo, ALIAS_OPS)
+    if fuse:     # opt_level 0, the unfused baseline, copies every concat
+        place, skip = plan_inplace_concats(g, ctx.halo, ALIAS_OPS)
     alias: dict[str, str] = {}
     users = g.users()
     for idx, node in enumerate(g.nodes):

@@ -19,7 +19,8 @@ blocked form of a value X (Xb = ToNCHWc(X), X = FromNCHWc(Xb)):
                                                                    Kb [1, Cb, 1, 1, c], 0-padded)
     MaxPool | AveragePool(Xb)      ==>  PoolNCHWc(Xb; kind)         (2-D, one output)
     GlobalAveragePool(Xb)          ==>  ReduceMean(Xb, axes=[2, 3])  (Max: ReduceMax)
-    Concat(Xb..., axis=1)          ==>  Concat(Xb..., axis=1)       (every C a multiple of c)
+    Concat(Xb..., axis=1)          ==>  Concat(Xb..., axis=1)       (every C a multiple of c;
+                                                                   else a ChannelGather of all)
     ChannelGather(X...)            ==>  ChannelGather(Xb...; block=c, in_channels)  (2-D; some
                                                                    X blocked already)
 
@@ -240,8 +241,12 @@ class _Rewriter:
         if not ins or any(v not in self.blocked or self.rank(v) != 4 for v in ins):
             return False
         axis = node.attrs.get("axis", 1)
-        if axis not in (1, -3) or any(self.g.types[v].shape[1] % self.block for v in ins):
+        if axis not in (1, -3):
             return False
+        if any(self.g.types[v].shape[1] % self.block for v in ins):
+            total = sum(self.g.types[v].shape[1] for v in ins)
+            return self.gather(Node("ChannelGather", ins, node.outputs,
+                                    {"sources": list(range(total))}, node.name, node.origin))
         self.emit("Concat", [self.blocked[v] for v in ins], {"axis": 1}, node.name,
                   [self.blocked_out(node)], node.origin)
         return True

@@ -23,6 +23,9 @@ blocked form of a value X (Xb = ToNCHWc(X), X = FromNCHWc(Xb)):
                                                                    else a ChannelGather of all)
     ChannelGather(X...)            ==>  ChannelGather(Xb...; block=c, in_channels)  (2-D; some
                                                                    X blocked already)
+    Resize(Xb, scales | sizes)     ==>  Resize(Xb; axes=[2, 3])     (linear / cubic; N and C
+                                                                   kept: the lanes are the
+                                                                   innermost, vector, axis)
 
 Any other consumer of X (and a graph output X) reads FromNCHWc(Xb), made once, right before its
 first such consumer; a conv reading a value that exists only in NCHW gets ToNCHWc(X), made once.
@@ -130,6 +133,8 @@ class _Rewriter:
             return self.conv(node)
         if not node.inputs or not node.inputs[0] or len(node.outputs) != 1:
             return False
+        if op == "Resize":          # its sizes are int64
+            return self.f32(node.inputs[0], node.outputs[0]) and self.resize(node)
         if not self.f32(*node.inputs, node.outputs[0]):
             return False
         if op in FINITE_UNARY:
@@ -260,6 +265,36 @@ class _Rewriter:
         attrs = {"sources": list(node.attrs["sources"]), "block": self.block,
                  "in_channels": [self.g.types[v].shape[1] for v in ins]}
         self.emit("ChannelGather", [self.to_blocked(v) for v in ins], attrs, node.name,
+                  [self.blocked_out(node)], node.origin)
+        return True
+
+
+    def resize(self, node: Node) -> bool:
+        x, attrs = node.inputs[0], node.attrs
+        ins = list(node.inputs) + [""] * (4 - len(node.inputs))
+        if x not in self.blocked or self.rank(x) != 4 or len(node.inputs) > 4 \
+                or attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" \
+                or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch" \
+                or attrs.get("mode", "nearest") == "nearest":
+            # nearest: NCHW's index-map gather measured 14x faster than on blocked arrays
+            return False
+        k = 2 if ins[2] else 3            # scales, else sizes
+        if not ins[k] or ins[k] not in self.params:
+            return False
+        vals = np.asarray(self.params[ins[k]]).reshape(-1)
+        axes = attrs.get("axes")
+        if axes is None:
+            kept = self.g.types[x].shape[:2] if k == 3 else (1.0, 1.0)
+            if vals.size != 4 or list(vals[:2]) != list(kept):
+                return False
+            vals = vals[2:]
+        elif [a % 4 for a in axes] != [2, 3]:
+            return False
+        new = ["", "", ""]
+        new[k - 1] = self.param(f"{node.name}_{'scales' if k == 2 else 'sizes'}", vals.copy())
+        while not new[-1]:
+            new.pop()
+        self.emit("Resize", [self.blocked[x]] + new, {**attrs, "axes": [2, 3]}, node.name,
                   [self.blocked_out(node)], node.origin)
         return True
 

@@ -305,3 +305,29 @@ def test_linear_resize_runs_blocked(features):
     # nearest stays NCHW: its index-map gather measured 14x faster there
     assert blocked == {"up_scales": True, "up_sizes": True, "up_nearest": False}
     _check(g, features=features, threads=2)
+
+
+def _splits(g, conv):
+    a = conv("x", 40, k=1, name="a")
+    sizes = g.add_param("sizes", np.array([16, 16, 8], np.int64))
+    p, q, r = g.add_node("Split", [a, sizes], {"axis": 1}, outputs=3, name="split")
+    (s,) = g.add_node("Add", [conv(p, 16, k=1, name="p1"), conv(q, 16, name="q3")], name="s")
+    (t,) = g.add_node("Concat", [s, conv(r, 8, k=1, name="r1")], {"axis": 1}, name="cat")
+    return t
+
+
+@pytest.mark.parametrize("features", [None, AVX2])
+def test_split_slices_are_read_in_place(features):
+    """Channels 0-15 and 16-31 of a blocked tensor are whole blocks (of 16, or of 8 with AVX2):
+    the convs after the Split read them where they lie; channels 32-39 are half a block of 16
+    (a copy with AVX-512, in place with AVX2)."""
+    g = _graph(_splits, shape=(1, 8, 7, 5))
+    m = jit.host_target(1)
+    out = run_pipeline(g, PassContext(opt_level=3, machine=m))
+    assert ops_of(out)["ChannelGather"] == 4 and ops_of(out)["Split"] == 0
+    kernels = {k.name for k, _ in lower_graph(out, m).ctx.kernels}
+    gathers = {n.name for n in out.nodes if n.op == "ChannelGather" and n.name != "cat"}
+    copied = {k for k in kernels if k.startswith(tuple(gathers))}
+    if m.lanes == 16:
+        assert copied == {"split_2_0", "split_2_pad"}, kernels
+    _check(g, features=features, threads=1)

@@ -11,6 +11,12 @@ Nested concats share one buffer: processing the concats last to first, a concat 
 already lie one after another in some buffer S (DenseNet: layer j's Concat(x_0..x_j) is the
 start of the block's final Concat(x_0..x_n)) is itself a view of S, with no kernel either.
 
+The same views serve channel slices: a ChannelGather (a Split, after fold_channel_shuffle)
+that copies a range of one input's channels starting and ending on block boundaries (any range
+in NCHW) is that input's memory from the range's first byte on, and its readers (a conv after a
+channel split) read it in place. A range that ends inside a block is copied: the rest of that
+block holds other channels, where its readers expect padding.
+
 X_i qualifies when it is the float output of a kernel (not a graph input, output or constant),
 is stored without a halo (halo.py), is no view of another value and has no view taken of it
 (Reshape etc.: ALIAS_OPS), appears once in the concat and is not placed elsewhere already; Y
@@ -76,7 +82,36 @@ def plan_inplace_concats(g: Graph, halo: dict, alias_ops: tuple[str, ...]
         for v, o in zip(ins, offs):
             place[v] = (root, o)
         skipped.add(idx)
+    for idx, node in enumerate(g.nodes):
+        view = _slice_view(g, node)
+        if view is None or node.outputs[0] in place or not movable(node.outputs[0]):
+            continue
+        x, offset = view
+        if x in g.inputs or x in outputs or x not in producer \
+                or producer[x][1].op in alias_ops:
+            continue
+        root, start = place.get(x, (x, 0))
+        if (start + offset) % ALIGN == 0:
+            place[node.outputs[0]] = (root, start + offset)
+            skipped.add(idx)
     return place, skipped
+
+
+def _slice_view(g: Graph, node) -> tuple[str, int] | None:
+    """(input, byte offset) when ``node`` is a ChannelGather of one batch-1 input's channels
+    s0 .. s0 + n - 1, whole blocks of them when blocked."""
+    if node.op != "ChannelGather" or len(node.inputs) != 1:
+        return None
+    x, src = node.inputs[0], list(node.attrs["sources"])
+    xs = g.types[x].shape
+    s0, n = src[0], len(src)
+    block = node.attrs.get("block", 0)
+    if xs[0] != 1 or src != list(range(s0, s0 + n)):
+        return None
+    if block and (s0 % block or n % block):
+        return None
+    per_channel = g.types[x].nbytes // (xs[1] * (block or 1))
+    return x, s0 * per_channel
 
 
 __all__ = ["plan_inplace_concats"]

@@ -112,7 +112,7 @@ def test_unblockable_consumer_gets_one_from_nchwc_and_convs_after_it_one_to_nchw
     assert_no_opposite_pairs(out)
 
 
-def test_concat_blocked_only_on_whole_blocks():
+def test_concat_of_whole_blocks_stays_a_concat_others_become_gathers():
     rng = np.random.default_rng(3)
     g = Graph("cat")
     g.add_input("x", TensorType(F32, (1, 8, 5, 5)))
@@ -126,7 +126,10 @@ def test_concat_blocked_only_on_whole_blocks():
     out = run(g)
     assert [n.op for n in out.nodes if n.name == "cat"] == ["Concat"]
     assert out.types[next(n for n in out.nodes if n.name == "cat").outputs[0]].rank == 5
-    assert out.types[cat2].rank == 4 and ops(out)["FromNCHWc"] == 2
+    # 12 + 4 channels: a blocked ChannelGather of them all, and one FromNCHWc (the output)
+    (gather,) = [n for n in out.nodes if n.name == "cat2"]
+    assert gather.op == "ChannelGather" and gather.attrs["sources"] == list(range(16))
+    assert out.types[cat2].rank == 4 and ops(out)["FromNCHWc"] == 1
 
 
 def test_squeeze_excitation_broadcast_and_scalar_ops_stay_blocked():
@@ -151,9 +154,10 @@ def test_squeeze_excitation_broadcast_and_scalar_ops_stay_blocked():
 def test_left_alone_without_convs_grouped_convs_runtime_weights_and_on_gpu():
     rng = np.random.default_rng(5)
     g = Graph("none")
-    g.add_input("x", TensorType(F32, (1, 8, 5, 5)))
-    g.add_input("w", TensorType(F32, (8, 8, 3, 3)))
-    y = conv(g, rng, "x", 8, group=2, name="grouped")          # group 2: not blocked
+    g.add_input("x", TensorType(F32, (1, 12, 5, 5)))
+    g.add_input("w", TensorType(F32, (8, 12, 3, 3)))
+    # groups of 6 channels tile no block of 8: not blocked (groups of 2, 4, 8k are)
+    y = conv(g, rng, "x", 12, group=2, name="grouped")
     (z,) = g.add_node("Conv", [y, "w"], {"pads": [1] * 4}, name="runtime_w")
     g.outputs = [z]
     out = run(g)

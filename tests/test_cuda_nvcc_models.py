@@ -18,7 +18,7 @@ import cnncc
 from cnncc.backends.cuda.build import find_nvcc, nvcc_check
 from cnncc.backends.cuda.model import generate
 from cnncc.driver import lower
-from cnncc.dsl import zoo
+from cnncc.dsl import zoo, zoo_blocks
 from cnncc.passes import PassContext, run_pipeline
 
 pytestmark = pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed")
@@ -84,7 +84,8 @@ def test_all_nine_light_models_are_checked():
 # One test (one nvcc run) per model: pytest-xdist spreads them over the workers.
 @pytest.mark.parametrize("name", sorted(zoo.ZOO))
 def test_zoo_program_compiles_with_nvcc(name):
-    programs = _programs({name: zoo.ZOO[name]()})
+    kw = {"input_size": 32} if name in zoo_blocks.BLOCK_NETS else {}    # the same kernels
+    programs = _programs({name: zoo.ZOO[name](**kw)})
     print("\n".join(family_table(programs, _check(programs))))
 
 

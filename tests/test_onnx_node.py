@@ -199,6 +199,8 @@ NOT_COVERED_BY_NODE_CASES = {
                  "tests/test_nchwc_kernels.py",
     "ConvNCHWc": "internal op of alter_layout_nchwc; tests/test_nchwc_kernels.py",
     "PoolNCHWc": "internal op of alter_layout_nchwc; tests/test_nchwc_kernels.py",
+    "ChannelGather": "internal op made by the fold_channel_shuffle pass; "
+                     "tests/test_zoo_blocks.py",
     "DwPwConvNCHWc": "internal op made by the depthwise_separable pass; "
                      "tests/test_depthwise_separable.py",
 }

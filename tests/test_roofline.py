@@ -19,6 +19,7 @@ from cnncc.bandwidth import Bandwidth, StreamRates
 from cnncc.bench import benchmark, format_report
 from cnncc.cli import main
 from cnncc.dsl.zoo import ZOO
+from cnncc.dsl.zoo_blocks import BLOCK_NETS
 from cnncc.ir import Graph
 from cnncc.lower.program import lower_graph
 from cnncc.passes import PassContext, run_pipeline
@@ -174,7 +175,7 @@ def svg_markers(svg: str, gid: str) -> int:
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_roofline_plot_of_every_zoo_net(name, tmp_path):
-    graph = ZOO[name]().to_graph()
+    graph = ZOO[name](**({"input_size": 32} if name in BLOCK_NETS else {})).to_graph()
     programs = {"unfused": rows_of(graph, 0, 1e-4), "fused": rows_of(graph, 3, 1e-4)}
     path = tmp_path / f"{name}.svg"
     drawn = plot_roofline(str(path), programs, 100.0, FAKE_BANDWIDTH, name)

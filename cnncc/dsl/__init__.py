@@ -23,7 +23,7 @@ from .functional import (activation, add, avg_pool2d, clip, concat, div, dropout
                          global_avg_pool, global_max_pool, hard_sigmoid, hard_swish, identity,
                          leaky_relu, matmul, max_pool2d, maximum, minimum, mul, pad, reduce_mean,
                          mish, relu, relu6, reshape, resize, sigmoid, silu, softmax, softplus,
-                         sub, tanh,
+                         split, sub, tanh,
                          transpose, upsample)
 from . import zoo
 
@@ -33,6 +33,6 @@ __all__ = [
     "relu", "relu6", "clip", "leaky_relu", "hard_sigmoid", "hard_swish", "sigmoid", "tanh",
     "silu", "gelu", "softplus", "mish", "activation", "softmax", "identity", "dropout",
     "max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool", "reduce_mean",
-    "flatten", "reshape", "transpose", "concat", "pad", "resize", "upsample",
+    "flatten", "reshape", "transpose", "concat", "split", "pad", "resize", "upsample",
     "add", "sub", "mul", "div", "matmul", "maximum", "minimum",
 ]

@@ -199,6 +199,19 @@ def concat(tensors: Sequence[Tensor], axis: int = 1, name: str | None = None) ->
     return ts[0].builder.node("Concat", ts, {"axis": int(axis)}, name=_node_name(ts[0], name))[0]
 
 
+def split(x: Tensor, sizes: Sequence[int], axis: int = 1,
+          name: str | None = None) -> list[Tensor]:
+    """Cut ``x`` along ``axis`` into parts of ``sizes`` (ONNX Split with a constant split input;
+    PyTorch's ``chunk``/``split`` export as this)."""
+    x = tensor_arg(x, "split")
+    parts = ints(sizes, len(list(sizes)), "split: sizes")
+    if not parts:
+        raise fail("split: needs at least one part")
+    s = x.builder.param("split", np.asarray(parts, dtype=np.int64))
+    return x.builder.node("Split", [x, s], {"axis": int(axis)}, name=_node_name(x, name),
+                          outputs=len(parts))
+
+
 def pad(x: Tensor, pads: Sequence, mode: str = "constant", value: float = 0.0,
         name: str | None = None) -> Tensor:
     """ONNX Pad of every axis. ``pads``: one (begin, end) pair per axis, or the flat ONNX list

@@ -18,6 +18,8 @@ from .net import Net, build
 from .tensor import Tensor, scope
 from .zoo_convnext import convnext_tiny
 from .zoo_mobile import MOBILE_ZOO, make_divisible
+from .zoo_blocks import (BLOCK_NETS, densenet121, googlenet, regnet_y_400mf,  # noqa: F401
+                         resnext50_32x4d, shufflenet_v2_x1_0, squeezenet1_1)
 
 
 def _conv_bn(x: Tensor, out: int, k: int, stride: int = 1, groups: int = 1,
@@ -267,6 +269,7 @@ ZOO: dict[str, Callable[..., Net]] = {
     "tiny_unet": tiny_unet,
     **MOBILE_ZOO,
     "convnext_tiny": convnext_tiny,
+    **BLOCK_NETS,
 }
 
 __all__ = ["ZOO", *ZOO]

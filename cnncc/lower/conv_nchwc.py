@@ -14,6 +14,11 @@ zero-padded blocked copy, so the reduction has no branches.
 A stride-1 unpadded 1x1 conv runs the same kernel over the H * W pixels flattened into one row.
 The stem (in_layout = "NCHW", few input channels) reads plain NCHW input: one "channel block"
 per input channel, with a block of one channel.
+Grouped convs (k channels a group in and out, k dividing c or a multiple of it: ResNeXt,
+RegNet) run the same kernel: an output block reads only the K = max(k, c) input channels of
+its groups (ir/ops/layout.group_span), K / c input blocks from its groups' first, and its packed
+weights are those K channels with zeros across groups (a group of k < c channels does c / k
+times its FMAs, in vectors; the tile's VB blocks stay within one group).
 
 Weight-bound convs (deep layers: few pixel tiles per group of VB blocks, each group's weights
 read once from L3 / DRAM, so the group's first tile stalls on them) prefetch the next group's
@@ -67,9 +72,12 @@ def lower_conv_nchwc(ctx: LowerCtx, node: Node) -> None:
     plain = xs if stem else (xs[0], wv.shape[1] * octx["group"]) + tuple(xs[2:4])
     win = resolve_window(op_context(g, conv), plain, wv.shape[2:])
     scale = node.inputs[4] if len(node.inputs) > 4 and node.inputs[4] else None
-    if octx["group"] > 1:
+    if octx["group"] > 1 and wv.shape[1] == 1 and octx["group"] == oc:
         if scale:
             raise unsupported(node, "an input scale on a depthwise conv")
+        return _depthwise(ctx, node, wv, bias, win, act, residual, c)
+    if scale and octx["group"] > 1:
+        raise unsupported(node, "an input scale on a grouped conv")
         return _depthwise(ctx, node, wv, bias, win, act, residual, c)
     _dense(ctx, node, wv, bias, win, act, residual, scale)
 
@@ -170,7 +178,9 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         cc = ci + ci0 if split else ci
         init = nest(r, j, v, Store(acc, (r, j, v), bbuf[ob0 + j, v]))
         py, px = pixel(r2)
-        xi = xp[n, icv, py * sh + khv * dh + oy, px * sw + kwv * dw + ox, cc]
+        # A grouped conv's tile reads the input blocks of its groups (group_span).
+        icx = icv + ob0 // lay.span_blocks * lay.span_blocks if lay.span_blocks else icv
+        xi = xp[n, icx, py * sh + khv * dh + oy, px * sw + kwv * dw + ox, cc]
         wi = wb[gi if wb.shape[0] > 1 else 0, icv, khv, kwv, cc, j2 * c + v2]
         upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wi)
         red: Stmt = For(ci, CI_UNROLL if split else cin, nest(r2, j2, v2, upd), "unrolled")

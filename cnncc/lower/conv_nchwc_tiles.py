@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncc.ir import Node
+from cnncc.ir.ops.layout import group_span
 
 from .context import LowerCtx, op_context
 
@@ -77,9 +78,12 @@ def _tile_cost(ocb: int, oh: int, ow: int, vb: int, th: int, tw: int, k_step: fl
 
 
 def _costed_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-                  l1_bytes: int):
-    """(cost, VB, TH, TW) of every register tile within the register limit, larger VB first."""
+                  l1_bytes: int, span_blocks: int = 0):
+    """(cost, VB, TH, TW) of every register tile within the register limit, larger VB first;
+    for a grouped conv (``span_blocks`` input blocks a group) VB divides span_blocks."""
     for vb in range(min(4, ocb), 0, -1):
+        if span_blocks and span_blocks % vb:
+            continue
         k_step = L2_STEP_CYCLES if vb * block_bytes > l1_bytes else 1.0
         limit = tile_limit(regs, vb, taps)
         for th in range(1, min(4, oh) + 1):
@@ -90,7 +94,7 @@ def _costed_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps:
 
 
 def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-              l1_bytes: int) -> tuple[int, int, int]:
+              l1_bytes: int, span_blocks: int = 0) -> tuple[int, int, int]:
     """(VB output-channel blocks, TH rows, TW columns) of the register tile minimizing
     ``_tile_cost`` within ``regs`` vector registers (of one block each): VB weights, two
     broadcasts and the accumulators; with VB >= 3 or a 1x1 conv, 8 registers are left out of
@@ -98,7 +102,8 @@ def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int
     packed weights of one output block; above ``l1_bytes`` (the target's L1) a tile streams
     them from L2."""
     best = None
-    for cost, vb, th, tw in _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes):
+    for cost, vb, th, tw in _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes,
+                                          span_blocks):
         if best is None or cost < best[0] * 0.99:     # ties: the larger VB
             best = (cost, vb, th, tw)
     assert best is not None
@@ -132,17 +137,19 @@ def tile_limit(regs: int, vb: int, taps: int) -> int:
     return max(1, regs - 8 if vb >= 3 or taps == 1 else regs - vb - 2)
 
 
-def tile_fits(sched: DenseSchedule, ocb: int, oh: int, ow: int, regs: int, taps: int) -> bool:
+def tile_fits(sched: DenseSchedule, ocb: int, oh: int, ow: int, regs: int, taps: int,
+              span_blocks: int = 0) -> bool:
     return (1 <= sched.vb <= min(4, ocb) and 1 <= sched.th <= oh and 1 <= sched.tw <= ow
-            and sched.vb * sched.th * sched.tw <= tile_limit(regs, sched.vb, taps))
+            and sched.vb * sched.th * sched.tw <= tile_limit(regs, sched.vb, taps)
+            and not (span_blocks and span_blocks % sched.vb))
 
 
 def ranked_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-                 l1_bytes: int, count: int) -> list[tuple[int, int, int]]:
+                 l1_bytes: int, count: int, span_blocks: int = 0) -> list[tuple[int, int, int]]:
     """The ``count`` register tiles of lowest ``_tile_cost`` (best first): the tuner's
     candidates."""
     scored = [(cost, -vb, th, tw) for cost, vb, th, tw in
-              _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes)]
+              _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes, span_blocks)]
     scored.sort()
     return [(-nvb, th, tw) for _, nvb, th, tw in scored[:count]]
 
@@ -162,6 +169,19 @@ def pack_dense(wv: np.ndarray, c: int, cin: int, vb: int) -> list[np.ndarray]:
         t = ocb % vb
         out.append(w[full * vb:].transpose(1, 2, 3, 4, 0, 5).reshape(1, icb, kh, kw, cin, t * c))
     return [np.ascontiguousarray(a) for a in out]
+
+
+def densify_groups(wv: np.ndarray, group: int, c: int, span: int) -> np.ndarray:
+    """A grouped conv's W [OC, k, KH, KW] -> [OC, K, KH, KW] for K = ``span`` input channels
+    (ir/ops/layout.group_span): row o holds the weights of input channels base(o) + i, base(o)
+    = (o // c * c // K) * K, and zeros for channels outside o's group."""
+    oc, k, kh, kw = wv.shape
+    out = np.zeros((oc, span, kh, kw), np.float32)
+    for o in range(oc):
+        base = o // c * c // span * span
+        first = o // k * k - base            # o's group's first input channel, from base
+        out[o, first:first + k] = wv[o]
+    return out
 
 
 def prefetch_plan(groups: int, tiles: int, step_bytes: int) -> tuple[int, int] | None:
@@ -194,6 +214,7 @@ class DenseTiling:
     vb: int
     th: int
     tw: int
+    span_blocks: int            # grouped convs: input blocks a group reads (0: dense)
     packs: list                 # full groups [G, ICb, KH, KW, cin, VB * c] (+ the tail group)
     wbufs: list                 # their constant buffers
     threads: int
@@ -254,35 +275,41 @@ def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
         oh, ow = 1, oh * ow
     cin = 1 if stem else c
     icb = xs[1]
+    group = octx["group"]
+    span = group_span(wv.shape[1] * group, wv.shape[0], group, c) if group > 1 else None
+    sb = 0
+    key = dense_workload(ctx.target, xs, wv.shape, win, stem, flat, group)
+    if span is not None:
+        wv, icb, sb = densify_groups(wv, group, c, span), span // c, span // c
     target = ctx.target
     regs = vector_regs(ctx) * ctx.lanes // c
     block_bytes = icb * cin * kh * kw * c * 4
-    vb, th, tw = pick_tile(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes)
+    vb, th, tw = pick_tile(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes, sb)
     order = None
-    key = dense_workload(target, xs, wv.shape, win, stem, flat)
     tuned = ctx.schedules.get(key)
-    if isinstance(tuned, DenseSchedule) and tile_fits(tuned, ocb, oh, ow, regs, kh * kw):
+    if isinstance(tuned, DenseSchedule) and tile_fits(tuned, ocb, oh, ow, regs, kh * kw, sb):
         vb, th, tw, order = tuned.vb, tuned.th, tuned.tw, tuned.pixel_major
         ctx.tuned.add(node.name)
     if key not in ctx.workloads:
         ranked = ranked_tiles(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes,
-                              TUNE_TILES)
+                              TUNE_TILES, sb)
         orders = (None, True, False) if target.threads > 1 else (None,)
         ctx.workloads[key] = [DenseSchedule(*t, o) for t in ranked for o in orders]
     ctx.workload_of[node.name] = key
     packs = pack_dense(wv, c, cin, vb)
     wbufs = [ctx.const(p, f"w{i}") for i, p in enumerate(packs)]
     work = nb * ocb * oh * ow * c * icb * cin * kh * kw
-    return DenseTiling(stem, flat, c, cin, nb, ocb, icb, oh, ow, kh * kw, vb, th, tw, packs,
+    return DenseTiling(stem, flat, c, cin, nb, ocb, icb, oh, ow, kh * kw, vb, th, tw, sb, packs,
                        wbufs, ctx.threads, work, int(target.l2_bytes * PIXEL_MAJOR_L2_SHARE),
                        order)
 
 
-def dense_workload(target, xs, wshape, win, stem: bool, flat: bool) -> str:
+def dense_workload(target, xs, wshape, win, stem: bool, flat: bool, group: int = 1) -> str:
     """The tuning log's key of a dense NCHWc conv: what decides its speed (the target's
     vectors and threads, the shapes, the window, the layout variant), never the model it is
     in, its weights or its epilogue."""
     return (f"conv_nchwc/{target.isa}/l{target.lanes}/t{target.threads}/x{'x'.join(map(str, xs))}"
             f"/w{'x'.join(map(str, wshape))}/s{'x'.join(map(str, win.strides))}"
             f"/d{'x'.join(map(str, win.dilations))}/p{'x'.join(map(str, win.pads))}"
-            f"{'/stem' if stem else ''}{'/flat' if flat else ''}")
+            f"{'/stem' if stem else ''}{'/flat' if flat else ''}"
+            f"{f'/g{group}' if group > 1 else ''}")

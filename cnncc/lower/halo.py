@@ -17,6 +17,7 @@ from __future__ import annotations
 from cnncc.ir import DType, Graph
 from cnncc.ir.loop import Buffer, Cmp, Const, F32, For, If, Kernel, Or, Store, Var, seq
 from cnncc.ir.ops.spatial import resolve_window
+from cnncc.ir.ops.layout import group_span
 from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, op_context
@@ -29,10 +30,13 @@ HALO_OPS = ("ConvNCHWc", "PoolNCHWc")
 def _dense_pads(g: Graph, node) -> tuple[int, int] | None:
     """The (rows, columns) of zero padding a dense blocked conv reads around its input X."""
     octx = op_context(g, node)
-    if octx["group"] != 1 or octx["in_layout"] != "NCHWc" or node.inputs[1] not in g.types:
+    if octx["in_layout"] != "NCHWc" or node.inputs[1] not in g.types:
         return None
     xs, ws = g.types[node.inputs[0]].shape, g.types[node.inputs[1]].shape
-    plain = (xs[0], ws[1]) + tuple(xs[2:4])
+    group = octx["group"]
+    if group != 1 and group_span(ws[1] * group, ws[0], group, octx["block"]) is None:
+        return None         # depthwise: reads its input unpadded
+    plain = (xs[0], ws[1] * group) + tuple(xs[2:4])
     win = resolve_window(octx, plain, ws[2:])
     return (max(win.begin(0), win.end(0)), max(win.begin(1), win.end(1)))
 

@@ -20,6 +20,7 @@ from cnncc.ir.target import Target
 
 from cnncc.debug import dump, dump_enabled
 
+from .concat_inplace import plan_inplace_concats
 from .context import LowerCtx, unsupported
 from .halo import halo_nbytes, plan_halos
 from .memory_plan import Lifetime, MemoryPlan, format_plan, plan_memory
@@ -67,11 +68,14 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
                            f"{listed}{more}", missing[0].name)
     ctx = LowerCtx(g, target, gpu)
     ctx.schedules = dict(schedules or {})
+    place: dict[str, tuple[str, int]] = {}
+    skip: set[int] = set()
     if not gpu:
         ctx.halo = plan_halos(g)
+    if fuse:     # opt_level 0, the unfused baseline, copies every concat
+        place, skip = plan_inplace_concats(g, ctx.halo, ALIAS_OPS)
     alias: dict[str, str] = {}
     users = g.users()
-    skip: set[int] = set()
     for idx, node in enumerate(g.nodes):
         for name in release.get(idx - 1, ()):
             del g.params[name]
@@ -96,7 +100,7 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
         lower_node(ctx, node)
     for name in g.inputs + list(g.params):
         alias.pop(name, None)
-    program = _plan(g, ctx, alias)
+    program = _plan(g, ctx, alias, place)
     program.fused = fuse
     return program
 
@@ -154,7 +158,14 @@ def _root(alias: dict, name: str) -> str:
     return name
 
 
-def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
+def _placed(alias: dict, place: dict, name: str) -> tuple[str, int]:
+    """(the value whose memory holds ``name``, byte offset in it): views and in-place concat
+    slices (concat_inplace.py) resolved."""
+    root = _root(alias, name)
+    return place.get(root, (root, 0))
+
+
+def _plan(g: Graph, ctx: LowerCtx, alias: dict, place: dict) -> Program:
     """Bind every value to input/output/const/arena storage; plan arena offsets by liveness."""
     from .tensor import emit_copy
 
@@ -191,7 +202,7 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
         for b in k.params:
             kind, ref = ctx.binding[id(b)]
             if kind == "value":
-                root = _root(alias, ref)
+                root = _placed(alias, place, ref)[0]
                 if root in key_of:
                     continue
                 ref = ("v", root)
@@ -220,11 +231,11 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
             elif kind == "temp":
                 storage[id(b)] = ("arena", arena_off[("t", ref)])
             else:
-                root = _root(alias, ref)
-                if root in key_of:
+                root, sub = _placed(alias, place, ref)
+                if root in key_of and not sub:
                     storage[id(b)] = key_of[root]
                 elif ("v", root) in arena_off:
-                    storage[id(b)] = ("arena", arena_off[("v", root)])
+                    storage[id(b)] = ("arena", arena_off[("v", root)] + sub)
                 else:
                     raise CompileError(f"internal error: value {root} has no storage")
     return Program(g.name, ctx, blob, offsets, arena, storage, plan)

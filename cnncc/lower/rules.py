@@ -10,6 +10,7 @@ from .channel_norm import lower_channel_layer_norm
 from .conv_dwpw import lower_dwpw
 from .conv_transpose import lower_conv_transpose
 from .conv_nchwc import lower_conv_nchwc
+from .channel_gather import lower_channel_gather
 from .layout_nchwc import lower_from_nchwc, lower_pool_nchwc, lower_to_nchwc
 from .norm import lower_instance_norm, lower_layer_norm, lower_lrn
 from .elementwise import BINARY_OPS, UNARY_OPS, activation_fn, lower_elementwise
@@ -53,6 +54,7 @@ RULES = {
     "GlobalMaxPool": lower_global_pool,
     "Softmax": lower_softmax,
     "Concat": lower_concat,
+    "ChannelGather": lower_channel_gather,
     "Transpose": lower_transpose,
     "Pad": lower_pad,
     "Slice": lower_slice,

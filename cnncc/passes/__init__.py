@@ -19,6 +19,7 @@ from .canonicalize import canonicalize
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
+from .fold_channel_shuffle import fold_channel_shuffle
 from .fuse_epilogue import fuse_epilogue
 from .recognize_activations import recognize_activations
 from .lift_channels_last import lift_channels_last
@@ -48,6 +49,8 @@ PIPELINE: list[Pass] = [
     Pass("canonicalize", canonicalize, 1),
     Pass("fold_constants", fold_constants, 1),
     Pass("fold_batch_norm", fold_batch_norm, 1),
+    # Before dead code: the Concats, Reshapes and Transposes it composes away are left dead.
+    Pass("fold_channel_shuffle", fold_channel_shuffle, 1),
     Pass("eliminate_dead_code", eliminate_dead_code, 1),
     # Before the epilogue fusion: a recognised SiLU / HardSwish / Gelu is one activation to fuse.
     Pass("recognize_activations", recognize_activations, 1),

@@ -14,9 +14,10 @@ so the c channels of one pixel are one vector. The ops:
 
 W and B stay in ONNX layout in the graph (the lowering packs them once, at compile time).
 ConvNCHWc takes X in plain NCHW when in_layout = "NCHW" (a stem reading the network's RGB input
-directly) and handles group = 1 or depthwise (group = in channels = out channels). Sb (dense
-1x1 convs of blocked input only) is a per-input-channel scale [N, ICb, 1, 1, c] applied to X
-before the conv (a squeeze-excitation gate; the lowering scales the weights). Lanes of the
+directly) and handles group = 1, depthwise (group = in channels = out channels) and grouped
+convs whose groups tile the blocks (``group_span``). Sb (dense 1x1 convs of blocked input
+only) is a per-input-channel scale [N, ICb, 1, 1, c] applied to X before the conv (a
+squeeze-excitation gate; the lowering scales the weights). Lanes of the
 padding channels of an op's output are unspecified by the kernels (finite when the inputs are):
 every consumer ignores them (a conv has zero weights for them, FromNCHWc drops them). The
 references here give 0 there. Elementwise ops, reductions over H, W and channel Concats of
@@ -114,6 +115,21 @@ def fused_conv_of(node: Node) -> Node:
     return Node("FusedConv", list(node.inputs[:4]), list(node.outputs), attrs, node.name)
 
 
+def group_span(ic: int, oc: int, group: int, block: int) -> int | None:
+    """The input channels K that one output block of a grouped (not depthwise) ConvNCHWc reads.
+
+    With k = IC / group = OC / group channels per group and k dividing the block (or the block
+    dividing k), output block b reads the K = max(k, block) input channels from
+    (b * block // K) * K on: its own groups' inputs, a whole number of input blocks. None for
+    group 1, depthwise convs and groupings that do not tile the blocks."""
+    if group <= 1 or ic != oc or ic % group:
+        return None
+    k = ic // group
+    if k == 1 or (block % k and k % block):
+        return None
+    return max(k, block)
+
+
 def _conv_channels(ctx: OpContext) -> tuple[int, int]:
     w = ctx.type(1)
     ctx.check(w.rank == 4, f"ConvNCHWc is 2-D: W must be [OC, IC/group, KH, KW], got shape "
@@ -121,9 +137,11 @@ def _conv_channels(ctx: OpContext) -> tuple[int, int]:
     group = ctx["group"]
     ctx.check(group >= 1, f"group must be >= 1, got {group}")
     ic, oc = w.shape[1] * group, w.shape[0]
-    ctx.check(group == 1 or (w.shape[1] == 1 and group == oc),
-              f"ConvNCHWc handles group=1 or depthwise convs, got group={group} with W shape "
-              f"{list(w.shape)}")
+    ctx.check(group == 1 or (w.shape[1] == 1 and group == oc)
+              or group_span(ic, oc, group, ctx["block"]) is not None,
+              f"ConvNCHWc handles group=1, depthwise convs and groups of k channels in and out "
+              f"with k dividing the block {ctx['block']} or a multiple of it, got group={group} "
+              f"with W shape {list(w.shape)}")
     return ic, oc
 
 
@@ -134,7 +152,7 @@ def _infer_conv(ctx: OpContext) -> list[TensorType]:
     ic, oc = _conv_channels(ctx)
     if layout == "NCHW":
         x = ctx.type(0)
-        ctx.check(ctx["group"] == 1, "a depthwise ConvNCHWc reads a blocked input")
+        ctx.check(ctx["group"] == 1, "a grouped ConvNCHWc reads a blocked input")
     else:
         x = _unblocked_type(_check_blocked(ctx, 0, "X", block, ic), ic)
     types = [x, ctx.type(1), ctx.type(2) if ctx.has(2) else None]

@@ -24,6 +24,9 @@ from .functional import (add, avg_pool2d, clip, concat, div, dropout, flatten, g
                          leaky_relu, matmul, max_pool2d, maximum, minimum, mul, pad, reduce_mean,
                          relu, relu6, reshape, resize, sigmoid, silu, softmax, sub, tanh,
                          transpose, upsample)
+from .layers_catalogue import (avg_pool1d, avg_pool3d, conv1d, conv3d, deform_conv2d, group_norm,
+                               instance_norm, layer_norm, locally_connected2d, lp_pool2d,
+                               max_pool1d, max_pool3d, maxout, separable_conv2d, tiled_conv2d)
 from . import zoo
 
 __all__ = [
@@ -34,4 +37,7 @@ __all__ = [
     "max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool", "reduce_mean",
     "flatten", "reshape", "transpose", "concat", "pad", "resize", "upsample",
     "add", "sub", "mul", "div", "matmul", "maximum", "minimum",
+    "conv1d", "conv3d", "max_pool1d", "max_pool3d", "avg_pool1d", "avg_pool3d", "lp_pool2d",
+    "deform_conv2d", "separable_conv2d", "locally_connected2d", "tiled_conv2d", "maxout",
+    "layer_norm", "instance_norm", "group_norm",
 ]

@@ -1,0 +1,120 @@
+"""LocallyConnected2d, TiledConv2d and Maxout (ir/ops/catalogue.py).
+
+Unshared convolutions (locally connected, tiled) are weight-bound: a locally connected layer
+reads every weight once per image, so its kernel streams the weights as fast as memory
+delivers them. The weights are packed at compile time as [S, OCB, C, KH, KW, VT] (S filter
+sets: OH*OW for locally connected, TH*TW for tiled; VT output channels, zero-padded), so the
+filters of one output position are one contiguous run. Each task is one output position and a
+block of VT output channels: VT accumulators (1..4 vectors: registers), one broadcast input
+scalar times one weight vector per FMA, then the bias and the single store. The positions run
+in parallel (the grid on a GPU).
+
+Maxout views X as [N, C/P, P, S] and takes the max of the P pieces per element, vectorized
+along the spatial axis S.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnncc.ir import DType, Node
+from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, F32, For, If, Kernel, Stmt, Store,
+                           Var, nan_max, seq)
+from cnncc.ir.ops.spatial import resolve_window
+
+from .context import LowerCtx, const_input, op_context, unsupported
+from .conv import padded_input
+from .cpu_schedule import parallel_outer, schedule_map
+
+# Accumulator vectors per task: enough independent FMA chains to hide latency while the
+# weights stream, few enough that a task of a narrow layer is not mostly padding.
+MAX_ACC_VECTORS = 4
+
+
+def channel_block(ctx: LowerCtx, oc: int) -> int:
+    """VT: output channels per task, a whole number of the Target's vectors."""
+    lanes = ctx.lanes
+    return lanes * max(1, min(MAX_ACC_VECTORS, -(-oc // lanes)))
+
+
+def pack_unshared(w: np.ndarray, vt: int) -> np.ndarray:
+    """[S1, S2, OC, C, KH, KW] -> [S1 * S2, OCB, C, KH, KW, VT] (output channels zero-padded)."""
+    s1, s2, oc, c, kh, kw = w.shape
+    ocb = -(-oc // vt)
+    wp = np.zeros((s1 * s2, ocb * vt, c, kh, kw), np.float32)
+    wp[:, :oc] = w.reshape(s1 * s2, oc, c, kh, kw)
+    return np.ascontiguousarray(wp.reshape(s1 * s2, ocb, vt, c, kh, kw)
+                                .transpose(0, 1, 3, 4, 5, 2))
+
+
+def lower_unshared_conv(ctx: LowerCtx, node: Node) -> None:
+    g = ctx.graph
+    x, out = node.inputs[0], node.outputs[0]
+    if any(g.types[v].dtype is not DType.float32 for v in (x, node.inputs[1], out)):
+        raise unsupported(node, "only float32 is lowered")
+    w = const_input(g, node, 1, "the weight")
+    bias = const_input(g, node, 2, "the bias") if len(node.inputs) > 2 and node.inputs[2] \
+        else None
+    octx = op_context(g, node)
+    xs = g.types[x].shape
+    win = resolve_window(octx, xs, w.shape[4:])
+    n_img, oc, oh, ow = g.types[out].shape
+    local = node.op == "LocallyConnected2d"
+    th, tw = w.shape[:2]
+    c, kh, kw = w.shape[3:]
+    vt = channel_block(ctx, oc)
+    ocb = -(-oc // vt)
+    wbuf = ctx.const(pack_unshared(w.astype(np.float32), vt), "w")
+    # Bias per (filter set, channel): [OH*OW, OCB*VT] for locally connected, [1, OCB*VT] tiled.
+    if local:
+        bp = np.zeros((oh * ow, ocb * vt), np.float32)
+        if bias is not None:
+            bp[:, :oc] = bias.astype(np.float32).reshape(oc, oh * ow).T
+    else:
+        bp = np.zeros((1, ocb * vt), np.float32)
+        if bias is not None:
+            bp[0, :oc] = bias.astype(np.float32)
+    bbuf = ctx.const(bp, "b")
+    xp = padded_input(ctx, node, x, [win.begin(0), win.begin(1)], [win.end(0), win.end(1)])
+    ybuf = ctx.value(out, bname="y")
+    n, i, j, ob = Var("n"), Var("i"), Var("j"), Var("ob")
+    sel: Expr = i * ow + j if local else (i % th) * tw + (j % tw)
+    bsel: Expr = sel if local else Const(0)
+    (sh, sw), (dh, dw) = win.strides, win.dilations
+    acc = Buffer("acc", DType.float32, (vt,), "local")
+    ci, u, v = Var("ci"), Var("u"), Var("v")
+    t0, t1, t2 = Var("t0"), Var("t1"), Var("t2")
+    init = For(t0, vt, Store(acc, (t0,), Const(0.0, F32)), "vectorized")
+    xv = xp[n, ci, i * sh + u * dh, j * sw + v * dw]
+    fma = Store(acc, (t1,), acc[t1] + xv * wbuf[sel, ob, ci, u, v, t1])
+    red = For(ci, c, For(u, kh, For(v, kw, For(t1, vt, fma, "vectorized"))))
+    store: Stmt = Store(ybuf, (n, ob * vt + t2, i, j), acc[t2] + bbuf[bsel, ob * vt + t2])
+    if oc % vt:
+        store = If(ob * vt + t2 < oc, store, masked=True)      # acc and bias are padded
+    epi = For(t2, vt, store, "vectorized")
+    body = For(n, n_img, For(i, oh, For(j, ow, For(ob, ocb, Allocate(acc, seq(init, red,
+                                                                              epi))))))
+    k = Kernel(node.name, [ybuf, xp, wbuf, bbuf], body)
+    work = n_img * oh * ow * ocb * vt * c * kh * kw
+    ctx.emit(parallel_outer(k, ["n", "i", "j"] + (["ob"] if ctx.gpu else []), ctx, work))
+
+
+def lower_maxout(ctx: LowerCtx, node: Node) -> None:
+    g = ctx.graph
+    x, out = node.inputs[0], node.outputs[0]
+    dt = g.types[x].dtype
+    if dt not in (DType.float32, DType.float64):
+        raise unsupported(node, f"element type {dt} is not lowered")
+    pieces = op_context(g, node)["pieces"]
+    xs = g.types[x].shape
+    spatial = int(np.prod(xs[2:], dtype=np.int64))
+    groups = xs[1] // pieces
+    xb = ctx.value(x, (xs[0], groups, pieces, spatial), "x")
+    yb = ctx.value(out, (xs[0], groups, spatial), "y")
+    n, ch, s = Var("n"), Var("ch"), Var("s")
+    val = xb[n, ch, 0, s]
+    for p in range(1, pieces):
+        val = nan_max(val, xb[n, ch, p, s])
+    k = Kernel(node.name, [yb, xb], For(n, xs[0], For(ch, groups, For(s, spatial,
+                                                                      Store(yb, (n, ch, s),
+                                                                            val)))))
+    ctx.emit(schedule_map(k, ctx, xs[0] * xs[1] * spatial))

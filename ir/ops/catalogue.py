@@ -115,3 +115,8 @@ register(OpDef("Maxout", infer=_infer_maxout, reference=_maxout_reference,
 
 # The ops of the cnncc domain, in the order the exporter and importer list them.
 CNNCC_OPS = ("LocallyConnected2d", "TiledConv2d", "Maxout")
+
+
+def is_cnncc_op(domain: str, op_type: str) -> bool:
+    """Whether an ONNX node (or model-local function) of ``domain`` is one of these ops."""
+    return domain == DOMAIN and op_type in CNNCC_OPS

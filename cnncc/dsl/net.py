@@ -88,6 +88,16 @@ class Net:
         from cnncc.driver import compile as compile_
         return compile_(self, target=target, **options)
 
+    def summary(self, print_fn: Callable[[str], Any] | None = print) -> str:
+        """Per layer: output shape, parameters, MFLOPs and the receptive field (size, jump,
+        start per spatial axis, in input pixels; cnncc/receptive_field.py). Printed with
+        ``print_fn`` (None: only returned)."""
+        from cnncc.receptive_field import format_summary
+        text = format_summary(self._graph)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
     def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
         """Random inputs of the right shapes and dtypes (standard normal for floats)."""
         rng = np.random.default_rng(seed)

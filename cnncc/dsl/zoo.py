@@ -16,6 +16,7 @@ from . import functional as F
 from . import layers as L
 from .net import Net, build
 from .tensor import Tensor, scope
+from .zoo_classic import alexnet, all_conv, tiny_c3d
 
 
 def _conv_bn(x: Tensor, out: int, k: int, stride: int = 1, groups: int = 1,
@@ -269,6 +270,9 @@ ZOO: dict[str, Callable[..., Net]] = {
     "tiny_resnet": tiny_resnet,
     "tiny_mobilenet": tiny_mobilenet,
     "tiny_unet": tiny_unet,
+    "alexnet": alexnet,             # zoo_classic.py
+    "all_conv": all_conv,
+    "tiny_c3d": tiny_c3d,
 }
 
 __all__ = ["ZOO", *ZOO]

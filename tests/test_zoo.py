@@ -30,10 +30,12 @@ PARAM_COUNTS = {
     "vgg11": 132_863_336,
     "vgg11_bn": 132_868_840,
     "lenet5": 61_706,
+    "alexnet": 61_100_840,
 }
 TARGETS = target_params()
 OUTPUT_SHAPES = {"tiny_unet": (1, 2, 32, 32), "lenet5": (1, 10), "tiny_cnn": (1, 10),
-                 "tiny_resnet": (1, 10), "tiny_mobilenet": (1, 10)}
+                 "tiny_resnet": (1, 10), "tiny_mobilenet": (1, 10), "all_conv": (1, 10),
+                 "tiny_c3d": (1, 10)}
 
 
 def trainable_params(net) -> int:

@@ -12,15 +12,19 @@ from .net import Net, build
 from .tensor import Tensor, scope
 
 
-def _alexnet(x: Tensor, num_classes: int, pool: int) -> Tensor:
+def _alexnet(x: Tensor, num_classes: int, size: int) -> Tensor:
     y = F.max_pool2d(F.relu(L.conv2d(x, 64, 11, stride=4, padding=2, name="features.0")), 3, 2)
     y = F.max_pool2d(F.relu(L.conv2d(y, 192, 5, padding=2, name="features.3")), 3, 2)
     y = F.relu(L.conv2d(y, 384, 3, padding=1, name="features.6"))
     y = F.relu(L.conv2d(y, 256, 3, padding=1, name="features.8"))
     y = F.relu(L.conv2d(y, 256, 3, padding=1, name="features.10"))
     y = F.max_pool2d(y, 3, 2)
-    if pool > 1:                  # torchvision's AdaptiveAvgPool2d((6, 6)) on a 6k x 6k map
-        y = F.avg_pool2d(y, pool)
+    # torchvision's AdaptiveAvgPool2d((6, 6)): an average over k x k on a 6k x 6k map, each
+    # pixel repeated 6 / s times on an s x s map with s dividing 6.
+    if size > 6:
+        y = F.avg_pool2d(y, size // 6)
+    elif size < 6:
+        y = F.upsample(y, 6 // size)
     y = F.dropout(F.flatten(y))
     y = F.dropout(F.relu(L.dense(y, 4096, name="classifier.1")))
     y = F.relu(L.dense(y, 4096, name="classifier.4"))
@@ -30,15 +34,16 @@ def _alexnet(x: Tensor, num_classes: int, pool: int) -> Tensor:
 def alexnet(seed: int = 0, batch: int = 1, num_classes: int = 1000,
             input_size: int = 224) -> Net:
     """AlexNet as torchvision's (Krizhevsky et al. 2012, one-GPU variant): 1x3x224x224 -> 1000,
-    61.1M parameters. ``input_size`` must give a 6k x 6k last feature map (224: 6x6)."""
+    61.1M parameters. ``input_size`` must give a last feature map of 6k x 6k or of a divisor
+    of 6 (224: 6x6; 64: 1x1)."""
     size = input_size
     for k, s, p in ((11, 4, 2), (3, 2, 0), (3, 2, 0), (3, 2, 0)):
         size = (size + 2 * p - k) // s + 1 if size + 2 * p >= k else 0
-    if size < 6 or size % 6:
+    if size < 1 or (size % 6 and 6 % size):
         raise CompileError(f"alexnet: input_size {input_size} gives a {size}x{size} last feature "
-                           "map; it must be a multiple of 6 (224 gives 6)")
+                           "map; it must be a multiple or a divisor of 6 (224 gives 6)")
     return build(_alexnet, (batch, 3, input_size, input_size), "alexnet", seed,
-                  num_classes=num_classes, pool=size // 6)
+                  num_classes=num_classes, size=size)
 
 
 def _all_conv(x: Tensor, num_classes: int, width: int) -> Tensor:

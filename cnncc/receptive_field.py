@@ -1,7 +1,7 @@
 """Receptive fields: for every value of a graph, which input pixels its units see.
 
-Per spatial axis a field is (size r, jump j, start s), in the coordinates of the graph's first
-input (pixel centres 0, 1, 2, ...): unit k of the value sees the input interval centred on
+Per spatial axis a field is (size r, jump j, start s), in the coordinates of the graph input it
+derives from (pixel centres 0, 1, 2, ...): unit k of the value sees the input interval centred on
 s + k * j, r pixels wide; j is the distance between neighbouring units in input pixels (the
 effective stride). The input itself is (1, 1, 0). A window of k taps, stride t, dilation d and
 begin pad p (conv, pool, deformable conv: its nominal grid, locally connected, tiled) maps
@@ -94,12 +94,13 @@ def _union(fields: list[Field], out_shape: tuple[int, ...]) -> Field:
 
 
 def receptive_fields(graph: Graph) -> dict[str, Field]:
-    """The field of every value derived from the graph's first input (by value name)."""
-    if not graph.inputs:
-        return {}
-    x = graph.inputs[0]
-    spatial = graph.types[x].shape[2:]
-    fields = {x: Field(spatial, (1,) * len(spatial), (1,) * len(spatial), (0.0,) * len(spatial))}
+    """The field of every value derived from a graph input (by value name), in the pixels of
+    the input it derives from (the first one, for values joining several)."""
+    fields = {}
+    for x in graph.inputs:
+        spatial = graph.types[x].shape[2:]
+        fields[x] = Field(spatial, (1,) * len(spatial), (1,) * len(spatial),
+                          (0.0,) * len(spatial))
     for node in graph.nodes:
         ins = [fields[i] for i in node.inputs if i in fields]
         if not ins or not node.outputs or node.outputs[0] not in graph.types:

@@ -322,3 +322,19 @@ def test_avx2_code_gives_the_same_numbers(case):
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["isa"] == "avx2" and res["err"] <= RTOL, res
+
+
+def test_catalogue_kernels_compile_with_nvcc(case):
+    """The CUDA program of every catalogue layer compiles with nvcc (warnings are errors), no
+    register spills."""
+    from cnncc.backends.cuda.build import find_nvcc, nvcc_check
+    from cnncc.backends.cuda.model import generate
+    if find_nvcc() is None:
+        pytest.skip("nvcc is not installed")
+    gen = generate(run_pipeline(case[0].to_graph(), PassContext(opt_level=3, target="cuda")), 3)
+    usage = nvcc_check(gen.module.source, ("sm_80", "sm_90"))
+    launches = [launch.name for ck in gen.module.kernels for launch in ck.launches]
+    for arch in ("sm_80", "sm_90"):
+        for name in launches:
+            use = usage[arch][name]
+            assert use.spill_stores == 0 and use.spill_loads == 0, (arch, name, use)

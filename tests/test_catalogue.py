@@ -28,10 +28,10 @@ from cnncc.testing import target_params
 
 RTOL = 1e-5
 SHAPES = {"a": (1, 3, 21), "b": (1, 6, 10, 9), "v": (1, 3, 6, 8, 7), "off": (1, 36, 10, 9),
-          "mask": (1, 18, 10, 9)}
+          "mask": (1, 18, 10, 9), "row": (1, 4, 5, 40)}
 
 
-def catalogue(a, b, v, off, mask):
+def catalogue(a, b, v, off, mask, row):
     return {
         "conv1d": dsl.conv1d(a, 5, 3, stride=2, padding=1, dilation=2, name="c1"),
         "max_pool1d": dsl.max_pool1d(a, 3, 2, padding=1),
@@ -48,6 +48,8 @@ def catalogue(a, b, v, off, mask):
         "lc_dil": dsl.locally_connected2d(b, 5, 2, dilation=2, bias=False, name="lcd"),
         "tiled": dsl.tiled_conv2d(b, 6, 3, tiles=2, padding=1, name="tc"),
         "tiled_wide": dsl.tiled_conv2d(b, 20, (3, 2), tiles=(3, 2), stride=(2, 1), name="tw"),
+        # 40 columns in 3 phases of 13 + 1: register tiles of several positions and tails.
+        "tiled_row": dsl.tiled_conv2d(row, 64, 3, tiles=3, padding=1, name="tr"),
         "separable": dsl.separable_conv2d(b, 8, 3, padding=1, name="sep"),
         "maxout": dsl.maxout(b, 3),
         "layer_norm": dsl.layer_norm(b, name="ln"),
@@ -158,7 +160,7 @@ def np_norm(x, axes, scale, bias, eps=1e-5):
     return (x - mu) / np.sqrt(var + eps) * scale + bias
 
 
-def expected(p, a, b, v, off, mask):
+def expected(p, a, b, v, off, mask, row):
     """Every output of ``catalogue`` by the numpy code above; ``p`` are the net's weights."""
     ch = lambda t: t.reshape(1, -1, 1, 1)       # noqa: E731 - per-channel broadcast
     gn = np_norm(b.reshape(1, 3, -1), (2,), 1.0, 0.0).reshape(b.shape)
@@ -178,6 +180,8 @@ def expected(p, a, b, v, off, mask):
         "tiled": np_unshared(b, p["tc.weight"], p["tc.bias"], [1, 1], [1] * 4, [1, 1], True),
         "tiled_wide": np_unshared(b, p["tw.weight"], p["tw.bias"], [2, 1], [0] * 4, [1, 1],
                                   True),
+        "tiled_row": np_unshared(row, p["tr.weight"], p["tr.bias"], [1, 1], [1] * 4, [1, 1],
+                                 True),
         "separable": np_conv(np_conv(b, p["sep.depthwise.weight"], None, [1, 1], [1] * 4,
                                      [1, 1], groups=6),
                              p["sep.pointwise.weight"], p["sep.pointwise.bias"], [1, 1],

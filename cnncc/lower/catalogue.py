@@ -4,10 +4,13 @@ Unshared convolutions (locally connected, tiled) are weight-bound: a locally con
 reads every weight once per image, so its kernel streams the weights as fast as memory
 delivers them. The weights are packed at compile time as [S, OCB, C, KH, KW, VT] (S filter
 sets: OH*OW for locally connected, TH*TW for tiled; VT output channels, zero-padded), so the
-filters of one output position are one contiguous run. Each task is one output position and a
-block of VT output channels: VT accumulators (1..4 vectors: registers), one broadcast input
-scalar times one weight vector per FMA, then the bias and the single store. The positions run
-in parallel (the grid on a GPU).
+filters of one output position are one contiguous run. Locally connected: each task is one
+output position and a block of VT output channels: VT accumulators (1..4 vectors: registers),
+one broadcast input scalar times one weight vector per FMA, then the bias and the single store.
+Tiled: the positions of one row whose columns are equal modulo TW share a filter set, so a task
+holds R of them x VT channels in registers (R from the Target's vector registers) and loads each
+weight vector once for the R positions, as a convolution's register tile does. Rows (and
+column phases) run in parallel; on a GPU every (position, channel block) is a thread.
 
 Maxout views X as [N, C/P, P, S] and takes the max of the P pieces per element, vectorized
 along the spatial axis S.
@@ -76,26 +79,59 @@ def lower_unshared_conv(ctx: LowerCtx, node: Node) -> None:
     bbuf = ctx.const(bp, "b")
     xp = padded_input(ctx, node, x, [win.begin(0), win.begin(1)], [win.end(0), win.end(1)])
     ybuf = ctx.value(out, bname="y")
-    n, i, j, ob = Var("n"), Var("i"), Var("j"), Var("ob")
-    sel: Expr = i * ow + j if local else (i % th) * tw + (j % tw)
-    bsel: Expr = sel if local else Const(0)
     (sh, sw), (dh, dw) = win.strides, win.dilations
-    acc = Buffer("acc", DType.float32, (vt,), "local")
+    # Output columns j = b + P * q by phase b: a tiled conv's positions of one row and phase
+    # share one filter set (P = TW), a locally connected layer's do not (P = 1).
+    phases = 1 if local else tw
+    q_full, rem = ow // phases, ow % phases
+    n, i, b, ob = Var("n"), Var("i"), Var("b"), Var("ob")
     ci, u, v = Var("ci"), Var("u"), Var("v")
-    t0, t1, t2 = Var("t0"), Var("t1"), Var("t2")
-    init = For(t0, vt, Store(acc, (t0,), Const(0.0, F32)), "vectorized")
-    xv = xp[n, ci, i * sh + u * dh, j * sw + v * dw]
-    fma = Store(acc, (t1,), acc[t1] + xv * wbuf[sel, ob, ci, u, v, t1])
-    red = For(ci, c, For(u, kh, For(v, kw, For(t1, vt, fma, "vectorized"))))
-    store: Stmt = Store(ybuf, (n, ob * vt + t2, i, j), acc[t2] + bbuf[bsel, ob * vt + t2])
-    if oc % vt:
-        store = If(ob * vt + t2 < oc, store, masked=True)      # acc and bias are padded
-    epi = For(t2, vt, store, "vectorized")
-    body = For(n, n_img, For(i, oh, For(j, ow, For(ob, ocb, Allocate(acc, seq(init, red,
-                                                                              epi))))))
+
+    def tile(q0: Expr, rr: int, tag: str) -> Stmt:
+        """rr consecutive positions (of one phase) x VT channels in registers."""
+        acc = Buffer(f"acc{tag}", DType.float32, (rr, vt), "local")
+        r, t, r1, t1, r2, t2 = (Var(f"{p_}{tag}") for p_ in ("r", "t", "r1", "t1", "r2", "t2"))
+
+        def col(rv: Expr) -> Expr:
+            return b + (q0 + rv) * phases
+
+        def sel(rv: Expr) -> Expr:
+            return i * ow + col(rv) if local else (i % th) * tw + b
+
+        init = For(r, rr, For(t, vt, Store(acc, (r, t), Const(0.0, F32)), "vectorized"),
+                   "unrolled")
+        xv = xp[n, ci, i * sh + u * dh, col(r1) * sw + v * dw]
+        fma = Store(acc, (r1, t1), acc[r1, t1] + xv * wbuf[sel(r1), ob, ci, u, v, t1])
+        red = For(ci, c, For(u, kh, For(v, kw, For(r1, rr, For(t1, vt, fma, "vectorized"),
+                                                   "unrolled"))))
+        store: Stmt = Store(ybuf, (n, ob * vt + t2, i, col(r2)),
+                            acc[r2, t2] + bbuf[sel(r2) if local else 0, ob * vt + t2])
+        if oc % vt:
+            store = If(ob * vt + t2 < oc, store, masked=True)   # acc and bias are padded
+        epi = For(r2, rr, For(t2, vt, store, "vectorized"), "unrolled")
+        return Allocate(acc, seq(init, red, epi))
+
+    q = Var("q")
+    if ctx.gpu:      # one position per thread, the whole band the grid
+        inner: Stmt = For(q, -(-ow // phases), If(b + q * phases < ow, tile(q, 1, "")))
+        band = ["n", "i", "b", "ob", "q"]
+    else:
+        # A tiled conv's tile: R positions x VT channels of accumulators, the VT weight
+        # vectors loaded once per tap for all R, in the Target's registers. A locally connected
+        # layer's positions share no weights: one position per task reads one contiguous run
+        # of them (R interleaved weight streams measured slower).
+        regs, nv = ctx.vector_registers, vt // ctx.lanes
+        rr = 1 if local else max(1, min(q_full or 1, (regs - nv - 2) // nv))
+        qb = Var("qb")
+        inner = seq(For(qb, q_full // rr, tile(qb * rr, rr, "")),
+                    tile(Const(q_full - q_full % rr), q_full % rr, "t") if q_full % rr
+                    else None,
+                    If(b < rem, tile(Const(q_full), 1, "r")) if rem else None)
+        band = ["n", "i", "b"]
+    body = For(n, n_img, For(i, oh, For(b, phases, For(ob, ocb, inner))))
     k = Kernel(node.name, [ybuf, xp, wbuf, bbuf], body)
     work = n_img * oh * ow * ocb * vt * c * kh * kw
-    ctx.emit(parallel_outer(k, ["n", "i", "j"] + (["ob"] if ctx.gpu else []), ctx, work))
+    ctx.emit(parallel_outer(k, band, ctx, work))
 
 
 def lower_maxout(ctx: LowerCtx, node: Node) -> None:

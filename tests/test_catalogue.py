@@ -342,3 +342,32 @@ def test_catalogue_kernels_compile_with_nvcc(case):
         for name in launches:
             use = usage[arch][name]
             assert use.spill_stores == 0 and use.spill_loads == 0, (arch, name, use)
+
+
+def _cnncc_model(op: str, inputs: dict, attrs: dict):
+    """A model calling cnncc-domain op ``op`` on graph input X and initializers ``inputs``."""
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4, 6, 6])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    node = helper.make_node(op, ["X", *inputs], ["Y"], domain="cnncc", name="bad", **attrs)
+    graph = helper.make_graph([node], "g", [x], [y],
+                              [numpy_helper.from_array(v, k) for k, v in inputs.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                   helper.make_opsetid("cnncc", 1)])
+
+
+@pytest.mark.parametrize("op,inputs,attrs,message", [
+    ("Maxout", {}, {}, "missing required attribute 'pieces'"),
+    ("Maxout", {}, {"pieces": 3}, "pieces=3 does not divide the 4 channels"),
+    ("LocallyConnected2d", {"W": np.zeros((4, 4, 2, 4, 3), np.float32)}, {},
+     "W must have rank 6"),
+    ("LocallyConnected2d", {"W": np.zeros((3, 3, 2, 4, 3, 3), np.float32)}, {},
+     r"filters for \[3, 3\] output positions but the output is \[4, 4\]"),
+    ("TiledConv2d", {"W": np.zeros((2, 2, 2, 5, 3, 3), np.float32)}, {},
+     "W reads 5 channels but X has 4"),
+    ("Im2Col", {}, {}, "cnncc.Im2Col"),
+])
+def test_bad_cnncc_domain_nodes_are_refused_by_name(op, inputs, attrs, message):
+    with pytest.raises(CompileError, match=message) as info:
+        import_model(_cnncc_model(op, inputs, attrs))
+    assert op == "Im2Col" or info.value.node == "bad"

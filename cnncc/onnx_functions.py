@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from cnncc.ir import OP_TABLE
 from cnncc.ir.ops.catalogue import CNNCC_OPS, DOMAIN
 
 DOMAIN_VERSION = 1
 # Inputs each function declares (a bias is always passed).
 FUNCTION_INPUTS = {"LocallyConnected2d": ("X", "W", "B"), "TiledConv2d": ("X", "W", "B"),
                    "Maxout": ("X",)}
-WINDOW_ATTRS = ("strides", "pads", "dilations")
-FUNCTION_ATTRS = {"LocallyConnected2d": WINDOW_ATTRS, "TiledConv2d": WINDOW_ATTRS,
-                  "Maxout": ("pieces",)}
+# The attributes a call passes: the op's own (strides, pads, dilations; pieces).
+FUNCTION_ATTRS = {op: tuple(OP_TABLE[op].attrs) for op in CNNCC_OPS}
 
 
 class _Body:
@@ -74,7 +74,8 @@ def _patches(b: _Body, x: str, w: str) -> str:
     eye = b.op("EyeLike", zeros)
     eye4 = b.op("Reshape", eye, b.op("Concat", ck, b.op("Slice", shw, b.ints(3), b.ints(6)),
                                      axis=0))
-    return b.ref("Conv", [x, eye4], {k: (AttributeProto.INTS, k) for k in WINDOW_ATTRS})
+    return b.ref("Conv", [x, eye4], {k: (AttributeProto.INTS, k)
+                                     for k in FUNCTION_ATTRS["LocallyConnected2d"]})
 
 
 def _unshared_body(b: _Body, tiled: bool) -> str:

@@ -212,7 +212,7 @@ def rel_err(got, want) -> float:
 def outputs(request, case):
     net, xs, _ = case
     model = cnncc.compile(net, target=request.param)
-    return request.param, dict(zip(model.output_names, model(*xs)))
+    return request.param, dict(zip(model.output_names, model(*xs))), model
 
 
 LAYERS = dsl.build(catalogue, SHAPES, seed=3).output_names
@@ -220,12 +220,22 @@ LAYERS = dsl.build(catalogue, SHAPES, seed=3).output_names
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_layer_matches_numpy(outputs, case, layer):
-    target, got = outputs
+    target, got, _ = outputs
     want = case[2][layer]
     assert got[layer].shape == want.shape, (target, layer)
     assert np.abs(want).max() > 1e-2
     err = rel_err(got[layer], want)
     assert err <= RTOL, f"{layer} on {target}: relative error {err:.2e}"
+
+
+def test_a_batch_gives_the_single_runs(outputs, case):
+    """Two images at run time: every output equals the two single runs (bitwise)."""
+    target, got, model = outputs
+    rng = np.random.default_rng(5)
+    other = [rng.standard_normal(x.shape).astype(np.float32) for x in case[1]]
+    both = model(*[np.concatenate([x, y]) for x, y in zip(case[1], other)])
+    for name, y2, y1, y_other in zip(model.output_names, both, got.values(), model(*other)):
+        assert np.array_equal(y2, np.concatenate([y1, y_other])), (target, name)
 
 
 def test_exported_onnx_runs_in_onnxruntime(case):

@@ -22,6 +22,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from cnncc.ir import CompileError, Graph, TensorType
+from cnncc.receptive_field import format_summary
 
 from .tensor import Builder, Tensor, tracing
 
@@ -92,7 +93,6 @@ class Net:
         """Per layer: output shape, parameters, MFLOPs and the receptive field (size, jump,
         start per spatial axis, in input pixels; cnncc/receptive_field.py). Printed with
         ``print_fn`` (None: only returned)."""
-        from cnncc.receptive_field import format_summary
         text = format_summary(self._graph)
         if print_fn is not None:
             print_fn(text)

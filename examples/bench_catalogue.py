@@ -17,6 +17,7 @@ import numpy as np
 
 import cnncc
 from cnncc import dsl
+from cnncc.analysis import node_flops
 from cnncc.bench import ort_runner, time_interleaved
 
 # name -> (input shape, layer, what the rate is measured in)
@@ -44,8 +45,7 @@ def work(net, kind: str) -> float:
         w = g.types[node.inputs[1]].shape
         return 4.0 * out.shape[2] * out.shape[3] * int(np.prod(w[2:]))
     if kind == "flops":
-        w = g.types[node.inputs[1]].shape
-        return 2.0 * out.size * int(np.prod(w[1:]))
+        return float(node_flops(g, node))
     return 4.0 * (g.types[node.inputs[0]].size + out.size)
 
 
@@ -72,9 +72,9 @@ def main() -> None:
             med, best = float(np.median(samples)), float(np.min(samples))
             row.append(f"{engine} {med:7.3f} ms (best {best:.3f}) "
                        f"{amount * scale / (med * 1e-3):7.1f} {unit}")
-        if kind == "flops":
-            row.append(f"cnncc {amount * 1e-9 / (np.median(ms['cnncc']) * 1e-3) / peak:.0%} "
-                       "of peak")
+        if kind != "bytes":      # the convs: GFLOP/s and the share of the FMA peak
+            gflops = work(net, "flops") * 1e-9 / (np.median(ms["cnncc"]) * 1e-3)
+            row.append(f"cnncc {gflops:.0f} GFLOP/s = {gflops / peak:.0%} of peak")
         print(" | ".join(row) + f"  [{kind}: {amount / 2**20:.1f} MiB]" if kind != "flops"
               else " | ".join(row) + f"  [{amount * 1e-9:.2f} GFLOP]")
 

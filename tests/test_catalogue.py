@@ -52,6 +52,7 @@ def catalogue(a, b, v, off, mask, row):
         "tiled_row": dsl.tiled_conv2d(row, 64, 3, tiles=3, padding=1, name="tr"),
         "separable": dsl.separable_conv2d(b, 8, 3, padding=1, name="sep"),
         "maxout": dsl.maxout(b, 3),
+        "maxout_many": dsl.maxout(off, 18),          # more than one pass of 16 pieces
         "layer_norm": dsl.layer_norm(b, name="ln"),
         "instance_norm": dsl.instance_norm(b, name="in"),
         "group_norm": dsl.group_norm(b, 3, name="gn"),
@@ -187,6 +188,7 @@ def expected(p, a, b, v, off, mask, row):
                              p["sep.pointwise.weight"], p["sep.pointwise.bias"], [1, 1],
                              [0] * 4, [1, 1]),
         "maxout": np.stack([b[:, 3 * j:3 * j + 3].max(axis=1) for j in range(2)], axis=1),
+        "maxout_many": np.stack([off[:, :18].max(axis=1), off[:, 18:].max(axis=1)], axis=1),
         "layer_norm": np_norm(b, (1, 2, 3), p["ln.scale"], p["ln.bias"]),
         "instance_norm": np_norm(b, (2, 3), ch(p["in.scale"]), ch(p["in.bias"])),
         "group_norm": gn * p["gn.scale"] + p["gn.bias"],

@@ -13,7 +13,7 @@ weight vector once for the R positions, as a convolution's register tile does. R
 column phases) run in parallel; on a GPU every (position, channel block) is a thread.
 
 Maxout views X as [N, C/P, P, S] and takes the max of the P pieces per element, vectorized
-along the spatial axis S.
+along the spatial axis S (in passes of 16 pieces when there are more).
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ from .cpu_schedule import parallel_outer, schedule_map
 # Accumulator vectors per task: enough independent FMA chains to hide latency while the
 # weights stream, few enough that a task of a narrow layer is not mostly padding.
 MAX_ACC_VECTORS = 4
+# Maxout pieces reduced by one expression (more pieces: one more pass per block).
+MAXOUT_BLOCK = 16
 
 
 def channel_block(ctx: LowerCtx, oc: int) -> int:
@@ -147,10 +149,13 @@ def lower_maxout(ctx: LowerCtx, node: Node) -> None:
     xb = ctx.value(x, (xs[0], groups, pieces, spatial), "x")
     yb = ctx.value(out, (xs[0], groups, spatial), "y")
     n, ch, s = Var("n"), Var("ch"), Var("s")
-    val = xb[n, ch, 0, s]
-    for p in range(1, pieces):
-        val = nan_max(val, xb[n, ch, p, s])
-    k = Kernel(node.name, [yb, xb], For(n, xs[0], For(ch, groups, For(s, spatial,
-                                                                      Store(yb, (n, ch, s),
-                                                                            val)))))
-    ctx.emit(schedule_map(k, ctx, xs[0] * xs[1] * spatial))
+    # One elementwise pass per block of pieces: the max of a block is one expression, a pass
+    # after the first also takes the max with what the previous passes stored.
+    for start in range(0, pieces, MAXOUT_BLOCK):
+        val = yb[n, ch, s] if start else None
+        for p in range(start, min(start + MAXOUT_BLOCK, pieces)):
+            val = xb[n, ch, p, s] if val is None else nan_max(val, xb[n, ch, p, s])
+        k = Kernel(node.name, [yb, xb], For(n, xs[0], For(ch, groups, For(
+            s, spatial, Store(yb, (n, ch, s), val)))))
+        ctx.emit(schedule_map(k, ctx, xs[0] * groups * spatial * (1 + min(MAXOUT_BLOCK,
+                                                                           pieces - start))))

@@ -309,6 +309,9 @@ HERE = os.path.basename(__file__)
     (lambda x: dsl.layer_norm(x, axis=4), "axis 4 out of range"),
     (lambda x: dsl.deform_conv2d(x, dsl.conv2d(x, 8, 3), 4, 3), "offset has shape"),
     (lambda x: dsl.separable_conv2d(x, 4, 3, multiplier=0), "multiplier must be"),
+    (lambda x: dsl.locally_connected2d(x, 4, 3, weight=np.zeros((6, 6, 4, 6, 3, 2))),
+     r"weight: expected shape \(6, 6, 4, 6, 3, 3\)"),
+    (lambda x: dsl.group_norm(x, 2, scale=np.ones(5)), r"scale: expected shape \(6,\)"),
 ])
 def test_bad_layers_name_the_problem_and_the_users_line(build, message):
     with pytest.raises(CompileError, match=message) as info:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnncc.ir import CompileError
+
 from .layers import BiasArg, Padding, Size, fail, ints, pads_of, tensor_arg
 from .tensor import Tensor
 from .weights import given, he_normal, small_normal
@@ -32,10 +34,18 @@ def _spatial_arg(x, what: str, nd: int) -> Tensor:
     return x
 
 
+def _given(value, shape, what: str, dtype) -> np.ndarray:
+    """A weight given by the user, checked; the error points at the user's line."""
+    try:
+        return given(value, shape, what, dtype)
+    except CompileError as e:
+        raise fail(str(e)) from None
+
+
 def _weight(x: Tensor, node: str, what: str, weight, shape: tuple, fan_in: int) -> np.ndarray:
     """The given weight (checked against ``shape``) or a He-normal one."""
     if weight is not None:
-        return given(weight, shape, f"{what} '{node}': weight", x.dtype)
+        return _given(weight, shape, f"{what} '{node}': weight", x.dtype)
     return he_normal(x.builder, shape, fan_in, x.dtype)
 
 
@@ -44,7 +54,7 @@ def _bias_arr(x: Tensor, bias: BiasArg, shape: tuple, where: str) -> np.ndarray 
         return None
     if bias is True:
         return small_normal(x.builder, shape, x.dtype)
-    return given(bias, shape, f"{where}: bias", x.dtype)
+    return _given(bias, shape, f"{where}: bias", x.dtype)
 
 
 def _params(x: Tensor, node: str, w: np.ndarray, b: np.ndarray | None) -> list[Tensor]:
@@ -288,9 +298,9 @@ def _affine(x: Tensor, node: str, shape: tuple, scale, bias,
     """Scale (gamma, default random in [0.5, 1.5]) and bias (beta, default N(0, 0.1)) of
     ``shape``, stored with shape ``stored`` (default: the same)."""
     b = x.builder
-    gamma = given(scale, shape, f"'{node}': scale", x.dtype) if scale is not None \
+    gamma = _given(scale, shape, f"'{node}': scale", x.dtype) if scale is not None \
         else b.rng.uniform(0.5, 1.5, size=shape).astype(x.dtype)
-    beta = given(bias, shape, f"'{node}': bias", x.dtype) if bias is not None \
+    beta = _given(bias, shape, f"'{node}': bias", x.dtype) if bias is not None \
         else small_normal(b, shape, x.dtype)
     stored = shape if stored is None else stored
     return [b.param(node + ".scale", gamma.reshape(stored), scoped=False),

@@ -49,6 +49,10 @@ def node_flops(graph: Graph, node: Node) -> int:
         if node.op == "ConvTranspose":
             return 2 * in0.size * w[1] * prod(w[2:])
         return 2 * out.size * prod(w[1:])
+    if node.op in ("LocallyConnected2d", "TiledConv2d"):      # W [S1, S2, OC, C, KH, KW]
+        return 2 * out.size * prod(graph.types[node.inputs[1]].shape[3:])
+    if node.op == "Maxout":
+        return in0.size
     if node.op in ("Gemm", "MatMul"):
         k = in0.shape[-1]
         if node.op == "Gemm" and node.attrs.get("transA", 0):

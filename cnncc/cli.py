@@ -1,6 +1,7 @@
 """The `cnncc` command line.
 
     cnncc info [MODEL]                          ops, shapes, parameters, FLOPs per layer, arena
+    cnncc info [MODEL] --receptive-field        per layer also receptive field size, jump, start
     cnncc run [MODEL] [--input x.npy] [--output y.npy] [--target T]
     cnncc compile MODEL -o DIR [--name N] [--threads N] [--opt N] [--emit llvm|asm]
                                                 DIR/N.so + N.h + N.json: a C library
@@ -60,6 +61,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .analysis import format_info
 
     graph = load_graph(resolve_model(args.model))
+    if args.receptive_field:
+        from .receptive_field import format_summary
+        print(format_summary(graph))
+        return 0
     print(format_info(graph))
     print(_arena_line(graph))
     print(f"target: {host_target(1).describe()} [llvm]")
@@ -368,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="ops, shapes, parameter count and FLOPs per layer")
     info.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    info.add_argument("--receptive-field", action="store_true",
+                      help="per layer: output shape, params, MFLOPs, receptive field size, "
+                           "jump and start")
     info.set_defaults(func=_cmd_info)
 
     run = sub.add_parser("run", help="compile a model and run it on inputs")

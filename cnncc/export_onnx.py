@@ -12,6 +12,10 @@ from typing import Any
 import numpy as np
 
 from .ir import CompileError, DType, Graph, OP_TABLE
+from .ir.ops.catalogue import CNNCC_OPS, DOMAIN
+from .ir.ops.registry import OpContext
+from .ir.ops.spatial import resolve_window
+from .onnx_functions import DOMAIN_VERSION, FUNCTION_ATTRS, used_functions
 
 # onnxruntime 1.31 runs ONNX opsets up to 26 and model IR versions up to 13 (onnx 1.23 writes 14).
 ORT_MAX_OPSET = 26
@@ -65,12 +69,15 @@ def graph_proto(graph: Graph, opset: int | None = None) -> Any:
     from onnx import helper
 
     opset = opset or default_opset()
-    bad = sorted({n.op for n in graph.nodes if not onnx.defs.has(n.op)})
+    bad = sorted({n.op for n in graph.nodes if not onnx.defs.has(n.op) and n.op not in CNNCC_OPS})
     if bad:
         raise CompileError(f"graph '{graph.name}' cannot be exported to ONNX: ops {bad} are not "
                            "ONNX ops (export before compiler-internal passes)")
-    nodes = []
+    nodes, zero_biases = [], {}
     for n in graph.nodes:
+        if n.op in CNNCC_OPS:
+            nodes.append(_function_call(graph, n, zero_biases))
+            continue
         attrs = [_attribute(n.op, k, v, opset) for k, v in sorted(n.attrs.items())]
         node = helper.make_node(n.op, list(n.inputs), list(n.outputs), name=n.name)
         node.attribute.extend(attrs)
@@ -83,9 +90,31 @@ def graph_proto(graph: Graph, opset: int | None = None) -> Any:
         inputs=[_value_info(n, graph) for n in graph.inputs],
         outputs=[_value_info(n, graph) for n in graph.outputs],
         value_info=[_value_info(n, graph) for n in inner])
-    for name, value in graph.params.items():
+    for name, value in list(graph.params.items()) + list(zero_biases.items()):
         _add_initializer(proto, name, value)
     return proto
+
+
+def _function_call(graph: Graph, n: Any, zero_biases: dict[str, np.ndarray]) -> Any:
+    """A call of the cnncc-domain function of ``n`` (onnx_functions.py), with every attribute
+    the function references written explicitly, and a zero bias when the layer has none."""
+    from onnx import helper
+    types = [graph.types[i] if i else None for i in n.inputs]
+    ctx = OpContext(n, OP_TABLE[n.op], types, [None] * len(types))
+    inputs = list(n.inputs)
+    values = dict(ctx.attrs)
+    if n.op in ("LocallyConnected2d", "TiledConv2d"):
+        win = resolve_window(ctx, types[0].shape, types[1].shape[4:])
+        values = {"strides": list(win.strides), "pads": list(win.pads),
+                  "dilations": list(win.dilations)}
+        if len(inputs) < 3 or not inputs[2]:
+            out = graph.types[n.outputs[0]].shape
+            name = graph.fresh_name(n.name + ".zero_bias")
+            zero_biases[name] = np.zeros(out[1:] if n.op == "LocallyConnected2d" else out[1:2],
+                                         types[1].dtype.np)
+            inputs = inputs[:2] + [name]
+    return helper.make_node(n.op, inputs, list(n.outputs), name=n.name, domain=DOMAIN,
+                            **{k: values[k] for k in FUNCTION_ATTRS[n.op]})
 
 
 def _add_initializer(proto: Any, name: str, value: np.ndarray) -> None:
@@ -105,9 +134,13 @@ def to_onnx(graph: Graph, opset: int | None = None) -> Any:
     from . import __version__
 
     opset = opset or default_opset()
+    used = {n.op for n in graph.nodes if n.op in CNNCC_OPS}
+    imports = [helper.make_opsetid("", opset)]
+    if used:
+        imports.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     model = helper.make_model(graph_proto(graph, opset), producer_name="cnncc",
-                              producer_version=__version__,
-                              opset_imports=[helper.make_opsetid("", opset)])
+                              producer_version=__version__, opset_imports=imports,
+                              functions=used_functions(used, opset))
     model.ir_version = IR_VERSION
     return model
 

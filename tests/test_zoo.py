@@ -40,13 +40,15 @@ PARAM_COUNTS = {
     "shufflenet_v2_x1_0": 2_278_604,
     "googlenet": 6_624_904,       # inference: no auxiliary classifiers
     "squeezenet1_1": 1_235_496,
+    "alexnet": 61_100_840,
 }
 # The nets of cnncc/dsl/zoo_blocks.py run here at a small input (the architecture, weights and
 # parameter count are the same; the suite's time is not): 32 x 32, five halvings to 1 x 1.
 SMALL_INPUT = {name: 32 for name in zoo_blocks.BLOCK_NETS}
 TARGETS = target_params()
 OUTPUT_SHAPES = {"tiny_unet": (1, 2, 32, 32), "lenet5": (1, 10), "tiny_cnn": (1, 10),
-                 "tiny_resnet": (1, 10), "tiny_mobilenet": (1, 10)}
+                 "tiny_resnet": (1, 10), "tiny_mobilenet": (1, 10), "all_conv": (1, 10),
+                 "tiny_c3d": (1, 10)}
 
 
 def trainable_params(net) -> int:

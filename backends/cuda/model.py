@@ -44,6 +44,10 @@ class CudaProgram:
     outputs: list
 
 
+# Suffixes of the program-level symbols NAME_<suffix> (program.py, export.py).
+PROGRAM_SYMBOLS = ("in", "out", "weights", "arena", "init", "run", "release")
+
+
 def generate(prog, name: str | None = None) -> CudaProgram:
     """Render ``prog`` (a Program the driver lowered with the GPU schedules) as CUDA C."""
     graph = prog.ctx.graph
@@ -53,7 +57,10 @@ def generate(prog, name: str | None = None) -> CudaProgram:
         name = f"{c_identifier(graph.name or 'model')[:40]}_{digest}"
     # Kernel symbols carry the program's name: programs linked (or emulated) together do not
     # clash. The kernels keep their buffers, so the program's storage map still applies.
-    prog.ctx.kernels = [(Kernel(f"{name}_{k.name}", k.params, k.body), i)
+    # A kernel named after one of the program's own symbols (a layer called "in" or "run")
+    # gets a suffix.
+    prog.ctx.kernels = [(Kernel(f"{name}_{k.name}" + ("_kernel" if k.name in PROGRAM_SYMBOLS
+                                                      else ""), k.params, k.body), i)
                         for k, i in prog.ctx.kernels]
     kernels = [k for k, _ in prog.ctx.kernels]
     calls = [KernelCall(k.name, tuple(prog.storage[id(b)] for b in k.params)) for k in kernels]

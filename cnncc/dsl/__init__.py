@@ -25,6 +25,9 @@ from .functional import (activation, add, avg_pool2d, clip, concat, div, dropout
                          mish, relu, relu6, reshape, resize, sigmoid, silu, softmax, softplus,
                          split, sub, tanh,
                          transpose, upsample)
+from .layers_catalogue import (avg_pool1d, avg_pool3d, conv1d, conv3d, deform_conv2d, group_norm,
+                               instance_norm, layer_norm, locally_connected2d, lp_pool2d,
+                               max_pool1d, max_pool3d, maxout, separable_conv2d, tiled_conv2d)
 from . import zoo
 
 __all__ = [
@@ -35,4 +38,7 @@ __all__ = [
     "max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool", "reduce_mean",
     "flatten", "reshape", "transpose", "concat", "split", "pad", "resize", "upsample",
     "add", "sub", "mul", "div", "matmul", "maximum", "minimum",
+    "conv1d", "conv3d", "max_pool1d", "max_pool3d", "avg_pool1d", "avg_pool3d", "lp_pool2d",
+    "deform_conv2d", "separable_conv2d", "locally_connected2d", "tiled_conv2d", "maxout",
+    "layer_norm", "instance_norm", "group_norm",
 ]

@@ -22,6 +22,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from cnncc.ir import CompileError, Graph, TensorType
+from cnncc.receptive_field import format_summary
 
 from .tensor import Builder, Tensor, tracing
 
@@ -87,6 +88,15 @@ class Net:
         """``cnncc.compile(self, target, **options)``: a callable CompiledModel."""
         from cnncc.driver import compile as compile_
         return compile_(self, target=target, **options)
+
+    def summary(self, print_fn: Callable[[str], Any] | None = print) -> str:
+        """Per layer: output shape, parameters, MFLOPs and the receptive field (size, jump,
+        start per spatial axis, in input pixels; cnncc/receptive_field.py). Printed with
+        ``print_fn`` (None: only returned)."""
+        text = format_summary(self._graph)
+        if print_fn is not None:
+            print_fn(text)
+        return text
 
     def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
         """Random inputs of the right shapes and dtypes (standard normal for floats)."""

@@ -22,7 +22,8 @@ _CURRENT: contextvars.ContextVar["Builder | None"] = contextvars.ContextVar("cnn
 _DSL_DIR = os.path.dirname(os.path.abspath(__file__))
 # Frames in these files are DSL machinery; error locations point past them, at the net definition.
 _INTERNAL = {os.path.join(_DSL_DIR, f) for f in
-             ("tensor.py", "layers.py", "functional.py", "net.py", "weights.py")}
+             ("tensor.py", "layers.py", "functional.py", "net.py", "weights.py",
+              "layers_catalogue.py")}
 
 
 class Builder:

@@ -20,6 +20,7 @@ from .zoo_convnext import convnext_tiny
 from .zoo_mobile import MOBILE_ZOO, make_divisible
 from .zoo_blocks import (BLOCK_NETS, densenet121, googlenet, regnet_y_400mf,  # noqa: F401
                          resnext50_32x4d, shufflenet_v2_x1_0, squeezenet1_1)
+from .zoo_classic import alexnet, all_conv, tiny_c3d
 
 
 def _conv_bn(x: Tensor, out: int, k: int, stride: int = 1, groups: int = 1,
@@ -270,6 +271,9 @@ ZOO: dict[str, Callable[..., Net]] = {
     **MOBILE_ZOO,
     "convnext_tiny": convnext_tiny,
     **BLOCK_NETS,
+    "alexnet": alexnet,             # zoo_classic.py
+    "all_conv": all_conv,
+    "tiny_c3d": tiny_c3d,
 }
 
 __all__ = ["ZOO", *ZOO]

@@ -22,6 +22,7 @@ import onnx
 from cnncc.ir import CompileError, DType, Graph, Node, TensorType, infer_node
 
 from cnncc.ir.fold import FOLD_LIMIT_BYTES, fold_node
+from cnncc.ir.ops.catalogue import is_cnncc_op
 from ..passes.eliminate_dead_code import eliminate_dead_code
 from .load import load_model_proto
 from .opset import convert_node
@@ -195,8 +196,11 @@ class _Importer:
         attrs = {a.name: attribute_value(a, name, self.model_dir) for a in proto.attribute}
         if len(attrs) != len(proto.attribute):
             raise CompileError(f"{proto.op_type}: an attribute is given twice", name)
-        if proto.op_type == "Constant":
+        if proto.op_type == "Constant" and proto.domain in ("", "ai.onnx"):
             self._constant(proto, name, attrs)
+            return
+        if is_cnncc_op(proto.domain, proto.op_type):
+            self._cnncc_op(proto, name, attrs)
             return
         try:
             since = onnx.defs.get_schema(proto.op_type, self.opset, "").since_version
@@ -225,6 +229,15 @@ class _Importer:
             raise CompileError(f"Constant with attribute '{key}' is not supported "
                                "(string and sparse constants cannot be compiled)", name)
         self._set_param(proto.output[0], array)
+
+    def _cnncc_op(self, proto: onnx.NodeProto, name: str, attrs: dict[str, Any]) -> None:
+        """A call of a cnncc-domain function: the native op (an all-zero bias, which the
+        exporter writes for a layer without one, is dropped)."""
+        inputs = list(proto.input)
+        if len(inputs) == 3 and inputs[2] in self.graph.params \
+                and not np.any(self.graph.params[inputs[2]]):
+            inputs = inputs[:2]
+        self.emit(proto.op_type, inputs, attrs, list(proto.output), name)
 
     # ---- finishing ------------------------------------------------------------------------------
 
@@ -255,12 +268,21 @@ class _Importer:
 
 
 def _inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace calls of model-local functions (exporters emit them) by their bodies."""
+    """Replace calls of model-local functions (exporters emit them) by their bodies, except
+    cnncc's own ops (onnx_functions.py), which stay calls and become the native ops."""
     import onnx.inliner
+    ours = [f for f in model.functions if is_cnncc_op(f.domain, f.name)]
+    if ours:            # inline the others only: our calls are left alone without their bodies
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        del copy.functions[:]
+        copy.functions.extend(f for f in model.functions if f not in ours)
+        model = copy
     try:
         inlined = onnx.inliner.inline_local_functions(model, convert_version=True)
     except Exception as e:  # noqa: BLE001 - the inliner reports malformed functions many ways
         raise CompileError(f"cannot inline the model's local functions: {e}") from None
+    inlined.functions.extend(ours)
     check_text(inlined)
     return inlined
 

@@ -9,6 +9,7 @@ import networkx as nx
 import onnx
 
 from cnncc.ir import OP_TABLE, CompileError, TensorType
+from cnncc.ir.ops.catalogue import is_cnncc_op
 
 from .opset import RENAMED_OPS
 
@@ -40,6 +41,8 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def is_supported_op(op_type: str, domain: str) -> bool:
+    if is_cnncc_op(domain, op_type):
+        return True
     if domain not in DEFAULT_DOMAINS:
         return False
     return op_type in FRONTEND_OPS or RENAMED_OPS.get(op_type, op_type) in OP_TABLE

@@ -23,6 +23,7 @@ from .resize import lower_resize
 from .scatter import lower_scatter_elements
 from .topk import lower_topk
 from .deform_conv import lower_deform_conv
+from .catalogue import lower_maxout, lower_unshared_conv
 from .norm_axes import lower_lp_norm, lower_mvn
 from .typed_elementwise import TYPED_OPS, lower_typed
 from .nn import lower_gemm, lower_matmul, lower_pool, lower_global_pool, lower_softmax
@@ -74,6 +75,8 @@ RULES["LogSoftmax"] = lower_softmax
 RULES["ScatterElements"] = lower_scatter_elements
 RULES["TopK"] = lower_topk
 RULES["DeformConv"] = lower_deform_conv
+RULES["LocallyConnected2d"] = RULES["TiledConv2d"] = lower_unshared_conv
+RULES["Maxout"] = lower_maxout
 RULES["LpNormalization"] = lower_lp_norm
 RULES["MeanVarianceNormalization"] = lower_mvn
 for _op in ("ArgMax", "ArgMin", "Hardmax"):

@@ -43,7 +43,7 @@ def format_stages(stages: dict) -> str:
 
 
 _CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 t0 = time.perf_counter()
 import cnncc
 from cnncc.cli import resolve_model
@@ -63,11 +63,11 @@ rng = np.random.default_rng(0)
 model(*[rng.standard_normal(s).astype(d) for s, d in zip(model.input_shapes, model.input_dtypes)])
 cpu = (c1.user + c1.system + c1.children_user + c1.children_system
        - c0.user - c0.system - c0.children_user - c0.children_system)
-# This process's peak (VmHWM: ru_maxrss would carry the parent's over exec) or a compile
-# worker's (forked: it shares this process's pages), whichever is higher.
+# This process's peak, VmHWM: ru_maxrss carries a parent's peak over exec, and so would the
+# children's (the C compiler a cache store runs reports this process's size). Forked compile
+# workers share this process's pages; their own LLVM memory is not counted.
 with open("/proc/self/status") as f:
-    hwm = int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
-rss = max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    rss = int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
 print(json.dumps({"import_cnncc": t1 - t0, "compile": t3 - t2, "cpu": cpu,
                   "peak_rss_mb": rss / 1024, "status": model.cache_status,
                   "stages": getattr(model, "compile_stages", {})}))

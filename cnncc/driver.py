@@ -44,6 +44,12 @@ def load_graph(source: Any, input_shapes: dict[str, Any] | None = None) -> Graph
                        "bytes, an onnx.ModelProto, a cnncc Graph or a cnncc.dsl net")
 
 
+def _imported(source: Any) -> bool:
+    """Whether load_graph made ``source``'s graph and arrays itself (an ONNX model), so that
+    nobody else holds them."""
+    return not isinstance(source, Graph) and not callable(getattr(source, "to_graph", None))
+
+
 def _check_options(target: str, opt_level: int, threads: int | None) -> None:
     if target not in BACKENDS:
         raise CompileError(f"unknown target '{target}' (available: {', '.join(BACKENDS)})")
@@ -150,8 +156,7 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     # export_objects: the kernels' position-independent objects, which the library stored
     # below links, are built with their JIT objects (one O3 run per kernel).
     extra = {"export_objects": True} if key is not None else {}
-    if target == "llvm" and not isinstance(source, Graph) and not callable(
-            getattr(source, "to_graph", None)):
+    if target == "llvm" and _imported(source):
         extra["release_params"] = True      # an ONNX model imported here: its arrays are ours
     model = build(**extra)
     model.batch_refusal = refusal

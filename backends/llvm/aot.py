@@ -290,7 +290,8 @@ def _header(name: str, gen, arena: int, batch_refusal: str | None,
               f"/* Same, on a caller-owned arena of {up}_ARENA_BYTES bytes (64-byte aligned);",
               " * calls running at the same time need different arenas. */",
               f"int {name}_run_with_arena{sfx}({wparam}const float *const *inputs, "
-              "float *const *outputs, void *arena);", f"extern const unsigned long {name}_arena_bytes;", "",
+              "float *const *outputs, void *arena);",
+              f"extern const unsigned long {name}_arena_bytes;", "",
               "/* Runs n images: every tensor above with its leading (batch) dim n instead of 1,",
               " * image after image in each tensor. Outputs equal n calls of the function above.",
               f" * With several threads ({gen.threads} compiled in), from n >= threads on the "

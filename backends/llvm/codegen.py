@@ -16,7 +16,7 @@ from ...ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
 from ...ir.loop import Allocate, For, If, Kernel, Let, Load, Prefetch, Seq, Stmt, Store, Var
 from . import thread_pool
 from .exprs import I32, I64, PTR, ExprEmitter, lltype
-from .indexing import IndexCache
+from .indexing import IndexCache, memory_resident, uses_any
 
 # Unrolled loops whose variable indexes no scratch buffer are emitted as loops with
 # llvm.loop.unroll.full (False: every unrolled loop is unrolled here, as before; for A/B runs).
@@ -198,15 +198,15 @@ class FunctionEmitter(ExprEmitter):
             return False
         dep = {s.var.name}
         for st in walk_stmts(s.body):
-            if isinstance(st, Let) and _uses(st.value, dep):
+            if isinstance(st, Let) and uses_any(st.value, dep):
                 dep.add(st.var.name)
         for st in walk_stmts(s.body):
             if isinstance(st, Allocate) or (
                     isinstance(st, (Store, Prefetch)) and not self._global(st.buf)
-                    and any(_uses(i, dep) for i in st.indices)):
+                    and any(uses_any(i, dep) for i in st.indices)):
                 return False
         return not any(isinstance(x, Load) and not self._global(x.buf)
-                       and any(_uses(i, dep) for i in x.indices)
+                       and any(uses_any(i, dep) for i in x.indices)
                        for _, e in stmt_exprs(s.body) for x in walk_exprs(e))
 
     def _global(self, buf) -> bool:
@@ -275,18 +275,18 @@ class FunctionEmitter(ExprEmitter):
         """Lane-dependent control flow, scratch buffers or one-element stores run per lane."""
         dep = {s.var.name}
         for st in walk_stmts(s.body):
-            if isinstance(st, Let) and _uses(st.value, dep):
+            if isinstance(st, Let) and uses_any(st.value, dep):
                 dep.add(st.var.name)
         for st in walk_stmts(s.body):
             if isinstance(st, Allocate):
                 return False
-            if isinstance(st, If) and _uses(st.cond, dep) and not (
+            if isinstance(st, If) and uses_any(st.cond, dep) and not (
                     st.masked and st.else_ is None
                     and all(isinstance(x, (Store, Seq)) for x in walk_stmts(st.then))):
                 return False
-            if isinstance(st, For) and (_uses(st.extent, dep) or _uses(st.start, dep)):
+            if isinstance(st, For) and (uses_any(st.extent, dep) or uses_any(st.start, dep)):
                 return False
-            if isinstance(st, Store) and not any(_uses(i, dep) for i in st.indices):
+            if isinstance(st, Store) and not any(uses_any(i, dep) for i in st.indices):
                 return False
         return True
 
@@ -370,45 +370,3 @@ def parallel_function(module: ir.Module) -> ir.Function:
     """The thread pool's entry (thread_pool.py), declared in ``module``."""
     return module.globals.get(thread_pool.SYMBOL) or ir.Function(
         module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I32]), thread_pool.SYMBOL)
-
-
-def memory_resident(body: Stmt) -> set:
-    """Names of the scratch buffers (Allocate) of ``body`` that some load or store indexes with
-    a run-time value (a serial or parallel loop's variable, or a Let of one): LLVM keeps them in
-    memory, so unrolling a loop that indexes them cannot change what stays in registers."""
-    found: set = set()
-
-    def note(exprs, dyn: set) -> None:
-        for e in exprs:
-            for x in walk_exprs(e):
-                if isinstance(x, Load) and any(_uses(i, dyn) for i in x.indices):
-                    found.add(x.buf.name)
-
-    def visit(s: Stmt, dyn: set) -> None:
-        if isinstance(s, Seq):
-            for x in s.stmts:
-                visit(x, dyn)
-        elif isinstance(s, For):
-            note((s.start, s.extent), dyn)
-            visit(s.body, dyn | {s.var.name} if s.kind in ("serial", "parallel") else dyn)
-        elif isinstance(s, Let):
-            note((s.value,), dyn)
-            visit(s.body, dyn | {s.var.name} if _uses(s.value, dyn) else dyn)
-        elif isinstance(s, If):
-            note((s.cond,), dyn)
-            visit(s.then, dyn)
-            if s.else_ is not None:
-                visit(s.else_, dyn)
-        elif isinstance(s, Allocate):
-            visit(s.body, dyn)
-        elif isinstance(s, (Store, Prefetch)):
-            if any(_uses(i, dyn) for i in s.indices):
-                found.add(s.buf.name)
-            note(s.indices + ((s.value,) if isinstance(s, Store) else ()), dyn)
-
-    visit(body, set())
-    return found
-
-
-def _uses(e, names: set) -> bool:
-    return any(isinstance(x, Var) and x.name in names for x in walk_exprs(e))

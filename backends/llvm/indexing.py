@@ -3,14 +3,17 @@
 Unrolled loop IR repeats the same accesses many times (a register tile, the taps of a depthwise
 window): the linear offset of ``buf[indices]`` is simplified once per distinct index text, and
 the variables an expression reads and its coefficient in the vectorized variable are computed
-once per expression. Entries keep their expressions alive, so ``id`` keys stay valid.
+once per expression. Entries keep their expressions alive, so ``id`` keys stay valid. Also:
+integer arithmetic on constants folded as the emitted code computes it (``fold_int``), keys of
+values for emitting each integer value once per block, and the scratch buffers some access
+indexes at run time (``memory_resident``: unrolling loops over them is left to LLVM).
 """
 from __future__ import annotations
 
 import llvmlite.ir as ir
 
 from ...ir.affine import coefficient, simplify, walk_exprs
-from ...ir.loop import Const, Expr, Var
+from ...ir.loop import Allocate, Const, Expr, For, If, Let, Load, Prefetch, Seq, Stmt, Store, Var
 from ...ir.loop_printer import format_expr
 
 
@@ -104,3 +107,46 @@ class IndexCache:
         if hit is None or hit[0] is not lin:
             hit = self._coefs[key] = (lin, coefficient(lin, var))
         return hit[1]
+
+
+def memory_resident(body: Stmt) -> set:
+    """Names of the scratch buffers (Allocate) of ``body`` that some load or store indexes with
+    a run-time value (a serial or parallel loop's variable, or a Let of one): LLVM keeps them in
+    memory, so unrolling a loop that indexes them cannot change what stays in registers."""
+    found: set = set()
+
+    def note(exprs, dyn: set) -> None:
+        for e in exprs:
+            for x in walk_exprs(e):
+                if isinstance(x, Load) and any(uses_any(i, dyn) for i in x.indices):
+                    found.add(x.buf.name)
+
+    def visit(s: Stmt, dyn: set) -> None:
+        if isinstance(s, Seq):
+            for x in s.stmts:
+                visit(x, dyn)
+        elif isinstance(s, For):
+            note((s.start, s.extent), dyn)
+            visit(s.body, dyn | {s.var.name} if s.kind in ("serial", "parallel") else dyn)
+        elif isinstance(s, Let):
+            note((s.value,), dyn)
+            visit(s.body, dyn | {s.var.name} if uses_any(s.value, dyn) else dyn)
+        elif isinstance(s, If):
+            note((s.cond,), dyn)
+            visit(s.then, dyn)
+            if s.else_ is not None:
+                visit(s.else_, dyn)
+        elif isinstance(s, Allocate):
+            visit(s.body, dyn)
+        elif isinstance(s, (Store, Prefetch)):
+            if any(uses_any(i, dyn) for i in s.indices):
+                found.add(s.buf.name)
+            note(s.indices + ((s.value,) if isinstance(s, Store) else ()), dyn)
+
+    visit(body, set())
+    return found
+
+
+def uses_any(e, names: set) -> bool:
+    """Whether expression ``e`` reads a variable named in ``names``."""
+    return any(isinstance(x, Var) and x.name in names for x in walk_exprs(e))

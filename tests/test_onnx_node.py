@@ -201,6 +201,8 @@ NOT_COVERED_BY_NODE_CASES = {
     "PoolNCHWc": "internal op of alter_layout_nchwc; tests/test_nchwc_kernels.py",
     "DwPwConvNCHWc": "internal op made by the depthwise_separable pass; "
                      "tests/test_depthwise_separable.py",
+    "ChannelLayerNorm": "internal op made by lift_channels_last / recognize_layer_norm; "
+                        "tests/test_channels_last.py",
 }
 
 

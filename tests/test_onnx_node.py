@@ -206,6 +206,8 @@ NOT_COVERED_BY_NODE_CASES = {
     "LocallyConnected2d": "cnncc-domain op (no ONNX op); tests/test_catalogue.py",
     "TiledConv2d": "cnncc-domain op (no ONNX op); tests/test_catalogue.py",
     "Maxout": "cnncc-domain op (no ONNX op); tests/test_catalogue.py",
+    "ChannelLayerNorm": "internal op made by lift_channels_last / recognize_layer_norm; "
+                        "tests/test_channels_last.py",
 }
 
 

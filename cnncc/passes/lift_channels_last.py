@@ -144,8 +144,12 @@ def lift_channels_last(graph: Graph, ctx=None) -> Graph:
         if g.types[x].rank != 4 or g.types[x].dtype is not DType.float32:
             continue
         chain = _chain(t1, users, outputs)
+        before = set(g.params)
         new = _rewrite(g, x, t1, chain, fresh) if chain else None
-        if new is None:
+        if new is None:                     # declined half way: drop the constants it added
+            for name in set(g.params) - before:
+                del g.params[name]
+                g.types.pop(name, None)
             continue
         last = chain[-1]
         if new[-1].op == "Conv":

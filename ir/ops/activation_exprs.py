@@ -78,6 +78,8 @@ def gelu(x: Expr, approximate: str) -> Expr:
         # 0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation in the negative tail.
         k = 2 * math.sqrt(2 / math.pi)
         return x * f("sigmoid", (x + x * x * x * 0.044715) * k)
+    if x.dtype.itemsize == 8:           # float64: the C library's erfc, the exact constant
+        return x * 0.5 * f("erfc", x * (-1 / math.sqrt(2)))
     # 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(a), a = -x / sqrt 2 rounded; the rounding error
     # d of a (an FMA residual plus the constant's own error) would cost erfc a relative 2 a d
     # in the negative tail (a > 0): corrected there by the factor 1 - 2 a d.

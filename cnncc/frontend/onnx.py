@@ -26,7 +26,8 @@ from ..passes.eliminate_dead_code import eliminate_dead_code
 from .load import load_model_proto
 from .opset import convert_node
 from .tensors import attribute_value, elem_dtype, tensor_to_array
-from .validate import check_ops, check_structure, check_text, default_opset, run_checker
+from .validate import (DEFAULT_DOMAINS, check_ops, check_structure, check_text, default_opset,
+                       run_checker)
 
 
 def import_model(source: Any, input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -197,6 +198,10 @@ class _Importer:
             raise CompileError(f"{proto.op_type}: an attribute is given twice", name)
         if proto.op_type == "Constant":
             self._constant(proto, name, attrs)
+            return
+        if proto.domain not in DEFAULT_DOMAINS:     # com.microsoft ops: one version each
+            convert_node(self, proto.op_type, list(proto.input), list(proto.output), attrs,
+                         name, 1)
             return
         try:
             since = onnx.defs.get_schema(proto.op_type, self.opset, "").since_version

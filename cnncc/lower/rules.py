@@ -17,6 +17,7 @@ from .gather import INDEX_MAP_OPS, lower_index_map
 from .reduce import REDUCE_OPS, lower_arg, lower_reduce
 from .promote import lower_promoted, needs_promotion
 from .quant import QUANT_RULES
+from .conv_int8 import INT8_CONV_RULES
 from .resize import lower_resize
 from .scatter import lower_scatter_elements
 from .topk import lower_topk
@@ -70,6 +71,7 @@ RULES["LogSoftmax"] = lower_softmax
 RULES["ScatterElements"] = lower_scatter_elements
 RULES["TopK"] = lower_topk
 RULES.update(QUANT_RULES)
+RULES.update(INT8_CONV_RULES)
 RULES["DeformConv"] = lower_deform_conv
 RULES["LpNormalization"] = lower_lp_norm
 RULES["MeanVarianceNormalization"] = lower_mvn

@@ -19,6 +19,7 @@ from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
 from .fuse_epilogue import fuse_epilogue
+from .fuse_quantized import fuse_quantized
 from .alter_layout_nchwc import alter_layout_nchwc
 from .depthwise_separable import depthwise_separable
 
@@ -42,6 +43,8 @@ class Pass:
 PIPELINE: list[Pass] = [
     Pass("canonicalize", canonicalize, 1),
     Pass("fold_constants", fold_constants, 1),
+    # QDQ conv chains -> QConv before anything folds or fuses their float convs.
+    Pass("fuse_quantized", fuse_quantized, 1),
     Pass("fold_batch_norm", fold_batch_norm, 1),
     Pass("eliminate_dead_code", eliminate_dead_code, 1),
     # After dead code is gone: a dead user of a conv output would block its fusion.

@@ -348,3 +348,40 @@ def _qlinear_gap_ref(ctx: OpContext, x, x_s, x_zp, y_s, y_zp):
 register(OpDef("QLinearGlobalAveragePool", infer=_infer_qlinear_gap, reference=_qlinear_gap_ref,
                inputs=(5, 5), attrs={"channels_last": Attr("int", 0)}, domain=MS_DOMAIN,
                doc="Y = Q(mean over the spatial axes of DQ(X))"))
+
+
+# ---- the fused quantized conv (made by cnncc/passes/fuse_quantized.py) -----------------------
+
+def _infer_qconv(ctx: OpContext) -> list[TensorType]:
+    y = _infer_qlinear_conv(ctx)[0]
+    ctx.check(ctx["relu"] in (0, 1), f"relu must be 0 or 1, got {ctx['relu']}")
+    if not ctx.has(9):
+        return [y]
+    r = ctx.type(9)
+    ctx.check(r.shape == y.shape and r.dtype in QUANT_TYPES,
+              f"residual R is {r.dtype} {list(r.shape)}; expected a quantized {list(y.shape)}")
+    for i, what in ((10, "r_scale"), (12, "s_scale")):
+        _scalar(ctx, i, what, (DType.float32,))
+    _scalar(ctx, 11, "r_zero_point", (r.dtype,))
+    s = ctx.type(13)
+    ctx.check(s.dtype in QUANT_TYPES, f"s_zero_point is {s.dtype}; expected uint8 or int8")
+    return [TensorType(s.dtype, y.shape)]
+
+
+def _qconv_ref(ctx: OpContext, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None,
+               r=None, r_scale=None, r_zp=None, s_scale=None, s_zp=None):
+    y = _qlinear_conv_ref(ctx, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b)
+    zp = y_zp.reshape(())
+    if r is not None:
+        total = dequantize(y, y_scale.reshape(()), zp) \
+            + dequantize(r, r_scale.reshape(()), r_zp.reshape(()))
+        zp = s_zp.reshape(())
+        y = quantize(total, s_scale.reshape(()), zp, zp.dtype)
+    return np.maximum(y, zp) if ctx["relu"] else y
+
+
+register(OpDef("QConv", infer=_infer_qconv, reference=_qconv_ref, inputs=(8, 14),
+               attrs={**_CONV_ATTRS, "relu": Attr("int", 0)},
+               doc="QLinearConv (inputs 0-8) + optional quantized residual R (inputs 9-11) "
+                   "added as Q(DQ(y) + DQ(R)) at scale/zero point inputs 12-13, then "
+                   "optionally ReLU (max with the output zero point)"))

@@ -1,0 +1,189 @@
+"""Quantized convs (QLinearConv, and QConv from cnncc/passes/fuse_quantized.py) on integers,
+with bias, requantization, the quantized residual and ReLU fused in the epilogue.
+
+The input minus its zero point is copied once into a padded int32 scratch buffer (the pads
+read zero there, i.e. the zero point: what ONNX defines); weights minus their zero points are
+packed at compile time as int32 [G, OCb, taps, VT] (VT = 1 or 2 vectors of output channels);
+each task accumulates R output pixels x VT channels exactly in int32 registers (R unrolled,
+VT vectorized, one input scalar broadcast per pixel and tap), then requantizes in float32:
+round_half_even(float(acc + bias) * (x_scale * w_scale / y_scale)) + y_zero_point, saturated;
+with a residual R: round_half_even(((y - y_zp) * y_scale + (R - r_zp) * r_scale) / s_scale)
++ s_zp, saturated; ReLU: max with the output zero point. The output is stored as int8/uint8:
+activations stay 8-bit between convs.
+Exactness: the accumulation is exact; the requantization rounds once in float32 where the
+reference multiplies in float64, so an output may differ by one step at a rounding tie.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnncc.ir import DType, Node
+from cnncc.ir.loop import (Allocate, And, Buffer, Call, Cast, Cmp, Const, Expr, F32, For, If,
+                           Kernel, Let, Stmt, Store, Var, seq)
+from cnncc.ir.ops.quant import int_range
+from cnncc.ir.ops.spatial import resolve_window
+from cnncc.ir.schedule import Schedule
+
+from .context import LowerCtx, const_input, op_context, unsupported
+from .cpu_schedule import parallel_outer
+
+I32 = DType.int32
+
+
+def _scalar(ctx: LowerCtx, node: Node, i: int, what: str) -> np.ndarray:
+    v = const_input(ctx.graph, node, i, what)
+    if v is None:
+        raise unsupported(node, f"{what} is required")
+    return v
+
+
+def _padded(ctx: LowerCtx, node: Node, x: str, zp: int, win) -> Buffer:
+    """(x - zp) as int32, zero-padded by the window's pads: [N, C, H + pads, W + pads]."""
+    shape = ctx.graph.types[x].shape
+    nd = len(shape) - 2
+    pshape = shape[:2] + tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
+    xp = ctx.temp(I32, pshape, "xp")
+    xin = ctx.value(x, bname="x")
+    idx = [Var(f"p{d}") for d in range(nd)]
+    n, c = Var("n"), Var("c")
+    inside = None
+    for d, p in enumerate(idx):
+        ok = And(Cmp("ge", p, Const(win.begin(d))), Cmp("lt", p, Const(win.begin(d) + shape[2 + d])))
+        inside = ok if inside is None else And(inside, ok)
+    src = (n, c) + tuple(p - win.begin(d) for d, p in enumerate(idx))
+    val = Cast(I32, xin[src]) - Const(zp, I32)
+    body: Stmt = Store(xp, (n, c) + tuple(idx), val)
+    if inside is not None and any(win.pads):
+        body = If(inside, body, Store(xp, (n, c) + tuple(idx), Const(0, I32)))
+    for d in reversed(range(nd)):
+        body = For(idx[d], pshape[2 + d], body)
+    k = Kernel(f"{node.name}_pad", [xp, xin], For(n, shape[0], For(c, shape[1], body)))
+    ctx.emit(parallel_outer(Schedule(k).kernel, ["n", "c"], ctx, int(np.prod(pshape))))
+    return xp
+
+
+def lower_qconv(ctx: LowerCtx, node: Node) -> None:
+    g = ctx.graph
+    oc_ = op_context(g, node)
+    x, out = node.inputs[0], node.outputs[0]
+    wq = _scalar(ctx, node, 3, "the weight")
+    x_scale = np.float32(_scalar(ctx, node, 1, "x_scale").reshape(-1)[0])
+    x_zp = int(_scalar(ctx, node, 2, "x_zero_point").reshape(-1)[0])
+    w_scale = _scalar(ctx, node, 4, "w_scale").astype(np.float32).reshape(-1)
+    w_zp = _scalar(ctx, node, 5, "w_zero_point").astype(np.int32).reshape(-1)
+    y_scale = np.float32(_scalar(ctx, node, 6, "y_scale").reshape(-1)[0])
+    y_zp = _scalar(ctx, node, 7, "y_zero_point").reshape(-1)[0]
+    has_bias = len(node.inputs) > 8 and node.inputs[8]
+    bias = _scalar(ctx, node, 8, "the bias").astype(np.int64) if has_bias else None
+    residual = node.inputs[9] if len(node.inputs) > 9 and node.inputs[9] else None
+    relu = node.op == "QConv" and oc_["relu"]
+    out_dt = g.types[out].dtype
+    xs = g.types[x].shape
+    nd = len(xs) - 2
+    win = resolve_window(oc_, xs, wq.shape[2:])
+    groups = oc_["group"]
+    oc, icg = wq.shape[0], wq.shape[1]
+    ocg = oc // groups
+    xp = _padded(ctx, node, x, x_zp, win)
+
+    lanes = ctx.lanes
+    ks = wq.shape[2:]
+    taps = icg * int(np.prod(ks))
+    vt = 2 * lanes if ocg >= 2 * lanes else lanes
+    ocb = -(-ocg // vt)
+    wz = wq.astype(np.int32) - (w_zp.reshape((-1,) + (1,) * (wq.ndim - 1)) if w_zp.size > 1
+                                else w_zp[0])
+    wp = np.zeros((groups, ocb * vt, taps), np.int32)
+    wp[:, :ocg] = wz.reshape(groups, ocg, taps)
+    wp = np.ascontiguousarray(wp.reshape(groups, ocb, vt, taps).transpose(0, 1, 3, 2))
+
+    def per_channel(v: np.ndarray, dtype) -> np.ndarray:
+        p = np.zeros((groups, ocb * vt), dtype)
+        p[:, :ocg] = np.broadcast_to(v, (oc,)).reshape(groups, ocg)
+        return p
+    bp = per_channel(np.zeros(oc) if bias is None else bias, np.int32)
+    mult = per_channel((x_scale * np.broadcast_to(w_scale, (oc,)).astype(np.float32)
+                        / y_scale).astype(np.float32), np.float32)
+    psp = xp.shape[2:]
+    pstride = [int(np.prod(psp[d + 1:])) for d in range(nd)]
+    plane = int(np.prod(psp))
+    offs = np.zeros((icg,) + ks, np.int64)
+    for d in range(nd):
+        kd = np.arange(ks[d]) * win.dilations[d] * pstride[d]
+        offs += kd.reshape((1,) + tuple(ks[d] if e == d else 1 for e in range(nd)))
+    offs += (np.arange(icg) * plane).reshape((icg,) + (1,) * nd)
+    wbuf, bbuf, mbuf = ctx.const(wp, "w"), ctx.const(bp, "b"), ctx.const(mult, "m")
+    obuf = ctx.const(offs.reshape(-1), "off")
+    xflat = Buffer("x", I32, (int(np.prod(xp.shape)),))
+    ctx.binding[id(xflat)] = ctx.binding[id(xp)]
+    oshape = g.types[out].shape
+    osp = oshape[2:]
+    npix = int(np.prod(osp))
+    ybuf = ctx.value(out, (oshape[0], oc, npix), "y")
+    zbuf = ctx.value(residual, (oshape[0], oc, npix), "z") if residual else None
+    lo, hi = int_range(out_dt.np)
+    f = lambda v: Const(float(v), F32)                                   # noqa: E731
+    if residual:
+        r_scale = np.float32(_scalar(ctx, node, 10, "r_scale").reshape(-1)[0])
+        r_zp = int(_scalar(ctx, node, 11, "r_zero_point").reshape(-1)[0])
+        s_scale = np.float32(_scalar(ctx, node, 12, "s_scale").reshape(-1)[0])
+        out_zp = int(_scalar(ctx, node, 13, "s_zero_point").reshape(-1)[0])
+        ylo, yhi = int_range(np.asarray(y_zp).dtype)
+    else:
+        out_zp = int(y_zp)
+    if relu:
+        lo = max(lo, out_zp)
+
+    def epilogue(acc: Expr, mch: Expr, z: Expr | None) -> Expr:
+        v = Call("round", (Cast(F32, acc) * mch,), F32) + f(int(y_zp))
+        if z is not None:
+            v = v.max(f(ylo)).min(f(yhi))      # the conv's own quantized output, then the add
+            deq = (v - f(int(y_zp))) * f(y_scale) + Cast(F32, Cast(I32, z) - Const(r_zp, I32)) \
+                * f(r_scale)
+            v = Call("round", (deq / f(s_scale),), F32) + f(out_zp)
+        return Cast(out_dt, v.max(f(lo)).min(f(hi)))
+
+    regs = ctx.vector_registers
+    r_tile = min(npix, max(1, (regs - 4) // (vt // lanes)))
+    n, gv, ob, pb = Var("n"), Var("g"), Var("ob"), Var("pb")
+
+    def base(p: Expr) -> Expr:
+        e: Expr = (n * xp.shape[1] + gv * icg) * plane
+        rest = p
+        for d in reversed(range(nd)):
+            od = rest % osp[d] if d else rest
+            rest = rest // osp[d]
+            e = e + od * (win.strides[d] * pstride[d])
+        return e
+
+    def tile(p0: Expr, rr: int, tag: str) -> Stmt:
+        acc = Buffer(f"acc{tag}", I32, (rr, vt), "local")
+        r, v, v2, r3, v3 = (Var(f"{q}{tag}") for q in ("r", "v", "v2", "r3", "v3"))
+        t, o = Var(f"t{tag}"), Var(f"o{tag}")
+        init = For(r, rr, For(v, vt, Store(acc, (r, v), bbuf[gv, ob * vt + v]), "vectorized"),
+                   "unrolled")
+        bases = [base(p0 + k) for k in range(rr)]
+        upd = [For(v2, vt, Store(acc, (k, v2), acc[k, v2] + xflat[bases[k] + o]
+                                 * wbuf[gv, ob, t, v2]), "vectorized") for k in range(rr)]
+        red = For(t, taps, Let(o, obuf[t], seq(*upd)))
+        chan = gv * ocg + ob * vt + v3
+        z = None
+        if zbuf is not None:
+            z = zbuf[n, chan.min(oc - 1) if ocg % vt else chan, p0 + r3]
+        st_: Stmt = Store(ybuf, (n, chan, p0 + r3), epilogue(acc[r3, v3], mbuf[gv, ob * vt + v3], z))
+        if ocg % vt:
+            st_ = If(ob * vt + v3 < ocg, st_, masked=True)
+        epi = For(r3, rr, For(v3, vt, st_, "vectorized"), "unrolled")
+        return Allocate(acc, seq(init, red, epi))
+
+    full, rest = divmod(npix, r_tile)
+    inner: Stmt = tile(pb * r_tile, r_tile, "")
+    if rest:
+        inner = If(pb < full, inner, tile(Const(npix - rest), rest, "t"))
+    body = For(n, oshape[0], For(gv, groups, For(ob, ocb, For(pb, full + (rest > 0), inner))))
+    params = [ybuf, xflat, wbuf, bbuf, mbuf, obuf] + ([zbuf] if zbuf is not None else [])
+    k = Kernel(node.name, params, body)
+    ctx.emit(parallel_outer(k, ["n", "g", "ob", "pb"], ctx, int(np.prod(oshape)) * taps))
+
+
+INT8_CONV_RULES = {"QLinearConv": lower_qconv, "QConv": lower_qconv}

@@ -8,8 +8,10 @@ import math
 import llvmlite.ir as ir
 
 from ...ir import CompileError, DType
-from ...ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
+from ...ir.loop import (DOT4_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select,
+                        Var)
 from .indexing import IndexCache
+from .int8_dot import emit_dot4
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -318,6 +320,11 @@ class ExprEmitter:
 
     def _call(self, e: Call):
         fn, x = e.fn, e.args[0]
+        if fn in DOT4_FNS:
+            vals = [self.ev(a) for a in e.args]
+            vec = any(v for _, v in vals)
+            args = [self.splat(v) if vec and not isv else v for v, isv in vals]
+            return emit_dot4(self.b, fn, *args), vec
         if fn in ("tanh", "erf") and e.dtype is DType.float64:
             # The expansions below are float32-accurate; float64 calls the C library.
             v, vec = self.ev(x)

@@ -25,6 +25,7 @@ from cnncc.ir.ops.spatial import resolve_window
 from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, const_input, op_context, unsupported
+from .conv_int8_dot import dot_plan, pack_dot
 from .cpu_schedule import parallel_outer
 
 I32 = DType.int32
@@ -84,35 +85,48 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     groups = oc_["group"]
     oc, icg = wq.shape[0], wq.shape[1]
     ocg = oc // groups
-    xp = _padded(ctx, node, x, x_zp, win)
-
     lanes = ctx.lanes
     ks = wq.shape[2:]
-    taps = icg * int(np.prod(ks))
     vt = 2 * lanes if ocg >= 2 * lanes else lanes
     ocb = -(-ocg // vt)
     wz = wq.astype(np.int32) - (w_zp.reshape((-1,) + (1,) * (wq.ndim - 1)) if w_zp.size > 1
                                 else w_zp[0])
-    wp = np.zeros((groups, ocb * vt, taps), np.int32)
-    wp[:, :ocg] = wz.reshape(groups, ocg, taps)
-    wp = np.ascontiguousarray(wp.reshape(groups, ocb, vt, taps).transpose(0, 1, 3, 2))
+    dot = dot_plan(ctx, wz, icg, ocg)
+    if dot is not None:
+        xp, planes, wps, comp, update = pack_dot(ctx, node, x, x_zp, win, groups, wz, vt, dot)
+    else:
+        xp = _padded(ctx, node, x, x_zp, win)
+        planes = icg
+        wps = [wz]
+        comp = np.zeros(oc, np.int64)
+
+        def update(acc: Expr, xv: Expr, wv: list) -> Expr:
+            return acc + xv * wv[0]
+    taps = planes * int(np.prod(ks))
+    wbufs = []
+    for k, wv in enumerate(wps):
+        wp = np.zeros((groups, ocb * vt, taps), np.int32)
+        wp[:, :ocg] = wv.reshape(groups, ocg, taps)
+        wp = np.ascontiguousarray(wp.reshape(groups, ocb, vt, taps).transpose(0, 1, 3, 2))
+        wbufs.append(ctx.const(wp, f"w{k}"))
 
     def per_channel(v: np.ndarray, dtype) -> np.ndarray:
         p = np.zeros((groups, ocb * vt), dtype)
         p[:, :ocg] = np.broadcast_to(v, (oc,)).reshape(groups, ocg)
         return p
-    bp = per_channel(np.zeros(oc) if bias is None else bias, np.int32)
+    bias_total = (np.zeros(oc, np.int64) if bias is None else bias) - comp
+    bp = per_channel(bias_total, np.int32)
     mult = per_channel((x_scale * np.broadcast_to(w_scale, (oc,)).astype(np.float32)
                         / y_scale).astype(np.float32), np.float32)
     psp = xp.shape[2:]
     pstride = [int(np.prod(psp[d + 1:])) for d in range(nd)]
     plane = int(np.prod(psp))
-    offs = np.zeros((icg,) + ks, np.int64)
+    offs = np.zeros((planes,) + ks, np.int64)
     for d in range(nd):
         kd = np.arange(ks[d]) * win.dilations[d] * pstride[d]
         offs += kd.reshape((1,) + tuple(ks[d] if e == d else 1 for e in range(nd)))
-    offs += (np.arange(icg) * plane).reshape((icg,) + (1,) * nd)
-    wbuf, bbuf, mbuf = ctx.const(wp, "w"), ctx.const(bp, "b"), ctx.const(mult, "m")
+    offs += (np.arange(planes) * plane).reshape((planes,) + (1,) * nd)
+    bbuf, mbuf = ctx.const(bp, "b"), ctx.const(mult, "m")
     obuf = ctx.const(offs.reshape(-1), "off")
     xflat = Buffer("x", I32, (int(np.prod(xp.shape)),))
     ctx.binding[id(xflat)] = ctx.binding[id(xp)]
@@ -148,7 +162,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     n, gv, ob, pb = Var("n"), Var("g"), Var("ob"), Var("pb")
 
     def base(p: Expr) -> Expr:
-        e: Expr = (n * xp.shape[1] + gv * icg) * plane
+        e: Expr = (n * xp.shape[1] + gv * planes) * plane
         rest = p
         for d in reversed(range(nd)):
             od = rest % osp[d] if d else rest
@@ -163,8 +177,9 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         init = For(r, rr, For(v, vt, Store(acc, (r, v), bbuf[gv, ob * vt + v]), "vectorized"),
                    "unrolled")
         bases = [base(p0 + k) for k in range(rr)]
-        upd = [For(v2, vt, Store(acc, (k, v2), acc[k, v2] + xflat[bases[k] + o]
-                                 * wbuf[gv, ob, t, v2]), "vectorized") for k in range(rr)]
+        upd = [For(v2, vt, Store(acc, (k, v2), update(acc[k, v2], xflat[bases[k] + o],
+                                                      [w[gv, ob, t, v2] for w in wbufs])),
+                   "vectorized") for k in range(rr)]
         red = For(t, taps, Let(o, obuf[t], seq(*upd)))
         chan = gv * ocg + ob * vt + v3
         z = None
@@ -181,7 +196,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     if rest:
         inner = If(pb < full, inner, tile(Const(npix - rest), rest, "t"))
     body = For(n, oshape[0], For(gv, groups, For(ob, ocb, For(pb, full + (rest > 0), inner))))
-    params = [ybuf, xflat, wbuf, bbuf, mbuf, obuf] + ([zbuf] if zbuf is not None else [])
+    params = [ybuf, xflat, *wbufs, bbuf, mbuf, obuf] + ([zbuf] if zbuf is not None else [])
     k = Kernel(node.name, params, body)
     ctx.emit(parallel_outer(k, ["n", "g", "ob", "pb"], ctx, int(np.prod(oshape)) * taps))
 

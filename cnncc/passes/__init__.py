@@ -2,8 +2,8 @@
 
 Every pass is a function ``Graph -> Graph`` (taking the PassContext too) that returns a new graph;
 after each one the graph is verified and, on request, dumped (CNNCC_DUMP=passes or =PASS_NAME).
-opt_level 0 runs nothing: every op stays its own kernel, in NCHW (the "unfused" baseline); 1 runs
-the clean-ups and fusions, 2 adds the NCHWc layout, 3 (the default) everything.
+opt_level 0 runs only fold_dequantized: every op stays its own kernel, in NCHW (the "unfused"
+baseline); 1 runs the clean-ups and fusions, 2 adds the NCHWc layout, 3 (the default) everything.
 Last step, at lowering (needs kernel lifetimes, so not Graph -> Graph): plan_memory.py, the arena.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
 from .fuse_epilogue import fuse_epilogue
 from .fuse_quantized import fuse_quantized
+from .fold_dequantized import fold_dequantized
 from .alter_layout_nchwc import alter_layout_nchwc
 from .depthwise_separable import depthwise_separable
 
@@ -43,8 +44,10 @@ class Pass:
 PIPELINE: list[Pass] = [
     Pass("canonicalize", canonicalize, 1),
     Pass("fold_constants", fold_constants, 1),
-    # QDQ conv chains -> QConv before anything folds or fuses their float convs.
+    # QDQ conv chains -> QConv before anything fuses their float convs; then the quantized
+    # constants left are dequantized once (at opt_level 0 too: the importer kept them).
     Pass("fuse_quantized", fuse_quantized, 1),
+    Pass("fold_dequantized", fold_dequantized, 0),
     Pass("fold_batch_norm", fold_batch_norm, 1),
     Pass("eliminate_dead_code", eliminate_dead_code, 1),
     # After dead code is gone: a dead user of a conv output would block its fusion.

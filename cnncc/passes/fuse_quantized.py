@@ -1,10 +1,8 @@
-"""fuse_quantized: QDQ conv chains become one quantized conv (QConv), then the dequantized
-constants left over are folded.
+"""fuse_quantized: QDQ conv chains become one quantized conv (QConv).
 
     Q(Conv(DQ(xq), DQ(wq), DQ(bq)))                          ==>  QConv(xq, wq, bq)
     Q(Relu(Conv(...)))                                       ==>  QConv(..., relu=1)
     Q([Relu](Add(DQ(Q(Conv(...))), DQ(rq))))                 ==>  QConv(..., rq, [relu=1])
-    DQ(constant)                                             ==>  constant (float32)
 
 Conditions: xq and rq are uint8/int8 with per-tensor scales and zero points; wq is a constant
 int8/uint8 quantized per tensor or per output channel (axis 0); the bias is a constant, either
@@ -21,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Node
-from ..ir.fold import fold_node
 from ..ir.ops.quant import QUANT_TYPES
 
 
@@ -42,8 +39,9 @@ def _zp(g: Graph, node: Node, dtype) -> str:
 
 
 class _Chains:
-    def __init__(self, g: Graph):
+    def __init__(self, g: Graph, claimed: set):
         self.g = g
+        self.claimed = claimed          # ids of nodes already fused into some QConv
         self.prod = g.producers()
         self.users = g.users()
 
@@ -135,7 +133,7 @@ class _Chains:
         if not _qdq_per_tensor(g, dq, "DequantizeLinear"):
             return None
         add = self.only_user(dq.outputs[0], "Add")
-        if add is None or len(add.inputs) != 2 or add.inputs[0] == add.inputs[1]:
+        if add is None or id(add) in self.claimed or len(add.inputs) != 2 or add.inputs[0] == add.inputs[1]:
             return None
         other = add.inputs[1] if add.inputs[0] == dq.outputs[0] else add.inputs[0]
         rdq = self.prod.get(other)
@@ -155,9 +153,9 @@ class _Chains:
 
 def fuse_quantized(graph: Graph, ctx=None) -> Graph:
     g = graph.copy()
-    chains = _Chains(g)
     replace: dict[int, Node] = {}
     gone: set[int] = set()
+    chains = _Chains(g, gone)
     for node in g.nodes:
         if node.op != "Conv" or id(node) in gone:
             continue
@@ -177,16 +175,4 @@ def fuse_quantized(graph: Graph, ctx=None) -> Graph:
         elif id(node) not in gone:
             nodes.append(node)
     g.nodes = nodes
-    # Dequantized constants nobody fused: folded once here rather than run per inference.
-    kept = []
-    for node in g.nodes:
-        values = fold_node(g, node, keep=frozenset()) \
-            if node.op == "DequantizeLinear" and node.outputs[0] not in g.outputs else None
-        if values is None:
-            kept.append(node)
-            continue
-        for name, value in zip(node.outputs, values):
-            if name:
-                g.params[name] = value
-    g.nodes = kept
     return g

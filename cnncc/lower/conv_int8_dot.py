@@ -1,0 +1,97 @@
+"""The u8 x s8 dot-product packing of the int8 convs (cnncc/lower/conv_int8.py): 4 input
+channels per int32 word, so one ``dot4_u8s8*`` call (vpdpbusd with VNNI, vpmaddubsw + vpmaddwd
+on AVX2) does 4 multiply-adds per output-channel lane.
+
+Input: x (int8 inputs shifted by +128 to uint8, the zero point with them) copied once into a
+padded scratch buffer [N, G * C4, H + pads, W + pads, 4] of bytes (C4 = ceil(C/G / 4); pads and
+missing channels hold the zero point). Weights w' = w - w_zero_point must fit int8; they are
+packed [O, C4, k...] as words of 4 bytes (missing channels 0). Since sum (x - zx) w' =
+sum x w' - zx sum w', the bias absorbs zx * sum w' at compile time.
+AVX2 without VNNI: vpmaddubsw sums two u8 x s8 products into int16 with saturation; a weight
+outside [-64, 64] could saturate, so such weights are split exactly as w' = lo + hi with
+lo = clip(w', -64, 64) and hi = w' - lo (both in [-64, 64]) and each word gets two dot
+calls (one with 7-bit weights, the fast case, e.g. models quantized with --reduce-range).
+The instruction path comes from the Target (its VNNI level and lanes), never from the host.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnncc.ir import DType, Node
+from cnncc.ir.loop import And, Buffer, Call, Cast, Cmp, Const, Expr, For, If, Kernel, Store, Var
+
+from .context import LowerCtx
+from .cpu_schedule import parallel_outer
+
+I32, U8 = DType.int32, DType.uint8
+AVX2_SAFE = 64          # |w| <= 64: 2 * 255 * 64 < 2^15, vpmaddubsw cannot saturate
+
+
+def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int) -> str | None:
+    """The dot4 function for this conv on ctx's Target, or None for the plain int32 path
+    (GPU, fewer than 3 input or 8 output channels per group, weights beyond int8)."""
+    t = ctx.target
+    if ctx.gpu or t is None or icg < 3 or ocg < 8 or wz.min() < -128 or wz.max() > 127:
+        return None
+    if t.vnni and ctx.lanes in (8, 16):
+        return "dot4_u8s8_vnni"
+    if "avx2" in t.flags and ctx.lanes == 8:
+        return "dot4_u8s8_avx2"
+    return "dot4_u8s8"
+
+
+def words(w: np.ndarray) -> np.ndarray:
+    """[O, C, k...] int8 values -> [O, ceil(C/4), k...] int32 words of 4 channels."""
+    o, c = w.shape[:2]
+    c4 = -(-c // 4)
+    padded = np.zeros((o, c4 * 4) + w.shape[2:], np.int8)
+    padded[:, :c] = w
+    moved = np.moveaxis(padded.reshape((o, c4, 4) + w.shape[2:]), 2, -1)
+    return np.ascontiguousarray(moved).view(np.int32).reshape((o, c4) + w.shape[2:])
+
+
+def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int, wz: np.ndarray,
+             vt: int, fn: str):
+    """(int32 word view of the packed input [N, G*C4, Hp, Wp], C4, weight word arrays,
+    per-channel compensation zx' * sum w', the accumulator update)."""
+    g = ctx.graph
+    shape = g.types[x].shape
+    shift = 128 if g.types[x].dtype is DType.int8 else 0
+    zx = x_zp + shift
+    icg = shape[1] // groups
+    c4 = -(-icg // 4)
+    nd = len(shape) - 2
+    pshape = tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
+    xb = ctx.temp(U8, (shape[0], groups * c4) + pshape + (4,), "xb")
+    xin = ctx.value(x, bname="x")
+    n, cc, j = Var("n"), Var("cc"), Var("j")
+    idx = [Var(f"p{d}") for d in range(nd)]
+    cin = (cc % c4) * 4 + j
+    ok = Cmp("lt", cin, Const(icg))
+    for d, p in enumerate(idx):
+        ok = And(ok, And(Cmp("ge", p, Const(win.begin(d))),
+                         Cmp("lt", p, Const(win.begin(d) + shape[2 + d]))))
+    src = (n, (cc // c4) * icg + cin) + tuple(p - win.begin(d) for d, p in enumerate(idx))
+    val = Cast(I32, xin[src]) + Const(shift, I32)
+    dst = (n, cc) + tuple(idx) + (j,)
+    body = If(ok, Store(xb, dst, Cast(U8, val)), Store(xb, dst, Const(zx, U8)))
+    body = For(j, 4, body, "unrolled")
+    for d in reversed(range(nd)):
+        body = For(idx[d], pshape[d], body)
+    k = Kernel(f"{node.name}_pack", [xb, xin], For(n, shape[0], For(cc, groups * c4, body)))
+    ctx.emit(parallel_outer(k, ["n", "cc"], ctx, int(np.prod(xb.shape))))
+    view = Buffer("x", I32, (shape[0], groups * c4) + pshape)
+    ctx.binding[id(view)] = ctx.binding[id(xb)]
+    comp = zx * wz.reshape(wz.shape[0], -1).astype(np.int64).sum(axis=1)
+    if fn == "dot4_u8s8_avx2" and np.abs(wz).max(initial=0) > AVX2_SAFE:
+        lo = np.clip(wz, -AVX2_SAFE, AVX2_SAFE)
+        parts = [lo, wz - lo]
+    else:
+        parts = [wz]
+    wps = [words(p.astype(np.int8)) for p in parts]
+
+    def update(acc: Expr, xv: Expr, ws: list) -> Expr:
+        for w in ws:
+            acc = Call(fn, (acc, xv, w), I32)
+        return acc
+    return view, c4, wps, comp, update

@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import And, Buffer, Call, Cast, Cmp, Const, Expr, For, If, Kernel, Store, Var
+from cnncc.ir.loop import (And, Buffer, Call, Cast, Cmp, Const, Expr, For, If, Kernel, Select,
+                           Store, Var, seq)
 
 from .context import LowerCtx
 from .cpu_schedule import parallel_outer
@@ -64,22 +65,7 @@ def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int, wz:
     pshape = tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
     xb = ctx.temp(U8, (shape[0], groups * c4) + pshape + (4,), "xb")
     xin = ctx.value(x, bname="x")
-    n, cc, j = Var("n"), Var("cc"), Var("j")
-    idx = [Var(f"p{d}") for d in range(nd)]
-    cin = (cc % c4) * 4 + j
-    ok = Cmp("lt", cin, Const(icg))
-    for d, p in enumerate(idx):
-        ok = And(ok, And(Cmp("ge", p, Const(win.begin(d))),
-                         Cmp("lt", p, Const(win.begin(d) + shape[2 + d]))))
-    src = (n, (cc // c4) * icg + cin) + tuple(p - win.begin(d) for d, p in enumerate(idx))
-    val = Cast(I32, xin[src]) + Const(shift, I32)
-    dst = (n, cc) + tuple(idx) + (j,)
-    body = If(ok, Store(xb, dst, Cast(U8, val)), Store(xb, dst, Const(zx, U8)))
-    body = For(j, 4, body, "unrolled")
-    for d in reversed(range(nd)):
-        body = For(idx[d], pshape[d], body)
-    k = Kernel(f"{node.name}_pack", [xb, xin], For(n, shape[0], For(cc, groups * c4, body)))
-    ctx.emit(parallel_outer(k, ["n", "cc"], ctx, int(np.prod(xb.shape))))
+    pack_input(ctx, node, xb, xin, win, groups, c4, shift, zx)
     view = Buffer("x", I32, (shape[0], groups * c4) + pshape)
     ctx.binding[id(view)] = ctx.binding[id(xb)]
     comp = zx * wz.reshape(wz.shape[0], -1).astype(np.int64).sum(axis=1)
@@ -95,3 +81,41 @@ def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int, wz:
             acc = Call(fn, (acc, xv, w), I32)
         return acc
     return view, c4, wps, comp, update
+
+
+def pack_input(ctx: LowerCtx, node: Node, xb: Buffer, xin: Buffer, win, groups: int, c4: int,
+               shift: int, zx: int) -> None:
+    """xb[n, g*C4 + q, pad..., j] = x[n, g*Cg + 4q + j, ...] + shift, zx in pads and missing
+    channels: pad rows and columns filled apart, interior rows copied without a branch
+    (a missing channel reads the last real one and selects zx), contiguous along W."""
+    shape = xin.shape
+    nd = len(shape) - 2
+    icg = shape[1] // groups
+    pshape = xb.shape[2:-1]
+    n, gq, j = Var("n"), Var("gq"), Var("j")
+    rows = [Var(f"r{d}") for d in range(nd - 1)]
+    w, fl, fr, fa = Var("w"), Var("fl"), Var("fr"), Var("fa")
+    zv = Const(zx, U8)
+    bl, width = win.begin(nd - 1), shape[-1]
+
+    def at(col: Expr) -> tuple:
+        return (n, gq) + tuple(rows) + (col, j)
+    cin = (gq % c4) * 4 + j
+    src = (n, (gq // c4) * icg + cin.min(icg - 1)) + tuple(
+        r - win.begin(d) for d, r in enumerate(rows)) + (w,)
+    val = Cast(U8, Cast(I32, xin[src]) + Const(shift, I32))
+    copy = Store(xb, at(w + bl), Select(Cmp("lt", cin, Const(icg)), val, zv))
+    interior = seq(For(fl, bl, For(j, 4, Store(xb, at(fl), zv), "unrolled")),
+                   For(w, width, For(j, 4, copy, "unrolled")),
+                   For(fr, pshape[-1] - bl - width,
+                       For(j, 4, Store(xb, at(fr + (bl + width)), zv), "unrolled")))
+    inside = None
+    for d, r in enumerate(rows):
+        ok = And(Cmp("ge", r, Const(win.begin(d))), Cmp("lt", r, Const(win.begin(d) + shape[2 + d])))
+        inside = ok if inside is None else And(inside, ok)
+    body = interior if inside is None else If(
+        inside, interior, For(fa, pshape[-1], For(j, 4, Store(xb, at(fa), zv), "unrolled")))
+    for d in reversed(range(nd - 1)):
+        body = For(rows[d], pshape[d], body)
+    k = Kernel(f"{node.name}_pack", [xb, xin], For(n, shape[0], For(gq, groups * c4, body)))
+    ctx.emit(parallel_outer(k, ["n", "gq"], ctx, int(np.prod(xb.shape))))

@@ -22,7 +22,6 @@ from cnncc.ir.loop import (Allocate, And, Buffer, Call, Cast, Cmp, Const, Expr, 
                            Kernel, Let, Stmt, Store, Var, seq)
 from cnncc.ir.ops.quant import int_range
 from cnncc.ir.ops.spatial import resolve_window
-from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv_int8_dot import dot_plan, pack_dot
@@ -39,27 +38,33 @@ def _scalar(ctx: LowerCtx, node: Node, i: int, what: str) -> np.ndarray:
 
 
 def _padded(ctx: LowerCtx, node: Node, x: str, zp: int, win) -> Buffer:
-    """(x - zp) as int32, zero-padded by the window's pads: [N, C, H + pads, W + pads]."""
+    """(x - zp) as int32, zero-padded by the window's pads: [N, C, H + pads, W + pads] (pad
+    rows and columns filled apart, interior rows copied contiguously)."""
     shape = ctx.graph.types[x].shape
     nd = len(shape) - 2
     pshape = shape[:2] + tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
     xp = ctx.temp(I32, pshape, "xp")
     xin = ctx.value(x, bname="x")
-    idx = [Var(f"p{d}") for d in range(nd)]
     n, c = Var("n"), Var("c")
+    rows = [Var(f"r{d}") for d in range(nd - 1)]
+    w, fl, fr, fa = Var("w"), Var("fl"), Var("fr"), Var("fa")
+    zero = Const(0, I32)
+    bl, width = win.begin(nd - 1), shape[-1]
+    at = lambda col: (n, c) + tuple(rows) + (col,)                      # noqa: E731
+    src = (n, c) + tuple(r - win.begin(d) for d, r in enumerate(rows)) + (w,)
+    interior = seq(For(fl, bl, Store(xp, at(fl), zero)),
+                   For(w, width, Store(xp, at(w + bl), Cast(I32, xin[src]) - Const(zp, I32))),
+                   For(fr, pshape[-1] - bl - width, Store(xp, at(fr + (bl + width)), zero)))
     inside = None
-    for d, p in enumerate(idx):
-        ok = And(Cmp("ge", p, Const(win.begin(d))), Cmp("lt", p, Const(win.begin(d) + shape[2 + d])))
+    for d, r in enumerate(rows):
+        ok = And(Cmp("ge", r, Const(win.begin(d))), Cmp("lt", r, Const(win.begin(d) + shape[2 + d])))
         inside = ok if inside is None else And(inside, ok)
-    src = (n, c) + tuple(p - win.begin(d) for d, p in enumerate(idx))
-    val = Cast(I32, xin[src]) - Const(zp, I32)
-    body: Stmt = Store(xp, (n, c) + tuple(idx), val)
-    if inside is not None and any(win.pads):
-        body = If(inside, body, Store(xp, (n, c) + tuple(idx), Const(0, I32)))
-    for d in reversed(range(nd)):
-        body = For(idx[d], pshape[2 + d], body)
+    body: Stmt = interior if inside is None else If(inside, interior,
+                                                    For(fa, pshape[-1], Store(xp, at(fa), zero)))
+    for d in reversed(range(nd - 1)):
+        body = For(rows[d], pshape[2 + d], body)
     k = Kernel(f"{node.name}_pad", [xp, xin], For(n, shape[0], For(c, shape[1], body)))
-    ctx.emit(parallel_outer(Schedule(k).kernel, ["n", "c"], ctx, int(np.prod(pshape))))
+    ctx.emit(parallel_outer(k, ["n", "c"], ctx, int(np.prod(pshape))))
     return xp
 
 
@@ -85,6 +90,35 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     groups = oc_["group"]
     oc, icg = wq.shape[0], wq.shape[1]
     ocg = oc // groups
+    lo, hi = int_range(out_dt.np)
+    f = lambda v: Const(float(v), F32)                                   # noqa: E731
+    if residual:
+        r_scale = np.float32(_scalar(ctx, node, 10, "r_scale").reshape(-1)[0])
+        r_zp = int(_scalar(ctx, node, 11, "r_zero_point").reshape(-1)[0])
+        s_scale = np.float32(_scalar(ctx, node, 12, "s_scale").reshape(-1)[0])
+        out_zp = int(_scalar(ctx, node, 13, "s_zero_point").reshape(-1)[0])
+        ylo, yhi = int_range(np.asarray(y_zp).dtype)
+    else:
+        out_zp = int(y_zp)
+    if relu:
+        lo = max(lo, out_zp)
+
+    def epilogue(acc: Expr, mch: Expr, z: Expr | None) -> Expr:
+        v = Call("round", (Cast(F32, acc) * mch,), F32) + f(int(y_zp))
+        if z is not None:
+            v = v.max(f(ylo)).min(f(yhi))      # the conv's own quantized output, then the add
+            deq = (v - f(int(y_zp))) * f(y_scale) + Cast(F32, Cast(I32, z) - Const(r_zp, I32)) \
+                * f(r_scale)
+            v = Call("round", (deq / f(s_scale),), F32) + f(out_zp)
+        return Cast(out_dt, v.max(f(lo)).min(f(hi)))
+
+    mult_oc = (x_scale * np.broadcast_to(w_scale, (oc,)).astype(np.float32)
+               / y_scale).astype(np.float32)
+    if icg == 1 and ocg == 1 and not ctx.gpu:
+        wz = wq.astype(np.int32).reshape(oc, -1) - w_zp.reshape(-1, 1)
+        b = np.zeros(oc, np.int64) if bias is None else bias
+        return _depthwise(ctx, node, _padded(ctx, node, x, x_zp, win), wz, b, mult_oc, win,
+                          residual, epilogue)
     lanes = ctx.lanes
     ks = wq.shape[2:]
     vt = 2 * lanes if ocg >= 2 * lanes else lanes
@@ -116,8 +150,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         return p
     bias_total = (np.zeros(oc, np.int64) if bias is None else bias) - comp
     bp = per_channel(bias_total, np.int32)
-    mult = per_channel((x_scale * np.broadcast_to(w_scale, (oc,)).astype(np.float32)
-                        / y_scale).astype(np.float32), np.float32)
+    mult = per_channel(mult_oc, np.float32)
     psp = xp.shape[2:]
     pstride = [int(np.prod(psp[d + 1:])) for d in range(nd)]
     plane = int(np.prod(psp))
@@ -135,28 +168,6 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     npix = int(np.prod(osp))
     ybuf = ctx.value(out, (oshape[0], oc, npix), "y")
     zbuf = ctx.value(residual, (oshape[0], oc, npix), "z") if residual else None
-    lo, hi = int_range(out_dt.np)
-    f = lambda v: Const(float(v), F32)                                   # noqa: E731
-    if residual:
-        r_scale = np.float32(_scalar(ctx, node, 10, "r_scale").reshape(-1)[0])
-        r_zp = int(_scalar(ctx, node, 11, "r_zero_point").reshape(-1)[0])
-        s_scale = np.float32(_scalar(ctx, node, 12, "s_scale").reshape(-1)[0])
-        out_zp = int(_scalar(ctx, node, 13, "s_zero_point").reshape(-1)[0])
-        ylo, yhi = int_range(np.asarray(y_zp).dtype)
-    else:
-        out_zp = int(y_zp)
-    if relu:
-        lo = max(lo, out_zp)
-
-    def epilogue(acc: Expr, mch: Expr, z: Expr | None) -> Expr:
-        v = Call("round", (Cast(F32, acc) * mch,), F32) + f(int(y_zp))
-        if z is not None:
-            v = v.max(f(ylo)).min(f(yhi))      # the conv's own quantized output, then the add
-            deq = (v - f(int(y_zp))) * f(y_scale) + Cast(F32, Cast(I32, z) - Const(r_zp, I32)) \
-                * f(r_scale)
-            v = Call("round", (deq / f(s_scale),), F32) + f(out_zp)
-        return Cast(out_dt, v.max(f(lo)).min(f(hi)))
-
     regs = ctx.vector_registers
     r_tile = min(npix, max(1, (regs - 4) // (vt // lanes)))
     n, gv, ob, pb = Var("n"), Var("g"), Var("ob"), Var("pb")
@@ -199,6 +210,52 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     params = [ybuf, xflat, *wbufs, bbuf, mbuf, obuf] + ([zbuf] if zbuf is not None else [])
     k = Kernel(node.name, params, body)
     ctx.emit(parallel_outer(k, ["n", "g", "ob", "pb"], ctx, int(np.prod(oshape)) * taps))
+
+
+def _depthwise(ctx: LowerCtx, node: Node, xp: Buffer, wz: np.ndarray, bias: np.ndarray,
+               mult: np.ndarray, win, residual: str | None, epilogue) -> None:
+    """One input channel per output channel: a row of output pixels per vector (the
+    accumulators, exact int32), a scalar weight per tap broadcast, the epilogue as above."""
+    g = ctx.graph
+    out = node.outputs[0]
+    oshape = g.types[out].shape
+    nd = len(oshape) - 2
+    ks = tuple(g.types[node.inputs[3]].shape[2:])
+    osp = oshape[2:]
+    ow, vt = osp[-1], ctx.lanes
+    wbuf = ctx.const(wz.reshape((oshape[1],) + ks).astype(np.int32), "w")
+    bbuf, mbuf = ctx.const(bias.astype(np.int32), "b"), ctx.const(mult, "m")
+    ybuf = ctx.value(out, bname="y")
+    zbuf = ctx.value(residual, bname="z") if residual else None
+    st, dl = win.strides, win.dilations
+    n, c = Var("n"), Var("c")
+    orow = [Var(f"o{d}") for d in range(nd - 1)]
+    kv = [Var(f"k{d}") for d in range(nd)]
+
+    def tile(ow0: Expr, width: int, tag: str) -> Stmt:
+        acc = Buffer(f"acc{tag}", I32, (width,), "local")
+        v, v2, v3 = Var(f"v{tag}"), Var(f"v2{tag}"), Var(f"v3{tag}")
+        init = For(v, width, Store(acc, (v,), bbuf[c]), "vectorized")
+        rows = tuple(o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow))
+        xi = (n, c) + rows + ((ow0 + v2) * st[-1] + kv[-1] * dl[-1],)
+        red: Stmt = For(v2, width, Store(acc, (v2,), acc[v2] + xp[xi] * wbuf[(c,) + tuple(kv)]),
+                        "vectorized")
+        for d in reversed(range(nd)):
+            red = For(kv[d], ks[d], red, "unrolled" if ks[d] <= 7 else "serial")
+        yi = (n, c) + tuple(orow) + (ow0 + v3,)
+        val = epilogue(acc[v3], mbuf[c], zbuf[yi] if zbuf is not None else None)
+        return Allocate(acc, seq(init, red, For(v3, width, Store(ybuf, yi, val), "vectorized")))
+
+    owb = Var("owb")
+    body: Stmt = For(owb, ow // vt, tile(owb * vt, vt, ""))
+    if ow % vt:
+        body = seq(body, tile(Const(ow - ow % vt), ow % vt, "t"))
+    for d in reversed(range(nd - 1)):
+        body = For(orow[d], osp[d], body)
+    body = For(n, oshape[0], For(c, oshape[1], body))
+    params = [ybuf, xp, wbuf, bbuf, mbuf] + ([zbuf] if zbuf is not None else [])
+    ctx.emit(parallel_outer(Kernel(node.name, params, body), ["n", "c"] + [o.name for o in orow],
+                            ctx, int(np.prod(oshape)) * int(np.prod(ks))))
 
 
 INT8_CONV_RULES = {"QLinearConv": lower_qconv, "QConv": lower_qconv}

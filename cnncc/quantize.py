@@ -5,8 +5,9 @@
     net.quantize(data)                                  # a DSL net: returns the ModelProto
 
 Steps: BatchNorm is folded into the convs (cnncc's own passes, so the quantized convs are the
-ones that run); the activations every conv reads and writes (after a ReLU that directly follows
-it) and the outputs of Adds of two such tensors are calibrated on the data given by running the
+ones that run); the activations every conv reads and writes (after a ReLU or Clip(0, M) that
+directly follows it) and the outputs of Adds of two such tensors are calibrated on the data
+given by running the
 float model compiled with those tensors as extra outputs: per tensor, uint8, asymmetric, the
 range covering 0 (minmax: the extreme values seen; percentile: the mean over samples of the
 0.01 and 99.99 percentiles). Conv weights become int8, symmetric (zero point 0, range
@@ -119,9 +120,16 @@ def _quantized_tensors(g: Graph) -> tuple[list[str], list[Node]]:
     """(activations to quantize, convs with constant weights) in graph order."""
     users = g.users()
 
+    def relu_like(n: Node) -> bool:           # Relu, or Clip(0, M) (ReLU6): fused by QConv
+        if n.op == "Relu":
+            return True
+        b = [n.inputs[i] if len(n.inputs) > i else "" for i in (1, 2)]
+        return n.op == "Clip" and all(i in g.params and g.params[i].size == 1 for i in b) \
+            and float(g.params[b[0]].reshape(-1)[0]) == 0.0
+
     def post(t: str) -> str:
         use = users.get(t, [])
-        if len(use) == 1 and use[0].op == "Relu" and t not in g.outputs:
+        if len(use) == 1 and relu_like(use[0]) and t not in g.outputs:
             return use[0].outputs[0]
         return t
     convs = [n for n in g.nodes if n.op == "Conv" and n.inputs[1] in g.params

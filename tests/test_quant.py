@@ -26,6 +26,11 @@ ort = pytest.importorskip("onnxruntime")
 quantization = pytest.importorskip("onnxruntime.quantization")
 
 AVX2 = "+avx2,+fma,+avx,+sse4.2,-avx512f"
+# Whole quantized nets: an activation one step off at a rounding tie (float conv sums in
+# another order, float32 requantization) moves later layers by a few steps (random zoo weights
+# amplify it: tiny_mobilenet's head differs from the reference in up to 14 steps at opt 0
+# already, where no int8 kernel runs); outputs agree within 3% of their largest magnitude.
+MODEL_TOL = 0.03
 
 
 def _ort(model: onnx.ModelProto, feeds: dict) -> list:
@@ -184,6 +189,42 @@ def test_quantized_op_errors_name_the_problem():
         cnncc.compile(m, target="reference")
 
 
+@pytest.mark.parametrize("fn", ["dot4_u8s8", "dot4_u8s8_avx2", "dot4_u8s8_vnni"])
+def test_dot4_calls_match_the_interpreter_at_extreme_bytes(fn):
+    """The loop IR's u8 x s8 dot (vpdpbusd, vpmaddubsw + vpmaddwd, generic) on 8 and 16 lanes
+    and the scalar remainder against the interpreter and numpy: bytes 0/255 with -128/127
+    (-64/64 for the AVX2 form, whose operands the lowering keeps in that range)."""
+    from cnncc.backends.llvm.kernels import compile_kernel
+    from cnncc.ir import DType
+    from cnncc.ir.loop import Buffer, Call, For, Kernel, Store, Var
+    from cnncc.ir.loop_interp import run_kernel
+    t = cnncc.host_target(1)
+    if fn.endswith("vnni") and not t.vnni or fn.endswith("avx2") and "avx2" not in t.flags:
+        pytest.skip(f"{fn} needs a CPU with {fn.rsplit('_', 1)[1]} (this one: {t.isa})")
+    i32, n = DType.int32, 37
+    lo, hi = (-64, 64) if fn.endswith("avx2") else (-128, 127)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (n, 4)).astype(np.uint8)
+    w = rng.integers(lo, hi + 1, (n, 4)).astype(np.int8)
+    a[:3] = 255
+    w[0], w[1], w[2] = lo, hi, [lo, hi, lo, hi]
+    arrays = {"c": rng.integers(-2**24, 2**24, n).astype(np.int32), "a": a.view(np.int32)[:, 0],
+              "w": w.view(np.int32)[:, 0].copy(), "y": np.zeros(n, np.int32)}
+    arrays["a"] = np.ascontiguousarray(arrays["a"])
+    want = arrays["c"] + (a.astype(np.int64) * w).sum(1)
+    acc, av, wv, y = (Buffer(k, i32, (n,)) for k in "cawy")
+    i = Var("i")
+    k = Kernel("d", [y, acc, av, wv],
+               For(i, n, Store(y, (i,), Call(fn, (acc[i], av[i], wv[i]), i32)), "vectorized"))
+    interp = dict(arrays, y=np.zeros(n, np.int32))
+    run_kernel(k, interp)
+    np.testing.assert_array_equal(interp["y"], want)
+    for lanes in (8, 16) if t.lanes >= 16 else (8,):
+        got = dict(arrays, y=np.zeros(n, np.int32))
+        compile_kernel(k, lanes=lanes)(got)
+        np.testing.assert_array_equal(got["y"], want, err_msg=f"{lanes} lanes")
+
+
 # ---- whole models quantized by onnxruntime --------------------------------------------------------
 
 def _float_model(path):
@@ -316,7 +357,7 @@ def test_cnncc_quantize_writes_qdq_that_onnxruntime_runs(tmp_path, capsys):
     want = _ort(model, {model.graph.input[0].name: x})[0]
     got = cnncc.compile(str(out), cache=False)(x)[0]
     fp32 = cnncc.compile(net)(x)[0]
-    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+    assert np.abs(got - want).max() <= MODEL_TOL * np.abs(want).max()
     assert np.linalg.norm(got - fp32) / np.linalg.norm(fp32) < 0.1     # int8 close to fp32
 
 
@@ -327,6 +368,18 @@ def test_quantize_api_and_dsl_and_bad_calibration(tmp_path):
                                    verbose=False)
     assert report.held_out == 1 and report.calibrated == 4 and report.convs > 0
     assert 0 <= report.top1_agreement <= 1 and report.rel_error < 0.5
+    # ReLU6 (Clip(0, 6)) and depthwise convs fused into QConvs; the int8 model agrees with
+    # onnxruntime running the same QDQ file.
+    from cnncc.passes import PassContext, run_pipeline
+    g = run_pipeline(cnncc.load_graph(proto), PassContext(machine=cnncc.host_target(1)))
+    qconvs = [n for n in g.nodes if n.op == "QConv"]
+    assert any(n.attrs["relu_max"] == 6.0 for n in qconvs)
+    assert any(n.attrs.get("group", 1) > 1 for n in qconvs)
+    assert not any(n.op in ("Conv", "Clip") for n in g.nodes)
+    x = np.random.default_rng(8).standard_normal(net.input_shapes[0]).astype(np.float32)
+    want = _ort(proto, {proto.graph.input[0].name: x})[0]
+    got = cnncc.compile(proto, cache=False)(x)[0]
+    assert np.abs(got - want).max() <= MODEL_TOL * np.abs(want).max()
     assert isinstance(net.quantize(None, samples=3, verbose=False), onnx.ModelProto)
     with pytest.raises(cnncc.InputError, match="shape"):
         cnncc.quantize(net, calibration=np.zeros((4, 3, 5, 5), np.float32), verbose=False)

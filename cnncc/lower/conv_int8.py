@@ -20,7 +20,7 @@ import numpy as np
 from cnncc.ir import DType, Node
 from cnncc.ir.loop import (Allocate, And, Buffer, Call, Cast, Cmp, Const, Expr, F32, For, If,
                            Kernel, Let, Stmt, Store, Var, seq)
-from cnncc.ir.ops.quant import int_range
+from cnncc.ir.ops.quant import int_range, quantize
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, const_input, op_context, unsupported
@@ -102,6 +102,9 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         out_zp = int(y_zp)
     if relu:
         lo = max(lo, out_zp)
+        if oc_["relu_max"] > 0:
+            out_scale = s_scale if residual else y_scale
+            hi = min(hi, int(quantize(np.float32(oc_["relu_max"]), out_scale, out_zp, out_dt.np)))
 
     def epilogue(acc: Expr, mch: Expr, z: Expr | None) -> Expr:
         v = Call("round", (Cast(F32, acc) * mch,), F32) + f(int(y_zp))

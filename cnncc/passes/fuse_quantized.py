@@ -2,6 +2,7 @@
 
     Q(Conv(DQ(xq), DQ(wq), DQ(bq)))                          ==>  QConv(xq, wq, bq)
     Q(Relu(Conv(...)))                                       ==>  QConv(..., relu=1)
+    Q(Clip(Conv(...), 0, M))                                 ==>  QConv(..., relu=1, relu_max=M)
     Q([Relu](Add(DQ(Q(Conv(...))), DQ(rq))))                 ==>  QConv(..., rq, [relu=1])
 
 Conditions: xq and rq are uint8/int8 with per-tensor scales and zero points; wq is a constant
@@ -12,7 +13,7 @@ tensor; every intermediate has no other user and is not a graph output (the Add'
 may have any users). The fused node's reference (ir/ops/quant.py) is the chain's integer
 semantics: its outputs equal the unfused graph's up to float rounding in the unfused conv (at
 most one output step). Relu is fused only where it commutes with the quantization it sits
-before (Q(max(v, 0)) = max(Q(v), zero point)).
+before (Q(max(v, 0)) = max(Q(v), zero point); Clip(v, 0, M) likewise with min(., Q(M))).
 """
 from __future__ import annotations
 
@@ -75,10 +76,13 @@ class _Chains:
         bias = self._bias(conv, x_scale, w_scale, g.types[wq].shape[0])
         if bias is False:
             return None
-        cur, relu, replaced = conv.outputs[0], 0, [conv]
-        nxt = self.only_user(cur, ("Relu", "QuantizeLinear"))
-        if nxt is not None and nxt.op == "Relu":
-            relu, cur = 1, nxt.outputs[0]
+        cur, relu, replaced = conv.outputs[0], (0, 0.0), [conv]
+        nxt = self.only_user(cur, ("Relu", "Clip", "QuantizeLinear"))
+        if nxt is not None and nxt.op != "QuantizeLinear":
+            relu = self._relu(nxt)
+            if relu is None:
+                return None
+            cur = nxt.outputs[0]
             replaced.append(nxt)
             nxt = self.only_user(cur, "QuantizeLinear")
         if not _qdq_per_tensor(g, nxt, "QuantizeLinear"):
@@ -90,14 +94,14 @@ class _Chains:
         inputs = [xq, xdq.inputs[1], _zp(g, xdq, g.types[xq].dtype.np), wq, wdq.inputs[1],
                   _zp(g, wdq, g.types[wq].dtype.np), yq[1], y_zp, bias or ""]
         out = q.outputs[0]
-        res = None if relu else self._residual(out)
+        res = None if relu[0] else self._residual(out)
         if res is not None:
             add_nodes, rdq, sq, relu = res
             replaced += add_nodes
             inputs += [rdq.inputs[0], rdq.inputs[1], _zp(g, rdq, g.types[rdq.inputs[0]].dtype.np),
                        sq.inputs[1], _zp(g, sq, np.uint8)]
             out = sq.outputs[0]
-        attrs = dict(conv.attrs, relu=relu)
+        attrs = dict(conv.attrs, relu=relu[0], relu_max=relu[1])
         node = Node("QConv", inputs, [out], attrs, conv.name,
                     sources=tuple(s for n in replaced for s in n.origin))
         return node, replaced
@@ -125,6 +129,17 @@ class _Chains:
             return False
         return g.add_param(f"{conv.name}_bias_q", np.broadcast_to(q, (channels,)).astype(np.int32))
 
+    def _relu(self, node: Node) -> tuple[int, float] | None:
+        """(1, upper bound or 0.0) of a Relu or a Clip(0, M) with constant bounds, else None."""
+        if node.op == "Relu":
+            return 1, 0.0
+        g = self.g
+        bounds = [node.inputs[i] if len(node.inputs) > i else "" for i in (1, 2)]
+        if not all(_scalar_param(g, b) for b in bounds):
+            return None
+        lo, hi = (float(g.params[b].reshape(-1)[0]) for b in bounds)
+        return (1, hi) if lo == 0.0 and hi > 0.0 else None
+
     def _residual(self, yq: str):
         """(replaced nodes, DQ of the other operand, final Q, relu) of a quantized Add that
         reads conv output ``yq`` alone, or None."""
@@ -140,10 +155,13 @@ class _Chains:
         if not _qdq_per_tensor(g, rdq, "DequantizeLinear") or rdq.inputs[0] in g.params \
                 or g.types[rdq.inputs[0]] != g.types[yq]:
             return None
-        nodes, relu, cur = [dq, add], 0, add.outputs[0]
-        nxt = self.only_user(cur, ("Relu", "QuantizeLinear"))
-        if nxt is not None and nxt.op == "Relu":
-            relu, cur = 1, nxt.outputs[0]
+        nodes, relu, cur = [dq, add], (0, 0.0), add.outputs[0]
+        nxt = self.only_user(cur, ("Relu", "Clip", "QuantizeLinear"))
+        if nxt is not None and nxt.op != "QuantizeLinear":
+            relu = self._relu(nxt)
+            if relu is None:
+                return None
+            cur = nxt.outputs[0]
             nodes.append(nxt)
             nxt = self.only_user(cur, "QuantizeLinear")
         if not _qdq_per_tensor(g, nxt, "QuantizeLinear"):

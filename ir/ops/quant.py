@@ -355,6 +355,7 @@ register(OpDef("QLinearGlobalAveragePool", infer=_infer_qlinear_gap, reference=_
 def _infer_qconv(ctx: OpContext) -> list[TensorType]:
     y = _infer_qlinear_conv(ctx)[0]
     ctx.check(ctx["relu"] in (0, 1), f"relu must be 0 or 1, got {ctx['relu']}")
+    ctx.check(ctx["relu_max"] >= 0, f"relu_max must be >= 0, got {ctx['relu_max']}")
     if not ctx.has(9):
         return [y]
     r = ctx.type(9)
@@ -371,17 +372,22 @@ def _infer_qconv(ctx: OpContext) -> list[TensorType]:
 def _qconv_ref(ctx: OpContext, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None,
                r=None, r_scale=None, r_zp=None, s_scale=None, s_zp=None):
     y = _qlinear_conv_ref(ctx, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b)
-    zp = y_zp.reshape(())
+    zp, scale = y_zp.reshape(()), y_scale.reshape(())
     if r is not None:
         total = dequantize(y, y_scale.reshape(()), zp) \
             + dequantize(r, r_scale.reshape(()), r_zp.reshape(()))
-        zp = s_zp.reshape(())
-        y = quantize(total, s_scale.reshape(()), zp, zp.dtype)
-    return np.maximum(y, zp) if ctx["relu"] else y
+        zp, scale = s_zp.reshape(()), s_scale.reshape(())
+        y = quantize(total, scale, zp, zp.dtype)
+    if ctx["relu"]:
+        y = np.maximum(y, zp)
+        if ctx["relu_max"] > 0:
+            y = np.minimum(y, quantize(np.float32(ctx["relu_max"]), scale, zp, zp.dtype))
+    return y
 
 
 register(OpDef("QConv", infer=_infer_qconv, reference=_qconv_ref, inputs=(8, 14),
-               attrs={**_CONV_ATTRS, "relu": Attr("int", 0)},
+               attrs={**_CONV_ATTRS, "relu": Attr("int", 0), "relu_max": Attr("float", 0.0)},
                doc="QLinearConv (inputs 0-8) + optional quantized residual R (inputs 9-11) "
                    "added as Q(DQ(y) + DQ(R)) at scale/zero point inputs 12-13, then "
-                   "optionally ReLU (max with the output zero point)"))
+                   "optionally ReLU (max with the output zero point; with relu_max > 0 also min with "
+                   "Q(relu_max): Clip(0, relu_max))"))

@@ -23,7 +23,7 @@ from cnncc.ir.loop import (Allocate, And, Buffer, Call, Cast, Cmp, Const, Expr, 
 from cnncc.ir.ops.quant import int_range, quantize
 from cnncc.ir.ops.spatial import resolve_window
 
-from .context import LowerCtx, const_input, op_context, unsupported
+from .context import LowerCtx, op_context
 from .conv_int8_dot import dot_plan, pack_dot
 from .cpu_schedule import parallel_outer
 
@@ -31,10 +31,8 @@ I32 = DType.int32
 
 
 def _scalar(ctx: LowerCtx, node: Node, i: int, what: str) -> np.ndarray:
-    v = const_input(ctx.graph, node, i, what)
-    if v is None:
-        raise unsupported(node, f"{what} is required")
-    return v
+    """Input i, which must be a compile-time constant (the op context's error names it)."""
+    return op_context(ctx.graph, node).const(i, what)
 
 
 def _padded(ctx: LowerCtx, node: Node, x: str, zp: int, win) -> Buffer:

@@ -1,6 +1,6 @@
 """QuantizeLinear and DequantizeLinear as elementwise kernels (the ops' reference semantics,
-ir/ops/quant.py): per-tensor or per-axis scales and zero points, compile-time constants, are
-loads of small broadcast buffers.
+ir/ops/quant.py): per-tensor or per-axis scales and zero points (constants or run-time
+values) are loads of small broadcast buffers.
 
 Quantize: round-half-even(x / scale) (llvm.roundeven), NaN -> 0, + zero point, clamped to the
 output type's range in float32 (every value of that range is exact in float32), converted.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cnncc.ir import DType, Node
 from cnncc.ir.loop import Call, Cast, Cmp, Const, Expr, F32, Select
-from cnncc.ir.ops.quant import int_range
+from cnncc.ir.ops.quant import QDQ_TYPES, int_range
 
 from .context import LowerCtx, op_context, unsupported
 from .elementwise import emit_map
@@ -25,9 +25,6 @@ def _param_shapes(ctx: LowerCtx, node: Node) -> list:
     x = g.types[node.inputs[0]]
     scale = g.types[node.inputs[1]]
     oc = op_context(g, node)
-    for i in node.inputs[1:]:
-        if i and i not in g.params:
-            raise unsupported(node, "scale and zero point must be compile-time constants")
     if scale.size == 1:
         pshape = (1,) * x.rank
     else:
@@ -53,7 +50,7 @@ def lower_quantize(ctx: LowerCtx, node: Node) -> None:
 
 def lower_dequantize(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
-    if g.types[node.inputs[0]].dtype not in (DType.uint8, DType.int8, I32):
+    if g.types[node.inputs[0]].dtype not in QDQ_TYPES + (I32,):
         raise unsupported(node, f"element type {g.types[node.inputs[0]].dtype}")
     inputs = [i for i in node.inputs if i]
 

@@ -25,6 +25,7 @@ from .registry import Attr, OpContext, OpDef, broadcast_shapes, normalize_axis, 
 from .spatial import WINDOW_ATTRS, kernel_from_attr, pad_spatial, resolve_window
 
 QUANT_TYPES = (DType.uint8, DType.int8)
+QDQ_TYPES = QUANT_TYPES + (DType.uint16, DType.int16)      # QuantizeLinear / DequantizeLinear
 MS_DOMAIN = "com.microsoft"
 
 
@@ -95,8 +96,9 @@ def _infer_quantize(ctx: OpContext) -> list[TensorType]:
         ctx.check(not ctx["output_dtype"] or zp == out,
                   f"output_dtype {out} differs from the zero point's type {zp}")
         out = zp
-        _check_param(ctx, 2, "y_zero_point", x.rank, axis, x.rank, QUANT_TYPES, size)
-    ctx.check(out in QUANT_TYPES, f"quantizing to {out} is not supported (uint8, int8)")
+        _check_param(ctx, 2, "y_zero_point", x.rank, axis, x.rank, QDQ_TYPES, size)
+    ctx.check(out in QDQ_TYPES, f"quantizing to {out} is not supported (uint8, int8, uint16, "
+              "int16)")
     return [TensorType(out, x.shape)]
 
 
@@ -118,8 +120,8 @@ register(OpDef("QuantizeLinear", infer=_infer_quantize, reference=_quantize_ref,
 
 def _infer_dequantize(ctx: OpContext) -> list[TensorType]:
     x = ctx.type(0)
-    ctx.check(x.dtype in QUANT_TYPES + (DType.int32,),
-              f"input x is {x.dtype}; expected uint8, int8 or int32")
+    ctx.check(x.dtype in QDQ_TYPES + (DType.int32,),
+              f"input x is {x.dtype}; expected uint8, int8, uint16, int16 or int32")
     axis = _qdq_axis(ctx, x.rank)
     size = x.shape[axis] if x.rank else 1
     _check_param(ctx, 1, "x_scale", x.rank, axis, x.rank, (DType.float32,), size)

@@ -170,7 +170,13 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     ybuf = ctx.value(out, (oshape[0], oc, npix), "y")
     zbuf = ctx.value(residual, (oshape[0], oc, npix), "z") if residual else None
     regs = ctx.vector_registers
-    r_tile = min(npix, max(1, (regs - 4) // (vt // lanes)))
+    if dot is None:
+        r_tile = min(npix, max(1, (regs - 4) // (vt // lanes)))
+    else:
+        # A dot's input word is used by every weight vector, so it lives in a register:
+        # R * (vectors + 1) + the weight vectors (+ 2 for AVX2's ones and int16 pairs) fit.
+        spare = vt // lanes + (2 if dot.endswith("avx2") else 0)
+        r_tile = min(npix, max(1, (regs - spare) // (vt // lanes + 1)))
     n, gv, ob, pb = Var("n"), Var("g"), Var("ob"), Var("pb")
 
     def base(p: Expr) -> Expr:

@@ -118,6 +118,8 @@ QCONV_CASES = {
                                 strides=(2, 2), per_channel=False),
     "pointwise": dict(x_dt=np.uint8, xs=(1, 24, 5, 6), ws=(40, 24, 1, 1), pads=(0, 0, 0, 0)),
     "depthwise": dict(x_dt=np.uint8, xs=(1, 16, 7, 7), ws=(16, 1, 3, 3), group=16),
+    "depthwise_s2": dict(x_dt=np.int8, xs=(1, 16, 9, 11), ws=(16, 1, 3, 3), group=16,
+                         strides=(2, 2)),
     "grouped": dict(x_dt=np.int8, xs=(1, 8, 6, 6), ws=(12, 2, 3, 3), group=4),
     "extreme_u8": dict(x_dt=np.uint8, xs=(1, 64, 4, 4), ws=(8, 64, 3, 3), extreme=True),
     "extreme_s8": dict(x_dt=np.int8, xs=(1, 64, 4, 4), ws=(8, 64, 3, 3), extreme=True),

@@ -24,6 +24,7 @@ from cnncc.ir.ops.quant import int_range, quantize
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context
+from .conv import phases_for, window_index
 from .conv_int8_dot import dot_plan, pack_dot
 from .cpu_schedule import parallel_outer
 
@@ -35,12 +36,17 @@ def _scalar(ctx: LowerCtx, node: Node, i: int, what: str) -> np.ndarray:
     return op_context(ctx.graph, node).const(i, what)
 
 
-def _padded(ctx: LowerCtx, node: Node, x: str, zp: int, win) -> Buffer:
+def _padded(ctx: LowerCtx, node: Node, x: str, zp: int, win, phases: int = 1) -> Buffer:
     """(x - zp) as int32, zero-padded by the window's pads: [N, C, H + pads, W + pads] (pad
-    rows and columns filled apart, interior rows copied contiguously)."""
+    rows and columns filled apart, interior rows copied contiguously); ``phases`` > 1
+    de-interleaves W as conv.padded_input does ([..., W % phases, W // phases])."""
     shape = ctx.graph.types[x].shape
     nd = len(shape) - 2
     pshape = shape[:2] + tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
+    wfull = pshape[-1]
+    if phases > 1:
+        wfull = -(-pshape[-1] // phases) * phases
+        pshape = pshape[:-1] + (phases, wfull // phases)
     xp = ctx.temp(I32, pshape, "xp")
     xin = ctx.value(x, bname="x")
     n, c = Var("n"), Var("c")
@@ -48,17 +54,18 @@ def _padded(ctx: LowerCtx, node: Node, x: str, zp: int, win) -> Buffer:
     w, fl, fr, fa = Var("w"), Var("fl"), Var("fr"), Var("fa")
     zero = Const(0, I32)
     bl, width = win.begin(nd - 1), shape[-1]
-    at = lambda col: (n, c) + tuple(rows) + (col,)                      # noqa: E731
+    def at(col: Expr) -> tuple:
+        return (n, c) + tuple(rows) + ((col % phases, col // phases) if phases > 1 else (col,))
     src = (n, c) + tuple(r - win.begin(d) for d, r in enumerate(rows)) + (w,)
     interior = seq(For(fl, bl, Store(xp, at(fl), zero)),
                    For(w, width, Store(xp, at(w + bl), Cast(I32, xin[src]) - Const(zp, I32))),
-                   For(fr, pshape[-1] - bl - width, Store(xp, at(fr + (bl + width)), zero)))
+                   For(fr, wfull - bl - width, Store(xp, at(fr + (bl + width)), zero)))
     inside = None
     for d, r in enumerate(rows):
         ok = And(Cmp("ge", r, Const(win.begin(d))), Cmp("lt", r, Const(win.begin(d) + shape[2 + d])))
         inside = ok if inside is None else And(inside, ok)
     body: Stmt = interior if inside is None else If(inside, interior,
-                                                    For(fa, pshape[-1], Store(xp, at(fa), zero)))
+                                                    For(fa, wfull, Store(xp, at(fa), zero)))
     for d in reversed(range(nd - 1)):
         body = For(rows[d], pshape[2 + d], body)
     k = Kernel(f"{node.name}_pad", [xp, xin], For(n, shape[0], For(c, shape[1], body)))
@@ -118,8 +125,9 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     if icg == 1 and ocg == 1 and not ctx.gpu:
         wz = wq.astype(np.int32).reshape(oc, -1) - w_zp.reshape(-1, 1)
         b = np.zeros(oc, np.int64) if bias is None else bias
-        return _depthwise(ctx, node, _padded(ctx, node, x, x_zp, win), wz, b, mult_oc, win,
-                          residual, epilogue)
+        phases = phases_for(win.strides[-1])
+        return _depthwise(ctx, node, _padded(ctx, node, x, x_zp, win, phases), wz, b, mult_oc,
+                          win, residual, epilogue, phases)
     lanes = ctx.lanes
     ks = wq.shape[2:]
     vt = 2 * lanes if ocg >= 2 * lanes else lanes
@@ -220,7 +228,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
 
 
 def _depthwise(ctx: LowerCtx, node: Node, xp: Buffer, wz: np.ndarray, bias: np.ndarray,
-               mult: np.ndarray, win, residual: str | None, epilogue) -> None:
+               mult: np.ndarray, win, residual: str | None, epilogue, phases: int) -> None:
     """One input channel per output channel: a row of output pixels per vector (the
     accumulators, exact int32), a scalar weight per tap broadcast, the epilogue as above."""
     g = ctx.graph
@@ -243,8 +251,8 @@ def _depthwise(ctx: LowerCtx, node: Node, xp: Buffer, wz: np.ndarray, bias: np.n
         acc = Buffer(f"acc{tag}", I32, (width,), "local")
         v, v2, v3 = Var(f"v{tag}"), Var(f"v2{tag}"), Var(f"v3{tag}")
         init = For(v, width, Store(acc, (v,), bbuf[c]), "vectorized")
-        rows = tuple(o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow))
-        xi = (n, c) + rows + ((ow0 + v2) * st[-1] + kv[-1] * dl[-1],)
+        rows = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
+        xi = (n, c) + window_index(rows, ow0 + v2, kv[-1], st[-1], dl[-1], phases)
         red: Stmt = For(v2, width, Store(acc, (v2,), acc[v2] + xp[xi] * wbuf[(c,) + tuple(kv)]),
                         "vectorized")
         for d in reversed(range(nd)):

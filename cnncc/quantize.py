@@ -29,6 +29,7 @@ import numpy as np
 
 from .ir import CompileError, DType, Graph, InputError, Node, TensorType
 from .ir.rewrite import remove_unused_params
+from .passes.fuse_quantized import relu_bounds
 
 METHODS = ("minmax", "percentile")
 
@@ -120,16 +121,9 @@ def _quantized_tensors(g: Graph) -> tuple[list[str], list[Node]]:
     """(activations to quantize, convs with constant weights) in graph order."""
     users = g.users()
 
-    def relu_like(n: Node) -> bool:           # Relu, or Clip(0, M) (ReLU6): fused by QConv
-        if n.op == "Relu":
-            return True
-        b = [n.inputs[i] if len(n.inputs) > i else "" for i in (1, 2)]
-        return n.op == "Clip" and all(i in g.params and g.params[i].size == 1 for i in b) \
-            and float(g.params[b[0]].reshape(-1)[0]) == 0.0
-
-    def post(t: str) -> str:
+    def post(t: str) -> str:            # after a ReLU / ReLU6 that the QConv will fuse
         use = users.get(t, [])
-        if len(use) == 1 and relu_like(use[0]) and t not in g.outputs:
+        if len(use) == 1 and relu_bounds(g, use[0]) is not None and t not in g.outputs:
             return use[0].outputs[0]
         return t
     convs = [n for n in g.nodes if n.op == "Conv" and n.inputs[1] in g.params

@@ -39,6 +39,20 @@ def _zp(g: Graph, node: Node, dtype) -> str:
     return g.add_param(f"{node.name}_zp", np.zeros((), dtype))
 
 
+def relu_bounds(g: Graph, node: Node) -> tuple[int, float] | None:
+    """(1, upper bound or 0.0) of a Relu or a Clip(0, M) with constant bounds (the
+    activations a QConv applies), else None."""
+    if node.op == "Relu":
+        return 1, 0.0
+    if node.op != "Clip":
+        return None
+    bounds = [node.inputs[i] if len(node.inputs) > i else "" for i in (1, 2)]
+    if not all(_scalar_param(g, b) for b in bounds):
+        return None
+    lo, hi = (float(g.params[b].reshape(-1)[0]) for b in bounds)
+    return (1, hi) if lo == 0.0 and hi > 0.0 else None
+
+
 class _Chains:
     def __init__(self, g: Graph, claimed: set):
         self.g = g
@@ -79,7 +93,7 @@ class _Chains:
         cur, relu, replaced = conv.outputs[0], (0, 0.0), [conv]
         nxt = self.only_user(cur, ("Relu", "Clip", "QuantizeLinear"))
         if nxt is not None and nxt.op != "QuantizeLinear":
-            relu = self._relu(nxt)
+            relu = relu_bounds(self.g, nxt)
             if relu is None:
                 return None
             cur = nxt.outputs[0]
@@ -129,17 +143,6 @@ class _Chains:
             return False
         return g.add_param(f"{conv.name}_bias_q", np.broadcast_to(q, (channels,)).astype(np.int32))
 
-    def _relu(self, node: Node) -> tuple[int, float] | None:
-        """(1, upper bound or 0.0) of a Relu or a Clip(0, M) with constant bounds, else None."""
-        if node.op == "Relu":
-            return 1, 0.0
-        g = self.g
-        bounds = [node.inputs[i] if len(node.inputs) > i else "" for i in (1, 2)]
-        if not all(_scalar_param(g, b) for b in bounds):
-            return None
-        lo, hi = (float(g.params[b].reshape(-1)[0]) for b in bounds)
-        return (1, hi) if lo == 0.0 and hi > 0.0 else None
-
     def _residual(self, yq: str):
         """(replaced nodes, DQ of the other operand, final Q, relu) of a quantized Add that
         reads conv output ``yq`` alone, or None."""
@@ -158,7 +161,7 @@ class _Chains:
         nodes, relu, cur = [dq, add], (0, 0.0), add.outputs[0]
         nxt = self.only_user(cur, ("Relu", "Clip", "QuantizeLinear"))
         if nxt is not None and nxt.op != "QuantizeLinear":
-            relu = self._relu(nxt)
+            relu = relu_bounds(self.g, nxt)
             if relu is None:
                 return None
             cur = nxt.outputs[0]

@@ -11,7 +11,8 @@ given by running the
 float model compiled with those tensors as extra outputs: per tensor, uint8, asymmetric, the
 range covering 0 (minmax: the extreme values seen; percentile: the mean over samples of the
 0.01 and 99.99 percentiles). Conv weights become int8, symmetric (zero point 0, range
-[-127, 127]), per output channel (``per_channel``) or per tensor; biases int32 at the scale
+[-127, 127], or [-63, 63] with ``reduce_range``: the fast AVX2 path), per output channel
+(``per_channel``) or per tensor; biases int32 at the scale
 x_scale * w_scale. Every quantized tensor T gets QuantizeLinear -> DequantizeLinear after its
 producer; weights and biases are stored quantized behind a DequantizeLinear, as onnxruntime's
 quantize_static(quant_format=QDQ) writes them. A fifth of the samples (at least one, when there
@@ -177,18 +178,20 @@ def activation_params(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
     return np.float32(scale), np.uint8(zp)
 
 
-def weight_params(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 weights, float32 scale per output channel or scalar), symmetric in [-127, 127]."""
+def weight_params(w: np.ndarray, per_channel: bool,
+                  qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weights, float32 scale per output channel or scalar), symmetric in
+    [-qmax, qmax]."""
     axes = tuple(range(1, w.ndim)) if per_channel else None
     amax = np.abs(w.astype(np.float64)).max(axis=axes)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
     s = scale.reshape((-1,) + (1,) * (w.ndim - 1)) if per_channel else scale
-    q = np.clip(np.rint(w.astype(np.float64) / s.astype(np.float64)), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(w.astype(np.float64) / s.astype(np.float64)), -qmax, qmax).astype(np.int8)
     return q, scale
 
 
 def insert_qdq(g: Graph, tensors: list[str], ranges: dict, convs: list[Node],
-               per_channel: bool) -> Graph:
+               per_channel: bool, qmax: int = 127) -> Graph:
     """``g`` with Q -> DQ after every tensor of ``tensors`` and quantized conv weights/biases."""
     q = g.copy()
     params: dict[str, tuple] = {}
@@ -218,7 +221,7 @@ def insert_qdq(g: Graph, tensors: list[str], ranges: dict, convs: list[Node],
     for node in q.nodes:
         node.inputs = [renamed.get(i, i) for i in node.inputs]
         if node.op == "Conv" and node.name in conv_names:
-            _quantize_conv(q, node, scales, per_channel, new_nodes)
+            _quantize_conv(q, node, scales, per_channel, new_nodes, qmax)
         new_nodes.append(node)
         for o in node.outputs:
             if o in params:
@@ -228,12 +231,12 @@ def insert_qdq(g: Graph, tensors: list[str], ranges: dict, convs: list[Node],
 
 
 def _quantize_conv(g: Graph, conv: Node, scales: dict, per_channel: bool,
-                   nodes: list[Node]) -> None:
+                   nodes: list[Node], qmax: int) -> None:
     """Weights (and bias) of ``conv`` stored quantized, read through DequantizeLinear;
     ``scales``: the scale of each dequantized activation (the bias is quantized at
     x_scale * w_scale when the conv's input is one; else it stays float)."""
     w = g.params[conv.inputs[1]]
-    wq, ws = weight_params(w, per_channel)
+    wq, ws = weight_params(w, per_channel, qmax)
     attrs = {"axis": 0} if per_channel else {}
 
     def dq(hint: str, value: np.ndarray, scale: np.ndarray, zp_dtype) -> str:
@@ -260,9 +263,11 @@ def _quantize_conv(g: Graph, conv: Node, scales: dict, per_channel: bool,
 
 def quantize(model: Any, output: str | os.PathLike | None = None, calibration: Any = None,
              per_channel: bool = False, method: str = "minmax", threads: int | None = None,
+             reduce_range: bool = False,
              samples: int = 16, verbose: bool = True) -> tuple[Any, QuantizeReport]:
     """Quantize ``model`` (ONNX path/bytes/ModelProto, Graph or DSL net) to QDQ ONNX; write it
-    to ``output`` when given. Returns (ModelProto, QuantizeReport)."""
+    to ``output`` when given. Returns (ModelProto, QuantizeReport). ``reduce_range``: 7-bit
+    weights, which AVX2 without VNNI multiplies with one instruction pair instead of two."""
     from .driver import compile as compile_
     from .export_onnx import save_onnx, to_onnx
     if method not in METHODS:
@@ -277,7 +282,8 @@ def quantize(model: Any, output: str | os.PathLike | None = None, calibration: A
     calib, check = data[:len(data) - held], data[len(data) - held:]
     tensors, convs = _quantized_tensors(g)
     ranges = _ranges(g, tensors, calib, method, threads)
-    qg = remove_unused_params(insert_qdq(g, tensors, ranges, convs, per_channel)).verify()
+    qmax = 63 if reduce_range else 127
+    qg = remove_unused_params(insert_qdq(g, tensors, ranges, convs, per_channel, qmax)).verify()
     proto = save_onnx(qg, output) if output is not None else to_onnx(qg)
     report = QuantizeReport(len(calib), held, float("nan"), float("nan"), float("nan"),
                             len(tensors), len(convs))
@@ -306,6 +312,9 @@ def add_quantize_arguments(p: Any) -> None:
                    help="one weight scale per output channel (default: per tensor)")
     p.add_argument("--method", choices=METHODS, default="minmax",
                    help="activation ranges: extremes seen, or mean 0.01/99.99 percentiles")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="7-bit weights ([-63, 63]): one vpmaddubsw pair per 4 channels on AVX2 "
+                        "without VNNI instead of two (less precise)")
     p.add_argument("--samples", type=int, default=16,
                    help="random samples when no --calibration is given")
     p.add_argument("--threads", type=int, default=None)
@@ -314,6 +323,7 @@ def add_quantize_arguments(p: Any) -> None:
 def run_quantize(args: Any, resolve_model: Any) -> int:
     quantize(resolve_model(args.model), args.output, calibration=args.calibration,
              per_channel=args.per_channel, method=args.method, threads=args.threads,
+             reduce_range=args.reduce_range,
              samples=args.samples)
     print(f"wrote {args.output}")
     return 0

@@ -25,7 +25,7 @@ from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context
 from .conv import phases_for, window_index
-from .conv_int8_dot import dot_plan, pack_dot
+from .conv_int8_dot import dot_plan, pack_dot, shifted_zero_point
 from .cpu_schedule import parallel_outer
 
 I32 = DType.int32
@@ -134,7 +134,8 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     ocb = -(-ocg // vt)
     wz = wq.astype(np.int32) - (w_zp.reshape((-1,) + (1,) * (wq.ndim - 1)) if w_zp.size > 1
                                 else w_zp[0])
-    dot = dot_plan(ctx, wz, icg, ocg)
+    dot = dot_plan(ctx, wz, icg, ocg, np.zeros(oc, np.int64) if bias is None else bias,
+                   shifted_zero_point(g.types[x].dtype, x_zp))
     if dot is not None:
         xp, planes, wps, comp, update = pack_dot(ctx, node, x, x_zp, win, groups, wz, vt, dot)
     else:

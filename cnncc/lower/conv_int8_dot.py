@@ -28,11 +28,26 @@ I32, U8 = DType.int32, DType.uint8
 AVX2_SAFE = 64          # |w| <= 64: 2 * 255 * 64 < 2^15, vpmaddubsw cannot saturate
 
 
-def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int) -> str | None:
+def shifted_zero_point(x_dtype: DType, x_zp: int) -> int:
+    """The input zero point once int8 inputs are shifted to uint8."""
+    return x_zp + (128 if x_dtype is DType.int8 else 0)
+
+
+def compensation(wz: np.ndarray, zx: int) -> np.ndarray:
+    """zx * sum of each output channel's weights (int64): what the bias absorbs."""
+    return zx * wz.reshape(wz.shape[0], -1).astype(np.int64).sum(axis=1)
+
+
+def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int, bias: np.ndarray,
+             zx: int) -> str | None:
     """The dot4 function for this conv on ctx's Target, or None for the plain int32 path
-    (GPU, fewer than 3 input or 8 output channels per group, weights beyond int8)."""
+    (GPU, fewer than 3 input or 8 output channels per group, weights beyond int8, or a bias
+    that would leave int32 once it absorbs the zero point)."""
     t = ctx.target
     if ctx.gpu or t is None or icg < 3 or ocg < 8 or wz.min() < -128 or wz.max() > 127:
+        return None
+    total = bias - compensation(wz, zx)
+    if total.min(initial=0) < -2**31 or total.max(initial=0) >= 2**31:
         return None
     if t.vnni and ctx.lanes in (8, 16):
         return "dot4_u8s8_vnni"
@@ -57,8 +72,8 @@ def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int, wz:
     per-channel compensation zx' * sum w', the accumulator update)."""
     g = ctx.graph
     shape = g.types[x].shape
-    shift = 128 if g.types[x].dtype is DType.int8 else 0
-    zx = x_zp + shift
+    zx = shifted_zero_point(g.types[x].dtype, x_zp)
+    shift = zx - x_zp
     icg = shape[1] // groups
     c4 = -(-icg // 4)
     nd = len(shape) - 2
@@ -68,7 +83,7 @@ def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int, wz:
     pack_input(ctx, node, xb, xin, win, groups, c4, shift, zx)
     view = Buffer("x", I32, (shape[0], groups * c4) + pshape)
     ctx.binding[id(view)] = ctx.binding[id(xb)]
-    comp = zx * wz.reshape(wz.shape[0], -1).astype(np.int64).sum(axis=1)
+    comp = compensation(wz, zx)
     if fn == "dot4_u8s8_avx2" and np.abs(wz).max(initial=0) > AVX2_SAFE:
         lo = np.clip(wz, -AVX2_SAFE, AVX2_SAFE)
         parts = [lo, wz - lo]

@@ -1,6 +1,10 @@
-"""Targets: each one turns an optimized Graph into a CompiledModel.
+"""Targets: each one turns what the driver hands it into a CompiledModel.
 
 BACKENDS is the explicit list of targets; ``cnncc.compile(..., target=NAME)`` looks names up here.
+The driver (cnncc/driver.py) runs the stages in order: frontend -> passes -> lowering -> backend.
+A target that generates code (``lowering`` "cpu" or "gpu") receives the lowered program
+(cnncc.lower.program.Program: kernels, weight blob, arena plan, buffer storage) and never calls
+back up into the lowering, the passes or the frontend; the reference target receives the graph.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ class Backend:
     """A registry entry: how a target name builds a CompiledModel."""
     name: str
     description: str
-    build: Callable[..., Any]          # (graph, options) -> CompiledModel; imported lazily
+    build: Callable[..., Any]          # (program, options) -> CompiledModel; imported lazily
     native: bool                       # generates code (runs the optimization pipeline)
+    lowering: str | None = None        # the schedules its program is lowered with: cpu | gpu
     missing: Callable[[], str | None] = lambda: None   # why it cannot run here (None: it can)
     # (threads) -> the CPU Target the code is generated for; None for targets that are not CPUs
     machine: Callable[[int | None], Any] = lambda threads: None
@@ -51,9 +56,9 @@ def _build_reference(graph, options):
     return build(graph, options)
 
 
-def _build_llvm(graph, options):
+def _build_llvm(program, options):
     from .llvm.model import build
-    return build(graph, options)
+    return build(program, options)
 
 
 def _llvm_machine(threads):
@@ -61,22 +66,22 @@ def _llvm_machine(threads):
     return host_target(threads)
 
 
-def _build_cuda(graph, options):
+def _build_cuda(program, options):
     from .cuda.model import build
-    return build(graph, options, emulate=False)
+    return build(program, options, emulate=False)
 
 
-def _build_cuda_emu(graph, options):
+def _build_cuda_emu(program, options):
     from .cuda.model import build
-    return build(graph, options, emulate=True)
+    return build(program, options, emulate=True)
 
 
 BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", "numpy interpreter (the oracle)", _build_reference, False),
     "llvm": Backend("llvm", "native CPU code via LLVM (llvmlite JIT)", _build_llvm, True,
-                    machine=_llvm_machine),
+                    "cpu", machine=_llvm_machine),
     "cuda": Backend("cuda", "CUDA C built by nvcc, run on an NVIDIA GPU", _build_cuda, True,
-                   _cuda_missing),
+                    "gpu", _cuda_missing),
     "cuda-emu": Backend("cuda-emu", "the CUDA C of target cuda compiled for the CPU with an "
-                       "emulation header (g++)", _build_cuda_emu, True, _emu_missing),
+                        "emulation header (g++)", _build_cuda_emu, True, "gpu", _emu_missing),
 }

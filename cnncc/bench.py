@@ -7,7 +7,7 @@ turn and reports what each pass buys; `--per-layer` times every kernel of the fu
 its share of the FMA peak (cnncc/peak.py, measured once per run at the bench's thread count),
 and times the unfused model's kernels too, each with its place on the roofline (cnncc/roofline.py:
 bytes, FLOP/byte, the roof set by the peak and the bandwidth of cnncc/bandwidth.py).
-The arena figures of the native variants (peak vs no reuse, cnncc/passes/plan_memory.py) come
+The arena figures of the native variants (peak vs no reuse, cnncc/lower/memory_plan.py) come
 with every report.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from .driver import host_target
 from .compile_time import format_stages
 from .ir import Graph
-from .passes.plan_memory import format_summary
+from .lower.memory_plan import format_summary
 from .bandwidth import Bandwidth, bandwidth, measure_bandwidth  # noqa: F401 (bandwidth: API)
 from .peak import fma_peak, measure_peak  # noqa: F401 (cnncc.bench.fma_peak is public API)
 from .tune import tuned_line
@@ -53,7 +53,7 @@ class BenchReport:
     bandwidth: dict | None = None          # cnncc.bandwidth.Bandwidth as a dict (--per-layer)
     memory: dict[str, dict] = field(default_factory=dict)     # variant -> arena summary
     peak_gflops: float | None = None      # FMA peak at ``threads`` (llvm target)
-    openmp_wait: str = ""                  # how idle OpenMP workers wait (the libgomp env)
+    openmp_wait: str = ""                  # how idle workers of cnncc's thread pool wait
     machine: str = ""                      # the Target compiled for (Target.describe())
     tuned: str = ""                        # which kernels the tuning log serves (cnncc tune)
     compile_stages: dict = field(default_factory=dict)   # of the fused model (compile_time.py)
@@ -91,8 +91,8 @@ def machine_line(threads: int) -> str:
 
 
 def openmp_wait_policy() -> str:
-    """How idle OpenMP workers of this process wait: what `cnncc.compile` users get too (the
-    bench sets nothing of its own)."""
+    """How idle workers of cnncc's thread pool wait in this process: what `cnncc.compile` users
+    get too (the bench sets nothing of its own)."""
     from .backends.llvm.jit import wait_policy
     return wait_policy()
 
@@ -122,7 +122,7 @@ def time_interleaved(runners: dict[str, Callable[[], Any]], rounds: int,
 
     In each round every runner waits until the process is idle, makes one untimed call, then
     the timed one. The wait matters: idle worker threads spin for a while after their last
-    job (onnxruntime's pool for tens of ms, cnncc's OpenMP workers ~50 us), and a runner timed
+    job (onnxruntime's pool for tens of ms, cnncc's pool workers ~50 us), and a runner timed
     while another engine's workers still spin on the same cores measures the two sharing them
     (MobileNetV2 at 2 threads on 2 cores: cnncc 5.5 ms after onnxruntime's call vs 1.8 ms
     alone). The untimed call wakes the runner's own workers, so the timed call is the
@@ -237,7 +237,7 @@ def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray],
 
 def format_report(r: BenchReport) -> str:
     lines = [f"model {r.model}: {r.threads} thread(s), {r.rounds} interleaved rounds"
-             + (f"; OpenMP workers wait with {r.openmp_wait}" if r.openmp_wait else ""),
+             + (f"; threads: {r.openmp_wait}" if r.openmp_wait else ""),
              f"{'variant':<34} {'median ms':>10} {'p90 ms':>10} {'compile s':>10}"]
     if r.machine:
         lines.insert(1, f"target: {r.machine}")

@@ -24,28 +24,16 @@ import hashlib
 import os
 import shutil
 import tempfile
-import time
 from typing import Any, Callable
 
 import numpy as np
 
+from .backends.cache_folders import cache_root, evict
 from .ir import CompileError, Graph
 
 ENTRY_NAME = "cnncc_model"
 DEFAULT_MAX_BYTES = 2 << 30
-_STALE_TMP_SECONDS = 3600
 _SOURCE_DIGEST: list[str] = []
-
-
-def cache_root() -> str | None:
-    """The cache folder, or None when CNNCC_CACHE=0."""
-    if os.environ.get("CNNCC_CACHE", "1").strip().lower() in ("0", "off", "false", "no"):
-        return None
-    if os.environ.get("CNNCC_CACHE_DIR"):
-        return os.path.abspath(os.environ["CNNCC_CACHE_DIR"])
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "cnncc")
 
 
 def _float_env(name: str, default: float) -> float:
@@ -87,8 +75,6 @@ def source_digest() -> str:
 
 def model_key(graph: Graph, target: str, options: dict[str, Any]) -> str:
     """The cache key of ``graph`` compiled for ``target`` with ``options`` on this machine."""
-    import llvmlite
-
     from . import __version__
     from .backends.llvm import jit
 
@@ -100,7 +86,7 @@ def model_key(graph: Graph, target: str, options: dict[str, Any]) -> str:
             h.update(b"\0")
 
     info = jit.target_info()
-    add("cnncc-cache-1", __version__, source_digest(), llvmlite.__version__, target,
+    add("cnncc-cache-1", __version__, source_digest(), jit.llvmlite_version(), target,
         info["cpu"], info["features"], info["triple"], info["codegen"])
     add(*(f"{k}={options[k]!r}" for k in sorted(options)))
     add(str(graph), graph.inputs, graph.outputs)
@@ -191,67 +177,5 @@ def store(key: str, model: Any) -> str | None:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    evict(root, keep=entry)
+    evict(root, max_bytes(), keep=entry)
     return entry
-
-
-def _size(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    total = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(folder, name))
-            except OSError:
-                pass
-    return total
-
-
-def evict(root: str, keep: str | None = None, limit: int | None = None,
-          folders: tuple[str, ...] = ("lib", "obj")) -> list[str]:
-    """Remove the least recently used entries of ``folders`` until they hold under ``limit``
-    bytes (default max_bytes()), and temporary files of interrupted stores; returns what was
-    removed. (The kernel objects, ``kernels/``, have their own cap: llvm/objects.py.)"""
-    limit = max_bytes() if limit is None else limit
-    now = time.time()
-    items = []
-    removed = []
-    for sub in folders:
-        folder = os.path.join(root, sub)
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        for name in names:
-            path = os.path.join(folder, name)
-            try:
-                mtime = os.stat(path).st_mtime
-            except OSError:
-                continue
-            if name.startswith(".tmp-") or name.endswith(".tmp"):
-                if now - mtime > _STALE_TMP_SECONDS:
-                    _remove(path)
-                    removed.append(path)
-                continue
-            items.append((mtime, path, _size(path)))
-    total = sum(s for _, _, s in items)
-    for _, path, size in sorted(items):
-        if total <= limit:
-            break
-        if path == keep:
-            continue
-        _remove(path)
-        removed.append(path)
-        total -= size
-    return removed
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass

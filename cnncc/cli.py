@@ -77,7 +77,7 @@ def _arena_line(graph: Any) -> str:
     from .ir import CompileError
     from .lower.program import lower_graph
     from .passes import PassContext, run_pipeline
-    from .passes.plan_memory import format_summary
+    from .lower.memory_plan import format_summary
 
     machine = host_target(1)
     try:
@@ -165,7 +165,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from . import export
     from .backends.llvm.aot import c_identifier
     from .ir import CompileError
-    from .passes.plan_memory import format_summary
+    from .lower.memory_plan import format_summary
 
     source = resolve_model(args.model)
     name = args.name if args.name is not None else c_identifier(_model_name(args.model))
@@ -190,13 +190,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _compile_cuda(args: argparse.Namespace, source, name: str, emit: list) -> int:
-    from . import load_graph
     from .backends.cuda.export import export_cuda
     from .backends.cuda.model import generate
     from .backends.llvm.aot import check_name
+    from .driver import load_graph, lower
     from .ir import CompileError
     from .passes import PassContext, run_pipeline
-    from .passes.plan_memory import format_summary
+    from .lower.memory_plan import format_summary
 
     check_name(name)
     if args.threads is not None:
@@ -205,13 +205,13 @@ def _compile_cuda(args: argparse.Namespace, source, name: str, emit: list) -> in
         raise CompileError("--target cuda emits only cuda (not llvm/asm)")
     t0 = time.perf_counter()
     graph = run_pipeline(load_graph(source), PassContext(opt_level=args.opt, target="cuda"))
+    if args.output is None and "cuda" not in emit:
+        raise CompileError("-o DIR is required (or --emit cuda to print the source)")
+    gen = generate(lower(graph, "cuda", args.opt), name=name)
     if args.output is None:
-        if "cuda" not in emit:
-            raise CompileError("-o DIR is required (or --emit cuda to print the source)")
-        sys.stdout.write(generate(graph, args.opt, name=name).module.source)
+        sys.stdout.write(gen.module.source)
         return 0
-    gen = generate(graph, args.opt, name=name)
-    paths = export_cuda(graph, args.output, name, args.opt, args.arch, gen=gen)
+    paths = export_cuda(gen, args.output, args.arch)
     if "cuda" in emit:          # the source just written, not generated a second time
         with open(paths["source"]) as f:
             sys.stdout.write(f.read())

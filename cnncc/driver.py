@@ -1,4 +1,9 @@
-"""The whole pipeline, top to bottom: source -> Graph -> (passes) -> target -> CompiledModel."""
+"""The whole pipeline, top to bottom, in this order and nowhere else:
+
+    source --frontend--> Graph --passes--> Graph --lowering--> Program --backend--> CompiledModel
+
+The Target is made once here; passes, lowering and backend receive it. A code-generating
+backend gets the lowered Program and never calls back up (backends/__init__.py)."""
 from __future__ import annotations
 
 import os
@@ -11,6 +16,7 @@ from .backends import BACKENDS
 from .ir import CompileError, Graph
 from .ir.target import Target
 from .ir.batch import batch_refusal
+from .lower.program import Program, lower_graph
 from .passes import PassContext, run_pipeline
 from .runtime import CompiledModel
 
@@ -64,6 +70,19 @@ def _optimize(graph: Graph, target: str, opt_level: int, skip: frozenset,
     return graph
 
 
+def lower(graph: Graph, target: str, opt_level: int = 3, machine: Target | None = None,
+          schedules: dict | None = None) -> Program | Graph:
+    """The lowering stage: ``graph`` (optimized) as the Program that ``target``'s backend
+    generates code from, with that target's schedules (CPU: for ``machine``, using the tuned
+    ``schedules`` by workload key; GPU); opt_level 0 keeps activations out of conv/gemm
+    epilogues. The reference target interprets the graph itself: it gets ``graph`` back."""
+    kind = BACKENDS[target].lowering
+    if kind is None:
+        return graph
+    return lower_graph(graph, machine if kind == "cpu" else None, fuse=opt_level > 0,
+                       gpu=kind == "gpu", schedules=schedules if kind == "cpu" else None)
+
+
 def compile(source: Any, target: str | None = None, opt_level: int = 3,
             threads: int | None = None, input_shapes: dict[str, Any] | None = None,
             **options: Any) -> CompiledModel:
@@ -98,9 +117,12 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     def build(**extra: Any) -> CompiledModel:
         t0 = time.perf_counter()
         optimized = _optimize(graph, target, opt_level, skip, lowrank_tol, machine)
-        report = dict(stages, passes=time.perf_counter() - t0)
-        built = BACKENDS[target].build(optimized, dict(options, **extra))
-        report.update(getattr(built, "compile_report", dict)())
+        t1 = time.perf_counter()
+        program = lower(optimized, target, opt_level, machine, options.get("schedules"))
+        report = dict(stages, passes=t1 - t0, lowering=time.perf_counter() - t1)
+        built = BACKENDS[target].build(program, dict(options, **extra))
+        for stage, seconds in getattr(built, "compile_report", dict)().items():
+            report[stage] = report.get(stage, 0) + seconds
         built.compile_stages = report     # seconds per stage (cnncc/compile_time.py)
         return built
 
@@ -155,8 +177,10 @@ def export(source: Any, out_dir: str | os.PathLike, name: str | None = None,
     t1 = time.perf_counter()
     graph = _optimize(source_graph, "llvm", opt_level, skip, lowrank_tol, machine)
     t2 = time.perf_counter()
-    gen = generate(graph, machine, opt_level, tuning_log.schedules(machine))
-    report.update({"import": t1 - t0, "passes": t2 - t1, "lowering": gen.lower_seconds})
+    gen = generate(lower(graph, "llvm", opt_level, machine, tuning_log.schedules(machine)),
+                   machine)
+    report.update({"import": t1 - t0, "passes": t2 - t1,
+                   "lowering": time.perf_counter() - t2})
     return export_library(gen, os.fspath(out_dir), name, emit, report=report,
                           batch_refusal=batch_refusal(source_graph))
 

@@ -2,9 +2,11 @@
 winners (cnncc/tuning_log.py), which `cnncc.compile` then uses.
 
 A workload is a tunable kernel as its key names it (op, shapes, window, the target's vectors and
-threads); a model's convs with equal keys are one workload. The tunable kernels today are the
-dense NCHWc convs, where nearly all of a CNN's time goes: their register tile and, with several
-threads, their loop order (cnncc/lower/conv_nchwc_tiles.py: ``DenseSchedule``).
+threads); a model's convs with equal keys are one workload. The tunable kernels are the dense
+NCHWc convs, where nearly all of a CNN's time goes (their register tile and, with several
+threads, their loop order: cnncc/lower/conv_nchwc_tiles.py ``DenseSchedule``), and the fused
+depthwise->pointwise kernels of mobile nets (R pixels x VB output blocks of the pointwise tile:
+cnncc/lower/conv_dwpw.py ``DwpwSchedule``), whose cost model was measured on one AVX-512 CPU.
 
 How: round 0 compiles the model with the cost model's choices and learns every workload's
 candidates (the cost model's best few tiles, each in both loop orders). Round r compiles the
@@ -205,7 +207,7 @@ def tuned_line(graph: Any, machine: Any) -> str:
                        schedules=schedules)
     ctx = prog.ctx
     where = tuning_log.log_path(machine) if schedules else "no tuning log for this CPU"
-    return (f"tuned: {len(ctx.tuned)} of {len(ctx.workload_of)} dense conv kernels "
+    return (f"tuned: {len(ctx.tuned)} of {len(ctx.workload_of)} tunable conv kernels "
             f"({len(set(ctx.workload_of[n] for n in ctx.tuned))} of {len(ctx.workloads)} "
             f"workloads) from the tuning log [{where}]")
 

@@ -20,9 +20,12 @@ from typing import Any
 
 from .cache import cache_root
 from .ir.target import Target
+from .lower.conv_dwpw import DwpwSchedule
 from .lower.conv_nchwc_tiles import DenseSchedule
 
 FORMAT = "cnncc-tuning-1"
+# The schedule class of each kind of tunable kernel, by the first part of its workload key.
+SCHEDULE_KINDS = {"conv_nchwc": DenseSchedule, "conv_dwpw": DwpwSchedule}
 
 
 def log_path(machine: Target) -> str | None:
@@ -56,8 +59,11 @@ def schedules(machine: Target) -> dict[str, Any]:
     out: the cost model decides for them)."""
     out: dict[str, Any] = {}
     for key, entry in read_entries(log_path(machine)).items():
+        kind = SCHEDULE_KINDS.get(key.split("/", 1)[0])
+        if kind is None:
+            continue
         try:
-            out[key] = DenseSchedule.from_dict(entry.get("schedule", {}))
+            out[key] = kind.from_dict(entry.get("schedule", {}))
         except (ValueError, TypeError, AttributeError):
             continue
     return out

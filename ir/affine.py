@@ -156,6 +156,29 @@ def replace_stmts(s: Stmt, fn: Callable[[Stmt], Stmt | None]) -> Stmt:
     return s
 
 
+def replace_node(s: Stmt, target: Stmt, new: Stmt) -> Stmt:
+    """``s`` with the node ``target`` (by identity) replaced by ``new``."""
+    return replace_stmts(s, lambda x: new if x is target else None)
+
+
+def loop_path(s: Stmt, name: str) -> list[Stmt] | None:
+    """Statements from ``s`` down to the loop whose var is ``name`` (inclusive), or None."""
+    if isinstance(s, For) and s.var.name == name:
+        return [s]
+    children = []
+    if isinstance(s, (For, Let, Allocate)):
+        children = [s.body]
+    elif isinstance(s, Seq):
+        children = s.stmts
+    elif isinstance(s, If):
+        children = [s.then] + ([s.else_] if s.else_ is not None else [])
+    for c in children:
+        p = loop_path(c, name)
+        if p is not None:
+            return [s] + p
+    return None
+
+
 def free_vars(e: Expr) -> set[str]:
     return {x.name for x in walk_exprs(e) if isinstance(x, Var)}
 

@@ -133,4 +133,4 @@ def _axis_reason(node: Node, types: dict, carries: list[str]) -> str | None:
         mixes = axis == 0
     if node.op == "Gather" and node.inputs[0] not in carries:
         mixes = True            # indices computed from the images: their batch axis moves
-    return f"works along the batch axis (axis 0)" if mixes else None
+    return "works along the batch axis (axis 0)" if mixes else None

@@ -9,13 +9,14 @@ buffer, guarded to P's bounds, and the reads are redirected to it.
 """
 from __future__ import annotations
 
-from .affine import bounds, const_value, simplify, substitute_stmt, walk_stmts, map_stmt, map_expr
+from .affine import (bounds, const_value, loop_path, map_expr, map_stmt, replace_node, simplify,
+                     substitute_stmt, walk_stmts)
+from .errors import ScheduleError
 from .loop import (Allocate, And, Buffer, Cmp, Const, For, If, Kernel, Load, Prefetch, Seq, Stmt,
                    Store, Var, seq)
 
 
-def _err(msg: str):
-    from .schedule import ScheduleError
+def _err(msg: str) -> ScheduleError:
     return ScheduleError(msg)
 
 
@@ -27,8 +28,6 @@ def _find_alloc(s: Stmt, name: str) -> Allocate | None:
 
 
 def compute_at(kernel: Kernel, producer: str, loop_name: str) -> Kernel:
-    from .schedule import _path, _rebuild
-
     alloc = _find_alloc(kernel.body, producer)
     if alloc is None:
         raise _err(f"compute_at({producer}): '{producer}' is not a locally allocated "
@@ -56,7 +55,7 @@ def compute_at(kernel: Kernel, producer: str, loop_name: str) -> Kernel:
     pbody = node
     cpath = None
     for i, st in enumerate(stages):
-        p = _path(st, loop_name)
+        p = loop_path(st, loop_name)
         if p is not None:
             cpath, cidx = p, i
     if cpath is None or cidx <= prod_idx[0]:
@@ -115,14 +114,14 @@ def compute_at(kernel: Kernel, producer: str, loop_name: str) -> Kernel:
     new_body = map_stmt(loop.body, lambda e: _redirect_loads(e, buf, local, los))
     new_loop = For(loop.var, loop.extent, Allocate(local, seq(tile, new_body)), loop.kind,
                    loop.start)
-    consumer = _rebuild(stages[cidx], loop, new_loop)
+    consumer = replace_node(stages[cidx], loop, new_loop)
     rest = [consumer if i == cidx else st for i, st in enumerate(stages) if i != prod_idx[0]]
-    body = _rebuild(kernel.body, alloc, seq(*rest))
+    body = replace_node(kernel.body, alloc, seq(*rest))
     # Prefetches of the producer would name a buffer that no longer exists (its tile is
     # computed in place): hints, so they are dropped.
     for x in list(walk_stmts(body)):
         if isinstance(x, Prefetch) and x.buf is buf:
-            body = _rebuild(body, x, Seq([]))
+            body = replace_node(body, x, Seq([]))
     return Kernel(kernel.name, kernel.params, body)
 
 

@@ -12,5 +12,9 @@ class CompileError(ValueError):
         super().__init__(f"node '{node}': {message}" if node else message)
 
 
+class ScheduleError(CompileError):
+    """A schedule primitive was applied where it would change the result (or cannot apply)."""
+
+
 class InputError(ValueError):
     """An input given at call time does not match what the compiled model expects."""

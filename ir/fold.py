@@ -1,4 +1,5 @@
-"""Constant evaluation of one node: the mechanism behind import-time folding and fold_constants."""
+"""Constant evaluation of one node: the one constant folder, behind import-time folding, the
+fold_constants pass and the lowering (which folds what the passes left, e.g. at opt_level 0)."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,21 +22,23 @@ KEEP_QUANTIZED = frozenset({"DequantizeLinear"})
 TYPE_ONLY = frozenset({"Shape", "Size"})
 
 
-def fold_node(graph: Graph, node: Node, limit: int = FOLD_LIMIT_BYTES,
+def fold_node(graph: Graph, node: Node, limit: int | None = FOLD_LIMIT_BYTES,
               keep: frozenset = KEEP_QUANTIZED) -> list[np.ndarray] | None:
-    """The outputs of ``node`` if they are compile-time constants (and small enough), else None.
+    """The outputs of ``node`` if they are compile-time constants (and at most ``limit`` bytes;
+    None: any size), else None.
 
     ``graph.types`` must already hold the node's output types (they are checked against).
     Ops in ``keep`` are not folded.
     """
     present = [i for i in node.inputs if i]
-    if not present or node.op in NONDETERMINISTIC or node.op in keep:
+    if node.op in NONDETERMINISTIC or node.op in keep or (
+            not present and node.op != "Constant"):
         return None
     params = graph.params
     if node.op not in TYPE_ONLY and not all(i in params for i in present):
         return None
     out_types = [graph.types[o] for o in node.outputs if o]
-    if sum(t.nbytes for t in out_types) > limit:
+    if limit is not None and sum(t.nbytes for t in out_types) > limit:
         return None
     args, in_types = [], []
     for i in node.inputs:

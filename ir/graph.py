@@ -15,28 +15,9 @@ import numpy as np
 
 from .dtypes import DType
 from .errors import CompileError
+from .node import Node
+from .ops import OP_TABLE, infer_node
 from .types import TensorType
-
-
-@dataclass
-class Node:
-    op: str
-    inputs: list[str]
-    outputs: list[str]
-    attrs: dict[str, Any] = field(default_factory=dict)
-    name: str = ""
-    # Names of the imported graph's nodes whose work this node does (set by rewrites that
-    # replace nodes; empty: just this node). Not part of the node's meaning: printing, cache
-    # keys and codegen ignore it; the roofline joins fused kernels to the nodes they replaced.
-    sources: tuple[str, ...] = ()
-
-    @property
-    def origin(self) -> tuple[str, ...]:
-        """The imported nodes this node stands for: ``sources``, or its own name."""
-        return self.sources or (self.name,)
-
-    def __str__(self) -> str:
-        return f"{self.name}: {', '.join(self.outputs)} = {self.op}({', '.join(self.inputs)})"
 
 
 @dataclass
@@ -146,8 +127,6 @@ class Graph:
         never defined), outputs never produced, cycles, nodes out of topological order, unknown ops,
         and type mismatches (recorded types that re-inference disagrees with).
         """
-        from .ops import OP_TABLE, infer_node
-
         defined: set[str] = set()
         for name in list(self.inputs) + list(self.params):
             if name in defined:

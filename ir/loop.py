@@ -1,8 +1,10 @@
 """The loop IR: kernels as explicit loop nests over buffers (what schedules transform and
 backends print as LLVM IR or CUDA C).
 
-Expressions are immutable dataclasses; Python operators build them (``i * 4 + j``), and plain ints
-and floats become constants. Integer division by 0 acts as division by 1 (x / 0 = x, x % 0 = 0).
+Expressions are dataclasses that no pass modifies in place (a rewrite builds new nodes: see
+affine.py's map/substitute); Python operators build them (``i * 4 + j``), and plain ints and
+floats become constants (``a.eq(b)`` builds an equality test). Nodes compare and hash by
+identity. Integer division by 0 acts as division by 1 (x / 0 = x, x % 0 = 0).
 min(a, b) = (b < a ? b : a), max(a, b) = (a < b ? b : a): a NaN in
 the first operand propagates (put the data operand first).
 Statements are For / Store / Seq / If / Let / Allocate / Prefetch (a cache hint). A Kernel has
@@ -15,6 +17,7 @@ from math import prod
 from typing import Union
 
 from .dtypes import DType
+from .loop_printer import format_kernel
 
 LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "gpu_block", "gpu_thread")
 BIN_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max")
@@ -59,7 +62,8 @@ class Expr:
     def eq(self, o) -> "Expr": return Cmp("eq", self, wrap(o, self.dtype))
     def ne(self, o) -> "Expr": return Cmp("ne", self, wrap(o, self.dtype))
 
-    # Dataclass eq=False keeps identity hashing; structural comparison is `same(a, b)`.
+    # eq=False dataclasses compare and hash by identity (``<`` etc. build a Cmp, so a structural
+    # ``==`` would be a trap); compare structure through the printed form when that is meant.
     __hash__ = object.__hash__
 
 
@@ -295,7 +299,6 @@ class Kernel:
     body: Stmt
 
     def __str__(self) -> str:
-        from .loop_printer import format_kernel
         return format_kernel(self)
 
 

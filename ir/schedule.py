@@ -10,37 +10,11 @@ the kernel's meaning (or raises ScheduleError naming what is wrong) and records 
 """
 from __future__ import annotations
 
-from .affine import (const_value, free_vars, replace_stmts, simplify, stmt_exprs,
+from .affine import (const_value, free_vars, loop_path, replace_node, simplify, stmt_exprs,
                      substitute_stmt, uses_var, walk_exprs, walk_stmts)
-from .errors import CompileError
-from .loop import Allocate, Cmp, Const, For, If, Kernel, Let, Seq, Stmt, Store, Var, seq
-
-
-class ScheduleError(CompileError):
-    """A schedule primitive was applied where it would change the result (or cannot apply)."""
-
-
-def _rebuild(s: Stmt, target: Stmt, new: Stmt) -> Stmt:
-    """``s`` with the node ``target`` (by identity) replaced by ``new``."""
-    return replace_stmts(s, lambda x: new if x is target else None)
-
-
-def _path(s: Stmt, name: str) -> list[Stmt] | None:
-    """Statements from ``s`` down to the loop whose var is ``name`` (inclusive), or None."""
-    if isinstance(s, For) and s.var.name == name:
-        return [s]
-    children = []
-    if isinstance(s, (For, Let, Allocate)):
-        children = [s.body]
-    elif isinstance(s, Seq):
-        children = s.stmts
-    elif isinstance(s, If):
-        children = [s.then] + ([s.else_] if s.else_ is not None else [])
-    for c in children:
-        p = _path(c, name)
-        if p is not None:
-            return [s] + p
-    return None
+from .compute_at import compute_at as compute_at_loop
+from .errors import ScheduleError
+from .loop import Allocate, Cmp, Const, For, If, Kernel, Stmt, Store, Var, seq
 
 
 def _stores_independent_of(body: Stmt, name: str) -> list[str]:
@@ -64,7 +38,7 @@ class Schedule:
 
     # ---- lookup -------------------------------------------------------------------------------
     def loop(self, name: str) -> For:
-        p = _path(self.kernel.body, name)
+        p = loop_path(self.kernel.body, name)
         if p is None:
             raise ScheduleError(f"kernel {self.kernel.name}: no loop named '{name}'")
         return p[-1]
@@ -82,7 +56,7 @@ class Schedule:
 
     def _replace(self, target: Stmt, new: Stmt) -> None:
         self.kernel = Kernel(self.kernel.name, self.kernel.params,
-                             _rebuild(self.kernel.body, target, new))
+                             replace_node(self.kernel.body, target, new))
 
     def _const_extent(self, loop: For, what: str) -> int:
         n = const_value(loop.extent)
@@ -167,7 +141,7 @@ class Schedule:
         self.log.append(f"reorder({', '.join(names)})")
 
     def _loop_path(self, name: str) -> list[Stmt]:
-        p = _path(self.kernel.body, name)
+        p = loop_path(self.kernel.body, name)
         if p is None:
             raise ScheduleError(f"kernel {self.kernel.name}: no loop named '{name}'")
         return p
@@ -244,8 +218,7 @@ class Schedule:
         self._set_kind(name, kind)
 
     def compute_at(self, producer: str, name: str) -> None:
-        from .compute_at import compute_at
-        self.kernel = compute_at(self.kernel, producer, name)
+        self.kernel = compute_at_loop(self.kernel, producer, name)
         self.log.append(f"compute_at({producer}, {name})")
 
 

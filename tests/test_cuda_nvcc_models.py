@@ -17,6 +17,7 @@ import pytest
 import cnncc
 from cnncc.backends.cuda.build import find_nvcc, nvcc_check
 from cnncc.backends.cuda.model import generate
+from cnncc.driver import lower
 from cnncc.dsl import zoo
 from cnncc.passes import PassContext, run_pipeline
 
@@ -31,7 +32,7 @@ def _programs(sources: dict) -> list:
     out = []
     for label, source in sources.items():
         graph = run_pipeline(cnncc.load_graph(source), PassContext(opt_level=3, target="cuda"))
-        out.append((label, generate(graph, 3)))
+        out.append((label, generate(lower(graph, "cuda", 3))))
     return out
 
 

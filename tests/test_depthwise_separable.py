@@ -218,7 +218,7 @@ def test_fused_kernel_rows_in_chunks(monkeypatch, threads):
     from cnncc.lower import conv_dwpw
     monkeypatch.setattr(conv_dwpw, "TILE_BYTES", 4 * 8 * 48 * 2)    # 2 sub-tiles of 8 pixels
     g = dw_pw_graph(40, 24, (9, 27), stride=1, residual=True)       # 27 = 3 sub-tiles + 3
-    assert conv_dwpw._tiles(27, 2, 40, 16, 16, 32)[0] == 8     # AVX-512: 32 registers
+    assert conv_dwpw.cost_model_tile(27, 2, 40, 16, 16, 32).r == 8     # AVX-512: 32 regs
     assert compiled_vs_reference(g, threads) < RTOL
 
 

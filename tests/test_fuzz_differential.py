@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 from hypothesis import HealthCheck, given, settings
 
 import cnncc

@@ -145,7 +145,7 @@ def test_kernel_folder_has_its_own_cap(tmp_path):
         os.utime(path, (now - age, now - age))
     (root / "lib" / "model").mkdir()
     (root / "lib" / "model" / "m.so").write_bytes(b"y" * 5000)
-    removed = cache.evict(str(root), folders=("kernels",), limit=2000)
+    removed = cache.evict(str(root), 2000, folders=("kernels",))
     assert [os.path.basename(p) for p in removed] == ["cnk_0.jit.o"]
     assert (root / "lib" / "model" / "m.so").exists()   # models are capped separately
 

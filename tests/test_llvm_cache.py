@@ -210,7 +210,7 @@ def test_size_cap_evicts_least_recently_used(tmp_path):
     os.utime(stale, (now - 7200, now - 7200))
     fresh = root / "lib" / ".tmp-new"                   # a store in progress: left alone
     fresh.mkdir()
-    removed = cache.evict(str(root), keep=str(root / "lib" / "e0"), limit=3000)
+    removed = cache.evict(str(root), 3000, keep=str(root / "lib" / "e0"))
     left = sorted(os.listdir(root / "lib"))
     assert left == [".tmp-new", "e0", "e3", "e4"], left
     assert not (root / "obj" / "old.o").exists() and str(stale) in removed

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import glob
-import subprocess
 import sys
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Arena planning (cnncc/passes/plan_memory.py): the placement never overlaps two live buffers,
+"""Arena planning (cnncc/lower/memory_plan.py): the placement never overlaps two live buffers,
 its peak lies between the most bytes live at once and the no-reuse total, and compiled models
 that use the plan still match the reference interpreter (relative error <= 1e-4, float32 with
 different summation orders, as in tests/test_zoo.py).
@@ -18,7 +18,8 @@ from cnncc.cli import main
 from cnncc.dsl import zoo
 from cnncc.lower.program import lower_graph
 from cnncc.passes import PassContext, run_pipeline
-from cnncc.passes.plan_memory import ALIGN, Lifetime, align, max_live_bytes, plan_memory
+from cnncc.ir.aligned import ALIGN, align
+from cnncc.lower.memory_plan import Lifetime, max_live_bytes, plan_memory
 from cnncc.testing import relative_error
 
 RTOL = 1e-4

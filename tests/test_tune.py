@@ -122,9 +122,10 @@ def test_a_corrupt_or_foreign_log_is_ignored_with_a_warning(private_cache):
 def test_log_writes_are_atomic_and_merge(private_cache):
     machine = cnncc.host_target(1)
     s1, s2 = DenseSchedule(1, 2, 3, None), DenseSchedule(2, 1, 4, True)
-    p = tuning_log.record(machine, {"k1": {"schedule": s1.as_dict(), "ms": 1.0}})
-    tuning_log.record(machine, {"k2": {"schedule": s2.as_dict(), "ms": 2.0}})
-    assert tuning_log.schedules(machine) == {"k1": s1, "k2": s2}
+    k1, k2 = "conv_nchwc/k1", "conv_nchwc/k2"
+    p = tuning_log.record(machine, {k1: {"schedule": s1.as_dict(), "ms": 1.0}})
+    tuning_log.record(machine, {k2: {"schedule": s2.as_dict(), "ms": 2.0}})
+    assert tuning_log.schedules(machine) == {k1: s1, k2: s2}
     assert not [n for n in os.listdir(os.path.dirname(p)) if n.endswith(".tmp")]
     data = json.load(open(p))
     assert data["isa"] == machine.isa and data["format"] == tuning_log.FORMAT
@@ -142,3 +143,43 @@ def test_tune_cli(private_cache, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["threads"] == 1 and data["workloads"]
     assert np.isfinite([w["default_ms"] for w in data["workloads"]]).all()
+
+
+def test_every_dwpw_candidate_computes_the_same_model():
+    """The fused depthwise->pointwise kernels are tunable too: each of their candidate tiles
+    (R pixels x VB output blocks) gives the reference's outputs, at both ISAs' register counts
+    (the candidates depend on them), and a tile beyond the registers is ignored."""
+    from cnncc.lower import conv_dwpw
+    from cnncc.lower.conv_dwpw import DwpwSchedule
+
+    graph = zoo.tiny_mobilenet().to_graph()
+    ref = outputs(cnncc.compile(graph, target="reference"), graph)
+    m = cnncc.compile(graph, threads=2, cache=False, schedules={})
+    ctx = m.program.ctx
+    keys = [k for k in ctx.workloads if k.startswith("conv_dwpw/")]
+    assert keys and all(len(ctx.workloads[k]) >= 3 for k in keys)
+    rounds = max(len(ctx.workloads[k]) for k in keys)
+    for r in range(1, rounds):
+        sched = {k: ctx.workloads[k][min(r, len(ctx.workloads[k]) - 1)] for k in keys}
+        tuned = cnncc.compile(graph, threads=2, cache=False, schedules=sched)
+        nodes = {n for n, k in tuned.program.ctx.workload_of.items() if k in keys}
+        assert nodes and nodes <= tuned.program.ctx.tuned
+        for got, want in zip(outputs(tuned, graph), ref):
+            assert relative_error(got, want) < 1e-4
+    bad = cnncc.compile(graph, threads=2, cache=False,
+                        schedules={k: DwpwSchedule(64, 4) for k in keys})
+    assert not bad.program.ctx.tuned and bad.generated.key == m.generated.key
+    for regs in (16, 32):
+        for s in conv_dwpw.candidates(56, 8, 144, 8 if regs == 16 else 16, 16, regs):
+            assert conv_dwpw.fits(s, 56, 8, 144, 8 if regs == 16 else 16, 16, regs)
+
+
+def test_dwpw_schedules_round_trip_through_the_log(private_cache):
+    from cnncc.lower.conv_dwpw import DwpwSchedule
+
+    machine = cnncc.host_target(1)
+    key = "conv_dwpw/x/l16/t1/x1x2x8x8x16/dw32x1x3x3/pw16x32x1x1/s1x1/d1x1/p1x1x1x1"
+    tuning_log.record(machine, {key: {"schedule": DwpwSchedule(5, 1).as_dict(), "ms": 1.0},
+                                "conv_dwpw/bad": {"schedule": {"r": "5", "vb": 1}}})
+    got = tuning_log.schedules(machine)
+    assert got[key] == DwpwSchedule(5, 1) and "conv_dwpw/bad" not in got

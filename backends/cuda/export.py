@@ -1,6 +1,6 @@
 """Ahead-of-time CUDA output: DIR/NAME.cu (+ NAME.h, NAME.weights, and NAME.so with nvcc).
 
-    paths = export_cuda(graph, "out", "resnet18", arch="sm_90")
+    paths = export_cuda(generate(program, name="resnet18"), "out", arch="sm_90")
 
 NAME.cu is the whole program (kernels, launchers, host entry, see program.py); NAME.weights the
 constant blob to pass to NAME_init; NAME.h declares the entry points and documents the inputs
@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 
-from ...ir import CompileError, Graph
+from ...ir import CompileError
 from .build import find_nvcc
 from .device import build_cuda_library
-from .model import CudaProgram, generate
+from .model import CudaProgram
 
 
 def header_text(name: str, inputs: list, outputs: list, weights_bytes: int) -> str:
@@ -36,17 +36,15 @@ def header_text(name: str, inputs: list, outputs: list, weights_bytes: int) -> s
     return "\n".join(lines)
 
 
-def export_cuda(graph: Graph, out_dir: str, name: str, opt_level: int = 3,
-                arch: str | None = None, build: bool | None = None,
-                gen: CudaProgram | None = None) -> dict[str, str]:
-    """Write the CUDA program of ``graph`` (or ``gen``, when it was generated already, named
-    ``name``); build NAME.so when nvcc is found (``build`` None) or always (``build`` True:
-    BuildError without nvcc)."""
+def export_cuda(gen: CudaProgram, out_dir: str, arch: str | None = None,
+                build: bool | None = None) -> dict[str, str]:
+    """Write the generated CUDA program ``gen`` (model.generate: its name is NAME); build
+    NAME.so when nvcc is found (``build`` None) or always (``build`` True: BuildError without
+    nvcc)."""
     if arch is not None and not (isinstance(arch, str) and arch.startswith("sm_")
                                  and arch[3:].isdigit()):
         raise CompileError(f"bad CUDA architecture {arch!r} (expected e.g. sm_80 or sm_90)")
-    if gen is None:
-        gen = generate(graph, opt_level, name=name)
+    name = gen.name
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, name)
     paths = {"source": base + ".cu", "header": base + ".h", "weights": base + ".weights"}

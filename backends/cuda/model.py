@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import check_options
-from ...ir import CompileError, Graph
+from ...ir import CompileError
 from ...ir.loop import Kernel
 from ...runtime import CompiledModel, signature
 from ...debug import dump, dump_enabled
@@ -44,14 +44,12 @@ class CudaProgram:
     outputs: list
 
 
-def generate(graph: Graph, opt_level: int = 3, name: str | None = None) -> CudaProgram:
-    """Lower ``graph`` with the GPU schedules and render the whole program as CUDA C."""
-    from ...lower.program import lower_graph
-
-    prog = lower_graph(graph, None, fuse=opt_level > 0, gpu=True)
+def generate(prog, name: str | None = None) -> CudaProgram:
+    """Render ``prog`` (a Program the driver lowered with the GPU schedules) as CUDA C."""
+    graph = prog.ctx.graph
     ins, outs = signature(graph)
     if name is None:
-        digest = hashlib.sha256(f"{opt_level}\n{graph}".encode()).hexdigest()[:8]
+        digest = hashlib.sha256(f"{prog.fused}\n{graph}".encode()).hexdigest()[:8]
         name = f"{c_identifier(graph.name or 'model')[:40]}_{digest}"
     # Kernel symbols carry the program's name: programs linked (or emulated) together do not
     # clash. The kernels keep their buffers, so the program's storage map still applies.
@@ -72,12 +70,12 @@ def generate(graph: Graph, opt_level: int = 3, name: str | None = None) -> CudaP
 class CudaModel(CompiledModel):
     """A model whose generated CUDA program runs through a shared library (emulated or real)."""
 
-    def __init__(self, graph: Graph, opt_level: int, emulate: bool):
-        super().__init__(*signature(graph))
+    def __init__(self, prog, emulate: bool):
+        super().__init__(*signature(prog.ctx.graph))
         self.target = "cuda-emu" if emulate else "cuda"
         if not emulate:
             _require_gpu()
-        self.generated = gen = generate(graph, opt_level)
+        self.generated = gen = generate(prog)
         self.program = gen.program
         self.source = gen.module.source
         self.kernels = [k for k, _ in gen.program.ctx.kernels]
@@ -180,7 +178,8 @@ def _require_gpu() -> None:
                          "`cnncc compile MODEL --target cuda -o DIR` to write the .cu file.")
 
 
-def build(graph: Graph, options: dict, emulate: bool) -> CudaModel:
+def build(prog, options: dict, emulate: bool) -> CudaModel:
+    """The model of ``prog``, lowered by the driver with the GPU schedules (at ``opt_level``)."""
     known = ("opt_level", "threads", "export_objects")
     check_options("cuda-emu" if emulate else "cuda", options, known)
-    return CudaModel(graph, options.get("opt_level", 3), emulate)
+    return CudaModel(prog, emulate)

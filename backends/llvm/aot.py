@@ -3,8 +3,8 @@
     export_library(generated, "out", "resnet")  ->  out/resnet.so, out/resnet.h, out/resnet.json
 
 The library holds the generated code, the weight blob (an .incbin data section, never IR text)
-and its own 64-byte aligned arena. It needs libc (libm, and libgomp when compiled with
-threads > 1) and nothing else: no Python, no cnncc. C API (see the generated header):
+and its own 64-byte aligned arena. It needs libc (and libm) and nothing else: no Python, no
+cnncc, no OpenMP runtime (with threads > 1 it carries cnncc's thread pool, thread_pool.py). C API (see the generated header):
 
     int NAME_run(const float *const *inputs, float *const *outputs);       // 0 on success
     int NAME_run_with_arena(const float *const *inputs, float *const *outputs, void *arena);
@@ -32,7 +32,7 @@ import tempfile
 import time
 
 from ...ir import CompileError
-from . import jit
+from . import jit, thread_pool
 from .batch_entry import arena_stride
 from .objects import build_objects
 
@@ -97,7 +97,10 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cnncc-aot-") as tmp:
         objs = []
-        for i, data in enumerate([jit.emit_object(gen.entry_text)] +
+        # The thread pool (thread_pool.py) goes into every multi-threaded library: its own
+        # workers, hidden symbols, so two libraries in one process never share one pool.
+        pool = [jit.emit_object(thread_pool.pool_ir(library=True))] if gen.threads > 1 else []
+        for i, data in enumerate([jit.emit_object(gen.entry_text)] + pool +
                                  [c["pic"] for c in code.values()]):
             objs.append(os.path.join(tmp, f"part{i}.o"))
             with open(objs[-1], "wb") as f:
@@ -112,8 +115,6 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
         tmp_lib = os.path.join(tmp, "lib.so")
         cmd = [cc, "-shared", "-fPIC", "-O2", "-o", tmp_lib, wrapper, *objs,
                "-Wl,--as-needed", "-lm"]
-        if gen.threads > 1:
-            cmd.append("-lgomp")
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             raise CompileError(f"linking {paths['library']} failed: {run.stderr.strip()[:2000]}")

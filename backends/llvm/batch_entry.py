@@ -6,11 +6,11 @@
 inputs/outputs point to the N-image tensors (graph order); image b of tensor i starts at
 b * (its batch-1 size in bytes). Latency mode runs the images one after another through the
 program entry, each image's kernels split across the threads as for one image (arena 0).
-Throughput mode opens one OpenMP parallel region over the images: each worker takes the next
-image from an atomic counter and runs it on its own arena (``arenas + thread * arena_stride``);
-the kernels' own parallel loops nest inside it, where libgomp gives them a team of one thread
-(nested parallelism is off unless OMP_MAX_ACTIVE_LEVELS / OMP_NESTED ask for it), so each image
-runs single-threaded. ``mode`` 0 picks by ``n`` (throughput from ``throughput_min_images``
+Throughput mode runs one parallel job over the images on cnncc's thread pool (thread_pool.py):
+each participant takes the next image from an atomic counter and runs it on its own arena
+(``arenas + thread * arena_stride``); the kernels' own parallel loops nest inside it, where the
+pool, busy with the outer job, runs them on the calling thread, so each image runs
+single-threaded. ``mode`` 0 picks by ``n`` (throughput from ``throughput_min_images``
 images on), 1 forces latency, 2 throughput. Every image computes exactly what a single run does,
 so the outputs equal N single runs bitwise in either mode.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
+from .codegen import parallel_function
 from .exprs import I32, I64, PTR
 
 MODES = {"auto": 0, "latency": 1, "throughput": 2}
@@ -56,9 +57,7 @@ def batch_entry_function(module: ir.Module, run: ir.Function, name: str, in_byte
         for i, v in enumerate([n, ins, outs, wts, arenas, stride, ir.Constant(I64, 0)]):
             b.store(v, b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, i)], source_etype=sty))
         worker = _worker_function(module, image, f"{name}_worker", sty)
-        gomp = module.globals.get("GOMP_parallel") or ir.Function(
-            module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I32, I32]), "GOMP_parallel")
-        b.call(gomp, [worker, ctx, ir.Constant(I32, threads), ir.Constant(I32, 0)])
+        b.call(parallel_function(module), [worker, ctx, ir.Constant(I32, threads)])
         b.ret(ir.Constant(I32, 0))
     else:
         b.branch(seq)
@@ -109,7 +108,7 @@ def _worker_function(module: ir.Module, image: ir.Function, name: str,
                      sty: ir.LiteralStructType) -> ir.Function:
     """The body of the throughput region: grab the next image, run it on this thread's arena."""
     i8 = ir.IntType(8)
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), name=name)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32]), name=name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -118,9 +117,7 @@ def _worker_function(module: ir.Module, image: ir.Function, name: str,
                typ=t) for k, t in enumerate(sty.elements[:-1])]
     counter = b.gep(fn.args[0], [ir.Constant(I32, 0), ir.Constant(I32, len(sty.elements) - 1)],
                     source_etype=sty)
-    tid_fn = module.globals.get("omp_get_thread_num") or ir.Function(
-        module, ir.FunctionType(I32, []), "omp_get_thread_num")
-    tid = b.sext(b.call(tid_fn, []), I64)
+    tid = b.sext(fn.args[1], I64)           # this participant's index in the team
     arena = b.gep(arenas, [b.mul(tid, stride)], source_etype=i8)
     grab = fn.append_basic_block("grab")
     work = fn.append_basic_block("work")

@@ -2,8 +2,9 @@
 
 Each Kernel becomes ``void NAME(T* noalias p0, ...)``. Loop kinds: serial (a phi loop), unrolled
 (body emitted once per iteration), vectorized (body emitted once on <lanes x T> values; bodies that
-cannot be vectorized are emitted once per lane), parallel (outlined into NAME_parK(ptr ctx) and run
-by libgomp's GOMP_parallel with a static split of the iteration range). Prefetch becomes
+cannot be vectorized are emitted once per lane), parallel (outlined into
+NAME_parK(ptr ctx, i32 thread, i32 team) and run by cnncc's thread pool, thread_pool.py: every
+participant takes chunks of the iteration range from an atomic counter). Prefetch becomes
 llvm.prefetch, once per vector of lanes.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import llvmlite.ir as ir
 from ...ir import CompileError
 from ...ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
 from ...ir.loop import Allocate, For, If, Kernel, Let, Load, Prefetch, Seq, Stmt, Store, Var
+from . import thread_pool
 from .exprs import I32, I64, PTR, ExprEmitter, lltype
 from .indexing import IndexCache
 
@@ -303,7 +305,8 @@ class FunctionEmitter(ExprEmitter):
             self.b.store(v, self.b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, i)],
                                        source_etype=sty))
         fname = self.mb.outlined_name(self.fn.name)
-        pfn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), name=fname)
+        pfn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32]),
+                          name=fname)
         pfn.linkage = "internal"
         pfn.attributes.add("nounwind")
         sub = FunctionEmitter(self.mb, pfn, {}, {})
@@ -322,7 +325,7 @@ class FunctionEmitter(ExprEmitter):
         lo_s, ext_s = loaded[-2], loaded[-1]
         # Dynamic schedule: threads grab chunks of ~1/(4 * threads) of the range from an atomic
         # counter, so a thread the OS preempted (shared machines) does not hold up the rest.
-        nt = sub.b.sext(sub.b.call(self._omp("omp_get_num_threads"), []), I64)
+        nt = sub.b.sext(pfn.args[2], I64)          # the team size (thread_pool.py)
         one = ir.Constant(I64, 1)
         chunk = sub.b.sdiv(ext_s, sub.b.mul(nt, ir.Constant(I64, 4)))
         chunk = sub.b.select(sub.b.icmp_signed("<", chunk, one), one, chunk)
@@ -347,13 +350,13 @@ class FunctionEmitter(ExprEmitter):
         sub.b.branch(grab)
         sub.b.position_at_end(done)
         sub.b.ret_void()
-        gomp = self.module.globals.get("GOMP_parallel") or ir.Function(
-            self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I32, I32]), "GOMP_parallel")
-        self.b.call(gomp, [pfn, ctx, ir.Constant(I32, self.mb.threads), ir.Constant(I32, 0)])
+        self.b.call(parallel_function(self.module), [pfn, ctx, ir.Constant(I32, self.mb.threads)])
 
-    def _omp(self, name: str) -> ir.Function:
-        return self.module.globals.get(name) or ir.Function(
-            self.module, ir.FunctionType(I32, []), name)
+
+def parallel_function(module: ir.Module) -> ir.Function:
+    """The thread pool's entry (thread_pool.py), declared in ``module``."""
+    return module.globals.get(thread_pool.SYMBOL) or ir.Function(
+        module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I32]), thread_pool.SYMBOL)
 
 
 def _uses(e, names: set) -> bool:

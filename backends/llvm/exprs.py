@@ -412,4 +412,4 @@ def _suffix(ty: ir.Type) -> str:
     return f"i{ty.width}"
 
 
-__all__ = ["ExprEmitter", "lltype", "linear_index"]
+__all__ = ["ExprEmitter", "lltype"]

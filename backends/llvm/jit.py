@@ -7,20 +7,23 @@ CNNCC_CPU and CNNCC_FEATURES override it.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
-import ctypes.util
 import os
 import threading
 
+import llvmlite
 import llvmlite.binding as llvm
 
 from ...ir import CompileError
 from ...ir.target import Target
+from . import thread_pool
+from ..cache_folders import cache_root
 from .object_files import read_object, write_object
 
 _LOCK = threading.Lock()
 # The large code model: JIT'd modules land anywhere in the address space, and 32-bit relative
-# calls into libgomp (or between modules) overflowed intermittently with the default one.
+# calls into the C library (or between modules) overflowed intermittently with the default one.
 _TM_OPTS = dict(reloc=os.environ.get("CNNCC_RELOC", "static"),
                 codemodel=os.environ.get("CNNCC_CODEMODEL", "large"))
 _STATE: dict = {}
@@ -41,118 +44,57 @@ def _init() -> dict:
         engine = llvm.create_mcjit_compiler(backing, tm)
         _STATE.update(tm=tm, engine=engine, features=features, cpu=cpu,
                       triple=llvm.get_process_triple(), modules=[], loaded=set(), pending={})
-        _STATE["wait"] = _set_wait_policy()
-        gomp = ctypes.util.find_library("gomp") or "libgomp.so.1"
-        try:
-            # Loaded through ctypes, whose handle is never closed: llvmlite dlcloses the libraries
-            # it loaded at exit, which crashed (SIGSEGV) while an OpenMP worker still ran in it.
-            lib = ctypes.CDLL(gomp, mode=ctypes.RTLD_GLOBAL)
-            for sym in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads"):
-                llvm.add_symbol(sym, ctypes.cast(getattr(lib, sym), ctypes.c_void_p).value)
-            _STATE["gomp"] = lib
-        except (OSError, AttributeError):
-            _STATE["gomp"] = None
+        _STATE["wait"] = _start_pool(engine, tm)
         engine.set_object_cache(_notify_object, _cached_object)
         return _STATE
 
 
-# How long an idle OpenMP worker spins before it sleeps. Kernels follow each other within
-# microseconds, so a worker that spins a little is awake for the next kernel instead of paying a
-# futex wake per kernel. Measured on a 2-core Zen 5 VM (calls after 10 ms idle, then back to
-# back): MobileNetV2 at 2 threads 1.6-2.2 ms spinning 50 us, 1.6-2.8 ms spinning 0.5 ms, 3.1-3.5
-# ms sleeping at once (2.9 ms on 1 thread); LeNet-5 at 2 threads 0.3-0.5 ms spinning 50 us but
-# 2-3.4 ms spinning 0.5 ms (a woken worker and a spinning one sharing a vCPU for a time slice),
-# 0.04-0.18 ms sleeping at once. A short spin also bounds what a worker burns after the last
-# call and what it costs a kernel when another process holds a core. libgomp counts iterations,
-# not time: the count is derived from the measured cost of one iteration of its spin loop on
-# this CPU (23 ns on Zen 5, a few ns to ~40 ns on Intel cores).
-SPIN_SECONDS = 50e-6
-_SPIN_PROBE = """
-declare void @llvm.x86.sse2.pause()
-define void @cnncc_spin_probe(ptr %flag, i64 %n) {
-entry:
-  br label %loop
-loop:
-  %i = phi i64 [0, %entry], [%next, %body]
-  %more = icmp ult i64 %i, %n
-  br i1 %more, label %body, label %exit
-body:
-  %v = load atomic i32, ptr %flag monotonic, align 4
-  %set = icmp ne i32 %v, 0
-  call void @llvm.x86.sse2.pause()
-  %next = add i64 %i, 1
-  br i1 %set, label %exit, label %loop
-exit:
-  ret void
-}
-"""
+# How long an idle worker of the thread pool (thread_pool.py) spins after its last job before it
+# sleeps. Kernels follow each other within microseconds, so a worker that spins a little is awake
+# for the next kernel instead of paying a futex wake per kernel. Measured with libgomp on a 2-core
+# Zen 5 VM (calls after 10 ms idle, then back to back): MobileNetV2 at 2 threads 1.6-2.2 ms
+# spinning 50 us, 1.6-2.8 ms spinning 0.5 ms, 3.1-3.5 ms sleeping at once (2.9 ms on 1 thread).
+# A short spin also bounds what a worker burns after the last call and what it costs a kernel
+# when another process holds a core. OMP_WAIT_POLICY, the knob OpenMP users know, still applies:
+# PASSIVE sleeps at once, ACTIVE spins 200 ms.
+SPIN_SECONDS = {"passive": 0.0, "active": 0.2, "": 50e-6}
 
 
-def spin_iteration_seconds() -> float | None:
-    """Seconds per iteration of a spin-wait loop like libgomp's (an atomic load, a compare, a
-    pause), measured with JIT'd code: best of 5 runs of 4000 iterations. None off x86."""
-    import time
-
-    st = _init() if not _STATE else _STATE
-    if "spin_s" in st:
-        return st["spin_s"]
-    seconds = None
-    if st["triple"].startswith(("x86_64", "i686", "i386")):
-        mod = llvm.parse_assembly(_SPIN_PROBE)
-        mod.triple = st["triple"]
-        mod.data_layout = str(st["tm"].target_data)
-        st["engine"].add_module(mod)
-        st["engine"].finalize_object()
-        st["modules"].append(mod)
-        fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(
-            st["engine"].get_function_address("cnncc_spin_probe"))
-        flag = ctypes.c_int32(0)
-        n, best = 4000, float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn(ctypes.addressof(flag), n)
-            best = min(best, time.perf_counter() - t0)
-        seconds = best / n
-    st["spin_s"] = seconds
-    return seconds
+def _start_pool(engine, tm) -> str:
+    """Compile the thread pool into the JIT, make ``cnncc_parallel`` resolvable by every module
+    loaded later, stop the workers at exit; returns how idle workers wait."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "").strip().lower()
+    spin = SPIN_SECONDS.get(policy, SPIN_SECONDS[""])
+    mod = llvm.parse_assembly(thread_pool.pool_ir(int(spin * 1e9)))
+    mod.triple = llvm.get_process_triple()
+    mod.data_layout = str(tm.target_data)
+    engine.add_module(mod)
+    engine.finalize_object()
+    _STATE["pool_module"] = mod
+    llvm.add_symbol(thread_pool.SYMBOL, engine.get_function_address(thread_pool.SYMBOL))
+    shutdown = ctypes.CFUNCTYPE(None)(engine.get_function_address(thread_pool.SHUTDOWN))
+    _STATE["pool_started"] = ctypes.c_int32.from_address(
+        engine.get_global_value_address(thread_pool.STARTED_GLOBAL))
+    # Workers run code in the engine's memory: they must be gone before the interpreter frees it.
+    atexit.register(shutdown)
+    _STATE["pool_shutdown"] = shutdown
+    who = f"OMP_WAIT_POLICY={policy}" if policy in SPIN_SECONDS and policy else "default"
+    return f"cnncc pool: idle workers spin {spin * 1e6:.0f} us, then sleep ({who})"
 
 
-def _set_wait_policy() -> str:
-    """Make idle OpenMP workers spin about SPIN_SECONDS, then sleep, unless the user chose
-    (OMP_WAIT_POLICY / GOMP_SPINCOUNT); libgomp reads this when it loads, which is next. Says
-    what applies."""
-    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-        how = "set by the user"
-    else:
-        per = spin_iteration_seconds()
-        count = max(200, int(SPIN_SECONDS / per)) if per else 2000
-        os.environ["GOMP_SPINCOUNT"] = str(count)
-        how = f"spin ~{SPIN_SECONDS * 1e6:.0f} us, then sleep"
-    if _loaded("libgomp"):
-        how = "libgomp was loaded before cnncc: its own settings apply"
-    keys = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-    env = " ".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ)
-    return f"{env} ({how})"
-
-
-def _loaded(library: str) -> bool:
-    try:
-        with open("/proc/self/maps") as f:
-            return any(library in line for line in f)
-    except OSError:
-        return False
+def pool_workers() -> int:
+    """Worker threads the pool has started in this process (the caller is not counted)."""
+    return int(_init()["pool_started"].value)
 
 
 def wait_policy() -> str:
-    """How idle OpenMP workers of this process wait (the libgomp settings and who chose them)."""
+    """How idle workers of this process's thread pool wait."""
     return _init()["wait"]
 
 
 def cache_dir() -> str | None:
     """Where compiled object code is cached (the ``obj`` folder of the cnncc cache); None when
     CNNCC_CACHE=0."""
-    from ...cache import cache_root
-
     root = cache_root()
     return os.path.join(root, "obj") if root else None
 
@@ -301,7 +243,13 @@ def vector_lanes() -> int:
 
 
 def has_openmp() -> bool:
-    return bool(_init()["gomp"])
+    """Whether parallel loops may run on several threads (cnncc's pool, thread_pool.py)."""
+    return "pool_module" in _init()
+
+
+def llvmlite_version() -> str:
+    """The llvmlite release generating this process's code (a compile cache key part)."""
+    return llvmlite.__version__
 
 
 def target_info() -> dict:

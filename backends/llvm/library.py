@@ -67,7 +67,7 @@ class LibraryModel(CompiledModel):
         return dict(memory) if isinstance(memory, dict) else super().memory_report()
 
     def _execute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        outs = [np.empty(shape, dt) for shape, dt in zip(self.output_shapes, self.output_dtypes)]
+        outs = [np.empty(shape, dt) for shape, dt in self._output_specs]
         in_ptrs = (ctypes.c_void_p * max(1, len(inputs)))(*[a.ctypes.data for a in inputs])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
         self._raise_for(self._fn(in_ptrs, out_ptrs))

@@ -33,6 +33,7 @@ from ...ir import CompileError
 from ...ir.loop import Kernel
 from . import jit
 from .codegen import ModuleBuilder
+from ..cache_folders import cache_root, evict
 from .object_files import read_object, write_object
 
 KINDS = ("jit", "pic")
@@ -62,8 +63,6 @@ class BuildStats:
 
 
 def kernel_dir() -> str | None:
-    from ...cache import cache_root
-
     root = cache_root()
     return os.path.join(root, "kernels") if root else None
 
@@ -142,9 +141,7 @@ def build_objects(unique: dict, kinds: tuple, lanes: int, threads: int, openmp: 
         for kind, data in code.items():
             write_object(_path(folder, sym, kind), data)
     if todo and folder:
-        from ...cache import evict
-
-        evict(os.path.dirname(folder), folders=("kernels",), limit=max_bytes())
+        evict(os.path.dirname(folder), max_bytes(), folders=("kernels",))
     stats.wall_seconds = time.perf_counter() - start
     return result, stats
 

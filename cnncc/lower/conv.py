@@ -25,9 +25,9 @@ from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv_pointwise import is_pointwise, pointwise
-from .cpu_schedule import PARALLEL_MIN_WORK, parallel_outer
+from .cpu_schedule import parallel_outer
 # The expression table of the elementwise ops: the fused activation is the same math.
-from .elementwise import _unary_expr
+from .elementwise import unary_expr
 
 Act = Callable[[Expr], Expr] | None
 
@@ -115,7 +115,7 @@ def fused_parts(ctx: LowerCtx, node: Node) -> tuple[Node, Act, str | None]:
             return x
         act = clip
     elif name:
-        act = _unary_expr(name, activation_node(name, params)[0].attrs)
+        act = unary_expr(name, activation_node(name, params)[0].attrs)
         if act is None:
             raise unsupported(node, f"activation {name} has no lowering")
     residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
@@ -159,10 +159,10 @@ def lower_conv(ctx: LowerCtx, node: Node, act: Act = None, out: str | None = Non
         phases = phases_for(win.strides[-1])
         xp = padded_input(ctx, node, x, [win.begin(d) for d in range(nd)],
                           [win.end(d) for d in range(nd)], phases=phases)
-        return _depthwise(ctx, node, xp, wv, bias, win, act, out, phases, residual)
+        return conv_depthwise(ctx, node, xp, wv, bias, win, act, out, phases, residual)
     xp = padded_input(ctx, node, x, [win.begin(d) for d in range(nd)],
                       [win.end(d) for d in range(nd)])
-    _general(ctx, node, xp, wv, bias, win, groups, act, out, residual)
+    conv_general(ctx, node, xp, wv, bias, win, groups, act, out, residual)
 
 
 def _runtime_weights(ctx: LowerCtx, node: Node, act: Act, out: str,
@@ -184,7 +184,7 @@ def _runtime_weights(ctx: LowerCtx, node: Node, act: Act, out: str,
                 op_context(g, node)["group"], ws[1], act, residual)
 
 
-def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out, residual=None) -> None:
+def conv_general(ctx, node, xp, wv, bias, win, groups, act: Act, out, residual=None) -> None:
     """Register-tiled conv over flattened output pixels (see the module docstring).
 
     The reduction runs over t = (ic, k...) flattened, with a compile-time table of input
@@ -272,7 +272,7 @@ def _general(ctx, node, xp, wv, bias, win, groups, act: Act, out, residual=None)
     ctx.emit(parallel_outer(k, ["n", "g", "ob", "pb"], ctx, work))
 
 
-def _depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1,
+def conv_depthwise(ctx, node, xp, wv, bias, win, act: Act, out, phases: int = 1,
                residual: str | None = None) -> None:
     g = ctx.graph
     ks = wv.shape[2:]

@@ -23,6 +23,8 @@ run in parallel when ctx.threads > 1.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cnncc.ir import DType, Node
@@ -31,6 +33,7 @@ from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, For, If, Kernel, Let, 
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import fused_parts
+from .conv_nchwc_tiles import TUNE_TILES
 from .cpu_schedule import parallel_outer
 
 # Pixels of a register tile per vector register of the target: 8 with 32 registers, 4 with 16.
@@ -46,24 +49,92 @@ def _activation(ctx: LowerCtx, node: Node, name: str, params: list):
     return fused_parts(ctx, probe)[1]
 
 
-def _tiles(ow: int, ocb: int, channels: int, lanes: int, block: int, regs: int
-           ) -> tuple[int, int]:
+@dataclass(frozen=True)
+class DwpwSchedule:
+    """The tunable choices of a fused depthwise->pointwise kernel: R pixels per sub-tile and VB
+    output blocks per pointwise register tile. Every schedule within the register limit
+    (``fits``) computes the same result; only the speed differs (cnncc/tune.py)."""
+    r: int
+    vb: int
+
+    def as_dict(self) -> dict:
+        return {"r": self.r, "vb": self.vb}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DwpwSchedule":
+        if not all(isinstance(d.get(k), int) and not isinstance(d.get(k), bool)
+                   for k in ("r", "vb")):
+            raise ValueError(f"not a depthwise->pointwise schedule: {d!r}")
+        return cls(d["r"], d["vb"])
+
+
+def _r_cap(ow: int, channels: int) -> int:
+    """The most pixels a sub-tile may have: the output row, and the tile T under TILE_BYTES."""
+    return max(1, min(ow, TILE_BYTES // (4 * channels)))
+
+
+def _r_limit(vb: int, per_block: int, regs: int) -> int:
+    """The most pixels of an R x VB register tile that leaves 4 registers free."""
+    return (regs - 4) // (vb * per_block)
+
+
+def fits(sched: DwpwSchedule, ow: int, ocb: int, channels: int, lanes: int, block: int,
+         regs: int) -> bool:
+    per_block = -(-block // lanes)
+    return (1 <= sched.vb <= min(4, ocb) and 1 <= sched.r <= _r_cap(ow, channels)
+            and sched.r <= _r_limit(sched.vb, per_block, regs))
+
+
+def _near_divisor(ow: int, rmax: int) -> int:
+    """The largest R in [3/4 rmax, rmax] dividing the row (no partial sub-tile), else rmax."""
+    for r in range(rmax, (3 * rmax + 3) // 4 - 1, -1):
+        if ow % r == 0:
+            return r
+    return rmax
+
+
+def cost_model_tile(ow: int, ocb: int, channels: int, lanes: int, block: int, regs: int
+                    ) -> DwpwSchedule:
     """(R pixels, VB output blocks) of the pointwise register tile within ``regs`` vector
     registers. Measured on MobileNetV2's blocks (AVX-512, 32 registers): VB = 2 with R = 7 or 8
     beats VB = 3 or 4 with 6 to 8 pixels (more accumulators, which spill) and R = 12 to 14,
     except for many output blocks in groups of 4 (960 -> 320: VB = 4, R = 7 reuses each
     broadcast 4 times: 28 accumulators, 4 registers left). So R is at most a quarter of the
     registers and leaves 4 of them free of accumulators. R divides the row when a divisor is
-    near."""
+    near. Other machines may prefer other tiles: ``candidates`` are what `cnncc tune` tries."""
     per_block = -(-block // lanes)                 # registers per c-lane vector
     wide = ocb >= 8 and ocb % 4 == 0
     vb = max(1, min(ocb, (4 if wide else 2) // per_block))
-    rmax = min(int(regs * R_PIXELS_PER_REGISTER), (regs - 4) // (vb * per_block))
-    rmax = max(1, min(rmax, ow, TILE_BYTES // (4 * channels)))
-    for r in range(rmax, (3 * rmax + 3) // 4 - 1, -1):
-        if ow % r == 0:
-            return r, vb
-    return rmax, vb
+    rmax = min(int(regs * R_PIXELS_PER_REGISTER), _r_limit(vb, per_block, regs))
+    rmax = max(1, min(rmax, _r_cap(ow, channels)))
+    return DwpwSchedule(_near_divisor(ow, rmax), vb)
+
+
+def candidates(ow: int, ocb: int, channels: int, lanes: int, block: int, regs: int,
+               limit: int = TUNE_TILES) -> list[DwpwSchedule]:
+    """The cost model's tile first, then for each VB the largest R that fits the registers,
+    one dividing the row, and one a quarter smaller: at most ``limit`` schedules."""
+    per_block = -(-block // lanes)
+    out = [cost_model_tile(ow, ocb, channels, lanes, block, regs)]
+    for vb in range(1, min(4, ocb) + 1):
+        rmax = min(_r_limit(vb, per_block, regs), _r_cap(ow, channels))
+        if rmax < 1:
+            continue
+        for r in (rmax, _near_divisor(ow, rmax), max(1, (3 * rmax) // 4)):
+            sched = DwpwSchedule(r, vb)
+            if sched not in out:
+                out.append(sched)
+    return out[:limit]
+
+
+def dwpw_workload(target, xs, dw_shape, pw_shape, strides, dilations, pads) -> str:
+    """The tuning log's key of a fused dw->pw kernel: the target's vectors and threads, the
+    shapes and the depthwise window; never the model, its weights or its activations."""
+    def dims(v) -> str:
+        return "x".join(map(str, v))
+    return (f"conv_dwpw/{target.isa}/l{target.lanes}/t{target.threads}/x{dims(xs)}"
+            f"/dw{dims(dw_shape)}/pw{dims(pw_shape)}/s{dims(strides)}/d{dims(dilations)}"
+            f"/p{dims(pads)}")
 
 
 def _valid_taps(size: int, k: int, stride: int, dil: int, pad: int, pos: int) -> tuple:
@@ -93,7 +164,19 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     dh, dl = attrs["dw_dilations"] or [1, 1]
     act_d = _activation(ctx, node, attrs["dw_activation"], attrs["dw_activation_params"])
     act_p = _activation(ctx, node, attrs["pw_activation"], attrs["pw_activation_params"])
-    r_tile, vb = _tiles(ow_n, ocb_n, channels, ctx.lanes, c, ctx.vector_registers)
+    regs = ctx.vector_registers
+    sched = cost_model_tile(ow_n, ocb_n, channels, ctx.lanes, c, regs)
+    key = dwpw_workload(ctx.target, g.types[x].shape, wd.shape, wpw.shape, [sh, sw], [dh, dl],
+                        attrs["dw_pads"] or [0, 0, 0, 0])
+    tuned = ctx.schedules.get(key)
+    if isinstance(tuned, DwpwSchedule) and fits(tuned, ow_n, ocb_n, channels, ctx.lanes, c,
+                                                regs):
+        sched = tuned
+        ctx.tuned.add(node.name)
+    if key not in ctx.workloads:
+        ctx.workloads[key] = candidates(ow_n, ocb_n, channels, ctx.lanes, c, regs)
+    ctx.workload_of[node.name] = key
+    r_tile, vb = sched.r, sched.vb
     oct_n = -(-ocb_n // vb)
 
     # Packed constants (zero in the padding channels).

@@ -9,10 +9,10 @@ import numpy as np
 
 from cnncc.ir import DType, Node
 from cnncc.ir.loop import And, Buffer, Cmp, Const, F32, For, If, Kernel, Store, Var, loop_nest
-from cnncc.ir.ops.conv_transpose import _geometry
+from cnncc.ir.ops.conv_transpose import transpose_geometry
 
 from .context import LowerCtx, const_input, op_context, unsupported
-from .conv import _depthwise, _general
+from .conv import conv_depthwise, conv_general
 from .cpu_schedule import parallel_outer, schedule_map
 
 
@@ -30,7 +30,7 @@ def lower_conv_transpose(ctx: LowerCtx, node: Node, act=None, out: str | None = 
     nd = len(xs) - 2
     ks = wshape[2:]
     cg, mg = wshape[0] // groups, wshape[1]
-    strides, dil, begin, osp, _ = _geometry(octx, xs, ks, mg * groups)
+    strides, dil, begin, osp, _ = transpose_geometry(octx, xs, ks, mg * groups)
     reach = [(k - 1) * d for k, d in zip(ks, dil)]
     vsp = tuple(o + r for o, r in zip(osp, reach))
     vshape = xs[:2] + vsp
@@ -67,8 +67,8 @@ def lower_conv_transpose(ctx: LowerCtx, node: Node, act=None, out: str | None = 
         (groups * mg, cg) + ks))
     win = SimpleNamespace(strides=(1,) * nd, dilations=tuple(dil))
     if cg == 1 and mg == 1:
-        return _depthwise(ctx, node, v, wc, bias, win, act, out)
-    _general(ctx, node, v, wc, bias, win, groups, act, out)
+        return conv_depthwise(ctx, node, v, wc, bias, win, act, out)
+    conv_general(ctx, node, v, wc, bias, win, groups, act, out)
 
 
 def _runtime_conv(ctx: LowerCtx, node: Node, v: Buffer, groups: int, cg: int, mg: int,

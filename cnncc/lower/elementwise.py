@@ -45,7 +45,7 @@ def _expm1_neg(x: Expr) -> Expr:
     return _exp(x.min(_c(0.0, x.dtype))) - 1.0
 
 
-def _unary_expr(op: str, a: dict) -> Callable[[Expr], Expr] | None:
+def unary_expr(op: str, a: dict) -> Callable[[Expr], Expr] | None:
     """The expression of a unary op on an element of any native float type."""
     sig = lambda x: _f("sigmoid", x)                                  # noqa: E731
     table: dict[str, Callable[[Expr], Expr]] = {
@@ -120,7 +120,7 @@ def activation_fn(graph: Graph, node: Node) -> Callable[[Expr], Expr] | None:
             return x
         return clip
     if node.op in UNARY_OPS:
-        return _unary_expr(node.op, op_context(graph, node).attrs)
+        return unary_expr(node.op, op_context(graph, node).attrs)
     return None
 
 

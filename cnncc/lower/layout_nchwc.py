@@ -76,7 +76,7 @@ def lower_to_nchwc(ctx: LowerCtx, node: Node) -> None:
     _float32(ctx, node)
     x, y = ctx.value(node.inputs[0], bname="x"), ctx.value(node.outputs[0], bname="y")
     nb, ch, h, w = x.shape
-    cb, c = y.shape[1], y.shape[-1]
+    c = y.shape[-1]
     full, rem = divmod(ch, c)
     n, r, b, j, p = Var("n"), Var("h"), Var("cb"), Var("j"), Var("w")
     jt, pt, jz, pz = Var("jt"), Var("wt"), Var("jz"), Var("wz")

@@ -1,32 +1,29 @@
-"""Graph -> program: partition into kernels, lower each, plan the arena, generate the entry.
+"""Graph -> Program: partition into kernels, lower each, pack the weights, plan the arena.
 
-The arena plan (cnncc/passes/plan_memory.py) places the values and temps that live in the arena
-by their lifetimes over kernel positions; CNNCC_DUMP=memory prints it.
-
-Entry ABI: ``i32 NAME_run(ptr inputs, ptr outputs, ptr weights, ptr arena)``: inputs/outputs are
-arrays of data pointers (graph order), weights the packed 64-byte aligned constant blob, arena the
-scratch memory planned here. It calls every kernel once, in order.
+The arena plan (cnncc/lower/memory_plan.py) places the values and temps that live in the arena
+by their lifetimes over kernel positions; CNNCC_DUMP=memory prints it. A Program is what the
+driver hands to a code-generating backend: its kernels in order (``ctx.kernels``), the weight
+blob (64-byte aligned offsets), the arena size and where every kernel buffer lives
+(``storage``); the backend writes the entry that calls the kernels (backends/llvm/entry.py,
+backends/cuda/program.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import llvmlite.ir as ir
 import numpy as np
 
 from cnncc.ir import CompileError, DType, Graph, Node
-from cnncc.ir.ops.registry import run_reference
+from cnncc.ir.aligned import ALIGN, align, aligned_zeros
+from cnncc.ir.fold import TYPE_ONLY, fold_node
 from cnncc.ir.target import Target
 
 from cnncc.debug import dump, dump_enabled
-from cnncc.passes.plan_memory import Lifetime, MemoryPlan, format_plan, plan_memory
 
 from .context import LowerCtx, unsupported
 from .halo import halo_nbytes, plan_halos
+from .memory_plan import Lifetime, MemoryPlan, format_plan, plan_memory
 from .rules import ALIAS_OPS, CONST_OPS, fused_activation, lower_node
-
-ALIGN = 64
-
 
 @dataclass
 class Program:
@@ -38,17 +35,7 @@ class Program:
     storage: dict                   # storage key -> ("input", i) | ("output", j) | ("const", off)
                                     # | ("arena", off)
     memory: MemoryPlan              # the arena plan (peak vs no-reuse bytes: memory.summary())
-
-
-def aligned_zeros(nbytes: int) -> np.ndarray:
-    """A zeroed uint8 array whose data pointer is ALIGN-byte aligned."""
-    raw = np.zeros(nbytes + ALIGN, np.uint8)
-    off = (-raw.ctypes.data) % ALIGN
-    return raw[off:off + nbytes]
-
-
-def _round(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+    fused: bool = True              # activations applied in conv/gemm epilogues (opt_level > 0)
 
 
 def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
@@ -62,7 +49,7 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
     known = set(g.params)          # values known at compile time (params + folded outputs)
     missing = []
     for n in g.nodes:
-        if n.op in ("Shape", "Size") or (n.op in CONST_OPS
+        if n.op in TYPE_ONLY or (n.op in CONST_OPS
                                          and all(i in known for i in n.inputs if i)):
             known.update(o for o in n.outputs if o)
         elif n.op not in RULES and n.op not in ALIAS_OPS:
@@ -87,7 +74,6 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
         if _fold_constant(g, node):
             continue
         if node.op in ALIAS_OPS:
-            outs = [o for o in node.outputs if o]
             if node.op == "Dropout":
                 _dropout_mask(ctx, node)
             alias[node.outputs[0]] = alias.get(node.inputs[0], node.inputs[0])
@@ -102,8 +88,9 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
         lower_node(ctx, node)
     for name in g.inputs + list(g.params):
         alias.pop(name, None)
-    storage = _plan(g, ctx, alias)
-    return storage
+    program = _plan(g, ctx, alias)
+    program.fused = fuse
+    return program
 
 
 def _dropout_mask(ctx: LowerCtx, node: Node) -> None:
@@ -121,17 +108,15 @@ def _dropout_mask(ctx: LowerCtx, node: Node) -> None:
 
 
 def _fold_constant(g: Graph, node: Node) -> bool:
-    """Evaluate a node with constant inputs (or a Shape/Size of a static shape) at compile time:
-    its outputs become parameters and no kernel is emitted."""
-    ins = [i for i in node.inputs if i]
-    if node.op not in ("Shape", "Size") and (node.op not in CONST_OPS
-                                             or not all(i in g.params for i in ins)):
+    """Evaluate a node the lowering folds (CONST_OPS with constant inputs, or a Shape/Size of
+    a static shape) at compile time (ir/fold.py): its outputs become parameters and no kernel
+    is emitted. Any size: the alternative is a kernel computing the same constant."""
+    if node.op not in CONST_OPS and node.op not in TYPE_ONLY:
         return False
-    args = [g.params.get(i) if i else None for i in node.inputs]
-    if node.op in ("Shape", "Size"):
-        args[0] = np.zeros(g.types[node.inputs[0]].shape, g.types[node.inputs[0]].dtype.np)
-    results = run_reference(node, args)
-    for out, value in zip(node.outputs, results):
+    values = fold_node(g, node, limit=None)
+    if values is None:
+        return False
+    for out, value in zip(node.outputs, values):
         if out:
             g.params[out] = np.ascontiguousarray(value)
     return True
@@ -165,7 +150,7 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
     offsets, total = [], 0
     for a in ctx.consts:
         offsets.append(total)
-        total = _round(total + a.nbytes)
+        total = align(total + a.nbytes)
     # Each packed array is dropped as soon as it is copied (the zeroed blob's pages are only
     # committed when written): peak memory is about one copy of the weights, not two.
     blob = aligned_zeros(max(total, ALIGN))
@@ -222,32 +207,3 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict) -> Program:
 def _temp_name(g: Graph, ctx: LowerCtx, tid: int) -> str:
     idx = ctx.temps[tid][1]
     return f"temp {tid} of " + (g.nodes[idx].name if 0 <= idx < len(g.nodes) else "outputs")
-
-
-def entry_function(module: ir.Module, prog: Program, kernels: dict, name: str) -> ir.Function:
-    """``i32 NAME(ptr inputs, ptr outputs, ptr weights, ptr arena)`` calling every kernel."""
-    ptr = ir.PointerType()
-    i8, i64 = ir.IntType(8), ir.IntType(64)
-    fn = ir.Function(module, ir.FunctionType(ir.IntType(32), [ptr] * 4), name=name)
-    ins, outs, wts, arena = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    cache: dict = {}
-
-    def pointer(key):
-        if key in cache:
-            return cache[key]
-        kind, ref = key
-        if kind in ("input", "output"):
-            base = ins if kind == "input" else outs
-            p = b.load(b.gep(base, [ir.Constant(i64, ref)], source_etype=ptr), typ=ptr)
-        else:
-            base = wts if kind == "const" else arena
-            p = b.gep(base, [ir.Constant(i64, ref)], source_etype=i8)
-        cache[key] = p
-        return p
-
-    for k, _ in prog.ctx.kernels:
-        args = [pointer(prog.storage[id(p)]) for p in k.params]
-        b.call(kernels[k.name], args)
-    b.ret(ir.Constant(ir.IntType(32), 0))
-    return fn

@@ -111,7 +111,7 @@ def _rename(stmt, mapping):
 
 def lower_arg(ctx: LowerCtx, node: Node) -> None:
     """ArgMax / ArgMin (int64 indices) and Hardmax (one-hot of the first maximum)."""
-    from cnncc.ir.loop import Allocate, Buffer, Cast, Cmp, If, Not, Or, And, Select
+    from cnncc.ir.loop import Allocate, Buffer, Cmp, If, Or, And, Select
 
     g = ctx.graph
     x, out = node.inputs[0], node.outputs[0]

@@ -4,7 +4,8 @@ Every pass is a function ``Graph -> Graph`` (taking the PassContext too) that re
 after each one the graph is verified and, on request, dumped (CNNCC_DUMP=passes or =PASS_NAME).
 opt_level 0 runs only fold_dequantized: every op stays its own kernel, in NCHW (the "unfused"
 baseline); 1 runs the clean-ups and fusions, 2 adds the NCHWc layout, 3 (the default) everything.
-Last step, at lowering (needs kernel lifetimes, so not Graph -> Graph): plan_memory.py, the arena.
+The arena is planned at lowering (it needs kernel lifetimes, so it is not Graph -> Graph):
+cnncc/lower/memory_plan.py.
 """
 from __future__ import annotations
 

@@ -38,7 +38,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 
 import numpy as np
@@ -158,17 +157,17 @@ def approx_tolerance(ctx) -> float | None:
 
 def _split_attrs(node: Node, win: Window, first: bool) -> dict:
     """Attributes of the KHx1 (``first``) or 1xKW conv replacing the depthwise ``node``."""
-    t, l, bt, r = win.pads
+    top, left, bottom, right = win.pads
     sh, sw = win.strides
     kh, kw = win.kernel
     attrs = {k: v for k, v in node.attrs.items()
              if k not in ("auto_pad", "pads", "strides", "dilations", "kernel_shape")}
     if first:
-        attrs.update(pads=[t, 0, bt, 0], strides=[sh, 1], kernel_shape=[kh, 1])
+        attrs.update(pads=[top, 0, bottom, 0], strides=[sh, 1], kernel_shape=[kh, 1])
         for k in ("activation", "activation_params"):
             attrs.pop(k, None)
     else:
-        attrs.update(pads=[0, l, 0, r], strides=[1, sw], kernel_shape=[1, kw])
+        attrs.update(pads=[0, left, 0, right], strides=[1, sw], kernel_shape=[1, kw])
     return attrs
 
 

@@ -19,7 +19,7 @@ from .spatial import (AUTO_PADS, WINDOW_ATTRS, check_input, check_padded_size, i
                       kernel_from_attr, matmul_dtype)
 
 
-def _geometry(ctx: OpContext, x_shape: tuple[int, ...], kernel: tuple[int, ...],
+def transpose_geometry(ctx: OpContext, x_shape: tuple[int, ...], kernel: tuple[int, ...],
               out_channels: int):
     """(strides, dilations, begin pads, output spatial shape, full spatial shape)."""
     in_spatial = tuple(x_shape[2:])
@@ -77,7 +77,7 @@ def _infer(ctx: OpContext) -> list[TensorType]:
     w = check_weight_and_bias(ctx, x, 1, 2, lambda s: s[1] * group)
     check_group(ctx, x.shape[1], w.shape, group, transpose=True)
     kernel = kernel_from_attr(ctx, x.rank - 2, w.shape[2:])
-    out = _geometry(ctx, x.shape, kernel, w.shape[1] * group)[3]
+    out = transpose_geometry(ctx, x.shape, kernel, w.shape[1] * group)[3]
     return [TensorType(x.dtype, (x.shape[0], w.shape[1] * group) + out)]
 
 
@@ -90,7 +90,7 @@ def _reference(ctx: OpContext, x: np.ndarray, w: np.ndarray,
     kernel = w.shape[2:]
     nd = len(kernel)
     in_spatial = x.shape[2:]
-    strides, dilations, begin, out, full = _geometry(ctx, x.shape, kernel, m)
+    strides, dilations, begin, out, full = transpose_geometry(ctx, x.shape, kernel, m)
     acc = matmul_dtype(x.dtype, n * c * mg * prod(in_spatial) * prod(kernel))
     xg = x.astype(acc, copy=False).reshape(n, group, c // group, prod(in_spatial))
     # (G, Cg, Mg, K) -> per kernel position the transposed (G, Mg, Cg) weight block.

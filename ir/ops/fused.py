@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import Node
+from ..node import Node
 from ..types import TensorType
 from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference
 from .spatial import WINDOW_ATTRS

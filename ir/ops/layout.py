@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import Node
+from ..node import Node
 from ..types import TensorType
 from .fused import CONV_ATTRS
 from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference

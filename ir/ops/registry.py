@@ -18,7 +18,7 @@ import numpy as np
 
 from ..dtypes import DType
 from ..errors import CompileError
-from ..graph import Node
+from ..node import Node
 from ..types import TensorType
 
 REQUIRED = object()

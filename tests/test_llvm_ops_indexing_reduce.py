@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from test_llvm_ops import check, graph, param
+from test_llvm_ops_core import check, graph, param
 
 
 @pytest.mark.parametrize("op,inputs,attrs", [

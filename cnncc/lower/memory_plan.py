@@ -1,7 +1,8 @@
 """Arena planning: place buffers with known lifetimes in one scratch arena, reusing memory.
 
-Not a Graph -> Graph pass: lifetimes are kernel positions, known only once the graph is lowered,
-so cnncc/lower/program.py computes them and calls ``plan_memory`` as the last step of lowering.
+Not a Graph -> Graph pass (so it lives with the lowering, not in passes/): lifetimes are kernel
+positions, known only once the graph is lowered, so cnncc/lower/program.py computes them and
+calls ``plan_memory`` as the last step of lowering.
 
 Notation. Buffer i lives over the closed interval [s_i, e_i] of kernel positions (it is used by
 kernels s_i..e_i and must keep its bytes in between) and takes b_i = ceil64(bytes_i) bytes
@@ -25,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable, Mapping
 
-ALIGN = 64
+from cnncc.ir.aligned import align
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,6 @@ class MemoryPlan:
         """The figures alone (what the CLI, the bench json and ``memory_report()`` show)."""
         return {"arena_bytes": self.arena_bytes, "unshared_bytes": self.unshared_bytes,
                 "live_bytes": self.live_bytes, "buffers": len(self.offsets)}
-
-
-def align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
 def plan_memory(lifetimes: Mapping[Hashable, Lifetime]) -> MemoryPlan:

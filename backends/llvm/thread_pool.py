@@ -1,0 +1,332 @@
+"""cnncc's thread pool, written as LLVM IR: what generated code calls to run a loop on N threads.
+
+    void cnncc_parallel(ptr fn, ptr ctx, i32 n)       fn: void (ptr ctx, i32 thread, i32 team)
+
+The caller publishes the job, wakes sleeping workers, and runs ``fn(ctx, 0, team)`` itself; each
+worker that is awake in time runs ``fn(ctx, w, team)`` (w = 1 .. team-1). ``fn`` must take its
+work from a counter shared through ``ctx`` (every parallel loop and the batch entry do), so a
+participant may run it any number of times, including zero: when the caller has claimed every
+chunk before a worker woke up, the call returns without waiting for that worker. That is the
+difference from libgomp's GOMP_parallel, whose join waits for every thread of the team: a
+sleeping worker woken by the first kernel after an idle gap cost small models 0.3-1.5 ms per call
+at 2 threads on a 2-core VM (README, Threads).
+
+Workers spin ``cnncc_pool_spin_ns`` nanoseconds (by the clock, so no per-CPU calibration) after
+their last job, then sleep on a futex; the caller wakes them only when some sleep. Both spin
+loops call sched_yield every few dozen pauses: on a VM or a loaded machine a worker can share a
+CPU with the caller, and a spinning thread would keep the other one (the caller with the rest of
+the chunks, or the worker finishing its chunk) off that CPU for a whole time slice. A second
+caller while a job runs (another thread, or a parallel loop nested in a parallel region) runs its
+job alone (n = 1). After fork() the child starts its own workers. ``cnncc_pool_shutdown`` stops
+the workers (an atexit hook of the JIT; a destructor of an exported library, run by dlclose).
+
+Memory ordering: the caller stores open=0 then reads active; a worker increments active then
+reads open (both seq_cst), so either the worker sees the job closed or the caller waits for it;
+fn and ctx are written before open=1 and read only after it. A sleeper increments ``sleepers``
+before its futex wait on ``gen``; the caller increments ``gen`` before reading ``sleepers``: the
+wait returns at once when gen moved, so no wake-up is lost. Linux x86-64 only (futex 202).
+"""
+from __future__ import annotations
+
+from string import Template
+
+SPIN_NS_DEFAULT = 50_000        # see README, Threads: measured on a 2-core Zen 5 VM
+
+SYMBOL = "cnncc_parallel"
+SHUTDOWN = "cnncc_pool_shutdown"
+SPIN_GLOBAL = "cnncc_pool_spin_ns"
+STARTED_GLOBAL = "cnncc_pool_started"
+
+_SYS_FUTEX = 202
+_FUTEX_WAIT_PRIVATE = 128
+_FUTEX_WAKE_PRIVATE = 129
+_CLOCK_MONOTONIC = 1
+
+_IR = r"""
+@cnncc_pool_gen = internal global i32 0, align 64
+@cnncc_pool_open = internal global i32 0, align 64
+@cnncc_pool_active = internal global i32 0, align 64
+@cnncc_pool_busy = internal global i32 0, align 64
+@cnncc_pool_sleepers = internal global i32 0, align 64
+@cnncc_pool_started = hidden global i32 0, align 64
+@cnncc_pool_live = internal global i32 0, align 4
+@cnncc_pool_quit = internal global i32 0, align 4
+@cnncc_pool_atfork = internal global i32 0, align 4
+@cnncc_pool_fn = internal global ptr null, align 64
+@cnncc_pool_ctx = internal global ptr null, align 8
+@cnncc_pool_team = internal global i32 0, align 4
+@cnncc_pool_spin_ns = hidden global i64 $spin_ns, align 64
+@llvm.global_dtors = appending global [1 x { i32, ptr, ptr }] [{ i32, ptr, ptr } { i32 65535, ptr @cnncc_pool_shutdown, ptr null }]
+
+declare i32 @pthread_create(ptr, ptr, ptr, ptr)
+declare i32 @pthread_detach(i64)
+; What glibc's pthread_atfork does (a static wrapper, not a symbol the JIT can resolve): the
+; handler is registered for this shared object (__dso_handle: removed again at dlclose; null in
+; the JIT, whose code is never unloaded).
+declare i32 @__register_atfork(ptr, ptr, ptr, ptr)
+$dso_decl
+declare i64 @syscall(i64, ...)
+declare i32 @clock_gettime(i32, ptr)
+declare i32 @sched_yield()
+declare void @llvm.x86.sse2.pause()
+
+define internal i64 @cnncc_pool_now() nounwind {
+entry:
+  %ts = alloca { i64, i64 }, align 8
+  call i32 @clock_gettime(i32 $clock, ptr %ts)
+  %sp = getelementptr { i64, i64 }, ptr %ts, i32 0, i32 0
+  %np = getelementptr { i64, i64 }, ptr %ts, i32 0, i32 1
+  %s = load i64, ptr %sp
+  %n = load i64, ptr %np
+  %sn = mul i64 %s, 1000000000
+  %t = add i64 %sn, %n
+  ret i64 %t
+}
+
+define internal void @cnncc_pool_wake_all() nounwind {
+entry:
+  call i64 (i64, ...) @syscall(i64 $futex, ptr @cnncc_pool_gen, i64 $wake, i64 2147483647)
+  ret void
+}
+
+; A worker: wait for the next job (spin, then sleep), run it if it is still open.
+define internal ptr @cnncc_pool_worker(ptr %arg) nounwind {
+entry:
+  %w64 = ptrtoint ptr %arg to i64
+  %w = trunc i64 %w64 to i32
+  %seen0 = load atomic i32, ptr @cnncc_pool_gen acquire, align 4
+  br label %idle
+
+idle:
+  %seen = phi i32 [ %seen0, %entry ], [ %seen, %woke ], [ %now_gen, %leave ]
+  %t0 = call i64 @cnncc_pool_now()
+  %limit = load atomic i64, ptr @cnncc_pool_spin_ns monotonic, align 8
+  br label %spin
+
+spin:
+  %i = phi i64 [ 0, %idle ], [ %i1, %spin_more ], [ %i1, %clock ]
+  %g = load atomic i32, ptr @cnncc_pool_gen acquire, align 4
+  %moved = icmp ne i32 %g, %seen
+  br i1 %moved, label %job, label %pause
+
+pause:
+  call void @llvm.x86.sse2.pause()
+  %i1 = add i64 %i, 1
+  %low = and i64 %i1, 31
+  %look = icmp eq i64 %low, 0
+  br i1 %look, label %clock, label %spin_more
+
+spin_more:
+  br label %spin
+
+clock:
+  call i32 @sched_yield()
+  %t = call i64 @cnncc_pool_now()
+  %spent = sub i64 %t, %t0
+  %enough = icmp sge i64 %spent, %limit
+  br i1 %enough, label %sleep, label %spin
+
+sleep:
+  atomicrmw add ptr @cnncc_pool_sleepers, i32 1 seq_cst
+  %seen64 = zext i32 %seen to i64
+  call i64 (i64, ...) @syscall(i64 $futex, ptr @cnncc_pool_gen, i64 $wait, i64 %seen64, ptr null)
+  atomicrmw sub ptr @cnncc_pool_sleepers, i32 1 seq_cst
+  br label %woke
+
+woke:
+  %g2 = load atomic i32, ptr @cnncc_pool_gen acquire, align 4
+  %moved2 = icmp ne i32 %g2, %seen
+  br i1 %moved2, label %job, label %idle
+
+job:
+  %now_gen = load atomic i32, ptr @cnncc_pool_gen acquire, align 4
+  %quit = load atomic i32, ptr @cnncc_pool_quit acquire, align 4
+  %stop = icmp ne i32 %quit, 0
+  br i1 %stop, label %exit, label %enter
+
+enter:
+  atomicrmw add ptr @cnncc_pool_active, i32 1 seq_cst
+  %open = load atomic i32, ptr @cnncc_pool_open seq_cst, align 4
+  %team = load atomic i32, ptr @cnncc_pool_team monotonic, align 4
+  %is_open = icmp ne i32 %open, 0
+  %member = icmp slt i32 %w, %team
+  %go = and i1 %is_open, %member
+  br i1 %go, label %run, label %leave
+
+run:
+  %fn = load atomic ptr, ptr @cnncc_pool_fn monotonic, align 8
+  %ctx = load atomic ptr, ptr @cnncc_pool_ctx monotonic, align 8
+  call void %fn(ptr %ctx, i32 %w, i32 %team)
+  br label %leave
+
+leave:
+  atomicrmw sub ptr @cnncc_pool_active, i32 1 release
+  br label %idle
+
+exit:
+  atomicrmw sub ptr @cnncc_pool_live, i32 1 seq_cst
+  ret ptr null
+}
+
+; In a forked child the workers do not exist: start afresh (the job state is the parent's).
+define internal void @cnncc_pool_after_fork() nounwind {
+entry:
+  store i32 0, ptr @cnncc_pool_started
+  store i32 0, ptr @cnncc_pool_live
+  store i32 0, ptr @cnncc_pool_sleepers
+  store i32 0, ptr @cnncc_pool_active
+  store i32 0, ptr @cnncc_pool_open
+  store i32 0, ptr @cnncc_pool_busy
+  ret void
+}
+
+; Start workers until there are n - 1 (called with the pool locked).
+define internal void @cnncc_pool_grow(i32 %n) nounwind {
+entry:
+  %tid = alloca i64, align 8
+  %want = sub i32 %n, 1
+  %quit = load atomic i32, ptr @cnncc_pool_quit acquire, align 4
+  %stopped = icmp ne i32 %quit, 0
+  br i1 %stopped, label %done, label %fork_hook
+
+fork_hook:
+  %hooked = load i32, ptr @cnncc_pool_atfork
+  %first = icmp eq i32 %hooked, 0
+  br i1 %first, label %hook, label %loop
+
+hook:
+  store i32 1, ptr @cnncc_pool_atfork
+  call i32 @__register_atfork(ptr null, ptr null, ptr @cnncc_pool_after_fork, ptr $dso_arg)
+  br label %loop
+
+loop:
+  %have = load atomic i32, ptr @cnncc_pool_started monotonic, align 4
+  %more = icmp slt i32 %have, %want
+  br i1 %more, label %spawn, label %done
+
+spawn:
+  %index = add i32 %have, 1
+  %index64 = zext i32 %index to i64
+  %arg = inttoptr i64 %index64 to ptr
+  atomicrmw add ptr @cnncc_pool_live, i32 1 seq_cst
+  %rc = call i32 @pthread_create(ptr %tid, ptr null, ptr @cnncc_pool_worker, ptr %arg)
+  %ok = icmp eq i32 %rc, 0
+  br i1 %ok, label %created, label %failed
+
+created:
+  %handle = load i64, ptr %tid
+  call i32 @pthread_detach(i64 %handle)
+  store atomic i32 %index, ptr @cnncc_pool_started monotonic, align 4
+  br label %loop
+
+failed:
+  atomicrmw sub ptr @cnncc_pool_live, i32 1 seq_cst
+  br label %done
+
+done:
+  ret void
+}
+
+define void @cnncc_parallel(ptr %fn, ptr %ctx, i32 %n) nounwind {
+entry:
+  %many = icmp sgt i32 %n, 1
+  br i1 %many, label %lock, label %alone
+
+alone:
+  call void %fn(ptr %ctx, i32 0, i32 1)
+  ret void
+
+lock:
+  %pair = cmpxchg ptr @cnncc_pool_busy, i32 0, i32 1 acquire monotonic
+  %owner = extractvalue { i32, i1 } %pair, 1
+  br i1 %owner, label %locked, label %alone
+
+locked:
+  call void @cnncc_pool_grow(i32 %n)
+  %have = load atomic i32, ptr @cnncc_pool_started monotonic, align 4
+  %avail = add i32 %have, 1
+  %fits = icmp slt i32 %n, %avail
+  %team = select i1 %fits, i32 %n, i32 %avail
+  %solo = icmp sle i32 %team, 1
+  br i1 %solo, label %solo_run, label %publish
+
+solo_run:
+  call void %fn(ptr %ctx, i32 0, i32 1)
+  br label %unlock
+
+publish:
+  store atomic ptr %fn, ptr @cnncc_pool_fn monotonic, align 8
+  store atomic ptr %ctx, ptr @cnncc_pool_ctx monotonic, align 8
+  store atomic i32 %team, ptr @cnncc_pool_team monotonic, align 4
+  store atomic i32 1, ptr @cnncc_pool_open seq_cst, align 4
+  atomicrmw add ptr @cnncc_pool_gen, i32 1 seq_cst
+  %sleeping = load atomic i32, ptr @cnncc_pool_sleepers seq_cst, align 4
+  %wake = icmp ne i32 %sleeping, 0
+  br i1 %wake, label %wake_them, label %work
+
+wake_them:
+  call void @cnncc_pool_wake_all()
+  br label %work
+
+work:
+  call void %fn(ptr %ctx, i32 0, i32 %team)
+  store atomic i32 0, ptr @cnncc_pool_open seq_cst, align 4
+  br label %join
+
+join:
+  %spins = phi i32 [ 0, %work ], [ %spins1, %wait ], [ 0, %yield ]
+  %inside = load atomic i32, ptr @cnncc_pool_active seq_cst, align 4
+  %clear = icmp eq i32 %inside, 0
+  br i1 %clear, label %unlock, label %wait
+
+wait:
+  call void @llvm.x86.sse2.pause()
+  %spins1 = add i32 %spins, 1
+  %often = icmp ult i32 %spins1, 64
+  br i1 %often, label %join, label %yield
+
+yield:
+  call i32 @sched_yield()
+  br label %join
+
+unlock:
+  store atomic i32 0, ptr @cnncc_pool_busy release, align 4
+  ret void
+}
+
+; Stop the workers and wait (at most ~1 s) until they have left the pool's code.
+define void @cnncc_pool_shutdown() nounwind {
+entry:
+  store atomic i32 1, ptr @cnncc_pool_quit seq_cst, align 4
+  atomicrmw add ptr @cnncc_pool_gen, i32 1 seq_cst
+  call void @cnncc_pool_wake_all()
+  %t0 = call i64 @cnncc_pool_now()
+  br label %check
+
+check:
+  %live = load atomic i32, ptr @cnncc_pool_live seq_cst, align 4
+  %gone = icmp sle i32 %live, 0
+  br i1 %gone, label %done, label %wait
+
+wait:
+  call void @llvm.x86.sse2.pause()
+  %t = call i64 @cnncc_pool_now()
+  %spent = sub i64 %t, %t0
+  %late = icmp sgt i64 %spent, 1000000000
+  br i1 %late, label %done, label %check
+
+done:
+  ret void
+}
+"""
+
+
+def pool_ir(spin_ns: int = SPIN_NS_DEFAULT, library: bool = False) -> str:
+    """The pool's LLVM IR module (no triple or data layout: the JIT sets them); ``library``: for
+    a shared library (its fork handler is tied to the library's __dso_handle)."""
+    dso = "@__dso_handle" if library else "null"
+    decl = "@__dso_handle = external hidden global i8" if library else ""
+    return Template(_IR).substitute(spin_ns=int(spin_ns), futex=_SYS_FUTEX, dso_arg=dso,
+                                    dso_decl=decl,
+                                    wake=_FUTEX_WAKE_PRIVATE, wait=_FUTEX_WAIT_PRIVATE,
+                                    clock=_CLOCK_MONOTONIC)

@@ -89,7 +89,7 @@ def _qconv_model(x_dt, xs, ws, group=1, pads=(1, 1, 1, 1), strides=(1, 1), per_c
                  seed=0, extreme=False):
     rng = np.random.default_rng(seed)
     xi = np.iinfo(x_dt)
-    m, cg = ws[0], ws[1]
+    m = ws[0]
     w = rng.integers(-128, 128, ws).astype(np.int8)
     if extreme:
         w[:] = -128

@@ -76,7 +76,6 @@ def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int, wz:
     shift = zx - x_zp
     icg = shape[1] // groups
     c4 = -(-icg // 4)
-    nd = len(shape) - 2
     pshape = tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
     xb = ctx.temp(U8, (shape[0], groups * c4) + pshape + (4,), "xb")
     xin = ctx.value(x, bname="x")

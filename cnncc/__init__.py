@@ -12,6 +12,7 @@ from .ir import CompileError, InputError, Graph          # noqa: E402
 from .ir.target import Target                             # noqa: E402
 from .driver import compile, export, host_target, load, load_graph   # noqa: E402
 from .runtime import CompiledModel                         # noqa: E402
+from .quantize import quantize                            # noqa: E402
 
 __all__ = ["compile", "export", "load", "load_graph", "host_target", "Target", "CompileError",
-           "InputError", "Graph", "CompiledModel", "__version__"]
+           "InputError", "Graph", "CompiledModel", "quantize", "__version__"]

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .infer import add_arguments as add_infer_arguments, run_infer
+from .quantize import add_quantize_arguments, run_quantize
 from .compile_time import format_stages
 
 DEFAULT_MODEL = "zoo:mobilenet_v2"
@@ -450,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "parquet file, here or on Ray (resumable)")
     add_infer_arguments(infer)
     infer.set_defaults(func=lambda args: run_infer(args, resolve_model))
+
+    quant = sub.add_parser("quantize", help="static int8 post-training quantization of a "
+                           "float model into a QDQ ONNX file")
+    add_quantize_arguments(quant)
+    quant.set_defaults(func=lambda args: run_quantize(args, resolve_model))
 
     ver = sub.add_parser("verify", help="run the passes one by one against the reference and "
                                         "name the first one after which outputs diverge")

@@ -14,19 +14,25 @@ FOLD_LIMIT_BYTES = 64 << 20
 # Ops whose result is not a function of their inputs: never folded.
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform",
                               "RandomUniformLike", "Bernoulli", "Multinomial"})
+# Ops kept as nodes though their inputs are constants: DequantizeLinear of quantized weights
+# carries the integers and scales the int8 kernels need (cnncc/passes/fuse_quantized.py folds
+# the ones it does not fuse).
+KEEP_QUANTIZED = frozenset({"DequantizeLinear"})
 # Ops whose result depends only on the input's type, so they fold even on runtime inputs.
 TYPE_ONLY = frozenset({"Shape", "Size"})
 
 
-def fold_node(graph: Graph, node: Node,
-              limit: int | None = FOLD_LIMIT_BYTES) -> list[np.ndarray] | None:
+def fold_node(graph: Graph, node: Node, limit: int | None = FOLD_LIMIT_BYTES,
+              keep: frozenset = KEEP_QUANTIZED) -> list[np.ndarray] | None:
     """The outputs of ``node`` if they are compile-time constants (and at most ``limit`` bytes;
     None: any size), else None.
 
     ``graph.types`` must already hold the node's output types (they are checked against).
+    Ops in ``keep`` are not folded.
     """
     present = [i for i in node.inputs if i]
-    if node.op in NONDETERMINISTIC or (not present and node.op != "Constant"):
+    if node.op in NONDETERMINISTIC or node.op in keep or (
+            not present and node.op != "Constant"):
         return None
     params = graph.params
     if node.op not in TYPE_ONLY and not all(i in params for i in present):

@@ -8,8 +8,8 @@ import math
 import numpy as np
 
 from .errors import CompileError
-from .loop import (Allocate, And, Bin, Call, Cast, Cmp, Const, Expr, For, If, Kernel, Let, Load,
-                   Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
+from .loop import (DOT4_FNS, Allocate, And, Bin, Call, Cast, Cmp, Const, Expr, For, If, Kernel,
+                   Let, Load, Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
 
 
 def _erf(x: float) -> float:
@@ -115,6 +115,11 @@ class _Interp:
             return a if self.expr(e.cond, env) else b
         if isinstance(e, Cast):
             return e.dtype.np.type(self.expr(e.a, env))
+        if isinstance(e, Call) and e.fn in DOT4_FNS:
+            acc, a, b = (int(self.expr(x, env)) for x in e.args)
+            ua = np.array([a & 0xFFFFFFFF], np.uint32).view(np.uint8).astype(np.int64)
+            sb = np.array([b & 0xFFFFFFFF], np.uint32).view(np.int8).astype(np.int64)
+            return np.int32(np.int64(acc) + int((ua * sb).sum()))
         if isinstance(e, Call):
             args = [float(self.expr(a, env)) for a in e.args]
             if e.fn == "fmod" and not e.dtype.is_float:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from ...ir import CompileError, DType
-from ...ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
+from ...ir.loop import (DOT4_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select,
+                        Var)
 from .indexing import IndexCache, fold_int_values, value_key
+from .int8_dot import emit_dot4
 from .vecmath import FUNCTIONS as VECMATH_FUNCTIONS, VecMath
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -334,6 +336,11 @@ class ExprEmitter:
 
     def _call(self, e: Call):
         fn, x = e.fn, e.args[0]
+        if fn in DOT4_FNS:
+            vals = [self.ev(a) for a in e.args]
+            vec = any(v for _, v in vals)
+            args = [self.splat(v) if vec and not isv else v for v, isv in vals]
+            return emit_dot4(self.b, fn, *args), vec
         if fn in VECMATH_FUNCTIONS and e.dtype is DType.float32:
             v, vec = self.ev(x)
             return VecMath(self.b, self.intrinsic).emit(fn, v), vec

@@ -84,6 +84,15 @@ class Net:
             return to_onnx(self._graph)
         return save_onnx(self._graph, path)
 
+    def quantize(self, data: Any = None, path: str | os.PathLike | None = None,
+                 **options: Any) -> Any:
+        """Static int8 quantization calibrated on ``data`` (an (N, ...) array, a folder of
+        images, an .npy/.npz file; None: seeded random inputs): the QDQ onnx.ModelProto (also
+        saved to ``path``), which ``cnncc.compile`` runs with int8 kernels. Options as
+        ``cnncc.quantize`` (per_channel, method, threads, samples, verbose)."""
+        from cnncc.quantize import quantize
+        return quantize(self, path, calibration=data, **options)[0]
+
     def compile(self, target: str | None = None, **options: Any) -> Any:
         """``cnncc.compile(self, target, **options)``: a callable CompiledModel."""
         from cnncc.driver import compile as compile_

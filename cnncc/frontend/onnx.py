@@ -27,7 +27,8 @@ from ..passes.eliminate_dead_code import eliminate_dead_code
 from .load import load_model_proto
 from .opset import convert_node
 from .tensors import attribute_value, elem_dtype, tensor_to_array
-from .validate import check_ops, check_structure, check_text, default_opset, run_checker
+from .validate import (DEFAULT_DOMAINS, check_ops, check_structure, check_text, default_opset,
+                       run_checker)
 
 
 def import_model(source: Any, input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -201,6 +202,10 @@ class _Importer:
             return
         if is_cnncc_op(proto.domain, proto.op_type):
             self._cnncc_op(proto, name, attrs)
+            return
+        if proto.domain not in DEFAULT_DOMAINS:     # com.microsoft ops: one version each
+            convert_node(self, proto.op_type, list(proto.input), list(proto.output), attrs,
+                         name, 1)
             return
         try:
             since = onnx.defs.get_schema(proto.op_type, self.opset, "").since_version

@@ -43,9 +43,12 @@ def default_opset(model: onnx.ModelProto) -> int:
 def is_supported_op(op_type: str, domain: str) -> bool:
     if is_cnncc_op(domain, op_type):
         return True
-    if domain not in DEFAULT_DOMAINS:
-        return False
-    return op_type in FRONTEND_OPS or RENAMED_OPS.get(op_type, op_type) in OP_TABLE
+    if domain not in DEFAULT_DOMAINS:       # an op of another domain the table defines
+        return op_type in OP_TABLE and OP_TABLE[op_type].domain == domain
+    if op_type in FRONTEND_OPS:
+        return True
+    opdef = OP_TABLE.get(RENAMED_OPS.get(op_type, op_type))
+    return opdef is not None and opdef.domain == ""
 
 
 def check_ops(model: onnx.ModelProto, opset: int | None) -> None:

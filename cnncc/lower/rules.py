@@ -19,6 +19,8 @@ from .gpu_gemm import lower_gemm_gpu, lower_matmul_gpu
 from .gather import INDEX_MAP_OPS, lower_index_map
 from .reduce import REDUCE_OPS, lower_arg, lower_reduce
 from .promote import lower_promoted, needs_promotion
+from .quant import QUANT_RULES
+from .conv_int8 import INT8_CONV_RULES
 from .resize import lower_resize
 from .scatter import lower_scatter_elements
 from .topk import lower_topk
@@ -74,6 +76,8 @@ for _op in REDUCE_OPS:
 RULES["LogSoftmax"] = lower_softmax
 RULES["ScatterElements"] = lower_scatter_elements
 RULES["TopK"] = lower_topk
+RULES.update(QUANT_RULES)
+RULES.update(INT8_CONV_RULES)
 RULES["DeformConv"] = lower_deform_conv
 RULES["LocallyConnected2d"] = RULES["TiledConv2d"] = lower_unshared_conv
 RULES["Maxout"] = lower_maxout

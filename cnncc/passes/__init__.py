@@ -2,8 +2,8 @@
 
 Every pass is a function ``Graph -> Graph`` (taking the PassContext too) that returns a new graph;
 after each one the graph is verified and, on request, dumped (CNNCC_DUMP=passes or =PASS_NAME).
-opt_level 0 runs nothing: every op stays its own kernel, in NCHW (the "unfused" baseline); 1 runs
-the clean-ups and fusions, 2 adds the NCHWc layout, 3 (the default) everything.
+opt_level 0 runs only fold_dequantized: every op stays its own kernel, in NCHW (the "unfused"
+baseline); 1 runs the clean-ups and fusions, 2 adds the NCHWc layout, 3 (the default) everything.
 The arena is planned at lowering (it needs kernel lifetimes, so it is not Graph -> Graph):
 cnncc/lower/memory_plan.py.
 """
@@ -24,6 +24,8 @@ from .fuse_epilogue import fuse_epilogue
 from .recognize_activations import recognize_activations
 from .lift_channels_last import lift_channels_last
 from .recognize_layer_norm import recognize_layer_norm
+from .fuse_quantized import fuse_quantized
+from .fold_dequantized import fold_dequantized
 from .alter_layout_nchwc import alter_layout_nchwc
 from .depthwise_separable import depthwise_separable
 from .fuse_channel_scale import fuse_channel_scale
@@ -48,6 +50,10 @@ class Pass:
 PIPELINE: list[Pass] = [
     Pass("canonicalize", canonicalize, 1),
     Pass("fold_constants", fold_constants, 1),
+    # QDQ conv chains -> QConv before anything fuses their float convs; then the quantized
+    # constants left are dequantized once (at opt_level 0 too: the importer kept them).
+    Pass("fuse_quantized", fuse_quantized, 1),
+    Pass("fold_dequantized", fold_dequantized, 0),
     Pass("fold_batch_norm", fold_batch_norm, 1),
     # Before dead code: the Concats, Reshapes and Transposes it composes away are left dead.
     Pass("fold_channel_shuffle", fold_channel_shuffle, 1),

@@ -43,6 +43,7 @@ class OpDef:
     inputs: tuple[int, int] = (1, 1)       # min, max count (max -1: unbounded)
     outputs: tuple[int, int] = (1, 1)
     doc: str = ""
+    domain: str = ""        # the ONNX domain of ops outside the default one (com.microsoft)
 
 
 OP_TABLE: dict[str, OpDef] = {}

@@ -1,0 +1,277 @@
+"""Quantized convs (QLinearConv, and QConv from cnncc/passes/fuse_quantized.py) on integers,
+with bias, requantization, the quantized residual and ReLU fused in the epilogue.
+
+The input minus its zero point is copied once into a padded int32 scratch buffer (the pads
+read zero there, i.e. the zero point: what ONNX defines); weights minus their zero points are
+packed at compile time as int32 [G, OCb, taps, VT] (VT = 1 or 2 vectors of output channels);
+each task accumulates R output pixels x VT channels exactly in int32 registers (R unrolled,
+VT vectorized, one input scalar broadcast per pixel and tap), then requantizes in float32:
+round_half_even(float(acc + bias) * (x_scale * w_scale / y_scale)) + y_zero_point, saturated;
+with a residual R: round_half_even(((y - y_zp) * y_scale + (R - r_zp) * r_scale) / s_scale)
++ s_zp, saturated; ReLU: max with the output zero point. The output is stored as int8/uint8:
+activations stay 8-bit between convs.
+Exactness: the accumulation is exact; the requantization rounds once in float32 where the
+reference multiplies in float64, so an output may differ by one step at a rounding tie.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnncc.ir import DType, Node
+from cnncc.ir.loop import (Allocate, And, Buffer, Call, Cast, Cmp, Const, Expr, F32, For, If,
+                           Kernel, Let, Stmt, Store, Var, seq)
+from cnncc.ir.ops.quant import int_range, quantize
+from cnncc.ir.ops.spatial import resolve_window
+
+from .context import LowerCtx, op_context
+from .conv import phases_for, window_index
+from .conv_int8_dot import dot_plan, pack_dot, shifted_zero_point
+from .cpu_schedule import parallel_outer
+
+I32 = DType.int32
+
+
+def _scalar(ctx: LowerCtx, node: Node, i: int, what: str) -> np.ndarray:
+    """Input i, which must be a compile-time constant (the op context's error names it)."""
+    return op_context(ctx.graph, node).const(i, what)
+
+
+def _padded(ctx: LowerCtx, node: Node, x: str, zp: int, win, phases: int = 1) -> Buffer:
+    """(x - zp) as int32, zero-padded by the window's pads: [N, C, H + pads, W + pads] (pad
+    rows and columns filled apart, interior rows copied contiguously); ``phases`` > 1
+    de-interleaves W as conv.padded_input does ([..., W % phases, W // phases])."""
+    shape = ctx.graph.types[x].shape
+    nd = len(shape) - 2
+    pshape = shape[:2] + tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
+    wfull = pshape[-1]
+    if phases > 1:
+        wfull = -(-pshape[-1] // phases) * phases
+        pshape = pshape[:-1] + (phases, wfull // phases)
+    xp = ctx.temp(I32, pshape, "xp")
+    xin = ctx.value(x, bname="x")
+    n, c = Var("n"), Var("c")
+    rows = [Var(f"r{d}") for d in range(nd - 1)]
+    w, fl, fr, fa = Var("w"), Var("fl"), Var("fr"), Var("fa")
+    zero = Const(0, I32)
+    bl, width = win.begin(nd - 1), shape[-1]
+    def at(col: Expr) -> tuple:
+        return (n, c) + tuple(rows) + ((col % phases, col // phases) if phases > 1 else (col,))
+    src = (n, c) + tuple(r - win.begin(d) for d, r in enumerate(rows)) + (w,)
+    interior = seq(For(fl, bl, Store(xp, at(fl), zero)),
+                   For(w, width, Store(xp, at(w + bl), Cast(I32, xin[src]) - Const(zp, I32))),
+                   For(fr, wfull - bl - width, Store(xp, at(fr + (bl + width)), zero)))
+    inside = None
+    for d, r in enumerate(rows):
+        ok = And(Cmp("ge", r, Const(win.begin(d))), Cmp("lt", r, Const(win.begin(d) + shape[2 + d])))
+        inside = ok if inside is None else And(inside, ok)
+    body: Stmt = interior if inside is None else If(inside, interior,
+                                                    For(fa, wfull, Store(xp, at(fa), zero)))
+    for d in reversed(range(nd - 1)):
+        body = For(rows[d], pshape[2 + d], body)
+    k = Kernel(f"{node.name}_pad", [xp, xin], For(n, shape[0], For(c, shape[1], body)))
+    ctx.emit(parallel_outer(k, ["n", "c"], ctx, int(np.prod(pshape))))
+    return xp
+
+
+def lower_qconv(ctx: LowerCtx, node: Node) -> None:
+    g = ctx.graph
+    oc_ = op_context(g, node)
+    x, out = node.inputs[0], node.outputs[0]
+    wq = _scalar(ctx, node, 3, "the weight")
+    x_scale = np.float32(_scalar(ctx, node, 1, "x_scale").reshape(-1)[0])
+    x_zp = int(_scalar(ctx, node, 2, "x_zero_point").reshape(-1)[0])
+    w_scale = _scalar(ctx, node, 4, "w_scale").astype(np.float32).reshape(-1)
+    w_zp = _scalar(ctx, node, 5, "w_zero_point").astype(np.int32).reshape(-1)
+    y_scale = np.float32(_scalar(ctx, node, 6, "y_scale").reshape(-1)[0])
+    y_zp = _scalar(ctx, node, 7, "y_zero_point").reshape(-1)[0]
+    has_bias = len(node.inputs) > 8 and node.inputs[8]
+    bias = _scalar(ctx, node, 8, "the bias").astype(np.int64) if has_bias else None
+    residual = node.inputs[9] if len(node.inputs) > 9 and node.inputs[9] else None
+    relu = node.op == "QConv" and oc_["relu"]
+    out_dt = g.types[out].dtype
+    xs = g.types[x].shape
+    nd = len(xs) - 2
+    win = resolve_window(oc_, xs, wq.shape[2:])
+    groups = oc_["group"]
+    oc, icg = wq.shape[0], wq.shape[1]
+    ocg = oc // groups
+    lo, hi = int_range(out_dt.np)
+    f = lambda v: Const(float(v), F32)                                   # noqa: E731
+    if residual:
+        r_scale = np.float32(_scalar(ctx, node, 10, "r_scale").reshape(-1)[0])
+        r_zp = int(_scalar(ctx, node, 11, "r_zero_point").reshape(-1)[0])
+        s_scale = np.float32(_scalar(ctx, node, 12, "s_scale").reshape(-1)[0])
+        out_zp = int(_scalar(ctx, node, 13, "s_zero_point").reshape(-1)[0])
+        ylo, yhi = int_range(np.asarray(y_zp).dtype)
+    else:
+        out_zp = int(y_zp)
+    if relu:
+        lo = max(lo, out_zp)
+        if oc_["relu_max"] > 0:
+            out_scale = s_scale if residual else y_scale
+            hi = min(hi, int(quantize(np.float32(oc_["relu_max"]), out_scale, out_zp, out_dt.np)))
+
+    def epilogue(acc: Expr, mch: Expr, z: Expr | None) -> Expr:
+        v = Call("round", (Cast(F32, acc) * mch,), F32) + f(int(y_zp))
+        if z is not None:
+            v = v.max(f(ylo)).min(f(yhi))      # the conv's own quantized output, then the add
+            deq = (v - f(int(y_zp))) * f(y_scale) + Cast(F32, Cast(I32, z) - Const(r_zp, I32)) \
+                * f(r_scale)
+            v = Call("round", (deq / f(s_scale),), F32) + f(out_zp)
+        return Cast(out_dt, v.max(f(lo)).min(f(hi)))
+
+    mult_oc = (x_scale * np.broadcast_to(w_scale, (oc,)).astype(np.float32)
+               / y_scale).astype(np.float32)
+    if icg == 1 and ocg == 1 and not ctx.gpu:
+        wz = wq.astype(np.int32).reshape(oc, -1) - w_zp.reshape(-1, 1)
+        b = np.zeros(oc, np.int64) if bias is None else bias
+        phases = phases_for(win.strides[-1])
+        return _depthwise(ctx, node, _padded(ctx, node, x, x_zp, win, phases), wz, b, mult_oc,
+                          win, residual, epilogue, phases)
+    lanes = ctx.lanes
+    ks = wq.shape[2:]
+    vt = 2 * lanes if ocg >= 2 * lanes else lanes
+    ocb = -(-ocg // vt)
+    wz = wq.astype(np.int32) - (w_zp.reshape((-1,) + (1,) * (wq.ndim - 1)) if w_zp.size > 1
+                                else w_zp[0])
+    dot = dot_plan(ctx, wz, icg, ocg, np.zeros(oc, np.int64) if bias is None else bias,
+                   shifted_zero_point(g.types[x].dtype, x_zp))
+    if dot is not None:
+        xp, planes, wps, comp, update = pack_dot(ctx, node, x, x_zp, win, groups, wz, vt, dot)
+    else:
+        xp = _padded(ctx, node, x, x_zp, win)
+        planes = icg
+        wps = [wz]
+        comp = np.zeros(oc, np.int64)
+
+        def update(acc: Expr, xv: Expr, wv: list) -> Expr:
+            return acc + xv * wv[0]
+    taps = planes * int(np.prod(ks))
+    wbufs = []
+    for k, wv in enumerate(wps):
+        wp = np.zeros((groups, ocb * vt, taps), np.int32)
+        wp[:, :ocg] = wv.reshape(groups, ocg, taps)
+        wp = np.ascontiguousarray(wp.reshape(groups, ocb, vt, taps).transpose(0, 1, 3, 2))
+        wbufs.append(ctx.const(wp, f"w{k}"))
+
+    def per_channel(v: np.ndarray, dtype) -> np.ndarray:
+        p = np.zeros((groups, ocb * vt), dtype)
+        p[:, :ocg] = np.broadcast_to(v, (oc,)).reshape(groups, ocg)
+        return p
+    bias_total = (np.zeros(oc, np.int64) if bias is None else bias) - comp
+    bp = per_channel(bias_total, np.int32)
+    mult = per_channel(mult_oc, np.float32)
+    psp = xp.shape[2:]
+    pstride = [int(np.prod(psp[d + 1:])) for d in range(nd)]
+    plane = int(np.prod(psp))
+    offs = np.zeros((planes,) + ks, np.int64)
+    for d in range(nd):
+        kd = np.arange(ks[d]) * win.dilations[d] * pstride[d]
+        offs += kd.reshape((1,) + tuple(ks[d] if e == d else 1 for e in range(nd)))
+    offs += (np.arange(planes) * plane).reshape((planes,) + (1,) * nd)
+    bbuf, mbuf = ctx.const(bp, "b"), ctx.const(mult, "m")
+    obuf = ctx.const(offs.reshape(-1), "off")
+    xflat = Buffer("x", I32, (int(np.prod(xp.shape)),))
+    ctx.binding[id(xflat)] = ctx.binding[id(xp)]
+    oshape = g.types[out].shape
+    osp = oshape[2:]
+    npix = int(np.prod(osp))
+    ybuf = ctx.value(out, (oshape[0], oc, npix), "y")
+    zbuf = ctx.value(residual, (oshape[0], oc, npix), "z") if residual else None
+    regs = ctx.vector_registers
+    if dot is None:
+        r_tile = min(npix, max(1, (regs - 4) // (vt // lanes)))
+    else:
+        # A dot's input word is used by every weight vector, so it lives in a register:
+        # R * (vectors + 1) + the weight vectors (+ 2 for AVX2's ones and int16 pairs) fit.
+        spare = vt // lanes + (2 if dot.endswith("avx2") else 0)
+        r_tile = min(npix, max(1, (regs - spare) // (vt // lanes + 1)))
+    n, gv, ob, pb = Var("n"), Var("g"), Var("ob"), Var("pb")
+
+    def base(p: Expr) -> Expr:
+        e: Expr = (n * xp.shape[1] + gv * planes) * plane
+        rest = p
+        for d in reversed(range(nd)):
+            od = rest % osp[d] if d else rest
+            rest = rest // osp[d]
+            e = e + od * (win.strides[d] * pstride[d])
+        return e
+
+    def tile(p0: Expr, rr: int, tag: str) -> Stmt:
+        acc = Buffer(f"acc{tag}", I32, (rr, vt), "local")
+        r, v, v2, r3, v3 = (Var(f"{q}{tag}") for q in ("r", "v", "v2", "r3", "v3"))
+        t, o = Var(f"t{tag}"), Var(f"o{tag}")
+        init = For(r, rr, For(v, vt, Store(acc, (r, v), bbuf[gv, ob * vt + v]), "vectorized"),
+                   "unrolled")
+        bases = [base(p0 + k) for k in range(rr)]
+        upd = [For(v2, vt, Store(acc, (k, v2), update(acc[k, v2], xflat[bases[k] + o],
+                                                      [w[gv, ob, t, v2] for w in wbufs])),
+                   "vectorized") for k in range(rr)]
+        red = For(t, taps, Let(o, obuf[t], seq(*upd)))
+        chan = gv * ocg + ob * vt + v3
+        z = None
+        if zbuf is not None:
+            z = zbuf[n, chan.min(oc - 1) if ocg % vt else chan, p0 + r3]
+        st_: Stmt = Store(ybuf, (n, chan, p0 + r3), epilogue(acc[r3, v3], mbuf[gv, ob * vt + v3], z))
+        if ocg % vt:
+            st_ = If(ob * vt + v3 < ocg, st_, masked=True)
+        epi = For(r3, rr, For(v3, vt, st_, "vectorized"), "unrolled")
+        return Allocate(acc, seq(init, red, epi))
+
+    full, rest = divmod(npix, r_tile)
+    inner: Stmt = tile(pb * r_tile, r_tile, "")
+    if rest:
+        inner = If(pb < full, inner, tile(Const(npix - rest), rest, "t"))
+    body = For(n, oshape[0], For(gv, groups, For(ob, ocb, For(pb, full + (rest > 0), inner))))
+    params = [ybuf, xflat, *wbufs, bbuf, mbuf, obuf] + ([zbuf] if zbuf is not None else [])
+    k = Kernel(node.name, params, body)
+    ctx.emit(parallel_outer(k, ["n", "g", "ob", "pb"], ctx, int(np.prod(oshape)) * taps))
+
+
+def _depthwise(ctx: LowerCtx, node: Node, xp: Buffer, wz: np.ndarray, bias: np.ndarray,
+               mult: np.ndarray, win, residual: str | None, epilogue, phases: int) -> None:
+    """One input channel per output channel: a row of output pixels per vector (the
+    accumulators, exact int32), a scalar weight per tap broadcast, the epilogue as above."""
+    g = ctx.graph
+    out = node.outputs[0]
+    oshape = g.types[out].shape
+    nd = len(oshape) - 2
+    ks = tuple(g.types[node.inputs[3]].shape[2:])
+    osp = oshape[2:]
+    ow, vt = osp[-1], ctx.lanes
+    wbuf = ctx.const(wz.reshape((oshape[1],) + ks).astype(np.int32), "w")
+    bbuf, mbuf = ctx.const(bias.astype(np.int32), "b"), ctx.const(mult, "m")
+    ybuf = ctx.value(out, bname="y")
+    zbuf = ctx.value(residual, bname="z") if residual else None
+    st, dl = win.strides, win.dilations
+    n, c = Var("n"), Var("c")
+    orow = [Var(f"o{d}") for d in range(nd - 1)]
+    kv = [Var(f"k{d}") for d in range(nd)]
+
+    def tile(ow0: Expr, width: int, tag: str) -> Stmt:
+        acc = Buffer(f"acc{tag}", I32, (width,), "local")
+        v, v2, v3 = Var(f"v{tag}"), Var(f"v2{tag}"), Var(f"v3{tag}")
+        init = For(v, width, Store(acc, (v,), bbuf[c]), "vectorized")
+        rows = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
+        xi = (n, c) + window_index(rows, ow0 + v2, kv[-1], st[-1], dl[-1], phases)
+        red: Stmt = For(v2, width, Store(acc, (v2,), acc[v2] + xp[xi] * wbuf[(c,) + tuple(kv)]),
+                        "vectorized")
+        for d in reversed(range(nd)):
+            red = For(kv[d], ks[d], red, "unrolled" if ks[d] <= 7 else "serial")
+        yi = (n, c) + tuple(orow) + (ow0 + v3,)
+        val = epilogue(acc[v3], mbuf[c], zbuf[yi] if zbuf is not None else None)
+        return Allocate(acc, seq(init, red, For(v3, width, Store(ybuf, yi, val), "vectorized")))
+
+    owb = Var("owb")
+    body: Stmt = For(owb, ow // vt, tile(owb * vt, vt, ""))
+    if ow % vt:
+        body = seq(body, tile(Const(ow - ow % vt), ow % vt, "t"))
+    for d in reversed(range(nd - 1)):
+        body = For(orow[d], osp[d], body)
+    body = For(n, oshape[0], For(c, oshape[1], body))
+    params = [ybuf, xp, wbuf, bbuf, mbuf] + ([zbuf] if zbuf is not None else [])
+    ctx.emit(parallel_outer(Kernel(node.name, params, body), ["n", "c"] + [o.name for o in orow],
+                            ctx, int(np.prod(oshape)) * int(np.prod(ks))))
+
+
+INT8_CONV_RULES = {"QLinearConv": lower_qconv, "QConv": lower_qconv}

@@ -1,0 +1,135 @@
+"""The u8 x s8 dot-product packing of the int8 convs (cnncc/lower/conv_int8.py): 4 input
+channels per int32 word, so one ``dot4_u8s8*`` call (vpdpbusd with VNNI, vpmaddubsw + vpmaddwd
+on AVX2) does 4 multiply-adds per output-channel lane.
+
+Input: x (int8 inputs shifted by +128 to uint8, the zero point with them) copied once into a
+padded scratch buffer [N, G * C4, H + pads, W + pads, 4] of bytes (C4 = ceil(C/G / 4); pads and
+missing channels hold the zero point). Weights w' = w - w_zero_point must fit int8; they are
+packed [O, C4, k...] as words of 4 bytes (missing channels 0). Since sum (x - zx) w' =
+sum x w' - zx sum w', the bias absorbs zx * sum w' at compile time.
+AVX2 without VNNI: vpmaddubsw sums two u8 x s8 products into int16 with saturation; a weight
+outside [-64, 64] could saturate, so such weights are split exactly as w' = lo + hi with
+lo = clip(w', -64, 64) and hi = w' - lo (both in [-64, 64]) and each word gets two dot
+calls (one with 7-bit weights, the fast case, e.g. models quantized with --reduce-range).
+The instruction path comes from the Target (its VNNI level and lanes), never from the host.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnncc.ir import DType, Node
+from cnncc.ir.loop import (And, Buffer, Call, Cast, Cmp, Const, Expr, For, If, Kernel, Select,
+                           Store, Var, seq)
+
+from .context import LowerCtx
+from .cpu_schedule import parallel_outer
+
+I32, U8 = DType.int32, DType.uint8
+AVX2_SAFE = 64          # |w| <= 64: 2 * 255 * 64 < 2^15, vpmaddubsw cannot saturate
+
+
+def shifted_zero_point(x_dtype: DType, x_zp: int) -> int:
+    """The input zero point once int8 inputs are shifted to uint8."""
+    return x_zp + (128 if x_dtype is DType.int8 else 0)
+
+
+def compensation(wz: np.ndarray, zx: int) -> np.ndarray:
+    """zx * sum of each output channel's weights (int64): what the bias absorbs."""
+    return zx * wz.reshape(wz.shape[0], -1).astype(np.int64).sum(axis=1)
+
+
+def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int, bias: np.ndarray,
+             zx: int) -> str | None:
+    """The dot4 function for this conv on ctx's Target, or None for the plain int32 path
+    (GPU, fewer than 3 input or 8 output channels per group, weights beyond int8, or a bias
+    that would leave int32 once it absorbs the zero point)."""
+    t = ctx.target
+    if ctx.gpu or t is None or icg < 3 or ocg < 8 or wz.min() < -128 or wz.max() > 127:
+        return None
+    total = bias - compensation(wz, zx)
+    if total.min(initial=0) < -2**31 or total.max(initial=0) >= 2**31:
+        return None
+    if t.vnni and ctx.lanes in (8, 16):
+        return "dot4_u8s8_vnni"
+    if "avx2" in t.flags and ctx.lanes == 8:
+        return "dot4_u8s8_avx2"
+    return "dot4_u8s8"
+
+
+def words(w: np.ndarray) -> np.ndarray:
+    """[O, C, k...] int8 values -> [O, ceil(C/4), k...] int32 words of 4 channels."""
+    o, c = w.shape[:2]
+    c4 = -(-c // 4)
+    padded = np.zeros((o, c4 * 4) + w.shape[2:], np.int8)
+    padded[:, :c] = w
+    moved = np.moveaxis(padded.reshape((o, c4, 4) + w.shape[2:]), 2, -1)
+    return np.ascontiguousarray(moved).view(np.int32).reshape((o, c4) + w.shape[2:])
+
+
+def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int, wz: np.ndarray,
+             vt: int, fn: str):
+    """(int32 word view of the packed input [N, G*C4, Hp, Wp], C4, weight word arrays,
+    per-channel compensation zx' * sum w', the accumulator update)."""
+    g = ctx.graph
+    shape = g.types[x].shape
+    zx = shifted_zero_point(g.types[x].dtype, x_zp)
+    shift = zx - x_zp
+    icg = shape[1] // groups
+    c4 = -(-icg // 4)
+    pshape = tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
+    xb = ctx.temp(U8, (shape[0], groups * c4) + pshape + (4,), "xb")
+    xin = ctx.value(x, bname="x")
+    pack_input(ctx, node, xb, xin, win, groups, c4, shift, zx)
+    view = Buffer("x", I32, (shape[0], groups * c4) + pshape)
+    ctx.binding[id(view)] = ctx.binding[id(xb)]
+    comp = compensation(wz, zx)
+    if fn == "dot4_u8s8_avx2" and np.abs(wz).max(initial=0) > AVX2_SAFE:
+        lo = np.clip(wz, -AVX2_SAFE, AVX2_SAFE)
+        parts = [lo, wz - lo]
+    else:
+        parts = [wz]
+    wps = [words(p.astype(np.int8)) for p in parts]
+
+    def update(acc: Expr, xv: Expr, ws: list) -> Expr:
+        for w in ws:
+            acc = Call(fn, (acc, xv, w), I32)
+        return acc
+    return view, c4, wps, comp, update
+
+
+def pack_input(ctx: LowerCtx, node: Node, xb: Buffer, xin: Buffer, win, groups: int, c4: int,
+               shift: int, zx: int) -> None:
+    """xb[n, g*C4 + q, pad..., j] = x[n, g*Cg + 4q + j, ...] + shift, zx in pads and missing
+    channels: pad rows and columns filled apart, interior rows copied without a branch
+    (a missing channel reads the last real one and selects zx), contiguous along W."""
+    shape = xin.shape
+    nd = len(shape) - 2
+    icg = shape[1] // groups
+    pshape = xb.shape[2:-1]
+    n, gq, j = Var("n"), Var("gq"), Var("j")
+    rows = [Var(f"r{d}") for d in range(nd - 1)]
+    w, fl, fr, fa = Var("w"), Var("fl"), Var("fr"), Var("fa")
+    zv = Const(zx, U8)
+    bl, width = win.begin(nd - 1), shape[-1]
+
+    def at(col: Expr) -> tuple:
+        return (n, gq) + tuple(rows) + (col, j)
+    cin = (gq % c4) * 4 + j
+    src = (n, (gq // c4) * icg + cin.min(icg - 1)) + tuple(
+        r - win.begin(d) for d, r in enumerate(rows)) + (w,)
+    val = Cast(U8, Cast(I32, xin[src]) + Const(shift, I32))
+    copy = Store(xb, at(w + bl), Select(Cmp("lt", cin, Const(icg)), val, zv))
+    interior = seq(For(fl, bl, For(j, 4, Store(xb, at(fl), zv), "unrolled")),
+                   For(w, width, For(j, 4, copy, "unrolled")),
+                   For(fr, pshape[-1] - bl - width,
+                       For(j, 4, Store(xb, at(fr + (bl + width)), zv), "unrolled")))
+    inside = None
+    for d, r in enumerate(rows):
+        ok = And(Cmp("ge", r, Const(win.begin(d))), Cmp("lt", r, Const(win.begin(d) + shape[2 + d])))
+        inside = ok if inside is None else And(inside, ok)
+    body = interior if inside is None else If(
+        inside, interior, For(fa, pshape[-1], For(j, 4, Store(xb, at(fa), zv), "unrolled")))
+    for d in reversed(range(nd - 1)):
+        body = For(rows[d], pshape[d], body)
+    k = Kernel(f"{node.name}_pack", [xb, xin], For(n, shape[0], For(gq, groups * c4, body)))
+    ctx.emit(parallel_outer(k, ["n", "gq"], ctx, int(np.prod(xb.shape))))

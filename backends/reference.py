@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, run_graph
-from ..runtime import CompiledModel, signature
+from cnncc.ir import Graph, run_graph
+from cnncc.runtime import CompiledModel, signature
 from . import check_options
 
 

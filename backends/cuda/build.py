@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...ir import CompileError, InputError
+from cnncc.ir import CompileError, InputError
 from .cexpr import c_type
 
 EMU_HEADER = Path(__file__).with_name("cuda_emu.h")

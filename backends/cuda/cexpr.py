@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ir import CompileError
-from ...ir.dtypes import DType
-from ...ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
+from cnncc.ir import CompileError
+from cnncc.ir.dtypes import DType
+from cnncc.ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
 
 C_TYPES = {
     DType.float32: "float", DType.float64: "double", DType.int8: "signed char",
@@ -340,8 +340,8 @@ def fits_int32(kernel) -> bool:
     fewer than 2**31 elements): then index arithmetic is rendered in 32-bit ``int``, which GPUs
     do in half the registers and instructions. Loads of int64 data, casts from floats and
     non-constant loop bounds have unknown ranges and keep the kernel 64-bit."""
-    from ...ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
-    from ...ir.loop import Allocate, For, Let
+    from cnncc.ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
+    from cnncc.ir.loop import Allocate, For, Let
     lim = (-(2 ** 31), 2 ** 31 - 1)
     if any(b.size >= 2 ** 31 for b in kernel.params):
         return False

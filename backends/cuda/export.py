@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from ...ir import CompileError
+from cnncc.ir import CompileError
 from .build import find_nvcc
 from .device import build_cuda_library
 from .model import CudaProgram

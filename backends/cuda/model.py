@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import check_options
-from ...ir import CompileError
-from ...ir.loop import Kernel
-from ...runtime import CompiledModel, signature
-from ...debug import dump, dump_enabled
-from ..llvm.aot import c_identifier
+from cnncc.backends import check_options
+from cnncc.ir import CompileError
+from cnncc.ir.loop import Kernel
+from cnncc.runtime import CompiledModel, signature
+from cnncc.debug import dump, dump_enabled
+from cnncc.backends.llvm.aot import c_identifier
 from .build import BuildError, build_emu_library, find_nvcc
 from .device import build_cuda_library, gpu_count
 from .codegen import CudaModule

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...ir import CompileError
+from cnncc.ir import CompileError
 from .cexpr import c_type
 from .codegen import CudaModule, render_module
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...ir import CompileError
-from ...ir.affine import const_value, walk_exprs, walk_stmts
-from ...ir.loop import Allocate, For, If, Let, Load, Seq, Stmt, Store, Var
+from cnncc.ir import CompileError
+from cnncc.ir.affine import const_value, walk_exprs, walk_stmts
+from cnncc.ir.loop import Allocate, For, If, Let, Load, Seq, Stmt, Store, Var
 
 MAX_THREADS = 1024
 MAX_GRID = (2 ** 31 - 1, 65535, 65535)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 
-from ...ir import CompileError
-from ...ir.affine import const_value, walk_stmts
-from ...ir.dtypes import DType
-from ...ir.loop import Allocate, Bin, Cast, Const, For, If, Let, Prefetch, Seq, Stmt, Store
+from cnncc.ir import CompileError
+from cnncc.ir.affine import const_value, walk_stmts
+from cnncc.ir.dtypes import DType
+from cnncc.ir.loop import Allocate, Bin, Cast, Const, For, If, Let, Prefetch, Seq, Stmt, Store
 from .cexpr import ExprRenderer, c_type
 from .stages import Stage, accesses, children, has_thread_loop
 

@@ -36,7 +36,7 @@ import subprocess
 import tempfile
 import time
 
-from ...ir import CompileError
+from cnncc.ir import CompileError
 from . import jit, thread_pool
 from .batch_entry import arena_stride
 from .objects import build_objects
@@ -157,7 +157,7 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
 
 
 def _version() -> str:
-    from ... import __version__
+    from cnncc import __version__
     return __version__
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from ...ir import CompileError
-from ...ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
-from ...ir.loop import Allocate, For, If, Kernel, Let, Load, Prefetch, Seq, Stmt, Store, Var
+from cnncc.ir import CompileError
+from cnncc.ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
+from cnncc.ir.loop import Allocate, For, If, Kernel, Let, Load, Prefetch, Seq, Stmt, Store, Var
 from . import thread_pool
 from .exprs import I32, I64, PTR, ExprEmitter, lltype
 from .indexing import IndexCache, memory_resident, uses_any

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from ...ir import CompileError, DType
-from ...ir.loop import (DOT4_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select,
+from cnncc.ir import CompileError, DType
+from cnncc.ir.loop import (DOT4_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select,
                         Var)
 from .indexing import IndexCache, fold_int_values, value_key
 from .int8_dot import emit_dot4

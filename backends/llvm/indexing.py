@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from ...ir.affine import coefficient, simplify, walk_exprs
-from ...ir.loop import Allocate, Const, Expr, For, If, Let, Load, Prefetch, Seq, Stmt, Store, Var
-from ...ir.loop_printer import format_expr
+from cnncc.ir.affine import coefficient, simplify, walk_exprs
+from cnncc.ir.loop import Allocate, Const, Expr, For, If, Let, Load, Prefetch, Seq, Stmt, Store, Var
+from cnncc.ir.loop_printer import format_expr
 
 
 def fold_int(op: str, a: int, b: int, bits: int) -> int:

@@ -15,10 +15,10 @@ import threading
 import llvmlite
 import llvmlite.binding as llvm
 
-from ...ir import CompileError
-from ...ir.target import Target
+from cnncc.ir import CompileError
+from cnncc.ir.target import Target
 from . import thread_pool
-from ..cache_folders import cache_root
+from cnncc.backends.cache_folders import cache_root
 from .object_files import read_object, write_object
 
 _LOCK = threading.Lock()

@@ -5,8 +5,8 @@ import ctypes
 
 import numpy as np
 
-from ...ir import CompileError
-from ...ir.loop import Kernel
+from cnncc.ir import CompileError
+from cnncc.ir.loop import Kernel
 from . import jit
 from .codegen import ModuleBuilder
 

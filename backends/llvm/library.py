@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ...ir import CompileError, DType, TensorType
-from ...runtime import CompiledModel
+from cnncc.ir import CompileError, DType, TensorType
+from cnncc.runtime import CompiledModel
 from .aot import FORMAT, check_name, sha256_file
 
 # dlopen returns the library already loaded under a path even when the file was replaced since:

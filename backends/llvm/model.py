@@ -12,14 +12,14 @@ import llvmlite.ir as ir
 
 import numpy as np
 
-from ... import __version__
-from ...ir import CompileError, InputError
-from ...ir.aligned import aligned_zeros
-from ...ir.loop import Kernel
-from ...ir.target import Target
-from ...runtime import CompiledModel, signature
-from ...debug import dump, dump_enabled
-from .. import check_options
+from cnncc import __version__
+from cnncc.ir import CompileError, InputError
+from cnncc.ir.aligned import aligned_zeros
+from cnncc.ir.loop import Kernel
+from cnncc.ir.target import Target
+from cnncc.runtime import CompiledModel, signature
+from cnncc.debug import dump, dump_enabled
+from cnncc.backends import check_options
 from . import jit, objects
 from .batch_entry import MODES, arena_stride, batch_entry_function
 from .codegen import ModuleBuilder

@@ -29,11 +29,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from ...ir import CompileError
-from ...ir.loop import Kernel
+from cnncc.ir import CompileError
+from cnncc.ir.loop import Kernel
 from . import jit
 from .codegen import ModuleBuilder
-from ..cache_folders import cache_root, evict
+from cnncc.backends.cache_folders import cache_root, evict
 from .object_files import read_object, write_object
 
 KINDS = ("jit", "pic")
@@ -177,6 +177,6 @@ _FORK_LOCK = threading.Lock()
 
 
 def _weight(kernel: Kernel) -> int:
-    from ...ir.affine import walk_stmts
+    from cnncc.ir.affine import walk_stmts
 
     return sum(1 for _ in walk_stmts(kernel.body))

@@ -15,9 +15,9 @@ import os
 
 import llvmlite
 
-from ...ir.affine import walk_stmts
-from ...ir.loop import Allocate, Kernel
-from ...ir.loop_printer import format_kernel
+from cnncc.ir.affine import walk_stmts
+from cnncc.ir.loop import Allocate, Kernel
+from cnncc.ir.loop_printer import format_kernel
 from . import codegen
 
 _CODEGEN_DIGEST: list[str] = []
@@ -55,7 +55,7 @@ def canonical_text(kernel: Kernel) -> str:
 
 def target_signature(info: dict, lanes: int, threads: int, openmp: bool) -> str:
     """What besides the loop IR decides a kernel's machine code."""
-    from ... import __version__
+    from cnncc import __version__
 
     return "\n".join([codegen_version(), __version__, llvmlite.__version__, info["cpu"],
                       info["features"], info["triple"], info["codegen"], f"lanes={lanes}",

@@ -23,7 +23,7 @@ from cnncc.ir import CompileError, DType, Graph, Node, TensorType, infer_node
 
 from cnncc.ir.fold import FOLD_LIMIT_BYTES, fold_node
 from cnncc.ir.ops.catalogue import is_cnncc_op
-from ..passes.eliminate_dead_code import eliminate_dead_code
+from cnncc.passes.eliminate_dead_code import eliminate_dead_code
 from .load import load_model_proto
 from .opset import convert_node
 from .tensors import attribute_value, elem_dtype, tensor_to_array

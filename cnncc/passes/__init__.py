@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..debug import dump, dump_enabled
-from ..ir import Graph
-from ..ir.target import Target
+from cnncc.debug import dump, dump_enabled
+from cnncc.ir import Graph
+from cnncc.ir.target import Target
 from .canonicalize import canonicalize
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
@@ -78,7 +78,7 @@ PASS_NAMES = [p.name for p in PIPELINE]
 def enabled_passes(ctx: PassContext) -> list[Pass]:
     unknown = set(ctx.skip) - set(PASS_NAMES)
     if unknown:
-        from ..ir import CompileError
+        from cnncc.ir import CompileError
         raise CompileError(f"unknown pass(es) to skip: {sorted(unknown)} (passes: {PASS_NAMES})")
     return [p for p in PIPELINE if ctx.opt_level >= p.min_level and p.name not in ctx.skip]
 

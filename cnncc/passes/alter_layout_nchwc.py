@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import CompileError, DType, Graph, Node
-from ..ir.ops import OP_TABLE, infer_node
-from ..ir.ops.activation_exprs import UNARY_LOWERING
-from ..ir.ops.layout import group_span, to_blocked
-from ..ir.ops.registry import resolve_attrs
+from cnncc.ir import CompileError, DType, Graph, Node
+from cnncc.ir.ops import OP_TABLE, infer_node
+from cnncc.ir.ops.activation_exprs import UNARY_LOWERING
+from cnncc.ir.ops.layout import group_span, to_blocked
+from cnncc.ir.ops.registry import resolve_attrs
 
 # Unary ops that map finite inputs to finite outputs: padding lanes stay finite, so a zero
 # weight of the next conv keeps them harmless (0 * inf would be NaN).
@@ -307,7 +307,7 @@ class _Rewriter:
 
 
 def _type_of(value: np.ndarray):
-    from ..ir.types import TensorType
+    from cnncc.ir.types import TensorType
     return TensorType(DType.from_numpy(value.dtype), value.shape)
 
 

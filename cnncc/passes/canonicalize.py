@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Node
-from ..ir.rewrite import Any, Builder, Match, Op, Param, Rule, apply_rules
+from cnncc.ir import Graph, Node
+from cnncc.ir.rewrite import Any, Builder, Match, Op, Param, Rule, apply_rules
 
 _NO_OPS = ("Identity", "Dropout")
 

@@ -42,11 +42,11 @@ import sys
 
 import numpy as np
 
-from ..ir import CompileError, DType, Graph, Node
-from ..ir.ops import OP_TABLE, OpContext
-from ..ir.ops.layout import fused_conv_of
-from ..ir.ops.spatial import Window, resolve_window
-from ..ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
+from cnncc.ir import CompileError, DType, Graph, Node
+from cnncc.ir.ops import OP_TABLE, OpContext
+from cnncc.ir.ops.layout import fused_conv_of
+from cnncc.ir.ops.spatial import Window, resolve_window
+from cnncc.ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
 
 # sigma_2 <= RANK1_TOL * sigma_1 (per channel) counts as rank 1: float32 weights built as an
 # outer product have sigma_2 / sigma_1 ~ 1e-8; anything a trained net has is far above 1e-6.

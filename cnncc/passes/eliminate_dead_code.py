@@ -4,8 +4,8 @@
 """
 from __future__ import annotations
 
-from ..ir import Graph
-from ..ir.rewrite import remove_unused_params
+from cnncc.ir import Graph
+from cnncc.ir.rewrite import remove_unused_params
 
 
 def eliminate_dead_code(graph: Graph, ctx=None) -> Graph:

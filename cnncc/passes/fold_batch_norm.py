@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph
-from ..ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
+from cnncc.ir import Graph
+from cnncc.ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
 
 
 def _conv_channels(b: Builder, m: Match) -> int:

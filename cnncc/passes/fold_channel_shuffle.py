@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Node
-from ..ir.ops.channel_gather import shuffle_sources, split_sources
+from cnncc.ir import Graph, Node
+from cnncc.ir.ops.channel_gather import shuffle_sources, split_sources
 
 
 def _shuffle_input(g: Graph, last: Node, producers: dict, users: dict) -> tuple | None:

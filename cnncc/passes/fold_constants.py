@@ -8,8 +8,8 @@ unread are dropped by eliminate_dead_code.
 """
 from __future__ import annotations
 
-from ..ir import Graph
-from ..ir.fold import fold_node
+from cnncc.ir import Graph
+from cnncc.ir.fold import fold_node
 
 
 def fold_constants(graph: Graph, ctx=None) -> Graph:

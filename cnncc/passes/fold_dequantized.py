@@ -9,8 +9,8 @@ stored, not at every inference). A graph without such nodes is returned unchange
 """
 from __future__ import annotations
 
-from ..ir import Graph
-from ..ir.fold import fold_node
+from cnncc.ir import Graph
+from cnncc.ir.fold import fold_node
 
 
 def fold_dequantized(graph: Graph, ctx=None) -> Graph:

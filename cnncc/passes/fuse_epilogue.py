@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import DType, Graph, Node
-from ..ir.ops import OP_TABLE
-from ..ir.ops.fused import ACTIVATIONS
-from ..ir.ops.registry import resolve_attrs
-from ..ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
+from cnncc.ir import DType, Graph, Node
+from cnncc.ir.ops import OP_TABLE
+from cnncc.ir.ops.fused import ACTIVATIONS
+from cnncc.ir.ops.registry import resolve_attrs
+from cnncc.ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
 
 
 def _float32(g: Graph, *values: str | None) -> bool:

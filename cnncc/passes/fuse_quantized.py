@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Node
-from ..ir.ops.quant import QUANT_TYPES
+from cnncc.ir import Graph, Node
+from cnncc.ir.ops.quant import QUANT_TYPES
 
 
 def _scalar_param(g: Graph, name: str) -> bool:

@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..dtypes import DType
-from ..loop import Call, Select
-from ..types import TensorType
+from cnncc.ir.dtypes import DType
+from cnncc.ir.loop import Call, Select
+from cnncc.ir.types import TensorType
 from . import activation_exprs as E
 from .activation_exprs import UNARY_LOWERING, Lowering
 from .registry import Attr, OpContext, OpDef, register

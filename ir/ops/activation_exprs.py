@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..node import Node
-from ..loop import Call, Const, Expr, Select
+from cnncc.ir.node import Node
+from cnncc.ir.loop import Call, Const, Expr, Select
 from .registry import OP_TABLE, resolve_attrs
 
 

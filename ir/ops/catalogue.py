@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import TensorType
+from cnncc.ir.types import TensorType
 from .registry import Attr, OpContext, OpDef, register
 from .spatial import Window, acc_dtype, check_input, pad_spatial, resolve_window
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import TensorType
+from cnncc.ir.types import TensorType
 from .layout import blocked_shape, from_blocked, to_blocked
 from .registry import Attr, OpContext, OpDef, register
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import TensorType
+from cnncc.ir.types import TensorType
 from .registry import Attr, OpContext, OpDef, register
 
 

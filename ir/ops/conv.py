@@ -10,7 +10,7 @@ from math import prod
 
 import numpy as np
 
-from ..types import TensorType
+from cnncc.ir.types import TensorType
 from .registry import Attr, OpContext, OpDef, register
 from .spatial import (WINDOW_ATTRS, Window, check_input, kernel_from_attr, matmul_dtype,
                       pad_spatial, resolve_window)

@@ -12,7 +12,7 @@ from math import prod
 
 import numpy as np
 
-from ..types import TensorType
+from cnncc.ir.types import TensorType
 from .conv import check_group, check_weight_and_bias
 from .registry import Attr, OpContext, OpDef, register
 from .spatial import (AUTO_PADS, WINDOW_ATTRS, check_input, check_padded_size, int_list,

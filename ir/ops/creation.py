@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import DType
-from ..types import MAX_ELEMENTS, TensorType
+from cnncc.ir.dtypes import DType
+from cnncc.ir.types import MAX_ELEMENTS, TensorType
 from .registry import Attr, OpContext, OpDef, register
 from .shape import int_list
 

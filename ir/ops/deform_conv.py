@@ -13,7 +13,7 @@ from math import prod
 
 import numpy as np
 
-from ..types import TensorType
+from cnncc.ir.types import TensorType
 from .conv import check_group, check_weight_and_bias
 from .registry import Attr, OpContext, OpDef, register
 from .spatial import check_input, kernel_from_attr, matmul_dtype, resolve_window

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..node import Node
+from cnncc.ir.node import Node
 from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference
 
 # Attributes of the depthwise conv -> the ConvNCHWc attribute each one becomes.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import DType
-from ..types import TensorType
+from cnncc.ir.dtypes import DType
+from cnncc.ir.types import TensorType
 from .registry import Attr, OpContext, OpDef, broadcast_shapes, register
 
 

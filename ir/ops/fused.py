@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..node import Node
-from ..types import TensorType
+from cnncc.ir.node import Node
+from cnncc.ir.types import TensorType
 from . import activation  # noqa: F401  (registers the activations and their Lowerings)
 from .activation_exprs import UNARY_LOWERING, fusable_params
 from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..node import Node
-from ..types import TensorType
+from cnncc.ir.node import Node
+from cnncc.ir.types import TensorType
 from .fused import CONV_ATTRS
 from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference
 from .spatial import WINDOW_ATTRS

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import TensorType
+from cnncc.ir.types import TensorType
 from .registry import Attr, OpContext, OpDef, broadcast_shapes, register
 
 

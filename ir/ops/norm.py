@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import DType
-from ..types import TensorType
+from cnncc.ir.dtypes import DType
+from cnncc.ir.types import TensorType
 from .registry import Attr, OpContext, OpDef, normalize_axis, register
 from .spatial import acc_dtype, check_input
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import MAX_ELEMENTS, TensorType
+from cnncc.ir.types import MAX_ELEMENTS, TensorType
 from .registry import Attr, OpContext, OpDef, register
 from .shape import int_list, unique_axes
 

@@ -12,8 +12,8 @@ from math import prod
 
 import numpy as np
 
-from ..dtypes import DType
-from ..types import TensorType
+from cnncc.ir.dtypes import DType
+from cnncc.ir.types import TensorType
 from .registry import Attr, OpContext, OpDef, register
 from .spatial import WINDOW_ATTRS, Window, acc_dtype, check_input, kernel_from_attr, \
     pad_spatial, resolve_window

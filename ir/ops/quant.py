@@ -18,8 +18,8 @@ from math import prod
 
 import numpy as np
 
-from ..dtypes import DType
-from ..types import TensorType
+from cnncc.ir.dtypes import DType
+from cnncc.ir.types import TensorType
 from .conv import accumulate_columns, check_group
 from .registry import Attr, OpContext, OpDef, broadcast_shapes, normalize_axis, register
 from .spatial import WINDOW_ATTRS, kernel_from_attr, pad_spatial, resolve_window

@@ -9,8 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..dtypes import DType
-from ..types import TensorType
+from cnncc.ir.dtypes import DType
+from cnncc.ir.types import TensorType
 from .registry import Attr, OpContext, OpDef, normalize_axis, register
 
 

@@ -16,10 +16,10 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
-from ..dtypes import DType
-from ..errors import CompileError
-from ..node import Node
-from ..types import TensorType
+from cnncc.ir.dtypes import DType
+from cnncc.ir.errors import CompileError
+from cnncc.ir.node import Node
+from cnncc.ir.types import TensorType
 
 REQUIRED = object()
 ATTR_KINDS = ("int", "float", "str", "ints", "floats", "strs", "tensor", "graph")

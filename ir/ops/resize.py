@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..types import MAX_ELEMENTS, TensorType
+from cnncc.ir.types import MAX_ELEMENTS, TensorType
 from .registry import Attr, OpContext, OpDef, register
 from .shape import unique_axes
 

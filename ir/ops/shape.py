@@ -10,8 +10,8 @@ from math import prod
 
 import numpy as np
 
-from ..dtypes import DType
-from ..types import MAX_ELEMENTS, TensorType
+from cnncc.ir.dtypes import DType
+from cnncc.ir.types import MAX_ELEMENTS, TensorType
 from .registry import Attr, OpContext, OpDef, normalize_axis, register, same_as_input
 
 

@@ -9,7 +9,7 @@ buffer, guarded to P's bounds, and the reads are redirected to it.
 """
 from __future__ import annotations
 
-from .affine import (bounds, const_value, loop_path, map_expr, map_stmt, replace_node, simplify,
+from .loop_walk import (bounds, const_value, loop_path, map_expr, map_stmt, replace_node, simplify,
                      substitute_stmt, walk_stmts)
 from .errors import ScheduleError
 from .loop import (Allocate, And, Buffer, Cmp, Const, For, If, Kernel, Load, Prefetch, Seq, Stmt,
@@ -135,12 +135,12 @@ def _shallow(path: list, loop: For):
 
 
 def _loads(e, buf: Buffer):
-    from .affine import walk_exprs
+    from .loop_walk import walk_exprs
     return [x for x in walk_exprs(e) if isinstance(x, Load) and x.buf is buf]
 
 
 def _reads(st: Stmt, buf: Buffer) -> bool:
-    from .affine import stmt_exprs
+    from .loop_walk import stmt_exprs
     return any(_loads(e, buf) for _, e in stmt_exprs(st))
 
 

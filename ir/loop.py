@@ -2,7 +2,7 @@
 backends print as LLVM IR or CUDA C).
 
 Expressions are dataclasses that no pass modifies in place (a rewrite builds new nodes: see
-affine.py's map/substitute); Python operators build them (``i * 4 + j``), and plain ints and
+loop_walk.py's map/substitute); Python operators build them (``i * 4 + j``), and plain ints and
 floats become constants (``a.eq(b)`` builds an equality test). Nodes compare and hash by
 identity. Integer division by 0 acts as division by 1 (x / 0 = x, x % 0 = 0).
 min(a, b) = (b < a ? b : a), max(a, b) = (a < b ? b : a): a NaN in

@@ -3,7 +3,7 @@
 A rule is a pattern (a small tree of ops rooted at the node being rewritten) and a function that
 builds the replacement from what the pattern bound:
 
-    Rule("conv_bn", Op("BatchNormalization", Op("Conv", Any("x"), Param("w"), Opt(Param("b")),
+    Rule("conv_bn", Op("BatchNormalization", Op("Conv", AnyValue("x"), Param("w"), Opt(Param("b")),
                                                  bind="conv"),
                        Param("scale"), Param("bias"), Param("mean"), Param("var"), bind="bn"),
          rewrite=fold)
@@ -15,7 +15,7 @@ root's output names, so no use has to be renamed and types stay valid.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any as AnyT, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from .ops import infer_node
 
 
 @dataclass(frozen=True)
-class Any:
+class AnyValue:
     """Matches any value (present input); binds its name."""
     bind: str
 
@@ -59,7 +59,7 @@ class Op:
         object.__setattr__(self, "where", where)
 
 
-Pattern = Any | Param | Opt | Op
+Pattern = AnyValue | Param | Opt | Op
 
 
 @dataclass
@@ -124,13 +124,13 @@ def match(graph: Graph, node: Node, pattern: Op, producers: dict[str, Node],
     def value(name: str, pat: Pattern, interior_ok: bool) -> bool:
         if isinstance(pat, Opt):
             if not name:
-                if isinstance(pat.inner, (Any, Param)):
+                if isinstance(pat.inner, (AnyValue, Param)):
                     m.values[pat.inner.bind] = None
                 return True
             return value(name, pat.inner, interior_ok)
         if not name:
             return False
-        if isinstance(pat, Any):
+        if isinstance(pat, AnyValue):
             m.values[pat.bind] = name
             return True
         if isinstance(pat, Param):
@@ -206,13 +206,3 @@ def remove_unused_params(g: Graph) -> Graph:
         del g.params[name]
         g.types.pop(name, None)
     return g
-
-
-def constant_args(graph: Graph, node: Node) -> list[AnyT] | None:
-    """The constant values of all of ``node``'s present inputs, or None if one is not constant."""
-    vals = []
-    for i in node.inputs:
-        if i and i not in graph.params:
-            return None
-        vals.append(graph.params[i] if i else None)
-    return vals

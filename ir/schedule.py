@@ -10,7 +10,7 @@ the kernel's meaning (or raises ScheduleError naming what is wrong) and records 
 """
 from __future__ import annotations
 
-from .affine import (const_value, free_vars, loop_path, replace_node, simplify, stmt_exprs,
+from .loop_walk import (const_value, free_vars, loop_path, replace_node, simplify, stmt_exprs,
                      substitute_stmt, uses_var, walk_exprs, walk_stmts)
 from .compute_at import compute_at as compute_at_loop
 from .errors import ScheduleError

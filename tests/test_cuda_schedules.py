@@ -14,7 +14,7 @@ from cnncc.backends.cuda import render_module
 from cnncc.backends.cuda.build import (EmuLibrary, build_emu_executable, build_emu_library,
                                        find_cxx, find_nvcc, nvcc_check, run_emu_executable)
 from cnncc.ir import DType, Graph, TensorType, run_graph
-from cnncc.ir.affine import walk_stmts
+from cnncc.ir.loop_walk import walk_stmts
 from cnncc.ir.loop import For
 from cnncc.lower.context import LowerCtx
 from cnncc.lower.gpu_tiles import plan

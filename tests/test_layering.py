@@ -8,6 +8,7 @@ and inside functions) from the source and check the rules.
 - no module imports a ``_private`` name from another module;
 - no two modules import each other, directly or through others, lazily or not (a package's
   own submodules excepted: importing a submodule always imports its package first);
+- imports across packages are absolute (no ``from ..x``);
 - ruff's checks (pyproject.toml [tool.ruff]) find nothing.
 """
 from __future__ import annotations
@@ -131,6 +132,17 @@ def test_llvmlite_only_in_the_llvm_backend():
         if _under(dst, "llvmlite.binding") and src != "cnncc.backends.llvm.jit":
             return "jit.py is the only user of llvmlite.binding"
     assert _violations(rule) == []
+
+
+def test_imports_across_packages_are_absolute():
+    """``from ..x`` leaves its package: under the package-dir mapping (ir/ is cnncc.ir) such a
+    path names a folder the source tree does not have; cross-package imports are absolute."""
+    bad = []
+    for name, (path, tree) in MODULES.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert bad == []
 
 
 def test_no_private_name_imported_from_another_module():

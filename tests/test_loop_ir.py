@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cnncc.ir.affine import bounds, coefficient, const_value, linear, simplify, substitute
+from cnncc.ir.loop_walk import bounds, coefficient, const_value, linear, simplify, substitute
 from cnncc.ir.dtypes import DType
 from cnncc.ir.loop import (Allocate, Buffer, Call, Cast, Const, For, If, Kernel, Let, Select,
                            Store, Var, loop_nest, seq)

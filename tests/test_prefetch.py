@@ -14,7 +14,7 @@ import pytest
 from cnncc.backends.cuda import render_kernel
 from cnncc.backends.llvm import jit
 from cnncc.backends.llvm.kernels import compile_kernel
-from cnncc.ir.affine import replace_stmts
+from cnncc.ir.loop_walk import replace_stmts
 from cnncc.ir.dtypes import DType
 from cnncc.ir.loop import (Allocate, Buffer, For, If, Kernel, Prefetch, Seq, Stmt, Store, Var,
                            loop_nest, seq)
@@ -48,14 +48,14 @@ def scale_kernel(m: int, n: int, level: int = 2) -> Kernel:
 
 
 def prefetches(s: Stmt) -> list[Prefetch]:
-    from cnncc.ir.affine import walk_stmts
+    from cnncc.ir.loop_walk import walk_stmts
     return [x for x in walk_stmts(s) if isinstance(x, Prefetch)]
 
 
 def check_pairs(kernel: Kernel) -> int:
     """Every prefetch of a is followed, in its Seq, by the store reading a at the same indices
     (a schedule substitutes both alike); returns the number of prefetches."""
-    from cnncc.ir.affine import walk_stmts
+    from cnncc.ir.loop_walk import walk_stmts
     n = 0
     for s in walk_stmts(kernel.body):
         if isinstance(s, Seq) and any(isinstance(x, Prefetch) for x in s.stmts):

@@ -340,7 +340,7 @@ def fits_int32(kernel) -> bool:
     fewer than 2**31 elements): then index arithmetic is rendered in 32-bit ``int``, which GPUs
     do in half the registers and instructions. Loads of int64 data, casts from floats and
     non-constant loop bounds have unknown ranges and keep the kernel 64-bit."""
-    from cnncc.ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
+    from cnncc.ir.loop_walk import const_value, stmt_exprs, walk_exprs, walk_stmts
     from cnncc.ir.loop import Allocate, For, Let
     lim = (-(2 ** 31), 2 ** 31 - 1)
     if any(b.size >= 2 ** 31 for b in kernel.params):

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 
 from cnncc.ir import CompileError
-from cnncc.ir.affine import stmt_exprs, walk_exprs, walk_stmts
+from cnncc.ir.loop_walk import stmt_exprs, walk_exprs, walk_stmts
 from cnncc.ir.loop import Allocate, Buffer, For, Kernel, Let, Store, Var
 from .cexpr import c_type, fits_int32, helper_text
 from .stages import Stage, split_stages

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cnncc.ir import CompileError
-from cnncc.ir.affine import const_value, walk_exprs, walk_stmts
+from cnncc.ir.loop_walk import const_value, walk_exprs, walk_stmts
 from cnncc.ir.loop import Allocate, For, If, Let, Load, Seq, Stmt, Store, Var
 
 MAX_THREADS = 1024

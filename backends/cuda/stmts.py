@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from cnncc.ir import CompileError
-from cnncc.ir.affine import const_value, walk_stmts
+from cnncc.ir.loop_walk import const_value, walk_stmts
 from cnncc.ir.dtypes import DType
 from cnncc.ir.loop import Allocate, Bin, Cast, Const, For, If, Let, Prefetch, Seq, Stmt, Store
 from .cexpr import ExprRenderer, c_type

@@ -12,7 +12,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from cnncc.ir import CompileError
-from cnncc.ir.affine import const_value, stmt_exprs, walk_exprs, walk_stmts
+from cnncc.ir.loop_walk import const_value, stmt_exprs, walk_exprs, walk_stmts
 from cnncc.ir.loop import Allocate, For, If, Kernel, Let, Load, Prefetch, Seq, Stmt, Store, Var
 from . import thread_pool
 from .exprs import I32, I64, PTR, ExprEmitter, lltype

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from cnncc.ir.affine import coefficient, simplify, walk_exprs
+from cnncc.ir.loop_walk import coefficient, simplify, walk_exprs
 from cnncc.ir.loop import Allocate, Const, Expr, For, If, Let, Load, Prefetch, Seq, Stmt, Store, Var
 from cnncc.ir.loop_printer import format_expr
 

@@ -177,6 +177,6 @@ _FORK_LOCK = threading.Lock()
 
 
 def _weight(kernel: Kernel) -> int:
-    from cnncc.ir.affine import walk_stmts
+    from cnncc.ir.loop_walk import walk_stmts
 
     return sum(1 for _ in walk_stmts(kernel.body))

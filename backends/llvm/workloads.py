@@ -15,7 +15,7 @@ import os
 
 import llvmlite
 
-from cnncc.ir.affine import walk_stmts
+from cnncc.ir.loop_walk import walk_stmts
 from cnncc.ir.loop import Allocate, Kernel
 from cnncc.ir.loop_printer import format_kernel
 from . import codegen

@@ -6,7 +6,6 @@ program builder through aliases), ("const", index) a packed constant in the weig
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,12 +14,6 @@ from cnncc.ir import CompileError, DType, Graph, Node, OP_TABLE
 from cnncc.ir.loop import Buffer, Kernel
 from cnncc.ir.ops.registry import OpContext
 from cnncc.ir.target import Target
-
-
-@dataclass
-class Lowered:
-    """The kernels of one graph node (or a fused group), in execution order."""
-    kernels: list = field(default_factory=list)
 
 
 class LowerCtx:

@@ -7,7 +7,7 @@ gpu_schedule.py), every kernel whatever its size.
 """
 from __future__ import annotations
 
-from cnncc.ir.affine import const_value
+from cnncc.ir.loop_walk import const_value
 from cnncc.ir.loop import For, Kernel
 from cnncc.ir.schedule import Schedule
 

@@ -13,7 +13,7 @@ schedules (gpu_conv.py, gpu_gemm.py).
 """
 from __future__ import annotations
 
-from cnncc.ir.affine import const_value
+from cnncc.ir.loop_walk import const_value
 from cnncc.ir.loop import For, Kernel
 from cnncc.ir.schedule import Schedule, ScheduleError
 

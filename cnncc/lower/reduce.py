@@ -105,7 +105,7 @@ def _log_sum_exp(yb, oidx, xv, axes, rvars, shape, dt=F32):
 
 
 def _rename(stmt, mapping):
-    from cnncc.ir.affine import substitute_stmt
+    from cnncc.ir.loop_walk import substitute_stmt
     return substitute_stmt(stmt, mapping)
 
 

@@ -104,10 +104,6 @@ CONST_OPS = ("Shape", "Size", "Constant", "ConstantOfShape", "Range", "Cast", "C
 FUSABLE_ANCHORS = ("Conv", "ConvTranspose", "Gemm")
 
 
-def supported_ops() -> list[str]:
-    return sorted(set(RULES) | set(ALIAS_OPS))
-
-
 def lower_node(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
     rule = (GPU_RULES.get(node.op) if ctx.gpu else None) or RULES.get(node.op)
     if rule is lower_elementwise and node.op in BINARY_OPS and _is_int(ctx.graph, node):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import Graph, Node
-from cnncc.ir.rewrite import Any, Builder, Match, Op, Param, Rule, apply_rules
+from cnncc.ir.rewrite import AnyValue, Builder, Match, Op, Param, Rule, apply_rules
 
 _NO_OPS = ("Identity", "Dropout")
 
@@ -60,9 +60,9 @@ def _static_reshape(b: Builder, m: Match) -> bool:
 
 
 RULES = [
-    Rule("reshape_reshape", Op("Reshape", Op("Reshape", Any("x"), Param("s1")), Param("s2")),
+    Rule("reshape_reshape", Op("Reshape", Op("Reshape", AnyValue("x"), Param("s1")), Param("s2")),
          _static_reshape),
-    Rule("flatten_to_reshape", Op("Flatten", Any("x")), _static_reshape),
+    Rule("flatten_to_reshape", Op("Flatten", AnyValue("x")), _static_reshape),
 ]
 
 

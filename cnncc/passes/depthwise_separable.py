@@ -46,7 +46,7 @@ from cnncc.ir import CompileError, DType, Graph, Node
 from cnncc.ir.ops import OP_TABLE, OpContext
 from cnncc.ir.ops.layout import fused_conv_of
 from cnncc.ir.ops.spatial import Window, resolve_window
-from cnncc.ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
+from cnncc.ir.rewrite import AnyValue, Builder, Match, Op, Opt, Param, Rule, apply_rules
 
 # sigma_2 <= RANK1_TOL * sigma_1 (per channel) counts as rank 1: float32 weights built as an
 # outer product have sigma_2 / sigma_1 ~ 1e-8; anything a trained net has is far above 1e-6.
@@ -111,8 +111,8 @@ def _fuse(b: Builder, m: Match) -> bool:
 
 FUSE_RULES = [
     Rule("dw_pw", Op("ConvNCHWc",
-                     Op("ConvNCHWc", Any("x"), Param("wdw"), Opt(Param("bdw")), bind="dw"),
-                     Param("wpw"), Opt(Param("bpw")), Opt(Any("z")), bind="pw"), _fuse),
+                     Op("ConvNCHWc", AnyValue("x"), Param("wdw"), Opt(Param("bdw")), bind="dw"),
+                     Param("wpw"), Opt(Param("bpw")), Opt(AnyValue("z")), bind="pw"), _fuse),
 ]
 
 
@@ -213,7 +213,7 @@ def _factor(b: Builder, m: Match, approx_tol: float | None = None) -> bool:
 
 
 def _factor_rules(approx_tol: float | None) -> list[Rule]:
-    return [Rule("rank1_dw", Op(DW_OPS, Any("x"), Param("w"), Opt(Any("b")), Opt(Any("z")),
+    return [Rule("rank1_dw", Op(DW_OPS, AnyValue("x"), Param("w"), Opt(AnyValue("b")), Opt(AnyValue("z")),
                                 bind="conv"), functools.partial(_factor, approx_tol=approx_tol))]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import Graph
-from cnncc.ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
+from cnncc.ir.rewrite import AnyValue, Builder, Match, Op, Opt, Param, Rule, apply_rules
 
 
 def _conv_channels(b: Builder, m: Match) -> int:
@@ -110,7 +110,7 @@ def _bn_to_scale_shift(b: Builder, m: Match) -> bool:
 
 
 def _conv() -> Op:
-    return Op("Conv", Any("x"), Param("w"), Opt(Param("b")), bind="conv")
+    return Op("Conv", AnyValue("x"), Param("w"), Opt(Param("b")), bind="conv")
 
 
 def _bn(x) -> Op:
@@ -122,7 +122,7 @@ RULES = [
     Rule("conv_bn", _bn(_conv()), _fold_conv_bn),
     Rule("conv_mul", Op("Mul", _conv(), Param("a")), _fold_conv_mul),
     Rule("conv_add", Op("Add", _conv(), Param("c")), _fold_conv_add),
-    Rule("bn_scale_shift", _bn(Any("x")), _bn_to_scale_shift),
+    Rule("bn_scale_shift", _bn(AnyValue("x")), _bn_to_scale_shift),
 ]
 
 

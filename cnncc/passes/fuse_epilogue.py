@@ -21,7 +21,7 @@ from cnncc.ir import DType, Graph, Node
 from cnncc.ir.ops import OP_TABLE
 from cnncc.ir.ops.fused import ACTIVATIONS
 from cnncc.ir.ops.registry import resolve_attrs
-from cnncc.ir.rewrite import Any, Builder, Match, Op, Opt, Param, Rule, apply_rules
+from cnncc.ir.rewrite import AnyValue, Builder, Match, Op, Opt, Param, Rule, apply_rules
 
 
 def _float32(g: Graph, *values: str | None) -> bool:
@@ -82,20 +82,20 @@ def _fuse_act(b: Builder, m: Match) -> bool:
 
 
 def _conv() -> Op:
-    return Op("Conv", Any("x"), Any("w"), Opt(Any("b")), bind="conv")
+    return Op("Conv", AnyValue("x"), AnyValue("w"), Opt(AnyValue("b")), bind="conv")
 
 
 def _producer() -> Op:
     """A Conv, or a FusedConv not yet carrying an activation (checked in _fuse_act)."""
-    return Op(("Conv", "FusedConv"), Any("x"), Any("w"), Opt(Any("b")), Opt(Any("z")),
+    return Op(("Conv", "FusedConv"), AnyValue("x"), AnyValue("w"), Opt(AnyValue("b")), Opt(AnyValue("z")),
               bind="conv")
 
 
 _UNARY = tuple(a for a in ACTIVATIONS if a != "Clip")
 
 RULES = [
-    Rule("conv_add", Op("Add", _conv(), Any("z")), _fuse_add),
-    Rule("add_conv", Op("Add", Any("z"), _conv()), _fuse_add),
+    Rule("conv_add", Op("Add", _conv(), AnyValue("z")), _fuse_add),
+    Rule("add_conv", Op("Add", AnyValue("z"), _conv()), _fuse_add),
     Rule("conv_act", Op(_UNARY, _producer()), _fuse_act),
     Rule("conv_clip", Op("Clip", _producer(), Opt(Param("lo")), Opt(Param("hi"))), _fuse_act),
 ]

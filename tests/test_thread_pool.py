@@ -117,7 +117,8 @@ def test_forked_child_starts_its_own_workers():
 
 def test_exported_library_unloads_with_its_workers(tmp_path):
     """dlclose of a 2-thread library whose workers are alive (spinning or asleep) must not
-    crash: its destructor stops them first. Loaded, run and unloaded three times."""
+    crash: the library is linked -z nodelete (as libgomp is), so its code stays mapped for its
+    workers, and loading it again gives the same library. Loaded, run and closed three times."""
     paths = cnncc.export(zoo.tiny_resnet(), tmp_path, name="pooled", threads=2)
     ref = cnncc.compile(zoo.tiny_resnet(), target="reference")
     x = np.random.default_rng(4).standard_normal(ref.input_shapes[0]).astype(np.float32)

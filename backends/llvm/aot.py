@@ -123,6 +123,10 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
         tmp_lib = os.path.join(tmp, "lib.so")
         cmd = [cc, "-shared", "-fPIC", "-O2", "-o", tmp_lib, wrapper, *objs,
                "-Wl,--as-needed", "-lm"]
+        if gen.threads > 1:
+            # Never unmapped, as libgomp is not: a dlclose while the pool's workers still run
+            # its code (spinning, or one instruction from returning into it) crashed (SIGSEGV).
+            cmd.append("-Wl,-z,nodelete")
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             raise CompileError(f"linking {paths['library']} failed: {run.stderr.strip()[:2000]}")

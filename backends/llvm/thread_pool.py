@@ -18,7 +18,8 @@ CPU with the caller, and a spinning thread would keep the other one (the caller 
 the chunks, or the worker finishing its chunk) off that CPU for a whole time slice. A second
 caller while a job runs (another thread, or a parallel loop nested in a parallel region) runs its
 job alone (n = 1). After fork() the child starts its own workers. ``cnncc_pool_shutdown`` stops
-the workers (an atexit hook of the JIT; a destructor of an exported library, run by dlclose).
+the workers (an atexit hook of the JIT; a destructor of an exported library, which is linked
+``-z nodelete`` with threads > 1: dlclose leaves it mapped, the destructor runs at exit).
 
 Memory ordering: the caller stores open=0 then reads active; a worker increments active then
 reads open (both seq_cst), so either the worker sees the job closed or the caller waits for it;

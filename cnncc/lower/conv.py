@@ -182,6 +182,19 @@ def _runtime_weights(ctx: LowerCtx, node: Node, act: Act, out: str,
                 op_context(g, node)["group"], ws[1], act, residual)
 
 
+def tap_offsets(padded: tuple, ks: tuple, dilations, planes: int) -> np.ndarray:
+    """[planes, *ks] flat offsets into ``planes`` consecutive padded input planes of spatial
+    shape ``padded`` of every kernel tap (dilated): the index table of the direct convs."""
+    nd = len(ks)
+    pstride = [int(np.prod(padded[d + 1:])) for d in range(nd)]
+    offs = np.zeros((planes,) + tuple(ks), np.int64)
+    for d in range(nd):
+        kd = np.arange(ks[d]) * dilations[d] * pstride[d]
+        offs += kd.reshape((1,) + tuple(ks[d] if e == d else 1 for e in range(nd)))
+    offs += (np.arange(planes) * int(np.prod(padded))).reshape((planes,) + (1,) * nd)
+    return offs
+
+
 def conv_general(ctx, node, xp, wv, bias, win, groups, act: Act, out, residual=None) -> None:
     """Register-tiled conv over flattened output pixels (see the module docstring).
 
@@ -206,11 +219,7 @@ def conv_general(ctx, node, xp, wv, bias, win, groups, act: Act, out, residual=N
     psp = xshape[2:]                                    # padded input spatial shape
     pstride = [int(np.prod(psp[d + 1:])) for d in range(nd)]
     plane = int(np.prod(psp))
-    offs = np.zeros((icg,) + ks, np.int64)
-    for d in range(nd):
-        kd = np.arange(ks[d]) * win.dilations[d] * pstride[d]
-        offs += kd.reshape((1,) + tuple(ks[d] if e == d else 1 for e in range(nd)))
-    offs += (np.arange(icg) * plane).reshape((icg,) + (1,) * nd)
+    offs = tap_offsets(psp, ks, win.dilations, icg)
     wbuf, bbuf = ctx.const(wp, "w"), ctx.const(bp, "b")
     obuf = ctx.const(offs.reshape(-1), "off")
     xflat = Buffer("x", DType.float32, (int(np.prod(xshape)),))

@@ -24,7 +24,7 @@ from cnncc.ir.ops.quant import int_range, quantize
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context
-from .conv import phases_for, window_index
+from .conv import phases_for, tap_offsets, window_index
 from .conv_int8_dot import dot_plan, pack_dot, shifted_zero_point
 from .cpu_schedule import parallel_outer
 
@@ -164,11 +164,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     psp = xp.shape[2:]
     pstride = [int(np.prod(psp[d + 1:])) for d in range(nd)]
     plane = int(np.prod(psp))
-    offs = np.zeros((planes,) + ks, np.int64)
-    for d in range(nd):
-        kd = np.arange(ks[d]) * win.dilations[d] * pstride[d]
-        offs += kd.reshape((1,) + tuple(ks[d] if e == d else 1 for e in range(nd)))
-    offs += (np.arange(planes) * plane).reshape((planes,) + (1,) * nd)
+    offs = tap_offsets(psp, ks, win.dilations, planes)
     bbuf, mbuf = ctx.const(bp, "b"), ctx.const(mult, "m")
     obuf = ctx.const(offs.reshape(-1), "off")
     xflat = Buffer("x", I32, (int(np.prod(xp.shape)),))

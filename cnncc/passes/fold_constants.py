@@ -13,10 +13,16 @@ from cnncc.ir.fold import fold_node
 
 
 def fold_constants(graph: Graph, ctx=None) -> Graph:
+    return fold_nodes(graph, lambda g, node: fold_node(g, node))
+
+
+def fold_nodes(graph: Graph, fold) -> Graph:
+    """A copy of ``graph`` whose nodes ``fold(g, node)`` evaluates (a list of output values,
+    or None to keep the node) are replaced by parameters."""
     g = graph.copy()
     kept = []
     for node in g.nodes:
-        values = fold_node(g, node)
+        values = fold(g, node)
         if values is None:
             kept.append(node)
             continue

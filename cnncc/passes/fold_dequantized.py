@@ -12,21 +12,13 @@ from __future__ import annotations
 from cnncc.ir import Graph
 from cnncc.ir.fold import fold_node
 
+from .fold_constants import fold_nodes
+
 
 def fold_dequantized(graph: Graph, ctx=None) -> Graph:
     if not any(n.op == "DequantizeLinear" and all(i in graph.params for i in n.inputs if i)
                for n in graph.nodes):
         return graph
-    g = graph.copy()
-    kept = []
-    for node in g.nodes:
-        values = fold_node(g, node, keep=frozenset()) \
-            if node.op == "DequantizeLinear" and node.outputs[0] not in g.outputs else None
-        if values is None:
-            kept.append(node)
-            continue
-        for name, value in zip(node.outputs, values):
-            if name:
-                g.params[name] = value
-    g.nodes = kept
-    return g
+    return fold_nodes(graph, lambda g, node: fold_node(g, node, keep=frozenset())
+                      if node.op == "DequantizeLinear" and node.outputs[0] not in g.outputs
+                      else None)

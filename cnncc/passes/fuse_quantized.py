@@ -90,19 +90,11 @@ class _Chains:
         bias = self._bias(conv, x_scale, w_scale, g.types[wq].shape[0])
         if bias is False:
             return None
-        cur, relu, replaced = conv.outputs[0], (0, 0.0), [conv]
-        nxt = self.only_user(cur, ("Relu", "Clip", "QuantizeLinear"))
-        if nxt is not None and nxt.op != "QuantizeLinear":
-            relu = relu_bounds(self.g, nxt)
-            if relu is None:
-                return None
-            cur = nxt.outputs[0]
-            replaced.append(nxt)
-            nxt = self.only_user(cur, "QuantizeLinear")
-        if not _qdq_per_tensor(g, nxt, "QuantizeLinear"):
+        tail = self._activation_then_quantize(conv.outputs[0])
+        if tail is None:
             return None
-        q = nxt
-        replaced.append(q)
+        relu, act_nodes, q = tail
+        replaced = [conv] + act_nodes + [q]
         yq = q.inputs
         y_zp = _zp(g, q, np.uint8)
         inputs = [xq, xdq.inputs[1], _zp(g, xdq, g.types[xq].dtype.np), wq, wdq.inputs[1],
@@ -158,18 +150,26 @@ class _Chains:
         if not _qdq_per_tensor(g, rdq, "DequantizeLinear") or rdq.inputs[0] in g.params \
                 or g.types[rdq.inputs[0]] != g.types[yq]:
             return None
-        nodes, relu, cur = [dq, add], (0, 0.0), add.outputs[0]
+        tail = self._activation_then_quantize(add.outputs[0])
+        if tail is None:
+            return None
+        relu, act_nodes, q = tail
+        return [dq, add] + act_nodes + [q], rdq, q, relu
+
+    def _activation_then_quantize(self, cur: str):
+        """(ReLU bounds, [the Relu/Clip node] or [], the QuantizeLinear) when ``cur`` is read
+        only by an optional Relu / Clip(0, M) and then only by a per-tensor QuantizeLinear."""
+        relu, nodes = (0, 0.0), []
         nxt = self.only_user(cur, ("Relu", "Clip", "QuantizeLinear"))
         if nxt is not None and nxt.op != "QuantizeLinear":
             relu = relu_bounds(self.g, nxt)
             if relu is None:
                 return None
-            cur = nxt.outputs[0]
             nodes.append(nxt)
-            nxt = self.only_user(cur, "QuantizeLinear")
-        if not _qdq_per_tensor(g, nxt, "QuantizeLinear"):
+            nxt = self.only_user(nxt.outputs[0], "QuantizeLinear")
+        if not _qdq_per_tensor(self.g, nxt, "QuantizeLinear"):
             return None
-        return nodes + [nxt], rdq, nxt, relu
+        return relu, nodes, nxt
 
 
 def fuse_quantized(graph: Graph, ctx=None) -> Graph:

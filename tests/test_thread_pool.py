@@ -144,3 +144,37 @@ def test_exported_library_unloads_with_its_workers(tmp_path):
     for y in res["y"]:
         y = np.asarray(y, np.float32)
         assert np.abs(y - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to move a worker")
+def test_worker_moves_off_the_callers_cpu():
+    # Some kernels (this VM's among them) place a woken worker on the CPU of the thread that woke
+    # it and leave it there: two threads then ran at one thread's speed. A worker that finds
+    # itself on the caller's CPU when it takes a job moves to the other CPUs of its mask. Forced
+    # here by pinning both to one CPU (in a child: the pinning must not outlive the test).
+    res = _child("""
+        import json, os, numpy as np, cnncc
+        from cnncc import dsl
+        def big(x):
+            return dsl.conv2d(dsl.conv2d(x, 64, 3, padding=1), 64, 3, padding=1)
+        net = dsl.build(big, (1, 64, 96, 96))
+        m2 = cnncc.compile(net, threads=2, cache=False)
+        m1 = cnncc.compile(net, threads=1, cache=False)
+        x = np.random.default_rng(5).standard_normal((1, 64, 96, 96)).astype(np.float32)
+        before = set(os.listdir("/proc/self/task"))
+        want = m1(x)
+        allowed = os.sched_getaffinity(0)
+        m2(x)
+        workers = [int(t) for t in set(os.listdir("/proc/self/task")) - before]
+        cpu = min(allowed)
+        os.sched_setaffinity(0, {cpu})
+        for w in workers:
+            os.sched_setaffinity(w, {cpu})
+        diff = max(float(np.abs(m2(x) - want).max()) for _ in range(20))
+        print(json.dumps({"workers": len(workers), "cpu": cpu, "allowed": sorted(allowed),
+                          "after": [sorted(os.sched_getaffinity(w)) for w in workers],
+                          "diff": diff}))
+    """)
+    assert res["workers"] == 1, res
+    assert res["after"] == [[c for c in res["allowed"] if c != res["cpu"]]], res
+    assert res["diff"] == 0.0, res

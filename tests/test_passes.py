@@ -124,6 +124,29 @@ def test_canonicalize_keeps_identity_that_copies_an_input_to_an_output():
     assert [n.op for n in after.nodes] == ["Identity"]
 
 
+def test_canonicalize_spells_sum_as_adds_and_the_residual_fuses():
+    # Caffe2-exported ResNets (onnx's light_resnet50) add the shortcut with Sum: as Adds, the
+    # residual and its Relu go into the conv epilogue like an Add's (opt 3: no Sum, no Relu left).
+    g = Graph("sum")
+    g.add_input("x", TensorType(F32, (1, 16, 8, 8)))
+    g.add_input("y", TensorType(F32, (1, 16, 1, 8)))
+    (c,) = g.add_node("Conv", ["x", g.add_param("w", rand(16, 16, 3, 3))],
+                      {"pads": [1, 1, 1, 1]}, name="conv")
+    (s2,) = g.add_node("Sum", [c, "x"], name="res")
+    (r,) = g.add_node("Relu", [s2], name="relu")
+    (s3,) = g.add_node("Sum", [r, "y", r], name="three")      # broadcasting, a repeated input
+    (s1,) = g.add_node("Sum", [s3], name="one")
+    g.outputs = [s1]
+    after = canonicalize(g.verify()).verify()
+    assert [n.op for n in after.nodes] == ["Conv", "Add", "Relu", "Add", "Add", "Sum"]
+    assert_graphs_equivalent(g, after, max_rel_error=0)
+    fused = run_pipeline(g.verify(),
+                         PassContext(opt_level=3, target="llvm", machine=host_target()))
+    assert "Sum" not in [n.op for n in fused.nodes][:-1]
+    assert "Relu" not in [n.op for n in fused.nodes]
+    assert_graphs_equivalent(g, fused, max_rel_error=1e-5)
+
+
 def test_fold_constants_and_dead_code():
     g = Graph("consts")
     g.add_input("x", TensorType(F32, (2, 3)))

@@ -1,8 +1,11 @@
-"""canonicalize: remove ops that compute nothing at inference, merge chains of reshapes.
+"""canonicalize: remove ops that compute nothing at inference, merge chains of reshapes, spell
+a Sum as the Adds the later passes know.
 
     y = Identity(x) | Dropout(x)          ==>  uses of y read x
     z = Reshape(Reshape(x, s1), s2)       ==>  z = Reshape(x, s2)       (s2 has no 0 or -1 left
     z = Flatten(x)                        ==>  z = Reshape(x, shape(z))  that refers to the middle)
+    y = Sum(a, b, c, ...)                 ==>  y = Add(Add(a, b), c) ...  (same order, same
+                                                broadcasting: a residual Sum fuses like an Add)
 
 When y is a graph output and x is not renamable (a graph input, a param or another output), the
 Identity stays: the output needs a buffer of its own.
@@ -59,10 +62,23 @@ def _static_reshape(b: Builder, m: Match) -> bool:
     return True
 
 
+def _sum_to_adds(b: Builder, m: Match) -> bool:
+    terms = list(m.root.inputs)
+    if len(terms) < 2 or not all(terms):
+        return False
+    acc = terms[0]
+    for i, term in enumerate(terms[1:], 2):
+        last = i == len(terms)
+        acc = b.node("Add", [acc, term], {},
+                     outputs=list(m.root.outputs) if last else None)[0]
+    return True
+
+
 RULES = [
     Rule("reshape_reshape", Op("Reshape", Op("Reshape", AnyValue("x"), Param("s1")), Param("s2")),
          _static_reshape),
     Rule("flatten_to_reshape", Op("Flatten", AnyValue("x")), _static_reshape),
+    Rule("sum_to_adds", Op("Sum", exact=False), _sum_to_adds),
 ]
 
 

@@ -232,7 +232,18 @@ def per_layer_table(model: Any, graph: Graph, inputs: list[np.ndarray],
     if profile is None or program is None:
         from .ir import CompileError
         raise CompileError(f"target {model.target} cannot time kernels one by one")
-    return layer_rows(program, profile(inputs), peak_gflops, measured_bandwidth)
+    rows = layer_rows(program, profile(inputs), peak_gflops, measured_bandwidth)
+    in_order = {row["node"]: row for row in layer_rows(program, profile(inputs, in_order=True),
+                                                         peak_gflops)}
+    for row in rows:
+        # The same kernels timed inside whole-program runs (the caches the kernels before left).
+        other = in_order.get(row["node"])
+        if other is not None:
+            row["ms_in_order"] = other["ms"]
+            row["gflops_in_order"] = other["gflops"]
+            if "peak_pct" in other:
+                row["peak_pct_in_order"] = other["peak_pct"]
+    return rows
 
 
 def format_report(r: BenchReport) -> str:
@@ -262,7 +273,7 @@ def format_report(r: BenchReport) -> str:
                          f"(the pass buys {a['buys']:.2f}x)")
     if r.layers:
         lines += format_layers(r.layers, "per layer (fused model, each node's kernels timed "
-                                         "alone):")
+                                         "alone; 'in order': within whole-program runs):")
     if r.unfused_layers:
         lines += format_layers(r.unfused_layers, "per layer (unfused model):")
     return "\n".join(lines)

@@ -120,9 +120,11 @@ def format_layers(rows: list[dict], title: str) -> list[str]:
     """The per-layer table of `cnncc bench --per-layer`, slowest first."""
     total = sum(row["ms"] for row in rows) or 1.0
     roofs = any("roof" in row for row in rows)
+    in_order = any("peak_pct_in_order" in r for r in rows)
     lines = [title,
              f"{'node':<32} {'op':<16} {'ms':>8} {'%':>5} {'GFLOP/s':>8}"
              + (f" {'% peak':>7}" if any("peak_pct" in r for r in rows) else "")
+             + (f" {'in order':>8}" if in_order else "")
              + (f" {'MB':>7} {'FLOP/B':>7} {'roof':>4} {'attain':>7} {'% roof':>7}"
                 if roofs else "")]
     for row in sorted(rows, key=lambda row: -row["ms"]):
@@ -130,6 +132,8 @@ def format_layers(rows: list[dict], title: str) -> list[str]:
                 f"{100 * row['ms'] / total:>5.1f} {row['gflops']:>8.1f}")
         if "peak_pct" in row:
             line += f" {row['peak_pct']:>7.1f}"
+        if in_order:
+            line += f" {row.get('peak_pct_in_order', float('nan')):>8.1f}"
         if "roof" in row:
             line += (f" {row['bytes'] / 1e6:>7.2f} {row['intensity']:>7.2f} {row['roof']:>4} "
                      f"{row['attainable_gflops']:>7.1f} {row['roof_pct']:>7.1f}")

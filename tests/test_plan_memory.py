@@ -161,8 +161,14 @@ def test_bench_reports_memory_and_peak(capsys):
     assert report.peak_gflops > 0
     for row in report.layers:
         assert row["peak_pct"] == pytest.approx(100 * row["gflops"] / report.peak_gflops)
+        # Timed inside whole-program runs too: the same FLOPs over the in-order time.
+        assert row["gflops_in_order"] == pytest.approx(
+            row["flops"] / (row["ms_in_order"] * 1e-3) / 1e9 if row["ms_in_order"] else 0.0)
+        assert row["peak_pct_in_order"] == pytest.approx(
+            100 * row["gflops_in_order"] / report.peak_gflops)
     text = format_report(report)
-    assert "% peak" in text and "FMA peak:" in text and "fused arena: " in text
+    assert "% peak" in text and "in order" in text and "FMA peak:" in text
+    assert "fused arena: " in text
     data = json.loads(report.to_json())
     assert data["peak_gflops"] == report.peak_gflops
     assert data["memory"]["fused"] == report.memory["fused"]

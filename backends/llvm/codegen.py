@@ -318,6 +318,34 @@ class FunctionEmitter(ExprEmitter):
             self.b.store(v, self.b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, i)],
                                        source_etype=sty))
         fname = self.mb.outlined_name(self.fn.name)
+        # The chunk [lo, hi) runs in a function of its own whose buffer arguments are noalias,
+        # like a kernel's: pointers loaded from the context struct carry no aliasing facts, and
+        # LLVM then reloaded loop-invariant table entries per element instead of vectorizing
+        # (a NCHW channel shuffle copy ran 3.4x slower at 2 threads than at 1). It is internal
+        # with one call site: LLVM inlines it, turning noalias into scoped alias metadata.
+        cfn = ir.Function(self.module, ir.FunctionType(
+            ir.VoidType(), [PTR] * len(bufs) + [v.type for v in vals] + [I64, I64, I64]),
+            name=fname + "_chunk")
+        cfn.linkage = "internal"
+        cfn.attributes.add("nounwind")
+        for arg, b in zip(cfn.args, bufs):
+            arg.name = b
+            arg.add_attribute("noalias")
+            arg._cnncc_shared = True
+        chunk_em = FunctionEmitter(self.mb, cfn, dict(zip(bufs, cfn.args)), {})
+        for n, v in zip(names, cfn.args[len(bufs):]):
+            chunk_em.env[n] = (v, False)
+        base, c_lo, c_hi = cfn.args[-3:]
+        name = s.var.name
+
+        def body():
+            i = chunk_em.env[name][0]
+            chunk_em.env[name] = (chunk_em.b.add(i, base), False)
+            chunk_em.emit(s.body)
+
+        chunk_em.serial_loop(name, c_lo, c_hi, body)
+        chunk_em.b.ret_void()
+
         pfn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32]),
                           name=fname)
         pfn.linkage = "internal"
@@ -330,11 +358,6 @@ class FunctionEmitter(ExprEmitter):
             loaded.append(sub.b.load(p, typ=ty))
         counter = sub.b.gep(pfn.args[0], [ir.Constant(I32, 0), ir.Constant(I32, len(fields) - 1)],
                             source_etype=sty)
-        for b, v in zip(bufs, loaded):
-            v._cnncc_shared = True
-            sub.bufs[b] = v
-        for n, v in zip(names, loaded[len(bufs):]):
-            sub.env[n] = (v, False)
         lo_s, ext_s = loaded[-2], loaded[-1]
         # Dynamic schedule: threads grab chunks of ~1/(4 * threads) of the range from an atomic
         # counter, so a thread the OS preempted (shared machines) does not hold up the rest.
@@ -352,14 +375,7 @@ class FunctionEmitter(ExprEmitter):
         sub.b.position_at_end(work)
         hi = sub.b.add(lo, chunk)
         hi = sub.b.select(sub.b.icmp_signed("<", hi, ext_s), hi, ext_s)
-        name = s.var.name
-
-        def body():
-            i = sub.env[name][0]
-            sub.env[name] = (sub.b.add(i, lo_s), False)
-            sub.emit(s.body)
-
-        sub.serial_loop(name, lo, hi, body)
+        sub.b.call(cfn, loaded[:-2] + [lo_s, lo, hi])
         sub.b.branch(grab)
         sub.b.position_at_end(done)
         sub.b.ret_void()

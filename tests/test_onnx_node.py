@@ -59,11 +59,7 @@ EXCLUDED.update({
 })
 # Cases run on the reference target but not on the native ones (llvm, cuda-emu) (regex ->
 # reason).
-LLVM_EXCLUDED: dict[str, str] = {
-    r"^test_(convinteger|matmulinteger|qlinearmatmul)": (
-        "ConvInteger, MatMulInteger and QLinearMatMul run on the reference target only (the "
-        "native int8 convs are QLinearConv and QDQ chains)"),
-}
+LLVM_EXCLUDED: dict[str, str] = {}
 
 
 def target_exclusion(case, target: str) -> str | None:

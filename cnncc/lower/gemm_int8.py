@@ -1,6 +1,6 @@
 """Integer matrix products on 8-bit operands: MatMulInteger and ConvInteger (int32 outputs),
-QLinearMatMul and com.microsoft QGemm (requantized to 8 bits, or float32 for QGemm without
-y_scale), all on one register-tiled kernel with exact int32 accumulation.
+QLinearMatMul and com.microsoft QGemm (ir/ops/quant_gemm.py; requantized to 8 bits, or float32
+without y_scale), all on one register-tiled kernel with exact int32 accumulation.
 
 A (the activations) is copied once into a row buffer [B, G, M, KP] (ConvInteger: an im2col of
 the padded windows, the pads holding the zero point, i.e. zero once it is subtracted); B (the
@@ -222,7 +222,11 @@ def lower_int_matmul(ctx: LowerCtx, node: Node) -> None:
         ga = 1 if a_batch == 1 else groups
     bias = np.zeros(n, np.int64)
     if ic is not None and len(node.inputs) > ic and node.inputs[ic]:
-        bias = np.broadcast_to(constant(ctx, node, ic, "the bias C"), (n,)).astype(np.int64)
+        c = np.asarray(constant(ctx, node, ic, "the bias C"))
+        if c.size > 1 and c.shape[-1] != c.size:
+            raise unsupported(node, f"C {list(c.shape)} varies along M (one bias per column "
+                              "only)")
+        bias = np.broadcast_to(c.reshape(-1), (n,)).astype(np.int64)
     mult = None
     out_dt = g.types[out].dtype
     y_zp = 0
@@ -305,4 +309,4 @@ def lower_conv_integer(ctx: LowerCtx, node: Node) -> None:
 
 
 INT_GEMM_RULES = {"MatMulInteger": lower_int_matmul, "QLinearMatMul": lower_int_matmul,
-                  "ConvInteger": lower_conv_integer}
+                  "QGemm": lower_int_matmul, "ConvInteger": lower_conv_integer}

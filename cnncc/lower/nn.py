@@ -25,6 +25,18 @@ def _element_type(ctx: LowerCtx, node: Node, types=(DType.float32,)) -> DType:
     return dt
 
 
+def average_counts(win, xs: tuple, include_pad: bool) -> np.ndarray:
+    """Per output position of an average pool: how many window positions its divisor counts
+    (inside the input, or inside the input and its declared pads)."""
+    count = np.ones((), np.float64)
+    for d in range(len(xs) - 2):
+        pos = (np.arange(win.out[d]) * win.strides[d] - win.begin(d))[:, None] \
+            + np.arange(win.kernel[d])[None, :] * win.dilations[d]
+        lo, hi = (-win.begin(d), xs[2 + d] + win.end(d)) if include_pad else (0, xs[2 + d])
+        count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(1))
+    return count
+
+
 def lower_pool(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
     if node.op == "MaxPool" and (len([o for o in node.outputs if o]) > 1
@@ -48,13 +60,7 @@ def lower_pool(ctx: LowerCtx, node: Node) -> None:
     ybuf = ctx.value(out, bname="y")
     inv = None
     if node.op == "AveragePool":
-        include = octx["count_include_pad"] == 1
-        count = np.ones((), np.float64)
-        for d in range(nd):
-            pos = (np.arange(win.out[d]) * win.strides[d] - begin[d])[:, None] \
-                + np.arange(win.kernel[d])[None, :] * win.dilations[d]
-            lo, hi = (-begin[d], xs[2 + d] + win.end(d)) if include else (0, xs[2 + d])
-            count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(1))
+        count = average_counts(win, xs, octx["count_include_pad"] == 1)
         inv = ctx.const((1.0 / np.maximum(count, 1)).astype(np.float32), "inv")
     n, c = Var("n"), Var("c")
     orow = [Var(f"o{d}") for d in range(nd - 1)]

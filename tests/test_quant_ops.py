@@ -257,6 +257,77 @@ def test_qoperator_cnn_compiles_natively(quantized_cnns, avg):
     assert np.abs(got - ref).max() <= 2 * step * 1.001
 
 
+@pytest.mark.parametrize("avg", [False, True])
+def test_qdq_cnn_stays_int8(quantized_cnns, avg):
+    """fuse_quantized_ops: the QDQ CNN's max pool, pools and Gemm classifier run on 8-bit
+    values (no float op between the input's Q and the output's DQ), within 2 output steps of
+    onnxruntime and of the reference (which runs the float chain between Q and DQ)."""
+    from cnncc.passes import PassContext, run_pipeline
+    path = quantized_cnns["QDQ", avg]
+    g = run_pipeline(cnncc.load_graph(path), PassContext(machine=cnncc.host_target(1)))
+    ops = [n.op for n in g.nodes]
+    assert ops == ["QuantizeLinear", "QConv", "MaxPool", "QConv"] + (
+        ["QLinearAveragePool"] if avg else []) + ["QLinearGlobalAveragePool", "Reshape", "QGemm",
+                                                  "DequantizeLinear"], ops
+    x = np.random.default_rng(99).normal(0, 1, (1, 8, 12, 12)).astype(np.float32)
+    want, step = _run_ort(path, x), _out_step(path)
+    ref = cnncc.compile(path, target="reference")(x)[0]
+    got = cnncc.compile(path, cache=False)(x)[0]
+    assert np.abs(got - want).max() <= 2 * step * 1.001
+    assert np.abs(got - ref).max() <= 2 * step * 1.001
+
+
+def _qdq_chain(op, attrs, q_params, w=None, bias=None):
+    """x (uint8) -> DQ(0.05, 7) -> op [W = DQ(w), bias] -> Q(q_params) -> y."""
+    s, z = q_params
+    inits = [_c("s", np.float32(0.05)), _c("z", np.uint8(7)), _c("ys", np.float32(s)),
+             _c("yz", np.uint8(z))]
+    ins = ["xf"]
+    if w is not None:
+        inits += [_c("w", w), _c("wsc", np.float32(0.01)), _c("wz", np.int8(0))]
+        ins.append("wf")
+    if bias is not None:
+        inits.append(_c("bias", bias))
+        ins.append("bias")
+    nodes = [h.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"])] + (
+        [h.make_node("DequantizeLinear", ["w", "wsc", "wz"], ["wf"])] if w is not None else []) + [
+        h.make_node(op, ins, ["o"], **attrs), h.make_node("QuantizeLinear", ["o", "ys", "yz"],
+                                                          ["y"])]
+    x = np.random.default_rng(4).integers(0, 256, (1, 6, 7, 7) if w is None else (3, 12))
+    g = h.make_graph(nodes, "c", [h.make_tensor_value_info("x", T.UINT8, x.shape)],
+                     [h.make_tensor_value_info("y", T.UINT8, None)], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 21)])
+    m.ir_version = 10
+    return m, x.astype(np.uint8)
+
+
+@pytest.mark.parametrize("case", ["maxpool_same", "maxpool_rescaled", "gemm_alpha_float_bias",
+                                  "matmul"])
+def test_fuse_quantized_ops_conditions_and_bounds(case):
+    """Max pool fuses only where the Q's scale and zero point equal the DQ's, and is then
+    equal to the float chain; Gemm (alpha, transB, a float bias rounded to the accumulator)
+    and MatMul become QGemm within one step of it."""
+    from cnncc.passes import PassContext, run_pipeline
+    mp = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    w = np.random.default_rng(6).integers(-128, 128, (5, 12)).astype(np.int8)
+    model, x = {
+        "maxpool_same": lambda: _qdq_chain("MaxPool", mp, (0.05, 7)),
+        "maxpool_rescaled": lambda: _qdq_chain("MaxPool", mp, (0.1, 7)),
+        "gemm_alpha_float_bias": lambda: _qdq_chain(
+            "Gemm", dict(transB=1, alpha=0.5, beta=2.0), (0.02, 120), w,
+            np.linspace(-1, 1, 5).astype(np.float32)),
+        "matmul": lambda: _qdq_chain("MatMul", {}, (0.03, 128), np.ascontiguousarray(w.T)),
+    }[case]()
+    ops = [n.op for n in run_pipeline(cnncc.load_graph(model),
+                                      PassContext(machine=cnncc.host_target(1))).nodes]
+    fused = {"maxpool_same": "MaxPool", "gemm_alpha_float_bias": "QGemm", "matmul": "QGemm"}
+    assert ("DequantizeLinear" not in ops) == (case in fused), ops
+    ref = cnncc.compile(model, target="reference").run({"x": x})["y"]
+    got = cnncc.compile(model, cache=False).run({"x": x})["y"]
+    diff = int(np.abs(got.astype(int) - ref.astype(int)).max())
+    assert diff <= (0 if case.startswith("maxpool") else 1), diff
+
+
 def test_runtime_weights_are_refused_by_name():
     node = h.make_node("MatMulInteger", ["a", "b"], ["y"])
     g = h.make_graph([node], "m", [h.make_tensor_value_info("a", T.UINT8, (2, 4)),

@@ -1,11 +1,13 @@
 """The native int8 matrix products and QOperator ops (cnncc/lower/gemm_int8.py, pool_int8.py):
-ConvInteger, MatMulInteger, QLinearMatMul, com.microsoft QLinearAdd and
-QLinearGlobalAveragePool in one model, compiled once per ISA, against the reference target
-and onnxruntime.
+ConvInteger, MatMulInteger, QLinearMatMul, MaxPool on 8-bit values and com.microsoft QGemm,
+QLinearAdd, QLinearAveragePool and QLinearGlobalAveragePool in one model, compiled once per
+ISA, against the reference target and onnxruntime; QOperator and QDQ CNNs made by
+onnxruntime's quantize_static; the fuse_quantized_ops pass.
 
-Bounds, per op: ConvInteger and MatMulInteger (int32 outputs) equal; QLinearAdd equal to the
+Bounds, per op: ConvInteger and MatMulInteger (int32 outputs) and MaxPool equal; QGemm with a
+float output within 1e-5 of its largest magnitude; QLinearAdd equal to the
 reference (the same float32 arithmetic), within one step of onnxruntime (whose broadcasting
-QLinearAdd rounds differently); QLinearMatMul and QLinearGlobalAveragePool within one
+QLinearAdd rounds differently); QLinearMatMul, QGemm and the quantized average pools within one
 output step (float32 requantization where the reference rounds in float64).
 The cases reach both kernel paths: u8 x s8 dot products (int8 weights: vpdpbusd with VNNI,
 vpmaddubsw + vpmaddwd with 8-bit weights split in two on AVX2) and int32 products (uint8
@@ -29,7 +31,8 @@ import cnncc
 ort = pytest.importorskip("onnxruntime")
 
 AVX2 = "+avx2,+fma,+avx,+sse4.2,-avx512f"
-EXACT = ("ci_plain", "ci_group", "ci_1x1", "mi_dot", "mi_plain", "add", "add_bc", "gemm_f")
+EXACT = ("ci_plain", "ci_group", "ci_1x1", "mi_dot", "mi_plain", "add", "add_bc", "gemm_f",
+         "mp_u8", "mp_s8")
 ONE_STEP = ("qm_batched", "qm_sat", "gap_last", "gap_s8", "gemm_q", "avg_pad", "avg_s8")
 
 
@@ -91,6 +94,9 @@ def ops_model():
                pads=[1, 1, 1, 1], count_include_pad=1, ceil_mode=1),
              N("QLinearAveragePool", ["gs", "f2", "xsz", "f1", "z8"], ["avg_s8"],
                domain="com.microsoft", kernel_shape=[2, 2], pads=[0, 1, 1, 0]),
+             N("MaxPool", ["xu"], ["mp_u8"], kernel_shape=[3, 3], strides=[2, 2],
+               pads=[1, 1, 1, 1]),
+             N("MaxPool", ["xs"], ["mp_s8"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
              N("QLinearGlobalAveragePool", ["gl", "f1", "zu2", "f2", "zu"], ["gap_last"],
                domain="com.microsoft", channels_last=1),
              N("QLinearGlobalAveragePool", ["gs", "f2", "xsz", "f1", "z8"], ["gap_s8"],
@@ -102,7 +108,8 @@ def ops_model():
               "add_bc": (T.UINT8, (1, 4, 5, 5)), "gap_last": (T.UINT8, (1, 1, 1, 12)),
               "gap_s8": (T.INT8, (2, 10, 1, 1)), "gemm_q": (T.UINT8, (5, 33)),
               "gemm_f": (T.FLOAT, (5, 33)), "avg_pad": (T.UINT8, (1, 4, 3, 3)),
-              "avg_s8": (T.INT8, (2, 10, 3, 3))}
+              "avg_s8": (T.INT8, (2, 10, 3, 3)), "mp_u8": (T.UINT8, (1, 8, 4, 4)),
+              "mp_s8": (T.INT8, (2, 6, 4, 3))}
     g = h.make_graph(nodes, "ops", [h.make_tensor_value_info(k, _tt(v.dtype), v.shape)
                                     for k, v in feeds.items()],
                      [h.make_tensor_value_info(k, t, s) for k, (t, s) in shapes.items()], inits)

@@ -1,6 +1,7 @@
 """fuse_quantized_ops: the classifier and pools of a QDQ graph stay 8-bit.
 
     Q(Gemm(DQ(aq), DQ(bq)[, bias]))  /  Q(MatMul(DQ(aq), DQ(bq)))   ==>  QGemm(aq, bq, C)
+    Gemm(DQ(aq), DQ(bq)[, bias]) read by no Q (a float classifier output) ==> QGemm, float out
     Q(GlobalAveragePool(DQ(xq)))                                     ==>  QLinearGlobalAveragePool(xq)
     Q(AveragePool(DQ(xq)))                                           ==>  QLinearAveragePool(xq)
     Q(MaxPool(DQ(xq)))  and  Q(Flatten | Reshape | Squeeze | Unsqueeze | Identity (DQ(xq)))
@@ -66,6 +67,8 @@ class _Rewrite:
         g = self.g
         dq = self.dq_input(node)
         q = self.q_output(node) if dq is not None else None
+        if dq is not None and node.op in ("Gemm", "MatMul"):
+            return self.gemm(node, dq, q)
         if q is None:
             return None
         xq, out = dq.inputs[0], q.outputs[0]
@@ -84,9 +87,10 @@ class _Rewrite:
         if node.op == "AveragePool":
             return Node("QLinearAveragePool", io, [out], dict(node.attrs), node.name,
                         sources=node.origin + q.origin), [node, q]
-        return self.gemm(node, dq, q)
+        return None
 
-    def gemm(self, node: Node, dq: Node, q: Node) -> tuple[Node, list[Node]] | None:
+    def gemm(self, node: Node, dq: Node, q: Node | None) -> tuple[Node, list[Node]] | None:
+        """QGemm of a quantized output (q given) or a float32 one."""
         g = self.g
         attrs = node.attrs
         trans_a, trans_b = attrs.get("transA", 0), attrs.get("transB", 0)
@@ -110,11 +114,13 @@ class _Rewrite:
         if bias is None:
             return None
         ins = [dq.inputs[0], dq.inputs[1], zp_input(g, dq, g.types[dq.inputs[0]].dtype.np),
-               bdq.inputs[0], bdq.inputs[1], zp_input(g, bdq, bq.dtype), bias, q.inputs[1],
-               zp_input(g, q, np.uint8)]
-        return Node("QGemm", ins, [q.outputs[0]], {"alpha": alpha, "transA": trans_a,
-                                                   "transB": trans_b}, node.name,
-                    sources=node.origin + q.origin), [node, q]
+               bdq.inputs[0], bdq.inputs[1], zp_input(g, bdq, bq.dtype), bias]
+        last = [q] if q is not None else []
+        if q is not None:
+            ins += [q.inputs[1], zp_input(g, q, np.uint8)]
+        return Node("QGemm", ins, [(q or node).outputs[0]], {"alpha": alpha, "transA": trans_a,
+                                                             "transB": trans_b}, node.name,
+                    sources=tuple(s for n in [node] + last for s in n.origin)), [node] + last
 
     def bias(self, node: Node, step: np.ndarray, alpha: float, beta: float,
              n: int) -> str | None:

@@ -8,7 +8,7 @@
                         with the Q's scale and zero point equal to the DQ's  ==>  the op on xq
 
 Conditions: aq / xq are uint8 or int8 values with per-tensor scales and zero points (constants);
-bq is a constant 8-bit [K, N] matrix (([N, K] with transB) quantized per tensor or per column;
+the pools' Q writes xq's element type; bq is a constant 8-bit [K, N] matrix (([N, K] with transB) quantized per tensor or per column;
 A is 2-D; the bias is a constant, [N] or a scalar: int32 dequantized at a_scale * b_scale
 (used as is when alpha = beta = 1) or float (rounded to the accumulator's step, an error below
 half a step of it); every Q is per tensor; every intermediate has one user and is not a graph
@@ -81,6 +81,8 @@ class _Rewrite:
                 return None
             return Node(node.op, [xq] + node.inputs[1:], [out], dict(node.attrs), node.name,
                         sources=node.origin + q.origin), [node, q]
+        if g.types[out].dtype != x_dt:          # the quantized pools keep the element type
+            return None
         if node.op == "GlobalAveragePool":
             return Node("QLinearGlobalAveragePool", io, [out], {}, node.name,
                         sources=node.origin + q.origin), [node, q]

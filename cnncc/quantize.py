@@ -19,9 +19,11 @@ range covering 0 (minmax: the extreme values seen; percentile: the mean over sam
 biases int32 at the scale
 x_scale * w_scale. Every quantized tensor T gets QuantizeLinear -> DequantizeLinear after its
 producer; weights and biases are stored quantized behind a DequantizeLinear, as onnxruntime's
-quantize_static(quant_format=QDQ) writes them. A fifth of the samples (at least one, when there
-are two or more) are held out of calibration and used to report the top-1 agreement and the
-error of the quantized model's first output against the float model's.
+quantize_static(quant_format=QDQ) writes them. A model with several (float32) inputs is
+calibrated from an .npz holding one array of samples per input name. A fifth of the samples
+(at least one, when there are two or more) are held out of calibration and used to report
+the top-1 agreement and the error of the quantized model's first output against the float
+model's.
 """
 from __future__ import annotations
 
@@ -93,6 +95,29 @@ def load_calibration(spec: Any, shape: tuple[int, ...], samples: int = 16,
     return data
 
 
+def calibration_inputs(spec: Any, g: Graph, samples: int) -> dict[str, np.ndarray]:
+    """Samples per model input: one input reads ``spec`` as load_calibration does; several
+    need an .npz file (or a dict) with one array of (N, ...) samples per input name, N equal
+    (None: seeded random inputs for each)."""
+    shapes = {x: g.types[x].shape for x in g.inputs}
+    if len(shapes) == 1 or spec is None:
+        return {x: load_calibration(spec, shape, samples, seed=i)
+                for i, (x, shape) in enumerate(shapes.items())}
+    if isinstance(spec, (str, os.PathLike)) and os.fspath(spec).endswith(".npz") \
+            and os.path.isfile(spec):
+        with np.load(os.fspath(spec), allow_pickle=False) as f:
+            spec = {k: f[k] for k in f.files}
+    if not isinstance(spec, dict) or set(spec) != set(shapes):
+        got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
+        raise InputError(f"the model has inputs {list(shapes)}: calibration data must be an "
+                         f".npz (or a dict) with one array per input name, got {got}")
+    data = {x: load_calibration(np.asarray(spec[x]), shapes[x]) for x in shapes}
+    counts = {x: len(a) for x, a in data.items()}
+    if len(set(counts.values())) != 1:
+        raise InputError(f"calibration arrays hold different sample counts: {counts}")
+    return data
+
+
 def _progress(done: int, total: int, what: str) -> None:
     if not sys.stderr.isatty() and done not in (total,):
         return
@@ -108,11 +133,10 @@ def _float_graph(source: Any) -> Graph:
     from .driver import load_graph
     from .passes import PassContext, run_pipeline
     graph = load_graph(source)
-    if len(graph.inputs) != 1:
-        raise CompileError(f"cnncc quantize handles models with one input; this one has "
-                           f"{len(graph.inputs)}")
-    if graph.types[graph.inputs[0]].dtype is not DType.float32:
-        raise CompileError("cnncc quantize needs a float32 model input")
+    for x in graph.inputs:
+        if graph.types[x].dtype is not DType.float32:
+            raise CompileError(f"cnncc quantize needs float32 model inputs; input {x!r} is "
+                               f"{graph.types[x].dtype}")
     if any(n.op in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in graph.nodes):
         raise CompileError("the model is already quantized")
     # BatchNorm folded into the convs; nothing compiler-internal (the result is exported).
@@ -172,7 +196,7 @@ def _quantized_tensors(g: Graph) -> tuple[list[str], list[Node], dict[str, str]]
     return out, convs + gemms, {t: s for t, s in same.items() if t in seen and s in seen}
 
 
-def _ranges(g: Graph, tensors: list[str], data: np.ndarray, method: str,
+def _ranges(g: Graph, tensors: list[str], data: dict[str, np.ndarray], method: str,
             threads: int | None) -> dict[str, tuple[float, float]]:
     from .driver import compile as compile_
     probe = g.copy()
@@ -180,8 +204,9 @@ def _ranges(g: Graph, tensors: list[str], data: np.ndarray, method: str,
     model = compile_(probe, threads=threads, cache=False)
     lo = {t: [] for t in tensors}
     hi = {t: [] for t in tensors}
-    for i, x in enumerate(data):
-        outs = model.run({g.inputs[0]: x[None]})
+    count = len(next(iter(data.values())))
+    for i in range(count):
+        outs = model.run({x: a[i:i + 1] for x, a in data.items()})
         for t in tensors:
             v = outs[t]
             if method == "minmax":
@@ -191,7 +216,7 @@ def _ranges(g: Graph, tensors: list[str], data: np.ndarray, method: str,
                 a, b = np.percentile(v, [0.01, 99.99])
                 lo[t].append(float(a))
                 hi[t].append(float(b))
-        _progress(i + 1, len(data), "calibrating")
+        _progress(i + 1, count, "calibrating")
     agg = (min, max) if method == "minmax" else (np.mean, np.mean)
     return {t: (float(agg[0](lo[t])), float(agg[1](hi[t]))) for t in tensors}
 
@@ -224,8 +249,9 @@ def insert_qdq(g: Graph, tensors: list[str], ranges: dict, convs: list[Node],
     whose scale and zero point it takes) and quantized conv / gemm weights and biases."""
     q = g.copy()
     params: dict[str, tuple] = {}
-    for t in tensors:
-        if t in (same or {}):
+    same = same or {}
+    for t in sorted(tensors, key=lambda t: t in same):      # calibrated ones first
+        if t in same:
             params[t] = params[same[t]]
             continue
         scale, zp = activation_params(*ranges[t])
@@ -308,26 +334,27 @@ def quantize(model: Any, output: str | os.PathLike | None = None, calibration: A
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
     g = _float_graph(model)
-    x = g.inputs[0]
-    data = load_calibration(calibration, g.types[x].shape, samples)
+    data = calibration_inputs(calibration, g, samples)
+    total = len(next(iter(data.values())))
     if calibration is None and verbose:
-        print(f"no calibration data given: calibrating on {len(data)} seeded random inputs",
+        print(f"no calibration data given: calibrating on {total} seeded random inputs",
               file=sys.stderr)
-    held = len(data) // 5 if len(data) >= 5 else (1 if len(data) >= 2 else 0)
-    calib, check = data[:len(data) - held], data[len(data) - held:]
+    held = total // 5 if total >= 5 else (1 if total >= 2 else 0)
+    calib = {x: a[:total - held] for x, a in data.items()}
+    check = [{x: a[i:i + 1] for x, a in data.items()} for i in range(total - held, total)]
     tensors, convs, same = _quantized_tensors(g)
     ranges = _ranges(g, [t for t in tensors if t not in same], calib, method, threads)
     qmax = 63 if reduce_range else 127
     qg = remove_unused_params(insert_qdq(g, tensors, ranges, convs, per_channel, qmax,
                                          same)).verify()
     proto = save_onnx(qg, output) if output is not None else to_onnx(qg)
-    report = QuantizeReport(len(calib), held, float("nan"), float("nan"), float("nan"),
+    report = QuantizeReport(total - held, held, float("nan"), float("nan"), float("nan"),
                             len(tensors), len(convs))
     if held:
         fm, qm = compile_(g, threads=threads, cache=False), compile_(qg, threads=threads,
                                                                      cache=False)
-        ref = np.concatenate([np.asarray(fm.run({x: s[None]})[g.outputs[0]]) for s in check])
-        got = np.concatenate([np.asarray(qm.run({x: s[None]})[qg.outputs[0]]) for s in check])
+        ref = np.concatenate([np.asarray(fm.run(s)[g.outputs[0]]) for s in check])
+        got = np.concatenate([np.asarray(qm.run(s)[qg.outputs[0]]) for s in check])
         flat = lambda a: a.reshape(len(check), -1)                          # noqa: E731
         report.top1_agreement = float(np.mean(flat(ref).argmax(1) == flat(got).argmax(1)))
         report.max_abs_error = float(np.abs(got - ref).max())
@@ -342,7 +369,8 @@ def add_quantize_arguments(p: Any) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
                    help="where the QDQ model is written")
     p.add_argument("--calibration", metavar="DIR|FILE.npz|FILE.npy",
-                   help="a folder of images or .npy samples, or an .npz/.npy of samples "
+                   help="a folder of images or .npy samples, or an .npz/.npy of samples; a "
+                        "model with several inputs: an .npz with one array per input name "
                         "(default: --samples seeded random inputs)")
     p.add_argument("--per-channel", action="store_true",
                    help="one weight scale per output channel (default: per tensor)")

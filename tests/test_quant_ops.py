@@ -165,6 +165,20 @@ def test_native_matches_reference_and_onnxruntime(cases):
     assert (want["qm_sat"] == 255).any() and (want["qm_sat"] == 0).any()   # saturates both ways
 
 
+def test_cuda_kernels_compile_and_emulate(cases):
+    """The GPU lowering of the same ops (int32 products, no dot4): nvcc compiles it for sm_80,
+    and the cuda-emu target runs it within the bounds of the reference."""
+    from cnncc.backends.cuda.build import find_nvcc, nvcc_check
+    from cnncc.backends.cuda.model import generate
+    from cnncc.driver import lower
+    from cnncc.passes import PassContext, run_pipeline
+    model, feeds, _, ref = cases
+    if find_nvcc() is not None:
+        graph = run_pipeline(cnncc.load_graph(model), PassContext(opt_level=3, target="cuda"))
+        assert nvcc_check(generate(lower(graph, "cuda", 3)).module.source, ("sm_80",))
+    _check(steps(cnncc.compile(model, target="cuda-emu", cache=False).run(feeds), ref))
+
+
 def test_native_on_avx2_matches_reference():
     """The same model compiled for AVX2 (8 lanes, no VNNI) in a child process."""
     env = dict(os.environ, CNNCC_FEATURES=AVX2, CNNCC_CACHE="0")

@@ -25,7 +25,7 @@ NATIVE = [t for t, spec in BACKENDS.items() if spec.native and spec.missing() is
 EMU_EVERY = 5
 RTOL, ATOL = 1e-3, 1e-5
 QUANT_STEPS = 2
-QUANT_SHARE = 10        # one quantized graph per QUANT_SHARE float graphs
+QUANT_SHARE = 15        # one quantized graph per QUANT_SHARE float graphs
 _seen = [0]
 
 

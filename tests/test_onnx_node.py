@@ -59,11 +59,7 @@ EXCLUDED.update({
 })
 # Cases run on the reference target but not on the native ones (llvm, cuda-emu) (regex ->
 # reason).
-LLVM_EXCLUDED: dict[str, str] = {
-    r"^test_(convinteger|matmulinteger|qlinearmatmul)": (
-        "ConvInteger, MatMulInteger and QLinearMatMul run on the reference target only (the "
-        "native int8 convs are QLinearConv and QDQ chains)"),
-}
+LLVM_EXCLUDED: dict[str, str] = {}
 
 
 def target_exclusion(case, target: str) -> str | None:
@@ -212,10 +208,14 @@ NOT_COVERED_BY_NODE_CASES = {
     "DwPwConvNCHWc": "internal op made by the depthwise_separable pass; "
                      "tests/test_depthwise_separable.py",
     "QConv": "internal op made by the fuse_quantized pass; tests/test_quant.py",
-    "QLinearAdd": "com.microsoft op (ONNX ships no node case); tests/test_quant.py compares it "
+    "QLinearAdd": "com.microsoft op (ONNX ships no node case); tests/test_quant_ops.py compares it "
                   "with onnxruntime",
     "QLinearGlobalAveragePool": "com.microsoft op (ONNX ships no node case); "
-                                "tests/test_quant.py compares it with onnxruntime",
+                                "tests/test_quant_ops.py compares it with onnxruntime",
+    "QLinearAveragePool": "com.microsoft op (ONNX ships no node case); "
+                          "tests/test_quant_ops.py compares it with onnxruntime",
+    "QGemm": "com.microsoft op (ONNX ships no node case); tests/test_quant_ops.py compares it "
+             "with onnxruntime",
     "LocallyConnected2d": "cnncc-domain op (no ONNX op); tests/test_catalogue.py",
     "TiledConv2d": "cnncc-domain op (no ONNX op); tests/test_catalogue.py",
     "Maxout": "cnncc-domain op (no ONNX op); tests/test_catalogue.py",

@@ -33,8 +33,9 @@ Act = Callable[[Expr], Expr] | None
 
 
 def padded_input(ctx: LowerCtx, node: Node, x: str, begin: list, end: list,
-                 fill: float = 0.0, phases: int = 1) -> Buffer:
-    """``x`` copied into a scratch buffer padded (with ``fill``) on its spatial dims.
+                 fill: float = 0.0, phases: int = 1, dtype: DType = DType.float32) -> Buffer:
+    """``x`` (of element type ``dtype``) copied into a scratch buffer padded (with ``fill``) on
+    its spatial dims.
 
     ``phases`` > 1 de-interleaves the last axis: element w of a padded row is stored at
     [w % phases, w // phases], so a stride-``phases`` window reads contiguous vectors
@@ -47,7 +48,7 @@ def padded_input(ctx: LowerCtx, node: Node, x: str, begin: list, end: list,
     pshape = shape[:2] + tuple(s + b + e for s, b, e in zip(shape[2:], begin, end))
     if phases > 1:
         pshape = pshape[:-1] + (phases, -(-pshape[-1] // phases))
-    xp = ctx.temp(DType.float32, pshape, "xp")
+    xp = ctx.temp(dtype, pshape, "xp")
     xin = ctx.value(x, bname="x")
     # One pass, row by row: pad rows are filled, interior rows get left fill + a contiguous
     # (vectorized) copy + right fill; the buffer is written exactly once.
@@ -60,7 +61,7 @@ def padded_input(ctx: LowerCtx, node: Node, x: str, begin: list, end: list,
         tail = (w % phases, w // phases) if phases > 1 else (w,)
         return (n, c) + tuple(rows) + tail
 
-    fv = Const(fill, F32)
+    fv = Const(fill, dtype)
     fl, w, fr, fa = Var("fl"), Var("w"), Var("fr"), Var("fa")
     src = (n, c) + tuple(r - b for r, b in zip(rows, begin)) + (w,)
     interior = seq(For(fl, bl, Store(xp, at(fl), fv)),

@@ -25,36 +25,44 @@ def _element_type(ctx: LowerCtx, node: Node, types=(DType.float32,)) -> DType:
     return dt
 
 
+def average_counts(win, xs: tuple, include_pad: bool) -> np.ndarray:
+    """Per output position of an average pool: how many window positions its divisor counts
+    (inside the input, or inside the input and its declared pads)."""
+    count = np.ones((), np.float64)
+    for d in range(len(xs) - 2):
+        pos = (np.arange(win.out[d]) * win.strides[d] - win.begin(d))[:, None] \
+            + np.arange(win.kernel[d])[None, :] * win.dilations[d]
+        lo, hi = (-win.begin(d), xs[2 + d] + win.end(d)) if include_pad else (0, xs[2 + d])
+        count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(1))
+    return count
+
+
 def lower_pool(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
-    if node.op == "MaxPool" and (len([o for o in node.outputs if o]) > 1
-                                 or g.types[node.inputs[0]].dtype is not DType.float32):
+    is_max = node.op == "MaxPool"
+    bytes_ = (DType.uint8, DType.int8) if is_max else ()   # quantized values: max is exact
+    dt = g.types[node.inputs[0]].dtype
+    if is_max and (len([o for o in node.outputs if o]) > 1 or dt not in (F32,) + bytes_):
         from .pool_indices import lower_max_pool_scan
         return lower_max_pool_scan(ctx, node)
-    _element_type(ctx, node)
+    _element_type(ctx, node, (F32,) + bytes_)
+    lowest = NEG_INF if dt is F32 else float(np.iinfo(dt.np).min)
     octx = op_context(g, node)
     x, out = node.inputs[0], node.outputs[0]
     xs, oshape = g.types[x].shape, g.types[out].shape
     nd = len(xs) - 2
     win = resolve_window(octx, xs, octx["kernel_shape"], bool(octx["ceil_mode"]))
-    is_max = node.op == "MaxPool"
     lp = octx["p"] if node.op == "LpPool" else None
     begin = [win.begin(d) for d in range(nd)]
     need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in
             zip(win.out, win.strides, win.kernel, win.dilations)]
     end = [max(win.end(d), need[d] - xs[2 + d] - begin[d]) for d in range(nd)]
     phases = phases_for(win.strides[-1])
-    xp = padded_input(ctx, node, x, begin, end, NEG_INF if is_max else 0.0, phases)
+    xp = padded_input(ctx, node, x, begin, end, lowest if is_max else 0.0, phases, dt)
     ybuf = ctx.value(out, bname="y")
     inv = None
     if node.op == "AveragePool":
-        include = octx["count_include_pad"] == 1
-        count = np.ones((), np.float64)
-        for d in range(nd):
-            pos = (np.arange(win.out[d]) * win.strides[d] - begin[d])[:, None] \
-                + np.arange(win.kernel[d])[None, :] * win.dilations[d]
-            lo, hi = (-begin[d], xs[2 + d] + win.end(d)) if include else (0, xs[2 + d])
-            count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(1))
+        count = average_counts(win, xs, octx["count_include_pad"] == 1)
         inv = ctx.const((1.0 / np.maximum(count, 1)).astype(np.float32), "inv")
     n, c = Var("n"), Var("c")
     orow = [Var(f"o{d}") for d in range(nd - 1)]
@@ -63,13 +71,14 @@ def lower_pool(ctx: LowerCtx, node: Node) -> None:
     ow, vt = oshape[-1], ctx.lanes
 
     def tile(ow0: Expr, width: int, tag: str) -> Stmt:
-        acc = Buffer(f"acc{tag}", DType.float32, (width,), "local")
+        acc = Buffer(f"acc{tag}", dt, (width,), "local")
         v, v2, v3 = Var(f"v{tag}"), Var(f"v2{tag}"), Var(f"v3{tag}")
-        init = For(v, width, Store(acc, (v,), Const(NEG_INF if is_max else 0.0, F32)),
+        init = For(v, width, Store(acc, (v,), Const(lowest if is_max else 0.0, dt)),
                    "vectorized")
         rows = [o * st[d] + kv[d] * dl[d] for d, o in enumerate(orow)]
         xv = xp[(n, c) + window_index(rows, ow0 + v2, kv[-1], st[-1], dl[-1], phases)]
-        upd = Store(acc, (v2,), nan_max(acc[v2], xv) if is_max else acc[v2] + (
+        mx = nan_max(acc[v2], xv) if dt is F32 else acc[v2].max(xv)
+        upd = Store(acc, (v2,), mx if is_max else acc[v2] + (
             xv if lp is None else lp_power(xv, lp)))
         red: Stmt = For(v2, width, upd, "vectorized")
         for d in reversed(range(nd)):

@@ -21,6 +21,8 @@ from .reduce import REDUCE_OPS, lower_arg, lower_reduce
 from .promote import lower_promoted, needs_promotion
 from .quant import QUANT_RULES
 from .conv_int8 import INT8_CONV_RULES
+from .gemm_int8 import INT_GEMM_RULES
+from .pool_int8 import QUANT_POOL_RULES
 from .resize import lower_resize
 from .scatter import lower_scatter_elements
 from .topk import lower_topk
@@ -78,6 +80,8 @@ RULES["ScatterElements"] = lower_scatter_elements
 RULES["TopK"] = lower_topk
 RULES.update(QUANT_RULES)
 RULES.update(INT8_CONV_RULES)
+RULES.update(INT_GEMM_RULES)
+RULES.update(QUANT_POOL_RULES)
 RULES["DeformConv"] = lower_deform_conv
 RULES["LocallyConnected2d"] = RULES["TiledConv2d"] = lower_unshared_conv
 RULES["Maxout"] = lower_maxout

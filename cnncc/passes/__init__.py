@@ -25,6 +25,7 @@ from .recognize_activations import recognize_activations
 from .lift_channels_last import lift_channels_last
 from .recognize_layer_norm import recognize_layer_norm
 from .fuse_quantized import fuse_quantized
+from .fuse_quantized_ops import fuse_quantized_ops
 from .fold_dequantized import fold_dequantized
 from .alter_layout_nchwc import alter_layout_nchwc
 from .depthwise_separable import depthwise_separable
@@ -53,6 +54,8 @@ PIPELINE: list[Pass] = [
     # QDQ conv chains -> QConv before anything fuses their float convs; then the quantized
     # constants left are dequantized once (at opt_level 0 too: the importer kept them).
     Pass("fuse_quantized", fuse_quantized, 1),
+    # The classifier (DQ -> Gemm/MatMul -> Q) and pools stay 8-bit, before weights are folded.
+    Pass("fuse_quantized_ops", fuse_quantized_ops, 1),
     Pass("fold_dequantized", fold_dequantized, 0),
     Pass("fold_batch_norm", fold_batch_norm, 1),
     # Before dead code: the Concats, Reshapes and Transposes it composes away are left dead.

@@ -27,12 +27,12 @@ def _scalar_param(g: Graph, name: str) -> bool:
     return bool(name) and name in g.params and g.params[name].size == 1
 
 
-def _qdq_per_tensor(g: Graph, node: Node | None, op: str) -> bool:
+def qdq_per_tensor(g: Graph, node: Node | None, op: str) -> bool:
     return (node is not None and node.op == op and _scalar_param(g, node.inputs[1])
             and (len(node.inputs) < 3 or not node.inputs[2] or _scalar_param(g, node.inputs[2])))
 
 
-def _zp(g: Graph, node: Node, dtype) -> str:
+def zp_input(g: Graph, node: Node, dtype) -> str:
     """The node's zero point input, or a new zero param of ``dtype``."""
     if len(node.inputs) > 2 and node.inputs[2]:
         return node.inputs[2]
@@ -73,7 +73,7 @@ class _Chains:
         if len(conv.inputs) < 2:
             return None
         xdq, wdq = prod.get(conv.inputs[0]), prod.get(conv.inputs[1])
-        if not _qdq_per_tensor(g, xdq, "DequantizeLinear") or wdq is None \
+        if not qdq_per_tensor(g, xdq, "DequantizeLinear") or wdq is None \
                 or wdq.op != "DequantizeLinear":
             return None
         xq = xdq.inputs[0]
@@ -96,16 +96,17 @@ class _Chains:
         relu, act_nodes, q = tail
         replaced = [conv] + act_nodes + [q]
         yq = q.inputs
-        y_zp = _zp(g, q, np.uint8)
-        inputs = [xq, xdq.inputs[1], _zp(g, xdq, g.types[xq].dtype.np), wq, wdq.inputs[1],
-                  _zp(g, wdq, g.types[wq].dtype.np), yq[1], y_zp, bias or ""]
+        y_zp = zp_input(g, q, np.uint8)
+        inputs = [xq, xdq.inputs[1], zp_input(g, xdq, g.types[xq].dtype.np), wq, wdq.inputs[1],
+                  zp_input(g, wdq, g.types[wq].dtype.np), yq[1], y_zp, bias or ""]
         out = q.outputs[0]
         res = None if relu[0] else self._residual(out)
         if res is not None:
             add_nodes, rdq, sq, relu = res
             replaced += add_nodes
-            inputs += [rdq.inputs[0], rdq.inputs[1], _zp(g, rdq, g.types[rdq.inputs[0]].dtype.np),
-                       sq.inputs[1], _zp(g, sq, np.uint8)]
+            rq = rdq.inputs[0]
+            inputs += [rq, rdq.inputs[1], zp_input(g, rdq, g.types[rq].dtype.np),
+                       sq.inputs[1], zp_input(g, sq, np.uint8)]
             out = sq.outputs[0]
         attrs = dict(conv.attrs, relu=relu[0], relu_max=relu[1])
         node = Node("QConv", inputs, [out], attrs, conv.name,
@@ -140,14 +141,14 @@ class _Chains:
         reads conv output ``yq`` alone, or None."""
         g = self.g
         dq = self.only_user(yq, "DequantizeLinear")
-        if not _qdq_per_tensor(g, dq, "DequantizeLinear"):
+        if not qdq_per_tensor(g, dq, "DequantizeLinear"):
             return None
         add = self.only_user(dq.outputs[0], "Add")
         if add is None or id(add) in self.claimed or len(add.inputs) != 2 or add.inputs[0] == add.inputs[1]:
             return None
         other = add.inputs[1] if add.inputs[0] == dq.outputs[0] else add.inputs[0]
         rdq = self.prod.get(other)
-        if not _qdq_per_tensor(g, rdq, "DequantizeLinear") or rdq.inputs[0] in g.params \
+        if not qdq_per_tensor(g, rdq, "DequantizeLinear") or rdq.inputs[0] in g.params \
                 or g.types[rdq.inputs[0]] != g.types[yq]:
             return None
         tail = self._activation_then_quantize(add.outputs[0])
@@ -167,7 +168,7 @@ class _Chains:
                 return None
             nodes.append(nxt)
             nxt = self.only_user(nxt.outputs[0], "QuantizeLinear")
-        if not _qdq_per_tensor(self.g, nxt, "QuantizeLinear"):
+        if not qdq_per_tensor(self.g, nxt, "QuantizeLinear"):
             return None
         return relu, nodes, nxt
 

@@ -17,7 +17,7 @@ from cnncc.ir.node import Node
 from cnncc.ir.types import TensorType
 from . import activation  # noqa: F401  (registers the activations and their Lowerings)
 from .activation_exprs import UNARY_LOWERING, fusable_params
-from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference
+from .registry import OP_TABLE, Attr, OpContext, OpDef, register, resolve_attrs, run_reference
 from .spatial import WINDOW_ATTRS
 
 # Activation -> the names of its parameters (the op's float attributes; Clip: its min/max
@@ -46,19 +46,35 @@ def activation_node(name: str, params: list[float], node_name: str = "") -> tupl
     return Node(name, ["x"], ["y"], attrs, node_name), []
 
 
-def _check_activation(ctx: OpContext) -> None:
-    name, params = ctx["activation"], ctx["activation_params"]
+def fusable_activation(node: Node, lo: np.ndarray | None = None,
+                       hi: np.ndarray | None = None) -> tuple[str, list[float]] | None:
+    """(activation, activation_params) that a conv applies for activation node ``node``
+    (Clip: its constant bounds ``lo``, ``hi``, None = unbounded), or None if not fusable."""
+    if node.op == "Clip":
+        return "Clip", [-np.inf if lo is None else float(lo.reshape(())),
+                        np.inf if hi is None else float(hi.reshape(()))]
+    if node.op not in ACTIVATIONS:
+        return None
+    attrs = resolve_attrs(OP_TABLE[node.op], node)
+    if node.op == "Gelu" and attrs["approximate"] != "none":
+        return None
+    return node.op, [float(attrs[k]) for k in ACTIVATIONS[node.op]]
+
+
+def check_activation(ctx: OpContext, attr: str = "activation") -> None:
+    """Check the activation named by attribute ``attr`` and its ``attr``_params."""
+    name, params = ctx[attr], ctx[f"{attr}_params"]
     if not name:
-        ctx.check(not params, f"activation_params {params} given without an activation")
+        ctx.check(not params, f"{attr}_params {params} given without an {attr}")
         return
-    ctx.check(name in ACTIVATIONS, f"unknown activation '{name}' (supported: "
+    ctx.check(name in ACTIVATIONS, f"unknown {attr} '{name}' (supported: "
               f"{', '.join(sorted(ACTIVATIONS))})")
     want = ACTIVATIONS[name]
     ctx.check(len(params) in (0, len(want)),
-              f"activation {name} takes {len(want)} activation_params "
+              f"{attr} {name} takes {len(want)} {attr}_params "
               f"({', '.join(want) or 'none'}), got {len(params)}: {params}")
     ctx.check(all(np.isfinite(p) or (name == "Clip" and np.isinf(p)) for p in params),
-              f"activation_params {params} must be finite numbers")
+              f"{attr}_params {params} must be finite numbers")
 
 
 def _infer_fused_conv(ctx: OpContext) -> list[TensorType]:
@@ -72,7 +88,7 @@ def _infer_fused_conv(ctx: OpContext) -> list[TensorType]:
                   f"{y.dtype}")
         ctx.check(z.shape == y.shape, f"residual Z has shape {list(z.shape)} but the conv "
                   f"output has shape {list(y.shape)}; they must be equal (no broadcasting)")
-    _check_activation(ctx)
+    check_activation(ctx)
     return [y]
 
 
@@ -82,12 +98,19 @@ def _fused_conv_reference(ctx: OpContext, x: np.ndarray, w: np.ndarray,
     (y,) = run_reference(conv_node(node), [x, w, b])
     if z is not None:
         (y,) = run_reference(Node("Add", ["y", "z"], ["s"], {}, node.name), [y, z])
-    name = ctx["activation"]
-    if name:
-        act, extra = activation_node(name, ctx["activation_params"], node.name)
-        extra = [None if e is None else e.astype(y.dtype) for e in extra]
-        (y,) = run_reference(act, [y] + extra)
-    return y.astype(x.dtype)
+    return run_activation(ctx["activation"], ctx["activation_params"], y,
+                          node.name).astype(x.dtype)
+
+
+def run_activation(name: str, params: list[float], y: np.ndarray,
+                   node_name: str = "") -> np.ndarray:
+    """The reference of activation ``name`` ("" = none) applied to ``y``."""
+    if not name:
+        return y
+    act, extra = activation_node(name, params, node_name)
+    extra = [None if e is None else e.astype(y.dtype) for e in extra]
+    (y,) = run_reference(act, [y] + extra)
+    return y
 
 
 register(OpDef("FusedConv", infer=_infer_fused_conv, reference=_fused_conv_reference,

@@ -6,8 +6,8 @@
 Z (optional) has exactly the conv output's shape and dtype. ``activation`` is "" (none) or one
 of ACTIVATIONS; ``activation_params`` holds that activation's parameters in the order of
 ACTIVATIONS[name] (Clip: min, max; LeakyRelu / Elu / Swish: alpha; HardSigmoid: alpha, beta),
-or is empty for the op's defaults. The reference is the composition of the Conv, Add and
-activation references of the op table.
+or is empty for the op's defaults; GeluTanh is Gelu with approximate="tanh" (ACTIVATION_FORMS).
+The reference is the composition of the Conv, Add and activation references of the op table.
 """
 from __future__ import annotations
 
@@ -20,11 +20,17 @@ from .activation_exprs import UNARY_LOWERING, fusable_params
 from .registry import OP_TABLE, Attr, OpContext, OpDef, register, resolve_attrs, run_reference
 from .spatial import WINDOW_ATTRS
 
+# Activations that are a fusable op with fixed non-float attributes (the activation_params
+# carry floats only): name -> (op, those attributes).
+ACTIVATION_FORMS: dict[str, tuple[str, dict]] = {
+    "GeluTanh": ("Gelu", {"approximate": "tanh"}),
+}
 # Activation -> the names of its parameters (the op's float attributes; Clip: its min/max
-# inputs): every op whose Lowering is fusable, and Clip.
+# inputs): every op whose Lowering is fusable, Clip, and the ACTIVATION_FORMS.
 ACTIVATIONS: dict[str, tuple[str, ...]] = {
     "Clip": ("min", "max"),
     **{op: fusable_params(op) for op, low in UNARY_LOWERING.items() if low.fusable},
+    **{name: fusable_params(op) for name, (op, _) in ACTIVATION_FORMS.items()},
 }
 CONV_ATTRS = tuple(WINDOW_ATTRS) + ("group",)
 
@@ -42,8 +48,9 @@ def activation_node(name: str, params: list[float], node_name: str = "") -> tupl
         lo, hi = params if params else (-np.inf, np.inf)
         bounds = [None if abs(v) == np.inf else np.array(v, np.float32) for v in (lo, hi)]
         return Node("Clip", ["x", "lo", "hi"], ["y"], {}, node_name), bounds
-    attrs = dict(zip(ACTIVATIONS[name], params))
-    return Node(name, ["x"], ["y"], attrs, node_name), []
+    op, fixed = ACTIVATION_FORMS.get(name, (name, {}))
+    attrs = {**fixed, **dict(zip(ACTIVATIONS[name], params))}
+    return Node(op, ["x"], ["y"], attrs, node_name), []
 
 
 def fusable_activation(node: Node, lo: np.ndarray | None = None,
@@ -56,9 +63,13 @@ def fusable_activation(node: Node, lo: np.ndarray | None = None,
     if node.op not in ACTIVATIONS:
         return None
     attrs = resolve_attrs(OP_TABLE[node.op], node)
-    if node.op == "Gelu" and attrs["approximate"] != "none":
+    name = node.op
+    for form, (op, fixed) in ACTIVATION_FORMS.items():
+        if op == node.op and all(attrs.get(k) == v for k, v in fixed.items()):
+            name = form
+    if node.op == "Gelu" and name == "Gelu" and attrs["approximate"] != "none":
         return None
-    return node.op, [float(attrs[k]) for k in ACTIVATIONS[node.op]]
+    return name, [float(attrs[k]) for k in ACTIVATIONS[name]]
 
 
 def check_activation(ctx: OpContext, attr: str = "activation") -> None:

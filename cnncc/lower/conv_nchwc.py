@@ -12,6 +12,9 @@ hoisted the loads of later channels and spilled accumulators. The epilogue adds 
 A padded conv reads its input in place when the input has a zero halo (halo.py), else from a
 zero-padded blocked copy, so the reduction has no branches.
 A stride-1 unpadded 1x1 conv runs the same kernel over the H * W pixels flattened into one row.
+A prologue (inputs P, Q and pre_activation: fuse_prologue) is applied per tile, input block and
+tap: the tile's input pixels of the block, act(x * P + Q) as vectors, into an L1 scratch the
+broadcasts read (2 vector ops a pixel per c * VB FMAs; unpadded convs only).
 The stem (in_layout = "NCHW", few input channels) reads plain NCHW input: one "channel block"
 per input channel, with a block of one channel.
 Grouped convs (k channels a group in and out, k dividing c or a multiple of it: ResNeXt,

@@ -25,25 +25,28 @@ XS = (1, 3, 7, 6, 16)        # 40 channels in 3 blocks of 16: the last block hal
 AVX2 = "+avx2,+fma,+avx,+sse4.2,-avx512f"
 
 
-def _graph(chain: str, k: int = 1, stride: int = 1, pads: int = 0, extra: str = "") -> Graph:
+def _graph(chain: str, k: int = 1, stride: int = 1, pads: int = 0, extra: str = "",
+           batch: int = 1) -> Graph:
     """x -> chain -> ConvNCHWc(k x k, 40 -> 40). ``chain``: ops separated by "_" among mul,
-    smul (the constant first), add, sadd, relu, clip, gelutanh, rmul (a run-time scale);
+    smul (the constant first), add, sadd, relu, clip, gelutanh, rmul (a run-time per-image
+    scale, as a squeeze-excitation gate);
     ``extra``: "shared" (the chain's output has another user), "output" (it is a graph
     output), "spatial" (the Mul's constant varies over pixels)."""
     rng = np.random.default_rng(0)
     g = Graph("prologue")
-    g.add_input("x", TensorType(F32, XS))
+    xs = (batch,) + XS[1:]
+    g.add_input("x", TensorType(F32, xs))
     per_channel = (1, XS[1], 1, 1, XS[4])
     y = "x"
     for op in chain.split("_"):
         if op in ("mul", "smul", "add", "sadd"):
-            shape = XS if extra == "spatial" and op.endswith("mul") else per_channel
+            shape = xs if extra == "spatial" and op.endswith("mul") else per_channel
             c = g.add_param(f"{op}_c", (rng.standard_normal(shape) * 0.5
                                         + (1.0 if op.endswith("mul") else 0.0)).astype(np.float32))
             (y,) = g.add_node("Mul" if op.endswith("mul") else "Add",
                               [c, y] if op.startswith("s") else [y, c], name=op)
         elif op == "rmul":
-            g.add_input("s", TensorType(F32, per_channel))
+            g.add_input("s", TensorType(F32, (batch,) + per_channel[1:]))
             (y,) = g.add_node("Mul", [y, "s"], name=op)
         elif op == "clip":
             lo, hi = (g.add_param(n, np.array(v, np.float32)) for n, v in (("lo", 0), ("hi", 0.8)))
@@ -76,7 +79,10 @@ CASES = {
     "gelu_tanh_stride2": (("mul_add_gelutanh", 1, 2, 0, ""), []),
     "affine_3x3_unpadded": (("mul_add", 3, 1, 0, ""), []),
     "relu_only_3x3_stride2": (("relu", 3, 2, 0, ""), []),
+    # At batch 1 a gate is fuse_channel_scale's (the weights scaled); at batch 2, a prologue.
     "runtime_scale_stays": (("rmul_add_relu", 1, 1, 0, ""), ["Mul"]),
+    "se_gate_batch2": (("rmul", 1, 1, 0, "", 2), []),
+    "se_gate_bn_relu_batch2": (("rmul_add_relu", 1, 1, 0, "", 2), []),
     "padded_3x3": (("mul_add_relu", 3, 1, 1, ""), ["Mul", "Add", "Relu"]),
     "shared": (("mul_add_relu", 1, 1, 0, "shared"), ["Mul", "Add", "Relu", "Sigmoid"]),
     "graph_output": (("mul_add_relu", 1, 1, 0, "output"), ["Mul", "Add", "Relu"]),

@@ -103,17 +103,18 @@ def _scaled_weights(ctx: LowerCtx, node: Node, lay, scale: str) -> list[Buffer]:
 
 
 def _prologue(ctx: LowerCtx, node: Node, icb: int, c: int) -> tuple[Buffer, Buffer, Act] | None:
-    """The prologue's P, Q as [ICb, c] buffers and its activation (None: no prologue)."""
+    """The prologue's P, Q as [1 or N, ICb, c] buffers and its activation (None: none)."""
     if len(node.inputs) < 7 or not node.inputs[5]:
         return None
     bufs = []
     for i, tag in ((5, "pp"), (6, "pq")):
         v = node.inputs[i]
+        shape = (ctx.graph.types[v].shape[0], icb, c)
         if v in ctx.graph.params:
             bufs.append(ctx.const(np.asarray(ctx.graph.params[v], np.float32)
-                                  .reshape(icb, c), tag))
+                                  .reshape(shape), tag))
         else:
-            bufs.append(ctx.value(v, (icb, c), tag))
+            bufs.append(ctx.value(v, shape, tag))
     attrs = op_context(ctx.graph, node).attrs
     return bufs[0], bufs[1], activation_expr(attrs["pre_activation"],
                                              attrs["pre_activation_params"])
@@ -206,8 +207,9 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
             xt = Buffer(f"xt{tag}", DType.float32, (rh * rw, c), "local")
             r4, v4 = Var(f"r4{tag}"), Var(f"v4{tag}")
             py4, px4 = pixel(r4)
+            pn = [n if b.shape[0] > 1 else 0 for b in pre[:2]]
             pv = xp[n, icx, py4 * sh + khv * dh + oy, px4 * sw + kwv * dw + ox, v4] \
-                * pre[0][icx, v4] + pre[1][icx, v4]
+                * pre[0][pn[0], icx, v4] + pre[1][pn[1], icx, v4]
             pro = For(r4, rh * rw, For(v4, c, Store(xt, (r4, v4), pre[2](pv) if pre[2] else pv),
                                        "vectorized"), "unrolled")
             xi = xt[r2, cc]

@@ -5,7 +5,8 @@ pre-activation ResNets' BN + ReLU) becomes the prologue of the conv that reads t
                                                                 pre_activation=act)
 
 with s, b constants [1, CB, 1, 1, c] (either may be missing: P = s or 1, Q = b or 0; Mul and
-Add with the constant on either side) and act an optional fusable activation (ir/ops/fused.py
+Add with the constant on either side), or s a run-time per-image scale [N, CB, 1, 1, c] at batch
+N > 1 (a squeeze-excitation gate: at batch 1 fuse_channel_scale scales the conv's weights) and act an optional fusable activation (ir/ops/fused.py
 ACTIVATIONS; Clip with constant bounds). The lowering applies act(x * P + Q) to each input
 tile as the conv reads it (cnncc/lower/conv_nchwc.py), so the map is never written in between:
 one kernel instead of up to four, and one read of x instead of a read and a write per op.
@@ -44,6 +45,20 @@ def _constant_of(g: Graph, node: Node, x_shape: tuple) -> tuple[str, np.ndarray]
     return None
 
 
+def _gate_of(g: Graph, mul: Node, ty) -> tuple[str, str] | None:
+    """(x, s) of a Mul scaling x by a run-time per-image, per-channel s [N, CB, 1, 1, c] with
+    N > 1 (at batch 1, fuse_channel_scale scales the conv's weights instead)."""
+    if len(mul.inputs) != 2 or ty.shape[0] == 1:
+        return None
+    want = (ty.shape[0], ty.shape[1], 1, 1, ty.shape[4])
+    for x, s in (mul.inputs, mul.inputs[::-1]):
+        ts = g.types.get(s)
+        if g.types.get(x) == ty and s not in g.params and ts is not None \
+                and ts.shape == want and ts.dtype is DType.float32:
+            return x, s
+    return None
+
+
 def _chain(g: Graph, y: str, producers: dict, users: dict, outputs: set):
     """(x, P, Q, (activation, params), nodes replaced) of the prologue chain ending in value
     ``y``, or None."""
@@ -77,6 +92,11 @@ def _chain(g: Graph, y: str, producers: dict, users: dict, outputs: set):
                 scale = hit[1]
             nodes.append(node)
             node = sole(y)
+    gate = _gate_of(g, node, ty) if node is not None and node.op == "Mul" and scale is None \
+        else None
+    if gate is not None:       # a squeeze-excitation gate at batch N > 1
+        y, scale = gate
+        nodes.append(node)
     if not nodes or g.types.get(y) != ty:
         return None
     per_channel = (1, ty.shape[1], 1, 1, ty.shape[4])
@@ -99,8 +119,8 @@ def fuse_prologue(graph: Graph, ctx=None) -> Graph:
             continue
         x, p, q, (name, params), nodes = found
         inputs = list(conv.inputs) + [""] * (5 - len(conv.inputs))
-        inputs += [g.add_param(g.fresh_name(f"{conv.name}_pre_scale"), p),
-                   g.add_param(g.fresh_name(f"{conv.name}_pre_shift"), q)]
+        inputs += [p if isinstance(p, str) else g.add_param(g.fresh_name(
+            f"{conv.name}_pre_scale"), p), g.add_param(g.fresh_name(f"{conv.name}_pre_shift"), q)]
         conv.inputs = [x] + inputs[1:]
         if name:
             conv.attrs = {**conv.attrs, "pre_activation": name,

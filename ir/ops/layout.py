@@ -19,7 +19,7 @@ directly) and handles group = 1, depthwise (group = in channels = out channels) 
 convs whose groups tile the blocks (``group_span``). Sb (dense 1x1 convs of blocked input
 only) is a per-input-channel scale [N, ICb, 1, 1, c] applied to X before the conv (a
 squeeze-excitation gate; the lowering scales the weights). Pb, Qb (both or neither; dense
-unpadded convs of blocked input) are a per-input-channel affine [1, ICb, 1, 1, c] and
+unpadded convs of blocked input) are a per-input-channel affine [1 or N, ICb, 1, 1, c] and
 pre_activation its activation, applied to X as the conv reads it (a prologue: DenseNet's and
 pre-activation ResNets' BN + ReLU; fuse_prologue); a padded conv cannot take one (its zero
 padding would go through the affine). Lanes of the
@@ -190,9 +190,10 @@ def _check_prologue(ctx: OpContext, layout: str, block: int) -> None:
               "the prologue P, Q is for dense unpadded convs of blocked input (a padded conv "
               "would apply it to its zero padding)")
     xb = ctx.type(0)
-    want = (1, xb.shape[1], 1, 1, block)
     for i, what in ((5, "P"), (6, "Q")):
         t = ctx.type(i)
+        want = (t.shape[0] if t.shape and t.shape[0] == xb.shape[0] else 1, xb.shape[1], 1, 1,
+                block)
         ctx.check(t.shape == want and t.dtype == xb.dtype,
                   f"prologue {what} must be {xb.dtype}{list(want)}, got {t.dtype}"
                   f"{list(t.shape)}")

@@ -310,6 +310,15 @@ def test_compiled_every_activation_llvm(act, act_attrs):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_compiled_gelu_tanh(target):
+    """Gelu's tanh form as the epilogue activation GeluTanh, on both code generators."""
+    g = conv_graph("add_Gelu", act_attrs={"approximate": "tanh"})
+    fused = run_pipeline(g, FUSED)
+    assert [n.attrs.get("activation") for n in fused.nodes] == ["GeluTanh"]
+    compiled_matches(g, target)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_compiled_runtime_weight_conv_with_residual(target):
     """A conv whose weight is a graph input takes the direct loop nest; the residual too."""
     rng = np.random.default_rng(3)

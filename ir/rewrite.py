@@ -165,26 +165,36 @@ def match(graph: Graph, node: Node, pattern: Op, producers: dict[str, Node],
 
 
 def apply_rules(graph: Graph, rules: list[Rule]) -> Graph:
-    """Apply ``rules`` until none matches; returns a new graph (the input is not modified)."""
+    """Apply ``rules`` until none matches; returns a new graph (the input is not modified).
+
+    Each round rewrites the first match in node order. A node's match depends only on itself,
+    its producers and the user counts of their values, so after a rewrite the nodes before the
+    first one that is new or reads a value the rewrite touched (an input of a replaced or new
+    node) still do not match: the next round scans from there, not from the start."""
     g = graph.copy()
-    changed = True
-    while changed:
-        changed = False
+    start = 0
+    while True:
         producers, users = g.producers(), g.users()
-        for node in g.nodes:
+        hit = None
+        for node in g.nodes[start:]:
             for rule in rules:
                 m = match(g, node, rule.pattern, producers, users)
                 if m is None:
                     continue
                 b = Builder(g, node, [*m.interior, node])
-                if not rule.rewrite(b, m):
-                    continue
-                _replace(g, [*m.interior, node], b.nodes, node)
-                changed = True
+                if rule.rewrite(b, m):
+                    hit = ([*m.interior, node], b.nodes, node)
+                    break
+            if hit is not None:
                 break
-            if changed:
-                break
-    return remove_unused_params(g)
+        if hit is None:
+            return remove_unused_params(g)
+        old, new, root = hit
+        touched = {v for n in old + new for v in n.inputs if v}
+        _replace(g, old, new, root)
+        fresh = {id(n) for n in new}
+        start = next((k for k, n in enumerate(g.nodes)
+                      if id(n) in fresh or any(v in touched for v in n.inputs)), 0)
 
 
 def _replace(g: Graph, old: list[Node], new: list[Node], root: Node) -> None:

@@ -163,10 +163,11 @@ def test_not_fused_when_clip_bounds_are_not_constants():
     assert ops(fuse_epilogue(before)) == ["FusedConv", "Clip"]
 
 
-def test_not_fused_gelu_tanh_and_non_float32():
-    assert ops(fuse_epilogue(conv_graph("Gelu", act_attrs={"approximate": "tanh"}))) == \
-        ["Conv", "Gelu"]
-    assert ops(fuse_epilogue(conv_graph("Gelu"))) == ["FusedConv"]
+def test_gelu_both_forms_fused_not_non_float32():
+    tanh = fuse_epilogue(conv_graph("Gelu", act_attrs={"approximate": "tanh"}))
+    assert ops(tanh) == ["FusedConv"] and tanh.nodes[0].attrs["activation"] == "GeluTanh"
+    erf = fuse_epilogue(conv_graph("Gelu"))
+    assert ops(erf) == ["FusedConv"] and erf.nodes[0].attrs["activation"] == "Gelu"
     g = Graph("f64")
     g.add_input("x", TensorType(DType.float64, (1, 2, 5, 5)))
     w = g.add_param("w", np.ones((2, 2, 1, 1)))
@@ -306,6 +307,15 @@ def test_compiled_every_activation_llvm(act, act_attrs):
     g = conv_graph(f"add_{act}", act_attrs=act_attrs)
     assert ops(run_pipeline(g, FUSED)) == ["FusedConv"]
     compiled_matches(g, "llvm")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_compiled_gelu_tanh(target):
+    """Gelu's tanh form as the epilogue activation GeluTanh, on both code generators."""
+    g = conv_graph("add_Gelu", act_attrs={"approximate": "tanh"})
+    fused = run_pipeline(g, FUSED)
+    assert [n.attrs.get("activation") for n in fused.nodes] == ["GeluTanh"]
+    compiled_matches(g, target)
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -101,11 +101,8 @@ def phases_for(stride: int) -> int:
     return stride if 1 < stride <= 4 else 1
 
 
-def fused_parts(ctx: LowerCtx, node: Node) -> tuple[Node, Act, str | None]:
-    """(plain Conv node, activation expression, residual value or None) of a FusedConv."""
-    attrs = op_context(ctx.graph, node).attrs
-    name, params = attrs["activation"], attrs["activation_params"]
-    act: Act = None
+def activation_expr(name: str, params: list[float]) -> Act:
+    """The element function of a fused activation ("" = none: None)."""
     if name == "Clip":
         _, bounds = activation_node(name, params)
 
@@ -114,9 +111,14 @@ def fused_parts(ctx: LowerCtx, node: Node) -> tuple[Node, Act, str | None]:
                 if b is not None:
                     x = getattr(x, side)(Const(float(b), F32))
             return x
-        act = clip
-    elif name:
-        act = unary_expr(activation_node(name, params)[0])
+        return clip
+    return unary_expr(activation_node(name, params)[0]) if name else None
+
+
+def fused_parts(ctx: LowerCtx, node: Node) -> tuple[Node, Act, str | None]:
+    """(plain Conv node, activation expression, residual value or None) of a FusedConv."""
+    attrs = op_context(ctx.graph, node).attrs
+    act = activation_expr(attrs["activation"], attrs["activation_params"])
     residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
     return conv_node(node), act, residual
 

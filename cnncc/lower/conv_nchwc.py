@@ -12,6 +12,9 @@ hoisted the loads of later channels and spilled accumulators. The epilogue adds 
 A padded conv reads its input in place when the input has a zero halo (halo.py), else from a
 zero-padded blocked copy, so the reduction has no branches.
 A stride-1 unpadded 1x1 conv runs the same kernel over the H * W pixels flattened into one row.
+A prologue (inputs P, Q and pre_activation: fuse_prologue) is applied per tile, input block and
+tap: the tile's input pixels of the block, act(x * P + Q) as vectors, into an L1 scratch the
+broadcasts read (2 vector ops a pixel per c * VB FMAs; unpadded convs only).
 The stem (in_layout = "NCHW", few input channels) reads plain NCHW input: one "channel block"
 per input channel, with a block of one channel.
 Grouped convs (k channels a group in and out, k dividing c or a multiple of it: ResNeXt,
@@ -43,7 +46,7 @@ from cnncc.ir.ops.spatial import resolve_window
 from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, const_input, op_context, unsupported
-from .conv import Act, fused_parts
+from .conv import Act, activation_expr, fused_parts
 from .cpu_schedule import parallel_contiguous, parallel_outer
 from .conv_nchwc_tiles import CI_UNROLL, LINE_BYTES, dense_tiling, vector_regs
 from .halo import blocked, zero_halo
@@ -72,12 +75,10 @@ def lower_conv_nchwc(ctx: LowerCtx, node: Node) -> None:
     plain = xs if stem else (xs[0], wv.shape[1] * octx["group"]) + tuple(xs[2:4])
     win = resolve_window(op_context(g, conv), plain, wv.shape[2:])
     scale = node.inputs[4] if len(node.inputs) > 4 and node.inputs[4] else None
+    pre = len(node.inputs) > 5 and any(node.inputs[5:])
+    if (scale or pre) and octx["group"] > 1:
+        raise unsupported(node, "an input scale or prologue on a grouped or depthwise conv")
     if octx["group"] > 1 and wv.shape[1] == 1 and octx["group"] == oc:
-        if scale:
-            raise unsupported(node, "an input scale on a depthwise conv")
-        return _depthwise(ctx, node, wv, bias, win, act, residual, c)
-    if scale and octx["group"] > 1:
-        raise unsupported(node, "an input scale on a grouped conv")
         return _depthwise(ctx, node, wv, bias, win, act, residual, c)
     _dense(ctx, node, wv, bias, win, act, residual, scale)
 
@@ -99,6 +100,24 @@ def _scaled_weights(ctx: LowerCtx, node: Node, lay, scale: str) -> list[Buffer]:
         ctx.emit(sch.kernel)
         out.append(t)
     return out
+
+
+def _prologue(ctx: LowerCtx, node: Node, icb: int, c: int) -> tuple[Buffer, Buffer, Act] | None:
+    """The prologue's P, Q as [1 or N, ICb, c] buffers and its activation (None: none)."""
+    if len(node.inputs) < 7 or not node.inputs[5]:
+        return None
+    bufs = []
+    for i, tag in ((5, "pp"), (6, "pq")):
+        v = node.inputs[i]
+        shape = (ctx.graph.types[v].shape[0], icb, c)
+        if v in ctx.graph.params:
+            bufs.append(ctx.const(np.asarray(ctx.graph.params[v], np.float32)
+                                  .reshape(shape), tag))
+        else:
+            bufs.append(ctx.value(v, shape, tag))
+    attrs = op_context(ctx.graph, node).attrs
+    return bufs[0], bufs[1], activation_expr(attrs["pre_activation"],
+                                             attrs["pre_activation_params"])
 
 
 def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,
@@ -133,6 +152,7 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         xp, oy, ox = padded_blocked(ctx, node.name, xin, (win.begin(0), win.begin(1)),
                                     (win.end(0), win.end(1))), 0, 0
     packs, wbufs = lay.packs, lay.wbufs
+    pre = None if lay.stem else _prologue(ctx, node, lay.icb, c)
     split, steps, groups = lay.split, lay.steps, lay.groups
     ext = lay.extents()
     ntw = ext["t"]
@@ -180,7 +200,19 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         py, px = pixel(r2)
         # A grouped conv's tile reads the input blocks of its groups (group_span).
         icx = icv + ob0 // lay.span_blocks * lay.span_blocks if lay.span_blocks else icv
-        xi = xp[n, icx, py * sh + khv * dh + oy, px * sw + kwv * dw + ox, cc]
+        xt = None
+        if pre is None:
+            xi = xp[n, icx, py * sh + khv * dh + oy, px * sw + kwv * dw + ox, cc]
+        else:   # the tile's input pixels of this block and tap, act(x * P + Q), in L1
+            xt = Buffer(f"xt{tag}", DType.float32, (rh * rw, c), "local")
+            r4, v4 = Var(f"r4{tag}"), Var(f"v4{tag}")
+            py4, px4 = pixel(r4)
+            pn = [n if b.shape[0] > 1 else 0 for b in pre[:2]]
+            pv = xp[n, icx, py4 * sh + khv * dh + oy, px4 * sw + kwv * dw + ox, v4] \
+                * pre[0][pn[0], icx, v4] + pre[1][pn[1], icx, v4]
+            pro = For(r4, rh * rw, For(v4, c, Store(xt, (r4, v4), pre[2](pv) if pre[2] else pv),
+                                       "vectorized"), "unrolled")
+            xi = xt[r2, cc]
         wi = wb[gi if wb.shape[0] > 1 else 0, icv, khv, kwv, cc, j2 * c + v2]
         upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wi)
         red: Stmt = For(ci, CI_UNROLL if split else cin, nest(r2, j2, v2, upd), "unrolled")
@@ -192,6 +224,8 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
             red = seq(prefetch_group(pfb, step), red)
         if split:
             red = For(cio, cin // CI_UNROLL, Let(ci0, cio * CI_UNROLL, red))
+        if xt is not None:
+            red = seq(pro, red)
         red = For(icv, lay.icb, For(khv, kh_, For(kwv, kw_, red)))
         if wflat is not None and wb is wbufs[0]:
             red = Let(pfb, group_base(), red)
@@ -202,7 +236,8 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         if act is not None:
             val = act(val)
         epi = nest(r3, j3, v3, Store(ybuf, (n, ob0 + j3, py + yh, px + yw, v3), val))
-        return Allocate(acc, seq(init, red, epi))
+        body = seq(init, red, epi)
+        return Allocate(acc, body if xt is None else Allocate(xt, body))
 
     def group_base() -> Expr:
         """Offset in ``wflat`` of the first line the tile (ot, t) prefetches: tile k of the
@@ -245,6 +280,7 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         body = For(var[name], ext[name], body)
     params = [ybuf, xp, bbuf] + wbufs + ([zbuf] if zbuf is not None else [])
     params += [wflat] if wflat is not None else []
+    params += list(pre[:2]) if pre is not None else []
     # Contiguous shares: a group-major thread's next group is the one it prefetched; a
     # pixel-major one's rows are those its core wrote.
     schedule = parallel_contiguous if wflat is not None or lay.pixel_major else parallel_outer

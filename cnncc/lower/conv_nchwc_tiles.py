@@ -278,7 +278,8 @@ def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
     group = octx["group"]
     span = group_span(wv.shape[1] * group, wv.shape[0], group, c) if group > 1 else None
     sb = 0
-    key = dense_workload(ctx.target, xs, wv.shape, win, stem, flat, group)
+    prologue = len(node.inputs) > 5 and bool(node.inputs[5])
+    key = dense_workload(ctx.target, xs, wv.shape, win, stem, flat, group, prologue)
     if span is not None:
         wv, icb, sb = densify_groups(wv, group, c, span), span // c, span // c
     target = ctx.target
@@ -304,12 +305,13 @@ def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
                        order)
 
 
-def dense_workload(target, xs, wshape, win, stem: bool, flat: bool, group: int = 1) -> str:
+def dense_workload(target, xs, wshape, win, stem: bool, flat: bool, group: int = 1,
+                   prologue: bool = False) -> str:
     """The tuning log's key of a dense NCHWc conv: what decides its speed (the target's
-    vectors and threads, the shapes, the window, the layout variant), never the model it is
-    in, its weights or its epilogue."""
+    vectors and threads, the shapes, the window, the layout variant, a prologue), never the
+    model it is in, its weights or its epilogue."""
     return (f"conv_nchwc/{target.isa}/l{target.lanes}/t{target.threads}/x{'x'.join(map(str, xs))}"
             f"/w{'x'.join(map(str, wshape))}/s{'x'.join(map(str, win.strides))}"
             f"/d{'x'.join(map(str, win.dilations))}/p{'x'.join(map(str, win.pads))}"
             f"{'/stem' if stem else ''}{'/flat' if flat else ''}"
-            f"{f'/g{group}' if group > 1 else ''}")
+            f"{f'/g{group}' if group > 1 else ''}{'/pre' if prologue else ''}")

@@ -30,6 +30,7 @@ from .fold_dequantized import fold_dequantized
 from .alter_layout_nchwc import alter_layout_nchwc
 from .depthwise_separable import depthwise_separable
 from .fuse_channel_scale import fuse_channel_scale
+from .fuse_prologue import fuse_prologue
 
 
 @dataclass
@@ -72,6 +73,8 @@ PIPELINE: list[Pass] = [
     Pass("alter_layout_nchwc", alter_layout_nchwc, 2),
     # On blocked convs: a depthwise conv and the 1x1 conv reading it become one kernel.
     Pass("depthwise_separable", depthwise_separable, 3),
+    # On blocked convs, after depthwise_separable: a BN + ReLU goes into the conv reading it.
+    Pass("fuse_prologue", fuse_prologue, 2),
     # Last: a squeeze-excitation gate goes into the 1x1 conv reading the gated map.
     Pass("fuse_channel_scale", fuse_channel_scale, 2),
 ]

@@ -7,20 +7,17 @@
 so Relu(Add(Conv(x, W, b), z)) ==> FusedConv(x, W, b, z; activation=Relu) in two steps, and the
 lowering adds z and applies act in registers before the conv's single store.
 
-act is one of ir/ops/fused.py ACTIVATIONS (Gelu only in its erf form; Clip only with constant
-bounds, an omitted bound becomes -inf / inf). Only when every fused intermediate has exactly
+act is one of ir/ops/fused.py ACTIVATIONS (Gelu in its tanh form as GeluTanh; Clip only with
+constant bounds, an omitted bound becomes -inf / inf). Only when every fused intermediate has exactly
 one user and is not a graph output (the rewriter guarantees it), every value is float32 and z
 has exactly the conv output's shape (a broadcasting Add stays an Add). The fused node takes the
 place of the last node it replaces, so z (an input of that node) is computed before it.
 """
 from __future__ import annotations
 
-import numpy as np
 
 from cnncc.ir import DType, Graph, Node
-from cnncc.ir.ops import OP_TABLE
-from cnncc.ir.ops.fused import ACTIVATIONS
-from cnncc.ir.ops.registry import resolve_attrs
+from cnncc.ir.ops.fused import ACTIVATION_FORMS, ACTIVATIONS, fusable_activation
 from cnncc.ir.rewrite import AnyValue, Builder, Match, Op, Opt, Param, Rule, apply_rules
 
 
@@ -51,14 +48,9 @@ def _fuse_add(b: Builder, m: Match) -> bool:
 
 def _activation(g: Graph, act: Node, m: Match) -> tuple[str, list[float]] | None:
     """(activation name, activation_params) of an activation node, or None if not fusable."""
-    attrs = resolve_attrs(OP_TABLE[act.op], act)
-    if act.op == "Gelu" and attrs["approximate"] != "none":
-        return None
     if act.op == "Clip":
-        lo, hi = (m.param(g, k) for k in ("lo", "hi"))
-        return "Clip", [-np.inf if lo is None else float(lo.reshape(())),
-                        np.inf if hi is None else float(hi.reshape(()))]
-    return act.op, [float(attrs[k]) for k in ACTIVATIONS[act.op]]
+        return fusable_activation(act, *(m.param(g, k) for k in ("lo", "hi")))
+    return fusable_activation(act)
 
 
 def _fuse_act(b: Builder, m: Match) -> bool:
@@ -91,7 +83,7 @@ def _producer() -> Op:
               bind="conv")
 
 
-_UNARY = tuple(a for a in ACTIVATIONS if a != "Clip")
+_UNARY = tuple(a for a in ACTIVATIONS if a != "Clip" and a not in ACTIVATION_FORMS)
 
 RULES = [
     Rule("conv_add", Op("Add", _conv(), AnyValue("z")), _fuse_add),

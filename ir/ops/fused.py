@@ -6,8 +6,8 @@
 Z (optional) has exactly the conv output's shape and dtype. ``activation`` is "" (none) or one
 of ACTIVATIONS; ``activation_params`` holds that activation's parameters in the order of
 ACTIVATIONS[name] (Clip: min, max; LeakyRelu / Elu / Swish: alpha; HardSigmoid: alpha, beta),
-or is empty for the op's defaults. The reference is the composition of the Conv, Add and
-activation references of the op table.
+or is empty for the op's defaults; GeluTanh is Gelu with approximate="tanh" (ACTIVATION_FORMS).
+The reference is the composition of the Conv, Add and activation references of the op table.
 """
 from __future__ import annotations
 
@@ -17,14 +17,20 @@ from cnncc.ir.node import Node
 from cnncc.ir.types import TensorType
 from . import activation  # noqa: F401  (registers the activations and their Lowerings)
 from .activation_exprs import UNARY_LOWERING, fusable_params
-from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference
+from .registry import OP_TABLE, Attr, OpContext, OpDef, register, resolve_attrs, run_reference
 from .spatial import WINDOW_ATTRS
 
+# Activations that are a fusable op with fixed non-float attributes (the activation_params
+# carry floats only): name -> (op, those attributes).
+ACTIVATION_FORMS: dict[str, tuple[str, dict]] = {
+    "GeluTanh": ("Gelu", {"approximate": "tanh"}),
+}
 # Activation -> the names of its parameters (the op's float attributes; Clip: its min/max
-# inputs): every op whose Lowering is fusable, and Clip.
+# inputs): every op whose Lowering is fusable, Clip, and the ACTIVATION_FORMS.
 ACTIVATIONS: dict[str, tuple[str, ...]] = {
     "Clip": ("min", "max"),
     **{op: fusable_params(op) for op, low in UNARY_LOWERING.items() if low.fusable},
+    **{name: fusable_params(op) for name, (op, _) in ACTIVATION_FORMS.items()},
 }
 CONV_ATTRS = tuple(WINDOW_ATTRS) + ("group",)
 
@@ -42,23 +48,44 @@ def activation_node(name: str, params: list[float], node_name: str = "") -> tupl
         lo, hi = params if params else (-np.inf, np.inf)
         bounds = [None if abs(v) == np.inf else np.array(v, np.float32) for v in (lo, hi)]
         return Node("Clip", ["x", "lo", "hi"], ["y"], {}, node_name), bounds
-    attrs = dict(zip(ACTIVATIONS[name], params))
-    return Node(name, ["x"], ["y"], attrs, node_name), []
+    op, fixed = ACTIVATION_FORMS.get(name, (name, {}))
+    attrs = {**fixed, **dict(zip(ACTIVATIONS[name], params))}
+    return Node(op, ["x"], ["y"], attrs, node_name), []
 
 
-def _check_activation(ctx: OpContext) -> None:
-    name, params = ctx["activation"], ctx["activation_params"]
+def fusable_activation(node: Node, lo: np.ndarray | None = None,
+                       hi: np.ndarray | None = None) -> tuple[str, list[float]] | None:
+    """(activation, activation_params) that a conv applies for activation node ``node``
+    (Clip: its constant bounds ``lo``, ``hi``, None = unbounded), or None if not fusable."""
+    if node.op == "Clip":
+        return "Clip", [-np.inf if lo is None else float(lo.reshape(())),
+                        np.inf if hi is None else float(hi.reshape(()))]
+    if node.op not in ACTIVATIONS:
+        return None
+    attrs = resolve_attrs(OP_TABLE[node.op], node)
+    name = node.op
+    for form, (op, fixed) in ACTIVATION_FORMS.items():
+        if op == node.op and all(attrs.get(k) == v for k, v in fixed.items()):
+            name = form
+    if node.op == "Gelu" and name == "Gelu" and attrs["approximate"] != "none":
+        return None
+    return name, [float(attrs[k]) for k in ACTIVATIONS[name]]
+
+
+def check_activation(ctx: OpContext, attr: str = "activation") -> None:
+    """Check the activation named by attribute ``attr`` and its ``attr``_params."""
+    name, params = ctx[attr], ctx[f"{attr}_params"]
     if not name:
-        ctx.check(not params, f"activation_params {params} given without an activation")
+        ctx.check(not params, f"{attr}_params {params} given without an {attr}")
         return
-    ctx.check(name in ACTIVATIONS, f"unknown activation '{name}' (supported: "
+    ctx.check(name in ACTIVATIONS, f"unknown {attr} '{name}' (supported: "
               f"{', '.join(sorted(ACTIVATIONS))})")
     want = ACTIVATIONS[name]
     ctx.check(len(params) in (0, len(want)),
-              f"activation {name} takes {len(want)} activation_params "
+              f"{attr} {name} takes {len(want)} {attr}_params "
               f"({', '.join(want) or 'none'}), got {len(params)}: {params}")
     ctx.check(all(np.isfinite(p) or (name == "Clip" and np.isinf(p)) for p in params),
-              f"activation_params {params} must be finite numbers")
+              f"{attr}_params {params} must be finite numbers")
 
 
 def _infer_fused_conv(ctx: OpContext) -> list[TensorType]:
@@ -72,7 +99,7 @@ def _infer_fused_conv(ctx: OpContext) -> list[TensorType]:
                   f"{y.dtype}")
         ctx.check(z.shape == y.shape, f"residual Z has shape {list(z.shape)} but the conv "
                   f"output has shape {list(y.shape)}; they must be equal (no broadcasting)")
-    _check_activation(ctx)
+    check_activation(ctx)
     return [y]
 
 
@@ -82,12 +109,19 @@ def _fused_conv_reference(ctx: OpContext, x: np.ndarray, w: np.ndarray,
     (y,) = run_reference(conv_node(node), [x, w, b])
     if z is not None:
         (y,) = run_reference(Node("Add", ["y", "z"], ["s"], {}, node.name), [y, z])
-    name = ctx["activation"]
-    if name:
-        act, extra = activation_node(name, ctx["activation_params"], node.name)
-        extra = [None if e is None else e.astype(y.dtype) for e in extra]
-        (y,) = run_reference(act, [y] + extra)
-    return y.astype(x.dtype)
+    return run_activation(ctx["activation"], ctx["activation_params"], y,
+                          node.name).astype(x.dtype)
+
+
+def run_activation(name: str, params: list[float], y: np.ndarray,
+                   node_name: str = "") -> np.ndarray:
+    """The reference of activation ``name`` ("" = none) applied to ``y``."""
+    if not name:
+        return y
+    act, extra = activation_node(name, params, node_name)
+    extra = [None if e is None else e.astype(y.dtype) for e in extra]
+    (y,) = run_reference(act, [y] + extra)
+    return y
 
 
 register(OpDef("FusedConv", infer=_infer_fused_conv, reference=_fused_conv_reference,

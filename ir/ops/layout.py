@@ -8,8 +8,9 @@ so the c channels of one pixel are one vector. The ops:
 
     ToNCHWc(X; block=c)                    = Xb
     FromNCHWc(Xb; channels=C)              = X
-    ConvNCHWc(Xb, W, B?, Zb?, Sb?; conv attrs, activation, activation_params, block, in_layout)
-                                           = block(FusedConv(X * S, W, B, Z))
+    ConvNCHWc(Xb, W, B?, Zb?, Sb?, Pb?, Qb?; conv attrs, activation, activation_params, block,
+              in_layout, pre_activation, pre_activation_params)
+                                           = block(FusedConv(pre(X * P + Q) * S, W, B, Z))
     PoolNCHWc(Xb; kind, pool attrs)        = block(kind(X))          (kind: MaxPool, AveragePool)
 
 W and B stay in ONNX layout in the graph (the lowering packs them once, at compile time).
@@ -17,7 +18,11 @@ ConvNCHWc takes X in plain NCHW when in_layout = "NCHW" (a stem reading the netw
 directly) and handles group = 1, depthwise (group = in channels = out channels) and grouped
 convs whose groups tile the blocks (``group_span``). Sb (dense 1x1 convs of blocked input
 only) is a per-input-channel scale [N, ICb, 1, 1, c] applied to X before the conv (a
-squeeze-excitation gate; the lowering scales the weights). Lanes of the
+squeeze-excitation gate; the lowering scales the weights). Pb, Qb (both or neither; dense
+unpadded convs of blocked input) are a per-input-channel affine [1 or N, ICb, 1, 1, c] and
+pre_activation its activation, applied to X as the conv reads it (a prologue: DenseNet's and
+pre-activation ResNets' BN + ReLU; fuse_prologue); a padded conv cannot take one (its zero
+padding would go through the affine). Lanes of the
 padding channels of an op's output are unspecified by the kernels (finite when the inputs are):
 every consumer ignores them (a conv has zero weights for them, FromNCHWc drops them). The
 references here give 0 there. Elementwise ops, reductions over H, W and channel Concats of
@@ -29,7 +34,7 @@ import numpy as np
 
 from cnncc.ir.node import Node
 from cnncc.ir.types import TensorType
-from .fused import CONV_ATTRS
+from .fused import CONV_ATTRS, check_activation, run_activation
 from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference
 from .spatial import WINDOW_ATTRS
 
@@ -165,15 +170,42 @@ def _infer_conv(ctx: OpContext) -> list[TensorType]:
         want = (xb.shape[0], xb.shape[1], 1, 1, block)
         ctx.check(s.shape == want and s.dtype == xb.dtype,
                   f"input scale S must be {xb.dtype}{list(want)}, got {s.dtype}{list(s.shape)}")
+    _check_prologue(ctx, layout, block)
     fused = fused_conv_of(ctx.node)
     (y,) = OP_TABLE["FusedConv"].infer(OpContext(fused, OP_TABLE["FusedConv"], types,
                                                  ctx.consts))
     return [TensorType(y.dtype, blocked_shape(y.shape, block))]
 
 
+def _check_prologue(ctx: OpContext, layout: str, block: int) -> None:
+    """The prologue inputs P, Q (both or neither) and pre_activation of a ConvNCHWc."""
+    check_activation(ctx, "pre_activation")
+    if not (ctx.has(5) or ctx.has(6)):
+        ctx.check(not ctx["pre_activation"], "pre_activation needs the prologue inputs P and Q")
+        return
+    ctx.check(ctx.has(5) and ctx.has(6), "the prologue takes both P (scale) and Q (shift)")
+    pads, auto = ctx["pads"], ctx["auto_pad"]
+    ctx.check(layout == "NCHWc" and ctx["group"] == 1 and not any(pads or [])
+              and auto in ("NOTSET", "VALID"),
+              "the prologue P, Q is for dense unpadded convs of blocked input (a padded conv "
+              "would apply it to its zero padding)")
+    xb = ctx.type(0)
+    for i, what in ((5, "P"), (6, "Q")):
+        t = ctx.type(i)
+        want = (t.shape[0] if t.shape and t.shape[0] == xb.shape[0] else 1, xb.shape[1], 1, 1,
+                block)
+        ctx.check(t.shape == want and t.dtype == xb.dtype,
+                  f"prologue {what} must be {xb.dtype}{list(want)}, got {t.dtype}"
+                  f"{list(t.shape)}")
+
+
 def _conv_reference(ctx: OpContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
-                    z: np.ndarray | None = None, s: np.ndarray | None = None) -> np.ndarray:
+                    z: np.ndarray | None = None, s: np.ndarray | None = None,
+                    p: np.ndarray | None = None, q: np.ndarray | None = None) -> np.ndarray:
     ic, oc = w.shape[1] * ctx["group"], w.shape[0]
+    if p is not None and q is not None:
+        x = run_activation(ctx["pre_activation"], ctx["pre_activation_params"], x * p + q,
+                           ctx.node.name).astype(x.dtype)
     if s is not None:
         x = x * s
     if ctx["in_layout"] == "NCHWc":
@@ -185,10 +217,11 @@ def _conv_reference(ctx: OpContext, x: np.ndarray, w: np.ndarray, b: np.ndarray 
     return to_blocked(y, ctx["block"])
 
 
-register(OpDef("ConvNCHWc", infer=_infer_conv, reference=_conv_reference, inputs=(2, 5),
+register(OpDef("ConvNCHWc", infer=_infer_conv, reference=_conv_reference, inputs=(2, 7),
                attrs={**WINDOW_ATTRS, "group": Attr("int", 1), "activation": Attr("str", ""),
                       "activation_params": Attr("floats", []), "block": Attr("int"),
-                      "in_layout": Attr("str", "NCHWc")},
+                      "in_layout": Attr("str", "NCHWc"), "pre_activation": Attr("str", ""),
+                      "pre_activation_params": Attr("floats", [])},
                doc="FusedConv on NCHW{c}c activations (internal op of alter_layout_nchwc)."))
 
 

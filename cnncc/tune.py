@@ -2,11 +2,14 @@
 winners (cnncc/tuning_log.py), which `cnncc.compile` then uses.
 
 A workload is a tunable kernel as its key names it (op, shapes, window, the target's vectors and
-threads); a model's convs with equal keys are one workload. The tunable kernels are the dense
-NCHWc convs, where nearly all of a CNN's time goes (their register tile and, with several
-threads, their loop order: cnncc/lower/conv_nchwc_tiles.py ``DenseSchedule``), and the fused
-depthwise->pointwise kernels of mobile nets (R pixels x VB output blocks of the pointwise tile:
-cnncc/lower/conv_dwpw.py ``DwpwSchedule``), whose cost model was measured on one AVX-512 CPU.
+threads); a model's kernels with equal keys are one workload. The tunable kernels
+(tuning_log.SCHEDULE_KINDS) are the dense NCHWc convs, where nearly all of a CNN's time goes
+(their register tile and, with several threads, their loop order: cnncc/lower/conv_nchwc_tiles.py
+``DenseSchedule``), the fused depthwise->pointwise kernels of mobile nets (R pixels x VB output
+blocks of the pointwise tile: cnncc/lower/conv_dwpw.py ``DwpwSchedule``), the standalone
+depthwise convs and NCHWc max / average pools (R pixels per register tile: ``PixelSchedule``)
+and the dense layers, Gemm / MatMul with a constant matrix (rows x output vectors per register
+tile: ``GemmSchedule``; both in cnncc/lower/tile_schedules.py).
 
 How: round 0 compiles the model with the cost model's choices and learns every workload's
 candidates (the cost model's best few tiles, each in both loop orders). Round r compiles the
@@ -207,9 +210,15 @@ def tuned_line(graph: Any, machine: Any) -> str:
                        schedules=schedules)
     ctx = prog.ctx
     where = tuning_log.log_path(machine) if schedules else "no tuning log for this CPU"
-    return (f"tuned: {len(ctx.tuned)} of {len(ctx.workload_of)} tunable conv kernels "
+    kinds: dict[str, list[int]] = {}
+    for node, key in ctx.workload_of.items():
+        count = kinds.setdefault(tuning_log.kind_of(key), [0, 0])
+        count[0] += node in ctx.tuned
+        count[1] += 1
+    per_kind = ", ".join(f"{k} {t}/{n}" for k, (t, n) in sorted(kinds.items()))
+    return (f"tuned: {len(ctx.tuned)} of {len(ctx.workload_of)} tunable kernels "
             f"({len(set(ctx.workload_of[n] for n in ctx.tuned))} of {len(ctx.workloads)} "
-            f"workloads) from the tuning log [{where}]")
+            f"workloads{'; ' + per_kind if per_kind else ''}) from the tuning log [{where}]")
 
 
 def format_report(r: TuneReport) -> str:
@@ -218,11 +227,10 @@ def format_report(r: TuneReport) -> str:
              f"tuning log: {r.log or '(not written)'}",
              f"{'workload':<72} {'nodes':>5} {'model ms':>9} {'tuned ms':>9} {'gain':>6}  schedule"]
     for w in r.workloads:
-        s = w.best
-        order = {None: "", True: " pixel-major", False: " group-major"}[s["pixel_major"]]
         lines.append(f"{w.key[:72]:<72} {len(w.nodes):>5} {w.default_ms:>9.3f} "
                      f"{w.best_ms:>9.3f} {w.speedup:>5.2f}x  "
-                     + (f"{s['vb']}x{s['th']}x{s['tw']}{order}" if w.logged else "(cost model)"))
+                     + (tuning_log.parse(w.key, w.best).label() if w.logged
+                        else "(cost model)"))
     total_d = sum(w.default_ms for w in r.workloads)
     total_b = sum(w.best_ms for w in r.workloads)
     if total_b:

@@ -31,7 +31,9 @@ GEMM_MAX_VECTORS = 8     # output vectors a gemm tile may span (the tuner's rang
 DW_KIND, POOL_KIND, GEMM_KIND = "conv_dw", "pool_nchwc", "gemm"
 
 
-def _ints(d: dict, keys: tuple[str, ...], what: str) -> list[int]:
+def int_fields(d: dict, keys: tuple[str, ...], what: str) -> list[int]:
+    """The int (not bool) values of ``keys`` in the dict ``d`` (a logged schedule); ValueError
+    naming ``what`` when it is not that."""
     if not isinstance(d, dict) or not all(
             isinstance(d.get(k), int) and not isinstance(d.get(k), bool) for k in keys):
         raise ValueError(f"not a {what} schedule: {d!r}")
@@ -39,6 +41,7 @@ def _ints(d: dict, keys: tuple[str, ...], what: str) -> list[int]:
 
 
 def dims(v) -> str:
+    """Sizes as a key part: (1, 2, 3) -> "1x2x3"."""
     return "x".join(map(str, v))
 
 
@@ -52,7 +55,7 @@ class PixelSchedule:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PixelSchedule":
-        return cls(*_ints(d, ("r",), "pixel tile"))
+        return cls(*int_fields(d, ("r",), "pixel tile"))
 
     def label(self) -> str:
         return f"{self.r} px"
@@ -125,7 +128,7 @@ class GemmSchedule:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GemmSchedule":
-        return cls(*_ints(d, ("rows", "vectors"), "gemm"))
+        return cls(*int_fields(d, ("rows", "vectors"), "gemm"))
 
     def label(self) -> str:
         return f"{self.rows}x{self.vectors} vectors"

@@ -438,8 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "at batch N (a table for several)")
     bench.set_defaults(func=_cmd_bench)
 
-    tune = sub.add_parser("tune", help="time a few schedules per conv workload on this machine "
-                                       "and log the winners for cnncc.compile")
+    tune = sub.add_parser("tune", help="time a few schedules per workload (conv, depthwise, "
+                                       "dw->pw, pool, gemm) on this machine and log the winners "
+                                       "for cnncc.compile")
     tune.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     tune.add_argument("--threads", type=int, default=None, help="default: all cores")
     tune.add_argument("--budget", type=float, default=None, metavar="SECONDS",

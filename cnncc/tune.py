@@ -2,11 +2,14 @@
 winners (cnncc/tuning_log.py), which `cnncc.compile` then uses.
 
 A workload is a tunable kernel as its key names it (op, shapes, window, the target's vectors and
-threads); a model's convs with equal keys are one workload. The tunable kernels are the dense
-NCHWc convs, where nearly all of a CNN's time goes (their register tile and, with several
-threads, their loop order: cnncc/lower/conv_nchwc_tiles.py ``DenseSchedule``), and the fused
-depthwise->pointwise kernels of mobile nets (R pixels x VB output blocks of the pointwise tile:
-cnncc/lower/conv_dwpw.py ``DwpwSchedule``), whose cost model was measured on one AVX-512 CPU.
+threads); a model's kernels with equal keys are one workload. The tunable kernels
+(tuning_log.SCHEDULE_KINDS) are the dense NCHWc convs, where nearly all of a CNN's time goes
+(their register tile and, with several threads, their loop order: cnncc/lower/conv_nchwc_tiles.py
+``DenseSchedule``), the fused depthwise->pointwise kernels of mobile nets (R pixels x VB output
+blocks of the pointwise tile: cnncc/lower/conv_dwpw.py ``DwpwSchedule``), the standalone
+depthwise convs and NCHWc max / average pools (R pixels per register tile: ``PixelSchedule``)
+and the dense layers, Gemm / MatMul with a constant matrix (rows x output vectors per register
+tile: ``GemmSchedule``; both in cnncc/lower/tile_schedules.py).
 
 How: round 0 compiles the model with the cost model's choices and learns every workload's
 candidates (the cost model's best few tiles, each in both loop orders). Round r compiles the
@@ -15,8 +18,10 @@ runs (its real input layout, halos and neighbours); the model's outputs must mat
 interpreter's on random data, or the round's candidates are rejected. Each kernel is timed alone
 (median of repeats). Rounds stop when the candidates or the budget run out. Last, each
 workload's fastest candidate and the cost model's choice are timed again, interleaved call by
-call; the candidate is logged only when its median is lower by more than MIN_GAIN, so a tuned
-model is never slower than an untuned one by more than the noise of that comparison.
+call; the candidate is logged only when both its median and its fastest call are lower by more
+than MIN_GAIN (on a loaded machine the medians drift with the other processes, the minima
+less), so a tuned model is never slower than an untuned one by more than the noise of that
+comparison.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from .ir import CompileError
 from .testing import random_inputs, relative_error
 
 DEFAULT_BUDGET_S = 600.0
-MIN_GAIN = 0.02            # a candidate must beat the cost model's choice by 2% (medians)
+MIN_GAIN = 0.02            # a candidate must beat the cost model's choice by 2% (median, min)
 REPEATS = 9                # timed calls of a kernel per round
 FINAL_REPEATS = 21         # interleaved calls of each of the two finalists
 TOLERANCE = 1e-4           # relative error of a round's outputs against the reference
@@ -94,8 +99,9 @@ def _workload_ms(model: Any, node_ms: dict[int, float]) -> dict[str, float]:
     return out
 
 
-def _interleaved(a: list, b: list, repeat: int) -> tuple[float, float]:
-    """Medians (ms) of the summed kernel calls ``a`` and ``b``, called in turn."""
+def _interleaved(a: list, b: list, repeat: int) -> tuple[tuple[float, float],
+                                                          tuple[float, float]]:
+    """(median, min) in ms of the summed kernel calls ``a`` and of ``b``, called in turn."""
     ta, tb = [], []
     for calls in (a, b):
         for c in calls:
@@ -106,7 +112,8 @@ def _interleaved(a: list, b: list, repeat: int) -> tuple[float, float]:
             for c in calls:
                 c()
             times.append(time.perf_counter() - t0)
-    return float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
+    return ((float(np.median(ta)) * 1e3, min(ta) * 1e3),
+            (float(np.median(tb)) * 1e3, min(tb) * 1e3))
 
 
 def tune(source: Any, threads: int | None = None, budget: float = DEFAULT_BUDGET_S,
@@ -188,8 +195,8 @@ def _finals(models: dict, times: dict, chosen: dict, defaults: dict,
             rn = [n.name for n in ctx.graph.nodes]
             return [c for _, idx, c in calls[r] if ctx.workload_of.get(rn[idx]) == key]
 
-        d_ms, w_ms = _interleaved(of(0), of(win), FINAL_REPEATS)
-        keep = w_ms < d_ms * (1 - MIN_GAIN)
+        (d_ms, d_min), (w_ms, w_min) = _interleaved(of(0), of(win), FINAL_REPEATS)
+        keep = w_ms < d_ms * (1 - MIN_GAIN) and w_min < d_min * (1 - MIN_GAIN)
         best = chosen[win][key]
         results.append(WorkloadResult(key, nodes, default.as_dict(), d_ms,
                                       best.as_dict() if keep else default.as_dict(),
@@ -207,9 +214,15 @@ def tuned_line(graph: Any, machine: Any) -> str:
                        schedules=schedules)
     ctx = prog.ctx
     where = tuning_log.log_path(machine) if schedules else "no tuning log for this CPU"
-    return (f"tuned: {len(ctx.tuned)} of {len(ctx.workload_of)} tunable conv kernels "
+    kinds: dict[str, list[int]] = {}
+    for node, key in ctx.workload_of.items():
+        count = kinds.setdefault(tuning_log.kind_of(key), [0, 0])
+        count[0] += node in ctx.tuned
+        count[1] += 1
+    per_kind = ", ".join(f"{k} {t}/{n}" for k, (t, n) in sorted(kinds.items()))
+    return (f"tuned: {len(ctx.tuned)} of {len(ctx.workload_of)} tunable kernels "
             f"({len(set(ctx.workload_of[n] for n in ctx.tuned))} of {len(ctx.workloads)} "
-            f"workloads) from the tuning log [{where}]")
+            f"workloads{'; ' + per_kind if per_kind else ''}) from the tuning log [{where}]")
 
 
 def format_report(r: TuneReport) -> str:
@@ -218,11 +231,10 @@ def format_report(r: TuneReport) -> str:
              f"tuning log: {r.log or '(not written)'}",
              f"{'workload':<72} {'nodes':>5} {'model ms':>9} {'tuned ms':>9} {'gain':>6}  schedule"]
     for w in r.workloads:
-        s = w.best
-        order = {None: "", True: " pixel-major", False: " group-major"}[s["pixel_major"]]
         lines.append(f"{w.key[:72]:<72} {len(w.nodes):>5} {w.default_ms:>9.3f} "
                      f"{w.best_ms:>9.3f} {w.speedup:>5.2f}x  "
-                     + (f"{s['vb']}x{s['th']}x{s['tw']}{order}" if w.logged else "(cost model)"))
+                     + (tuning_log.parse(w.key, w.best).label() if w.logged
+                        else "(cost model)"))
     total_d = sum(w.default_ms for w in r.workloads)
     total_b = sum(w.best_ms for w in r.workloads)
     if total_b:

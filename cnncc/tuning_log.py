@@ -1,8 +1,9 @@
 """The tuning log: measured winners of `cnncc tune`, one JSON file per CPU model and ISA.
 
 It lives in the cache folder (``$CNNCC_CACHE_DIR/tuning/<cpu model>-<isa>.json``). Its keys are
-workload keys (cnncc/lower/conv_nchwc_tiles.dense_workload: op, shapes, window, target vectors
-and threads), never model names, so what one model's tuning found serves every model with the
+workload keys (kind/isa/lanes/threads/shapes/window: conv_nchwc_tiles.dense_workload,
+conv_dwpw.dwpw_workload, tile_schedules.depthwise_workload / pool_workload / gemm_workload),
+never model names, so what one model's tuning found serves every model with the
 same workload. `cnncc.compile` reads it for the llvm target; a kernel whose workload is there
 gets the logged schedule, any other the cost model's choice. The log can only change speed:
 every schedule it can name computes the same result, an entry that does not fit its kernel is
@@ -22,10 +23,28 @@ from .cache import cache_root
 from .ir.target import Target
 from .lower.conv_dwpw import DwpwSchedule
 from .lower.conv_nchwc_tiles import DenseSchedule
+from .lower.tile_schedules import DW_KIND, GEMM_KIND, POOL_KIND, GemmSchedule, PixelSchedule
 
 FORMAT = "cnncc-tuning-1"
 # The schedule class of each kind of tunable kernel, by the first part of its workload key.
-SCHEDULE_KINDS = {"conv_nchwc": DenseSchedule, "conv_dwpw": DwpwSchedule}
+SCHEDULE_KINDS = {"conv_nchwc": DenseSchedule, "conv_dwpw": DwpwSchedule,
+                  DW_KIND: PixelSchedule, POOL_KIND: PixelSchedule, GEMM_KIND: GemmSchedule}
+
+
+def kind_of(key: str) -> str:
+    """The kind of tunable kernel a workload key names (its first part)."""
+    return key.split("/", 1)[0]
+
+
+def parse(key: str, schedule: Any) -> Any:
+    """The schedule object of ``key``'s kind from its dict; ValueError when it is not one."""
+    kind = SCHEDULE_KINDS.get(kind_of(key))
+    if kind is None:
+        raise ValueError(f"no tunable kernel kind {kind_of(key)!r}")
+    try:
+        return kind.from_dict(schedule)
+    except (TypeError, AttributeError, KeyError) as e:
+        raise ValueError(f"not a {kind_of(key)} schedule: {schedule!r}") from e
 
 
 def log_path(machine: Target) -> str | None:
@@ -59,12 +78,9 @@ def schedules(machine: Target) -> dict[str, Any]:
     out: the cost model decides for them)."""
     out: dict[str, Any] = {}
     for key, entry in read_entries(log_path(machine)).items():
-        kind = SCHEDULE_KINDS.get(key.split("/", 1)[0])
-        if kind is None:
-            continue
         try:
-            out[key] = kind.from_dict(entry.get("schedule", {}))
-        except (ValueError, TypeError, AttributeError):
+            out[key] = parse(key, entry.get("schedule", {}))
+        except ValueError:
             continue
     return out
 

@@ -41,7 +41,8 @@ def test_every_candidate_schedule_computes_the_same_model():
     graph = zoo.tiny_resnet().to_graph()
     ref = outputs(cnncc.compile(graph, target="reference"), graph)
     _, ctx = workloads(threads=2)
-    assert len(ctx.workloads) >= 6 and all(len(c) >= 3 for c in ctx.workloads.values())
+    dense = [c for k, c in ctx.workloads.items() if k.startswith("conv_nchwc/")]
+    assert len(dense) >= 6 and all(len(c) >= 3 for c in dense)
     rounds = max(len(c) for c in ctx.workloads.values())
     for r in (1, rounds // 2, rounds - 1):
         sched = {k: c[min(r, len(c) - 1)] for k, c in ctx.workloads.items()}
@@ -69,7 +70,8 @@ def test_workload_keys_do_not_depend_on_the_model():
     graph.name = "another_net"
     m = cnncc.compile(graph, threads=1, cache=False, schedules={})
     assert set(m.program.ctx.workloads) == set(a.workloads)
-    assert all(k.startswith("conv_nchwc/") and "tiny_resnet" not in k for k in a.workloads)
+    assert all(tuning_log.kind_of(k) in tuning_log.SCHEDULE_KINDS and "tiny_resnet" not in k
+               for k in a.workloads)
 
 
 def test_tune_logs_winners_that_compile_uses(private_cache):
@@ -183,3 +185,122 @@ def test_dwpw_schedules_round_trip_through_the_log(private_cache):
                                 "conv_dwpw/bad": {"schedule": {"r": "5", "vb": 1}}})
     got = tuning_log.schedules(machine)
     assert got[key] == DwpwSchedule(5, 1) and "conv_dwpw/bad" not in got
+
+
+# ---- standalone depthwise convs, NCHWc pools, dense layers (cnncc/lower/tile_schedules.py) ----
+
+NEW_KINDS = ("conv_dw", "pool_nchwc", "gemm")
+
+
+def _kinds_net(x):
+    """A dense conv, a standalone 3x3 depthwise conv (ReLU6), a padded 3x3/2 max pool, a 5x5
+    depthwise conv, a 2x2 average pool and a dense layer: 24 channels (two blocks, one half
+    padding), batch 2 (gemm rows)."""
+    from cnncc.dsl import functional as F, layers as L
+
+    y = F.relu(L.conv2d(x, 24, 3, padding=1, name="conv"))
+    y = F.relu6(L.depthwise_conv2d(y, 3, padding=1, name="dw3"))
+    y = F.max_pool2d(y, 3, stride=2, padding=1)
+    y = L.depthwise_conv2d(y, 5, padding=2, name="dw5")
+    y = F.avg_pool2d(y, 2)
+    return L.dense(F.flatten(y), 40, name="fc")
+
+
+@pytest.fixture(scope="module")
+def kinds():
+    """{threads: (graph, reference outputs, untuned model)} of the net above."""
+    from cnncc.dsl.net import build
+
+    graph = build(_kinds_net, (2, 8, 24, 24), "kinds_net", 0).to_graph()
+    ref = outputs(cnncc.compile(graph, target="reference"), graph)
+    return {t: (graph, ref, cnncc.compile(graph, threads=t, cache=False, schedules={}))
+            for t in (1, 2)}
+
+
+def _new_keys(ctx):
+    keys = [k for k in ctx.workloads if tuning_log.kind_of(k) in NEW_KINDS]
+    assert {tuning_log.kind_of(k) for k in keys} == set(NEW_KINDS)
+    return keys
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_new_kind_candidate_computes_the_reference(kinds, threads):
+    """Every candidate of the depthwise, pool and gemm workloads (at 2 threads the last ones
+    and a middle one: the candidates do not depend on the threads) gives the reference's
+    outputs; the cost model's schedule is each workload's first candidate."""
+    graph, ref, base = kinds[threads]
+    ctx = base.program.ctx
+    keys = _new_keys(ctx)
+    assert all(len(ctx.workloads[k]) >= 2 for k in keys)
+    rounds = max(len(ctx.workloads[k]) for k in keys)
+    for r in range(1, rounds) if threads == 1 else (rounds // 2, rounds - 1):
+        sched = {k: ctx.workloads[k][min(r, len(ctx.workloads[k]) - 1)] for k in keys}
+        m = cnncc.compile(graph, threads=threads, cache=False, schedules=sched)
+        nodes = {n for n, k in m.program.ctx.workload_of.items() if k in keys}
+        assert len(nodes) == 5 and nodes <= m.program.ctx.tuned
+        assert m.generated.key != base.generated.key
+        for got, want in zip(outputs(m, graph), ref):
+            assert relative_error(got, want) < 1e-5
+    again = cnncc.compile(graph, threads=threads, cache=False,
+                          schedules={k: ctx.workloads[k][0] for k in keys})
+    assert again.generated.key == base.generated.key     # the first candidate is the default
+
+
+def test_new_kind_schedules_beyond_the_registers_are_ignored(kinds):
+    """Tiles wider than the registers hold (or than the row, or the output) are a stale log's:
+    the cost model decides, the code is the same byte for byte."""
+    from cnncc.lower.tile_schedules import GemmSchedule, PixelSchedule
+
+    graph, _, base = kinds[1]
+    regs = base.program.ctx.vector_registers
+    bad = {}
+    for k in _new_keys(base.program.ctx):
+        bad[k] = GemmSchedule(2, regs) if k.startswith("gemm/") else PixelSchedule(regs)
+    m = cnncc.compile(graph, threads=1, cache=False, schedules=bad)
+    assert not m.program.ctx.tuned and m.generated.key == base.generated.key
+    for k in bad:
+        bad[k] = GemmSchedule(3, 1) if k.startswith("gemm/") else GemmSchedule(1, 1)
+    m = cnncc.compile(graph, threads=1, cache=False, schedules=bad)   # wrong rows / kind
+    assert not m.program.ctx.tuned and m.generated.key == base.generated.key
+
+
+def test_new_kind_candidates_fit_16_and_32_registers():
+    from cnncc.lower import tile_schedules as ts
+
+    for regs, lanes in ((16, 8), (32, 16)):
+        for c in (lanes, 2 * lanes):
+            for width in (2, 5, 11, 54, 110):
+                default = ts.pool_default(regs, lanes, c)
+                cands = ts.pixel_candidates(width, default, regs, lanes, c)
+                assert len(set(cands)) == len(cands) >= 1
+                assert all(ts.pixel_fits(s, width, regs, lanes, c) for s in cands)
+        for m, n in ((1, 10), (1, 1000), (2, 40), (64, 1000)):
+            cands = ts.gemm_candidates(m, n, lanes, regs)
+            assert cands[0] == ts.gemm_default(m, n, lanes, regs)
+            assert all(ts.gemm_fits(s, m, n, lanes, regs) for s in cands)
+    assert len(ts.gemm_candidates(1, 1000, 16, 32)) == 8      # 1 row x 1..8 vectors
+
+
+def test_new_kind_schedules_round_trip_through_the_log(private_cache, kinds):
+    """Logged depthwise / pool / gemm winners are read back and used by cnncc.compile; entries
+    that do not parse are skipped; the results stay the reference's."""
+    from cnncc.lower.tile_schedules import GemmSchedule, PixelSchedule
+
+    graph, ref, base = kinds[1]
+    ctx = base.program.ctx
+    keys = _new_keys(ctx)
+    entries = {k: {"schedule": ctx.workloads[k][-1].as_dict(), "ms": 1.0} for k in keys}
+    entries["gemm/bad"] = {"schedule": {"rows": 1, "vectors": True}}
+    entries["conv_dw/bad"] = {"schedule": {"vb": 1}}
+    entries["pool_nchwc/bad"] = {"schedule": [3]}
+    machine = cnncc.host_target(1)
+    tuning_log.record(machine, entries)
+    got = tuning_log.schedules(machine)
+    assert got == {k: ctx.workloads[k][-1] for k in keys}
+    assert all(isinstance(got[k], GemmSchedule if k.startswith("gemm/") else PixelSchedule)
+               for k in keys)
+    m = cnncc.compile(graph, threads=1, cache=False)
+    assert {m.program.ctx.workload_of[n] for n in m.program.ctx.tuned} == set(keys)
+    assert all(relative_error(g, w) < 1e-5 for g, w in zip(outputs(m, graph), ref))
+    line = tuned_line(graph, machine)
+    assert "5 of 6 tunable kernels" in line and "gemm 1/1" in line and "conv_dw 2/2" in line

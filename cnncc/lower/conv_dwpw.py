@@ -35,6 +35,7 @@ from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import fused_parts
 from .conv_nchwc_tiles import TUNE_TILES
 from .cpu_schedule import parallel_outer
+from .tile_schedules import choose, dims, int_fields
 
 # Pixels of a register tile per vector register of the target: 8 with 32 registers, 4 with 16.
 R_PIXELS_PER_REGISTER = 0.25
@@ -62,10 +63,10 @@ class DwpwSchedule:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DwpwSchedule":
-        if not all(isinstance(d.get(k), int) and not isinstance(d.get(k), bool)
-                   for k in ("r", "vb")):
-            raise ValueError(f"not a depthwise->pointwise schedule: {d!r}")
-        return cls(d["r"], d["vb"])
+        return cls(*int_fields(d, ("r", "vb"), "depthwise->pointwise"))
+
+    def label(self) -> str:
+        return f"{self.r} px x {self.vb} blocks"
 
 
 def _r_cap(ow: int, channels: int) -> int:
@@ -130,8 +131,6 @@ def candidates(ow: int, ocb: int, channels: int, lanes: int, block: int, regs: i
 def dwpw_workload(target, xs, dw_shape, pw_shape, strides, dilations, pads) -> str:
     """The tuning log's key of a fused dw->pw kernel: the target's vectors and threads, the
     shapes and the depthwise window; never the model, its weights or its activations."""
-    def dims(v) -> str:
-        return "x".join(map(str, v))
     return (f"conv_dwpw/{target.isa}/l{target.lanes}/t{target.threads}/x{dims(xs)}"
             f"/dw{dims(dw_shape)}/pw{dims(pw_shape)}/s{dims(strides)}/d{dims(dilations)}"
             f"/p{dims(pads)}")
@@ -165,17 +164,10 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     act_d = _activation(ctx, node, attrs["dw_activation"], attrs["dw_activation_params"])
     act_p = _activation(ctx, node, attrs["pw_activation"], attrs["pw_activation_params"])
     regs = ctx.vector_registers
-    sched = cost_model_tile(ow_n, ocb_n, channels, ctx.lanes, c, regs)
     key = dwpw_workload(ctx.target, g.types[x].shape, wd.shape, wpw.shape, [sh, sw], [dh, dl],
                         attrs["dw_pads"] or [0, 0, 0, 0])
-    tuned = ctx.schedules.get(key)
-    if isinstance(tuned, DwpwSchedule) and fits(tuned, ow_n, ocb_n, channels, ctx.lanes, c,
-                                                regs):
-        sched = tuned
-        ctx.tuned.add(node.name)
-    if key not in ctx.workloads:
-        ctx.workloads[key] = candidates(ow_n, ocb_n, channels, ctx.lanes, c, regs)
-    ctx.workload_of[node.name] = key
+    sched = choose(ctx, node.name, key, candidates(ow_n, ocb_n, channels, ctx.lanes, c, regs),
+                   lambda s: fits(s, ow_n, ocb_n, channels, ctx.lanes, c, regs))
     r_tile, vb = sched.r, sched.vb
     oct_n = -(-ocb_n // vb)
 

@@ -50,7 +50,9 @@ from .conv import Act, activation_expr, fused_parts
 from .cpu_schedule import parallel_contiguous, parallel_outer
 from .conv_nchwc_tiles import CI_UNROLL, LINE_BYTES, dense_tiling, vector_regs
 from .halo import blocked, zero_halo
-from .layout_nchwc import padded_blocked, row_tiles, valid_taps
+from .layout_nchwc import column_split, padded_blocked, row_tiles, valid_taps
+from .tile_schedules import (choose, depthwise_default, depthwise_workload, pixel_candidates,
+                             pixel_fits)
 
 
 def lower_conv_nchwc(ctx: LowerCtx, node: Node) -> None:
@@ -287,6 +289,21 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
     ctx.emit(schedule(Kernel(node.name, params, body), list(ext), ctx, lay.work))
 
 
+def _depthwise_tile(ctx: LowerCtx, node: Node, wv: np.ndarray, win, c: int, iw: int,
+                    ow: int) -> int:
+    """R pixels per register tile of a depthwise conv: the tuned one (tile_schedules) or the
+    cost model's; the conv is a tunable workload when its rows have interior columns."""
+    regs = vector_regs(ctx)
+    rmax = depthwise_default(regs, ctx.lanes, c)
+    _, c0, c1 = column_split(iw, wv.shape[3], win.strides[1], win.dilations[1], win.begin(1), ow)
+    if c1 - c0 < 2:
+        return rmax
+    key = depthwise_workload(ctx.target, ctx.graph.types[node.inputs[0]].shape, wv.shape, win)
+    cands = pixel_candidates(c1 - c0, rmax, regs, ctx.lanes, c)
+    return choose(ctx, node.name, key, cands,
+                  lambda s: pixel_fits(s, c1 - c0, regs, ctx.lanes, c)).r
+
+
 def _depthwise(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,
                residual: str | None, c: int) -> None:
     """Depthwise conv, reading the unpadded input (memory-bound: no padded copy). Rows: the
@@ -316,7 +333,7 @@ def _depthwise(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win,
     zbuf, zh, zw = blocked(ctx, residual, "z") if residual else (None, 0, 0)
     zero_halo(ctx, out, node.name)
     n, b, o, t, khv = Var("n"), Var("cb"), Var("oh"), Var("t"), Var("kh")
-    rmax = max(1, (vector_regs(ctx) * ctx.lanes // c - 4) // 2)
+    rmax = _depthwise_tile(ctx, node, wv, win, c, iw, ow)
 
     def tile(ow0: Expr, rr: int, taps: list[int], tag: str) -> Stmt:
         """rr pixels from column ow0, all with the kw taps ``taps``."""

@@ -131,6 +131,10 @@ class DenseSchedule:
             raise ValueError(f"not a dense conv schedule: {d!r}")
         return cls(d["vb"], d["th"], d["tw"], pm)
 
+    def label(self) -> str:
+        order = {None: "", True: " pixel-major", False: " group-major"}[self.pixel_major]
+        return f"{self.vb}x{self.th}x{self.tw}{order}"
+
 
 def tile_limit(regs: int, vb: int, taps: int) -> int:
     """Accumulators a register tile of ``vb`` blocks may hold (pick_tile's rule)."""

@@ -25,6 +25,7 @@ from cnncc.ir.schedule import Schedule
 from .context import LowerCtx, op_context, unsupported
 from .cpu_schedule import parallel_outer
 from .halo import blocked, zero_halo
+from .tile_schedules import choose, pixel_candidates, pixel_fits, pool_default, pool_workload
 
 NEG_INF = float("-inf")
 
@@ -143,6 +144,23 @@ def row_tiles(tile: Callable[[Expr, int, list[int], str], Stmt], t: Var, size: i
     return parts
 
 
+def _pool_tile(ctx: LowerCtx, node: Node, kind: str, win, c: int) -> int:
+    """R pixels per register tile of an NCHWc pool: the tuned one (tile_schedules) or the cost
+    model's; the pool is a tunable workload when its rows have interior columns."""
+    g, regs = ctx.graph, ctx.vector_registers
+    rmax = pool_default(regs, ctx.lanes, c)
+    iw, ow = g.types[node.inputs[0]].shape[3], g.types[node.outputs[0]].shape[3]
+    _, c0, c1 = column_split(iw, win.kernel[1], win.strides[1], win.dilations[1], win.begin(1),
+                             ow)
+    if c1 - c0 < 2:
+        return rmax
+    key = pool_workload(ctx.target, kind, g.types[node.inputs[0]].shape,
+                        g.types[node.outputs[0]].shape, win)
+    cands = pixel_candidates(c1 - c0, rmax, regs, ctx.lanes, c)
+    return choose(ctx, node.name, key, cands,
+                  lambda s: pixel_fits(s, c1 - c0, regs, ctx.lanes, c)).r
+
+
 def lower_pool_nchwc(ctx: LowerCtx, node: Node) -> None:
     """MaxPool / AveragePool on NCHWc, reading the unpadded input (memory-bound: no padded
     copy): per output row the valid kh range from compile-time tables; the interior columns in
@@ -200,7 +218,7 @@ def lower_pool_nchwc(ctx: LowerCtx, node: Node) -> None:
                                  "vectorized"), "unrolled")
         return Allocate(acc, seq(init, red, epi))
 
-    parts = row_tiles(tile, t, iw, kw_, sw, dw, pl, ow, 8)
+    parts = row_tiles(tile, t, iw, kw_, sw, dw, pl, ow, _pool_tile(ctx, node, kind, win, c))
     body = For(n, nb, For(b, cb, For(o, oh, seq(*parts))))
     params = [ybuf, xin, khlo, khn] + ([inv] if inv is not None else [])
     work = nb * cb * oh * ow * c * kh_ * kw_

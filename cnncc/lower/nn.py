@@ -11,6 +11,7 @@ from cnncc.ir.ops.spatial import resolve_window
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import padded_input, phases_for, window_index
 from .cpu_schedule import parallel_outer
+from .tile_schedules import choose, gemm_candidates, gemm_fits, gemm_workload
 
 NEG_INF = float("-inf")
 
@@ -140,10 +141,15 @@ def lower_global_pool(ctx: LowerCtx, node: Node) -> None:
 
 def _dense(ctx: LowerCtx, node: Node, a: str, trans_a: bool, m: int, k_dim: int,
            bmat: np.ndarray, bias: np.ndarray | None, out: str, act) -> None:
-    """Y[m, n] = act(sum_k A[m, k] * B[k, n] + bias[m|1, n]) with B packed [NB, K, VT]."""
-    lanes = ctx.lanes
+    """Y[m, n] = act(sum_k A[m, k] * B[k, n] + bias[m|1, n]) with B packed [NB, K, VT]: register
+    tiles of R rows x VT = VECTORS * lanes columns (tile_schedules.GemmSchedule: tuned, or the
+    cost model's)."""
+    lanes, regs = ctx.lanes, ctx.vector_registers
     nn_ = bmat.shape[1]
-    vt = 2 * lanes if nn_ >= 2 * lanes else lanes
+    key = gemm_workload(ctx.target, m, k_dim, nn_, trans_a)
+    sched = choose(ctx, node.name, key, gemm_candidates(m, nn_, lanes, regs),
+                   lambda s: gemm_fits(s, m, nn_, lanes, regs))
+    vt, r_tile = sched.vectors * lanes, sched.rows
     nb = -(-nn_ // vt)
     # Packed block by block straight into [NB, K, VT]: no padded or transposed full copies (a
     # VGG-11 classifier matrix is 411 MB).
@@ -158,8 +164,6 @@ def _dense(ctx: LowerCtx, node: Node, a: str, trans_a: bool, m: int, k_dim: int,
     wbuf, bbuf = ctx.const(bp, "w"), ctx.const(bb, "b")
     abuf = ctx.value(a, (k_dim, m) if trans_a else (m, k_dim), "a")
     ybuf = ctx.value(out, (m, nn_), "y")
-    regs = ctx.vector_registers
-    r_tile = min(m, max(1, (regs - 4) // (vt // lanes)))
     nbv = Var("nb")
 
     def tile(m0: Expr, rr: int, tag: str) -> Stmt:

@@ -100,8 +100,9 @@ def phases_for(stride: int) -> int:
     return stride if 1 < stride <= 4 else 1
 
 
-def fused_parts(ctx: LowerCtx, node: Node) -> tuple[Node, Act, str | None]:
-    """(plain Conv node, activation expression, residual value or None) of a FusedConv."""
+def epilogue_activation(ctx: LowerCtx, node: Node) -> Act:
+    """The activation expression (or None) of a fused node (FusedConv, FusedConvTranspose,
+    FusedGemm, ...: its ``activation`` and ``activation_params``)."""
     attrs = op_context(ctx.graph, node).attrs
     name, params = attrs["activation"], attrs["activation_params"]
     act: Act = None
@@ -116,8 +117,13 @@ def fused_parts(ctx: LowerCtx, node: Node) -> tuple[Node, Act, str | None]:
         act = clip
     elif name:
         act = unary_expr(activation_node(name, params)[0])
+    return act
+
+
+def fused_parts(ctx: LowerCtx, node: Node) -> tuple[Node, Act, str | None]:
+    """(plain Conv node, activation expression, residual value or None) of a FusedConv."""
     residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
-    return conv_node(node), act, residual
+    return conv_node(node), epilogue_activation(ctx, node), residual
 
 
 def lower_fused_conv(ctx: LowerCtx, node: Node) -> None:

@@ -1,7 +1,10 @@
-"""FusedConv: a Conv with its residual Add and activation, made by the fuse_epilogue pass.
+"""The anchors with their epilogues, made by the fuse_epilogue pass:
 
     FusedConv(X, W, B?, Z?; conv attrs, activation, activation_params)
         = activation(Conv(X, W, B) + Z)
+    FusedConvTranspose(inputs of ConvTranspose; its attrs, activation, activation_params)
+    FusedGemm(inputs of Gemm; its attrs, activation, activation_params)
+        = activation(ConvTranspose(...)), activation(Gemm(...))
 
 Z (optional) has exactly the conv output's shape and dtype. ``activation`` is "" (none) or one
 of ACTIVATIONS; ``activation_params`` holds that activation's parameters in the order of
@@ -16,6 +19,7 @@ import numpy as np
 from cnncc.ir.node import Node
 from cnncc.ir.types import TensorType
 from . import activation  # noqa: F401  (registers the activations and their Lowerings)
+from . import conv_transpose, linalg  # noqa: F401  (the anchors of ACTIVATION_EPILOGUES)
 from .activation_exprs import UNARY_LOWERING, fusable_params
 from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference
 from .spatial import WINDOW_ATTRS
@@ -33,6 +37,21 @@ def conv_node(node: Node) -> Node:
     """The plain Conv of a FusedConv node (same name: its errors name the fused node)."""
     attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRS}
     return Node("Conv", list(node.inputs[:3]), list(node.outputs), attrs, node.name)
+
+
+# The fused ops other than FusedConv: an anchor whose epilogue applies an activation.
+ACTIVATION_EPILOGUES = {"Fused" + anchor: anchor for anchor in ("ConvTranspose", "Gemm")}
+EPILOGUE_ATTRS = ("activation", "activation_params")
+
+
+def anchor_node(node: Node) -> Node:
+    """The plain anchor (Conv, ConvTranspose, Gemm) of a fused node: its inputs but the residual,
+    its outputs and name (its errors name the fused node), no epilogue attributes."""
+    if node.op == "FusedConv":
+        return conv_node(node)
+    attrs = {k: v for k, v in node.attrs.items() if k not in EPILOGUE_ATTRS}
+    return Node(ACTIVATION_EPILOGUES[node.op], list(node.inputs), list(node.outputs), attrs,
+                node.name)
 
 
 def activation_node(name: str, params: list[float], node_name: str = "") -> tuple[Node, list]:
@@ -76,18 +95,23 @@ def _infer_fused_conv(ctx: OpContext) -> list[TensorType]:
     return [y]
 
 
+def _apply_activation(ctx: OpContext, y: np.ndarray) -> np.ndarray:
+    """The fused node's activation (if any) applied to ``y`` by the activation's reference."""
+    name = ctx["activation"]
+    if name:
+        act, extra = activation_node(name, ctx["activation_params"], ctx.node.name)
+        extra = [None if e is None else e.astype(y.dtype) for e in extra]
+        (y,) = run_reference(act, [y] + extra)
+    return y
+
+
 def _fused_conv_reference(ctx: OpContext, x: np.ndarray, w: np.ndarray,
                           b: np.ndarray | None = None, z: np.ndarray | None = None) -> np.ndarray:
     node = ctx.node
     (y,) = run_reference(conv_node(node), [x, w, b])
     if z is not None:
         (y,) = run_reference(Node("Add", ["y", "z"], ["s"], {}, node.name), [y, z])
-    name = ctx["activation"]
-    if name:
-        act, extra = activation_node(name, ctx["activation_params"], node.name)
-        extra = [None if e is None else e.astype(y.dtype) for e in extra]
-        (y,) = run_reference(act, [y] + extra)
-    return y.astype(x.dtype)
+    return _apply_activation(ctx, y).astype(x.dtype)
 
 
 register(OpDef("FusedConv", infer=_infer_fused_conv, reference=_fused_conv_reference,
@@ -96,3 +120,28 @@ register(OpDef("FusedConv", infer=_infer_fused_conv, reference=_fused_conv_refer
                       "activation_params": Attr("floats", [])},
                doc="activation(Conv(X, W, B) + Z): the conv epilogue fusion of fuse_epilogue "
                    "(internal op)."))
+
+
+def _register_activation_epilogue(name: str, anchor: str) -> None:
+    base = OP_TABLE[anchor]
+
+    def infer(ctx: OpContext) -> list[TensorType]:
+        plain = anchor_node(ctx.node)
+        (y,) = base.infer(OpContext(plain, base, ctx.types, ctx.consts))
+        ctx.check(y.dtype.is_float, f"{name} computes in float types, got {y.dtype}")
+        _check_activation(ctx)
+        return [y]
+
+    def reference(ctx: OpContext, *inputs: np.ndarray | None) -> np.ndarray:
+        (y,) = run_reference(anchor_node(ctx.node), list(inputs))
+        return _apply_activation(ctx, y)
+
+    register(OpDef(name, infer=infer, reference=reference, inputs=base.inputs,
+                   attrs={**base.attrs, "activation": Attr("str", ""),
+                          "activation_params": Attr("floats", [])},
+                   doc=f"activation({anchor}(...)): the {anchor} epilogue fusion of "
+                       "fuse_epilogue (internal op)."))
+
+
+for _name, _anchor in ACTIVATION_EPILOGUES.items():
+    _register_activation_epilogue(_name, _anchor)

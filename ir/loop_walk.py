@@ -250,31 +250,6 @@ def coefficient(e: Expr, name: str) -> int | None:
     return None
 
 
-def bounds(e: Expr, ranges: dict[str, tuple[Expr, Expr]]) -> tuple[Expr, Expr] | None:
-    """Inclusive (lo, hi) of an affine ``e`` when each var in ``ranges`` spans [lo, hi]."""
-    form = linear(e)
-    if form is None:
-        return None
-    lo: dict = {1: form.get(1, 0)}
-    hi: dict = {1: form.get(1, 0)}
-    for k, c in form.items():
-        if k == 1:
-            continue
-        if k in ranges:
-            vlo, vhi = (linear(x) for x in ranges[k])
-            if vlo is None or vhi is None:
-                return None
-            a, b = (vlo, vhi) if c > 0 else (vhi, vlo)
-            for kk, vv in a.items():
-                lo[kk] = lo.get(kk, 0) + c * vv
-            for kk, vv in b.items():
-                hi[kk] = hi.get(kk, 0) + c * vv
-        else:
-            lo[k] = lo.get(k, 0) + c
-            hi[k] = hi.get(k, 0) + c
-    return from_linear(lo), from_linear(hi)
-
-
 # ---- simplifier ----------------------------------------------------------------------------------
 
 def simplify(e: Expr) -> Expr:

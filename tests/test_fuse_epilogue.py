@@ -8,9 +8,11 @@ import pytest
 
 import cnncc
 from cnncc.dsl import zoo
-from cnncc.ir import CompileError, DType, Graph, TensorType, run_graph
+from cnncc.ir import CompileError, DType, Graph, Node, TensorType, run_graph
+from cnncc.ir.ops import infer_node
 from cnncc.passes import PASS_NAMES, PassContext, run_pipeline
 from cnncc.passes.fuse_epilogue import fuse_epilogue
+from cnncc.receptive_field import receptive_fields
 from cnncc.testing import assert_graphs_equivalent, random_inputs, relative_error
 
 F32 = DType.float32
@@ -380,6 +382,13 @@ def test_conv_transpose_and_gemm_take_their_activation():
     assert fc1.attrs["transB"] == 1 and set(fc1.origin) == {"fc1", "fc1_act"}
     assert_graphs_equivalent(g, after)
     assert ops(run_pipeline(g, PassContext(opt_level=0))) == [n.op for n in g.nodes]
+    # The fused anchors see what their anchors see; their attributes are checked as FusedConv's.
+    fields, unfused = receptive_fields(after), receptive_fields(g)
+    assert fields[up.outputs[0]] == unfused[up.outputs[0]] != unfused["x"]
+    assert fields[fc1.outputs[0]] == unfused[fc1.outputs[0]] != fields["x"]
+    bad = Node("FusedGemm", fc1.inputs, fc1.outputs, {**fc1.attrs, "activation": "Selu"}, "b")
+    with pytest.raises(CompileError, match="unknown activation 'Selu'"):
+        infer_node(bad, after.types, after.params)
     # Gelu's tanh form is not a FusedGemm activation (a string attribute): it stays an op.
     tanh = fuse_epilogue(anchors_graph("Gelu", {"approximate": "tanh"}))
     assert ops(tanh) == ["FusedConvTranspose", "Flatten", "Gemm", "Gelu", "Gemm"]

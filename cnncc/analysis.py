@@ -10,6 +10,7 @@ from math import prod
 
 from cnncc.ir import Graph, Node
 from cnncc.ir.ops.activation_exprs import UNARY_LOWERING
+from cnncc.ir.ops.fused import ACTIVATION_EPILOGUES, anchor_node
 
 # Operations per output element: the unary ops' own count (their op-table Lowering: one, as is
 # customary), one for the other elementwise ops.
@@ -35,6 +36,9 @@ def node_flops(graph: Graph, node: Node) -> int:
     if out is None:
         return 0
     in0 = graph.types[node.inputs[0]] if node.inputs and node.inputs[0] else None
+    if node.op in ACTIVATION_EPILOGUES:     # the anchor, then its activation on every output
+        act = node.attrs.get("activation", "")
+        return node_flops(graph, anchor_node(node)) + out.size * _PER_OUTPUT.get(act, 0)
     if node.op == "DwPwConvNCHWc":     # the depthwise conv, then the 1x1 conv on its output
         wdw, wpw = graph.types[node.inputs[1]].shape, graph.types[node.inputs[3]].shape
         pix = prod(out.shape[2:-1]) * out.shape[0]

@@ -80,8 +80,8 @@ def lower(graph: Graph, target: str, opt_level: int = 3, machine: Target | None 
           schedules: dict | None = None, release_params: bool = False) -> Program | Graph:
     """The lowering stage: ``graph`` (optimized) as the Program that ``target``'s backend
     generates code from, with that target's schedules (CPU: for ``machine``, using the tuned
-    ``schedules`` by workload key; GPU); opt_level 0 keeps activations out of conv/gemm
-    epilogues; ``release_params``: the graph's arrays belong to this compile and are dropped
+    ``schedules`` by workload key; GPU); opt_level 0 copies every concat (no in-place
+    slices); ``release_params``: the graph's arrays belong to this compile and are dropped
     once packed (cnncc/lower/program.py). The reference target interprets the graph itself: it
     gets ``graph`` back."""
     kind = BACKENDS[target].lowering

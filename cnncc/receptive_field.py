@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .analysis import layer_stats, parameter_count
 from .ir import CompileError, Graph, Node, OP_TABLE
+from .ir.ops.fused import ACTIVATION_EPILOGUES
 from .ir.ops.registry import OpContext
 from .ir.ops.spatial import resolve_window
 
@@ -107,11 +108,12 @@ def receptive_fields(graph: Graph) -> dict[str, Field]:
             continue
         out_shape = graph.types[node.outputs[0]].shape[2:]
         first = fields.get(node.inputs[0])
-        if node.op in WINDOW_OPS and first is not None:
+        op = ACTIVATION_EPILOGUES.get(node.op, node.op)     # a fused anchor sees as its anchor
+        if op in WINDOW_OPS and first is not None:
             f = _window(graph, node, first)
-        elif node.op == "ConvTranspose" and first is not None:
+        elif op == "ConvTranspose" and first is not None:
             f = _transposed(graph, node, first)
-        elif node.op in GLOBAL_OPS:
+        elif op in GLOBAL_OPS:
             f = ins[0].covering()
         elif node.op.startswith("Reduce") and len(out_shape) == len(ins[0].shape) \
                 and all(o == 1 for o in out_shape) and out_shape != ins[0].shape:

@@ -1,7 +1,7 @@
 """The roofline of a compiled program: per kernel, FLOPs, compulsory bytes and the roof they set.
 
 A "kernel" here is what `cnncc bench --per-layer` times as one row: the kernels of one node of
-the lowered graph together with the activations lowering applied in their epilogue.
+the lowered graph (a fused node's epilogue included: fuse_epilogue).
 
 - FLOPs: cnncc.analysis.node_flops of those nodes (a multiply-add is 2).
 - Bytes: the compulsory traffic of one call: every input, weight and output counted once (values
@@ -44,9 +44,6 @@ def kernel_groups(program: Any) -> list[KernelGroup]:
     groups: dict[int, KernelGroup] = {}
     for kernel, idx in ctx.kernels:
         groups.setdefault(idx, KernelGroup([ctx.graph.nodes[idx]], [])).kernels.append(kernel.name)
-    for act, owner in sorted(ctx.epilogue_of.items()):
-        if owner in groups:
-            groups[owner].nodes.append(ctx.graph.nodes[act])
     return list(groups.values())
 
 

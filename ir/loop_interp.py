@@ -10,6 +10,7 @@ import numpy as np
 from .errors import CompileError
 from .loop import (DOT4_FNS, Allocate, And, Bin, Call, Cast, Cmp, Const, Expr, For, If, Kernel,
                    Let, Load, Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
+from .loop_walk import INT_DIVISIONS, fold_int
 
 
 def _erf(x: float) -> float:
@@ -141,16 +142,10 @@ def _bin(op: str, a, b, dtype):
             return t(a - b)
         if op == "mul":
             return t(a * b)
-        if op == "div":
-            if dtype.is_float:
-                return t(np.divide(t(a), t(b)))
-            b = int(b) or 1                      # division by zero acts as division by one
-            q = abs(int(a)) // abs(b)
-            return t(q if (int(a) < 0) == (b < 0) else -q)
-        if op == "floordiv":
-            return t(int(a) // (int(b) or 1))
-        if op == "mod":
-            return t(int(a) % (int(b) or 1))
+        if op == "div" and dtype.is_float:
+            return t(np.divide(t(a), t(b)))
+        if op in INT_DIVISIONS:     # loop_walk.fold_int; division by zero acts as division by one
+            return t(fold_int(op, int(a), int(b) or 1))
         # min/max are selects (as generated code does): a NaN in ``a`` propagates.
         if op == "min":
             return t(b if b < a else a)

@@ -250,31 +250,6 @@ def coefficient(e: Expr, name: str) -> int | None:
     return None
 
 
-def bounds(e: Expr, ranges: dict[str, tuple[Expr, Expr]]) -> tuple[Expr, Expr] | None:
-    """Inclusive (lo, hi) of an affine ``e`` when each var in ``ranges`` spans [lo, hi]."""
-    form = linear(e)
-    if form is None:
-        return None
-    lo: dict = {1: form.get(1, 0)}
-    hi: dict = {1: form.get(1, 0)}
-    for k, c in form.items():
-        if k == 1:
-            continue
-        if k in ranges:
-            vlo, vhi = (linear(x) for x in ranges[k])
-            if vlo is None or vhi is None:
-                return None
-            a, b = (vlo, vhi) if c > 0 else (vhi, vlo)
-            for kk, vv in a.items():
-                lo[kk] = lo.get(kk, 0) + c * vv
-            for kk, vv in b.items():
-                hi[kk] = hi.get(kk, 0) + c * vv
-        else:
-            lo[k] = lo.get(k, 0) + c
-            hi[k] = hi.get(k, 0) + c
-    return from_linear(lo), from_linear(hi)
-
-
 # ---- simplifier ----------------------------------------------------------------------------------
 
 def simplify(e: Expr) -> Expr:
@@ -309,23 +284,41 @@ def _simplify_node(e: Expr) -> Expr | None:
 
 
 def _fold(op: str, a, b, is_float: bool):
-    if op == "add":
-        return a + b
-    if op == "sub":
-        return a - b
-    if op == "mul":
-        return a * b
+    if not is_float:
+        return fold_int(op, int(a), int(b))
+    if op == "div":
+        return a / b
+    return {"add": a + b, "sub": a - b, "mul": a * b, "min": min(a, b), "max": max(a, b),
+            "floordiv": a // b, "mod": a % b}[op]
+
+
+INT_DIVISIONS = ("div", "floordiv", "mod")
+
+
+def fold_int(op: str, a: int, b: int) -> int | None:
+    """``a op b`` (a loop-IR integer Bin op) on two constants, exactly: Python ints, no
+    wrap-around (a backend range-checks or wraps for its type). The semantics of the loop IR,
+    which every backend emits:
+    - ``div`` truncates toward zero, as C's ``/`` (Python's // floors: -7 div 2 = -3);
+    - ``floordiv`` floors and ``mod`` takes the divisor's sign, as Python's // and % (C's ``/``
+      truncates and its ``%`` takes the dividend's sign: -7 floordiv 2 = -4, -7 mod 2 = 1, where
+      C gives -3 and -1; the C backend emits helpers for signed operands);
+    - a zero divisor gives None (undefined in C: nothing to fold to).
+    Any other op is a ValueError."""
+    if op in INT_DIVISIONS:
+        if b == 0:
+            return None
+        if op == "div":
+            q = abs(a) // abs(b)
+            return q if (a < 0) == (b < 0) else -q
+        return a // b if op == "floordiv" else a % b
     if op == "min":
         return min(a, b)
     if op == "max":
         return max(a, b)
-    if op == "div":
-        return a / b if is_float else int(a / b)
-    if op == "floordiv":
-        return a // b
-    if op == "mod":
-        return a % b
-    raise ValueError(op)
+    if op in ("add", "sub", "mul"):
+        return a + b if op == "add" else a - b if op == "sub" else a * b
+    raise ValueError(f"not an integer Bin op: {op}")
 
 
 def _cmp(op: str, a, b) -> bool:

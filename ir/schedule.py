@@ -6,13 +6,15 @@
     kernel = s.kernel            # str(s) prints the applied primitives and the loop nest
 
 Loops are named by their variable (unique within a kernel). Each primitive checks that it keeps
-the kernel's meaning (or raises ScheduleError naming what is wrong) and records itself in ``log``.
+the kernel's meaning (or raises ScheduleError naming what is wrong) and records itself in ``log``
+as the call that made it. The primitives are the ones the lowering applies (split, fuse,
+vectorize, parallel; bind for the GPU grid); loop order and register-tile unrolling are written
+into the kernels' templates (README: the pipeline).
 """
 from __future__ import annotations
 
-from .loop_walk import (const_value, free_vars, loop_path, replace_node, simplify, stmt_exprs,
-                     substitute_stmt, uses_var, walk_exprs, walk_stmts)
-from .compute_at import compute_at as compute_at_loop
+from .loop_walk import (const_value, loop_path, replace_node, simplify, stmt_exprs,
+                        substitute_stmt, uses_var, walk_exprs, walk_stmts)
 from .errors import ScheduleError
 from .loop import Allocate, Cmp, Const, For, If, Kernel, Stmt, Store, Var, seq
 
@@ -104,42 +106,6 @@ class Schedule:
         self.log.append(f"split({name}, {factor}, {mode}) -> {outer.name}, {inner.name}")
         return outer.name, inner.name
 
-    def reorder(self, *names: str) -> None:
-        """Permute loops of one perfectly nested band into the given order (outer first)."""
-        if len(set(names)) != len(names) or len(names) < 2:
-            raise ScheduleError(f"reorder{names}: needs two or more distinct loops")
-        paths = {n: self._loop_path(n) for n in names}
-        top = min(names, key=lambda n: len(paths[n]))
-        band: list[For] = []
-        node = paths[top][-1]
-        while isinstance(node, For):
-            band.append(node)
-            if len({b.var.name for b in band} & set(names)) == len(names):
-                break
-            node = node.body
-            if not isinstance(node, For):
-                raise ScheduleError(f"reorder{names}: loops are not one perfectly nested band "
-                                    f"(a non-loop statement sits between them)")
-        positions = [i for i, b in enumerate(band) if b.var.name in names]
-        if len(positions) != len(names):
-            raise ScheduleError(f"reorder{names}: loops are not nested inside one another")
-        by_name = {b.var.name: b for b in band}
-        new_band = list(band)
-        for pos, n in zip(positions, names):
-            new_band[pos] = by_name[n]
-        bound: set[str] = set()
-        for b in new_band:
-            dep = (free_vars(b.extent) | free_vars(b.start)) & {x.var.name for x in band}
-            if not dep <= bound:
-                raise ScheduleError(f"reorder{names}: extent of '{b.var.name}' depends on "
-                                    f"{sorted(dep - bound)}, which would be inside it")
-            bound.add(b.var.name)
-        stmt = band[-1].body
-        for b in reversed(new_band):
-            stmt = For(b.var, b.extent, stmt, b.kind, b.start)
-        self._replace(band[0], stmt)
-        self.log.append(f"reorder({', '.join(names)})")
-
     def _loop_path(self, name: str) -> list[Stmt]:
         p = loop_path(self.kernel.body, name)
         if p is None:
@@ -166,8 +132,8 @@ class Schedule:
     def _set_kind(self, name: str, kind: str) -> None:
         loop = self.loop(name)
         self._replace(loop, For(loop.var, loop.extent, loop.body, kind, loop.start))
-        # The log reads back as the calls that made it: vectorize(i), unroll(j), bind(k, kind).
-        call = {"vectorized": f"vectorize({name})", "unrolled": f"unroll({name})",
+        # The log reads back as the calls that made it: vectorize(i), parallel(j), bind(k, kind).
+        call = {"vectorized": f"vectorize({name})",
                 "parallel": f"parallel({name})"}.get(kind, f"bind({name}, {kind})")
         self.log.append(call)
 
@@ -182,10 +148,6 @@ class Schedule:
             if isinstance(s, For) and s.kind in ("parallel", "vectorized"):
                 raise ScheduleError(f"vectorize '{name}': contains {s.kind} loop '{s.var.name}'")
         self._set_kind(name, "vectorized")
-
-    def unroll(self, name: str) -> None:
-        self._const_extent(self.loop(name), "unroll")
-        self._set_kind(name, "unrolled")
 
     def check_parallel(self, name: str, what: str = "parallel") -> None:
         """Raise ScheduleError unless loop ``name`` may run its iterations in parallel."""
@@ -216,10 +178,6 @@ class Schedule:
         self._const_extent(self.loop(name), f"bind {kind}")
         self.check_parallel(name, f"bind {kind}")
         self._set_kind(name, kind)
-
-    def compute_at(self, producer: str, name: str) -> None:
-        self.kernel = compute_at_loop(self.kernel, producer, name)
-        self.log.append(f"compute_at({producer}, {name})")
 
 
 __all__ = ["Schedule", "ScheduleError"]

@@ -176,42 +176,25 @@ def shared_shift(blocks: int = 4, threads: int = 64, oob: bool = False):
     return Kernel(name, [x, out], body), inputs, lambda a: {"out": a["x"][:, 1:]}
 
 
-def bind(kernel: Kernel, kinds: dict) -> Kernel:
-    """``kernel`` with the loops named in ``kinds`` given those loop kinds (gpu binding)."""
-    from cnncc.ir.loop import Seq
-
-    def go(s):
-        if isinstance(s, For):
-            return For(s.var, s.extent, go(s.body), kinds.get(s.var.name, s.kind), s.start)
-        if isinstance(s, Seq):
-            return Seq([go(x) for x in s.stmts])
-        if isinstance(s, If):
-            return If(s.cond, go(s.then), None if s.else_ is None else go(s.else_))
-        if isinstance(s, Let):
-            return Let(s.var, s.value, go(s.body))
-        if isinstance(s, Allocate):
-            return Allocate(s.buf, go(s.body))
-        return s
-    return Kernel(kernel.name, kernel.params, go(kernel.body))
-
-
 def scheduled_matmul(m: int = 24, n: int = 32, k: int = 13):
-    """A naive matmul scheduled with the schedule primitives (split, reorder, unroll) and its
-    tile loops bound: blocks over (i, j) tiles of 8 x 16, one thread per output element."""
+    """A naive matmul written over 8 x 16 output tiles (loops io, jo, ii, ji), its reduction
+    split by the schedule (tail) and its tile loops bound by legality-checked Schedule.bind:
+    blocks over the tiles, one thread per output element."""
     from cnncc.ir.loop import loop_nest
     from cnncc.ir.schedule import Schedule
     a, b, c = Buffer("a", F32, (m, k)), Buffer("b", F32, (k, n)), Buffer("c", F32, (m, n))
-    body = loop_nest([("i", m), ("j", n)], lambda i, j: seq(
-        Store(c, (i, j), Const(0.0, F32)),
-        loop_nest([("r", k)], lambda r: Store(c, (i, j), c[i, j] + a[i, r] * b[r, j]))))
-    s = Schedule(Kernel("smm", [a, b, c], body))
-    io, ii = s.split("i", 8)
-    jo, ji = s.split("j", 16)
-    s.reorder(io, jo, ii, ji)
-    ro, ri = s.split("r", 4, mode="tail")
-    s.unroll(ri)
-    kernel = bind(s.kernel, {io: "gpu_block", jo: "gpu_block", ii: "gpu_thread",
-                             ji: "gpu_thread"})
+
+    def element(io, jo, ii, ji):
+        i, j = io * 8 + ii, jo * 16 + ji
+        return seq(Store(c, (i, j), Const(0.0, F32)),
+                   loop_nest([("r", k)], lambda r: Store(c, (i, j), c[i, j] + a[i, r] * b[r, j])))
+    s = Schedule(Kernel("smm", [a, b, c], loop_nest(
+        [("io", m // 8), ("jo", n // 16), ("ii", 8), ("ji", 16)], element)))
+    s.split("r", 4, mode="tail")
+    for name, kind in (("io", "gpu_block"), ("jo", "gpu_block"), ("ii", "gpu_thread"),
+                       ("ji", "gpu_thread")):
+        s.bind(name, kind)
+    kernel = s.kernel
 
     def inputs(rng):
         return {"a": rng.standard_normal((m, k)).astype(np.float32),

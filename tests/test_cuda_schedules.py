@@ -19,7 +19,8 @@ from cnncc.ir.loop import For
 from cnncc.lower.context import LowerCtx
 from cnncc.lower.gpu_tiles import plan
 from cnncc.lower.program import lower_graph
-from cnncc.lower.rules import fused_activation, lower_node
+from cnncc.lower.rules import lower_node
+from cnncc.passes.fuse_epilogue import fuse_epilogue
 
 needs_cxx = pytest.mark.skipif(find_cxx() is None, reason="no g++: cuda-emu builds need a C++ "
                                                           "compiler")
@@ -36,13 +37,10 @@ class Case:
         rng = np.random.default_rng(seed)
         self.feeds = {n: rng.standard_normal(g.types[n].shape).astype(g.types[n].dtype.np)
                       for n in g.inputs}
-        self.ctx = LowerCtx(g, None, gpu=True)
-        fused = fused_activation(g, g.nodes[0], g.users(), 0) if len(g.nodes) == 2 else None
-        if fused is not None:
-            lower_node(self.ctx, g.nodes[0], act=fused[1], out=g.nodes[1].outputs[0])
-        else:
-            assert len(g.nodes) == 1
-            lower_node(self.ctx, g.nodes[0])
+        fused = fuse_epilogue(g)        # the activation goes into the anchor's epilogue
+        assert len(fused.nodes) == 1, [n.op for n in fused.nodes]
+        self.ctx = LowerCtx(fused, None, gpu=True)
+        lower_node(self.ctx, fused.nodes[0])
         self.kernels = [k for k, _ in self.ctx.kernels]
 
     def run(self, lib: EmuLibrary, module) -> None:
@@ -380,9 +378,10 @@ def test_sanitizers_clean(sanitize):
 
 
 def test_lower_graph_picks_gpu_schedules():
-    """lower_graph(gpu=True) routes Conv/Gemm/MatMul to these schedules, fusing activations."""
+    """lower_graph(gpu=True) routes Conv/Gemm/MatMul to these schedules, with the activation
+    of the fused node (fuse_epilogue) in the epilogue."""
     case = CASES["c2d_k3"]
-    prog = lower_graph(case.g, None, gpu=True)
+    prog = lower_graph(fuse_epilogue(case.g), None, gpu=True)
     kernels = [k for k, _ in prog.ctx.kernels]
     assert len(kernels) == 1
     src = render_module(kernels, "lg").source

@@ -8,9 +8,11 @@ import pytest
 
 import cnncc
 from cnncc.dsl import zoo
-from cnncc.ir import CompileError, DType, Graph, TensorType, run_graph
+from cnncc.ir import CompileError, DType, Graph, Node, TensorType, run_graph
+from cnncc.ir.ops import infer_node
 from cnncc.passes import PASS_NAMES, PassContext, run_pipeline
 from cnncc.passes.fuse_epilogue import fuse_epilogue
+from cnncc.receptive_field import receptive_fields
 from cnncc.testing import assert_graphs_equivalent, random_inputs, relative_error
 
 F32 = DType.float32
@@ -355,3 +357,60 @@ def test_tiny_resnet_has_no_separate_add_or_relu_kernels(target):
     assert [k for k in names if k.endswith("_conv")]
     unfused = cnncc.compile(g, target=target, opt_level=0)
     assert len(kernel_names(unfused)) > len(names)
+
+
+# ---- ConvTranspose and Gemm anchors: FusedConvTranspose, FusedGemm ------------------------------
+
+def anchors_graph(gemm_act: str = "Clip", gemm_act_attrs=None) -> Graph:
+    """x -> ConvTranspose -> LeakyRelu -> Flatten -> Gemm -> gemm_act -> Gemm (no activation)."""
+    rng = np.random.default_rng(4)
+    g = Graph("anchors")
+    g.add_input("x", TensorType(F32, (1, 4, 5, 5)))
+    (t,) = g.add_node("ConvTranspose", ["x", g.add_param("wt", rand(rng, 4, 3, 2, 2)),
+                                        g.add_param("bt", rand(rng, 3))], {"strides": [2, 2]},
+                      name="up")
+    (a,) = g.add_node("LeakyRelu", [t], {"alpha": 0.2}, name="up_act")
+    (f,) = g.add_node("Flatten", [a])
+    (m,) = g.add_node("Gemm", [f, g.add_param("w1", rand(rng, 16, 300) * 0.1),
+                               g.add_param("b1", rand(rng, 16))], {"transB": 1}, name="fc1")
+    extra = [g.add_param("lo", np.array(-0.5, np.float32)),
+             g.add_param("hi", np.array(1.0, np.float32))] if gemm_act == "Clip" else []
+    (r,) = g.add_node(gemm_act, [m] + extra, gemm_act_attrs or {}, name="fc1_act")
+    (y,) = g.add_node("Gemm", [r, g.add_param("w2", rand(rng, 16, 6))], name="fc2")
+    g.outputs = [y]
+    return g
+
+
+def test_conv_transpose_and_gemm_take_their_activation():
+    g = anchors_graph()
+    after = fuse_epilogue(g).verify()
+    assert ops(after) == ["FusedConvTranspose", "Flatten", "FusedGemm", "Gemm"]
+    up, fc1 = after.nodes[0], after.nodes[2]
+    assert (up.name, up.attrs["activation"], up.attrs["activation_params"]) == \
+        ("up", "LeakyRelu", [pytest.approx(0.2)])
+    assert (fc1.attrs["activation"], fc1.attrs["activation_params"]) == ("Clip", [-0.5, 1.0])
+    assert fc1.attrs["transB"] == 1 and set(fc1.origin) == {"fc1", "fc1_act"}
+    assert_graphs_equivalent(g, after)
+    assert ops(run_pipeline(g, PassContext(opt_level=0))) == [n.op for n in g.nodes]
+    # The fused anchors see what their anchors see; their attributes are checked as FusedConv's.
+    fields, unfused = receptive_fields(after), receptive_fields(g)
+    assert fields[up.outputs[0]] == unfused[up.outputs[0]] != unfused["x"]
+    assert fields[fc1.outputs[0]] == unfused[fc1.outputs[0]] != fields["x"]
+    bad = Node("FusedGemm", fc1.inputs, fc1.outputs, {**fc1.attrs, "activation": "Selu"}, "b")
+    with pytest.raises(CompileError, match="unknown activation 'Selu'"):
+        infer_node(bad, after.types, after.params)
+    # Gelu's tanh form is the activation GeluTanh (ACTIVATION_FORMS), for a Gemm as for a Conv.
+    tanh_g = anchors_graph("Gelu", {"approximate": "tanh"})
+    tanh = fuse_epilogue(tanh_g).verify()
+    assert ops(tanh) == ["FusedConvTranspose", "Flatten", "FusedGemm", "Gemm"]
+    assert tanh.nodes[2].attrs["activation"] == "GeluTanh"
+    assert_graphs_equivalent(tanh_g, tanh)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_compiled_conv_transpose_and_gemm_epilogues(target):
+    g = anchors_graph("Sigmoid")
+    names = kernel_names(compiled_matches(g, target))
+    assert not kernels_of(names, "up_act") + kernels_of(names, "fc1_act"), names
+    unfused = kernel_names(cnncc.compile(g, target=target, opt_level=0))
+    assert kernels_of(unfused, "up_act") and kernels_of(unfused, "fc1_act"), unfused

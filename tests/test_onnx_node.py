@@ -197,6 +197,9 @@ NOT_COVERED_BY_NODE_CASES = {
     "GlobalLpPool": "ONNX ships no node case for it; tests/test_ops_nn.py compares it with "
                     "onnxruntime",
     "FusedConv": "internal op made by the fuse_epilogue pass; tests/test_fuse_epilogue.py",
+    "FusedConvTranspose": "internal op made by the fuse_epilogue pass; "
+                          "tests/test_fuse_epilogue.py",
+    "FusedGemm": "internal op made by the fuse_epilogue pass; tests/test_fuse_epilogue.py",
     "ToNCHWc": "internal op of alter_layout_nchwc; tests/test_alter_layout.py, "
                "tests/test_nchwc_kernels.py",
     "FromNCHWc": "internal op of alter_layout_nchwc; tests/test_alter_layout.py, "

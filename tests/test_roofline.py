@@ -105,7 +105,7 @@ def test_epilogue_activation_joins_its_gemm():
     def gemm_sigmoid(x):
         return dsl.sigmoid(dsl.dense(x, 10, name="fc"))
     rows = rows_of(gemm_sigmoid(), 3)
-    row = only_row(rows, "Gemm")
+    row = only_row(rows, "FusedGemm")
     assert len(rows) == 1 and len(row["covers"]) == 2      # the sigmoid runs in its epilogue
     assert row["flops"] == 2 * 10 * 64 + 10
     assert row["bytes"] == F * (64 + 10 * 64 + 10 + 10)    # no intermediate: x, w, b, y

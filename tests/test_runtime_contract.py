@@ -1,6 +1,8 @@
 """The call contract of compiled models on every target: bad inputs get clear errors, odd but
 valid inputs (strided, misaligned, read-only) get correct results, concurrent calls agree bitwise,
-repeated calls do not leak, and NaN/Inf propagate (the policy written in the README)."""
+repeated calls do not leak, and NaN/Inf propagate (the policy written in the README); and
+CompiledModel's own checks on the reference target (inputs checked before running, bad compile
+options refused)."""
 from __future__ import annotations
 
 import threading
@@ -11,8 +13,9 @@ import pytest
 import cnncc
 from cnncc.testing import target_params
 from cnncc.dsl import zoo
-from cnncc.ir import InputError
+from cnncc.ir import DType, Graph, InputError, TensorType
 
+F32 = DType.float32
 TARGETS = target_params()
 NATIVE = target_params(native_only=True)
 
@@ -166,3 +169,91 @@ def test_nan_and_inf_propagate(target, op, attrs):
     np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
     np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got[np.isinf(ref)], ref[np.isinf(ref)])
+
+
+# ---- the contract on the reference target (CompiledModel itself) --------------------------------
+
+@pytest.fixture
+def two_io():
+    """Two inputs, two outputs, on the reference target: the contract before any backend."""
+    g = Graph("two_in_two_out")
+    g.add_input("a", TensorType(F32, (2, 3)))
+    g.add_input("b", TensorType(F32, (3,)))
+    (s,) = g.add_node("Add", ["a", "b"], name="s")
+    (p,) = g.add_node("Mul", ["a", "b"], name="p")
+    g.outputs = [s, p]
+    return cnncc.compile(g, target="reference")
+
+
+def test_signature(two_io):
+    assert two_io.input_names == ["a", "b"] and two_io.output_names == ["s", "p"]
+    assert two_io.input_shapes == [(2, 3), (3,)] and two_io.output_shapes == [(2, 3), (2, 3)]
+    assert two_io.input_dtypes == [np.float32, np.float32]
+    assert "reference" in repr(two_io)
+
+
+def test_call_and_run_agree(two_io):
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([1, 2, 3], np.float32)
+    s, p = two_io(a, b)
+    np.testing.assert_array_equal(s, a + b)
+    np.testing.assert_array_equal(p, a * b)
+    out = two_io.run({"a": a, "b": b})
+    assert list(out) == ["s", "p"]
+    np.testing.assert_array_equal(out["p"], p)
+
+
+def test_wrong_count(two_io):
+    with pytest.raises(InputError, match="takes 2 input"):
+        two_io(np.zeros((2, 3), np.float32))
+
+
+def test_wrong_shape(two_io):
+    with pytest.raises(InputError, match=r"input 'b': expected shape \[3\], got \[4\]"):
+        two_io(np.zeros((2, 3), np.float32), np.zeros(4, np.float32))
+
+
+def test_wrong_dtype(two_io):
+    with pytest.raises(InputError, match="input 'a': expected dtype float32, got float64"):
+        two_io(np.zeros((2, 3)), np.zeros(3, np.float32))
+
+
+def test_not_an_array(two_io):
+    with pytest.raises(InputError, match="expected a numpy array"):
+        two_io([[0.0] * 3] * 2, np.zeros(3, np.float32))
+
+
+def test_run_names(two_io):
+    with pytest.raises(InputError, match=r"missing input\(s\) \['b'\].*unknown input\(s\) \['c'\]"):
+        two_io.run({"a": np.zeros((2, 3), np.float32), "c": np.zeros(3, np.float32)})
+
+
+def test_non_contiguous_input_is_copied(two_io):
+    big = np.arange(12, dtype=np.float32).reshape(3, 4)
+    a = big[:2, :3]                      # a strided view
+    b = np.arange(6, dtype=np.float32)[::2]
+    s, _ = two_io(a, b)
+    np.testing.assert_array_equal(s, np.ascontiguousarray(a) + np.ascontiguousarray(b))
+
+
+def test_outputs_are_fresh_arrays(two_io):
+    a = np.ones((2, 3), np.float32)
+    b = np.ones(3, np.float32)
+    s1, _ = two_io(a, b)
+    s1[:] = 42
+    s2, _ = two_io(a, b)
+    np.testing.assert_array_equal(s2, a + b)
+
+
+def test_compile_rejects_bad_options():
+    g = Graph("g")
+    g.add_input("x", TensorType(F32, (1,)))
+    g.outputs = ["x"]
+    with pytest.raises(cnncc.CompileError, match="unknown target 'tpu'"):
+        cnncc.compile(g, target="tpu")
+    with pytest.raises(cnncc.CompileError, match="opt_level"):
+        cnncc.compile(g, target="reference", opt_level=7)
+    with pytest.raises(cnncc.CompileError, match="threads"):
+        cnncc.compile(g, target="reference", threads=0)
+    with pytest.raises(cnncc.CompileError, match="cannot compile a int"):
+        cnncc.compile(3, target="reference")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cnncc.ir.dtypes import DType
-from cnncc.ir.loop import Allocate, Buffer, Const, Kernel, Store, loop_nest, seq
+from cnncc.ir.loop import Buffer, Const, Kernel, Store, loop_nest, seq
 from cnncc.ir.loop_interp import run_kernel
 from cnncc.ir.schedule import Schedule, ScheduleError
 
@@ -30,28 +30,32 @@ def run_mm(kernel, m, n, k):
 
 @pytest.mark.parametrize("mode", ["guard", "tail"])
 @pytest.mark.parametrize("shape", [(3, 5, 2), (4, 8, 3), (1, 7, 1)])
-def test_split_vectorize_unroll(mode, shape):
+def test_split_vectorize_parallel(mode, shape):
     s = Schedule(matmul_kernel(*shape))
     jo, ji = s.split("j", 4, mode=mode)
     s.vectorize(ji)
     io, ii = s.split("i", 2, mode="guard")
-    s.unroll(ii)
     s.parallel(io)
     assert "split(j, 4" in str(s) and "vectorized for" in str(s)
     # The log reads back as the calls that made it.
     assert s.log == [f"split(j, 4, {mode}) -> {jo}, {ji}", f"vectorize({ji})",
-                     f"split(i, 2, guard) -> {io}, {ii}", f"unroll({ii})", f"parallel({io})"]
+                     f"split(i, 2, guard) -> {io}, {ii}", f"parallel({io})"]
     run_mm(s.kernel, *shape)
 
 
-def test_reorder_and_fuse():
+def test_fuse_and_bind():
     s = Schedule(matmul_kernel(5, 6, 3))
     jo, ji = s.split("j", 3)
-    s.reorder(jo, "i", ji)
-    f = s.fuse(jo, "i")
+    f = s.fuse("i", jo)
     s.parallel(f)
     assert s.loop_names()[0] == f
+    assert s.log[1:] == [f"fuse(i, {jo}) -> {f}", f"parallel({f})"]
     run_mm(s.kernel, 5, 6, 3)
+    g = Schedule(matmul_kernel(4, 8, 2))
+    g.bind("i", "gpu_block")
+    g.bind("j", "gpu_thread")
+    assert g.log == ["bind(i, gpu_block)", "bind(j, gpu_thread)"]
+    run_mm(g.kernel, 4, 8, 2)
 
 
 def test_illegal_primitives():
@@ -61,7 +65,9 @@ def test_illegal_primitives():
     with pytest.raises(ScheduleError, match="reduction"):
         s.vectorize("r")
     with pytest.raises(ScheduleError, match="no loop"):
-        s.unroll("zz")
+        s.vectorize("zz")
+    with pytest.raises(ScheduleError, match="gpu_block or gpu_thread"):
+        s.bind("i", "vectorized")
     with pytest.raises(ScheduleError, match="directly inside"):
         s.fuse("i", "r")
     with pytest.raises(ScheduleError, match="factor"):
@@ -69,38 +75,3 @@ def test_illegal_primitives():
     s.parallel("i")
     with pytest.raises(ScheduleError, match="nested"):
         s.parallel("j")
-
-
-def blur_kernel(h, w):
-    """tmp = 2 * a (producer, local); out[y, x] = tmp[y, x] + tmp[y, x + 1] + tmp[y + 1, x]."""
-    a = Buffer("a", F32, (h, w))
-    out = Buffer("out", F32, (h - 1, w - 1))
-    tmp = Buffer("tmp", F32, (h, w), "local")
-    prod = loop_nest([("py", h), ("px", w)], lambda y, x: Store(tmp, (y, x), a[y, x] * 2.0))
-    cons = loop_nest([("y", h - 1), ("x", w - 1)], lambda y, x: Store(
-        out, (y, x), tmp[y, x] + tmp[y, x + 1] + tmp[y + 1, x]))
-    return Kernel("blur", [a, out], Allocate(tmp, seq(prod, cons)))
-
-
-@pytest.mark.parametrize("at,split", [("y", None), ("x", None), ("x_o", 3)])
-def test_compute_at(at, split):
-    h, w = 6, 9
-    s = Schedule(blur_kernel(h, w))
-    if split:
-        s.split("x", split)
-    s.compute_at("tmp", at)
-    text = str(s)
-    assert "tmp_tile" in text
-    x = np.random.default_rng(2).standard_normal((h, w)).astype(np.float32)
-    out = np.zeros((h - 1, w - 1), np.float32)
-    run_kernel(s.kernel, {"a": x, "out": out})
-    t = 2 * x
-    np.testing.assert_allclose(out, t[:-1, :-1] + t[:-1, 1:] + t[1:, :-1], rtol=1e-6)
-
-
-def test_compute_at_errors():
-    s = Schedule(blur_kernel(5, 5))
-    with pytest.raises(ScheduleError, match="not a locally allocated"):
-        s.compute_at("a", "y")
-    with pytest.raises(ScheduleError, match="no loop"):
-        s.compute_at("tmp", "py")

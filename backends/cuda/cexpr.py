@@ -13,6 +13,7 @@ import numpy as np
 from cnncc.ir import CompileError
 from cnncc.ir.dtypes import DType
 from cnncc.ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
+from cnncc.ir.loop_walk import fold_int
 
 C_TYPES = {
     DType.float32: "float", DType.float64: "double", DType.int8: "signed char",
@@ -43,26 +44,6 @@ for _fn in ("expm1", "log1p", "erfc", "tan", "asin", "acos", "atan", "sinh", "co
     _MATH_F32[_fn], _MATH_F64[_fn] = f"{_fn}f", _fn
 
 _INT_MIN_I32, _INT_MAX_I32 = -(2 ** 31), 2 ** 31 - 1
-
-
-def _fold_int(op: str, a: int, b: int) -> int | None:
-    """``a op b`` with the loop IR's integer semantics (None: division by zero)."""
-    if op == "add":
-        return a + b
-    if op == "sub":
-        return a - b
-    if op == "mul":
-        return a * b
-    if op == "min":
-        return b if b < a else a
-    if op == "max":
-        return b if a < b else a
-    if b == 0:
-        return None
-    if op == "div":
-        q = abs(a) // abs(b)
-        return q if (a < 0) == (b < 0) else -q
-    return a // b if op == "floordiv" else a % b
 
 
 def c_type(dtype: DType) -> str:
@@ -257,7 +238,7 @@ class ExprRenderer:
                 return f"{name}({self(e.a)}, {self(e.b)})", _PREC["primary"]
         if isinstance(e.a, Const) and isinstance(e.b, Const) and e.dtype.is_int:
             # Two literals: fold (C would compute them in int, not in the loop IR type).
-            v = _fold_int(e.op, int(e.a.value), int(e.b.value))
+            v = fold_int(e.op, int(e.a.value), int(e.b.value))
             info = np.iinfo(e.dtype.np)
             if v is not None and info.min <= v <= info.max:
                 return self._const(Const(v, e.dtype))

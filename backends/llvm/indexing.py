@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from cnncc.ir.loop_walk import coefficient, simplify, walk_exprs
+from cnncc.ir.loop_walk import INT_DIVISIONS, coefficient, simplify, walk_exprs
+from cnncc.ir.loop_walk import fold_int as loop_fold_int
 from cnncc.ir.loop import Allocate, Const, Expr, For, If, Let, Load, Prefetch, Seq, Stmt, Store, Var
 from cnncc.ir.loop_printer import format_expr
 
 
 def fold_int(op: str, a: int, b: int, bits: int) -> int:
     """The signed ``bits``-bit integer Bin ``op`` of two constants, as the emitted code computes
-    it (exprs.py: wrap-around; div truncates, floordiv and mod floor; a zero divisor acts as 1
-    and -1 never traps)."""
-    if op in ("div", "floordiv", "mod"):
-        b = 1 if b == 0 else b
-        if b == -1:
-            return _wrap(-a, bits) if op != "mod" else 0
-        if op == "div":
-            q = abs(a) // abs(b)
-            return _wrap(q if (a < 0) == (b < 0) else -q, bits)
-        return _wrap(a // b if op == "floordiv" else a % b, bits)
-    if op in ("min", "max"):
-        return min(a, b) if op == "min" else max(a, b)
-    return _wrap({"add": a + b, "sub": a - b, "mul": a * b}[op], bits)
+    it: the loop IR's semantics (loop_walk.fold_int: div truncates, floordiv and mod floor)
+    wrapped around to ``bits``, a zero divisor acting as 1 (exprs.py; -1 never traps: the
+    wrapped result of MIN / -1 is MIN)."""
+    if op in INT_DIVISIONS and b == 0:
+        b = 1
+    return _wrap(loop_fold_int(op, a, b), bits)
 
 
 def fold_int_values(op: str, a, b):

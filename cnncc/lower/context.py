@@ -33,8 +33,6 @@ class LowerCtx:
         self.consts: list[np.ndarray] = []
         self.binding: dict[int, tuple] = {}        # id(Buffer) -> storage
         self.kernels: list[tuple[Kernel, int]] = []  # (kernel, index of the node it belongs to)
-        # Activation node index -> index of the node whose kernels apply it as their epilogue.
-        self.epilogue_of: dict[int, int] = {}
         self.temps: dict[int, tuple[int, int]] = {}  # temp id -> (nbytes, node index)
         self.node_index = 0
         # Blocked values stored inside a zero ring (halo.py): value -> (rows, columns).

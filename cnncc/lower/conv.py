@@ -115,12 +115,17 @@ def activation_expr(name: str, params: list[float]) -> Act:
     return unary_expr(activation_node(name, params)[0]) if name else None
 
 
+def epilogue_activation(ctx: LowerCtx, node: Node) -> Act:
+    """The activation expression (or None) of a fused node (FusedConv, FusedConvTranspose,
+    FusedGemm, ...: its ``activation`` and ``activation_params``)."""
+    attrs = op_context(ctx.graph, node).attrs
+    return activation_expr(attrs["activation"], attrs["activation_params"])
+
+
 def fused_parts(ctx: LowerCtx, node: Node) -> tuple[Node, Act, str | None]:
     """(plain Conv node, activation expression, residual value or None) of a FusedConv."""
-    attrs = op_context(ctx.graph, node).attrs
-    act = activation_expr(attrs["activation"], attrs["activation_params"])
     residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
-    return conv_node(node), act, residual
+    return conv_node(node), epilogue_activation(ctx, node), residual
 
 
 def lower_fused_conv(ctx: LowerCtx, node: Node) -> None:

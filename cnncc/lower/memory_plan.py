@@ -13,7 +13,7 @@ overlaps no conflicting buffer placed before it:
 
     o_i = min { o in 64N : for every placed j conflicting with i, o + b_i <= o_j or o_j + b_j <= o }
 
-and the arena is A = max_i (o_i + b_i). Bounds (tests/test_plan_memory.py checks both):
+and the arena is A = max_i (o_i + b_i). Bounds (tests/test_memory_plan.py checks both):
 
     max_t sum_{i : s_i <= t <= e_i} b_i  <=  A  <=  sum_i b_i
 

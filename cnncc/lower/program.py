@@ -24,7 +24,7 @@ from .concat_inplace import plan_inplace_concats
 from .context import LowerCtx, unsupported
 from .halo import halo_nbytes, plan_halos
 from .memory_plan import Lifetime, MemoryPlan, format_plan, plan_memory
-from .rules import ALIAS_OPS, CONST_OPS, fused_activation, lower_node
+from .rules import ALIAS_OPS, CONST_OPS, lower_node
 
 @dataclass
 class Program:
@@ -36,14 +36,15 @@ class Program:
     storage: dict                   # storage key -> ("input", i) | ("output", j) | ("const", off)
                                     # | ("arena", off)
     memory: MemoryPlan              # the arena plan (peak vs no-reuse bytes: memory.summary())
-    fused: bool = True              # activations applied in conv/gemm epilogues (opt_level > 0)
+    fused: bool = True              # concats written in place by their producers (opt_level > 0)
 
 
 def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
                 gpu: bool = False, schedules: dict | None = None,
                 release_params: bool = False) -> Program:
-    """Lower every node of ``graph`` for the CPU ``target``; ``fuse`` applies activations in
-    conv/gemm epilogues; ``gpu`` (``target`` None) picks the GPU schedules (kernels whose
+    """Lower every node of ``graph`` for the CPU ``target``, one node at a time (the epilogue
+    fusions are the fuse_epilogue pass's fused nodes); ``fuse`` (opt_level > 0) lets producers
+    write a concat's slices in place; ``gpu`` (``target`` None) picks the GPU schedules (kernels whose
     parallel loops are the CUDA grid); ``schedules`` maps workload keys to tuned schedules
     (cnncc/tune.py: a kernel whose key is there uses it, the cost model's choice otherwise).
     ``release_params``: ``graph``'s arrays belong to this compile (the driver imported them):
@@ -75,7 +76,6 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
     if fuse:     # opt_level 0, the unfused baseline, copies every concat
         place, skip = plan_inplace_concats(g, ctx.halo, ALIAS_OPS)
     alias: dict[str, str] = {}
-    users = g.users()
     for idx, node in enumerate(g.nodes):
         for name in release.get(idx - 1, ()):
             del g.params[name]
@@ -89,13 +89,6 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
             if node.op == "Dropout":
                 _dropout_mask(ctx, node)
             alias[node.outputs[0]] = alias.get(node.inputs[0], node.inputs[0])
-            continue
-        fused = fused_activation(g, node, users, idx) if fuse else None
-        if fused is not None:
-            act_idx, act = fused
-            skip.add(act_idx)
-            ctx.epilogue_of[act_idx] = idx
-            lower_node(ctx, node, act=act, out=g.nodes[act_idx].outputs[0])
             continue
         lower_node(ctx, node)
     for name in g.inputs + list(g.params):

@@ -1,11 +1,11 @@
-"""Which lowering rule handles which op, and the conv/gemm + activation fusion of partitioning."""
+"""Which lowering rule handles which op (CPU, and the GPU schedules that replace some of them)."""
 from __future__ import annotations
 
-from cnncc.ir import CompileError, DType, Graph, Node
-from cnncc.ir.ops.fused import ACTIVATIONS
+from cnncc.ir import Graph, Node
+from cnncc.ir.ops.fused import ACTIVATION_EPILOGUES, anchor_node
 
 from .context import LowerCtx, unsupported
-from .conv import lower_conv, lower_fused_conv
+from .conv import epilogue_activation, lower_conv, lower_fused_conv
 from .channel_norm import lower_channel_layer_norm
 from .conv_dwpw import lower_dwpw
 from .conv_transpose import lower_conv_transpose
@@ -13,7 +13,7 @@ from .conv_nchwc import lower_conv_nchwc
 from .channel_gather import lower_channel_gather
 from .layout_nchwc import lower_from_nchwc, lower_pool_nchwc, lower_to_nchwc
 from .norm import lower_instance_norm, lower_layer_norm, lower_lrn
-from .elementwise import BINARY_OPS, UNARY_OPS, activation_fn, lower_elementwise
+from .elementwise import BINARY_OPS, UNARY_OPS, lower_elementwise
 from .gpu_conv import lower_conv_gpu, lower_fused_conv_gpu
 from .gpu_gemm import lower_gemm_gpu, lower_matmul_gpu
 from .gather import INDEX_MAP_OPS, lower_index_map
@@ -90,6 +90,16 @@ RULES["MeanVarianceNormalization"] = lower_mvn
 for _op in ("ArgMax", "ArgMin", "Hardmax"):
     RULES[_op] = lower_arg
 
+
+def lower_activation_epilogue(ctx: LowerCtx, node: Node) -> None:
+    """FusedConvTranspose / FusedGemm (fuse_epilogue): the anchor's own rule (CPU or GPU) with
+    the activation applied in its epilogue, before the single store."""
+    lower_node(ctx, anchor_node(node), act=epilogue_activation(ctx, node), out=node.outputs[0])
+
+
+for _op in ACTIVATION_EPILOGUES:
+    RULES[_op] = lower_activation_epilogue
+
 # GPU schedules that replace a rule above when lowering for CUDA (ctx.gpu); the other ops run
 # their generic lowering with the parallel loops bound to the grid (gpu_schedule.py).
 GPU_RULES: dict = {
@@ -103,9 +113,6 @@ GPU_RULES: dict = {
 CONST_OPS = ("Shape", "Size", "Constant", "ConstantOfShape", "Range", "Cast", "CastLike",
              "Concat", "Gather", "Unsqueeze", "Squeeze", "Reshape", "Slice", "Mul", "Add", "Sub",
              "Div", "Equal", "Where", "Expand", "Identity")
-
-# Anchors whose epilogue can apply a following activation in registers.
-FUSABLE_ANCHORS = ("Conv", "ConvTranspose", "Gemm")
 
 
 def lower_node(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:
@@ -124,26 +131,3 @@ def lower_node(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> N
 
 def _is_int(g: Graph, node: Node) -> bool:
     return all(g.types[i].dtype.is_int for i in node.inputs if i)
-
-
-def fused_activation(g: Graph, node: Node, users: dict, idx: int):
-    """(index of the activation node, its expression) when ``node`` is an anchor whose only
-    user is the next node, a unary activation, and the intermediate is not a graph output."""
-    if node.op not in FUSABLE_ANCHORS or len([o for o in node.outputs if o]) != 1:
-        return None
-    out = node.outputs[0]
-    use = users.get(out, [])
-    if len(use) != 1 or out in g.outputs or idx + 1 >= len(g.nodes):
-        return None
-    nxt = g.nodes[idx + 1]
-    if use[0] is not nxt or nxt.inputs[0] != out:
-        return None
-    if nxt.op not in ACTIVATIONS:
-        return None
-    if g.types[nxt.outputs[0]] != g.types[out] or g.types[out].dtype is not DType.float32:
-        return None
-    try:
-        fn = activation_fn(g, nxt)
-    except CompileError:       # a non-constant Clip bound: no fusion, lowered on its own
-        return None
-    return (idx + 1, fn) if fn is not None else None

@@ -1,11 +1,14 @@
-"""fuse_epilogue: a conv's residual Add and activation become its epilogue (one FusedConv).
+"""fuse_epilogue: an anchor's residual Add and activation become its epilogue (one fused node).
 
     Add(Conv(x, W, b), z) | Add(z, Conv(x, W, b))  ==>  FusedConv(x, W, b, z)
     act(Conv(x, W, b))                             ==>  FusedConv(x, W, b; activation=act)
     act(FusedConv(x, W, b, z?; no activation))     ==>  FusedConv(x, W, b, z?; activation=act)
+    act(ConvTranspose(...)) | act(Gemm(...))       ==>  FusedConvTranspose(...; activation=act)
+                                                        | FusedGemm(...; activation=act)
 
 so Relu(Add(Conv(x, W, b), z)) ==> FusedConv(x, W, b, z; activation=Relu) in two steps, and the
-lowering adds z and applies act in registers before the conv's single store.
+lowering adds z and applies act in registers before the anchor's single store (CPU and GPU
+schedules alike: this pass is the only conv/gemm + activation fusion).
 
 act is one of ir/ops/fused.py ACTIVATIONS (Gelu in its tanh form as GeluTanh; Clip only with
 constant bounds, an omitted bound becomes -inf / inf). Only when every fused intermediate has exactly
@@ -15,9 +18,9 @@ place of the last node it replaces, so z (an input of that node) is computed bef
 """
 from __future__ import annotations
 
-
 from cnncc.ir import DType, Graph, Node
-from cnncc.ir.ops.fused import ACTIVATION_FORMS, ACTIVATIONS, fusable_activation
+from cnncc.ir.ops.fused import (ACTIVATION_EPILOGUES, ACTIVATION_FORMS, ACTIVATIONS,
+                                fusable_activation)
 from cnncc.ir.rewrite import AnyValue, Builder, Match, Op, Opt, Param, Rule, apply_rules
 
 
@@ -30,10 +33,10 @@ def _conv_inputs(m: Match) -> list[str]:
     return list(conv.inputs[:3]) + [""] * (3 - len(conv.inputs[:3]))
 
 
-def _emit(b: Builder, m: Match, inputs: list[str], attrs: dict) -> None:
+def _emit(b: Builder, m: Match, inputs: list[str], attrs: dict, op: str = "FusedConv") -> None:
     while inputs and not inputs[-1]:
         inputs.pop()
-    b.node("FusedConv", inputs, attrs, outputs=list(m.root.outputs), name=m.nodes["conv"].name)
+    b.node(op, inputs, attrs, outputs=list(m.root.outputs), name=m.nodes["conv"].name)
 
 
 def _fuse_add(b: Builder, m: Match) -> bool:
@@ -66,6 +69,9 @@ def _fuse_act(b: Builder, m: Match) -> bool:
         return False
     attrs = dict(conv.attrs)
     attrs["activation"], attrs["activation_params"] = act
+    if conv.op in _ANCHORS:
+        _emit(b, m, list(conv.inputs), attrs, _ANCHORS[conv.op])
+        return True
     inputs = _conv_inputs(m)
     if conv.op == "FusedConv" and len(conv.inputs) > 3:
         inputs.append(conv.inputs[3])
@@ -83,13 +89,22 @@ def _producer() -> Op:
               bind="conv")
 
 
+def _anchor() -> Op:
+    """A ConvTranspose or a Gemm, any inputs."""
+    return Op(tuple(_ANCHORS), AnyValue("x"), exact=False, bind="conv")
+
+
+_ANCHORS = {anchor: fused for fused, anchor in ACTIVATION_EPILOGUES.items()}
 _UNARY = tuple(a for a in ACTIVATIONS if a != "Clip" and a not in ACTIVATION_FORMS)
+_CLIP_BOUNDS = (Opt(Param("lo")), Opt(Param("hi")))
 
 RULES = [
     Rule("conv_add", Op("Add", _conv(), AnyValue("z")), _fuse_add),
     Rule("add_conv", Op("Add", AnyValue("z"), _conv()), _fuse_add),
     Rule("conv_act", Op(_UNARY, _producer()), _fuse_act),
-    Rule("conv_clip", Op("Clip", _producer(), Opt(Param("lo")), Opt(Param("hi"))), _fuse_act),
+    Rule("conv_clip", Op("Clip", _producer(), *_CLIP_BOUNDS), _fuse_act),
+    Rule("anchor_act", Op(_UNARY, _anchor()), _fuse_act),
+    Rule("anchor_clip", Op("Clip", _anchor(), *_CLIP_BOUNDS), _fuse_act),
 ]
 
 

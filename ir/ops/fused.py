@@ -1,7 +1,10 @@
-"""FusedConv: a Conv with its residual Add and activation, made by the fuse_epilogue pass.
+"""The anchors with their epilogues, made by the fuse_epilogue pass:
 
     FusedConv(X, W, B?, Z?; conv attrs, activation, activation_params)
         = activation(Conv(X, W, B) + Z)
+    FusedConvTranspose(inputs of ConvTranspose; its attrs, activation, activation_params)
+    FusedGemm(inputs of Gemm; its attrs, activation, activation_params)
+        = activation(ConvTranspose(...)), activation(Gemm(...))
 
 Z (optional) has exactly the conv output's shape and dtype. ``activation`` is "" (none) or one
 of ACTIVATIONS; ``activation_params`` holds that activation's parameters in the order of
@@ -16,6 +19,7 @@ import numpy as np
 from cnncc.ir.node import Node
 from cnncc.ir.types import TensorType
 from . import activation  # noqa: F401  (registers the activations and their Lowerings)
+from . import conv_transpose, linalg  # noqa: F401  (the anchors of ACTIVATION_EPILOGUES)
 from .activation_exprs import UNARY_LOWERING, fusable_params
 from .registry import OP_TABLE, Attr, OpContext, OpDef, register, resolve_attrs, run_reference
 from .spatial import WINDOW_ATTRS
@@ -51,6 +55,21 @@ def activation_node(name: str, params: list[float], node_name: str = "") -> tupl
     op, fixed = ACTIVATION_FORMS.get(name, (name, {}))
     attrs = {**fixed, **dict(zip(ACTIVATIONS[name], params))}
     return Node(op, ["x"], ["y"], attrs, node_name), []
+
+
+# The fused ops other than FusedConv: an anchor whose epilogue applies an activation.
+ACTIVATION_EPILOGUES = {"Fused" + anchor: anchor for anchor in ("ConvTranspose", "Gemm")}
+EPILOGUE_ATTRS = ("activation", "activation_params")
+
+
+def anchor_node(node: Node) -> Node:
+    """The plain anchor (Conv, ConvTranspose, Gemm) of a fused node: its inputs but the residual,
+    its outputs and name (its errors name the fused node), no epilogue attributes."""
+    if node.op == "FusedConv":
+        return conv_node(node)
+    attrs = {k: v for k, v in node.attrs.items() if k not in EPILOGUE_ATTRS}
+    return Node(ACTIVATION_EPILOGUES[node.op], list(node.inputs), list(node.outputs), attrs,
+                node.name)
 
 
 def fusable_activation(node: Node, lo: np.ndarray | None = None,
@@ -130,3 +149,28 @@ register(OpDef("FusedConv", infer=_infer_fused_conv, reference=_fused_conv_refer
                       "activation_params": Attr("floats", [])},
                doc="activation(Conv(X, W, B) + Z): the conv epilogue fusion of fuse_epilogue "
                    "(internal op)."))
+
+
+def _register_activation_epilogue(name: str, anchor: str) -> None:
+    base = OP_TABLE[anchor]
+
+    def infer(ctx: OpContext) -> list[TensorType]:
+        plain = anchor_node(ctx.node)
+        (y,) = base.infer(OpContext(plain, base, ctx.types, ctx.consts))
+        ctx.check(y.dtype.is_float, f"{name} computes in float types, got {y.dtype}")
+        check_activation(ctx)
+        return [y]
+
+    def reference(ctx: OpContext, *inputs: np.ndarray | None) -> np.ndarray:
+        (y,) = run_reference(anchor_node(ctx.node), list(inputs))
+        return run_activation(ctx["activation"], ctx["activation_params"], y, ctx.node.name)
+
+    register(OpDef(name, infer=infer, reference=reference, inputs=base.inputs,
+                   attrs={**base.attrs, "activation": Attr("str", ""),
+                          "activation_params": Attr("floats", [])},
+                   doc=f"activation({anchor}(...)): the {anchor} epilogue fusion of "
+                       "fuse_epilogue (internal op)."))
+
+
+for _name, _anchor in ACTIVATION_EPILOGUES.items():
+    _register_activation_epilogue(_name, _anchor)

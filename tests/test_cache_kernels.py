@@ -78,7 +78,7 @@ def test_resnet50_kernel_count_before_and_after_dedup():
 SCRIPT = """
 import json, sys, numpy as np, cnncc
 sys.path.insert(0, {tests!r})
-from test_kernel_cache import twin_convs, A, B, check_against_reference
+from test_cache_kernels import twin_convs, A, B, check_against_reference
 m = cnncc.compile(twin_convs({seed}), threads=1)
 check_against_reference(m, {seed})
 print(json.dumps(m.compile_stages))
@@ -209,33 +209,3 @@ def test_a_daemonic_process_compiles_without_workers(monkeypatch):
     status, detail = queue.get(timeout=300)
     proc.join(60)
     assert status == "ok" and detail <= 1, detail
-
-
-def test_folded_index_arithmetic_matches_the_emitted_code():
-    """Integer Bin ops of constants are computed by the code generator (unrolled loops' index
-    arithmetic): the same values as the instructions it emits for run-time operands."""
-    import ctypes
-
-    from cnncc.backends.llvm.codegen import ModuleBuilder
-    from cnncc.backends.llvm.indexing import fold_int
-    from cnncc.ir.loop import BIN_OPS, Bin, Buffer, Kernel, Store, seq
-
-    values = [0, 1, -1, 2, -3, 7, -13, 2**62, -2**63]
-    pairs = [(a, b) for a in values for b in values]
-    xa = Buffer("xa", DType.int64, (len(pairs),))
-    xb = Buffer("xb", DType.int64, (len(pairs),))
-    outs = [Buffer(f"y_{op}", DType.int64, (len(pairs),)) for op in BIN_OPS]
-    body = seq(*[Store(y, (i,), Bin(op, xa[i], xb[i])) for op, y in zip(BIN_OPS, outs)
-                 for i in range(len(pairs))])
-    mb = ModuleBuilder("fold_check", jit.vector_lanes(), 1, False)
-    mb.add_kernel(Kernel("fold_check", [xa, xb] + outs, body))
-    jit.compile_ir(str(mb))
-    a = np.array([p[0] for p in pairs], np.int64)
-    b = np.array([p[1] for p in pairs], np.int64)
-    ys = [np.zeros(len(pairs), np.int64) for _ in outs]
-    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * (2 + len(ys)))(
-        jit.function_address("fold_check"))
-    fn(a.ctypes.data, b.ctypes.data, *[y.ctypes.data for y in ys])
-    for op, y in zip(BIN_OPS, ys):
-        folded = [fold_int(op, int(p), int(q), 64) for p, q in pairs]
-        assert folded == y.tolist(), op

@@ -32,7 +32,7 @@ X = np.random.default_rng(0).standard_normal((1, 3, 9, 9)).astype(np.float32)
 SCRIPT = """
 import sys, time, numpy as np, cnncc
 sys.path.insert(0, {tests!r})
-from test_llvm_cache import tiny, X
+from test_cache_models import tiny, X
 t = time.perf_counter()
 m = cnncc.compile(tiny(7), target="llvm", threads=1)
 t = time.perf_counter() - t

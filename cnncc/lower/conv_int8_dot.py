@@ -21,33 +21,22 @@ from cnncc.ir import DType, Node
 from cnncc.ir.loop import (And, Buffer, Call, Cast, Cmp, Const, Expr, For, If, Kernel, Select,
                            Store, Var, seq)
 
+from cnncc.ir.ops.quant_blocked import compensation, dot4_fits, shifted_zero_point
+
 from .context import LowerCtx
 from .cpu_schedule import parallel_outer
+from .layout_nchwc import padded_blocked
 
 I32, U8 = DType.int32, DType.uint8
 AVX2_SAFE = 64          # |w| <= 64: 2 * 255 * 64 < 2^15, vpmaddubsw cannot saturate
 
 
-def shifted_zero_point(x_dtype: DType, x_zp: int) -> int:
-    """The input zero point once int8 inputs are shifted to uint8."""
-    return x_zp + (128 if x_dtype is DType.int8 else 0)
-
-
-def compensation(wz: np.ndarray, zx: int) -> np.ndarray:
-    """zx * sum of each output channel's weights (int64): what the bias absorbs."""
-    return zx * wz.reshape(wz.shape[0], -1).astype(np.int64).sum(axis=1)
-
-
 def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int, bias: np.ndarray,
              zx: int) -> str | None:
     """The dot4 function for this conv on ctx's Target, or None for the plain int32 path
-    (GPU, fewer than 3 input or 8 output channels per group, weights beyond int8, or a bias
-    that would leave int32 once it absorbs the zero point)."""
+    (GPU, or weights the dot products cannot take: ir/ops/quant_blocked.dot4_fits)."""
     t = ctx.target
-    if ctx.gpu or t is None or icg < 3 or ocg < 8 or wz.min() < -128 or wz.max() > 127:
-        return None
-    total = bias - compensation(wz, zx)
-    if total.min(initial=0) < -2**31 or total.max(initial=0) >= 2**31:
+    if ctx.gpu or t is None or not dot4_fits(wz, icg, ocg, bias, zx):
         return None
     if t.vnni and ctx.lanes in (8, 16):
         return "dot4_u8s8_vnni"
@@ -66,23 +55,9 @@ def words(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(moved).view(np.int32).reshape((o, c4) + w.shape[2:])
 
 
-def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int, wz: np.ndarray,
-             vt: int, fn: str):
-    """(int32 word view of the packed input [N, G*C4, Hp, Wp], C4, weight word arrays,
-    per-channel compensation zx' * sum w', the accumulator update)."""
-    g = ctx.graph
-    shape = g.types[x].shape
-    zx = shifted_zero_point(g.types[x].dtype, x_zp)
-    shift = zx - x_zp
-    icg = shape[1] // groups
-    c4 = -(-icg // 4)
-    pshape = tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
-    xb = ctx.temp(U8, (shape[0], groups * c4) + pshape + (4,), "xb")
-    xin = ctx.value(x, bname="x")
-    pack_input(ctx, node, xb, xin, win, groups, c4, shift, zx)
-    view = Buffer("x", I32, (shape[0], groups * c4) + pshape)
-    ctx.binding[id(view)] = ctx.binding[id(xb)]
-    comp = compensation(wz, zx)
+def dot_weights(wz: np.ndarray, zx: int, fn: str):
+    """(weight word arrays, per-channel compensation zx * sum w', the accumulator update):
+    one word array, or two on AVX2 when some weight lies outside [-64, 64]."""
     if fn == "dot4_u8s8_avx2" and np.abs(wz).max(initial=0) > AVX2_SAFE:
         lo = np.clip(wz, -AVX2_SAFE, AVX2_SAFE)
         parts = [lo, wz - lo]
@@ -94,7 +69,35 @@ def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int, wz:
         for w in ws:
             acc = Call(fn, (acc, xv, w), I32)
         return acc
-    return view, c4, wps, comp, update
+    return wps, compensation(wz, zx), update
+
+
+def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int) -> tuple:
+    """(int32 word view of the packed NCHW input [N, G*C4, Hp, Wp], C4)."""
+    g = ctx.graph
+    shape = g.types[x].shape
+    zx = shifted_zero_point(g.types[x].dtype, x_zp)
+    icg = shape[1] // groups
+    c4 = -(-icg // 4)
+    pshape = tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
+    xb = ctx.temp(U8, (shape[0], groups * c4) + pshape + (4,), "xb")
+    xin = ctx.value(x, bname="x")
+    pack_input(ctx, node, xb, xin, win, groups, c4, zx - x_zp, zx)
+    view = Buffer("x", I32, (shape[0], groups * c4) + pshape)
+    ctx.binding[id(view)] = ctx.binding[id(xb)]
+    return view, c4
+
+
+def blocked_words(ctx: LowerCtx, node: Node, x: str, zx: int, win) -> Buffer:
+    """The blocked uint8 input [N, CB, H, W, c] as int32 words [N, CB, Hp, Wp, c / 4] (4
+    channels of a pixel per word), padded with zx where the window pads (a contiguous row
+    copy), else read in place."""
+    xb = ctx.value(x, bname="x")
+    xp = padded_blocked(ctx, node.name, xb, (win.begin(0), win.begin(1)),
+                        (win.end(0), win.end(1)), fill=zx)
+    view = Buffer("xw", I32, xp.shape[:-1] + (xp.shape[-1] // 4,))
+    ctx.binding[id(view)] = ctx.binding[id(xp)]
+    return view
 
 
 def pack_input(ctx: LowerCtx, node: Node, xb: Buffer, xin: Buffer, win, groups: int, c4: int,

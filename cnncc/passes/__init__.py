@@ -27,6 +27,7 @@ from .recognize_layer_norm import recognize_layer_norm
 from .fuse_quantized import fuse_quantized
 from .fold_dequantized import fold_dequantized
 from .alter_layout_nchwc import alter_layout_nchwc
+from .alter_layout_int8 import alter_layout_int8
 from .depthwise_separable import depthwise_separable
 from .fuse_channel_scale import fuse_channel_scale
 
@@ -67,6 +68,8 @@ PIPELINE: list[Pass] = [
     Pass("fuse_epilogue", fuse_epilogue, 1),
     # After the epilogues are fused: a FusedConv becomes one blocked conv, residual included.
     Pass("alter_layout_nchwc", alter_layout_nchwc, 2),
+    # The quantized convs (which the float pass leaves alone) on blocked 8-bit activations.
+    Pass("alter_layout_int8", alter_layout_int8, 2),
     # On blocked convs: a depthwise conv and the 1x1 conv reading it become one kernel.
     Pass("depthwise_separable", depthwise_separable, 3),
     # Last: a squeeze-excitation gate goes into the 1x1 conv reading the gated map.

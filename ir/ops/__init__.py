@@ -6,7 +6,7 @@ from . import elementwise, activation, linalg, reduce, shape, tensor, pad, creat
 from . import resize, scatter  # noqa: F401
 from . import conv, conv_transpose, deform_conv, pool, norm  # noqa: F401
 from . import fused, layout  # noqa: F401
-from . import dwpw, channel_norm, channel_gather, quant  # noqa: F401
+from . import dwpw, channel_norm, channel_gather, quant, quant_blocked  # noqa: F401
 from . import catalogue  # noqa: F401
 
 __all__ = ["OP_TABLE", "REQUIRED", "Attr", "OpContext", "OpDef", "broadcast_shapes", "get_op",

@@ -165,12 +165,21 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         def update(acc: Expr, xv: Expr, wv: list) -> Expr:
             return acc + xv * wv[0]
     taps = planes * int(np.prod(ks))
-    wbufs = []
-    for k, wv in enumerate(wps):
+    packed = []
+    for wv in wps:
         wp = np.zeros((groups, ocb * vt, taps), np.int32)
         wp[:, :ocg] = wv.reshape(groups, ocg, taps)
-        wp = np.ascontiguousarray(wp.reshape(groups, ocb, vt, taps).transpose(0, 1, 3, 2))
-        wbufs.append(ctx.const(wp, f"w{k}"))
+        packed.append(wp.reshape(groups, ocb, vt, taps).transpose(0, 1, 3, 2))
+    order = nhi = None
+    if len(packed) == 2:
+        # AVX2 pair split: per output vector block, the taps with a non-zero high part first
+        # (two dot calls), then the others (one).
+        need = (packed[1] != 0).any(axis=3)
+        order = np.argsort(~need, axis=2, kind="stable")
+        packed = [np.take_along_axis(p, order[..., None], axis=2) for p in packed]
+        nhi = need.sum(axis=2).astype(np.int64)
+        packed[1] = packed[1][:, :, :max(1, int(nhi.max()))]
+    wbufs = [ctx.const(np.ascontiguousarray(p), f"w{k}") for k, p in enumerate(packed)]
 
     def per_channel(v: np.ndarray, dtype) -> np.ndarray:
         p = np.zeros((groups, ocb * vt), dtype)
@@ -188,7 +197,8 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     else:
         offs = tap_offsets(psp, ks, win.dilations, planes)
     bbuf, mbuf = ctx.const(bp, "b"), ctx.const(mult, "m")
-    obuf = ctx.const(offs.reshape(-1), "off")
+    obuf = ctx.const(offs.reshape(-1) if order is None else offs.reshape(-1)[order], "off")
+    hbuf = ctx.const(nhi, "nhi") if nhi is not None else None
     xflat = Buffer("x", I32, (int(np.prod(xp.shape)),))
     ctx.binding[id(xflat)] = ctx.binding[id(xp)]
     oshape = g.types[out].shape
@@ -235,10 +245,20 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         init = For(r, rr, For(v, vt, Store(acc, (r, v), bbuf[gv, ob * vt + v]), "vectorized"),
                    "unrolled")
         bases = [base(p0 + k) for k in range(rr)]
-        upd = [For(v2, vt, Store(acc, (k, v2), update(acc[k, v2], xflat[bases[k] + o],
-                                                      [w[gv, ob, t, v2] for w in wbufs])),
-                   "vectorized") for k in range(rr)]
-        red = For(t, taps, Let(o, obuf[t], seq(*upd)))
+
+        def upd(t: Var, o: Var, v2: Var, ws: list) -> Stmt:
+            return seq(*[For(v2, vt, Store(acc, (k, v2), update(
+                acc[k, v2], xflat[bases[k] + o], [w[gv, ob, t, v2] for w in ws])), "vectorized")
+                for k in range(rr)])
+        if hbuf is None:
+            red = For(t, taps, Let(o, obuf[t], upd(t, o, v2, wbufs)))
+        else:
+            t2, o2, v4 = Var(f"t2{tag}"), Var(f"o2{tag}"), Var(f"v4{tag}")
+            nh = hbuf[gv, ob]
+            red = seq(For(t, nh, Let(o, obuf[gv, ob, t], upd(t, o, v2, wbufs))),
+                      For(t2, Const(taps) - nh, Let(o2, obuf[gv, ob, t2], upd(t2, o2, v4,
+                                                                            wbufs[:1])),
+                          start=nh))
         if block:
             epi = For(r3, rr, seq(*[blocked_store(ob * (vt // block) + k, k * block, p0 + r3,
                                                   acc, r3, f"{tag}_{k}")
@@ -259,7 +279,8 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     if rest:
         inner = If(pb < full, inner, tile(Const(npix - rest), rest, "t"))
     body = For(n, oshape[0], For(gv, groups, For(ob, ocb, For(pb, full + (rest > 0), inner))))
-    params = [ybuf, xflat, *wbufs, bbuf, mbuf, obuf] + ([zbuf] if zbuf is not None else [])
+    params = [ybuf, xflat, *wbufs, bbuf, mbuf, obuf] + ([zbuf] if zbuf is not None else []) \
+        + ([hbuf] if hbuf is not None else [])
     k = Kernel(node.name, params, body)
     ctx.emit(parallel_outer(k, ["n", "g", "ob", "pb"], ctx, int(np.prod(oshape)) * taps))
 

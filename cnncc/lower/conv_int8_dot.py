@@ -7,10 +7,11 @@ padded scratch buffer [N, G * C4, H + pads, W + pads, 4] of bytes (C4 = ceil(C/G
 missing channels hold the zero point). Weights w' = w - w_zero_point must fit int8; they are
 packed [O, C4, k...] as words of 4 bytes (missing channels 0). Since sum (x - zx) w' =
 sum x w' - zx sum w', the bias absorbs zx * sum w' at compile time.
-AVX2 without VNNI: vpmaddubsw sums two u8 x s8 products into int16 with saturation; a weight
-outside [-64, 64] could saturate, so such weights are split exactly as w' = lo + hi with
-lo = clip(w', -64, 64) and hi = w' - lo (both in [-64, 64]) and each word gets two dot
-calls (one with 7-bit weights, the fast case, e.g. models quantized with --reduce-range).
+AVX2 without VNNI: vpmaddubsw sums two u8 x s8 products into int16 with saturation; a pair
+of weights with |w0| + |w1| > 128 could saturate, so such pairs are split exactly as
+w' = lo + hi with lo = clip(w', -64, 64) and hi = w' - lo (pair_split) and a word with a
+non-zero high part gets two dot calls; the convs run those taps first, then the rest with one
+call (7-bit weights, e.g. models quantized with --reduce-range, never need the second).
 The instruction path comes from the Target (its VNNI level and lanes), never from the host.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .layout_nchwc import padded_blocked
 
 I32, U8 = DType.int32, DType.uint8
 AVX2_SAFE = 64          # |w| <= 64: 2 * 255 * 64 < 2^15, vpmaddubsw cannot saturate
+AVX2_PAIR = 128         # |w0| + |w1| <= 128: 255 * 128 < 2^15, neither can the pair's sum
 
 
 def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int, bias: np.ndarray,
@@ -55,14 +57,28 @@ def words(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(moved).view(np.int32).reshape((o, c4) + w.shape[2:])
 
 
+def pair_split(wz: np.ndarray) -> list[np.ndarray]:
+    """[w'] when every pair of weights that vpmaddubsw sums (channels 4q + 2i, 4q + 2i + 1 of
+    one output channel and tap) has |w0| + |w1| <= 128 (then 255 * 128 < 2^15: no saturation),
+    else [lo, hi] with w' = lo + hi exactly: lo = w' on such pairs and clip(w', -64, 64) on the
+    others, hi = w' - lo (0 on the safe pairs), both within the bound."""
+    o, c = wz.shape[:2]
+    c4 = -(-c // 4)
+    w = np.zeros((o, c4 * 4) + wz.shape[2:], np.int32)
+    w[:, :c] = wz
+    a = np.abs(w).reshape((o, c4, 2, 2) + wz.shape[2:])
+    safe = np.repeat(a.sum(axis=3) <= AVX2_PAIR, 2, axis=2).reshape(w.shape)
+    if safe.all():
+        return [wz]
+    lo = np.where(safe, w, np.clip(w, -AVX2_SAFE, AVX2_SAFE))
+    return [lo[:, :c], (w - lo)[:, :c]]
+
+
 def dot_weights(wz: np.ndarray, zx: int, fn: str):
-    """(weight word arrays, per-channel compensation zx * sum w', the accumulator update):
-    one word array, or two on AVX2 when some weight lies outside [-64, 64]."""
-    if fn == "dot4_u8s8_avx2" and np.abs(wz).max(initial=0) > AVX2_SAFE:
-        lo = np.clip(wz, -AVX2_SAFE, AVX2_SAFE)
-        parts = [lo, wz - lo]
-    else:
-        parts = [wz]
+    """(weight word arrays, per-channel compensation zx * sum w', the accumulator update): one
+    word array, or on AVX2 the two of pair_split (a word whose high part is zero across a
+    kernel's output vector needs one dot call: cnncc/lower/conv_int8.py orders its taps)."""
+    parts = pair_split(wz) if fn == "dot4_u8s8_avx2" else [wz]
     wps = [words(p.astype(np.int8)) for p in parts]
 
     def update(acc: Expr, xv: Expr, ws: list) -> Expr:

@@ -1,7 +1,8 @@
 """int8 on blocked activations (alter_layout_int8 -> QConvNCHWc): the graph after the passes
 (one quantized region, layout changes only at its edges) and the blocked kernels (dense 3x3,
 1x1 at strides 1 and 2, depthwise at strides 1 and 2, the stem reading NCHW, residuals,
-ReLU/ReLU6, channel counts that leave padding lanes) on the host ISA and on AVX2.
+ReLU/ReLU6, a max pool of the bytes, channel counts that leave padding lanes) on the host ISA
+and on AVX2.
 
 Bounds: the blocked program computes what the NCHW int8 program computes with the same
 arithmetic (int32 sums, float32 requantization), so their outputs are bit-identical; against
@@ -40,6 +41,7 @@ def _conv_bn(x, out, k, stride=1, groups=1, act=F.relu6, name="c"):
 def _mixed(x):
     """Every blocked conv kind; 12, 20, 40 channels leave padding lanes for 8 and 16."""
     y = _conv_bn(x, 12, 3, name="stem")                        # 3 -> 12: reads NCHW
+    y = F.max_pool2d(y, 3, 1, padding=1)                       # pools the bytes, padded
     y = _conv_bn(y, 12, 3, 2, groups=12, name="dw1")           # depthwise, stride 2
     y = _conv_bn(y, 20, 1, act=None, name="pw1")               # 1x1, stride 1
     z = _conv_bn(y, 40, 1, name="expand")
@@ -83,6 +85,9 @@ def test_quantized_convs_form_one_blocked_region(quantized):
     ops = [n.op for n in g.nodes]
     convs = [n for n in g.nodes if n.op == "QConvNCHWc"]
     assert len(convs) == 8 and "QConv" not in ops and "Conv" not in ops
+    pools = [n for n in g.nodes if n.op == "PoolNCHWc"]
+    assert len(pools) == 1 and g.types[pools[0].outputs[0]].dtype.np == np.uint8
+    assert "MaxPool" not in ops and "DequantizeLinear" not in ops[:ops.index("FromNCHWc")]
     # The stem reads the quantized image in NCHW; nothing is converted inside the region;
     # one FromNCHWc before the float pooling and classifier.
     assert ops.count("ToNCHWc") == 0 and ops.count("FromNCHWc") == 1

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, Expr, F32, For, If, Kernel,
+from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, Expr, For, If, Kernel,
                            Stmt, Store, Var, nan_max, seq)
 from cnncc.ir.ops import OP_TABLE
 from cnncc.ir.ops.layout import pool_of
@@ -155,10 +155,13 @@ def lower_pool_nchwc(ctx: LowerCtx, node: Node) -> None:
     """MaxPool / AveragePool on NCHWc, reading the unpadded input (memory-bound: no padded
     copy): per output row the valid kh range from compile-time tables; the interior columns in
     tiles of R pixels x c channels in registers, each border column on its own with its valid
-    kw taps. Average divides by a compile-time table of window sizes per output pixel."""
-    _float32(ctx, node)
+    kw taps. Average divides by a compile-time table of window sizes per output pixel. MaxPool
+    also takes the 8-bit activations of a quantized region (alter_layout_int8)."""
     g = ctx.graph
     kind = op_context(g, node)["kind"]
+    dt = g.types[node.inputs[0]].dtype
+    if kind != "MaxPool" or dt not in (DType.uint8, DType.int8):
+        _float32(ctx, node)
     plain = pool_of(node)
     if kind == "MaxPool":
         plain.attrs.pop("count_include_pad", None)
@@ -191,10 +194,11 @@ def lower_pool_nchwc(ctx: LowerCtx, node: Node) -> None:
     n, b, o, t, kh = Var("n"), Var("cb"), Var("oh"), Var("t"), Var("kh")
 
     def tile(ow0: Expr, width: int, taps: list[int], tag: str) -> Stmt:
-        acc = Buffer(f"acc{tag}", DType.float32, (width, c), "local")
+        acc = Buffer(f"acc{tag}", dt, (width, c), "local")
         r, v, r2, v2, r3, v3 = (Var(f"{q}{tag}") for q in ("r", "v", "r2", "v2", "r3", "v3"))
-        init = For(r, width, For(v, c, Store(acc, (r, v), Const(NEG_INF if is_max else 0.0,
-                                                                F32)), "vectorized"), "unrolled")
+        lowest = NEG_INF if dt.is_float else int(np.iinfo(dt.np).min)
+        init = For(r, width, For(v, c, Store(acc, (r, v), Const(lowest if is_max else 0.0, dt)),
+                                 "vectorized"), "unrolled")
         upd = []
         for kw in taps:
             xv = xin[n, b, o * sh + (kh * dh + xh - pt), (ow0 + r2) * sw + (kw * dw + xw - pl),

@@ -10,6 +10,10 @@ word (c / 4 words per pixel) without repacking (ir/ops/quant_blocked.py defines 
                                   or depthwise
     QConv(X, ...)            ==>  QConvNCHWc(X, ...; block=c, in_layout=NCHW)  (<= 4 input
                                   channels: a stem reading the quantized image)
+    Q(MaxPool(DQ(X)))        ==>  PoolNCHWc(Xb; kind=MaxPool)    (the same per-tensor scale and
+                                  zero point at both ends: max commutes with the monotone
+                                  (de)quantization and Q(DQ(v)) = v, so the pool of the bytes
+                                  is exact)
 
 Any other consumer of X (and a graph output X) reads FromNCHWc(Xb), made once, right before its
 first such consumer; a QConv reading a value that exists only in NCHW gets ToNCHWc(X), made
@@ -57,6 +61,25 @@ def _blockable(g: Graph, node: Node) -> str | None:
     return "NCHWc" if xt.dtype is DType.uint8 else None
 
 
+def _same_quantization(g: Graph, dq: Node, q: Node) -> bool:
+    """DQ and Q with the same constant per-tensor scale and zero point (values and type)."""
+    def params(n: Node):
+        zp = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else ""
+        if n.inputs[1] not in g.params or (zp and zp not in g.params):
+            return None
+        scale = g.params[n.inputs[1]]
+        return (scale.reshape(-1), g.params[zp].reshape(-1) if zp else None)
+    a, b = params(dq), params(q)
+    if a is None or b is None or a[0].size != 1 or not np.array_equal(a[0], b[0]):
+        return False
+    if a[1] is None or b[1] is None:     # a missing zero point is uint8 0
+        za = a[1] if a[1] is not None else np.zeros(1, np.uint8)
+        zb = b[1] if b[1] is not None else np.zeros(1, np.uint8)
+    else:
+        za, zb = a[1], b[1]
+    return za.dtype == zb.dtype == g.types[dq.inputs[0]].dtype.np and np.array_equal(za, zb)
+
+
 class _Rewriter:
     def __init__(self, graph: Graph, block: int):
         self.g = graph
@@ -96,8 +119,42 @@ class _Rewriter:
                        {"channels": self.g.types[v].shape[1]},
                        self.fresh(f"{v}_from_nchwc", self.names)))
 
+    def byte_pools(self) -> dict[int, tuple[Node, Node, Node]]:
+        """id of each node of a Q(MaxPool(DQ(x))) chain that may pool bytes -> the chain."""
+        g, users, prod = self.g, self.g.users(), self.g.producers()
+        chains = {}
+        for pool in g.nodes:
+            if pool.op != "MaxPool" or len([o for o in pool.outputs if o]) != 1 \
+                    or g.types[pool.outputs[0]].rank != 4:
+                continue
+            dq, use = prod.get(pool.inputs[0]), users.get(pool.outputs[0], [])
+            q = use[0] if len(use) == 1 else None
+            if dq is None or q is None or dq.op != "DequantizeLinear" or q.op != "QuantizeLinear" \
+                    or len(users.get(dq.outputs[0], [])) != 1 \
+                    or {dq.outputs[0], pool.outputs[0]} & set(g.outputs) \
+                    or not _same_quantization(g, dq, q):
+                continue
+            for n in (dq, pool, q):
+                chains[id(n)] = (dq, pool, q)
+        return chains
+
     def run(self) -> Graph:
+        pools = self.byte_pools()
+        taken: set[int] = set()             # chains whose x was blocked when their DQ came
         for node in self.g.nodes:
+            chain = pools.get(id(node))
+            if chain is not None and (id(chain[0]) in taken or (
+                    node is chain[0] and node.inputs[0] in self.blocked)):
+                taken.add(id(chain[0]))
+                if node is chain[2]:
+                    dq, pool, q = chain
+                    attrs = {k: v for k, v in pool.attrs.items() if k != "storage_order"}
+                    out = self.fresh(f"{q.outputs[0]}_nchwc", self.values)
+                    self.blocked[q.outputs[0]] = out
+                    self.emit(Node("PoolNCHWc", [self.blocked[dq.inputs[0]]], [out],
+                                   dict(attrs, kind="MaxPool"), pool.name,
+                                   tuple(s for n in chain for s in n.origin)))
+                continue
             layout = _blockable(self.g, node)
             if layout is None:
                 for v in node.inputs:

@@ -18,6 +18,7 @@ import sys
 import textwrap
 
 import numpy as np
+import onnx
 import pytest
 
 import cnncc
@@ -53,11 +54,32 @@ def _mixed(x):
 
 
 @pytest.fixture(scope="module")
-def quantized():
+def quantized(tmp_path_factory):
+    """The net quantized by `cnncc quantize` (uint8 activations) and by onnxruntime's
+    quantize_static (its default QDQ form: int8 activations and weights)."""
+    from onnxruntime import quantization as q
     net = build(_mixed, (1, 3, 19, 17), "mixed", 3)
-    proto, _ = cnncc.quantize(net, samples=5, per_channel=True, verbose=False)
+    ours, _ = cnncc.quantize(net, samples=4, per_channel=True, verbose=False)
+    d = tmp_path_factory.mktemp("qb")
+    net.to_onnx(d / "f.onnx")
+    rng = np.random.default_rng(2)
+    name = ours.graph.input[0].name
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{name: rng.standard_normal((1, 3, 19, 17)).astype(np.float32)}
+                            for _ in range(3)])
+
+        def get_next(self):
+            return next(self.it, None)
+    # onnxruntime's pre-processing folds the BatchNorms into the convs (as it recommends).
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    quant_pre_process(str(d / "f.onnx"), str(d / "pre.onnx"), skip_symbolic_shape=True)
+    q.quantize_static(str(d / "pre.onnx"), str(d / "ort.onnx"), Reader(), per_channel=True,
+                      quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8,
+                      weight_type=q.QuantType.QInt8)
     x = np.random.default_rng(7).standard_normal((1, 3, 19, 17)).astype(np.float32)
-    return proto, x
+    return {"cnncc_u8": ours, "ort_s8": onnx.load(d / "ort.onnx")}, x
 
 
 def _check(proto, x, threads: int = 1) -> dict:
@@ -77,16 +99,18 @@ def _check(proto, x, threads: int = 1) -> dict:
             "vs_onnxruntime": float(np.abs(blocked - want).max()) / scale}
 
 
-def test_quantized_convs_form_one_blocked_region(quantized):
+@pytest.mark.parametrize("kind", ["cnncc_u8", "ort_s8"])
+def test_quantized_convs_form_one_blocked_region(quantized, kind):
     from cnncc.passes import PassContext, run_pipeline
-    proto, _ = quantized
+    proto = quantized[0][kind]
     target = cnncc.host_target(1)
     g = run_pipeline(cnncc.load_graph(proto), PassContext(machine=target))
     ops = [n.op for n in g.nodes]
     convs = [n for n in g.nodes if n.op == "QConvNCHWc"]
     assert len(convs) == 8 and "QConv" not in ops and "Conv" not in ops
     pools = [n for n in g.nodes if n.op == "PoolNCHWc"]
-    assert len(pools) == 1 and g.types[pools[0].outputs[0]].dtype.np == np.uint8
+    assert len(pools) == 1 and g.types[pools[0].outputs[0]].dtype.np == (
+        np.uint8 if kind == "cnncc_u8" else np.int8)
     assert "MaxPool" not in ops and "DequantizeLinear" not in ops[:ops.index("FromNCHWc")]
     # The stem reads the quantized image in NCHW; nothing is converted inside the region;
     # one FromNCHWc before the float pooling and classifier.
@@ -98,8 +122,10 @@ def test_quantized_convs_form_one_blocked_region(quantized):
     assert len(residual) == 1 and g.types[residual[0].inputs[9]].rank == 5
 
 
-def test_blocked_int8_matches_nchw_reference_and_onnxruntime(quantized):
-    proto, x = quantized
+@pytest.mark.parametrize("kind", ["cnncc_u8", "ort_s8"])
+def test_blocked_int8_matches_nchw_reference_and_onnxruntime(quantized, kind):
+    protos, x = quantized
+    proto = protos[kind]
     out = _check(proto, x)
     assert out["blocked_vs_nchw"] == 0.0, out
     assert out["vs_reference"] <= MODEL_TOL and out["vs_onnxruntime"] <= MODEL_TOL, out
@@ -109,9 +135,9 @@ def test_blocked_int8_matches_nchw_reference_and_onnxruntime(quantized):
 
 def test_blocked_int8_on_avx2(quantized, tmp_path):
     """The same program built for AVX2 (8 lanes, 16 registers, vpmaddubsw) in a child."""
-    proto, x = quantized
-    path = tmp_path / "mixed_q.onnx"
-    path.write_bytes(proto.SerializeToString())
+    protos, x = quantized
+    for kind, proto in protos.items():
+        (tmp_path / f"{kind}.onnx").write_bytes(proto.SerializeToString())
     np.save(tmp_path / "x.npy", x)
     env = dict(os.environ, CNNCC_FEATURES=AVX2, CNNCC_CACHE="0")
     env.pop("CNNCC_CPU", None)
@@ -119,7 +145,8 @@ def test_blocked_int8_on_avx2(quantized, tmp_path):
         import json, sys, numpy as np, onnx, cnncc
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_quant_blocked import _check
-        out = _check(onnx.load({str(path)!r}), np.load({str(tmp_path / "x.npy")!r}))
+        x = np.load({str(tmp_path / "x.npy")!r})
+        out = {{k: _check(onnx.load(f"{tmp_path}/{{k}}.onnx"), x) for k in {sorted(protos)!r}}}
         out["isa"] = cnncc.host_target(1).isa
         print(json.dumps(out))
     """)
@@ -128,5 +155,7 @@ def test_blocked_int8_on_avx2(quantized, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out.pop("isa") == "avx2"
-    assert out["blocked_vs_nchw"] == 0.0, out
-    assert out["vs_reference"] <= MODEL_TOL and out["vs_onnxruntime"] <= MODEL_TOL, out
+    for kind, res in out.items():
+        assert res["blocked_vs_nchw"] == 0.0, (kind, res)
+        assert res["vs_reference"] <= MODEL_TOL and res["vs_onnxruntime"] <= MODEL_TOL, \
+            (kind, res)

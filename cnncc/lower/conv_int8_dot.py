@@ -78,7 +78,7 @@ def dot_weights(wz: np.ndarray, zx: int, fn: str):
     """(weight word arrays, per-channel compensation zx * sum w', the accumulator update): one
     word array, or on AVX2 the two of pair_split (a word whose high part is zero across a
     kernel's output vector needs one dot call: cnncc/lower/conv_int8.py orders its taps)."""
-    parts = pair_split(wz) if fn == "dot4_u8s8_avx2" else [wz]
+    parts = pair_split(wz) if fn.endswith("_avx2") else [wz]
     wps = [words(p.astype(np.int8)) for p in parts]
 
     def update(acc: Expr, xv: Expr, ws: list) -> Expr:
@@ -104,13 +104,13 @@ def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int) -> 
     return view, c4
 
 
-def blocked_words(ctx: LowerCtx, node: Node, x: str, zx: int, win) -> Buffer:
-    """The blocked uint8 input [N, CB, H, W, c] as int32 words [N, CB, Hp, Wp, c / 4] (4
-    channels of a pixel per word), padded with zx where the window pads (a contiguous row
-    copy), else read in place."""
+def blocked_words(ctx: LowerCtx, node: Node, x: str, x_zp: int, win) -> Buffer:
+    """The blocked 8-bit input [N, CB, H, W, c] as int32 words [N, CB, Hp, Wp, c / 4] (4
+    channels of a pixel per word), padded with its zero point where the window pads (a
+    contiguous row copy), else read in place. int8 bytes are read by the dot4_s8s8 calls."""
     xb = ctx.value(x, bname="x")
     xp = padded_blocked(ctx, node.name, xb, (win.begin(0), win.begin(1)),
-                        (win.end(0), win.end(1)), fill=zx)
+                        (win.end(0), win.end(1)), fill=x_zp)
     view = Buffer("xw", I32, xp.shape[:-1] + (xp.shape[-1] // 4,))
     ctx.binding[id(view)] = ctx.binding[id(xp)]
     return view

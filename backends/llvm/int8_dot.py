@@ -8,7 +8,6 @@ lane, acc + sum of 4 uint8 x int8 byte products.
                      when every int8 operand lies in [-64, 64] (|2 * 255 * 64| < 2^15), which
                      the lowering guarantees
     dot4_u8s8        any width and scalars: bytes widened to i32, multiplied, summed (exact)
-    dot4_s8s8*       the same after a xor 0x80808080 (int8 bytes of a shifted to uint8)
 
 The first two fall back to the generic form when the vector width does not fit them (the
 scalar remainder of a vectorized loop, say).
@@ -31,11 +30,6 @@ def emit_dot4(b: ir.IRBuilder, fn: str, acc: ir.Value, a: ir.Value, w: ir.Value)
     """acc + dot4(a, w) for i32 scalars or <n x i32> vectors (all three of one type)."""
     module = b.module
     lanes = acc.type.count if isinstance(acc.type, ir.VectorType) else 1
-    if fn.startswith("dot4_s8s8"):
-        flip = ir.Constant(I32, 0x80808080 - 2**32)
-        a = b.xor(a, ir.Constant(a.type, [flip] * lanes) if lanes > 1 and isinstance(
-            a.type, ir.VectorType) else flip)
-        fn = fn.replace("dot4_s8s8", "dot4_u8s8")
     if fn == "dot4_u8s8_vnni" and lanes in (8, 16):
         vt = ir.VectorType(I32, lanes)
         f = _declare(module, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", vt, [vt] * 3)

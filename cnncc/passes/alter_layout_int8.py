@@ -5,7 +5,7 @@ accumulators are int32 vectors of c output channels, so its epilogue stores the 
 pixel at once, and the next conv's dot product reads 4 input channels of a pixel as one 32-bit
 word (c / 4 words per pixel) without repacking (ir/ops/quant_blocked.py defines the op):
 
-    QConv(X, ..., R?, ...)   ==>  QConvNCHWc(Xb, ..., Rb?, ...; block=c)      X 8-bit, 2-D;
+    QConv(X, ..., R?, ...)   ==>  QConvNCHWc(Xb, ..., Rb?, ...; block=c)      X uint8, 2-D;
                                   group 1 with weights the dot products take (dot4_fits),
                                   or depthwise
     QConv(X, ...)            ==>  QConvNCHWc(X, ...; block=c, in_layout=NCHW)  (<= 4 input
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncc.ir import Graph, Node
+from cnncc.ir import DType, Graph, Node
 from cnncc.ir.ops import OP_TABLE, infer_node
 from cnncc.ir.ops.quant_blocked import dot4_fits, shifted_zero_point, weights_minus_zero_point
 from cnncc.ir.ops.registry import resolve_attrs
@@ -47,7 +47,7 @@ def _blockable(g: Graph, node: Node) -> str | None:
     oc, icg = wq.shape[:2]
     ic = icg * group
     if icg == 1 and group == oc == ic:
-        return "NCHWc"
+        return "NCHWc" if xt.dtype is DType.uint8 else None
     if group != 1:
         return None
     x_zp = int(g.params[node.inputs[2]].reshape(-1)[0])
@@ -56,7 +56,9 @@ def _blockable(g: Graph, node: Node) -> str | None:
         else np.zeros(oc, np.int64)
     if not dot4_fits(wz, icg, oc, bias, shifted_zero_point(xt.dtype, x_zp)):
         return None
-    return "NCHW" if ic <= STEM_MAX_CHANNELS else "NCHWc"
+    if ic <= STEM_MAX_CHANNELS:
+        return "NCHW"
+    return "NCHWc" if xt.dtype is DType.uint8 else None
 
 
 def _same_quantization(g: Graph, dq: Node, q: Node) -> bool:

@@ -1,7 +1,8 @@
 """Static figures of a graph: parameter count and floating-point operations per node.
 
 FLOPs count a multiply-add as 2, as is usual for CNNs (so a 3x3 conv from 64 to 64 channels on a
-56x56 map is 2 * 56*56 * 64 * 64*9 = 231 MFLOP).
+56x56 map is 2 * 56*56 * 64 * 64*9 = 231 MFLOP). The quantized convs' integer multiply-adds are
+counted the same way (operations, not floating-point ones).
 """
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def node_flops(graph: Graph, node: Node) -> int:
     if node.op == "ConvNCHWc":        # blocked output: count the real channels only
         w = graph.types[node.inputs[1]].shape
         return 2 * out.shape[0] * prod(out.shape[2:-1]) * w[0] * prod(w[1:])
+    if node.op in ("QLinearConv", "QConv", "QConvNCHWc"):      # integer multiply-adds, W input 3
+        w = graph.types[node.inputs[3]].shape
+        pix = prod(out.shape[2:-1] if node.op == "QConvNCHWc" else out.shape[2:])
+        return 2 * out.shape[0] * pix * w[0] * prod(w[1:])
     if node.op in ("Conv", "FusedConv", "ConvTranspose", "DeformConv"):
         w = graph.types[node.inputs[1]].shape
         # Conv: every output element sums Cin/g * prod(k) products. ConvTranspose: every input

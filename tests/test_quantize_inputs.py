@@ -58,7 +58,10 @@ def test_two_inputs_and_a_classifier_head(tmp_path):
     g = run_pipeline(cnncc.load_graph(proto), PassContext(machine=cnncc.host_target(1)))
     ops = [n.op for n in g.nodes]
     assert ops.count("QuantizeLinear") == 2 and "DequantizeLinear" not in ops, ops
-    assert {"MaxPool", "QLinearGlobalAveragePool", "QGemm"} <= set(ops), ops
+    # The max pool runs on the 8-bit values (blocked by alter_layout_int8 between convs).
+    assert "MaxPool" in ops or any(n.op == "PoolNCHWc" and g.types[n.outputs[0]].dtype.np ==
+                                   np.uint8 for n in g.nodes), ops
+    assert {"QLinearGlobalAveragePool", "QGemm"} <= set(ops), ops
     feeds = {"a": rng.standard_normal((1, 3, 8, 8)).astype(np.float32),
              "b": rng.standard_normal((1, 2, 8, 8)).astype(np.float32)}
     so = ort.SessionOptions()

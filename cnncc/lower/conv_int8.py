@@ -21,11 +21,13 @@ from cnncc.ir import DType, Node
 from cnncc.ir.loop import (Allocate, And, Buffer, Call, Cast, Cmp, Const, Expr, F32, For, If,
                            Kernel, Let, Stmt, Store, Var, seq)
 from cnncc.ir.ops.quant import int_range, quantize
+from cnncc.ir.ops.quant_blocked import shifted_zero_point, weights_minus_zero_point
 from cnncc.ir.ops.spatial import resolve_window
 
-from .context import LowerCtx, op_context
+from .context import LowerCtx, op_context, unsupported
 from .conv import phases_for, tap_offsets, window_index
-from .conv_int8_dot import dot_plan, pack_dot, shifted_zero_point
+from .conv_int8_depthwise import depthwise_blocked
+from .conv_int8_dot import blocked_words, dot_plan, dot_weights, pack_dot
 from .cpu_schedule import parallel_outer
 
 I32 = DType.int32
@@ -87,14 +89,20 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     has_bias = len(node.inputs) > 8 and node.inputs[8]
     bias = _scalar(ctx, node, 8, "the bias").astype(np.int64) if has_bias else None
     residual = node.inputs[9] if len(node.inputs) > 9 and node.inputs[9] else None
-    relu = node.op == "QConv" and oc_["relu"]
+    relu = node.op in ("QConv", "QConvNCHWc") and oc_["relu"]
     out_dt = g.types[out].dtype
-    xs = g.types[x].shape
-    nd = len(xs) - 2
-    win = resolve_window(oc_, xs, wq.shape[2:])
     groups = oc_["group"]
     oc, icg = wq.shape[0], wq.shape[1]
     ocg = oc // groups
+    # QConvNCHWc (alter_layout_int8): the output and residual in NCHW{block}c bytes, the input
+    # too unless in_layout is NCHW.
+    block = oc_["block"] if node.op == "QConvNCHWc" else 0
+    in_blocked = bool(block) and oc_["in_layout"] == "NCHWc"
+    xs = g.types[x].shape
+    if in_blocked:
+        xs = (xs[0], icg * groups) + tuple(xs[2:-1])
+    nd = len(xs) - 2
+    win = resolve_window(oc_, xs, wq.shape[2:])
     lo, hi = int_range(out_dt.np)
     f = lambda v: Const(float(v), F32)                                   # noqa: E731
     if residual:
@@ -122,9 +130,14 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
 
     mult_oc = (x_scale * np.broadcast_to(w_scale, (oc,)).astype(np.float32)
                / y_scale).astype(np.float32)
+    wz = weights_minus_zero_point(wq, w_zp)
+    zx = shifted_zero_point(g.types[x].dtype, x_zp)
     if icg == 1 and ocg == 1 and not ctx.gpu:
-        wz = wq.astype(np.int32).reshape(oc, -1) - w_zp.reshape(-1, 1)
         b = np.zeros(oc, np.int64) if bias is None else bias
+        if block:
+            return depthwise_blocked(ctx, node, wz.reshape(oc, -1), b, mult_oc, win, residual,
+                                     epilogue)
+        wz = wz.reshape(oc, -1)
         phases = phases_for(win.strides[-1])
         return _depthwise(ctx, node, _padded(ctx, node, x, x_zp, win, phases), wz, b, mult_oc,
                           win, residual, epilogue, phases)
@@ -132,12 +145,17 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     ks = wq.shape[2:]
     vt = 2 * lanes if ocg >= 2 * lanes else lanes
     ocb = -(-ocg // vt)
-    wz = wq.astype(np.int32) - (w_zp.reshape((-1,) + (1,) * (wq.ndim - 1)) if w_zp.size > 1
-                                else w_zp[0])
-    dot = dot_plan(ctx, wz, icg, ocg, np.zeros(oc, np.int64) if bias is None else bias,
-                   shifted_zero_point(g.types[x].dtype, x_zp))
-    if dot is not None:
-        xp, planes, wps, comp, update = pack_dot(ctx, node, x, x_zp, win, groups, wz, vt, dot)
+    dot = dot_plan(ctx, wz, icg, ocg, np.zeros(oc, np.int64) if bias is None else bias, zx)
+    if block and dot is None:
+        raise unsupported(node, "blocked quantized convs need the byte dot products")
+    ws = 1                              # int32 words per pixel of the input view
+    if in_blocked:
+        xp = blocked_words(ctx, node, x, x_zp, win)
+        ws, planes = xp.shape[-1], -(-icg // 4)
+        wps, comp, update = dot_weights(wz, zx, dot)
+    elif dot is not None:
+        xp, planes = pack_dot(ctx, node, x, x_zp, win, groups)
+        wps, comp, update = dot_weights(wz, zx, dot)
     else:
         xp = _padded(ctx, node, x, x_zp, win)
         planes = icg
@@ -147,12 +165,21 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         def update(acc: Expr, xv: Expr, wv: list) -> Expr:
             return acc + xv * wv[0]
     taps = planes * int(np.prod(ks))
-    wbufs = []
-    for k, wv in enumerate(wps):
+    packed = []
+    for wv in wps:
         wp = np.zeros((groups, ocb * vt, taps), np.int32)
         wp[:, :ocg] = wv.reshape(groups, ocg, taps)
-        wp = np.ascontiguousarray(wp.reshape(groups, ocb, vt, taps).transpose(0, 1, 3, 2))
-        wbufs.append(ctx.const(wp, f"w{k}"))
+        packed.append(wp.reshape(groups, ocb, vt, taps).transpose(0, 1, 3, 2))
+    order = nhi = None
+    if len(packed) == 2:
+        # AVX2 pair split: per output vector block, the taps with a non-zero high part first
+        # (two dot calls), then the others (one).
+        need = (packed[1] != 0).any(axis=3)
+        order = np.argsort(~need, axis=2, kind="stable")
+        packed = [np.take_along_axis(p, order[..., None], axis=2) for p in packed]
+        nhi = need.sum(axis=2).astype(np.int64)
+        packed[1] = packed[1][:, :, :max(1, int(nhi.max()))]
+    wbufs = [ctx.const(np.ascontiguousarray(p), f"w{k}") for k, p in enumerate(packed)]
 
     def per_channel(v: np.ndarray, dtype) -> np.ndarray:
         p = np.zeros((groups, ocb * vt), dtype)
@@ -161,19 +188,25 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     bias_total = (np.zeros(oc, np.int64) if bias is None else bias) - comp
     bp = per_channel(bias_total, np.int32)
     mult = per_channel(mult_oc, np.float32)
-    psp = xp.shape[2:]
-    pstride = [int(np.prod(psp[d + 1:])) for d in range(nd)]
+    psp = xp.shape[2:2 + nd]
+    pstride = [int(np.prod(psp[d + 1:])) * ws for d in range(nd)]
     plane = int(np.prod(psp))
-    offs = tap_offsets(psp, ks, win.dilations, planes)
+    if in_blocked:      # word q of a pixel: block q // ws, word q % ws of the block's pixel
+        q = np.arange(planes).reshape((planes,) + (1,) * nd)
+        offs = tap_offsets(psp, ks, win.dilations, 1) * ws + (q // ws) * (plane * ws) + q % ws
+    else:
+        offs = tap_offsets(psp, ks, win.dilations, planes)
     bbuf, mbuf = ctx.const(bp, "b"), ctx.const(mult, "m")
-    obuf = ctx.const(offs.reshape(-1), "off")
+    obuf = ctx.const(offs.reshape(-1) if order is None else offs.reshape(-1)[order], "off")
+    hbuf = ctx.const(nhi, "nhi") if nhi is not None else None
     xflat = Buffer("x", I32, (int(np.prod(xp.shape)),))
     ctx.binding[id(xflat)] = ctx.binding[id(xp)]
     oshape = g.types[out].shape
-    osp = oshape[2:]
+    osp = oshape[2:-1] if block else oshape[2:]
     npix = int(np.prod(osp))
-    ybuf = ctx.value(out, (oshape[0], oc, npix), "y")
-    zbuf = ctx.value(residual, (oshape[0], oc, npix), "z") if residual else None
+    yshape = (oshape[0], oshape[1], npix, block) if block else (oshape[0], oc, npix)
+    ybuf = ctx.value(out, yshape, "y")
+    zbuf = ctx.value(residual, yshape, "z") if residual else None
     regs = ctx.vector_registers
     if dot is None:
         r_tile = min(npix, max(1, (regs - 4) // (vt // lanes)))
@@ -185,13 +218,25 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     n, gv, ob, pb = Var("n"), Var("g"), Var("ob"), Var("pb")
 
     def base(p: Expr) -> Expr:
-        e: Expr = (n * xp.shape[1] + gv * planes) * plane
+        # NCHW packing: G * C4 planes of words; blocked: CB planes of pixels of ws words.
+        e: Expr = n * (xp.shape[1] * plane * ws) if in_blocked else \
+            (n * xp.shape[1] + gv * planes) * plane
         rest = p
         for d in reversed(range(nd)):
             od = rest % osp[d] if d else rest
             rest = rest // osp[d]
             e = e + od * (win.strides[d] * pstride[d])
         return e
+
+    def blocked_store(blk: Expr, first: int, p: Expr, acc: Buffer, r3: Var, tag: str) -> Stmt:
+        """The block ``blk`` of output pixel p: accumulator lanes first.. first + block."""
+        j = Var(f"j{tag}")
+        z = zbuf[n, blk, p, j] if zbuf is not None else None
+        st_: Stmt = For(j, block, Store(ybuf, (n, blk, p, j), epilogue(
+            acc[r3, first + j], mbuf[gv, ob * vt + first + j], z)), "vectorized")
+        if first and ocb * vt > oshape[1] * block:
+            st_ = If(blk < oshape[1], st_)
+        return st_
 
     def tile(p0: Expr, rr: int, tag: str) -> Stmt:
         acc = Buffer(f"acc{tag}", I32, (rr, vt), "local")
@@ -200,10 +245,25 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         init = For(r, rr, For(v, vt, Store(acc, (r, v), bbuf[gv, ob * vt + v]), "vectorized"),
                    "unrolled")
         bases = [base(p0 + k) for k in range(rr)]
-        upd = [For(v2, vt, Store(acc, (k, v2), update(acc[k, v2], xflat[bases[k] + o],
-                                                      [w[gv, ob, t, v2] for w in wbufs])),
-                   "vectorized") for k in range(rr)]
-        red = For(t, taps, Let(o, obuf[t], seq(*upd)))
+
+        def upd(t: Var, o: Var, v2: Var, ws: list) -> Stmt:
+            return seq(*[For(v2, vt, Store(acc, (k, v2), update(
+                acc[k, v2], xflat[bases[k] + o], [w[gv, ob, t, v2] for w in ws])), "vectorized")
+                for k in range(rr)])
+        if hbuf is None:
+            red = For(t, taps, Let(o, obuf[t], upd(t, o, v2, wbufs)))
+        else:
+            t2, o2, v4 = Var(f"t2{tag}"), Var(f"o2{tag}"), Var(f"v4{tag}")
+            nh = hbuf[gv, ob]
+            red = seq(For(t, nh, Let(o, obuf[gv, ob, t], upd(t, o, v2, wbufs))),
+                      For(t2, Const(taps) - nh, Let(o2, obuf[gv, ob, t2], upd(t2, o2, v4,
+                                                                            wbufs[:1])),
+                          start=nh))
+        if block:
+            epi = For(r3, rr, seq(*[blocked_store(ob * (vt // block) + k, k * block, p0 + r3,
+                                                  acc, r3, f"{tag}_{k}")
+                                    for k in range(vt // block)]), "unrolled")
+            return Allocate(acc, seq(init, red, epi))
         chan = gv * ocg + ob * vt + v3
         z = None
         if zbuf is not None:
@@ -219,7 +279,8 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     if rest:
         inner = If(pb < full, inner, tile(Const(npix - rest), rest, "t"))
     body = For(n, oshape[0], For(gv, groups, For(ob, ocb, For(pb, full + (rest > 0), inner))))
-    params = [ybuf, xflat, *wbufs, bbuf, mbuf, obuf] + ([zbuf] if zbuf is not None else [])
+    params = [ybuf, xflat, *wbufs, bbuf, mbuf, obuf] + ([zbuf] if zbuf is not None else []) \
+        + ([hbuf] if hbuf is not None else [])
     k = Kernel(node.name, params, body)
     ctx.emit(parallel_outer(k, ["n", "g", "ob", "pb"], ctx, int(np.prod(oshape)) * taps))
 
@@ -270,4 +331,4 @@ def _depthwise(ctx: LowerCtx, node: Node, xp: Buffer, wz: np.ndarray, bias: np.n
                             ctx, int(np.prod(oshape)) * int(np.prod(ks))))
 
 
-INT8_CONV_RULES = {"QLinearConv": lower_qconv, "QConv": lower_qconv}
+INT8_CONV_RULES = {"QLinearConv": lower_qconv, "QConv": lower_qconv, "QConvNCHWc": lower_qconv}

@@ -7,10 +7,11 @@ padded scratch buffer [N, G * C4, H + pads, W + pads, 4] of bytes (C4 = ceil(C/G
 missing channels hold the zero point). Weights w' = w - w_zero_point must fit int8; they are
 packed [O, C4, k...] as words of 4 bytes (missing channels 0). Since sum (x - zx) w' =
 sum x w' - zx sum w', the bias absorbs zx * sum w' at compile time.
-AVX2 without VNNI: vpmaddubsw sums two u8 x s8 products into int16 with saturation; a weight
-outside [-64, 64] could saturate, so such weights are split exactly as w' = lo + hi with
-lo = clip(w', -64, 64) and hi = w' - lo (both in [-64, 64]) and each word gets two dot
-calls (one with 7-bit weights, the fast case, e.g. models quantized with --reduce-range).
+AVX2 without VNNI: vpmaddubsw sums two u8 x s8 products into int16 with saturation; a pair
+of weights with |w0| + |w1| > 128 could saturate, so such pairs are split exactly as
+w' = lo + hi with lo = clip(w', -64, 64) and hi = w' - lo (pair_split) and a word with a
+non-zero high part gets two dot calls; the convs run those taps first, then the rest with one
+call (7-bit weights, e.g. models quantized with --reduce-range, never need the second).
 The instruction path comes from the Target (its VNNI level and lanes), never from the host.
 """
 from __future__ import annotations
@@ -21,33 +22,23 @@ from cnncc.ir import DType, Node
 from cnncc.ir.loop import (And, Buffer, Call, Cast, Cmp, Const, Expr, For, If, Kernel, Select,
                            Store, Var, seq)
 
+from cnncc.ir.ops.quant_blocked import compensation, dot4_fits, shifted_zero_point
+
 from .context import LowerCtx
 from .cpu_schedule import parallel_outer
+from .layout_nchwc import padded_blocked
 
 I32, U8 = DType.int32, DType.uint8
 AVX2_SAFE = 64          # |w| <= 64: 2 * 255 * 64 < 2^15, vpmaddubsw cannot saturate
-
-
-def shifted_zero_point(x_dtype: DType, x_zp: int) -> int:
-    """The input zero point once int8 inputs are shifted to uint8."""
-    return x_zp + (128 if x_dtype is DType.int8 else 0)
-
-
-def compensation(wz: np.ndarray, zx: int) -> np.ndarray:
-    """zx * sum of each output channel's weights (int64): what the bias absorbs."""
-    return zx * wz.reshape(wz.shape[0], -1).astype(np.int64).sum(axis=1)
+AVX2_PAIR = 128         # |w0| + |w1| <= 128: 255 * 128 < 2^15, neither can the pair's sum
 
 
 def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int, bias: np.ndarray,
              zx: int) -> str | None:
     """The dot4 function for this conv on ctx's Target, or None for the plain int32 path
-    (GPU, fewer than 3 input or 8 output channels per group, weights beyond int8, or a bias
-    that would leave int32 once it absorbs the zero point)."""
+    (GPU, or weights the dot products cannot take: ir/ops/quant_blocked.dot4_fits)."""
     t = ctx.target
-    if ctx.gpu or t is None or icg < 3 or ocg < 8 or wz.min() < -128 or wz.max() > 127:
-        return None
-    total = bias - compensation(wz, zx)
-    if total.min(initial=0) < -2**31 or total.max(initial=0) >= 2**31:
+    if ctx.gpu or t is None or not dot4_fits(wz, icg, ocg, bias, zx):
         return None
     if t.vnni and ctx.lanes in (8, 16):
         return "dot4_u8s8_vnni"
@@ -66,35 +57,63 @@ def words(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(moved).view(np.int32).reshape((o, c4) + w.shape[2:])
 
 
-def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int, wz: np.ndarray,
-             vt: int, fn: str):
-    """(int32 word view of the packed input [N, G*C4, Hp, Wp], C4, weight word arrays,
-    per-channel compensation zx' * sum w', the accumulator update)."""
-    g = ctx.graph
-    shape = g.types[x].shape
-    zx = shifted_zero_point(g.types[x].dtype, x_zp)
-    shift = zx - x_zp
-    icg = shape[1] // groups
-    c4 = -(-icg // 4)
-    pshape = tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
-    xb = ctx.temp(U8, (shape[0], groups * c4) + pshape + (4,), "xb")
-    xin = ctx.value(x, bname="x")
-    pack_input(ctx, node, xb, xin, win, groups, c4, shift, zx)
-    view = Buffer("x", I32, (shape[0], groups * c4) + pshape)
-    ctx.binding[id(view)] = ctx.binding[id(xb)]
-    comp = compensation(wz, zx)
-    if fn == "dot4_u8s8_avx2" and np.abs(wz).max(initial=0) > AVX2_SAFE:
-        lo = np.clip(wz, -AVX2_SAFE, AVX2_SAFE)
-        parts = [lo, wz - lo]
-    else:
-        parts = [wz]
+def pair_split(wz: np.ndarray) -> list[np.ndarray]:
+    """[w'] when every pair of weights that vpmaddubsw sums (channels 4q + 2i, 4q + 2i + 1 of
+    one output channel and tap) has |w0| + |w1| <= 128 (then 255 * 128 < 2^15: no saturation),
+    else [lo, hi] with w' = lo + hi exactly: lo = w' on such pairs and clip(w', -64, 64) on the
+    others, hi = w' - lo (0 on the safe pairs), both within the bound."""
+    o, c = wz.shape[:2]
+    c4 = -(-c // 4)
+    w = np.zeros((o, c4 * 4) + wz.shape[2:], np.int32)
+    w[:, :c] = wz
+    a = np.abs(w).reshape((o, c4, 2, 2) + wz.shape[2:])
+    safe = np.repeat(a.sum(axis=3) <= AVX2_PAIR, 2, axis=2).reshape(w.shape)
+    if safe.all():
+        return [wz]
+    lo = np.where(safe, w, np.clip(w, -AVX2_SAFE, AVX2_SAFE))
+    return [lo[:, :c], (w - lo)[:, :c]]
+
+
+def dot_weights(wz: np.ndarray, zx: int, fn: str):
+    """(weight word arrays, per-channel compensation zx * sum w', the accumulator update): one
+    word array, or on AVX2 the two of pair_split (a word whose high part is zero across a
+    kernel's output vector needs one dot call: cnncc/lower/conv_int8.py orders its taps)."""
+    parts = pair_split(wz) if fn.endswith("_avx2") else [wz]
     wps = [words(p.astype(np.int8)) for p in parts]
 
     def update(acc: Expr, xv: Expr, ws: list) -> Expr:
         for w in ws:
             acc = Call(fn, (acc, xv, w), I32)
         return acc
-    return view, c4, wps, comp, update
+    return wps, compensation(wz, zx), update
+
+
+def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int) -> tuple:
+    """(int32 word view of the packed NCHW input [N, G*C4, Hp, Wp], C4)."""
+    g = ctx.graph
+    shape = g.types[x].shape
+    zx = shifted_zero_point(g.types[x].dtype, x_zp)
+    icg = shape[1] // groups
+    c4 = -(-icg // 4)
+    pshape = tuple(s + win.begin(d) + win.end(d) for d, s in enumerate(shape[2:]))
+    xb = ctx.temp(U8, (shape[0], groups * c4) + pshape + (4,), "xb")
+    xin = ctx.value(x, bname="x")
+    pack_input(ctx, node, xb, xin, win, groups, c4, zx - x_zp, zx)
+    view = Buffer("x", I32, (shape[0], groups * c4) + pshape)
+    ctx.binding[id(view)] = ctx.binding[id(xb)]
+    return view, c4
+
+
+def blocked_words(ctx: LowerCtx, node: Node, x: str, x_zp: int, win) -> Buffer:
+    """The blocked uint8 input [N, CB, H, W, c] as int32 words [N, CB, Hp, Wp, c / 4] (4
+    channels of a pixel per word), padded with its zero point where the window pads (a
+    contiguous row copy), else read in place."""
+    xb = ctx.value(x, bname="x")
+    xp = padded_blocked(ctx, node.name, xb, (win.begin(0), win.begin(1)),
+                        (win.end(0), win.end(1)), fill=x_zp)
+    view = Buffer("xw", I32, xp.shape[:-1] + (xp.shape[-1] // 4,))
+    ctx.binding[id(view)] = ctx.binding[id(xp)]
+    return view
 
 
 def pack_input(ctx: LowerCtx, node: Node, xb: Buffer, xin: Buffer, win, groups: int, c4: int,

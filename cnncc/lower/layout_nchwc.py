@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, Expr, F32, For, If, Kernel,
+from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, Expr, For, If, Kernel,
                            Stmt, Store, Var, nan_max, seq)
 from cnncc.ir.ops import OP_TABLE
 from cnncc.ir.ops.layout import pool_of
@@ -31,9 +31,10 @@ NEG_INF = float("-inf")
 
 
 def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
-                   end: tuple[int, int]) -> Buffer:
+                   end: tuple[int, int], fill: float = 0.0) -> Buffer:
     """``x`` [N, CB, H, W, c] copied into a scratch [N, CB, H + pads, W + pads, c] whose pad
-    pixels hold 0; ``x`` itself when there is no padding.
+    pixels hold ``fill`` (0; a quantized conv's input zero point); ``x`` itself when there is
+    no padding.
 
     Each padded row is written once: pad rows whole, interior rows as left fill + the row
     (W * c contiguous floats) + right fill, all as vectors."""
@@ -41,12 +42,12 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
         return x
     nb, cb, h, w, c = x.shape
     hp, wp = h + begin[0] + end[0], w + begin[1] + end[1]
-    xp = ctx.temp(DType.float32, (nb, cb, hp, wp * c), "xp")
+    xp = ctx.temp(x.dtype, (nb, cb, hp, wp * c), "xp")
     src = Buffer(x.name, x.dtype, (nb, cb, h, w * c))
     ctx.binding[id(src)] = ctx.binding[id(x)]
     n, b, r = Var("n"), Var("cb"), Var("r")
     fl, e, fr, fa = Var("fl"), Var("e"), Var("fr"), Var("fa")
-    fv = Const(0.0, F32)
+    fv = Const(fill, x.dtype)
     left, width = begin[1] * c, w * c
     interior = seq(For(fl, left, Store(xp, (n, b, r, fl), fv)),
                    For(e, width, Store(xp, (n, b, r, e + left), src[n, b, r - begin[0], e])),
@@ -59,7 +60,7 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
         if ext >= ctx.lanes:
             sch.vectorize(sch.split(loop, ctx.lanes, mode="tail")[1])
     ctx.emit(parallel_outer(sch.kernel, ["n", "cb", "r"], ctx, xp.size))
-    view = Buffer("xp", DType.float32, (nb, cb, hp, wp, c))
+    view = Buffer("xp", x.dtype, (nb, cb, hp, wp, c))
     ctx.binding[id(view)] = ctx.binding[id(xp)]
     return view
 
@@ -70,11 +71,18 @@ def _float32(ctx: LowerCtx, node: Node) -> None:
             raise unsupported(node, "only float32 is lowered")
 
 
+def _float32_or_bytes(ctx: LowerCtx, node: Node) -> None:
+    """The layout changes move float32 values or the 8-bit activations of the quantized convs."""
+    for v in list(node.inputs) + list(node.outputs):
+        if v and ctx.graph.types[v].dtype not in (DType.float32, DType.uint8, DType.int8):
+            raise unsupported(node, "only float32, uint8 and int8 are lowered")
+
+
 def lower_to_nchwc(ctx: LowerCtx, node: Node) -> None:
     """Y[n, cb, h, w, j] = X[n, cb*c + j, h, w] (0 for the padding channels): rows of X read as
     vectors along w, each channel's lane of the blocked pixels written one by one; the padding
     channels of the last block are a separate loop of zero stores."""
-    _float32(ctx, node)
+    _float32_or_bytes(ctx, node)
     x, y = ctx.value(node.inputs[0], bname="x"), ctx.value(node.outputs[0], bname="y")
     nb, ch, h, w = x.shape
     c = y.shape[-1]
@@ -87,7 +95,7 @@ def lower_to_nchwc(ctx: LowerCtx, node: Node) -> None:
         parts.append(For(jt, rem, For(pt, w, Store(y, (n, full, r, pt, jt),
                                                    x[n, full * c + jt, r, pt]))))
         parts.append(For(jz, c - rem, For(pz, w, Store(y, (n, full, r, pz, jz + rem),
-                                                       Const(0.0, F32)))))
+                                                       Const(0, y.dtype)))))
     sch = Schedule(Kernel(node.name, [y, x], For(n, nb, For(r, h, seq(*parts)))))
     if w >= ctx.lanes:
         for loop in ("w", "wt", "wz")[:1 + 2 * (rem > 0)]:
@@ -97,7 +105,7 @@ def lower_to_nchwc(ctx: LowerCtx, node: Node) -> None:
 
 def lower_from_nchwc(ctx: LowerCtx, node: Node) -> None:
     """Y[n, ch, h, w] = X[n, ch // c, h, w, ch % c], the padding channels dropped."""
-    _float32(ctx, node)
+    _float32_or_bytes(ctx, node)
     x, y = ctx.value(node.inputs[0], bname="x"), ctx.value(node.outputs[0], bname="y")
     nb, cb, h, w, c = x.shape
     ch = y.shape[1]
@@ -165,10 +173,13 @@ def lower_pool_nchwc(ctx: LowerCtx, node: Node) -> None:
     """MaxPool / AveragePool on NCHWc, reading the unpadded input (memory-bound: no padded
     copy): per output row the valid kh range from compile-time tables; the interior columns in
     tiles of R pixels x c channels in registers, each border column on its own with its valid
-    kw taps. Average divides by a compile-time table of window sizes per output pixel."""
-    _float32(ctx, node)
+    kw taps. Average divides by a compile-time table of window sizes per output pixel. MaxPool
+    also takes the 8-bit activations of a quantized region (alter_layout_int8)."""
     g = ctx.graph
     kind = op_context(g, node)["kind"]
+    dt = g.types[node.inputs[0]].dtype
+    if kind != "MaxPool" or dt not in (DType.uint8, DType.int8):
+        _float32(ctx, node)
     plain = pool_of(node)
     if kind == "MaxPool":
         plain.attrs.pop("count_include_pad", None)
@@ -201,10 +212,11 @@ def lower_pool_nchwc(ctx: LowerCtx, node: Node) -> None:
     n, b, o, t, kh = Var("n"), Var("cb"), Var("oh"), Var("t"), Var("kh")
 
     def tile(ow0: Expr, width: int, taps: list[int], tag: str) -> Stmt:
-        acc = Buffer(f"acc{tag}", DType.float32, (width, c), "local")
+        acc = Buffer(f"acc{tag}", dt, (width, c), "local")
         r, v, r2, v2, r3, v3 = (Var(f"{q}{tag}") for q in ("r", "v", "r2", "v2", "r3", "v3"))
-        init = For(r, width, For(v, c, Store(acc, (r, v), Const(NEG_INF if is_max else 0.0,
-                                                                F32)), "vectorized"), "unrolled")
+        lowest = NEG_INF if dt.is_float else int(np.iinfo(dt.np).min)
+        init = For(r, width, For(v, c, Store(acc, (r, v), Const(lowest if is_max else 0.0, dt)),
+                                 "vectorized"), "unrolled")
         upd = []
         for kw in taps:
             xv = xin[n, b, o * sh + (kh * dh + xh - pt), (ow0 + r2) * sw + (kw * dw + xw - pl),

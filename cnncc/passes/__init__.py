@@ -28,6 +28,7 @@ from .fuse_quantized import fuse_quantized
 from .fuse_quantized_ops import fuse_quantized_ops
 from .fold_dequantized import fold_dequantized
 from .alter_layout_nchwc import alter_layout_nchwc
+from .alter_layout_int8 import alter_layout_int8
 from .depthwise_separable import depthwise_separable
 from .fuse_channel_scale import fuse_channel_scale
 from .fuse_prologue import fuse_prologue
@@ -71,6 +72,8 @@ PIPELINE: list[Pass] = [
     Pass("fuse_epilogue", fuse_epilogue, 1),
     # After the epilogues are fused: a FusedConv becomes one blocked conv, residual included.
     Pass("alter_layout_nchwc", alter_layout_nchwc, 2),
+    # The quantized convs (which the float pass leaves alone) on blocked 8-bit activations.
+    Pass("alter_layout_int8", alter_layout_int8, 2),
     # On blocked convs: a depthwise conv and the 1x1 conv reading it become one kernel.
     Pass("depthwise_separable", depthwise_separable, 3),
     # On blocked convs, after depthwise_separable: a BN + ReLU goes into the conv reading it.

@@ -7,7 +7,7 @@ from . import resize, scatter  # noqa: F401
 from . import conv, conv_transpose, deform_conv, pool, norm  # noqa: F401
 from . import fused, layout  # noqa: F401
 from . import dwpw, channel_norm, channel_gather, quant, quant_gemm  # noqa: F401
-from . import quant_pool  # noqa: F401
+from . import quant_pool, quant_blocked  # noqa: F401
 from . import catalogue  # noqa: F401
 
 __all__ = ["OP_TABLE", "REQUIRED", "Attr", "OpContext", "OpDef", "broadcast_shapes", "get_op",

@@ -1,0 +1,209 @@
+"""alter_layout_int8: quantized convs run on blocked 8-bit activations (NCHW{c}c bytes).
+
+c is the target's vector width in 32-bit lanes (16 with AVX-512, 8 with AVX2): the conv's
+accumulators are int32 vectors of c output channels, so its epilogue stores the c bytes of one
+pixel at once, and the next conv's dot product reads 4 input channels of a pixel as one 32-bit
+word (c / 4 words per pixel) without repacking (ir/ops/quant_blocked.py defines the op):
+
+    QConv(X, ..., R?, ...)   ==>  QConvNCHWc(Xb, ..., Rb?, ...; block=c)      X uint8, 2-D;
+                                  group 1 with weights the dot products take (dot4_fits),
+                                  or depthwise
+    QConv(X, ...)            ==>  QConvNCHWc(X, ...; block=c, in_layout=NCHW)  (<= 4 input
+                                  channels: a stem reading the quantized image)
+    Q(MaxPool(DQ(X)))        ==>  PoolNCHWc(Xb; kind=MaxPool)    (the same per-tensor scale and
+                                  zero point at both ends: max commutes with the monotone
+                                  (de)quantization and Q(DQ(v)) = v, so the pool of the bytes
+                                  is exact)
+    MaxPool(X)               ==>  PoolNCHWc(Xb; kind=MaxPool)    (X uint8 and blocked: the 8-bit
+                                  pool fuse_quantized_ops made of such a chain)
+
+Any other consumer of X (and a graph output X) reads FromNCHWc(Xb), made once, right before its
+first such consumer; a QConv reading a value that exists only in NCHW gets ToNCHWc(X), made
+once. So between quantized convs nothing is converted: the layout changes only at the edges of
+a region. Runs after alter_layout_nchwc (which leaves QConv and 8-bit values alone), for CPU
+targets (llvm, and reference for `cnncc verify`); GPU targets keep NCHW.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnncc.ir import DType, Graph, Node
+from cnncc.ir.ops import OP_TABLE, infer_node
+from cnncc.ir.ops.quant_blocked import dot4_fits, shifted_zero_point, weights_minus_zero_point
+from cnncc.ir.ops.registry import resolve_attrs
+
+from .alter_layout_nchwc import GPU_TARGETS, STEM_MAX_CHANNELS
+
+
+def _blockable(g: Graph, node: Node) -> str | None:
+    """The input layout a QConv keeps when blocked ("NCHWc", or "NCHW" for a stem), or None
+    when it stays an NCHW QConv."""
+    if node.op != "QConv" or any(i and i not in g.params for i in node.inputs[1:9]) \
+            or any(i and i not in g.params for i in node.inputs[10:]):
+        return None
+    x, wq = node.inputs[0], g.params[node.inputs[3]]
+    xt = g.types[x]
+    if xt.rank != 4 or wq.ndim != 4:
+        return None
+    group = resolve_attrs(OP_TABLE["QConv"], node)["group"]
+    oc, icg = wq.shape[:2]
+    ic = icg * group
+    if icg == 1 and group == oc == ic:
+        return "NCHWc" if xt.dtype is DType.uint8 else None
+    if group != 1:
+        return None
+    x_zp = int(g.params[node.inputs[2]].reshape(-1)[0])
+    wz = weights_minus_zero_point(wq, g.params[node.inputs[5]])
+    bias = g.params[node.inputs[8]].astype(np.int64) if len(node.inputs) > 8 and node.inputs[8] \
+        else np.zeros(oc, np.int64)
+    if not dot4_fits(wz, icg, oc, bias, shifted_zero_point(xt.dtype, x_zp)):
+        return None
+    if ic <= STEM_MAX_CHANNELS:
+        return "NCHW"
+    return "NCHWc" if xt.dtype is DType.uint8 else None
+
+
+def _same_quantization(g: Graph, dq: Node, q: Node) -> bool:
+    """DQ and Q with the same constant per-tensor scale and zero point (values and type)."""
+    def params(n: Node):
+        zp = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else ""
+        if n.inputs[1] not in g.params or (zp and zp not in g.params):
+            return None
+        scale = g.params[n.inputs[1]]
+        return (scale.reshape(-1), g.params[zp].reshape(-1) if zp else None)
+    a, b = params(dq), params(q)
+    if a is None or b is None or a[0].size != 1 or not np.array_equal(a[0], b[0]):
+        return False
+    if a[1] is None or b[1] is None:     # a missing zero point is uint8 0
+        za = a[1] if a[1] is not None else np.zeros(1, np.uint8)
+        zb = b[1] if b[1] is not None else np.zeros(1, np.uint8)
+    else:
+        za, zb = a[1], b[1]
+    return za.dtype == zb.dtype == g.types[dq.inputs[0]].dtype.np and np.array_equal(za, zb)
+
+
+class _Rewriter:
+    def __init__(self, graph: Graph, block: int):
+        self.g = graph
+        self.block = block
+        self.nodes: list[Node] = []
+        self.types = dict(graph.types)
+        self.blocked: dict[str, str] = {}     # NCHW value -> its blocked twin
+        self.available: set[str] = set(graph.inputs) | set(graph.params)
+        self.names = {n.name for n in graph.nodes}
+        self.values = set(graph.types) | set(graph.params) | set(graph.inputs)
+
+    def fresh(self, base: str, used: set[str]) -> str:
+        name, i = base, 1
+        while name in used:
+            name, i = f"{base}_{i}", i + 1
+        used.add(name)
+        return name
+
+    def emit(self, node: Node) -> None:
+        for out, t in zip(node.outputs, infer_node(node, self.types, self.g.params)):
+            self.types[out] = t
+        self.nodes.append(node)
+        self.available.update(o for o in node.outputs if o)
+
+    def to_blocked(self, v: str) -> str:
+        if v not in self.blocked:
+            out = self.fresh(f"{v}_nchwc", self.values)
+            self.emit(Node("ToNCHWc", [v], [out], {"block": self.block},
+                           self.fresh(f"{v}_to_nchwc", self.names)))
+            self.blocked[v] = out
+        return self.blocked[v]
+
+    def need_nchw(self, v: str) -> None:
+        if not v or v in self.available:
+            return
+        self.emit(Node("FromNCHWc", [self.blocked[v]], [v],
+                       {"channels": self.g.types[v].shape[1]},
+                       self.fresh(f"{v}_from_nchwc", self.names)))
+
+    def byte_pools(self) -> dict[int, tuple[Node, Node, Node]]:
+        """id of each node of a Q(MaxPool(DQ(x))) chain that may pool bytes -> the chain."""
+        g, users, prod = self.g, self.g.users(), self.g.producers()
+        chains = {}
+        for pool in g.nodes:
+            if pool.op != "MaxPool" or len([o for o in pool.outputs if o]) != 1 \
+                    or g.types[pool.outputs[0]].rank != 4:
+                continue
+            dq, use = prod.get(pool.inputs[0]), users.get(pool.outputs[0], [])
+            q = use[0] if len(use) == 1 else None
+            if dq is None or q is None or dq.op != "DequantizeLinear" or q.op != "QuantizeLinear" \
+                    or len(users.get(dq.outputs[0], [])) != 1 \
+                    or {dq.outputs[0], pool.outputs[0]} & set(g.outputs) \
+                    or not _same_quantization(g, dq, q):
+                continue
+            for n in (dq, pool, q):
+                chains[id(n)] = (dq, pool, q)
+        return chains
+
+    def byte_pool(self, node: Node) -> bool:
+        """A MaxPool on blocked uint8 values (fuse_quantized_ops made the 8-bit pool): pools the
+        blocked bytes."""
+        x = node.inputs[0] if node.inputs else ""
+        if node.op != "MaxPool" or x not in self.blocked or len(node.outputs) != 1 \
+                or self.g.types[x].dtype is not DType.uint8 or self.g.types[x].rank != 4:
+            return False
+        attrs = {k: v for k, v in node.attrs.items() if k != "storage_order"}
+        out = node.outputs[0]
+        self.blocked[out] = self.fresh(f"{out}_nchwc", self.values)
+        self.emit(Node("PoolNCHWc", [self.blocked[x]], [self.blocked[out]],
+                       dict(attrs, kind="MaxPool"), node.name, node.origin))
+        return True
+
+    def run(self) -> Graph:
+        pools = self.byte_pools()
+        taken: set[int] = set()             # chains whose x was blocked when their DQ came
+        for node in self.g.nodes:
+            chain = pools.get(id(node))
+            if chain is not None and (id(chain[0]) in taken or (
+                    node is chain[0] and node.inputs[0] in self.blocked)):
+                taken.add(id(chain[0]))
+                if node is chain[2]:
+                    dq, pool, q = chain
+                    attrs = {k: v for k, v in pool.attrs.items() if k != "storage_order"}
+                    out = self.fresh(f"{q.outputs[0]}_nchwc", self.values)
+                    self.blocked[q.outputs[0]] = out
+                    self.emit(Node("PoolNCHWc", [self.blocked[dq.inputs[0]]], [out],
+                                   dict(attrs, kind="MaxPool"), pool.name,
+                                   tuple(s for n in chain for s in n.origin)))
+                continue
+            if self.byte_pool(node):
+                continue
+            layout = _blockable(self.g, node)
+            if layout is None:
+                for v in node.inputs:
+                    self.need_nchw(v)
+                self.nodes.append(node)
+                self.available.update(o for o in node.outputs if o)
+                continue
+            ins = list(node.inputs)
+            if layout == "NCHW":
+                self.need_nchw(ins[0])
+            else:
+                ins[0] = self.to_blocked(ins[0])
+            if len(ins) > 9 and ins[9]:
+                ins[9] = self.to_blocked(ins[9])
+            out = node.outputs[0]
+            self.blocked[out] = self.fresh(f"{out}_nchwc", self.values)
+            attrs = dict(node.attrs, block=self.block, in_layout=layout)
+            self.emit(Node("QConvNCHWc", ins, [self.blocked[out]], attrs, node.name,
+                           node.origin))
+        for v in self.g.outputs:
+            self.need_nchw(v)
+        live = set(self.g.inputs) | set(self.g.params) | \
+            {o for n in self.nodes for o in n.outputs if o}
+        types = {k: t for k, t in self.types.items() if k in live}
+        return Graph(self.g.name, self.nodes, list(self.g.inputs), list(self.g.outputs),
+                     dict(self.g.params), types)
+
+
+def alter_layout_int8(graph: Graph, ctx=None) -> Graph:
+    machine = getattr(ctx, "machine", None)
+    if getattr(ctx, "target", "llvm") in GPU_TARGETS or machine is None \
+            or not any(_blockable(graph, n) for n in graph.nodes):
+        return graph
+    return _Rewriter(graph, machine.lanes).run()

@@ -23,6 +23,12 @@ SUMMARY_MODULES = ("test_onnx_node",)
 # the tests check numbers, not speed, so their workers sleep at once. tests/test_target.py
 # checks the default itself, in child processes without this setting.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The same for numpy's OpenBLAS (the reference interpreter's matmuls and convs): with a thread
+# per core in each of the two test processes, its threads wait for each other by spinning, and
+# the oracle's many small float64 products took 10-100x longer (a [1,16,16,96] @ [96,384]
+# MatMul 0.47 s instead of 5 ms on the loaded machine). Read when numpy is first imported,
+# which is after this file (and the xdist workers inherit it).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

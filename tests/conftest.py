@@ -51,6 +51,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 terminalreporter.write_line(line)
 
 
+@pytest.hookimpl(trylast=True)      # after pytest-xdist's own hook (it names the groups)
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``xdist_group`` run first, on the worker their group's other tests run on.
+
+    Under the README's command (--dist loadgroup) a group is one unit of work for one worker
+    (the cuda-emu node tests share the programs built for them, the ray tests a Ray runtime,
+    the tune tests a cache, a zoo net's targets its onnxruntime result). pytest-xdist 3.8 marks
+    an item's group by appending "@group" to ``item._nodeid``, which pytest 9 no longer reads
+    (the node id lives in ``item._id``): every group was silently spread over both workers.
+    The suffix is added here when xdist's did not take. Groups are handed out in collection
+    order like single tests; collected last (as test_zoo's are), the longest units left one
+    worker running alone at the end, so they go first (a stable sort: the order within groups
+    and among the other tests is kept)."""
+    if getattr(config.option, "loadgroup", False):     # set in xdist workers
+        for item in items:
+            names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                            for m in item.iter_markers("xdist_group")})
+            node_id = getattr(item, "_id", None)
+            if names and "@" not in item.nodeid and node_id is not None:
+                item._id = type(node_id).parse(f"{item.nodeid}@{'_'.join(names)}")
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+
+
 def pytest_addoption(parser):
     parser.addoption("--fuzz-long", action="store_true",
                      help="differential fuzzing with 5000 random graphs (default: 150; "

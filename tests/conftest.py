@@ -69,7 +69,7 @@ def pytest_collection_modifyitems(config, items):
             names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
                             for m in item.iter_markers("xdist_group")})
             node_id = getattr(item, "_id", None)
-            if names and "@" not in item.nodeid and node_id is not None:
+            if names and "@" not in item.nodeid and hasattr(node_id, "parse"):
                 item._id = type(node_id).parse(f"{item.nodeid}@{'_'.join(names)}")
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 

@@ -118,35 +118,50 @@ class Builder:
 
 def match(graph: Graph, node: Node, pattern: Op, producers: dict[str, Node],
           users: dict[str, list[Node]]) -> Match | None:
-    m = Match(root=node)
-    outputs = set(graph.outputs)
+    return _Matcher(graph, producers, users, Match(root=node)).run(node, pattern)
 
-    def value(name: str, pat: Pattern, interior_ok: bool) -> bool:
+
+class _Matcher:
+    """One match attempt. A class, not two nested functions calling each other: such closures
+    form a reference cycle holding ``graph`` (and through it every parameter array) until the
+    cyclic garbage collector runs, which kept the imported weights of a large model resident
+    after lowering had released them."""
+
+    def __init__(self, graph: Graph, producers: dict[str, Node], users: dict[str, list[Node]],
+                 m: Match):
+        self.graph, self.producers, self.users, self.m = graph, producers, users, m
+        self.outputs = set(graph.outputs)
+
+    def run(self, node: Node, pattern: Op) -> Match | None:
+        return self.m if self.node_match(node, pattern) else None
+
+    def value(self, name: str, pat: Pattern) -> bool:
+        m = self.m
         if isinstance(pat, Opt):
             if not name:
                 if isinstance(pat.inner, (AnyValue, Param)):
                     m.values[pat.inner.bind] = None
                 return True
-            return value(name, pat.inner, interior_ok)
+            return self.value(name, pat.inner)
         if not name:
             return False
         if isinstance(pat, AnyValue):
             m.values[pat.bind] = name
             return True
         if isinstance(pat, Param):
-            if name not in graph.params:
+            if name not in self.graph.params:
                 return False
             m.values[pat.bind] = name
             return True
-        prod = producers.get(name)
-        if prod is None or len(users.get(name, [])) != 1 or name in outputs:
+        prod = self.producers.get(name)
+        if prod is None or len(self.users.get(name, [])) != 1 or name in self.outputs:
             return False
-        if not node_match(prod, pat):
+        if not self.node_match(prod, pat):
             return False
         m.interior.append(prod)
         return True
 
-    def node_match(n: Node, pat: Op) -> bool:
+    def node_match(self, n: Node, pat: Op) -> bool:
         if n.op not in pat.ops or (pat.where is not None and not pat.where(n)):
             return False
         if len(n.inputs) < len(pat.inputs) and not all(
@@ -155,13 +170,11 @@ def match(graph: Graph, node: Node, pattern: Op, producers: dict[str, Node],
         if pat.exact and len([i for i in n.inputs[len(pat.inputs):] if i]):
             return False
         for i, p in enumerate(pat.inputs):
-            if not value(n.inputs[i] if i < len(n.inputs) else "", p, True):
+            if not self.value(n.inputs[i] if i < len(n.inputs) else "", p):
                 return False
         if pat.bind:
-            m.nodes[pat.bind] = n
+            self.m.nodes[pat.bind] = n
         return True
-
-    return m if node_match(node, pattern) else None
 
 
 def apply_rules(graph: Graph, rules: list[Rule]) -> Graph:

@@ -23,6 +23,12 @@ SUMMARY_MODULES = ("test_onnx_node",)
 # the tests check numbers, not speed, so their workers sleep at once. tests/test_target.py
 # checks the default itself, in child processes without this setting.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The same for numpy's OpenBLAS (the reference interpreter's matmuls and convs): with a thread
+# per core in each of the two test processes, its threads wait for each other by spinning, and
+# the oracle's many small float64 products took 10-100x longer (a [1,16,16,96] @ [96,384]
+# MatMul 0.47 s instead of 5 ms on the loaded machine). Read when numpy is first imported,
+# which is after this file (and the xdist workers inherit it).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -43,6 +49,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_sep("-", f"summary from {name}")
             for line in summary():
                 terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(trylast=True)      # after pytest-xdist's own hook (it names the groups)
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``xdist_group`` run first, on the worker their group's other tests run on.
+
+    Under the README's command (--dist loadgroup) a group is one unit of work for one worker
+    (the cuda-emu node tests share the programs built for them, the ray tests a Ray runtime,
+    the tune tests a cache, a zoo net's targets its onnxruntime result). pytest-xdist 3.8 marks
+    an item's group by appending "@group" to ``item._nodeid``, which pytest 9 no longer reads
+    (the node id lives in ``item._id``): every group was silently spread over both workers.
+    The suffix is added here when xdist's did not take. Groups are handed out in collection
+    order like single tests; collected last (as test_zoo's are), the longest units left one
+    worker running alone at the end, so they go first (a stable sort: the order within groups
+    and among the other tests is kept)."""
+    if getattr(config.option, "loadgroup", False):     # set in xdist workers
+        for item in items:
+            names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                            for m in item.iter_markers("xdist_group")})
+            node_id = getattr(item, "_id", None)
+            if names and "@" not in item.nodeid and hasattr(node_id, "parse"):
+                item._id = type(node_id).parse(f"{item.nodeid}@{'_'.join(names)}")
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
 def pytest_addoption(parser):

@@ -77,8 +77,12 @@ def onnxruntime_result(name: str):
     return net, x, expect
 
 
+# Under pytest-xdist (--dist loadgroup) the targets of one net run on one worker, one after
+# another: onnxruntime_result (export, onnxruntime) runs once per net, not once per worker, and
+# these groups, the suite's longest tests, are scheduled before the single tests.
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(f"zoo-{n}"))
+                                  for n in sorted(zoo.ZOO)])
 def test_zoo_net_matches_onnxruntime(name, target):
     net, x, expect = onnxruntime_result(name)
     assert np.abs(expect).max() > 1e-3           # a non-degenerate output

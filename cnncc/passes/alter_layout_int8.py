@@ -28,11 +28,11 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import DType, Graph, Node
-from cnncc.ir.ops import OP_TABLE, infer_node
+from cnncc.ir.ops import OP_TABLE
 from cnncc.ir.ops.quant_blocked import dot4_fits, shifted_zero_point, weights_minus_zero_point
 from cnncc.ir.ops.registry import resolve_attrs
 
-from .alter_layout_nchwc import GPU_TARGETS, STEM_MAX_CHANNELS
+from .alter_layout_nchwc import GPU_TARGETS, STEM_MAX_CHANNELS, BlockedRewriter
 
 
 def _blockable(g: Graph, node: Node) -> str | None:
@@ -82,44 +82,11 @@ def _same_quantization(g: Graph, dq: Node, q: Node) -> bool:
     return za.dtype == zb.dtype == g.types[dq.inputs[0]].dtype.np and np.array_equal(za, zb)
 
 
-class _Rewriter:
+class _Rewriter(BlockedRewriter):
     def __init__(self, graph: Graph, block: int):
-        self.g = graph
-        self.block = block
-        self.nodes: list[Node] = []
-        self.types = dict(graph.types)
-        self.blocked: dict[str, str] = {}     # NCHW value -> its blocked twin
-        self.available: set[str] = set(graph.inputs) | set(graph.params)
-        self.names = {n.name for n in graph.nodes}
-        self.values = set(graph.types) | set(graph.params) | set(graph.inputs)
-
-    def fresh(self, base: str, used: set[str]) -> str:
-        name, i = base, 1
-        while name in used:
-            name, i = f"{base}_{i}", i + 1
-        used.add(name)
-        return name
-
-    def emit(self, node: Node) -> None:
-        for out, t in zip(node.outputs, infer_node(node, self.types, self.g.params)):
-            self.types[out] = t
-        self.nodes.append(node)
-        self.available.update(o for o in node.outputs if o)
-
-    def to_blocked(self, v: str) -> str:
-        if v not in self.blocked:
-            out = self.fresh(f"{v}_nchwc", self.values)
-            self.emit(Node("ToNCHWc", [v], [out], {"block": self.block},
-                           self.fresh(f"{v}_to_nchwc", self.names)))
-            self.blocked[v] = out
-        return self.blocked[v]
-
-    def need_nchw(self, v: str) -> None:
-        if not v or v in self.available:
-            return
-        self.emit(Node("FromNCHWc", [self.blocked[v]], [v],
-                       {"channels": self.g.types[v].shape[1]},
-                       self.fresh(f"{v}_from_nchwc", self.names)))
+        super().__init__(graph, block)
+        self.pools = self.byte_pools()
+        self.taken: set[int] = set()        # chains whose x was blocked when their DQ came
 
     def byte_pools(self) -> dict[int, tuple[Node, Node, Node]]:
         """id of each node of a Q(MaxPool(DQ(x))) chain that may pool bytes -> the chain."""
@@ -140,65 +107,41 @@ class _Rewriter:
                 chains[id(n)] = (dq, pool, q)
         return chains
 
-    def byte_pool(self, node: Node) -> bool:
-        """A MaxPool on blocked uint8 values (fuse_quantized_ops made the 8-bit pool): pools the
-        blocked bytes."""
-        x = node.inputs[0] if node.inputs else ""
-        if node.op != "MaxPool" or x not in self.blocked or len(node.outputs) != 1 \
-                or self.g.types[x].dtype is not DType.uint8 or self.g.types[x].rank != 4:
-            return False
-        attrs = {k: v for k, v in node.attrs.items() if k != "storage_order"}
-        out = node.outputs[0]
-        self.blocked[out] = self.fresh(f"{out}_nchwc", self.values)
-        self.emit(Node("PoolNCHWc", [self.blocked[x]], [self.blocked[out]],
-                       dict(attrs, kind="MaxPool"), node.name, node.origin))
-        return True
+    def pool_bytes(self, x: str, pool: Node, last: Node, sources: tuple[str, ...]) -> None:
+        """PoolNCHWc on the blocked bytes of ``x`` for MaxPool ``pool``, giving ``last``'s
+        output."""
+        attrs = {k: v for k, v in pool.attrs.items() if k != "storage_order"}
+        self.emit("PoolNCHWc", [self.blocked[x]], dict(attrs, kind="MaxPool"), pool.name,
+                  [self.blocked_out(last)], sources)
 
-    def run(self) -> Graph:
-        pools = self.byte_pools()
-        taken: set[int] = set()             # chains whose x was blocked when their DQ came
-        for node in self.g.nodes:
-            chain = pools.get(id(node))
-            if chain is not None and (id(chain[0]) in taken or (
-                    node is chain[0] and node.inputs[0] in self.blocked)):
-                taken.add(id(chain[0]))
-                if node is chain[2]:
-                    dq, pool, q = chain
-                    attrs = {k: v for k, v in pool.attrs.items() if k != "storage_order"}
-                    out = self.fresh(f"{q.outputs[0]}_nchwc", self.values)
-                    self.blocked[q.outputs[0]] = out
-                    self.emit(Node("PoolNCHWc", [self.blocked[dq.inputs[0]]], [out],
-                                   dict(attrs, kind="MaxPool"), pool.name,
-                                   tuple(s for n in chain for s in n.origin)))
-                continue
-            if self.byte_pool(node):
-                continue
-            layout = _blockable(self.g, node)
-            if layout is None:
-                for v in node.inputs:
-                    self.need_nchw(v)
-                self.nodes.append(node)
-                self.available.update(o for o in node.outputs if o)
-                continue
-            ins = list(node.inputs)
-            if layout == "NCHW":
-                self.need_nchw(ins[0])
-            else:
-                ins[0] = self.to_blocked(ins[0])
-            if len(ins) > 9 and ins[9]:
-                ins[9] = self.to_blocked(ins[9])
-            out = node.outputs[0]
-            self.blocked[out] = self.fresh(f"{out}_nchwc", self.values)
-            attrs = dict(node.attrs, block=self.block, in_layout=layout)
-            self.emit(Node("QConvNCHWc", ins, [self.blocked[out]], attrs, node.name,
-                           node.origin))
-        for v in self.g.outputs:
-            self.need_nchw(v)
-        live = set(self.g.inputs) | set(self.g.params) | \
-            {o for n in self.nodes for o in n.outputs if o}
-        types = {k: t for k, t in self.types.items() if k in live}
-        return Graph(self.g.name, self.nodes, list(self.g.inputs), list(self.g.outputs),
-                     dict(self.g.params), types)
+    def rewrite(self, node: Node) -> bool:
+        chain = self.pools.get(id(node))
+        if chain is not None and (id(chain[0]) in self.taken or (
+                node is chain[0] and node.inputs[0] in self.blocked)):
+            self.taken.add(id(chain[0]))
+            if node is chain[2]:
+                dq, pool, q = chain
+                self.pool_bytes(dq.inputs[0], pool, q, tuple(s for n in chain for s in n.origin))
+            return True
+        x = node.inputs[0] if node.inputs else ""
+        if node.op == "MaxPool" and x in self.blocked and len(node.outputs) == 1 \
+                and self.g.types[x].dtype is DType.uint8 and self.g.types[x].rank == 4:
+            # The 8-bit pool fuse_quantized_ops made of such a chain.
+            self.pool_bytes(x, node, node, node.origin)
+            return True
+        layout = _blockable(self.g, node)
+        if layout is None:
+            return False
+        ins = list(node.inputs)
+        if layout == "NCHW":
+            self.need_nchw(ins[0])
+        else:
+            ins[0] = self.to_blocked(ins[0])
+        if len(ins) > 9 and ins[9]:
+            ins[9] = self.to_blocked(ins[9])
+        attrs = dict(node.attrs, block=self.block, in_layout=layout)
+        self.emit("QConvNCHWc", ins, attrs, node.name, [self.blocked_out(node)], node.origin)
+        return True
 
 
 def alter_layout_int8(graph: Graph, ctx=None) -> Graph:

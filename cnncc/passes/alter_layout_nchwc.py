@@ -55,7 +55,11 @@ STEM_MAX_CHANNELS = 4
 GPU_TARGETS = ("cuda", "cuda-emu")
 
 
-class _Rewriter:
+class BlockedRewriter:
+    """One pass over the nodes putting values in NCHW{block}c: ``rewrite(node)`` emits a node's
+    blocked form and returns True, or returns False to keep the node (its inputs are then made
+    NCHW again, once, right before it). The float and the 8-bit layout passes share it."""
+
     def __init__(self, graph: Graph, block: int):
         self.g = graph
         self.block = block
@@ -127,6 +131,13 @@ class _Rewriter:
         types = {k: t for k, t in self.types.items() if k in live}
         return Graph(self.g.name, self.nodes, list(self.g.inputs), list(self.g.outputs),
                      self.params, types)
+
+    def rewrite(self, node: Node) -> bool:
+        raise NotImplementedError
+
+
+class _Rewriter(BlockedRewriter):
+    """The float layout: convs, pools, elementwise ops, concat, gather, resize."""
 
     def rewrite(self, node: Node) -> bool:
         op = node.op

@@ -32,7 +32,7 @@ from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, For, If, Kernel, Let, 
                            Store, Var, seq)
 
 from .context import LowerCtx, const_input, op_context, unsupported
-from .conv import fused_parts
+from .conv import activation_expr
 from .conv_nchwc_tiles import TUNE_TILES
 from .cpu_schedule import parallel_outer
 from .tile_schedules import choose, dims, int_fields
@@ -41,13 +41,6 @@ from .tile_schedules import choose, dims, int_fields
 R_PIXELS_PER_REGISTER = 0.25
 TILE_BYTES = 64 << 10   # the depthwise tile T of one task stays under this
 IC_UNROLL = 4           # input channels per iteration of the pointwise reduction loop
-
-
-def _activation(ctx: LowerCtx, node: Node, name: str, params: list):
-    """The activation expression (or None) of ``name`` with ``params``, as FusedConv's."""
-    attrs = {"activation": name, "activation_params": list(params)} if name else {}
-    probe = Node("FusedConv", list(node.inputs[:2]), list(node.outputs), attrs, node.name)
-    return fused_parts(ctx, probe)[1]
 
 
 @dataclass(frozen=True)
@@ -161,8 +154,8 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     pt, pl = (attrs["dw_pads"] or [0, 0, 0, 0])[:2]
     sh, sw = attrs["dw_strides"] or [1, 1]
     dh, dl = attrs["dw_dilations"] or [1, 1]
-    act_d = _activation(ctx, node, attrs["dw_activation"], attrs["dw_activation_params"])
-    act_p = _activation(ctx, node, attrs["pw_activation"], attrs["pw_activation_params"])
+    act_d = activation_expr(attrs["dw_activation"], list(attrs["dw_activation_params"]))
+    act_p = activation_expr(attrs["pw_activation"], list(attrs["pw_activation_params"]))
     regs = ctx.vector_registers
     key = dwpw_workload(ctx.target, g.types[x].shape, wd.shape, wpw.shape, [sh, sw], [dh, dl],
                         attrs["dw_pads"] or [0, 0, 0, 0])

@@ -48,6 +48,7 @@ from cnncc.ir.schedule import Schedule
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import Act, activation_expr, fused_parts
 from .cpu_schedule import parallel_contiguous, parallel_outer
+from .gathered_input import gathered_input, gathered_reduction, row_weights, source_buffers
 from .conv_nchwc_tiles import CI_UNROLL, LINE_BYTES, dense_tiling, vector_regs
 from .halo import blocked, zero_halo
 from .layout_nchwc import column_split, padded_blocked, row_tiles, valid_taps
@@ -125,29 +126,40 @@ def _prologue(ctx: LowerCtx, node: Node, icb: int, c: int) -> tuple[Buffer, Buff
 def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,
            residual: str | None, scale: str | None = None) -> None:
     out = node.outputs[0]
+    # A ChannelGather view (inline_channel_gather): read its inputs' channels in place, the
+    # weights' input channels in the order they are read (gathered_input.py).
+    gat = gathered_input(ctx.graph, node.inputs[0])
+    if gat is not None:
+        wv = wv[:, gat.order]
     lay = dense_tiling(ctx, node, wv, win)
     if scale:
         lay.wbufs = _scaled_weights(ctx, node, lay, scale)
+    if gat is not None:
+        lay.wbufs = row_weights(ctx, lay.wbufs)
     c, cin, vb, th, tw = lay.c, lay.cin, lay.vb, lay.th, lay.tw
     nb, ocb, oh, ow = lay.nb, lay.ocb, lay.oh, lay.ow
     kh_, kw_ = win.kernel
     (sh, sw), (dh, dw) = win.strides, win.dilations
     xh = xw = 0
-    if lay.stem:   # NCHW input as [N, IC, H, W, 1]: the same kernel with blocks of 1 channel
+    xsrc = source_buffers(ctx, gat, lay.flat) if gat is not None else []
+    if gat is not None:
+        xin = xsrc[0]
+    elif lay.stem:   # NCHW input as [N, IC, H, W, 1]: the same kernel with blocks of 1 channel
         xin = ctx.value(node.inputs[0], bname="x")
         xv = Buffer("x", DType.float32, xin.shape + (1,))
         ctx.binding[id(xv)] = ctx.binding[id(xin)]
         xin = xv
     else:
         xin, xh, xw = blocked(ctx, node.inputs[0], "x")
-    if lay.flat:   # pixels flattened into one row
+    if lay.flat and gat is None:   # pixels flattened into one row
         xv = Buffer("x", DType.float32, (xin.shape[0], xin.shape[1], 1,
                                          xin.shape[2] * xin.shape[3], xin.shape[4]))
         ctx.binding[id(xv)] = ctx.binding[id(xin)]
         xin = xv
     # The input's halo (when it has one) holds every padding pixel this conv reads (halo.py);
     # pixel (ih, iw) of the padded input is then at (ih + oy, iw + ox).
-    if xh >= max(win.begin(0), win.end(0)) and xw >= max(win.begin(1), win.end(1)):
+    if gat is not None or (xh >= max(win.begin(0), win.end(0))
+                           and xw >= max(win.begin(1), win.end(1))):
         xp, oy, ox = xin, xh - win.begin(0), xw - win.begin(1)
     else:
         assert not (xh or xw), "a halo smaller than the padding of a conv reading it"
@@ -215,11 +227,15 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
             pro = For(r4, rh * rw, For(v4, c, Store(xt, (r4, v4), pre[2](pv) if pre[2] else pv),
                                        "vectorized"), "unrolled")
             xi = xt[r2, cc]
-        wi = wb[gi if wb.shape[0] > 1 else 0, icv, khv, kwv, cc, j2 * c + v2]
+        gsel = gi if wb.shape[0] > 1 else 0
+        pfb = Var(f"pfb{tag}")
+        if gat is not None:
+            red = gathered(wb, gsel, pfb, acc, (r2, j2, v2), (py, px), tag)
+            return Allocate(acc, seq(init, red, epilogue(acc, ob0, rh, rw, pixel, tag)))
+        wi = wb[gsel, icv, khv, kwv, cc, j2 * c + v2]
         upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wi)
         red: Stmt = For(ci, CI_UNROLL if split else cin, nest(r2, j2, v2, upd), "unrolled")
         cio = Var(f"cio{tag}")
-        pfb = Var(f"pfb{tag}")
         step = (icv * kh_ + khv) * kw_ + kwv
         step = step * (cin // CI_UNROLL) + cio if split else step
         if wflat is not None and wb is wbufs[0]:
@@ -231,15 +247,44 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         red = For(icv, lay.icb, For(khv, kh_, For(kwv, kw_, red)))
         if wflat is not None and wb is wbufs[0]:
             red = Let(pfb, group_base(), red)
+        body = seq(init, red, epilogue(acc, ob0, rh, rw, pixel, tag))
+        return Allocate(acc, body if xt is None else Allocate(xt, body))
+
+    def epilogue(acc: Buffer, ob0: Expr, rh: int, rw: int, pixel, tag: str) -> Stmt:
+        """The tile's accumulators (+ residual, activation) stored to the output."""
+        r3, j3, v3 = Var(f"r3{tag}"), Var(f"j3{tag}"), Var(f"v3{tag}")
         py, px = pixel(r3)
         val = acc[r3, j3, v3]
         if zbuf is not None:
             val = val + zbuf[n, ob0 + j3, py + zh, px + zw, v3]
         if act is not None:
             val = act(val)
-        epi = nest(r3, j3, v3, Store(ybuf, (n, ob0 + j3, py + yh, px + yw, v3), val))
-        body = seq(init, red, epi)
-        return Allocate(acc, body if xt is None else Allocate(xt, body))
+        return For(r3, rh * rw, For(j3, acc.shape[1], For(v3, c, Store(
+            ybuf, (n, ob0 + j3, py + yh, px + yw, v3), val), "vectorized"), "unrolled"),
+            "unrolled")
+
+    def gathered(wb: Buffer, gsel, pfb: Var, acc: Buffer, rjv: tuple, pix: tuple,
+                 tag: str) -> Stmt:
+        """The reduction of a tile over a gathered input's runs (gathered_input.py): the
+        accumulator loop variables ``rjv`` and the pixel ``pix`` of row r2."""
+        (r2, j2, v2), (py, px) = rjv, pix
+
+        def step(k: int, blk: int, lane: Expr, row: Expr) -> Stmt:
+            xi = xsrc[k][n, blk, py * sh + oy, px * sw + ox, lane]
+            upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wb[gsel, row, j2 * c + v2])
+            return For(r2, acc.shape[0], For(j2, acc.shape[1], For(v2, c, upd, "vectorized"),
+                                             "unrolled"), "unrolled")
+        if wflat is None or wb is not wbufs[0]:
+            return gathered_reduction(gat, tag, step)
+        # The next group's weights: the plain kernel's P lines a step of CI_UNROLL rows, here
+        # ceil(P / CI_UNROLL) lines from line row * P // CI_UNROLL on, every row.
+        per, last = plan[0], wflat.shape[0] - LINE_BYTES // 4
+
+        def prefetch(row: Expr) -> Stmt:
+            return seq(*[Prefetch(wflat, ((pfb + (row * per // CI_UNROLL + p) * (LINE_BYTES // 4))
+                                          .min(last),), 2)
+                         for p in range(-(-per // CI_UNROLL))])
+        return Let(pfb, group_base(), gathered_reduction(gat, tag, step, prefetch))
 
     def group_base() -> Expr:
         """Offset in ``wflat`` of the first line the tile (ot, t) prefetches: tile k of the
@@ -280,7 +325,7 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
     # (a flattened 1x1 conv).
     for name in reversed(list(ext)):
         body = For(var[name], ext[name], body)
-    params = [ybuf, xp, bbuf] + wbufs + ([zbuf] if zbuf is not None else [])
+    params = [ybuf] + (xsrc if gat is not None else [xp]) + [bbuf] + wbufs + ([zbuf] if zbuf is not None else [])
     params += [wflat] if wflat is not None else []
     params += list(pre[:2]) if pre is not None else []
     # Contiguous shares: a group-major thread's next group is the one it prefetched; a

@@ -31,10 +31,20 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Segment:
+    source: int     # which input of the gather
+    block: int      # its first channel block read
+    count: int      # consecutive blocks read
+    vblock: int     # where they start in the reader's blocks (see gathered_blocks)
+
+
+@dataclass(frozen=True)
 class GatheredInput:
     inputs: list[str]   # the gather's inputs (the buffers read)
     order: list[int]    # the conv input channel of each permuted weight row
     runs: list[Run]
+    picks: list[tuple[int, int, int]]   # (input, its channel, conv input channel), sorted
+    block: int
 
 
 def gathered_input(g: Graph, x: str) -> GatheredInput | None:
@@ -57,7 +67,29 @@ def gathered_input(g: Graph, x: str) -> GatheredInput | None:
             runs[-1] = Run(k, s // c, last.lane, last.count + 1, last.row)
         else:
             runs.append(Run(k, s // c, s % c, 1, row))
-    return GatheredInput(list(node.inputs), [i for _, _, i in pairs], runs)
+    return GatheredInput(list(node.inputs), [i for _, _, i in pairs], runs, pairs, c)
+
+
+def gathered_blocks(gat: GatheredInput) -> tuple[list[Segment], np.ndarray]:
+    """For a reader that needs whole blocks (a depthwise conv, vectorized over a block's
+    lanes): the blocks of the inputs holding the gathered channels, in segments of consecutive
+    blocks of one input, numbered one after another (the reader's V "virtual" blocks), and the
+    virtual channel (virtual block * c + lane) of each conv input channel. The other lanes of
+    those blocks are read too; the reader gives them zero weights."""
+    c = gat.block
+    blocks = sorted({(k, s // c) for k, s, _ in gat.picks})
+    vblock = {kb: v for v, kb in enumerate(blocks)}
+    segments: list[Segment] = []
+    for v, (k, b) in enumerate(blocks):
+        last = segments[-1] if segments else None
+        if last is not None and last.source == k and last.block + last.count == b:
+            segments[-1] = Segment(k, last.block, last.count + 1, last.vblock)
+        else:
+            segments.append(Segment(k, b, 1, v))
+    vchan = np.zeros(len(gat.picks), np.int64)
+    for k, s, i in gat.picks:
+        vchan[i] = vblock[(k, s // c)] * c + s % c
+    return segments, vchan
 
 
 def source_buffers(ctx: LowerCtx, gat: GatheredInput, flat: bool) -> list[Buffer]:

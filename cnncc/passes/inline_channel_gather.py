@@ -24,8 +24,12 @@ from cnncc.ir import Graph, Node
 
 
 def _reads_in_place(g: Graph, conv: Node, y: str) -> bool:
-    """``conv`` is a dense 1x1 unpadded blocked conv reading ``y`` only as its input X."""
+    """``conv`` is a dense 1x1 unpadded blocked conv, or a fused depthwise -> 1x1 conv, reading
+    ``y`` only as its input X."""
     a = conv.attrs
+    if conv.op == "DwPwConvNCHWc":
+        return (conv.inputs[0] == y and y not in conv.inputs[1:]
+                and all(v in g.params for v in conv.inputs[1:5] if v))
     return (conv.op == "ConvNCHWc" and conv.inputs[0] == y and y not in conv.inputs[1:]
             and len(conv.inputs) <= 4 and conv.inputs[1] in g.params
             and a.get("group", 1) == 1 and a.get("in_layout", "NCHWc") == "NCHWc"

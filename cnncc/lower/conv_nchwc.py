@@ -141,9 +141,9 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
     kh_, kw_ = win.kernel
     (sh, sw), (dh, dw) = win.strides, win.dilations
     xh = xw = 0
-    xsrc = source_buffers(ctx, gat, lay.flat) if gat is not None else []
+    xsrc, xoff = source_buffers(ctx, gat) if gat is not None else ([], None)
     if gat is not None:
-        xin = xsrc[0]
+        xin = xp = xsrc[0]
     elif lay.stem:   # NCHW input as [N, IC, H, W, 1]: the same kernel with blocks of 1 channel
         xin = ctx.value(node.inputs[0], bname="x")
         xv = Buffer("x", DType.float32, xin.shape + (1,))
@@ -212,6 +212,11 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         cc = ci + ci0 if split else ci
         init = nest(r, j, v, Store(acc, (r, j, v), bbuf[ob0 + j, v]))
         py, px = pixel(r2)
+        gsel = gi if wb.shape[0] > 1 else 0
+        pfb = Var(f"pfb{tag}")
+        if gat is not None:
+            red = gathered(wb, gsel, pfb, acc, (r2, j2, v2), (py, px), tag)
+            return Allocate(acc, seq(init, red, epilogue(acc, ob0, rh, rw, pixel, tag)))
         # A grouped conv's tile reads the input blocks of its groups (group_span).
         icx = icv + ob0 // lay.span_blocks * lay.span_blocks if lay.span_blocks else icv
         xt = None
@@ -227,11 +232,6 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
             pro = For(r4, rh * rw, For(v4, c, Store(xt, (r4, v4), pre[2](pv) if pre[2] else pv),
                                        "vectorized"), "unrolled")
             xi = xt[r2, cc]
-        gsel = gi if wb.shape[0] > 1 else 0
-        pfb = Var(f"pfb{tag}")
-        if gat is not None:
-            red = gathered(wb, gsel, pfb, acc, (r2, j2, v2), (py, px), tag)
-            return Allocate(acc, seq(init, red, epilogue(acc, ob0, rh, rw, pixel, tag)))
         wi = wb[gsel, icv, khv, kwv, cc, j2 * c + v2]
         upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wi)
         red: Stmt = For(ci, CI_UNROLL if split else cin, nest(r2, j2, v2, upd), "unrolled")
@@ -269,22 +269,24 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         accumulator loop variables ``rjv`` and the pixel ``pix`` of row r2."""
         (r2, j2, v2), (py, px) = rjv, pix
 
-        def step(k: int, blk: int, lane: Expr, row: Expr) -> Stmt:
-            xi = xsrc[k][n, blk, py * sh + oy, px * sw + ox, lane]
+        iw = ctx.graph.types[gat.inputs[0]].shape[3]
+
+        def step(k: int, row: Expr) -> Stmt:
+            xi = xsrc[k][n, xoff[row] + ((py * sh) * iw + px * sw) * c]
             upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wb[gsel, row, j2 * c + v2])
             return For(r2, acc.shape[0], For(j2, acc.shape[1], For(v2, c, upd, "vectorized"),
                                              "unrolled"), "unrolled")
         if wflat is None or wb is not wbufs[0]:
-            return gathered_reduction(gat, tag, step)
-        # The next group's weights: the plain kernel's P lines a step of CI_UNROLL rows, here
-        # ceil(P / CI_UNROLL) lines from line row * P // CI_UNROLL on, every row.
+            return gathered_reduction(gat, tag, step, CI_UNROLL)
+        # The next group's weights: the plain kernel's P lines per CI_UNROLL rows (from line
+        # row * P // CI_UNROLL), before each group of rows.
         per, last = plan[0], wflat.shape[0] - LINE_BYTES // 4
 
-        def prefetch(row: Expr) -> Stmt:
-            return seq(*[Prefetch(wflat, ((pfb + (row * per // CI_UNROLL + p) * (LINE_BYTES // 4))
-                                          .min(last),), 2)
-                         for p in range(-(-per // CI_UNROLL))])
-        return Let(pfb, group_base(), gathered_reduction(gat, tag, step, prefetch))
+        def prefetch(row: Expr, rows: int) -> Stmt:
+            line = row * per // CI_UNROLL
+            return seq(*[Prefetch(wflat, ((pfb + (line + p) * (LINE_BYTES // 4)).min(last),), 2)
+                         for p in range(-(-rows * per // CI_UNROLL))])
+        return Let(pfb, group_base(), gathered_reduction(gat, tag, step, CI_UNROLL, prefetch))
 
     def group_base() -> Expr:
         """Offset in ``wflat`` of the first line the tile (ot, t) prefetches: tile k of the
@@ -325,7 +327,8 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
     # (a flattened 1x1 conv).
     for name in reversed(list(ext)):
         body = For(var[name], ext[name], body)
-    params = [ybuf] + (xsrc if gat is not None else [xp]) + [bbuf] + wbufs + ([zbuf] if zbuf is not None else [])
+    params = [ybuf] + (xsrc + [xoff] if gat is not None else [xp]) + [bbuf]
+    params += wbufs + ([zbuf] if zbuf is not None else [])
     params += [wflat] if wflat is not None else []
     params += list(pre[:2]) if pre is not None else []
     # Contiguous shares: a group-major thread's next group is the one it prefetched; a

@@ -2,12 +2,14 @@
 
 The gather Y = ChannelGather(X_0, X_1, ...; sources, view=1) has no memory. Its reader, a 1x1
 conv, sums W[o, i] * Y[i] over its input channels i; Y[i] is channel s of some X_k. Sorting the
-conv's input channels by (k, s) and permuting the rows of W alike, the reduction becomes a few
-runs: a run is ``count`` consecutive channels of one block of one X_k (from lane ``lane``) that
-meet rows ``row`` .. ``row + count - 1`` of the permuted weights. The kernel loops over each run
-(an input channel per iteration, as the plain kernel's unrolled ci loop does) with the input
-scalar at X_k[n, block, pixel, lane + u] and the weight vectors at row + u of the packed weights
-viewed as [G, rows, VB * c]: no copy of Y, and no FMA on a channel the conv does not read.
+conv's input channels by (k, s) and permuting the rows of W alike, the rows of each X_k are
+consecutive: the kernel loops over them (CI_UNROLL channels an iteration, unrolled, as the
+plain kernel's ci loop), reading the input scalar of row r at offset off[r] + pixel * c of X_k's
+image (off[r] = block * H * W * c + lane of its channel: a compile-time table, one load per
+channel and tile) and the weight vectors at row r of the packed weights viewed as [G, rows,
+VB * c]: no copy of Y, and no FMA on a channel the conv does not read. A loop per input, not
+per run of consecutive channels: ShuffleNet's gathers hold up to ~60 runs of a block or less,
+whose loops made the kernel's code several times larger and slower (AVX2, measured).
 """
 from __future__ import annotations
 
@@ -15,19 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnncc.ir import Graph
-from cnncc.ir.loop import Buffer, Expr, For, Stmt, Var, seq
+from cnncc.ir import DType, Graph
+from cnncc.ir.loop import Buffer, Const, For, Stmt, Var, seq
 
 from .context import LowerCtx
-
-
-@dataclass(frozen=True)
-class Run:
-    source: int     # which input of the gather
-    block: int      # the channel block of that input
-    lane: int       # the run's first lane in the block
-    count: int      # channels in the run
-    row: int        # the first row of the permuted weights
 
 
 @dataclass(frozen=True)
@@ -42,9 +35,18 @@ class Segment:
 class GatheredInput:
     inputs: list[str]   # the gather's inputs (the buffers read)
     order: list[int]    # the conv input channel of each permuted weight row
-    runs: list[Run]
-    picks: list[tuple[int, int, int]]   # (input, its channel, conv input channel), sorted
+    picks: list[tuple[int, int, int]]   # (input, its channel, conv input channel) per row
     block: int
+
+    def spans(self) -> list[tuple[int, int, int]]:
+        """(input k, first row, end row) of each input's rows."""
+        out: list[tuple[int, int, int]] = []
+        for row, (k, _, _) in enumerate(self.picks):
+            if out and out[-1][0] == k:
+                out[-1] = (k, out[-1][1], row + 1)
+            else:
+                out.append((k, row, row + 1))
+        return out
 
 
 def gathered_input(g: Graph, x: str) -> GatheredInput | None:
@@ -52,22 +54,14 @@ def gathered_input(g: Graph, x: str) -> GatheredInput | None:
     node = next((n for n in g.nodes if n.outputs and n.outputs[0] == x), None)
     if node is None or node.op != "ChannelGather" or not node.attrs.get("view"):
         return None
-    c = node.attrs["block"]
     starts = np.cumsum([0] + list(node.attrs["in_channels"]))
     pairs = []
     for i, s in enumerate(node.attrs["sources"]):
         k = int(np.searchsorted(starts, s, side="right")) - 1
         pairs.append((k, int(s - starts[k]), i))
     pairs.sort()
-    runs: list[Run] = []
-    for row, (k, s, _) in enumerate(pairs):
-        last = runs[-1] if runs else None
-        if last is not None and last.source == k and last.block == s // c \
-                and last.lane + last.count == s % c:
-            runs[-1] = Run(k, s // c, last.lane, last.count + 1, last.row)
-        else:
-            runs.append(Run(k, s // c, s % c, 1, row))
-    return GatheredInput(list(node.inputs), [i for _, _, i in pairs], runs, pairs, c)
+    return GatheredInput(list(node.inputs), [i for _, _, i in pairs], pairs,
+                         node.attrs["block"])
 
 
 def gathered_blocks(gat: GatheredInput) -> tuple[list[Segment], np.ndarray]:
@@ -92,14 +86,17 @@ def gathered_blocks(gat: GatheredInput) -> tuple[list[Segment], np.ndarray]:
     return segments, vchan
 
 
-def source_buffers(ctx: LowerCtx, gat: GatheredInput, flat: bool) -> list[Buffer]:
-    """The gather's inputs as [N, CB, H, W, c] buffers ([N, CB, 1, H * W, c] when ``flat``);
-    they are never stored with a halo (a gather reads them)."""
-    bufs = []
+def source_buffers(ctx: LowerCtx, gat: GatheredInput) -> tuple[list[Buffer], Buffer]:
+    """The gather's inputs, each viewed as [N, CB * H * W * c] (they never have a halo: a gather
+    reads them), and the table of each row's offset in its input's image."""
+    bufs, off = [], []
     for k, v in enumerate(gat.inputs):
         n, cb, h, w, c = ctx.graph.types[v].shape
-        bufs.append(ctx.value(v, (n, cb, 1, h * w, c) if flat else None, f"x{k}"))
-    return bufs
+        bufs.append(ctx.value(v, (n, cb * h * w * c), f"x{k}"))
+    for k, s, _ in gat.picks:
+        h, w, c = ctx.graph.types[gat.inputs[k]].shape[2:]
+        off.append(s // c * h * w * c + s % c)
+    return bufs, ctx.const(np.array(off, DType.int64.np), "xoff")
 
 
 def row_weights(ctx: LowerCtx, wbufs: list[Buffer]) -> list[Buffer]:
@@ -114,16 +111,24 @@ def row_weights(ctx: LowerCtx, wbufs: list[Buffer]) -> list[Buffer]:
     return views
 
 
-def gathered_reduction(gat: GatheredInput, tag: str, step, prefetch=None) -> Stmt:
-    """The reduction over the runs: ``step(k, block, lane, row)`` is one input channel's update
-    (block, lane of input k; row of the weights); ``prefetch(row)``, when given, the weight
-    prefetches issued with that row."""
+def gathered_reduction(gat: GatheredInput, tag: str, step, unroll: int, prefetch=None) -> Stmt:
+    """The reduction over the rows, a loop per input: ``step(k, row)`` is one input channel's
+    update (input k, row of the weights); ``unroll`` rows an iteration (unrolled), the rest
+    unrolled after the loop; ``prefetch(row, rows)``, when given, is issued before each group
+    of ``rows`` rows from ``row``."""
     loops = []
-    for i, run in enumerate(gat.runs):
-        u = Var(f"u{i}{tag}")
-        row: Expr = u + run.row
-        body = step(run.source, run.block, u + run.lane, row)
-        if prefetch is not None:
-            body = seq(prefetch(row), body)
-        loops.append(For(u, run.count, body))
+    for i, (k, r0, r1) in enumerate(gat.spans()):
+        full, rest = divmod(r1 - r0, unroll)
+        uo, ui, ur = Var(f"uo{i}{tag}"), Var(f"ui{i}{tag}"), Var(f"ur{i}{tag}")
+        if full:
+            body = For(ui, unroll, step(k, uo * unroll + ui + r0), "unrolled")
+            if prefetch is not None:
+                body = seq(prefetch(uo * unroll + r0, unroll), body)
+            loops.append(For(uo, full, body))
+        if rest:
+            u0 = r0 + full * unroll
+            tail = For(ur, rest, step(k, ur + u0), "unrolled")
+            if prefetch is not None:
+                tail = seq(prefetch(Const(u0), rest), tail)
+            loops.append(tail)
     return seq(*loops)

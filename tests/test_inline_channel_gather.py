@@ -1,8 +1,9 @@
 """inline_channel_gather: channel gathers (ShuffleNet's split and shuffle) read in place by the
-1x1 convs after them, with no copy kernel. A small ShuffleNetV2-style net (channels that are no
-multiple of the block, a stride-2 unit, a strided 1x1 conv, a residual): the graph before and
-after the pass, the kernels emitted, and the compiled outputs against the reference at 1 and 2
-threads, batch 2 and AVX2 (a child process with CNNCC_FEATURES)."""
+convs after them, with no copy kernel. A small ShuffleNetV2-style net (channels that are no
+multiple of the block, stride-2 units whose fused depthwise -> 1x1 conv reads a gather, a
+strided 1x1 conv, a residual): the graph before and after the pass, the kernels emitted, and
+the compiled outputs against the reference at 1 and 2 threads, batch 2 and AVX2 (a child
+process with CNNCC_FEATURES); ShuffleNet v1's NCHW shuffle read by the layout change."""
 from __future__ import annotations
 
 import os
@@ -201,10 +202,52 @@ def test_look_alikes_stay_copies():
     assert _gathers(out) == {"a": 0, "b": 0, "c": 0}
 
 
+def _v1_unit(batch: int = 1) -> Graph:
+    """ShuffleNet v1's unit as onnx's light_shufflenet has it: a grouped 1x1 conv whose groups
+    (6 channels) do not tile the blocks (it stays NCHW), the shuffle, a depthwise conv (blocked:
+    a ToNCHWc before it) and a grouped 1x1 conv."""
+    rng = np.random.default_rng(4)
+    g = Graph("v1_unit")
+    g.add_input("x", TensorType(F32, (batch, 24, 7, 6)))
+
+    def conv(x, k, group, name):
+        w = g.add_param(f"{name}.w", (rng.standard_normal((24, 24 // group, k, k)) * 0.3)
+                        .astype(np.float32))
+        (y,) = g.add_node("Conv", [x, w], {"pads": [k // 2] * 4, "group": group}, name=name)
+        return y
+    (y,) = g.add_node("Relu", [conv("x", 1, 4, "g1")], name="relu")
+    s1 = g.add_param("s1", np.array([batch, 4, 6, 7, 6], np.int64))
+    s2 = g.add_param("s2", np.array([batch, 24, 7, 6], np.int64))
+    (r,) = g.add_node("Reshape", [y, s1], name="r1")
+    (t,) = g.add_node("Transpose", [r], {"perm": [0, 2, 1, 3, 4]}, name="tr")
+    (y,) = g.add_node("Reshape", [t, s2], name="r2")
+    g.outputs = [conv(conv(y, 3, 24, "dw"), 1, 4, "g2")]
+    return g.verify()
+
+
+@pytest.mark.parametrize("threads,batch", [(1, 1), (2, 2)])
+def test_nchw_shuffle_read_by_the_layout_change(threads, batch):
+    """The NCHW shuffle between the grouped conv and the blocked depthwise conv is a view the
+    ToNCHWc reads through (one copy instead of two; light_shufflenet's 16 shuffles)."""
+    g = _v1_unit(batch)
+    m = host_target(threads)
+    out = run_pipeline(g, PassContext(opt_level=3, machine=m))
+    (gather,) = [n for n in out.nodes if n.op == "ChannelGather"]
+    assert gather.attrs.get("view") == 1 and not gather.attrs.get("block")
+    assert [u.op for u in out.users()[gather.outputs[0]]] == ["ToNCHWc"]
+    kernels = {k.name for k, _ in lower_graph(out, m).ctx.kernels}
+    assert {k for k in kernels if k.startswith("r2")} == {"r2_to_nchwc"}, kernels
+    x = np.random.default_rng(6).standard_normal(g.types["x"].shape).astype(np.float32)
+    expect = cnncc.compile(g, target="reference")(x)
+    got = cnncc.compile(g, threads=threads, cache=False)(x)
+    assert relative_error(got, expect) <= RTOL
+
+
 def test_a_malformed_view_is_refused_by_name():
     g = Graph("bad")
     g.add_input("y", TensorType(F32, (1, 20, 5, 5)))
     with pytest.raises(CompileError, match="nchw_view.*view=1 is for a blocked gather"):
-        g.add_node("ChannelGather", ["y"], {"sources": [0, 1], "view": 1}, name="nchw_view")
+        g.add_node("ChannelGather", ["y", "y"], {"sources": [0, 21], "view": 1},
+                   name="nchw_view")
     with pytest.raises(CompileError, match="two.*view must be 0 or 1"):
         g.add_node("ChannelGather", ["y"], {"sources": [0, 1], "view": 2}, name="two")

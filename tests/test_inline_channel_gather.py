@@ -20,6 +20,7 @@ from cnncc.ir import CompileError, DType, Graph, TensorType
 from cnncc.lower.program import lower_graph
 from cnncc.passes import PASS_NAMES, PassContext, run_pipeline
 from cnncc.passes.inline_channel_gather import inline_channel_gather
+from cnncc.show import to_dot
 from cnncc.testing import relative_error
 
 F32 = DType.float32
@@ -121,6 +122,7 @@ def test_gathers_read_only_by_1x1_convs_become_views(graphs):
     assert views == {"u1.split_1": 1, "u1.r2": 0, "u2.split_1": 1, "u2.r2": 1, "u3.r2": 1}
     u2 = next(n for n in after.nodes if n.name == "u2.r2")
     assert {r.op for r in users[u2.outputs[0]]} == {"ConvNCHWc", "DwPwConvNCHWc"}
+    assert to_dot(after).count("view=1") == 4 and "view=1" not in to_dot(before)  # cnncc show
     strip = [(n.op, n.inputs, n.outputs, {k: v for k, v in n.attrs.items() if k != "view"})
              for n in after.nodes]
     assert strip == [(n.op, n.inputs, n.outputs, n.attrs) for n in before.nodes]

@@ -12,6 +12,8 @@ hoisted the loads of later channels and spilled accumulators. The epilogue adds 
 A padded conv reads its input in place when the input has a zero halo (halo.py), else from a
 zero-padded blocked copy, so the reduction has no branches.
 A stride-1 unpadded 1x1 conv runs the same kernel over the H * W pixels flattened into one row.
+A 1x1 conv reading a ChannelGather view reads the gather's inputs in place instead, a reduction
+loop per input over its channels (gathered_input.py).
 A prologue (inputs P, Q and pre_activation: fuse_prologue) is applied per tile, input block and
 tap: the tile's input pixels of the block, act(x * P + Q) as vectors, into an L1 scratch the
 broadcasts read (2 vector ops a pixel per c * VB FMAs; unpadded convs only).
@@ -265,10 +267,9 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
 
     def gathered(wb: Buffer, gsel, pfb: Var, acc: Buffer, rjv: tuple, pix: tuple,
                  tag: str) -> Stmt:
-        """The reduction of a tile over a gathered input's runs (gathered_input.py): the
+        """The reduction of a tile over a gathered input's rows (gathered_input.py): the
         accumulator loop variables ``rjv`` and the pixel ``pix`` of row r2."""
         (r2, j2, v2), (py, px) = rjv, pix
-
         iw = ctx.graph.types[gat.inputs[0]].shape[3]
 
         def step(k: int, row: Expr) -> Stmt:
@@ -278,15 +279,8 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
                                              "unrolled"), "unrolled")
         if wflat is None or wb is not wbufs[0]:
             return gathered_reduction(gat, tag, step, CI_UNROLL)
-        # The next group's weights: the plain kernel's P lines per CI_UNROLL rows (from line
-        # row * P // CI_UNROLL), before each group of rows.
-        per, last = plan[0], wflat.shape[0] - LINE_BYTES // 4
-
-        def prefetch(row: Expr, rows: int) -> Stmt:
-            line = row * per // CI_UNROLL
-            return seq(*[Prefetch(wflat, ((pfb + (line + p) * (LINE_BYTES // 4)).min(last),), 2)
-                         for p in range(-(-rows * per // CI_UNROLL))])
-        return Let(pfb, group_base(), gathered_reduction(gat, tag, step, CI_UNROLL, prefetch))
+        return Let(pfb, group_base(), gathered_reduction(gat, tag, step, CI_UNROLL,
+                                                         (wflat, pfb, plan[0])))
 
     def group_base() -> Expr:
         """Offset in ``wflat`` of the first line the tile (ot, t) prefetches: tile k of the

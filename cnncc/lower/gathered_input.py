@@ -18,9 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncc.ir import DType, Graph
-from cnncc.ir.loop import Buffer, Const, For, Stmt, Var, seq
+from cnncc.ir.loop import Buffer, Const, For, Prefetch, Stmt, Var, seq
 
 from .context import LowerCtx
+from .conv_nchwc_tiles import LINE_BYTES
+
+LINE_FLOATS = LINE_BYTES // 4
 
 
 @dataclass(frozen=True)
@@ -111,24 +114,30 @@ def row_weights(ctx: LowerCtx, wbufs: list[Buffer]) -> list[Buffer]:
     return views
 
 
-def gathered_reduction(gat: GatheredInput, tag: str, step, unroll: int, prefetch=None) -> Stmt:
+def gathered_reduction(gat: GatheredInput, tag: str, step, unroll: int,
+                       prefetch: tuple | None = None) -> Stmt:
     """The reduction over the rows, a loop per input: ``step(k, row)`` is one input channel's
     update (input k, row of the weights); ``unroll`` rows an iteration (unrolled), the rest
-    unrolled after the loop; ``prefetch(row, rows)``, when given, is issued before each group
-    of ``rows`` rows from ``row``."""
+    unrolled after the loop. ``prefetch`` = (flat weights, base, P): the dense kernel's
+    next-group prefetch (conv_nchwc_tiles.prefetch_plan), its P lines per ``unroll`` rows from
+    line row * P // unroll on, issued before each group of rows."""
+    def lines(row, rows: int) -> Stmt:
+        if prefetch is None:
+            return seq()
+        wflat, base, per = prefetch
+        first, last = row * per // unroll, wflat.shape[0] - LINE_FLOATS
+        return seq(*[Prefetch(wflat, ((base + (first + p) * LINE_FLOATS).min(last),), 2)
+                     for p in range(-(-rows * per // unroll))])
+
     loops = []
     for i, (k, r0, r1) in enumerate(gat.spans()):
         full, rest = divmod(r1 - r0, unroll)
         uo, ui, ur = Var(f"uo{i}{tag}"), Var(f"ui{i}{tag}"), Var(f"ur{i}{tag}")
         if full:
             body = For(ui, unroll, step(k, uo * unroll + ui + r0), "unrolled")
-            if prefetch is not None:
-                body = seq(prefetch(uo * unroll + r0, unroll), body)
-            loops.append(For(uo, full, body))
+            loops.append(For(uo, full, seq(lines(uo * unroll + r0, unroll), body)))
         if rest:
             u0 = r0 + full * unroll
-            tail = For(ur, rest, step(k, ur + u0), "unrolled")
-            if prefetch is not None:
-                tail = seq(prefetch(Const(u0), rest), tail)
-            loops.append(tail)
+            loops.append(seq(lines(Const(u0), rest), For(ur, rest, step(k, ur + u0),
+                                                          "unrolled")))
     return seq(*loops)

@@ -245,6 +245,38 @@ def test_nchw_shuffle_read_by_the_layout_change(threads, batch):
     assert relative_error(got, expect) <= RTOL
 
 
+def test_an_inf_in_a_channel_not_gathered_stays_out():
+    """A fused depthwise -> 1x1 conv reading a gather view reads whole blocks of its input:
+    the lanes it does not gather hold other channels, here +inf (a bias of +inf), and must not
+    turn its sums into NaN."""
+    rng = np.random.default_rng(7)
+    g = Graph("inf_lane")
+    g.add_input("x", TensorType(F32, (1, 8, 6, 6)))
+    bias = (rng.standard_normal(32) * 0.3).astype(np.float32)
+    bias[25] = np.inf
+    w = g.add_param("p.w", (rng.standard_normal((32, 8, 1, 1)) * 0.3).astype(np.float32))
+    (p,) = g.add_node("Conv", ["x", w, g.add_param("p.b", bias)], name="p")
+    sizes = g.add_param("sizes", np.array([20, 12], np.int64))
+    a, b = g.add_node("Split", [p, sizes], {"axis": 1}, outputs=2, name="split")
+    wd = g.add_param("dw.w", (rng.standard_normal((20, 1, 3, 3)) * 0.3).astype(np.float32))
+    (d,) = g.add_node("Conv", [a, wd], {"pads": [1] * 4, "group": 20}, name="dw")
+    wp = g.add_param("pw.w", (rng.standard_normal((16, 20, 1, 1)) * 0.3).astype(np.float32))
+    (y,) = g.add_node("Conv", [d, wp], name="pw")
+    (z,) = g.add_node("Relu", [b], name="other")
+    g.outputs = [y, z]
+    m = host_target(1)
+    out = run_pipeline(g.verify(), PassContext(opt_level=3, machine=m))
+    readers = {n.name: [u.op for u in out.users()[n.outputs[0]]] for n in out.nodes
+               if n.op == "ChannelGather" and n.attrs.get("view")}
+    assert readers == {"split_0": ["DwPwConvNCHWc"]}, readers
+    xv = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    expect = cnncc.compile(g, target="reference")(xv)
+    got = cnncc.compile(g, threads=1, cache=False)(xv)
+    assert np.isfinite(expect[0]).all() and np.isfinite(got[0]).all()
+    assert relative_error(got[0], expect[0]) <= RTOL
+    assert np.isposinf(got[1][:, 5]).all() and np.isposinf(expect[1][:, 5]).all()
+
+
 def test_a_malformed_view_is_refused_by_name():
     g = Graph("bad")
     g.add_input("y", TensorType(F32, (1, 20, 5, 5)))

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, For, If, Kernel, Let, Stmt,
-                           Store, Var, seq)
+from cnncc.ir.loop import (Allocate, Buffer, Cmp, Const, Expr, For, If, Kernel, Let, Select,
+                           Stmt, Store, Var, seq)
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import activation_expr
@@ -153,7 +153,7 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     n_, cb_n, h, w = g.types[x].shape[:4]
     # A ChannelGather view (inline_channel_gather): the depthwise reads the blocks of its
     # inputs that hold the gathered channels, in place (V virtual blocks; the other lanes get
-    # zero weights); vchan: the virtual channel of each channel.
+    # zero weights and are zeroed after it); vchan: the virtual channel of each channel.
     gat = gathered_input(g, x)
     segs, vchan = gathered_blocks(gat) if gat is not None else (None, np.arange(channels))
     if segs is not None:
@@ -187,6 +187,11 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     if bpw is not None:
         bpp[:oc] = bpw
     wdb, bdb = ctx.const(wdp, "wd"), ctx.const(bdp.reshape(cb_n, c), "bd")
+    used = None
+    if segs is not None:    # the virtual lanes of gathered channels: 1, the others 0
+        lanes = np.zeros(cb_n * c, np.float32)
+        lanes[vchan] = 1.0
+        used = ctx.const(lanes.reshape(cb_n, c), "used")
     wpb, bpb = ctx.const(wpp, "wp"), ctx.const(bpp.reshape(oct_n * vb, c), "bp")
     xbufs = [ctx.value(v, bname=f"x{k}") for k, v in enumerate(gat.inputs)] \
         if gat is not None else [ctx.value(x, bname="x")]
@@ -236,6 +241,9 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
         for o, t in reversed(border_rows):
             red = If(oh.eq(o), taps(t), red)
         val = acc[r3, j3] if act_d is None else act_d(acc[r3, j3])
+        if used is not None:    # a lane the gather does not read is 0, even if its input is not
+            val = Select(Cmp("gt", used[cb, j3], Const(0.0, DType.float32)), val,
+                         Const(0.0, DType.float32))
         epi = For(r3, rr, For(j3, c, Store(tile, (t0 + r3, cb * c + j3), val), "vectorized"),
                   "unrolled")
         return Allocate(acc, seq(init, red, epi))
@@ -328,6 +336,7 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     body = Allocate(tile, seq(dw_all, For(ob, oct_n, pw_all)))
     body = For(n, n_, For(oh, oh_n, For(q, chunks, body)))
     params = [yb] + xbufs + [wdb, bdb, wpb, bpb] + ([zb] if zb is not None else [])
+    params += [used] if used is not None else []
     k = Kernel(node.name, params, body)
     work = n_ * oh_n * ow_n * red_n * (kh * kw + oc)
     ctx.emit(parallel_outer(k, ["n", "oh", "q"], ctx, work))

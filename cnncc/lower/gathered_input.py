@@ -72,7 +72,8 @@ def gathered_blocks(gat: GatheredInput) -> tuple[list[Segment], np.ndarray]:
     lanes): the blocks of the inputs holding the gathered channels, in segments of consecutive
     blocks of one input, numbered one after another (the reader's V "virtual" blocks), and the
     virtual channel (virtual block * c + lane) of each conv input channel. The other lanes of
-    those blocks are read too; the reader gives them zero weights."""
+    those blocks are read too; the reader gives them zero weights and zeroes them after the
+    depthwise (an Inf there must not reach the sums as NaN)."""
     c = gat.block
     blocks = sorted({(k, s // c) for k, s, _ in gat.picks})
     vblock = {kb: v for v, kb in enumerate(blocks)}

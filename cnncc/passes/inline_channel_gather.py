@@ -13,7 +13,7 @@ split and shuffle, composed by fold_channel_shuffle into one gather per unit, go
 unit's first 1x1 conv this way.
 
 A fused depthwise -> 1x1 conv (DwPwConvNCHWc) reads a view too: its depthwise runs over the
-blocks of the X_i holding the gathered channels (a lane it does not need gets zero weights).
+blocks of the X_i holding the gathered channels (a lane it does not need is zeroed).
 An NCHW gather of one input X read only by ToNCHWc (ShuffleNet v1's shuffle between an NCHW
 grouped conv and a blocked depthwise conv) is a view as well: the layout change reads X's
 channels in the gather's order (one copy, not two).

@@ -1,14 +1,13 @@
-"""inline_channel_gather: a blocked channel gather read only by dense 1x1 convs is not copied;
-the convs read its inputs' channels where their producers wrote them.
+"""inline_channel_gather: a channel gather read only by convs that can read its inputs in place
+(1x1 convs, fused depthwise -> 1x1 convs; an NCHW one by the layout change) is not copied.
 
     Y = ChannelGather(X_0, X_1, ...; sources, block=c);  ConvNCHWc(Y, W, B?, Z?) (every reader)
         ==>  Y = ChannelGather(X_0, X_1, ...; sources, block=c, view=1);  the same convs
 
 A 1x1 conv sums over its input channels, so the order and the buffers they come from are free:
 the lowering (cnncc/lower/gathered_input.py) packs the conv's weights with their input
-channels sorted by the buffer and channel they are read from, and its reduction reads each run
-of consecutive channels of one X_i in place (a loop per run; no copy, no FLOP wasted on other
-channels). The gather with view=1 emits no kernel and gets no memory. ShuffleNet's channel
+channels sorted by the buffer and channel they are read from, and its reduction reads each
+X_i's channels in place (a loop per input; no copy, no FLOP wasted on other channels). The gather with view=1 emits no kernel and gets no memory. ShuffleNet's channel
 split and shuffle, composed by fold_channel_shuffle into one gather per unit, go into the next
 unit's first 1x1 conv this way.
 
@@ -18,7 +17,7 @@ An NCHW gather of one input X read only by ToNCHWc (ShuffleNet v1's shuffle betw
 grouped conv and a blocked depthwise conv) is a view as well: the layout change reads X's
 channels in the gather's order (one copy, not two).
 
-Applies when every reader of Y is such a reader: a ConvNCHWc reading Y as its input X with
+A blocked gather applies when every reader of Y is such a reader: a ConvNCHWc reading Y as its input X with
 group 1, a 1x1 kernel, no padding, NCHWc input and no input scale or prologue (those read X by
 whole blocks), or a DwPwConvNCHWc reading Y as its X; Y is no graph output, and Y is not already
 free: a batch-1 range of whole blocks of one input (any range in NCHW) is a slice its readers

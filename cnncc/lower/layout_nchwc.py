@@ -83,20 +83,36 @@ def lower_to_nchwc(ctx: LowerCtx, node: Node) -> None:
     vectors along w, each channel's lane of the blocked pixels written one by one; the padding
     channels of the last block are a separate loop of zero stores."""
     _float32_or_bytes(ctx, node)
-    x, y = ctx.value(node.inputs[0], bname="x"), ctx.value(node.outputs[0], bname="y")
-    nb, ch, h, w = x.shape
+    y = ctx.value(node.outputs[0], bname="y")
+    nb, ch, h, w = ctx.graph.types[node.inputs[0]].shape
+    # An NCHW ChannelGather view of one input (inline_channel_gather): channel i of X is
+    # channel src[i] of the gather's input, read there.
+    view = ctx.graph.producers().get(node.inputs[0])
+    if view is not None and view.op == "ChannelGather" and view.attrs.get("view"):
+        x = ctx.value(view.inputs[0], bname="x")
+        src = ctx.const(np.array(view.attrs["sources"], np.int64), "src")
+        params = [y, x, src]
+
+        def chan(i: Expr) -> Expr:
+            return src[i]
+    else:
+        x = ctx.value(node.inputs[0], bname="x")
+        params = [y, x]
+
+        def chan(i: Expr) -> Expr:
+            return i
     c = y.shape[-1]
     full, rem = divmod(ch, c)
     n, r, b, j, p = Var("n"), Var("h"), Var("cb"), Var("j"), Var("w")
     jt, pt, jz, pz = Var("jt"), Var("wt"), Var("jz"), Var("wz")
     parts = [For(b, full, For(j, c, For(p, w, Store(y, (n, b, r, p, j),
-                                                    x[n, b * c + j, r, p]))))]
+                                                    x[n, chan(b * c + j), r, p]))))]
     if rem:
         parts.append(For(jt, rem, For(pt, w, Store(y, (n, full, r, pt, jt),
-                                                   x[n, full * c + jt, r, pt]))))
+                                                   x[n, chan(full * c + jt), r, pt]))))
         parts.append(For(jz, c - rem, For(pz, w, Store(y, (n, full, r, pz, jz + rem),
                                                        Const(0, y.dtype)))))
-    sch = Schedule(Kernel(node.name, [y, x], For(n, nb, For(r, h, seq(*parts)))))
+    sch = Schedule(Kernel(node.name, params, For(n, nb, For(r, h, seq(*parts)))))
     if w >= ctx.lanes:
         for loop in ("w", "wt", "wz")[:1 + 2 * (rem > 0)]:
             sch.vectorize(sch.split(loop, ctx.lanes, mode="tail")[1])

@@ -220,14 +220,21 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         red: Stmt = For(ci, CI_UNROLL if split else cin, nest(r2, j2, v2, upd), "unrolled")
         cio = Var(f"cio{tag}")
         pfb = Var(f"pfb{tag}")
+        tap = (icv * kh_ + khv) * kw_ + kwv
+        prefetching = wflat is not None and wb is wbufs[0]
+        # Where the prefetches go (measured on Zen 5, weights from DRAM / L3): a stride-1
+        # conv issues a tap's at once before its channel loop - inside it they split LLVM's
+        # scheduling region (a 28-accumulator 2x1x14 tile spilled one: GoogLeNet's and
+        # ResNet-18's 14x14 3x3 convs 0.87 -> 0.70 and 1.19 -> 0.88 ms) and ran slower even
+        # without a spill; a strided conv keeps P a reduction step, spread through the loop
+        # (a tap's burst made ResNet-18's stride-2 convs 10-30% slower; not understood).
+        burst = split and tuple(win.strides) == (1, 1)
+        if prefetching and split and not burst:
+            red = seq(prefetch_group(pfb, tap * (cin // CI_UNROLL) + cio, 1), red)
         if split:
             red = For(cio, cin // CI_UNROLL, Let(ci0, cio * CI_UNROLL, red))
-        # The prefetches of a tap's reduction steps go before its channel loop, not inside it:
-        # there they split LLVM's scheduling region and a 28-accumulator tile spilled one
-        # (measured: a 14x14 3x3 conv 0.69 -> 0.87 ms).
-        if wflat is not None and wb is wbufs[0]:
-            red = seq(prefetch_group(pfb, (icv * kh_ + khv) * kw_ + kwv,
-                                     cin // CI_UNROLL if split else 1), red)
+        if prefetching and not (split and not burst):
+            red = seq(prefetch_group(pfb, tap, cin // CI_UNROLL if split else 1), red)
         if xt is not None:
             red = seq(pro, red)
         red = For(icv, lay.icb, For(khv, kh_, For(kwv, kw_, red)))
@@ -253,12 +260,12 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         part = (o * ntw + t) % used
         return nxt * packs[0][0].size + part * (steps * per * LINE_BYTES // 4)
 
-    def prefetch_group(base: Var, tap: Expr, steps_per_tap: int) -> Stmt:
-        """The prefetches of the next group's weights into L2 for the reduction steps of one
-        tap (P a step, a line each)."""
+    def prefetch_group(base: Var, first: Expr, steps: int) -> Stmt:
+        """The prefetches of the next group's weights into L2 for ``steps`` reduction steps
+        from step ``first`` * ``steps`` (P a step, a line each)."""
         assert plan is not None and wflat is not None
-        lines = plan[0] * steps_per_tap
-        return seq(*[Prefetch(wflat, (base + (tap * lines + p) * (LINE_BYTES // 4),), 2)
+        lines = plan[0] * steps
+        return seq(*[Prefetch(wflat, (base + (first * lines + p) * (LINE_BYTES // 4),), 2)
                      for p in range(lines)])
 
     def cell(wb: Buffer, gi: Expr, vbt: int, tag: str) -> Stmt:

@@ -203,6 +203,7 @@ def record(s: Stmt, hits: Buffer, og: Var) -> Stmt:
     (16, 64, 4, 3, 1),      # 2 groups of 2 tiles
     (16, 80, 6, 3, 1),      # a tail group; 3 tiles, 2 of them prefetching
     (32, 96, 5, 1, 1),      # a flattened 1x1 conv
+    (16, 64, 7, 3, 2),      # strided: the prefetches inside the channel loop
 ])
 def test_conv_prefetches_next_group(ic, oc, h, k, stride, group_major):
     """While group g runs, exactly the lines of group g + 1 (the last group: its own) are
@@ -241,6 +242,31 @@ def test_conv_with_prefetch_matches_reference(ic, oc, h, k, stride, kw, threads,
     g = conv_graph(ic, oc, h, h, k, stride=stride, **kw)
     assert prefetches(conv_kernel(g).body)
     check(g, threads)
+
+
+def prefetch_loops(s: Stmt, outer: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The names of the loops around each prefetch of ``s``."""
+    if isinstance(s, Prefetch):
+        return [outer]
+    if isinstance(s, For):
+        return prefetch_loops(s.body, outer + (s.var.name,))
+    found = []
+    for child in getattr(s, "stmts", None) or [getattr(s, a) for a in ("body", "then", "else_")
+                                               if getattr(s, a, None) is not None]:
+        found += prefetch_loops(child, outer)
+    return found
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_prefetch_placement(stride, group_major):
+    """A stride-1 conv prefetches a tap's lines before its channel loop (inside it they split
+    LLVM's scheduling region: a full register tile spilled); a strided one a step's lines
+    inside it (a tap's burst measured slower there)."""
+    kern = conv_kernel(conv_graph(32, 96, 9 if stride == 2 else 5, 9 if stride == 2 else 5, 3,
+                                  stride=stride))
+    loops = prefetch_loops(kern.body)
+    assert loops and all(("cio" in names[-1]) == (stride == 2) for names in loops), loops
+    assert all(any(n.startswith("kw") for n in names) for names in loops), loops
 
 
 def test_conv_prefetch_only_with_few_tiles(group_major):

@@ -229,12 +229,13 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         # 0.88 ms) and ran slower even without a spill; other convs keep P a reduction step,
         # spread through the loop (bursts of 8 lines a tap made ResNet-18's stride-2 convs
         # 10-30% and GoogLeNet's 7x7 ones ~10% slower; why is not understood).
-        burst = split and tuple(win.strides) == (1, 1) and plan is not None and plan[0] == 1
-        if prefetching and split and not burst:
+        burst = tuple(win.strides) == (1, 1) and plan is not None and plan[0] == 1
+        inside = prefetching and split and not burst
+        if inside:
             red = seq(prefetch_group(pfb, tap * (cin // CI_UNROLL) + cio, 1), red)
         if split:
             red = For(cio, cin // CI_UNROLL, Let(ci0, cio * CI_UNROLL, red))
-        if prefetching and not (split and not burst):
+        if prefetching and not inside:
             red = seq(prefetch_group(pfb, tap, cin // CI_UNROLL if split else 1), red)
         if xt is not None:
             red = seq(pro, red)

@@ -26,9 +26,11 @@ LLVM_UNROLLS = True
 class ModuleBuilder:
     """An llvmlite module holding kernels (and the program entry function)."""
 
-    def __init__(self, name: str, lanes: int, threads: int, openmp: bool = True):
+    def __init__(self, name: str, lanes: int, threads: int, openmp: bool = True,
+                 flags: frozenset[str] = frozenset()):
         self.module = ir.Module(name=name)
         self.lanes = lanes
+        self.flags = flags              # the target's CPU features (exprs.py picks instructions)
         self.threads = threads
         self.openmp = openmp and threads > 1
         self.kernels: dict[str, ir.Function] = {}
@@ -79,6 +81,7 @@ class FunctionEmitter(ExprEmitter):
         self.module = mb.module
         self.fn = fn
         self.lanes = mb.lanes
+        self.flags = mb.flags
         entry = fn.append_basic_block("entry")
         self.alloca_b = ir.IRBuilder(entry)
         body = fn.append_basic_block("body")

@@ -41,6 +41,7 @@ class ExprEmitter:
     bufs: dict
     vvar: str | None
     lanes: int
+    flags: frozenset
     vec_lets: set
     index: IndexCache
 
@@ -193,6 +194,9 @@ class ExprEmitter:
             a, vec = self.ev(e.a)
             return self.b.not_(a), vec
         if isinstance(e, Select):
+            fixed = self._fixup_max(e)
+            if fixed is not None:
+                return fixed
             c, cv = self.ev(e.cond)
             a, b, vec = self.both(self.ev(e.a), self.ev(e.b))
             if cv and not vec:
@@ -205,6 +209,36 @@ class ExprEmitter:
         if isinstance(e, Call):
             return self._call(e)
         raise CompileError(f"internal error: cannot emit {type(e).__name__}")
+
+    def _fixup_max(self, e: Select):
+        """ir/loop.nan_max(a, b) = Select(b != b, b, max(a, b)) on float32 vectors with
+        AVX-512 (8 lanes: AVX-512VL): max(a, b) (a NaN ``a`` propagates) then one VFIXUPIMMPS
+        that replaces the lanes where ``b`` is a NaN by ``b`` - two instructions instead of a
+        compare, a max and a blend. None when ``e`` is not that form or the target lacks it."""
+        cond, pick = e.cond, e.b
+        flags = self.flags
+        if not (isinstance(cond, Cmp) and cond.op == "ne" and isinstance(pick, Bin)
+                and pick.op == "max" and e.dtype is DType.float32 and "avx512f" in flags
+                and (self.lanes == 16 or (self.lanes == 8 and "avx512vl" in flags))):
+            return None
+        # The same operand four times (equal in structure: schedules rewrite copies of it).
+        if len({repr(x) for x in (cond.a, cond.b, e.a, pick.b)}) != 1:
+            return None
+        a, b, vec = self.both(self.ev(pick.a), self.ev(pick.b))
+        larger = self.b.select(self.b.fcmp_ordered("<", a, b), b, a)
+        vt = a.type
+        if not (vec and isinstance(vt, ir.VectorType) and vt.count == self.lanes):
+            return self.b.select(self.b.fcmp_unordered("!=", b, b), b, larger), vec
+        mask, table_t = ir.IntType(self.lanes), ir.VectorType(I32, self.lanes)
+        wide = self.lanes == 16            # the 512-bit form takes a rounding argument
+        fn = self.intrinsic(f"llvm.x86.avx512.mask.fixupimm.ps.{self.lanes * 32}", vt,
+                            [vt, vt, table_t, I32, mask] + [I32] * wide)
+        # Response per class of b's lane, a nibble each: QNaN -> b (1), SNaN -> QNaN(b) (2),
+        # every other class -> keep ``larger`` (0); no exceptions (imm 0); every lane (mask
+        # -1); rounding 4: the current direction.
+        args = [larger, b, ir.Constant(table_t, [0x21] * self.lanes), ir.Constant(I32, 0),
+                ir.Constant(mask, -1)]
+        return self.b.call(fn, args + [ir.Constant(I32, 4)] * wide), True
 
     def _bin(self, e: Bin):
         fl = e.dtype.is_float

@@ -16,7 +16,7 @@ import llvmlite
 import llvmlite.binding as llvm
 
 from cnncc.ir import CompileError
-from cnncc.ir.target import Target
+from cnncc.ir.target import Target, feature_flags
 from . import thread_pool
 from cnncc.backends.cache_folders import cache_root
 from .object_files import read_object, write_object
@@ -235,6 +235,11 @@ def host_target(threads: int | None = None) -> Target:
     st = _init()
     max_lanes = int(os.environ["CNNCC_MAX_LANES"]) if os.environ.get("CNNCC_MAX_LANES") else None
     return Target.from_features(st["features"], st["cpu"], threads=threads, max_lanes=max_lanes)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The enabled CPU features the code is generated for (host or CNNCC_FEATURES)."""
+    return feature_flags(_init()["features"])
 
 
 def vector_lanes() -> int:

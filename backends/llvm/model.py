@@ -51,7 +51,8 @@ class Generated:
         """The whole program as one LLVM module (every unique kernel and the entry): built on
         demand for --emit llvm, CNNCC_DUMP=llvm and inspection; compiling uses ``unique``."""
         if self._ir_text is None:
-            mb = ModuleBuilder("cnncc_module", self.lanes, self.threads, self.openmp)
+            mb = ModuleBuilder("cnncc_module", self.lanes, self.threads, self.openmp,
+                               jit.cpu_flags())
             fns = {sym: mb.add_kernel(Kernel(sym, k.params, k.body))
                    for sym, k in self.unique.items()}
             run = entry_function(mb.module, self.program,

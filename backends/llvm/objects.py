@@ -97,7 +97,7 @@ def _path(folder: str | None, symbol: str, kind: str) -> str | None:
 
 def kernel_ir(symbol: str, kernel: Kernel, lanes: int, threads: int, openmp: bool) -> str:
     """The LLVM IR text of one kernel compiled alone under ``symbol``."""
-    mb = ModuleBuilder(symbol, lanes, threads, openmp)
+    mb = ModuleBuilder(symbol, lanes, threads, openmp, jit.cpu_flags())
     mb.add_kernel(Kernel(symbol, kernel.params, kernel.body))
     return str(mb)
 

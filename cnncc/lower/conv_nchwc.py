@@ -238,12 +238,23 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wi)
         red: Stmt = For(ci, CI_UNROLL if split else cin, nest(r2, j2, v2, upd), "unrolled")
         cio = Var(f"cio{tag}")
-        step = (icv * kh_ + khv) * kw_ + kwv
-        step = step * (cin // CI_UNROLL) + cio if split else step
-        if wflat is not None and wb is wbufs[0]:
-            red = seq(prefetch_group(pfb, step), red)
+        tap = (icv * kh_ + khv) * kw_ + kwv
+        prefetching = wflat is not None and wb is wbufs[0]
+        # Where the prefetches go (measured on Zen 5, weights from DRAM / L3): a stride-1
+        # conv prefetching one line a step issues a tap's lines at once before its channel
+        # loop - inside it they split LLVM's scheduling region (a 28-accumulator 2x1x14 tile
+        # spilled one: GoogLeNet's and ResNet-18's 14x14 3x3 convs 0.87 -> 0.70 and 1.19 ->
+        # 0.88 ms) and ran slower even without a spill; other convs keep P a reduction step,
+        # spread through the loop (bursts of 8 lines a tap made ResNet-18's stride-2 convs
+        # 10-30% and GoogLeNet's 7x7 ones ~10% slower; why is not understood).
+        burst = tuple(win.strides) == (1, 1) and plan is not None and plan[0] == 1
+        inside = prefetching and split and not burst
+        if inside:
+            red = seq(prefetch_group(pfb, tap * (cin // CI_UNROLL) + cio, 1), red)
         if split:
             red = For(cio, cin // CI_UNROLL, Let(ci0, cio * CI_UNROLL, red))
+        if prefetching and not inside:
+            red = seq(prefetch_group(pfb, tap, cin // CI_UNROLL if split else 1), red)
         if xt is not None:
             red = seq(pro, red)
         red = For(icv, lay.icb, For(khv, kh_, For(kwv, kw_, red)))
@@ -292,12 +303,13 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         part = (o * ntw + t) % used
         return nxt * packs[0][0].size + part * (steps * per * LINE_BYTES // 4)
 
-    def prefetch_group(base: Var, step: Expr) -> Stmt:
-        """P prefetches of the next group's weights into L2 per reduction step: a line each."""
+    def prefetch_group(base: Var, first: Expr, steps: int) -> Stmt:
+        """The prefetches of the next group's weights into L2 for ``steps`` reduction steps
+        from step ``first`` * ``steps`` (P a step, a line each)."""
         assert plan is not None and wflat is not None
-        per = plan[0]
-        return seq(*[Prefetch(wflat, (base + (step * per + p) * (LINE_BYTES // 4),), 2)
-                     for p in range(per)])
+        lines = plan[0] * steps
+        return seq(*[Prefetch(wflat, (base + (first * lines + p) * (LINE_BYTES // 4),), 2)
+                     for p in range(lines)])
 
     def cell(wb: Buffer, gi: Expr, vbt: int, tag: str) -> Stmt:
         """The tile (ot, t) of a group: TH x TW pixels from (ot * TH, t * TW), or the

@@ -153,9 +153,7 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
             return hit              # its json carries batch_refusal, stored with it below
     start = time.perf_counter()
     refusal = batch_refusal(graph)
-    # export_objects: the kernels' position-independent objects, which the library stored
-    # below links, are built with their JIT objects (one O3 run per kernel).
-    extra = {"export_objects": True} if key is not None else {}
+    extra = {}
     if target == "llvm" and _imported(source):
         extra["release_params"] = True      # an ONNX model imported here: its arrays are ours
     model = build(**extra)

@@ -101,7 +101,7 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
         paths["weights"] = base + ".weights"
     prog = gen.program
     arena = max(prog.arena_bytes, 64)
-    code, stats = build_objects(gen.unique, ("pic",), gen.lanes, gen.threads, gen.openmp)
+    code, stats = build_objects(gen.unique, gen.lanes, gen.threads, gen.openmp)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cnncc-aot-") as tmp:
         objs = []
@@ -109,7 +109,7 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
         # workers, hidden symbols, so two libraries in one process never share one pool.
         pool = [jit.emit_object(thread_pool.pool_ir(library=True))] if gen.threads > 1 else []
         for i, data in enumerate([jit.emit_object(gen.entry_text)] + pool +
-                                 [c["pic"] for c in code.values()]):
+                                 list(code.values())):
             objs.append(os.path.join(tmp, f"part{i}.o"))
             with open(objs[-1], "wb") as f:
                 f.write(data)

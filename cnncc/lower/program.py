@@ -81,6 +81,9 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
         for name in release.get(idx - 1, ()):
             freed += np.asarray(g.params.pop(name)).nbytes
             graph.params.pop(name, None)
+        # The previous node's packed constants go into the blob now that its unpacked arrays
+        # are released (never an array's three copies at once: ir/aligned.GrowingBlob).
+        ctx.write_consts()
         if freed >= _TRIM_BYTES:
             return_freed_memory()
             freed = 0
@@ -186,6 +189,7 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict, place: dict) -> Program:
         key_of[root] = ("output", j)
         claimed.add(root)
     # Constants: the blob lowering copied them into (context.py).
+    ctx.write_consts()
     offsets, blob = ctx.const_offsets, ctx.blob.array()
     # Liveness over kernel positions of arena-resident values and temps.
     live: dict[tuple, Lifetime] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 
 import numpy as np
@@ -83,7 +82,7 @@ def return_freed_memory() -> None:
     lowering drops the folded weights it has packed (lower/program.py), their pages would stay
     resident while the weight blob grows (ResNet-50 from a DSL net: +90 MB at the peak)."""
     if not _LIBC:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        _LIBC.append(getattr(libc, "malloc_trim", None))
+        # The process's own symbols: the C library it runs on (no ldconfig lookup).
+        _LIBC.append(getattr(ctypes.CDLL(None), "malloc_trim", None))
     if _LIBC[0] is not None:
         _LIBC[0](0)

@@ -105,9 +105,9 @@ def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int) -> 
 
 
 def blocked_words(ctx: LowerCtx, node: Node, x: str, x_zp: int, win) -> Buffer:
-    """The blocked uint8 input [N, CB, H, W, c] as int32 words [N, CB, Hp, Wp, c / 4] (4
+    """The blocked 8-bit input [N, CB, H, W, c] as int32 words [N, CB, Hp, Wp, c / 4] (4
     channels of a pixel per word), padded with its zero point where the window pads (a
-    contiguous row copy), else read in place."""
+    contiguous row copy), else read in place. int8 bytes are read by the dot4_s8s8 calls."""
     xb = ctx.value(x, bname="x")
     xp = padded_blocked(ctx, node.name, xb, (win.begin(0), win.begin(1)),
                         (win.end(0), win.end(1)), fill=x_zp)

@@ -150,10 +150,8 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         raise unsupported(node, "blocked quantized convs need the byte dot products")
     ws = 1                              # int32 words per pixel of the input view
     if in_blocked:
-        xp = blocked_words(ctx, node, x, x_zp, win)
+        xp, dot = blocked_words(ctx, node, x, x_zp, win, dot)
         ws, planes = xp.shape[-1], -(-icg // 4)
-        if g.types[x].dtype is DType.int8:      # the bytes shifted to uint8 in registers
-            dot = dot.replace("dot4_u8s8", "dot4_s8s8")
         wps, comp, update = dot_weights(wz, zx, dot)
     elif dot is not None:
         xp, planes = pack_dot(ctx, node, x, x_zp, win, groups)

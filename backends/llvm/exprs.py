@@ -10,7 +10,7 @@ from cnncc.ir import CompileError, DType
 from cnncc.ir.loop import (DOT4_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select,
                         Var)
 from .indexing import IndexCache, fold_int_values, value_key
-from .int8_dot import emit_dot4
+from .int8_dot import emit_dot4, shift_to_u8
 from .vecmath import FUNCTIONS as VECMATH_FUNCTIONS, VecMath
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -398,6 +398,8 @@ class ExprEmitter:
         fn, x = e.fn, e.args[0]
         if fn in DOT4_FNS:
             vals = [self.ev(a) for a in e.args]
+            fn, shifted = shift_to_u8(self.b, fn, vals[1][0])     # before a splat
+            vals[1] = (shifted, vals[1][1])
             vec = any(v for _, v in vals)
             args = [self.splat(v) if vec and not isv else v for v, isv in vals]
             return emit_dot4(self.b, fn, *args), vec

@@ -150,7 +150,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         raise unsupported(node, "blocked quantized convs need the byte dot products")
     ws = 1                              # int32 words per pixel of the input view
     if in_blocked:
-        xp = blocked_words(ctx, node, x, x_zp, win)
+        xp, dot = blocked_words(ctx, node, x, x_zp, win, dot)
         ws, planes = xp.shape[-1], -(-icg // 4)
         wps, comp, update = dot_weights(wz, zx, dot)
     elif dot is not None:

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, Expr, For, If, Kernel,
+from cnncc.ir.loop import (Allocate, And, Buffer, Cast, Cmp, Const, Expr, For, If, Kernel,
                            Stmt, Store, Var, nan_max, seq)
 from cnncc.ir.ops import OP_TABLE
 from cnncc.ir.ops.layout import pool_of
@@ -31,10 +31,10 @@ NEG_INF = float("-inf")
 
 
 def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
-                   end: tuple[int, int], fill: float = 0.0) -> Buffer:
+                   end: tuple[int, int], fill: float = 0.0, to_uint8: bool = False) -> Buffer:
     """``x`` [N, CB, H, W, c] copied into a scratch [N, CB, H + pads, W + pads, c] whose pad
     pixels hold ``fill`` (0; a quantized conv's input zero point); ``x`` itself when there is
-    no padding.
+    no padding. ``to_uint8``: int8 ``x`` is copied as uint8 x + 128 (``fill`` is a uint8 then).
 
     Each padded row is written once: pad rows whole, interior rows as left fill + the row
     (W * c contiguous floats) + right fill, all as vectors."""
@@ -42,15 +42,19 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
         return x
     nb, cb, h, w, c = x.shape
     hp, wp = h + begin[0] + end[0], w + begin[1] + end[1]
-    xp = ctx.temp(x.dtype, (nb, cb, hp, wp * c), "xp")
+    dt = DType.uint8 if to_uint8 else x.dtype
+    xp = ctx.temp(dt, (nb, cb, hp, wp * c), "xp")
     src = Buffer(x.name, x.dtype, (nb, cb, h, w * c))
     ctx.binding[id(src)] = ctx.binding[id(x)]
     n, b, r = Var("n"), Var("cb"), Var("r")
     fl, e, fr, fa = Var("fl"), Var("e"), Var("fr"), Var("fa")
-    fv = Const(fill, x.dtype)
+    fv = Const(fill, dt)
     left, width = begin[1] * c, w * c
+    val: Expr = src[n, b, r - begin[0], e]
+    if to_uint8:
+        val = Cast(dt, Cast(DType.int32, val) + Const(128, DType.int32))
     interior = seq(For(fl, left, Store(xp, (n, b, r, fl), fv)),
-                   For(e, width, Store(xp, (n, b, r, e + left), src[n, b, r - begin[0], e])),
+                   For(e, width, Store(xp, (n, b, r, e + left), val)),
                    For(fr, end[1] * c, Store(xp, (n, b, r, fr + (left + width)), fv)))
     ok = And(Cmp("ge", r, Const(begin[0])), Cmp("lt", r, Const(begin[0] + h)))
     body = If(ok, interior, For(fa, wp * c, Store(xp, (n, b, r, fa), fv)))
@@ -60,7 +64,7 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
         if ext >= ctx.lanes:
             sch.vectorize(sch.split(loop, ctx.lanes, mode="tail")[1])
     ctx.emit(parallel_outer(sch.kernel, ["n", "cb", "r"], ctx, xp.size))
-    view = Buffer("xp", x.dtype, (nb, cb, hp, wp, c))
+    view = Buffer("xp", dt, (nb, cb, hp, wp, c))
     ctx.binding[id(view)] = ctx.binding[id(xp)]
     return view
 

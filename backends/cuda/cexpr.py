@@ -254,6 +254,10 @@ class ExprRenderer:
         return self._infix(op, e.a, e.b)
 
     def _call(self, e: Call) -> str:
+        if e.fn == "dot4_s8s8":
+            # The loop IR's (acc, a, b); sm_61+ (cuda_emu.h: the same, exactly).
+            acc, a, b = (self(x) for x in e.args)
+            return f"__dp4a({a}, {b}, {acc})"
         args = ", ".join(self(a) for a in e.args)
         if e.fn == "sigmoid" and e.dtype.is_float:
             name = f"cnncc_sigmoid_{_SUFFIX[e.dtype]}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto as T, helper as h, numpy_helper as nh
+from onnx import helper as h, numpy_helper as nh
 
 import cnncc
 from cnncc.backends.cuda.build import find_nvcc, nvcc_check

@@ -136,8 +136,9 @@ def net():
 
 
 def test_int8_convs_compile_with_nvcc_on_dp4a(convs, net):
-    """Every conv case and the quantized net's kernels in one nvcc call; the dense, 1x1,
-    grouped and split kernels use __dp4a, the depthwise and uint8-weight ones do not."""
+    """Every conv case and the quantized net's kernels in one nvcc call (no register spills);
+    the dense, 1x1, grouped and split kernels use __dp4a, the depthwise and uint8-weight ones
+    do not."""
     mod = _cuda_module(convs[0])
     for name, case in CONVS.items():
         kernels = [k for k in mod.kernels if k.name.endswith(f"_{name}")]
@@ -150,9 +151,10 @@ def test_int8_convs_compile_with_nvcc_on_dp4a(convs, net):
     if find_nvcc() is None:
         pytest.skip("nvcc not installed: the CUDA compile check needs the CUDA toolkit "
                     "(the kernel structure above was checked)")
-    usage = nvcc_check(mod.source + "\n" + net_src, NVCC_ARCH)
+    usage = nvcc_check(mod.source + "\n" + net_src, NVCC_ARCH)["sm_75"]
     fns = {ln.name for k in mod.kernels for ln in k.launches}
-    assert fns <= set(usage["sm_75"])
+    assert fns <= set(usage)
+    assert not any(u.spill_stores or u.spill_loads for u in usage.values())
 
 
 def test_int8_convs_on_cuda_emu_match_llvm_reference_and_onnxruntime(convs):

@@ -8,8 +8,9 @@ each task accumulates R output pixels x VT channels exactly in int32 registers (
 VT vectorized, one input scalar broadcast per pixel and tap), then requantizes in float32:
 round_half_even(float(acc + bias) * (x_scale * w_scale / y_scale)) + y_zero_point, saturated;
 with a residual R: round_half_even(((y - y_zp) * y_scale + (R - r_zp) * r_scale) / s_scale)
-+ s_zp, saturated; ReLU: max with the output zero point. The output is stored as int8/uint8:
-activations stay 8-bit between convs.
++ s_zp, saturated; ReLU: max with the output zero point (conv_int8_parts.py, shared with the
+GPU kernels of gpu_conv_int8.py). The output is stored as int8/uint8: activations stay 8-bit
+between convs.
 Exactness: the accumulation is exact; the requantization rounds once in float32 where the
 reference multiplies in float64, so an output may differ by one step at a rounding tie.
 """
@@ -84,7 +85,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     nd = len(xs) - 2
     wz = qp.wz
     zx = shifted_zero_point(g.types[x].dtype, x_zp)
-    if icg == 1 and ocg == 1 and not ctx.gpu:
+    if icg == 1 and ocg == 1:
         if block:
             return depthwise_blocked(ctx, node, wz.reshape(oc, -1), bias, mult_oc, win,
                                      residual, epilogue)

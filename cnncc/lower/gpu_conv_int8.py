@@ -35,7 +35,7 @@ import numpy as np
 from cnncc.ir import DType, Node
 from cnncc.ir.loop import (Allocate, And, Buffer, Call, Cast, Const, Expr, For, If, Kernel,
                            Select, Stmt, Store, Var, seq)
-from cnncc.ir.ops.quant_blocked import compensation
+from cnncc.ir.ops.quant_blocked import compensation, signed_zero_point
 
 from .context import LowerCtx
 from .conv_int8_dot import words
@@ -52,7 +52,7 @@ def lower_qconv_gpu(ctx: LowerCtx, node: Node) -> None:
     if qp.icg == 1 and qp.ocg == 1:
         return _depthwise(ctx, node, qp)
     x_dt = ctx.graph.types[qp.x].dtype
-    zs = qp.x_zp - 128 if x_dt is DType.uint8 else qp.x_zp
+    zs = signed_zero_point(x_dt, qp.x_zp)
     bias = qp.bias - compensation(qp.wz, zs)
     dp4a = bool(qp.wz.min() >= -128 and qp.wz.max() <= 127 and bias.min() >= -2**31
                 and bias.max() < 2**31)

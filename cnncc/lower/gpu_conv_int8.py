@@ -48,6 +48,8 @@ I8, I32 = DType.int8, DType.int32
 
 
 def lower_qconv_gpu(ctx: LowerCtx, node: Node) -> None:
+    """QLinearConv / QConv for the CUDA target: the depthwise kernel, or pack + the tiled
+    product on __dp4a (on int32 products when the weights or the bias do not fit it)."""
     qp = qconv_parts(ctx, node)
     if qp.icg == 1 and qp.ocg == 1:
         return _depthwise(ctx, node, qp)

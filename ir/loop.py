@@ -30,8 +30,12 @@ MATH_FNS = ("exp", "expm1", "log", "log1p", "erfc", "sqrt", "tanh", "erf", "abs"
 # lowering chose from its Target (vnni: vpdpbusd; avx2: vpmaddubsw + vpmaddwd, whose pair sums
 # saturate at int16: the lowering must keep |b_2i| + |b_2i+1| <= 128, where they cannot).
 # dot4_s8s8*: the same with a's bytes int8 shifted to uint8 first (a_k + 128: a xor 0x80808080).
-DOT4_FNS = tuple(f"dot4_{a}s8{s}" for a in ("u8", "s8") for s in ("", "_vnni", "_avx2"))
+# dot4_i8i8(acc, a, b): the same with int8(a_k), no shift (CUDA's __dp4a(int, int, int)); the sum
+# wraps modulo 2^32 as the instruction does.
+DOT4_FNS = tuple(f"dot4_{a}s8{s}" for a in ("u8", "s8") for s in ("", "_vnni", "_avx2")) \
+    + ("dot4_i8i8",)
 MATH_FNS = MATH_FNS + DOT4_FNS
+
 
 I64 = DType.int64
 F32 = DType.float32

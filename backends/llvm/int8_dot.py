@@ -11,6 +11,7 @@ lane, acc + sum of 4 uint8 x int8 byte products.
     dot4_s8s8*       the same after a xor 0x80808080 (int8 bytes of a shifted to uint8),
                      done by exprs.py on the scalar word before it is broadcast (see
                      shift_to_u8)
+    dot4_i8i8        both operands' bytes signed, no shift (what CUDA's __dp4a computes)
 
 The first two fall back to the generic form when the vector width does not fit them (the
 scalar remainder of a vectorized loop, say).
@@ -62,13 +63,15 @@ def emit_dot4(b: ir.IRBuilder, fn: str, acc: ir.Value, a: ir.Value, w: ir.Value)
         pairs = b.call(maddubs, [b.bitcast(a, v8), b.bitcast(w, v8)])
         quads = b.call(maddwd, [pairs, ir.Constant(v16, [1] * 16)])
         return b.add(acc, quads)
-    return _generic(b, lanes, acc, a, w)
+    return _generic(b, lanes, acc, a, w, fn == "dot4_i8i8")
 
 
-def _generic(b: ir.IRBuilder, lanes: int, acc: ir.Value, a: ir.Value, w: ir.Value) -> ir.Value:
+def _generic(b: ir.IRBuilder, lanes: int, acc: ir.Value, a: ir.Value, w: ir.Value,
+             signed_a: bool) -> ir.Value:
     n = 4 * lanes
     bytes_t, wide = ir.VectorType(I8, n), ir.VectorType(I32, n)
-    prod = b.mul(b.zext(b.bitcast(a, bytes_t), wide), b.sext(b.bitcast(w, bytes_t), wide))
+    widen_a = b.sext if signed_a else b.zext
+    prod = b.mul(widen_a(b.bitcast(a, bytes_t), wide), b.sext(b.bitcast(w, bytes_t), wide))
     total = acc
     for k in range(4):
         if lanes == 1:

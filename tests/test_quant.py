@@ -230,7 +230,7 @@ def _compiled_in_child(kernel, lanes: int, arrays: dict, seconds: float) -> np.n
 @pytest.mark.parametrize("fn", DOT4_FNS)
 def test_dot4_calls_match_the_interpreter_at_extreme_bytes(fn, splat):
     """The loop IR's 8-bit x s8 dots (vpdpbusd, vpmaddubsw + vpmaddwd, generic; dot4_s8s8*
-    shift int8 bytes of a to uint8 first) on 8 and 16 lanes and the scalar remainder against
+    shift int8 bytes of a to uint8 first; dot4_i8i8, __dp4a's, takes them signed) on 8 and 16 lanes and the scalar remainder against
     the interpreter and numpy: bytes 0/255 (int8: -128/127) with -128/127 (-64/64 for the AVX2
     form, whose operands the lowering keeps in that range); a per lane or one word broadcast
     (as the convs read it), each compile bounded in time."""
@@ -240,7 +240,7 @@ def test_dot4_calls_match_the_interpreter_at_extreme_bytes(fn, splat):
         pytest.skip(f"{fn} needs a CPU with {fn.rsplit('_', 1)[1]} (this one: {t.isa})")
     n = 37
     lo, hi = (-64, 64) if fn.endswith("avx2") else (-128, 127)
-    signed = fn.startswith("dot4_s8")
+    signed = fn.startswith(("dot4_s8", "dot4_i8"))    # a's bytes int8 (dot4_i8i8: not shifted)
     rng = np.random.default_rng(0)
     a = rng.integers(-128, 128, (n, 4)).astype(np.int8) if signed else \
         rng.integers(0, 256, (n, 4)).astype(np.uint8)
@@ -251,7 +251,7 @@ def test_dot4_calls_match_the_interpreter_at_extreme_bytes(fn, splat):
     arrays = {"c": rng.integers(-2**24, 2**24, n).astype(np.int32),
               "a": np.ascontiguousarray(a.view(np.int32)[:, 0]),
               "w": w.view(np.int32)[:, 0].copy(), "y": np.zeros(n, np.int32)}
-    ua = a.astype(np.int64) + (128 if signed else 0)        # the bytes as uint8
+    ua = a.astype(np.int64) + (128 if fn.startswith("dot4_s8") else 0)     # what is multiplied
     want = arrays["c"] + ((ua[:1] if splat else ua) * w).sum(1)
     k = _dot4_kernel(fn, n, splat)
     interp = dict(arrays, y=np.zeros(n, np.int32))

@@ -6,6 +6,7 @@ The Target is made once here; passes, lowering and backend receive it. A code-ge
 backend gets the lowered Program and never calls back up (backends/__init__.py)."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -154,8 +155,10 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     start = time.perf_counter()
     refusal = batch_refusal(graph)
     # export_objects: the kernels' position-independent objects, which the library stored
-    # below links, are built with their JIT objects (one O3 run per kernel).
-    extra = {"export_objects": True} if key is not None else {}
+    # below links, are built with their JIT objects (one O3 run per kernel); not when no model
+    # is ever stored (CNNCC_CACHE_MIN_SECONDS=inf).
+    extra = {"export_objects": True} if key is not None and cache.min_seconds() < math.inf \
+        else {}
     if target == "llvm" and _imported(source):
         extra["release_params"] = True      # an ONNX model imported here: its arrays are ours
     model = build(**extra)

@@ -22,6 +22,6 @@ class ReferenceModel(CompiledModel):
 
 def build(graph: Graph, options: dict) -> ReferenceModel:
     # threads and opt_level mean nothing to the interpreter but are accepted for every target.
-    known = ("opt_level", "threads", "export_objects")
+    known = ("opt_level", "threads")
     check_options("reference", options, known)
     return ReferenceModel(graph)

@@ -11,6 +11,7 @@
                 [--roofline F.png|F.svg]        the roofline of every kernel, fused and unfused
     cnncc bench --peak [--threads N] [--json]   the measured FMA peak and bandwidths alone
     cnncc bench [MODEL] --batch 1,8,32 [--threads N] [--rounds R]   images/s vs onnxruntime
+    cnncc bench [MODEL] --scaling [1,2]       latency and speedup at each thread count
     cnncc infer MODEL --input DIR_OR_GLOB --output OUT.parquet [--ray [ADDRESS]] [--batch N]
     cnncc bench --compile [MODEL...] [--json]   cold / warm compile times in new processes
     cnncc verify [MODEL] [--opt N] [--target T]  pass-by-pass agreement with the reference
@@ -302,6 +303,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.batch:
         from .throughput import run_batch_bench
         return run_batch_bench(args, graph, onnx_model)
+    if args.scaling is not None:
+        return _run_scaling(args, graph, onnx_model)
     report = benchmark(graph, onnx_model, target=args.target or "llvm", threads=args.threads,
                        rounds=args.rounds, ablate=args.ablate,
                        per_layer=args.per_layer or bool(args.roofline),
@@ -317,6 +320,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for path in (args.plot, args.roofline):
         if path and not args.json:
             print(f"wrote {path}")
+    return 0
+
+
+def _run_scaling(args: argparse.Namespace, graph, onnx_model) -> int:
+    from .ir import CompileError
+    from .scaling import (default_counts, format_scaling_table, parse_counts, scaling_benchmark,
+                          scaling_json)
+    from .throughput import print_progress
+
+    mixed = [flag for flag, on in (("--ablate", args.ablate), ("--per-layer", args.per_layer),
+                                   ("--plot", args.plot), ("--batch", args.batch),
+                                   ("--threads", args.threads != 1)) if on]
+    if mixed:
+        raise CompileError(f"--scaling times whole models at its own thread counts: it does "
+                           f"not combine with {', '.join(mixed)}")
+    if args.target not in (None, "llvm"):
+        raise CompileError("--scaling times target llvm (thread counts are a CPU setting)")
+    rows = scaling_benchmark(graph, onnx_model, parse_counts(args.scaling or default_counts()),
+                             args.rounds,
+                             not args.no_ort, None if args.json else print_progress)
+    if not args.json:
+        print(file=sys.stderr)
+    print((scaling_json if args.json else format_scaling_table)(graph.name, args.rounds, rows))
     return 0
 
 
@@ -436,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", metavar="FILE", help="with --suite: the table as Markdown")
     bench.add_argument("--batch", metavar="N[,N...]", help="images/s of cnncc and onnxruntime "
                        "at batch N (a table for several)")
+    bench.add_argument("--scaling", metavar="N,N[,...]", nargs="?", const="",
+                       help="latency of cnncc and onnxruntime at each thread count, interleaved, "
+                            "and the speedup over the first (default: 1 and all cores)")
     bench.set_defaults(func=_cmd_bench)
 
     tune = sub.add_parser("tune", help="time a few schedules per workload (conv, depthwise, "

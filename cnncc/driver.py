@@ -6,7 +6,6 @@ The Target is made once here; passes, lowering and backend receive it. A code-ge
 backend gets the lowered Program and never calls back up (backends/__init__.py)."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any
@@ -45,10 +44,10 @@ def load_graph(source: Any, input_shapes: dict[str, Any] | None = None) -> Graph
                        "bytes, an onnx.ModelProto, a cnncc Graph or a cnncc.dsl net")
 
 
-def _imported(source: Any) -> bool:
-    """Whether load_graph made ``source``'s graph and arrays itself (an ONNX model), so that
-    nobody else holds them."""
-    return not isinstance(source, Graph) and not callable(getattr(source, "to_graph", None))
+def _own_graph(source: Any) -> bool:
+    """Whether load_graph made ``source``'s graph itself (an ONNX import, a DSL net's copy), so
+    that no caller holds its parameter dict (a DSL net's arrays stay the net's)."""
+    return not isinstance(source, Graph)
 
 
 def _check_options(target: str, opt_level: int, threads: int | None) -> None:
@@ -127,10 +126,13 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     def build(**extra: Any) -> CompiledModel:
         t0 = time.perf_counter()
         optimized = _optimize(graph, target, opt_level, skip, lowrank_tol, machine)
-        release = bool(extra.pop("release_params", False))
-        if release and optimized is not graph:
-            # The imported arrays now live in ``optimized`` only (passes share or replace
-            # them), which lowering drops one by one once packed (peak memory).
+        # Lowering drops each array from ``optimized`` once packed (peak memory): those the
+        # passes made (BatchNorm folded into a conv's weights) are freed then, the imported
+        # ones too when ``graph`` is ours (cleared here: ``optimized`` shares or replaces its
+        # arrays). A caller's Graph keeps its dict and arrays.
+        release = bool(extra.pop("release_params", False)) and (
+            optimized is not graph or _own_graph(source))
+        if release and optimized is not graph and _own_graph(source):
             graph.params = {}
         t1 = time.perf_counter()
         program = lower(optimized, target, opt_level, machine, options.get("schedules"),
@@ -154,14 +156,7 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
             return hit              # its json carries batch_refusal, stored with it below
     start = time.perf_counter()
     refusal = batch_refusal(graph)
-    # export_objects: the kernels' position-independent objects, which the library stored
-    # below links, are built with their JIT objects (one O3 run per kernel); not when no model
-    # is ever stored (CNNCC_CACHE_MIN_SECONDS=inf).
-    extra = {"export_objects": True} if key is not None and cache.min_seconds() < math.inf \
-        else {}
-    if target == "llvm" and _imported(source):
-        extra["release_params"] = True      # an ONNX model imported here: its arrays are ours
-    model = build(**extra)
+    model = build(release_params=target == "llvm")
     model.batch_refusal = refusal
     if key is not None and time.perf_counter() - start >= cache.min_seconds():
         t0 = time.perf_counter()

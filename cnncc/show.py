@@ -13,7 +13,7 @@ from .ir import CompileError, Graph
 
 # Attributes worth showing in a node's box (the rest is noise at graph scale).
 _SHOWN = ("kernel_shape", "strides", "group", "activation", "epilogue", "layout", "block",
-          "in_layout", "kind")
+          "in_layout", "kind", "view")
 # Ops whose output is in the blocked NCHW{c}c layout (ir/ops/layout.py); others pass it on.
 _BLOCKED_OPS = ("ToNCHWc", "ConvNCHWc", "PoolNCHWc", "DwPwConvNCHWc")
 

@@ -24,12 +24,18 @@ BIN_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max")
 CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 MATH_FNS = ("exp", "expm1", "log", "log1p", "erfc", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "sigmoid", "round",
             "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
-            "atanh", "pow", "fmod") + ("dot4_u8s8", "dot4_u8s8_vnni", "dot4_u8s8_avx2")
+            "atanh", "pow", "fmod")
 # dot4_u8s8*(acc, a, b), all int32: acc + sum over the 4 bytes k of a and b of
 # uint8(a_k) * int8(b_k) (exact, as vpdpbusd). The suffix names the instruction sequence a
 # lowering chose from its Target (vnni: vpdpbusd; avx2: vpmaddubsw + vpmaddwd, whose pair sums
-# saturate at int16: the lowering must keep every b_k in [-64, 64], where they cannot).
-DOT4_FNS = ("dot4_u8s8", "dot4_u8s8_vnni", "dot4_u8s8_avx2")
+# saturate at int16: the lowering must keep |b_2i| + |b_2i+1| <= 128, where they cannot).
+# dot4_s8s8*: the same with a's bytes int8 shifted to uint8 first (a_k + 128: a xor 0x80808080).
+# dot4_i8i8(acc, a, b): the same with int8(a_k), no shift (CUDA's __dp4a(int, int, int)); the sum
+# wraps modulo 2^32 as the instruction does.
+DOT4_FNS = tuple(f"dot4_{a}s8{s}" for a in ("u8", "s8") for s in ("", "_vnni", "_avx2")) \
+    + ("dot4_i8i8",)
+MATH_FNS = MATH_FNS + DOT4_FNS
+
 
 I64 = DType.int64
 F32 = DType.float32

@@ -118,9 +118,13 @@ class _Interp:
             return e.dtype.np.type(self.expr(e.a, env))
         if isinstance(e, Call) and e.fn in DOT4_FNS:
             acc, a, b = (int(self.expr(x, env)) for x in e.args)
-            ua = np.array([a & 0xFFFFFFFF], np.uint32).view(np.uint8).astype(np.int64)
+            if e.fn.startswith("dot4_s8"):
+                a ^= 0x80808080
+            ua = np.array([a & 0xFFFFFFFF], np.uint32).view(
+                np.int8 if e.fn == "dot4_i8i8" else np.uint8).astype(np.int64)
             sb = np.array([b & 0xFFFFFFFF], np.uint32).view(np.int8).astype(np.int64)
-            return np.int32(np.int64(acc) + int((ua * sb).sum()))
+            total = (acc + int((ua * sb).sum())) & 0xFFFFFFFF
+            return np.int32(total - (1 << 32) if total >= 1 << 31 else total)
         if isinstance(e, Call):
             args = [float(self.expr(a, env)) for a in e.args]
             if e.fn == "fmod" and not e.dtype.is_float:

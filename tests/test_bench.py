@@ -64,3 +64,31 @@ def test_cli_bench_json_and_plot(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["threads"] == 1 and len(data["variants"]) == 3
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bench_scaling_times_each_thread_count(capsys):
+    """`--scaling 1,2`: one row per thread count, cnncc and onnxruntime interleaved; scaling is
+    the first count's median over this count's (as printed, the JSON's numbers agree)."""
+    import pytest
+
+    from cnncc.ir import InputError
+    from cnncc.scaling import parse_counts
+
+    assert main(["bench", "zoo:tiny_cnn", "--scaling", "1,2", "--rounds", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = data["counts"]
+    assert [r["threads"] for r in rows] == [1, 2] and data["wait_policy"]
+    for r in rows:
+        assert r["cnncc_ms"] > 0 and r["ort_ms"] > 0
+        assert abs(r["cnncc_scaling"] - rows[0]["cnncc_ms"] / r["cnncc_ms"]) < 1e-9
+        assert abs(r["ort_scaling"] - rows[0]["ort_ms"] / r["ort_ms"]) < 1e-9
+        assert abs(r["ratio"] - r["cnncc_ms"] / r["ort_ms"]) < 1e-9
+    assert main(["bench", "zoo:tiny_cnn", "--scaling", "1,2", "--rounds", "2", "--no-ort"]) == 0
+    text = capsys.readouterr().out
+    assert "scaling" in text and text.splitlines()[-1].split()[0] == "2"
+    for bad in ("1", "0,2", "a,b", "2,2", "1,-2"):
+        with pytest.raises(InputError, match="--scaling"):
+            parse_counts(bad)
+    assert main(["bench", "zoo:tiny_cnn", "--scaling", "--per-layer"]) == 1
+    err = capsys.readouterr().err
+    assert "CompileError" in err and "--scaling" in err and "--per-layer" in err

@@ -104,7 +104,7 @@ def test_new_model_with_known_kernels_compiles_from_the_kernel_cache(tmp_path):
     second = compile_in_new_process(2, cdir)
     assert second["kernels_disk"] == second["kernels_unique"] and second["kernels_compiled"] == 0
     # A damaged entry is detected, removed and compiled again (and stored intact).
-    entries = sorted((cdir / "kernels").glob("*.jit.o"))
+    entries = sorted((cdir / "kernels").glob("*.o"))
     assert entries
     entries[0].write_bytes(entries[0].read_bytes()[:200])
     third = compile_in_new_process(3, cdir)
@@ -120,7 +120,7 @@ def test_parallel_workers_build_the_same_code(monkeypatch):
     built = {}
     for jobs in ("1", "2"):
         monkeypatch.setenv("CNNCC_COMPILE_JOBS", jobs)
-        built[jobs], stats = objects.build_objects(unique, ("jit",), lanes, 1, False)
+        built[jobs], stats = objects.build_objects(unique, lanes, 1, False)
         # Other Python threads (a test runner's) keep the build in this process.
         forks = threading.active_count() == 1
         assert stats.compiled == len(unique)
@@ -140,13 +140,13 @@ def test_kernel_folder_has_its_own_cap(tmp_path):
     (root / "lib").mkdir()
     now = time.time()
     for i, age in enumerate((300, 200, 100)):
-        path = root / "kernels" / f"cnk_{i}.jit.o"
+        path = root / "kernels" / f"cnk_{i}.o"
         path.write_bytes(b"x" * 1000)
         os.utime(path, (now - age, now - age))
     (root / "lib" / "model").mkdir()
     (root / "lib" / "model" / "m.so").write_bytes(b"y" * 5000)
     removed = cache.evict(str(root), 2000, folders=("kernels",))
-    assert [os.path.basename(p) for p in removed] == ["cnk_0.jit.o"]
+    assert [os.path.basename(p) for p in removed] == ["cnk_0.o"]
     assert (root / "lib" / "model" / "m.so").exists()   # models are capped separately
 
 

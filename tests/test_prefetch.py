@@ -194,15 +194,22 @@ def conv_kernel(g) -> Kernel:
 
 def record(s: Stmt, hits: Buffer, og: Var) -> Stmt:
     """``s`` with each prefetch of wf turned into a store hits[og, index] = 1 (bounds-checked
-    by the interpreter)."""
-    return replace_stmts(s, lambda x: Store(hits, (og,) + x.indices, 1.0)
-                         if isinstance(x, Prefetch) else None)
+    by the interpreter), and without the arithmetic (loops with no prefetch inside, stores):
+    only where the prefetches go is interpreted."""
+    def keep(x: Stmt) -> Stmt | None:
+        if isinstance(x, Prefetch):
+            return Store(hits, (og,) + x.indices, 1.0)
+        if isinstance(x, Store) or (isinstance(x, For) and not prefetches(x)):
+            return Seq([])
+        return None
+    return replace_stmts(s, keep)
 
 
 @pytest.mark.parametrize("ic,oc,h,k,stride", [
     (16, 64, 4, 3, 1),      # 2 groups of 2 tiles
     (16, 80, 6, 3, 1),      # a tail group; 3 tiles, 2 of them prefetching
     (32, 96, 5, 1, 1),      # a flattened 1x1 conv
+    (16, 64, 9, 3, 1),      # one line a step: a tap's lines at once, before its ci loop
 ])
 def test_conv_prefetches_next_group(ic, oc, h, k, stride, group_major):
     """While group g runs, exactly the lines of group g + 1 (the last group: its own) are
@@ -241,6 +248,34 @@ def test_conv_with_prefetch_matches_reference(ic, oc, h, k, stride, kw, threads,
     g = conv_graph(ic, oc, h, h, k, stride=stride, **kw)
     assert prefetches(conv_kernel(g).body)
     check(g, threads)
+
+
+def prefetch_loops(s: Stmt, outer: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The names of the loops around each prefetch of ``s``."""
+    if isinstance(s, Prefetch):
+        return [outer]
+    if isinstance(s, For):
+        return prefetch_loops(s.body, outer + (s.var.name,))
+    found = []
+    for child in getattr(s, "stmts", None) or [getattr(s, a) for a in ("body", "then", "else_")
+                                               if getattr(s, a, None) is not None]:
+        found += prefetch_loops(child, outer)
+    return found
+
+
+@pytest.mark.parametrize("ic,oc,h,stride,inside", [
+    (16, 64, 9, 1, False),     # one line a step: the tap's lines before its channel loop
+    (32, 96, 9, 2, True),      # strided: a step's lines inside the channel loop
+    (16, 64, 4, 1, True),      # two lines a step (2 groups of 2 tiles): inside too
+])
+def test_conv_prefetch_placement(ic, oc, h, stride, inside, group_major):
+    """A stride-1 conv prefetching one line a step issues a tap's lines before its channel
+    loop (inside it they split LLVM's scheduling region: a full register tile spilled); other
+    convs a step's lines inside it (a tap's burst of 8 lines measured slower there)."""
+    kern = conv_kernel(conv_graph(ic, oc, h, h, 3, stride=stride))
+    loops = prefetch_loops(kern.body)
+    assert loops and all(("cio" in names[-1]) == inside for names in loops), loops
+    assert all(any(n.startswith("kw") for n in names) for names in loops), loops
 
 
 def test_conv_prefetch_only_with_few_tiles(group_major):

@@ -21,6 +21,7 @@ import pytest
 from onnx import TensorProto as T, helper as h, numpy_helper as nh
 
 import cnncc
+from cnncc.ir.loop import DOT4_FNS
 
 ort = pytest.importorskip("onnxruntime")
 quantization = pytest.importorskip("onnxruntime.quantization")
@@ -192,40 +193,73 @@ def test_quantized_op_errors_name_the_problem():
         cnncc.compile(m, target="reference")
 
 
-@pytest.mark.parametrize("fn", ["dot4_u8s8", "dot4_u8s8_avx2", "dot4_u8s8_vnni"])
-def test_dot4_calls_match_the_interpreter_at_extreme_bytes(fn):
-    """The loop IR's u8 x s8 dot (vpdpbusd, vpmaddubsw + vpmaddwd, generic) on 8 and 16 lanes
-    and the scalar remainder against the interpreter and numpy: bytes 0/255 with -128/127
-    (-64/64 for the AVX2 form, whose operands the lowering keeps in that range)."""
-    from cnncc.backends.llvm.kernels import compile_kernel
+def _dot4_kernel(fn: str, n: int, splat: bool):
+    """y[i] = fn(c[i], a[i] (or a[0] for every lane: a broadcast word), w[i])."""
     from cnncc.ir import DType
-    from cnncc.ir.loop import Buffer, Call, For, Kernel, Store, Var
+    from cnncc.ir.loop import Buffer, Call, Const, For, Kernel, Store, Var
+    i32 = DType.int32
+    acc, av, wv, y = (Buffer(k, i32, (n,)) for k in "cawy")
+    i = Var("i")
+    a = av[Const(0)] if splat else av[i]
+    return Kernel("d", [y, acc, av, wv],
+                  For(i, n, Store(y, (i,), Call(fn, (acc[i], a, wv[i]), i32)), "vectorized"))
+
+
+def _compiled_in_child(kernel, lanes: int, arrays: dict, seconds: float) -> np.ndarray:
+    """y of ``kernel`` compiled and run in a forked child that must finish within ``seconds``
+    (LLVM's instruction selection once looped forever on a broadcast int8 word)."""
+    import multiprocessing
+    from cnncc.backends.llvm.kernels import compile_kernel
+
+    def child(conn):
+        got = dict(arrays)
+        compile_kernel(kernel, lanes=lanes)(got)
+        conn.send(got["y"])
+    parent, end = multiprocessing.get_context("fork").Pipe()
+    proc = multiprocessing.get_context("fork").Process(target=child, args=(end,))
+    proc.start()
+    ready = parent.poll(seconds)
+    if not ready:
+        proc.kill()
+    proc.join()
+    assert ready, f"{kernel.name}: compiling one dot4 kernel took over {seconds} s"
+    return parent.recv()
+
+
+@pytest.mark.parametrize("splat", [False, True], ids=["per_lane", "broadcast"])
+@pytest.mark.parametrize("fn", DOT4_FNS)
+def test_dot4_calls_match_the_interpreter_at_extreme_bytes(fn, splat):
+    """The loop IR's 8-bit x s8 dots (vpdpbusd, vpmaddubsw + vpmaddwd, generic; dot4_s8s8*
+    shift int8 bytes of a to uint8 first) on 8 and 16 lanes and the scalar remainder against
+    the interpreter and numpy: bytes 0/255 (int8: -128/127) with -128/127 (-64/64 for the AVX2
+    form, whose operands the lowering keeps in that range); a per lane or one word broadcast
+    (as the convs read it), each compile bounded in time."""
     from cnncc.ir.loop_interp import run_kernel
     t = cnncc.host_target(1)
     if fn.endswith("vnni") and not t.vnni or fn.endswith("avx2") and "avx2" not in t.flags:
         pytest.skip(f"{fn} needs a CPU with {fn.rsplit('_', 1)[1]} (this one: {t.isa})")
-    i32, n = DType.int32, 37
+    n = 37
     lo, hi = (-64, 64) if fn.endswith("avx2") else (-128, 127)
+    signed = fn.startswith("dot4_s8")
     rng = np.random.default_rng(0)
-    a = rng.integers(0, 256, (n, 4)).astype(np.uint8)
+    a = rng.integers(-128, 128, (n, 4)).astype(np.int8) if signed else \
+        rng.integers(0, 256, (n, 4)).astype(np.uint8)
     w = rng.integers(lo, hi + 1, (n, 4)).astype(np.int8)
-    a[:3] = 255
-    w[0], w[1], w[2] = lo, hi, [lo, hi, lo, hi]
-    arrays = {"c": rng.integers(-2**24, 2**24, n).astype(np.int32), "a": a.view(np.int32)[:, 0],
+    a[:3] = 127 if signed else 255
+    a[3:5] = -128 if signed else 0
+    w[0], w[1], w[2], w[3] = lo, hi, [lo, hi, lo, hi], hi
+    arrays = {"c": rng.integers(-2**24, 2**24, n).astype(np.int32),
+              "a": np.ascontiguousarray(a.view(np.int32)[:, 0]),
               "w": w.view(np.int32)[:, 0].copy(), "y": np.zeros(n, np.int32)}
-    arrays["a"] = np.ascontiguousarray(arrays["a"])
-    want = arrays["c"] + (a.astype(np.int64) * w).sum(1)
-    acc, av, wv, y = (Buffer(k, i32, (n,)) for k in "cawy")
-    i = Var("i")
-    k = Kernel("d", [y, acc, av, wv],
-               For(i, n, Store(y, (i,), Call(fn, (acc[i], av[i], wv[i]), i32)), "vectorized"))
+    ua = a.astype(np.int64) + (128 if signed else 0)        # the bytes as uint8
+    want = arrays["c"] + ((ua[:1] if splat else ua) * w).sum(1)
+    k = _dot4_kernel(fn, n, splat)
     interp = dict(arrays, y=np.zeros(n, np.int32))
     run_kernel(k, interp)
     np.testing.assert_array_equal(interp["y"], want)
     for lanes in (8, 16) if t.lanes >= 16 else (8,):
-        got = dict(arrays, y=np.zeros(n, np.int32))
-        compile_kernel(k, lanes=lanes)(got)
-        np.testing.assert_array_equal(got["y"], want, err_msg=f"{lanes} lanes")
+        got = _compiled_in_child(k, lanes, arrays, 60.0)
+        np.testing.assert_array_equal(got, want, err_msg=f"{lanes} lanes")
 
 
 # ---- whole models quantized by onnxruntime --------------------------------------------------------

@@ -1,8 +1,9 @@
 """int8 on blocked activations (alter_layout_int8 -> QConvNCHWc): the graph after the passes
 (one quantized region, layout changes only at its edges) and the blocked kernels (dense 3x3,
 1x1 at strides 1 and 2, depthwise at strides 1 and 2, the stem reading NCHW, residuals,
-ReLU/ReLU6, a max pool of the bytes, channel counts that leave padding lanes) on the host ISA
-and on AVX2.
+ReLU/ReLU6, a max pool of the bytes, channel counts that leave padding lanes) on uint8
+activations (`cnncc quantize`) and int8 ones (onnxruntime's default QDQ; a net whose int8
+values all reach -128 and 127 at zero points -128, 0 and 127), on the host ISA and on AVX2.
 
 Bounds: the blocked program computes what the NCHW int8 program computes with the same
 arithmetic (int32 sums, float32 requantization), so their outputs are bit-identical; against
@@ -55,8 +56,8 @@ def _mixed(x):
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):
-    """The net quantized by `cnncc quantize` and by onnxruntime's quantize_static (QDQ, uint8
-    activations; its default int8 activations keep the NCHW int8 kernels)."""
+    """The net quantized by `cnncc quantize` (uint8 activations) and by onnxruntime's
+    quantize_static (its default QDQ form: int8 activations and weights)."""
     from onnxruntime import quantization as q
     net = build(_mixed, (1, 3, 19, 17), "mixed", 3)
     ours, _ = cnncc.quantize(net, samples=4, per_channel=True, verbose=False)
@@ -76,10 +77,90 @@ def quantized(tmp_path_factory):
     from onnxruntime.quantization.shape_inference import quant_pre_process
     quant_pre_process(str(d / "f.onnx"), str(d / "pre.onnx"), skip_symbolic_shape=True)
     q.quantize_static(str(d / "pre.onnx"), str(d / "ort.onnx"), Reader(), per_channel=True,
-                      quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
+                      quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8,
                       weight_type=q.QuantType.QInt8)
     x = np.random.default_rng(7).standard_normal((1, 3, 19, 17)).astype(np.float32)
-    return {"cnncc_u8": ours, "ort_u8": onnx.load(d / "ort.onnx")}, x
+    return {"cnncc_u8": ours, "ort_s8": onnx.load(d / "ort.onnx"),
+            "extreme_s8": _extreme_s8(x)}, x
+
+
+# int8 activations of _extreme_s8 and their zero points: every value holds -128 and 127.
+EXTREME_ZERO_POINTS = {"xq": 0, "a0": 127, "a1": -128, "a2": 127, "a3": 0, "a3c": 0, "a4": -128,
+                       "a5": -128}
+
+
+def _extreme_s8(x: np.ndarray) -> onnx.ModelProto:
+    """A QDQ net on int8 activations at zero points -128, 0 and 127 (EXTREME_ZERO_POINTS),
+    each layer's scale chosen from its float output so that both -128 and 127 occur; int8
+    weights per channel with rows of -128 and of 127: stem 3x3 (NCHW input), 1x1 reading the
+    blocked bytes in place, 3x3 padded with -128, depthwise 3x3 padded with 127, 1x1 + residual
+    + ReLU, a padded max pool of the bytes."""
+    from onnx import helper as h, numpy_helper as nh
+    rng = np.random.default_rng(11)
+    nodes, inits, channels = [], [], {"x": 3}
+
+    def const(name, v):
+        inits.append(nh.from_array(np.asarray(v), name))
+        return name
+
+    def model(out: str, extra=()) -> onnx.ModelProto:
+        g = h.make_graph(nodes, "extreme", [h.make_tensor_value_info(
+            "x", onnx.TensorProto.FLOAT, list(x.shape))], [onnx.ValueInfoProto(name=o)
+                                                          for o in (out, *extra)], inits)
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 21)])
+        m.ir_version = 10
+        return m
+
+    def run(outs) -> list:
+        return ort.InferenceSession(model(outs[0], outs[1:]).SerializeToString(), providers=[
+            "CPUExecutionProvider"]).run(outs, {"x": x})
+
+    def q(v: str, name: str) -> str:
+        """Q(v) at zero point EXTREME_ZERO_POINTS[name], at a scale that saturates both ends."""
+        zp = EXTREME_ZERO_POINTS[name]
+        lo, hi = (float(f(run([v])[0])) for f in (np.min, np.max))
+        reach = {0: min(hi, -lo) / 127, 127: -lo / 255, -128: hi / 255}[zp]
+        scale = np.float32(0.45 * reach)
+        nodes.append(h.make_node("QuantizeLinear", [v, const(f"{name}.s", scale),
+                                                    const(f"{name}.z", np.int8(zp))], [name]))
+        channels[name] = channels.get(v, 0)
+        return name
+
+    def dq(a: str) -> str:
+        if not any(f"{a}.f" in n.output for n in nodes):
+            nodes.append(h.make_node("DequantizeLinear", [a, f"{a}.s", f"{a}.z"],
+                                     [f"{a}.f"]))
+        return f"{a}.f"
+
+    def conv(a: str, oc: int, k: int, name: str, group: int = 1) -> str:
+        ic = channels[a]
+        w = rng.integers(-128, 128, (oc, ic // group, k, k)).astype(np.int8)
+        w[0], w[1] = -128, 127
+        ws = (rng.uniform(0.5, 1.5, oc) / (64 * np.sqrt(ic // group * k * k))).astype(np.float32)
+        wq = const(f"{name}.w.q", w)
+        nodes.append(h.make_node("DequantizeLinear", [wq, const(f"{name}.w.s", ws), const(
+            f"{name}.w.z", np.zeros(oc, np.int8))], [f"{name}.w"], axis=0))
+        nodes.append(h.make_node("Conv", [dq(a), f"{name}.w"], [f"{name}.y"], group=group,
+                                 pads=[k // 2] * 4))
+        channels[f"{name}.y"] = oc
+        return f"{name}.y"
+
+    a0 = q(conv(q("x", "xq"), 16, 3, "stem"), "a0")
+    a1 = q(conv(a0, 16, 1, "pw1"), "a1")
+    a2 = q(conv(a1, 24, 3, "dense"), "a2")
+    a3 = q(conv(a2, 24, 3, "dw", group=24), "a3")
+    c = dq(q(conv(a3, 24, 1, "pw2"), "a3c"))
+    nodes.append(h.make_node("Add", [c, dq(a3)], ["sum"]))
+    nodes.append(h.make_node("Relu", ["sum"], ["relu"]))
+    a4 = q("relu", "a4")
+    nodes.append(h.make_node("MaxPool", [dq(a4)], ["pool"], kernel_shape=[3, 3], strides=[2, 2],
+                             pads=[1, 1, 1, 1]))
+    nodes.append(h.make_node("QuantizeLinear", ["pool", "a4.s", "a4.z"], ["a5"]))
+    bytes_ = dict(zip(EXTREME_ZERO_POINTS, run(list(EXTREME_ZERO_POINTS))))
+    for name, v in bytes_.items():
+        assert v.dtype == np.int8 and v.min() == -128 and v.max() == 127, (name, v.min(), v.max())
+    nodes.append(h.make_node("DequantizeLinear", ["a5", "a4.s", "a4.z"], ["y"]))
+    return model("y")
 
 
 def _check(proto, x, threads: int = 1) -> dict:
@@ -99,7 +180,7 @@ def _check(proto, x, threads: int = 1) -> dict:
             "vs_onnxruntime": float(np.abs(blocked - want).max()) / scale}
 
 
-@pytest.mark.parametrize("kind", ["cnncc_u8", "ort_u8"])
+@pytest.mark.parametrize("kind", ["cnncc_u8", "ort_s8"])
 def test_quantized_convs_form_one_blocked_region(quantized, kind):
     from cnncc.passes import PassContext, run_pipeline
     proto = quantized[0][kind]
@@ -109,7 +190,8 @@ def test_quantized_convs_form_one_blocked_region(quantized, kind):
     convs = [n for n in g.nodes if n.op == "QConvNCHWc"]
     assert len(convs) == 8 and "QConv" not in ops and "Conv" not in ops
     pools = [n for n in g.nodes if n.op == "PoolNCHWc"]
-    assert len(pools) == 1 and g.types[pools[0].outputs[0]].dtype.np == np.uint8
+    assert len(pools) == 1 and g.types[pools[0].outputs[0]].dtype.np == (
+        np.uint8 if kind == "cnncc_u8" else np.int8)
     assert "MaxPool" not in ops and "DequantizeLinear" not in ops[:ops.index("FromNCHWc")]
     # The stem reads the quantized image in NCHW; nothing is converted inside the region;
     # one FromNCHWc before the float pooling and classifier.
@@ -121,7 +203,20 @@ def test_quantized_convs_form_one_blocked_region(quantized, kind):
     assert len(residual) == 1 and g.types[residual[0].inputs[9]].rank == 5
 
 
-@pytest.mark.parametrize("kind", ["cnncc_u8", "ort_u8"])
+def test_extreme_int8_bytes_stay_blocked(quantized):
+    """_extreme_s8's convs and byte pool on blocked int8 bytes, one region: the 3x3 and the
+    depthwise pad with the zero points -128 and 127 (their row copies), the 1x1 reads in place."""
+    from cnncc.passes import PassContext, run_pipeline
+    g = run_pipeline(cnncc.load_graph(quantized[0]["extreme_s8"]),
+                     PassContext(machine=cnncc.host_target(1)))
+    ops = [n.op for n in g.nodes]
+    assert ops.count("QConvNCHWc") == 5 and ops.count("PoolNCHWc") == 1, ops
+    assert ops.count("FromNCHWc") == 1 and "ToNCHWc" not in ops and "QConv" not in ops, ops
+    assert all(g.types[n.inputs[0]].dtype.np == np.int8 for n in g.nodes
+               if n.op in ("QConvNCHWc", "PoolNCHWc"))
+
+
+@pytest.mark.parametrize("kind", ["cnncc_u8", "ort_s8", "extreme_s8"])
 def test_blocked_int8_matches_nchw_reference_and_onnxruntime(quantized, kind):
     protos, x = quantized
     proto = protos[kind]

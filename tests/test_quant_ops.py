@@ -299,8 +299,8 @@ def test_qdq_cnn_stays_int8(quantized_cnns, avg):
     assert np.abs(got - ref).max() <= 2 * step * 1.001
 
 
-def _qdq_chain(op, attrs, q_params, w=None, bias=None):
-    """x (uint8) -> DQ(0.05, 7) -> op [W = DQ(w), bias] -> Q(q_params) -> y."""
+def _qdq_chain(op, attrs, q_params, w=None, bias=None, relu=False):
+    """x (uint8) -> DQ(0.05, 7) -> op [W = DQ(w), bias] [-> Relu] -> Q(q_params) -> y."""
     s, z = q_params
     inits = [_c("s", np.float32(0.05)), _c("z", np.uint8(7)), _c("ys", np.float32(s)),
              _c("yz", np.uint8(z))]
@@ -313,8 +313,9 @@ def _qdq_chain(op, attrs, q_params, w=None, bias=None):
         ins.append("bias")
     nodes = [h.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"])] + (
         [h.make_node("DequantizeLinear", ["w", "wsc", "wz"], ["wf"])] if w is not None else []) + [
-        h.make_node(op, ins, ["o"], **attrs), h.make_node("QuantizeLinear", ["o", "ys", "yz"],
-                                                          ["y"])]
+        h.make_node(op, ins, ["o0" if relu else "o"], **attrs)] + (
+        [h.make_node("Relu", ["o0"], ["o"])] if relu else []) + [
+        h.make_node("QuantizeLinear", ["o", "ys", "yz"], ["y"])]
     x = np.random.default_rng(4).integers(0, 256, (1, 6, 7, 7) if w is None else (3, 12))
     g = h.make_graph(nodes, "c", [h.make_tensor_value_info("x", T.UINT8, x.shape)],
                      [h.make_tensor_value_info("y", T.UINT8, None)], inits)
@@ -348,6 +349,45 @@ def test_fuse_quantized_ops_conditions_and_bounds(case):
     got = cnncc.compile(model, cache=False).run({"x": x})["y"]
     diff = int(np.abs(got.astype(int) - ref.astype(int)).max())
     assert diff <= (0 if case.startswith("maxpool") else 1), diff
+
+
+@pytest.mark.parametrize("case", ["gemm_relu", "global_max_pool"])
+def test_relu_after_qgemm_and_global_max_pool_stay_8bit(case):
+    """Q(Relu(Gemm(DQ, DQ))) becomes QGemm + a max with the Q's zero point (within one step of
+    the float chain, as QGemm), Q(GlobalMaxPool(DQ)) at equal parameters the pool on the bytes
+    (a MaxPool of the whole image, equal): no float op left, on llvm and cuda-emu, against the reference and onnxruntime."""
+    from cnncc.passes import PassContext, run_pipeline
+    w = np.random.default_rng(6).integers(-128, 128, (5, 12)).astype(np.int8)
+    model, x = _qdq_chain("Gemm", dict(transB=1), (0.02, 9), w,
+                          np.linspace(-1, 1, 5).astype(np.float32), relu=True) \
+        if case == "gemm_relu" else _qdq_chain("GlobalMaxPool", {}, (0.05, 7))
+    ops = [n.op for n in run_pipeline(cnncc.load_graph(model),
+                                      PassContext(machine=cnncc.host_target(1))).nodes]
+    assert ops == (["QGemm", "Max"] if case == "gemm_relu" else ["MaxPool"]), ops
+    ref = cnncc.compile(model, target="reference").run({"x": x})["y"]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = ort.InferenceSession(model.SerializeToString(), so, providers=[
+        "CPUExecutionProvider"]).run(None, {"x": x})[0]
+    bound = 1 if case == "gemm_relu" else 0
+    for target in ("llvm", "cuda-emu"):
+        got = cnncc.compile(model, target=target, cache=False).run({"x": x})["y"]
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        for other in (ref, want):
+            assert int(np.abs(got.astype(int) - other.astype(int)).max()) <= bound, target
+    if case == "gemm_relu":
+        assert (ref == 9).any() and (ref > 9).any()      # the ReLU clamps some outputs
+
+
+def test_relu_read_elsewhere_stays_float():
+    """A Relu whose float output is also a graph output is not folded into the QGemm."""
+    from cnncc.passes import PassContext, run_pipeline
+    w = np.random.default_rng(6).integers(-128, 128, (5, 12)).astype(np.int8)
+    model, _ = _qdq_chain("Gemm", dict(transB=1), (0.02, 9), w, relu=True)
+    model.graph.output.append(h.make_tensor_value_info("o", T.FLOAT, None))
+    ops = [n.op for n in run_pipeline(cnncc.load_graph(model),
+                                      PassContext(machine=cnncc.host_target(1))).nodes]
+    assert "Relu" in ops and "Max" not in ops, ops
 
 
 def test_runtime_weights_are_refused_by_name():

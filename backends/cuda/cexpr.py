@@ -44,6 +44,8 @@ for _fn in ("expm1", "log1p", "erfc", "tan", "asin", "acos", "atan", "sinh", "co
     _MATH_F32[_fn], _MATH_F64[_fn] = f"{_fn}f", _fn
 
 _INT_MIN_I32, _INT_MAX_I32 = -(2 ** 31), 2 ** 31 - 1
+# __dp4a (the loop IR's dot4_i8i8) exists from compute capability 6.1 on.
+DP4A_MIN_SM = 61
 
 
 def c_type(dtype: DType) -> str:
@@ -254,6 +256,10 @@ class ExprRenderer:
         return self._infix(op, e.a, e.b)
 
     def _call(self, e: Call) -> str:
+        if e.fn == "dot4_i8i8":
+            # The loop IR's (acc, a, b); DP4A_MIN_SM (cuda_emu.h: the same, exactly).
+            acc, a, b = (self(x) for x in e.args)
+            return f"__dp4a({a}, {b}, {acc})"
         args = ", ".join(self(a) for a in e.args)
         if e.fn == "sigmoid" and e.dtype.is_float:
             name = f"cnncc_sigmoid_{_SUFFIX[e.dtype]}"

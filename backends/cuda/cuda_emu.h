@@ -674,6 +674,15 @@ extern "C" inline __attribute__((used)) const char *cnncc_emu_mode() {
 
 inline void __syncthreads() { cuda_emu::syncthreads(); }
 
+// __dp4a(int, int, int) (sm_61+): c + the sum of the 4 signed byte products of a and b,
+// wrapping modulo 2^32 as the instruction does (summed unsigned: no signed overflow).
+inline int __dp4a(int a, int b, int c) {
+  unsigned s = (unsigned)c;
+  for (int k = 0; k < 32; k += 8)
+    s += (unsigned)((int)(signed char)(a >> k) * (int)(signed char)(b >> k));
+  return (int)s;
+}
+
 #define CNNCC_SHARED(type, name, count) \
   type *const name = cuda_emu::shared_array<type>(count)
 #define CNNCC_LAUNCH(kernel, grid, block, stream, ...) \

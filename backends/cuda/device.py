@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import ctypes
+import re
 from pathlib import Path
 
+from cnncc.ir import CompileError
 from .build import BuildError, build_key, build_workdir, build_once, find_nvcc
+from .cexpr import DP4A_MIN_SM
 
 
 def gpu_count() -> tuple[int, str]:
@@ -41,6 +44,14 @@ def device_arch() -> str | None:
     return f"sm_{major.value}{minor.value}"
 
 
+def check_arch(source: str, arch: str) -> None:
+    """CompileError when ``source`` needs a newer GPU than ``arch`` (int8 convs: __dp4a)."""
+    m = re.fullmatch(r"sm_(\d+)[a-z]?", arch)
+    if m and int(m.group(1)) < DP4A_MIN_SM and "__dp4a(" in source:
+        raise CompileError(f"the model's int8 convs use __dp4a, which needs sm_{DP4A_MIN_SM} "
+                           f"or newer; got {arch}")
+
+
 def build_cuda_library(source: str, arch: str | None = None, workdir=None) -> Path:
     """nvcc ``source`` into a shared library for ``arch`` (default: device 0's), cached by
     content; warnings are errors, as in the compile checks."""
@@ -48,6 +59,7 @@ def build_cuda_library(source: str, arch: str | None = None, workdir=None) -> Pa
     if nvcc is None:
         raise BuildError("nvcc not found (set CNNCC_NVCC or put nvcc on PATH)")
     arch = arch or device_arch() or "sm_80"
+    check_arch(source, arch)
     d = build_workdir(build_key("nvcc-so", source, arch), workdir)
     return build_once(d / "model.so", {"model.cu": source}, lambda t: [
         nvcc, "-shared", "-Xcompiler", "-fPIC", "-O3", "-std=c++17", "-Werror", "all-warnings",

@@ -187,6 +187,6 @@ def _require_gpu() -> None:
 
 def build(prog, options: dict, emulate: bool) -> CudaModel:
     """The model of ``prog``, lowered by the driver with the GPU schedules (at ``opt_level``)."""
-    known = ("opt_level", "threads", "export_objects")
+    known = ("opt_level", "threads")
     check_options("cuda-emu" if emulate else "cuda", options, known)
     return CudaModel(prog, emulate)

@@ -101,7 +101,7 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
         paths["weights"] = base + ".weights"
     prog = gen.program
     arena = max(prog.arena_bytes, 64)
-    code, stats = build_objects(gen.unique, ("pic",), gen.lanes, gen.threads, gen.openmp)
+    code, stats = build_objects(gen.unique, gen.lanes, gen.threads, gen.openmp)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cnncc-aot-") as tmp:
         objs = []
@@ -109,12 +109,13 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
         # workers, hidden symbols, so two libraries in one process never share one pool.
         pool = [jit.emit_object(thread_pool.pool_ir(library=True))] if gen.threads > 1 else []
         for i, data in enumerate([jit.emit_object(gen.entry_text)] + pool +
-                                 [c["pic"] for c in code.values()]):
+                                 list(code.values())):
             objs.append(os.path.join(tmp, f"part{i}.o"))
             with open(objs[-1], "wb") as f:
                 f.write(data)
-        blob = base + ".weights" if weights_file else os.path.join(tmp, "weights.bin")
-        prog.weights.tofile(blob)
+        blob = os.path.join(tmp, "weights.bin")
+        if not weights_file:
+            prog.weights.tofile(blob)       # embedded (.incbin): written before linking
         wrapper = os.path.join(tmp, "wrapper.c")
         with open(wrapper, "w") as f:
             f.write(_wrapper_c(name, gen.entry_name, None if weights_file else blob, arena,
@@ -127,19 +128,26 @@ def export_library(gen, out_dir: str, name: str, emit: tuple[str, ...] = (),
             # Never unmapped, as libgomp is not: a dlclose while the pool's workers still run
             # its code (spinning, or one instruction from returning into it) crashed (SIGSEGV).
             cmd.append("-Wl,-z,nodelete")
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise CompileError(f"linking {paths['library']} failed: {run.stderr.strip()[:2000]}")
+        link = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            weights = {}
+            if weights_file:
+                # The weights file (ResNet-50: 100 MB) is written and hashed while cc links.
+                prog.weights.tofile(paths["weights"])
+                weights = {"weights_file": {
+                    "name": name + ".weights", "bytes": int(prog.weights.nbytes),
+                    "sha256": hashlib.sha256(prog.weights.data).hexdigest()}}
+        finally:
+            out = link.communicate()[0]
+        if link.returncode != 0:
+            raise CompileError(f"linking {paths['library']} failed: {out.strip()[:2000]}")
         digest = sha256_file(tmp_lib)
         shutil.move(tmp_lib, paths["library"] + ".tmp")
         os.replace(paths["library"] + ".tmp", paths["library"])
     if report is not None:
         report.update(stats.report(len(gen.symbols)), link=time.perf_counter() - t0)
     _write(paths["header"], _header(name, gen, arena, batch_refusal, weights_file))
-    weights = {}
-    if weights_file:
-        weights = {"weights_file": {"name": name + ".weights", "bytes": int(prog.weights.nbytes),
-                                    "sha256": hashlib.sha256(prog.weights.data).hexdigest()}}
     meta = {"format": FORMAT, "name": name, "library": name + ".so",
             "library_sha256": digest, "header": name + ".h",
             "inputs": [io_description(n, t) for n, t in gen.inputs],

@@ -26,9 +26,16 @@ LLVM_UNROLLS = True
 class ModuleBuilder:
     """An llvmlite module holding kernels (and the program entry function)."""
 
-    def __init__(self, name: str, lanes: int, threads: int, openmp: bool = True):
+    def __init__(self, name: str, lanes: int, threads: int, openmp: bool = True,
+                 flags: frozenset[str] = frozenset()):
         self.module = ir.Module(name=name)
+        # Calls out of the code (the C library's memcpy/memset that LLVM emits, cnncc's thread
+        # pool) load their target from the GOT instead of going through PLT stubs: the JIT's
+        # memory manager reserves an object's GOT with its sections, not stubs (jit.py).
+        self.module.add_named_metadata("llvm.module.flags",
+                                       [ir.Constant(I32, 7), "RtLibUseGOT", ir.Constant(I32, 1)])
         self.lanes = lanes
+        self.flags = flags              # the target's CPU features (exprs.py picks instructions)
         self.threads = threads
         self.openmp = openmp and threads > 1
         self.kernels: dict[str, ir.Function] = {}
@@ -79,6 +86,7 @@ class FunctionEmitter(ExprEmitter):
         self.module = mb.module
         self.fn = fn
         self.lanes = mb.lanes
+        self.flags = mb.flags
         entry = fn.append_basic_block("entry")
         self.alloca_b = ir.IRBuilder(entry)
         body = fn.append_basic_block("body")
@@ -383,6 +391,11 @@ class FunctionEmitter(ExprEmitter):
 
 
 def parallel_function(module: ir.Module) -> ir.Function:
-    """The thread pool's entry (thread_pool.py), declared in ``module``."""
-    return module.globals.get(thread_pool.SYMBOL) or ir.Function(
-        module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I32]), thread_pool.SYMBOL)
+    """The thread pool's entry (thread_pool.py), declared in ``module`` (called through the GOT,
+    as ModuleBuilder's library calls are)."""
+    fn = module.globals.get(thread_pool.SYMBOL)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I32]),
+                         thread_pool.SYMBOL)
+        fn.attributes.add("nonlazybind")
+    return fn

@@ -10,7 +10,7 @@ from cnncc.ir import CompileError, DType
 from cnncc.ir.loop import (DOT4_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select,
                         Var)
 from .indexing import IndexCache, fold_int_values, value_key
-from .int8_dot import emit_dot4
+from .int8_dot import emit_dot4, shift_to_u8
 from .vecmath import FUNCTIONS as VECMATH_FUNCTIONS, VecMath
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -32,6 +32,11 @@ def lltype(dtype: DType, value: bool = False) -> ir.Type:
 _CMP_F = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 
+# vecmath.py's functions are called as internal functions of the module (False: emitted
+# inline at every use, as before; for A/B runs).
+VECMATH_CALLS = True
+
+
 class ExprEmitter:
     """Mixin of the function emitter: ``ev(e) -> (value, is_vector)``."""
 
@@ -41,6 +46,7 @@ class ExprEmitter:
     bufs: dict
     vvar: str | None
     lanes: int
+    flags: frozenset
     vec_lets: set
     index: IndexCache
 
@@ -62,10 +68,31 @@ class ExprEmitter:
         return va, vb, xa or xb
 
     def intrinsic(self, name: str, ret: ir.Type, args: list) -> ir.Function:
+        """An LLVM intrinsic or a C library function, declared in the module once."""
         g = self.module.globals.get(name)
         if g is None:
             g = ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+            if not name.startswith("llvm."):
+                # Called through the GOT, as LLVM's own library calls are (codegen.py).
+                g.attributes.add("nonlazybind")
         return g
+
+    def vecmath_function(self, fn: str, ty: ir.Type) -> ir.Function:
+        """vecmath.py's ``fn`` on values of type ``ty`` as an internal function of the module,
+        defined once: a register tile applies it to each of its elements, and inline it was
+        emitted once per element (a 1x1 conv's Gelu epilogue, 6 x 4 vectors: 0.9 -> 0.3 MB of
+        IR). LLVM's inliner weighs its size against its calls; the machine code stayed as fast
+        (ConvNeXt, EfficientNet-B0, interleaved A/B)."""
+        sfx = f"v{ty.count}f32" if isinstance(ty, ir.VectorType) else "f32"
+        name = f"cnncc.{fn}.{sfx}"
+        f = self.module.globals.get(name)
+        if f is None:
+            f = ir.Function(self.module, ir.FunctionType(ty, [ty]), name=name)
+            f.linkage = "internal"
+            f.attributes.add("nounwind")
+            b = ir.IRBuilder(f.append_basic_block("entry"))
+            b.ret(VecMath(b, self.intrinsic).emit(fn, f.args[0]))
+        return f
 
     def lane_dep(self, e: Expr) -> bool:
         if self.vvar is None:
@@ -193,6 +220,9 @@ class ExprEmitter:
             a, vec = self.ev(e.a)
             return self.b.not_(a), vec
         if isinstance(e, Select):
+            fixed = self._fixup_max(e)
+            if fixed is not None:
+                return fixed
             c, cv = self.ev(e.cond)
             a, b, vec = self.both(self.ev(e.a), self.ev(e.b))
             if cv and not vec:
@@ -205,6 +235,36 @@ class ExprEmitter:
         if isinstance(e, Call):
             return self._call(e)
         raise CompileError(f"internal error: cannot emit {type(e).__name__}")
+
+    def _fixup_max(self, e: Select):
+        """ir/loop.nan_max(a, b) = Select(b != b, b, max(a, b)) on float32 vectors with
+        AVX-512 (8 lanes: AVX-512VL): max(a, b) (a NaN ``a`` propagates) then one VFIXUPIMMPS
+        that replaces the lanes where ``b`` is a NaN by ``b`` - two instructions instead of a
+        compare, a max and a blend. None when ``e`` is not that form or the target lacks it."""
+        cond, pick = e.cond, e.b
+        flags = self.flags
+        if not (isinstance(cond, Cmp) and cond.op == "ne" and isinstance(pick, Bin)
+                and pick.op == "max" and e.dtype is DType.float32 and "avx512f" in flags
+                and (self.lanes == 16 or (self.lanes == 8 and "avx512vl" in flags))):
+            return None
+        # The same operand four times (equal in structure: schedules rewrite copies of it).
+        if len({repr(x) for x in (cond.a, cond.b, e.a, pick.b)}) != 1:
+            return None
+        a, b, vec = self.both(self.ev(pick.a), self.ev(pick.b))
+        larger = self.b.select(self.b.fcmp_ordered("<", a, b), b, a)
+        vt = a.type
+        if not (vec and isinstance(vt, ir.VectorType) and vt.count == self.lanes):
+            return self.b.select(self.b.fcmp_unordered("!=", b, b), b, larger), vec
+        mask, table_t = ir.IntType(self.lanes), ir.VectorType(I32, self.lanes)
+        wide = self.lanes == 16            # the 512-bit form takes a rounding argument
+        fn = self.intrinsic(f"llvm.x86.avx512.mask.fixupimm.ps.{self.lanes * 32}", vt,
+                            [vt, vt, table_t, I32, mask] + [I32] * wide)
+        # Response per class of b's lane, a nibble each: QNaN -> b (1), SNaN -> QNaN(b) (2),
+        # every other class -> keep ``larger`` (0); no exceptions (imm 0); every lane (mask
+        # -1); rounding 4: the current direction.
+        args = [larger, b, ir.Constant(table_t, [0x21] * self.lanes), ir.Constant(I32, 0),
+                ir.Constant(mask, -1)]
+        return self.b.call(fn, args + [ir.Constant(I32, 4)] * wide), True
 
     def _bin(self, e: Bin):
         fl = e.dtype.is_float
@@ -338,12 +398,16 @@ class ExprEmitter:
         fn, x = e.fn, e.args[0]
         if fn in DOT4_FNS:
             vals = [self.ev(a) for a in e.args]
+            fn, shifted = shift_to_u8(self.b, fn, vals[1][0])     # before a splat
+            vals[1] = (shifted, vals[1][1])
             vec = any(v for _, v in vals)
             args = [self.splat(v) if vec and not isv else v for v, isv in vals]
             return emit_dot4(self.b, fn, *args), vec
         if fn in VECMATH_FUNCTIONS and e.dtype is DType.float32:
             v, vec = self.ev(x)
-            return VecMath(self.b, self.intrinsic).emit(fn, v), vec
+            if not VECMATH_CALLS:
+                return VecMath(self.b, self.intrinsic).emit(fn, v), vec
+            return self.b.call(self.vecmath_function(fn, v.type), [v]), vec
         if fn in ("tanh", "erf", "expm1", "log1p", "erfc") and e.dtype is DType.float64:
             # vecmath.py is float32; float64 calls the C library.
             v, vec = self.ev(x)

@@ -16,7 +16,7 @@ import llvmlite
 import llvmlite.binding as llvm
 
 from cnncc.ir import CompileError
-from cnncc.ir.target import Target
+from cnncc.ir.target import Target, feature_flags
 from . import thread_pool
 from cnncc.backends.cache_folders import cache_root
 from .object_files import read_object, write_object
@@ -41,7 +41,12 @@ def _init() -> dict:
         tm = target.create_target_machine(cpu=cpu, features=features, opt=3,
                                           **_TM_OPTS)
         backing = llvm.parse_assembly("")
-        engine = llvm.create_mcjit_compiler(backing, tm)
+        # llvmlite's memory manager reserves one block per object for all its sections and its
+        # GOT: the kernels' position-independent objects (object_code) reach their constants,
+        # unwind tables and GOT entries with 32-bit offsets, which separate mappings could
+        # overflow. Their calls out go through the GOT (codegen.py: no PLT stubs, which this
+        # manager does not reserve).
+        engine = llvm.create_mcjit_compiler(backing, tm, use_lmm=True)
         _STATE.update(tm=tm, engine=engine, features=features, cpu=cpu,
                       triple=llvm.get_process_triple(), modules=[], loaded=set(), pending={})
         _STATE["wait"] = _start_pool(engine, tm)
@@ -171,29 +176,18 @@ def _pic_machine():
     return st["pic_tm"]
 
 
-def object_code(text: str, kinds: tuple = ("jit",)) -> dict:
-    """``text`` optimized at O3 once and compiled to object code of each kind: "jit" (for
-    ``load_objects``) and "pic" (position independent, every defined function hidden: for
-    linking into a shared library). Runs in compile worker processes too (objects.py)."""
-    st = _init()
-    mod = _parse(text, st["tm"])
+def object_code(text: str) -> bytes:
+    """``text`` optimized at O3 and compiled to position-independent object code, every defined
+    function hidden: the one object of a kernel, loaded by the JIT (``load_objects``) and linked
+    into exported and cached libraries alike. Runs in compile worker processes too
+    (objects.py)."""
+    tm = _pic_machine()
+    mod = _parse(text, tm)
     optimize(mod, 3)
-    code = {}
-    for kind in kinds:
-        # Code generation changes the module: every kind but the last gets a copy.
-        m = mod.clone() if kind != kinds[-1] else mod
-        if kind == "pic":
-            tm = _pic_machine()
-            m.data_layout = str(tm.target_data)
-            for fn in m.functions:
-                if not fn.is_declaration and fn.linkage.name not in ("internal", "private"):
-                    fn.visibility = "hidden"
-        elif kind == "jit":
-            tm = st["tm"]
-        else:
-            raise CompileError(f"internal error: unknown object kind {kind!r}")
-        code[kind] = tm.emit_object(m)
-    return code
+    for fn in mod.functions:
+        if not fn.is_declaration and fn.linkage.name not in ("internal", "private"):
+            fn.visibility = "hidden"
+    return tm.emit_object(mod)
 
 
 def loaded(names) -> set:
@@ -204,8 +198,9 @@ def loaded(names) -> set:
 
 
 def load_objects(objects: dict) -> None:
-    """Add object code of kind "jit" ({name: code}; names already loaded are skipped) to the
-    JIT and resolve it: its functions are callable by name, and from code loaded later."""
+    """Add object code made by ``object_code`` ({name: code}; names already loaded are
+    skipped) to the JIT and resolve it: its functions are callable by name, and from code
+    loaded later."""
     st = _init()
     with _LOCK:
         for name, code in objects.items():
@@ -235,6 +230,11 @@ def host_target(threads: int | None = None) -> Target:
     st = _init()
     max_lanes = int(os.environ["CNNCC_MAX_LANES"]) if os.environ.get("CNNCC_MAX_LANES") else None
     return Target.from_features(st["features"], st["cpu"], threads=threads, max_lanes=max_lanes)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The enabled CPU features the code is generated for (host or CNNCC_FEATURES)."""
+    return feature_flags(_init()["features"])
 
 
 def vector_lanes() -> int:

@@ -39,7 +39,8 @@ def compile_kernel(kernel: Kernel, threads: int = 1, lanes: int | None = None,
     _COUNTER[0] += 1
     symbol = f"{kernel.name}_k{_COUNTER[0]}"
     renamed = Kernel(symbol, kernel.params, kernel.body)
-    mb = ModuleBuilder(symbol, lanes or jit.vector_lanes(), threads, jit.has_openmp())
+    mb = ModuleBuilder(symbol, lanes or jit.vector_lanes(), threads, jit.has_openmp(),
+                       jit.cpu_flags())
     mb.add_kernel(renamed)
     text = str(mb)
     jit.compile_ir(text, opt_level)

@@ -51,7 +51,8 @@ class Generated:
         """The whole program as one LLVM module (every unique kernel and the entry): built on
         demand for --emit llvm, CNNCC_DUMP=llvm and inspection; compiling uses ``unique``."""
         if self._ir_text is None:
-            mb = ModuleBuilder("cnncc_module", self.lanes, self.threads, self.openmp)
+            mb = ModuleBuilder("cnncc_module", self.lanes, self.threads, self.openmp,
+                               jit.cpu_flags())
             fns = {sym: mb.add_kernel(Kernel(sym, k.params, k.body))
                    for sym, k in self.unique.items()}
             run = entry_function(mb.module, self.program,
@@ -119,21 +120,20 @@ def _bound(fn, ptrs: list[int], keep: tuple):
 class LLVMModel(CompiledModel):
     target = "llvm"
 
-    def __init__(self, prog, machine: Target, export_objects: bool = False):
+    def __init__(self, prog, machine: Target):
         """``prog``: the Program the driver lowered for ``machine``; LLVM always optimizes at
-        O3. ``export_objects`` also builds (or finds in the kernel cache) the
-        position-independent objects an export of the same code links."""
+        O3. The kernels' objects are the position-independent ones a library of the same code
+        links (objects.py): storing the model in the cache compiles no kernel again."""
         super().__init__(*signature(prog.ctx.graph))
         self.machine = machine
         self.threads = threads = machine.threads
         self.generated = gen = generate(prog, machine)
         self.program = prog = gen.program
         self.entry_name = gen.entry_name
-        kinds = ("jit", "pic") if export_objects else ("jit",)
-        code, stats = objects.build_objects(gen.unique, kinds, gen.lanes, threads, gen.openmp,
+        code, stats = objects.build_objects(gen.unique, gen.lanes, threads, gen.openmp,
                                             skip=jit.loaded(gen.unique))
         t0 = time.perf_counter()
-        jit.load_objects({sym: c["jit"] for sym, c in code.items()})
+        jit.load_objects(code)
         entry_status = jit.load_code(gen.entry_text, gen.key)[0]
         stats.extra["link_seconds"] = time.perf_counter() - t0
         self.build_stats = stats
@@ -267,7 +267,7 @@ class LLVMModel(CompiledModel):
         return outs
 
 
-OPTIONS = ("opt_level", "threads", "machine", "schedules", "export_objects")
+OPTIONS = ("opt_level", "threads", "machine", "schedules")
 
 
 def build(prog, options: dict) -> LLVMModel:
@@ -275,4 +275,4 @@ def build(prog, options: dict) -> LLVMModel:
     ``opt_level`` with the tuned ``schedules``, which the driver consumed)."""
     check_options("llvm", options, OPTIONS)
     machine = options.get("machine") or jit.host_target(options.get("threads"))
-    return LLVMModel(prog, machine, options.get("export_objects", False))
+    return LLVMModel(prog, machine)

@@ -1,10 +1,10 @@
 """Kernel object code: built once per workload, kept on disk, compiled in parallel processes.
 
-Each unique kernel (workloads.py) becomes its own LLVM module, optimized at O3 and compiled to
-object code of two kinds: "jit" (the JIT's target machine, loaded into its engine) and "pic"
-(position independent, linked into exported libraries). Objects are cached in
+Each unique kernel (workloads.py) becomes its own LLVM module, optimized at O3 and compiled
+once to position-independent object code (jit.object_code): the JIT loads it, and exported and
+cached libraries link the same bytes. Objects are cached in
 
-    $CNNCC_CACHE_DIR/kernels/<symbol>.<kind>.o      (CNNCC_CACHE=0: no cache)
+    $CNNCC_CACHE_DIR/kernels/<symbol>.o      (CNNCC_CACHE=0: no cache)
 
 shared by every model and process: the symbol hashes the kernel's loop IR, the target and the
 code generator's version, so a model whose kernels were all compiled before (by any model)
@@ -36,7 +36,6 @@ from .codegen import ModuleBuilder
 from cnncc.backends.cache_folders import cache_root, evict
 from .object_files import read_object, write_object
 
-KINDS = ("jit", "pic")
 DEFAULT_MAX_BYTES = 1 << 30
 
 
@@ -91,33 +90,33 @@ def compile_jobs(pending: int) -> int:
     return max(1, min(jobs, pending))
 
 
-def _path(folder: str | None, symbol: str, kind: str) -> str | None:
-    return os.path.join(folder, f"{symbol}.{kind}.o") if folder else None
+def _path(folder: str | None, symbol: str) -> str | None:
+    return os.path.join(folder, f"{symbol}.o") if folder else None
 
 
 def kernel_ir(symbol: str, kernel: Kernel, lanes: int, threads: int, openmp: bool) -> str:
     """The LLVM IR text of one kernel compiled alone under ``symbol``."""
-    mb = ModuleBuilder(symbol, lanes, threads, openmp)
+    mb = ModuleBuilder(symbol, lanes, threads, openmp, jit.cpu_flags())
     mb.add_kernel(Kernel(symbol, kernel.params, kernel.body))
     return str(mb)
 
 
-def _build(job: tuple) -> tuple[str, dict, float, float]:
-    """Worker: (symbol, kernel, lanes, threads, openmp, kinds) -> (symbol, {kind: code},
-    emission seconds, LLVM seconds)."""
-    symbol, kernel, lanes, threads, openmp, kinds = job
+def _build(job: tuple) -> tuple[str, bytes, float, float]:
+    """Worker: (symbol, kernel, lanes, threads, openmp) -> (symbol, object code, emission
+    seconds, LLVM seconds)."""
+    symbol, kernel, lanes, threads, openmp = job
     t0 = time.process_time()           # CPU seconds: wall time means little on a busy machine
     text = kernel_ir(symbol, kernel, lanes, threads, openmp)
     t1 = time.process_time()
-    code = jit.object_code(text, kinds)
+    code = jit.object_code(text)
     return symbol, code, t1 - t0, time.process_time() - t1
 
 
-def build_objects(unique: dict, kinds: tuple, lanes: int, threads: int, openmp: bool,
+def build_objects(unique: dict, lanes: int, threads: int, openmp: bool,
                   skip: set = frozenset()) -> tuple[dict, BuildStats]:
     """Object code of every kernel in ``unique`` ({symbol: Kernel}) but those in ``skip`` (already
-    loaded): ({symbol: {kind: code}}, stats). From the cache when there, else compiled (in
-    parallel) and stored."""
+    loaded): ({symbol: code}, stats). From the cache when there, else compiled (in parallel)
+    and stored."""
     start = time.perf_counter()
     stats = BuildStats(kernels=len(unique), memory=len(set(unique) & set(skip)))
     folder = kernel_dir()
@@ -125,21 +124,20 @@ def build_objects(unique: dict, kinds: tuple, lanes: int, threads: int, openmp: 
     for sym in unique:
         if sym in skip:
             continue
-        found = {kind: read_object(_path(folder, sym, kind)) for kind in kinds}
-        if all(v is not None for v in found.values()):
+        found = read_object(_path(folder, sym))
+        if found is not None:
             result[sym] = found
             stats.disk += 1
         else:
             todo.append(sym)
-    jobs = [(sym, unique[sym], lanes, threads, openmp, kinds) for sym in todo]
+    jobs = [(sym, unique[sym], lanes, threads, openmp) for sym in todo]
     stats.workers = compile_jobs(len(jobs)) if jobs else 0
     for sym, code, emit_s, llvm_s in _run(jobs, stats.workers):
         result[sym] = code
         stats.compiled += 1
         stats.emit_seconds += emit_s
         stats.llvm_seconds += llvm_s
-        for kind, data in code.items():
-            write_object(_path(folder, sym, kind), data)
+        write_object(_path(folder, sym), code)
     if todo and folder:
         evict(os.path.dirname(folder), max_bytes(), folders=("kernels",))
     stats.wall_seconds = time.perf_counter() - start
@@ -150,7 +148,7 @@ def build_objects(unique: dict, kinds: tuple, lanes: int, threads: int, openmp: 
 _JOBS: list = []
 
 
-def _build_index(i: int) -> tuple[str, dict, float, float]:
+def _build_index(i: int) -> tuple[str, bytes, float, float]:
     return _build(_JOBS[i])
 
 

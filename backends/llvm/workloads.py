@@ -18,7 +18,7 @@ import llvmlite
 from cnncc.ir.loop_walk import walk_stmts
 from cnncc.ir.loop import Allocate, Kernel
 from cnncc.ir.loop_printer import format_kernel
-from . import codegen
+from . import codegen, exprs
 
 _CODEGEN_DIGEST: list[str] = []
 
@@ -60,7 +60,8 @@ def target_signature(info: dict, lanes: int, threads: int, openmp: bool) -> str:
     return "\n".join([codegen_version(), __version__, llvmlite.__version__, info["cpu"],
                       info["features"], info["triple"], info["codegen"], f"lanes={lanes}",
                       f"threads={threads}", f"openmp={openmp}",
-                      f"llvm_unrolls={codegen.LLVM_UNROLLS}"])
+                      f"llvm_unrolls={codegen.LLVM_UNROLLS}",
+                      f"vecmath_calls={exprs.VECMATH_CALLS}"])
 
 
 def kernel_symbol(kernel: Kernel, signature: str) -> str:

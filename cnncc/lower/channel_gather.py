@@ -5,7 +5,8 @@ NCHW and NCHW{c}c share one kernel per input, over a view of every tensor as [N,
 input, through compile-time tables of (output block, output lane, input block, input lane).
 Blocked: pixels outside the channels (a pixel's lines of every block are read and written
 together; the parallel loop splits pixels); NCHW: channels outside the contiguous pixels. The output's padding lanes (blocked, C not a multiple of c) are
-written 0 (a conv reading them multiplies them by zero weights: they must be finite).
+written 0 (a conv reading them multiplies them by zero weights: they must be finite). A view
+(view=1) gets no kernel: its readers, 1x1 convs, read the inputs (cnncc/lower/gathered_input.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from .cpu_schedule import parallel_outer
 def lower_channel_gather(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
     attrs = op_context(g, node).attrs
+    if attrs["view"]:       # no kernel: its readers read the inputs in place (gathered_input.py)
+        return
     block, sources, out = attrs["block"], list(attrs["sources"]), node.outputs[0]
     chans = list(attrs["in_channels"]) if block else [g.types[v].shape[1] for v in node.inputs]
     c = block or 1

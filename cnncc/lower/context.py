@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from cnncc.ir import CompileError, DType, Graph, Node, OP_TABLE
+from cnncc.ir.aligned import GrowingBlob
 from cnncc.ir.loop import Buffer, Kernel
 from cnncc.ir.ops.registry import OpContext
 from cnncc.ir.target import Target
@@ -30,7 +31,13 @@ class LowerCtx:
         # compute definitions (a direct conv's tile of pixels) with 1 lane: 16, as for AVX2.
         self.vector_registers = target.vector_registers if target is not None else 16
         self.gpu = gpu                  # GPU schedules (gpu_schedule.py, gpu_conv.py ...)
-        self.consts: list[np.ndarray] = []
+        # The packed constants: placed in the weight blob as they are made, copied in by
+        # ``write_consts`` (peak memory: ir/aligned.GrowingBlob); the reservation covers the
+        # parameters twice over (packing pads channels), else it grows.
+        self.blob = GrowingBlob(2 * sum(np.asarray(a).nbytes for a in graph.params.values())
+                                + (64 << 20))
+        self.const_offsets: list[int] = []
+        self._unwritten: list[tuple[int, np.ndarray]] = []
         self.binding: dict[int, tuple] = {}        # id(Buffer) -> storage
         self.kernels: list[tuple[Kernel, int]] = []  # (kernel, index of the node it belongs to)
         self.temps: dict[int, tuple[int, int]] = {}  # temp id -> (nbytes, node index)
@@ -69,8 +76,17 @@ class LowerCtx:
         return buf
 
     def add_const(self, array: np.ndarray) -> int:
-        self.consts.append(np.ascontiguousarray(array))
-        return len(self.consts) - 1
+        array = np.ascontiguousarray(array)
+        self.const_offsets.append(self.blob.reserve(array.nbytes))
+        self._unwritten.append((self.const_offsets[-1], array))
+        return len(self.const_offsets) - 1
+
+    def write_consts(self) -> None:
+        """Copy the constants added since the last call into the blob, dropping them."""
+        while self._unwritten:
+            offset, array = self._unwritten.pop()
+            self.blob.write(offset, array)
+            del array
 
     def temp(self, dtype: DType, shape: tuple, bname: str = "tmp") -> Buffer:
         buf = Buffer(bname, dtype, shape)

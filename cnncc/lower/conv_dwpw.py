@@ -28,13 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, For, If, Kernel, Let, Stmt,
-                           Store, Var, seq)
+from cnncc.ir.loop import (Allocate, Buffer, Cmp, Const, Expr, For, If, Kernel, Let, Select,
+                           Stmt, Store, Var, seq)
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import activation_expr
 from .conv_nchwc_tiles import TUNE_TILES
 from .cpu_schedule import parallel_outer
+from .gathered_input import gathered_blocks, gathered_input
 from .tile_schedules import choose, dims, int_fields
 
 # Pixels of a register tile per vector register of the target: 8 with 32 registers, 4 with 16.
@@ -150,6 +151,14 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     oc = wpw.shape[0]
     c = attrs["block"]
     n_, cb_n, h, w = g.types[x].shape[:4]
+    # A ChannelGather view (inline_channel_gather): the depthwise reads the blocks of its
+    # inputs that hold the gathered channels, in place (V virtual blocks; the other lanes get
+    # zero weights and are zeroed after it); vchan: the virtual channel of each channel.
+    gat = gathered_input(g, x)
+    segs, vchan = gathered_blocks(gat) if gat is not None else (None, np.arange(channels))
+    if segs is not None:
+        cb_n = sum(sg.count for sg in segs)
+    red_n = cb_n * c if segs is not None else channels     # the pointwise reduction
     _, ocb_n, oh_n, ow_n = g.types[out].shape[:4]
     pt, pl = (attrs["dw_pads"] or [0, 0, 0, 0])[:2]
     sh, sw = attrs["dw_strides"] or [1, 1]
@@ -159,27 +168,34 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     regs = ctx.vector_registers
     key = dwpw_workload(ctx.target, g.types[x].shape, wd.shape, wpw.shape, [sh, sw], [dh, dl],
                         attrs["dw_pads"] or [0, 0, 0, 0])
-    sched = choose(ctx, node.name, key, candidates(ow_n, ocb_n, channels, ctx.lanes, c, regs),
-                   lambda s: fits(s, ow_n, ocb_n, channels, ctx.lanes, c, regs))
+    sched = choose(ctx, node.name, key, candidates(ow_n, ocb_n, red_n, ctx.lanes, c, regs),
+                   lambda s: fits(s, ow_n, ocb_n, red_n, ctx.lanes, c, regs))
     r_tile, vb = sched.r, sched.vb
     oct_n = -(-ocb_n // vb)
 
     # Packed constants (zero in the padding channels).
     wdp = np.zeros((cb_n * c, kh, kw), np.float32)
-    wdp[:channels] = wd[:, 0]
+    wdp[vchan] = wd[:, 0]
     wdp = wdp.reshape(cb_n, c, kh, kw).transpose(0, 2, 3, 1)
     bdp = np.zeros(cb_n * c, np.float32)
     if bd is not None:
-        bdp[:channels] = bd
-    wpp = np.zeros((oct_n * vb * c, channels), np.float32)
-    wpp[:oc] = wpw[:, :, 0, 0]
-    wpp = wpp.reshape(oct_n, vb, c, channels).transpose(0, 3, 1, 2)
+        bdp[vchan] = bd
+    wpp = np.zeros((oct_n * vb * c, red_n), np.float32)
+    wpp[:oc, vchan] = wpw[:, :, 0, 0]
+    wpp = wpp.reshape(oct_n, vb, c, red_n).transpose(0, 3, 1, 2)
     bpp = np.zeros(oct_n * vb * c, np.float32)
     if bpw is not None:
         bpp[:oc] = bpw
     wdb, bdb = ctx.const(wdp, "wd"), ctx.const(bdp.reshape(cb_n, c), "bd")
+    used = None
+    if segs is not None:    # the virtual lanes of gathered channels: 1, the others 0
+        lanes = np.zeros(cb_n * c, np.float32)
+        lanes[vchan] = 1.0
+        used = ctx.const(lanes.reshape(cb_n, c), "used")
     wpb, bpb = ctx.const(wpp, "wp"), ctx.const(bpp.reshape(oct_n * vb, c), "bp")
-    xb, yb = ctx.value(x, bname="x"), ctx.value(out, bname="y")
+    xbufs = [ctx.value(v, bname=f"x{k}") for k, v in enumerate(gat.inputs)] \
+        if gat is not None else [ctx.value(x, bname="x")]
+    yb = ctx.value(out, bname="y")
     zb = ctx.value(z, bname="z") if z else None
 
     n, oh, q = Var("n"), Var("oh"), Var("q")
@@ -193,9 +209,10 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
         cols = [_valid_taps(w, kw, sw, dl, pl, ow0 + r) for r in range(rr)]
         return None if all(t == all_kw for t in cols) else cols
 
-    def depthwise(tile: Buffer, cb: Var, ow0: Expr, t0: Expr, rr: int, cols, tag: str) -> Stmt:
-        """T[t0 + r, cb * c + j] = act_d(bias + sum of taps) for the rr pixels from ow0;
-        ``cols``: the valid kw of each pixel (None: all)."""
+    def depthwise(tile: Buffer, cb: Var, ow0: Expr, t0: Expr, rr: int, cols, tag: str,
+                  xb: Buffer, xblk: Expr) -> Stmt:
+        """T[t0 + r, cb * c + j] = act_d(bias + sum of taps) for the rr pixels from ow0, from
+        block ``xblk`` of ``xb``; ``cols``: the valid kw of each pixel (None: all)."""
         acc = Buffer(f"dacc{tag}", DType.float32, (rr, c), "local")
         r, j, j2, r3, j3 = (Var(f"{q}{tag}") for q in ("dr", "dj", "dj2", "dr3", "dj3"))
         init = For(r, rr, For(j, c, Store(acc, (r, j), bdb[cb, j]), "vectorized"), "unrolled")
@@ -205,7 +222,7 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
 
         def fma(k: int, tap: Expr) -> Stmt:
             iw = (ow0 + k) * sw + (tap * dl - pl)
-            value = acc[k, j2] + xb[n, cb, ih, iw, j2] * wdb[cb, a, tap, j2]
+            value = acc[k, j2] + xb[n, xblk, ih, iw, j2] * wdb[cb, a, tap, j2]
             return For(j2, c, Store(acc, (k, j2), value), "vectorized")
 
         # Pixels with every kw tap share a kw loop; the others take their valid taps one by
@@ -224,6 +241,9 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
         for o, t in reversed(border_rows):
             red = If(oh.eq(o), taps(t), red)
         val = acc[r3, j3] if act_d is None else act_d(acc[r3, j3])
+        if used is not None:    # a lane the gather does not read is 0, even if its input is not
+            val = Select(Cmp("gt", used[cb, j3], Const(0.0, DType.float32)), val,
+                         Const(0.0, DType.float32))
         epi = For(r3, rr, For(j3, c, Store(tile, (t0 + r3, cb * c + j3), val), "vectorized"),
                   "unrolled")
         return Allocate(acc, seq(init, red, epi))
@@ -239,13 +259,13 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
         upd = Store(acc, (r2, v2, j2), acc[r2, v2, j2] + tile[t0 + r2, ic] * wpb[ob, ic, v2, j2])
         red = For(r2, rr, For(v2, vbb, For(j2, c, upd, "vectorized"), "unrolled"), "unrolled")
         # ic unrolled by IC_UNROLL in a loop (measured 3-5% faster than a plain loop).
-        unroll = next(u for u in (IC_UNROLL, 2, 1) if channels % u == 0)
+        unroll = next(u for u in (IC_UNROLL, 2, 1) if red_n % u == 0)
         if unroll > 1:
             icu, icl = Var(f"icu{tag}"), Var(f"icl{tag}")
-            red = For(icu, channels // unroll, For(icl, unroll, Let(ic, icu * unroll + icl, red),
-                                                   "unrolled"))
+            red = For(icu, red_n // unroll, For(icl, unroll, Let(ic, icu * unroll + icl, red),
+                                                "unrolled"))
         else:
-            red = For(ic, channels, red)
+            red = For(ic, red_n, red)
         yi = (n, ob * vb + v3, oh, ow0 + r3, j3)
         val = acc[r3, v3, j3]
         if zb is not None:
@@ -268,21 +288,35 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
     # sub-tiles share one code, each border sub-tile has its own (its taps known statically).
     border = [(p, cols) for p in range(nfull)
               if (cols := col_taps(p * r_tile, r_tile)) is not None]
-    dw: Stmt | None = None
-    if len(border) < nfull:
-        dw = depthwise(tile, cb, sub * r_tile, si * r_tile, r_tile, None, "")
-    for p, cols in reversed(border):
-        d = depthwise(tile, cb, Const(p * r_tile), si * r_tile, r_tile, cols, f"b{p}")
-        dw = d if dw is None else If(sub.eq(p), d, dw)
-    if nfull % k_sub:
-        dw = If(sub < nfull, dw)
-    dw_row: Stmt = For(si, k_sub, dw)
-    if rest:
-        ow0 = ow_n - rest
-        tail = depthwise(tile, cb, Const(ow0), Const(k_sub * r_tile), rest,
-                         col_taps(ow0, rest), "t")
-        dw_row = seq(dw_row, tail if chunks == 1 else If(q.eq(chunks - 1), tail))
-    dw_all = For(cb, cb_n, dw_row)
+
+    def dw_row(xb: Buffer, xblk: Expr, tg: str) -> Stmt:
+        """The depthwise of the task's sub-tiles for virtual block cb (block xblk of xb)."""
+        dw: Stmt | None = None
+        if len(border) < nfull:
+            dw = depthwise(tile, cb, sub * r_tile, si * r_tile, r_tile, None, tg, xb, xblk)
+        for p, cols in reversed(border):
+            d = depthwise(tile, cb, Const(p * r_tile), si * r_tile, r_tile, cols, f"{tg}b{p}",
+                          xb, xblk)
+            dw = d if dw is None else If(sub.eq(p), d, dw)
+        if nfull % k_sub:
+            dw = If(sub < nfull, dw)
+        row: Stmt = For(si, k_sub, dw)
+        if rest:
+            ow0 = ow_n - rest
+            tail = depthwise(tile, cb, Const(ow0), Const(k_sub * r_tile), rest,
+                             col_taps(ow0, rest), f"{tg}t", xb, xblk)
+            row = seq(row, tail if chunks == 1 else If(q.eq(chunks - 1), tail))
+        return row
+
+    if segs is None:
+        dw_all = For(cb, cb_n, dw_row(xbufs[0], cb, ""))
+    else:       # a loop per segment of consecutive blocks of one input
+        loops = []
+        for i, sg in enumerate(segs):
+            cbi = Var(f"cb{i}")
+            loops.append(For(cbi, sg.count, Let(cb, cbi + sg.vblock, dw_row(
+                xbufs[sg.source], cbi + sg.block, f"s{i}"))))
+        dw_all = seq(*loops)
 
     def pw_blocks(vbb: int, tag: str) -> Stmt:
         pw: Stmt = pointwise(tile, ob, sub * r_tile, si * r_tile, r_tile, vbb, tag)
@@ -301,7 +335,8 @@ def lower_dwpw(ctx: LowerCtx, node: Node) -> None:
         pw_all = If(ob < full_ob, pw_all, pw_blocks(rest_ob, "r"))
     body = Allocate(tile, seq(dw_all, For(ob, oct_n, pw_all)))
     body = For(n, n_, For(oh, oh_n, For(q, chunks, body)))
-    params = [yb, xb, wdb, bdb, wpb, bpb] + ([zb] if zb is not None else [])
+    params = [yb] + xbufs + [wdb, bdb, wpb, bpb] + ([zb] if zb is not None else [])
+    params += [used] if used is not None else []
     k = Kernel(node.name, params, body)
-    work = n_ * oh_n * ow_n * channels * (kh * kw + oc)
+    work = n_ * oh_n * ow_n * red_n * (kh * kw + oc)
     ctx.emit(parallel_outer(k, ["n", "oh", "q"], ctx, work))

@@ -8,8 +8,9 @@ each task accumulates R output pixels x VT channels exactly in int32 registers (
 VT vectorized, one input scalar broadcast per pixel and tap), then requantizes in float32:
 round_half_even(float(acc + bias) * (x_scale * w_scale / y_scale)) + y_zero_point, saturated;
 with a residual R: round_half_even(((y - y_zp) * y_scale + (R - r_zp) * r_scale) / s_scale)
-+ s_zp, saturated; ReLU: max with the output zero point. The output is stored as int8/uint8:
-activations stay 8-bit between convs.
++ s_zp, saturated; ReLU: max with the output zero point (conv_int8_parts.py, shared with the
+GPU kernels of gpu_conv_int8.py). The output is stored as int8/uint8: activations stay 8-bit
+between convs.
 Exactness: the accumulation is exact; the requantization rounds once in float32 where the
 reference multiplies in float64, so an output may differ by one step at a rounding tie.
 """
@@ -18,24 +19,18 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, And, Buffer, Call, Cast, Cmp, Const, Expr, F32, For, If,
-                           Kernel, Let, Stmt, Store, Var, seq)
-from cnncc.ir.ops.quant import int_range, quantize
-from cnncc.ir.ops.quant_blocked import shifted_zero_point, weights_minus_zero_point
-from cnncc.ir.ops.spatial import resolve_window
+from cnncc.ir.loop import (Allocate, And, Buffer, Cast, Cmp, Const, Expr, For, If, Kernel, Let,
+                           Stmt, Store, Var, seq)
+from cnncc.ir.ops.quant_blocked import shifted_zero_point
 
 from .context import LowerCtx, op_context, unsupported
 from .conv import phases_for, tap_offsets, window_index
 from .conv_int8_depthwise import depthwise_blocked
 from .conv_int8_dot import blocked_words, dot_plan, dot_weights, pack_dot
+from .conv_int8_parts import qconv_parts
 from .cpu_schedule import parallel_outer
 
 I32 = DType.int32
-
-
-def _scalar(ctx: LowerCtx, node: Node, i: int, what: str) -> np.ndarray:
-    """Input i, which must be a compile-time constant (the op context's error names it)."""
-    return op_context(ctx.graph, node).const(i, what)
 
 
 def _padded(ctx: LowerCtx, node: Node, x: str, zp: int, win, phases: int = 1) -> Buffer:
@@ -78,79 +73,36 @@ def _padded(ctx: LowerCtx, node: Node, x: str, zp: int, win, phases: int = 1) ->
 def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     g = ctx.graph
     oc_ = op_context(g, node)
-    x, out = node.inputs[0], node.outputs[0]
-    wq = _scalar(ctx, node, 3, "the weight")
-    x_scale = np.float32(_scalar(ctx, node, 1, "x_scale").reshape(-1)[0])
-    x_zp = int(_scalar(ctx, node, 2, "x_zero_point").reshape(-1)[0])
-    w_scale = _scalar(ctx, node, 4, "w_scale").astype(np.float32).reshape(-1)
-    w_zp = _scalar(ctx, node, 5, "w_zero_point").astype(np.int32).reshape(-1)
-    y_scale = np.float32(_scalar(ctx, node, 6, "y_scale").reshape(-1)[0])
-    y_zp = _scalar(ctx, node, 7, "y_zero_point").reshape(-1)[0]
-    has_bias = len(node.inputs) > 8 and node.inputs[8]
-    bias = _scalar(ctx, node, 8, "the bias").astype(np.int64) if has_bias else None
-    residual = node.inputs[9] if len(node.inputs) > 9 and node.inputs[9] else None
-    relu = node.op in ("QConv", "QConvNCHWc") and oc_["relu"]
-    out_dt = g.types[out].dtype
-    groups = oc_["group"]
-    oc, icg = wq.shape[0], wq.shape[1]
-    ocg = oc // groups
+    qp = qconv_parts(ctx, node)
+    x, out, residual, epilogue = qp.x, qp.out, qp.residual, qp.epilogue
+    wq, x_zp, groups, win, xs = qp.wq, qp.x_zp, qp.groups, qp.win, qp.xs
+    bias, mult_oc = qp.bias, qp.mult
+    oc, icg, ocg = qp.oc, qp.icg, qp.ocg
     # QConvNCHWc (alter_layout_int8): the output and residual in NCHW{block}c bytes, the input
     # too unless in_layout is NCHW.
     block = oc_["block"] if node.op == "QConvNCHWc" else 0
     in_blocked = bool(block) and oc_["in_layout"] == "NCHWc"
-    xs = g.types[x].shape
-    if in_blocked:
-        xs = (xs[0], icg * groups) + tuple(xs[2:-1])
     nd = len(xs) - 2
-    win = resolve_window(oc_, xs, wq.shape[2:])
-    lo, hi = int_range(out_dt.np)
-    f = lambda v: Const(float(v), F32)                                   # noqa: E731
-    if residual:
-        r_scale = np.float32(_scalar(ctx, node, 10, "r_scale").reshape(-1)[0])
-        r_zp = int(_scalar(ctx, node, 11, "r_zero_point").reshape(-1)[0])
-        s_scale = np.float32(_scalar(ctx, node, 12, "s_scale").reshape(-1)[0])
-        out_zp = int(_scalar(ctx, node, 13, "s_zero_point").reshape(-1)[0])
-        ylo, yhi = int_range(np.asarray(y_zp).dtype)
-    else:
-        out_zp = int(y_zp)
-    if relu:
-        lo = max(lo, out_zp)
-        if oc_["relu_max"] > 0:
-            out_scale = s_scale if residual else y_scale
-            hi = min(hi, int(quantize(np.float32(oc_["relu_max"]), out_scale, out_zp, out_dt.np)))
-
-    def epilogue(acc: Expr, mch: Expr, z: Expr | None) -> Expr:
-        v = Call("round", (Cast(F32, acc) * mch,), F32) + f(int(y_zp))
-        if z is not None:
-            v = v.max(f(ylo)).min(f(yhi))      # the conv's own quantized output, then the add
-            deq = (v - f(int(y_zp))) * f(y_scale) + Cast(F32, Cast(I32, z) - Const(r_zp, I32)) \
-                * f(r_scale)
-            v = Call("round", (deq / f(s_scale),), F32) + f(out_zp)
-        return Cast(out_dt, v.max(f(lo)).min(f(hi)))
-
-    mult_oc = (x_scale * np.broadcast_to(w_scale, (oc,)).astype(np.float32)
-               / y_scale).astype(np.float32)
-    wz = weights_minus_zero_point(wq, w_zp)
+    wz = qp.wz
     zx = shifted_zero_point(g.types[x].dtype, x_zp)
-    if icg == 1 and ocg == 1 and not ctx.gpu:
-        b = np.zeros(oc, np.int64) if bias is None else bias
+    if icg == 1 and ocg == 1:
         if block:
-            return depthwise_blocked(ctx, node, wz.reshape(oc, -1), b, mult_oc, win, residual,
-                                     epilogue)
+            return depthwise_blocked(ctx, node, wz.reshape(oc, -1), bias, mult_oc, win,
+                                     residual, epilogue)
         wz = wz.reshape(oc, -1)
         phases = phases_for(win.strides[-1])
-        return _depthwise(ctx, node, _padded(ctx, node, x, x_zp, win, phases), wz, b, mult_oc,
-                          win, residual, epilogue, phases)
+        return _depthwise(ctx, node, _padded(ctx, node, x, x_zp, win, phases), wz, bias,
+                          mult_oc, win, residual, epilogue, phases)
     lanes = ctx.lanes
     ks = wq.shape[2:]
     vt = 2 * lanes if ocg >= 2 * lanes else lanes
     ocb = -(-ocg // vt)
-    dot = dot_plan(ctx, wz, icg, ocg, np.zeros(oc, np.int64) if bias is None else bias, zx)
+    dot = dot_plan(ctx, wz, icg, ocg, bias, zx)
     if block and dot is None:
         raise unsupported(node, "blocked quantized convs need the byte dot products")
     ws = 1                              # int32 words per pixel of the input view
     if in_blocked:
-        xp = blocked_words(ctx, node, x, x_zp, win)
+        xp, dot = blocked_words(ctx, node, x, x_zp, win, dot)
         ws, planes = xp.shape[-1], -(-icg // 4)
         wps, comp, update = dot_weights(wz, zx, dot)
     elif dot is not None:
@@ -185,7 +137,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         p = np.zeros((groups, ocb * vt), dtype)
         p[:, :ocg] = np.broadcast_to(v, (oc,)).reshape(groups, ocg)
         return p
-    bias_total = (np.zeros(oc, np.int64) if bias is None else bias) - comp
+    bias_total = bias - comp
     bp = per_channel(bias_total, np.int32)
     mult = per_channel(mult_oc, np.float32)
     psp = xp.shape[2:2 + nd]

@@ -104,16 +104,21 @@ def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int) -> 
     return view, c4
 
 
-def blocked_words(ctx: LowerCtx, node: Node, x: str, x_zp: int, win) -> Buffer:
-    """The blocked uint8 input [N, CB, H, W, c] as int32 words [N, CB, Hp, Wp, c / 4] (4
-    channels of a pixel per word), padded with its zero point where the window pads (a
-    contiguous row copy), else read in place."""
+def blocked_words(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, fn: str) -> tuple:
+    """(the blocked 8-bit input [N, CB, H, W, c] as int32 words [N, CB, Hp, Wp, c / 4] (4
+    channels of a pixel per word), the dot4 function reading them): where the window pads, a
+    contiguous row copy padded with the zero point, int8 bytes shifted to uint8 there; else
+    read in place, int8 words shifted in registers (the dot4_s8s8 form of ``fn``)."""
     xb = ctx.value(x, bname="x")
-    xp = padded_blocked(ctx, node.name, xb, (win.begin(0), win.begin(1)),
-                        (win.end(0), win.end(1)), fill=x_zp)
+    signed = xb.dtype is DType.int8
+    pads = (win.begin(0), win.begin(1)), (win.end(0), win.end(1))
+    xp = padded_blocked(ctx, node.name, xb, *pads, fill=shifted_zero_point(xb.dtype, x_zp),
+                        to_uint8=signed)
+    if signed and xp is xb:
+        fn = fn.replace("dot4_u8s8", "dot4_s8s8")
     view = Buffer("xw", I32, xp.shape[:-1] + (xp.shape[-1] // 4,))
     ctx.binding[id(view)] = ctx.binding[id(xp)]
-    return view
+    return view, fn
 
 
 def pack_input(ctx: LowerCtx, node: Node, xb: Buffer, xin: Buffer, win, groups: int, c4: int,

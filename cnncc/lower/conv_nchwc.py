@@ -12,6 +12,8 @@ hoisted the loads of later channels and spilled accumulators. The epilogue adds 
 A padded conv reads its input in place when the input has a zero halo (halo.py), else from a
 zero-padded blocked copy, so the reduction has no branches.
 A stride-1 unpadded 1x1 conv runs the same kernel over the H * W pixels flattened into one row.
+A 1x1 conv reading a ChannelGather view reads the gather's inputs in place instead, a reduction
+loop per input over its channels (gathered_input.py).
 A prologue (inputs P, Q and pre_activation: fuse_prologue) is applied per tile, input block and
 tap: the tile's input pixels of the block, act(x * P + Q) as vectors, into an L1 scratch the
 broadcasts read (2 vector ops a pixel per c * VB FMAs; unpadded convs only).
@@ -48,6 +50,7 @@ from cnncc.ir.schedule import Schedule
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import Act, activation_expr, fused_parts
 from .cpu_schedule import parallel_contiguous, parallel_outer
+from .gathered_input import gathered_input, gathered_reduction, row_weights, source_buffers
 from .conv_nchwc_tiles import CI_UNROLL, LINE_BYTES, dense_tiling, vector_regs
 from .halo import blocked, zero_halo
 from .layout_nchwc import column_split, padded_blocked, row_tiles, valid_taps
@@ -125,29 +128,40 @@ def _prologue(ctx: LowerCtx, node: Node, icb: int, c: int) -> tuple[Buffer, Buff
 def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act: Act,
            residual: str | None, scale: str | None = None) -> None:
     out = node.outputs[0]
+    # A ChannelGather view (inline_channel_gather): read its inputs' channels in place, the
+    # weights' input channels in the order they are read (gathered_input.py).
+    gat = gathered_input(ctx.graph, node.inputs[0])
+    if gat is not None:
+        wv = wv[:, gat.order]
     lay = dense_tiling(ctx, node, wv, win)
     if scale:
         lay.wbufs = _scaled_weights(ctx, node, lay, scale)
+    if gat is not None:
+        lay.wbufs = row_weights(ctx, lay.wbufs)
     c, cin, vb, th, tw = lay.c, lay.cin, lay.vb, lay.th, lay.tw
     nb, ocb, oh, ow = lay.nb, lay.ocb, lay.oh, lay.ow
     kh_, kw_ = win.kernel
     (sh, sw), (dh, dw) = win.strides, win.dilations
     xh = xw = 0
-    if lay.stem:   # NCHW input as [N, IC, H, W, 1]: the same kernel with blocks of 1 channel
+    xsrc, xoff = source_buffers(ctx, gat) if gat is not None else ([], None)
+    if gat is not None:
+        xin = xp = xsrc[0]
+    elif lay.stem:   # NCHW input as [N, IC, H, W, 1]: the same kernel with blocks of 1 channel
         xin = ctx.value(node.inputs[0], bname="x")
         xv = Buffer("x", DType.float32, xin.shape + (1,))
         ctx.binding[id(xv)] = ctx.binding[id(xin)]
         xin = xv
     else:
         xin, xh, xw = blocked(ctx, node.inputs[0], "x")
-    if lay.flat:   # pixels flattened into one row
+    if lay.flat and gat is None:   # pixels flattened into one row
         xv = Buffer("x", DType.float32, (xin.shape[0], xin.shape[1], 1,
                                          xin.shape[2] * xin.shape[3], xin.shape[4]))
         ctx.binding[id(xv)] = ctx.binding[id(xin)]
         xin = xv
     # The input's halo (when it has one) holds every padding pixel this conv reads (halo.py);
     # pixel (ih, iw) of the padded input is then at (ih + oy, iw + ox).
-    if xh >= max(win.begin(0), win.end(0)) and xw >= max(win.begin(1), win.end(1)):
+    if gat is not None or (xh >= max(win.begin(0), win.end(0))
+                           and xw >= max(win.begin(1), win.end(1))):
         xp, oy, ox = xin, xh - win.begin(0), xw - win.begin(1)
     else:
         assert not (xh or xw), "a halo smaller than the padding of a conv reading it"
@@ -200,6 +214,11 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         cc = ci + ci0 if split else ci
         init = nest(r, j, v, Store(acc, (r, j, v), bbuf[ob0 + j, v]))
         py, px = pixel(r2)
+        gsel = gi if wb.shape[0] > 1 else 0
+        pfb = Var(f"pfb{tag}")
+        if gat is not None:
+            red = gathered(wb, gsel, pfb, acc, (r2, j2, v2), (py, px), tag)
+            return Allocate(acc, seq(init, red, epilogue(acc, ob0, rh, rw, pixel, tag)))
         # A grouped conv's tile reads the input blocks of its groups (group_span).
         icx = icv + ob0 // lay.span_blocks * lay.span_blocks if lay.span_blocks else icv
         xt = None
@@ -215,31 +234,64 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
             pro = For(r4, rh * rw, For(v4, c, Store(xt, (r4, v4), pre[2](pv) if pre[2] else pv),
                                        "vectorized"), "unrolled")
             xi = xt[r2, cc]
-        wi = wb[gi if wb.shape[0] > 1 else 0, icv, khv, kwv, cc, j2 * c + v2]
+        wi = wb[gsel, icv, khv, kwv, cc, j2 * c + v2]
         upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wi)
         red: Stmt = For(ci, CI_UNROLL if split else cin, nest(r2, j2, v2, upd), "unrolled")
         cio = Var(f"cio{tag}")
-        pfb = Var(f"pfb{tag}")
-        step = (icv * kh_ + khv) * kw_ + kwv
-        step = step * (cin // CI_UNROLL) + cio if split else step
-        if wflat is not None and wb is wbufs[0]:
-            red = seq(prefetch_group(pfb, step), red)
+        tap = (icv * kh_ + khv) * kw_ + kwv
+        prefetching = wflat is not None and wb is wbufs[0]
+        # Where the prefetches go (measured on Zen 5, weights from DRAM / L3): a stride-1
+        # conv prefetching one line a step issues a tap's lines at once before its channel
+        # loop - inside it they split LLVM's scheduling region (a 28-accumulator 2x1x14 tile
+        # spilled one: GoogLeNet's and ResNet-18's 14x14 3x3 convs 0.87 -> 0.70 and 1.19 ->
+        # 0.88 ms) and ran slower even without a spill; other convs keep P a reduction step,
+        # spread through the loop (bursts of 8 lines a tap made ResNet-18's stride-2 convs
+        # 10-30% and GoogLeNet's 7x7 ones ~10% slower; why is not understood).
+        burst = tuple(win.strides) == (1, 1) and plan is not None and plan[0] == 1
+        inside = prefetching and split and not burst
+        if inside:
+            red = seq(prefetch_group(pfb, tap * (cin // CI_UNROLL) + cio, 1), red)
         if split:
             red = For(cio, cin // CI_UNROLL, Let(ci0, cio * CI_UNROLL, red))
+        if prefetching and not inside:
+            red = seq(prefetch_group(pfb, tap, cin // CI_UNROLL if split else 1), red)
         if xt is not None:
             red = seq(pro, red)
         red = For(icv, lay.icb, For(khv, kh_, For(kwv, kw_, red)))
         if wflat is not None and wb is wbufs[0]:
             red = Let(pfb, group_base(), red)
+        body = seq(init, red, epilogue(acc, ob0, rh, rw, pixel, tag))
+        return Allocate(acc, body if xt is None else Allocate(xt, body))
+
+    def epilogue(acc: Buffer, ob0: Expr, rh: int, rw: int, pixel, tag: str) -> Stmt:
+        """The tile's accumulators (+ residual, activation) stored to the output."""
+        r3, j3, v3 = Var(f"r3{tag}"), Var(f"j3{tag}"), Var(f"v3{tag}")
         py, px = pixel(r3)
         val = acc[r3, j3, v3]
         if zbuf is not None:
             val = val + zbuf[n, ob0 + j3, py + zh, px + zw, v3]
         if act is not None:
             val = act(val)
-        epi = nest(r3, j3, v3, Store(ybuf, (n, ob0 + j3, py + yh, px + yw, v3), val))
-        body = seq(init, red, epi)
-        return Allocate(acc, body if xt is None else Allocate(xt, body))
+        return For(r3, rh * rw, For(j3, acc.shape[1], For(v3, c, Store(
+            ybuf, (n, ob0 + j3, py + yh, px + yw, v3), val), "vectorized"), "unrolled"),
+            "unrolled")
+
+    def gathered(wb: Buffer, gsel, pfb: Var, acc: Buffer, rjv: tuple, pix: tuple,
+                 tag: str) -> Stmt:
+        """The reduction of a tile over a gathered input's rows (gathered_input.py): the
+        accumulator loop variables ``rjv`` and the pixel ``pix`` of row r2."""
+        (r2, j2, v2), (py, px) = rjv, pix
+        iw = ctx.graph.types[gat.inputs[0]].shape[3]
+
+        def step(k: int, row: Expr) -> Stmt:
+            xi = xsrc[k][n, xoff[row] + ((py * sh) * iw + px * sw) * c]
+            upd = Store(acc, (r2, j2, v2), acc[r2, j2, v2] + xi * wb[gsel, row, j2 * c + v2])
+            return For(r2, acc.shape[0], For(j2, acc.shape[1], For(v2, c, upd, "vectorized"),
+                                             "unrolled"), "unrolled")
+        if wflat is None or wb is not wbufs[0]:
+            return gathered_reduction(gat, tag, step, CI_UNROLL)
+        return Let(pfb, group_base(), gathered_reduction(gat, tag, step, CI_UNROLL,
+                                                         (wflat, pfb, plan[0])))
 
     def group_base() -> Expr:
         """Offset in ``wflat`` of the first line the tile (ot, t) prefetches: tile k of the
@@ -251,12 +303,13 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         part = (o * ntw + t) % used
         return nxt * packs[0][0].size + part * (steps * per * LINE_BYTES // 4)
 
-    def prefetch_group(base: Var, step: Expr) -> Stmt:
-        """P prefetches of the next group's weights into L2 per reduction step: a line each."""
+    def prefetch_group(base: Var, first: Expr, steps: int) -> Stmt:
+        """The prefetches of the next group's weights into L2 for ``steps`` reduction steps
+        from step ``first`` * ``steps`` (P a step, a line each)."""
         assert plan is not None and wflat is not None
-        per = plan[0]
-        return seq(*[Prefetch(wflat, (base + (step * per + p) * (LINE_BYTES // 4),), 2)
-                     for p in range(per)])
+        lines = plan[0] * steps
+        return seq(*[Prefetch(wflat, (base + (first * lines + p) * (LINE_BYTES // 4),), 2)
+                     for p in range(lines)])
 
     def cell(wb: Buffer, gi: Expr, vbt: int, tag: str) -> Stmt:
         """The tile (ot, t) of a group: TH x TW pixels from (ot * TH, t * TW), or the
@@ -280,7 +333,8 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
     # (a flattened 1x1 conv).
     for name in reversed(list(ext)):
         body = For(var[name], ext[name], body)
-    params = [ybuf, xp, bbuf] + wbufs + ([zbuf] if zbuf is not None else [])
+    params = [ybuf] + (xsrc + [xoff] if gat is not None else [xp]) + [bbuf]
+    params += wbufs + ([zbuf] if zbuf is not None else [])
     params += [wflat] if wflat is not None else []
     params += list(pre[:2]) if pre is not None else []
     # Contiguous shares: a group-major thread's next group is the one it prefetched; a

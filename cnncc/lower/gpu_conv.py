@@ -70,7 +70,7 @@ def lower_conv_gpu(ctx: LowerCtx, node: Node, act: Act = None, out: str | None =
     return _implicit_gemm(ctx, node, x, wv, bias, win, groups, act, out, residual)
 
 
-def _unflatten(q: Expr, dims: tuple) -> list:
+def unflatten(q: Expr, dims: tuple) -> list:
     """Row-major coordinates of flat index ``q`` (q may run past the end: the first
     coordinate then exceeds its dim)."""
     coords, rest = [], q
@@ -160,9 +160,9 @@ def _implicit_gemm(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.n
             extra = qi < nq if extra is None else And(extra, qi < nq)
             qi = qi.min(nq - 1)
         nb, p = (qi // npix, qi % npix) if batch > 1 else (Const(0), qi)
-        kc = _unflatten(ki, (icg,) + ks)
+        kc = unflatten(ki, (icg,) + ks)
         ic = kc[0].min(icg - 1) if kp > k else kc[0]
-        o = _unflatten(p, osp)
+        o = unflatten(p, osp)
         pos = [_tap(o[d], st[d], kc[1 + d], dl[d], begin[d]) for d in range(nd)]
         chan = zz * icg + ic if groups > 1 else ic
         if flat:
@@ -221,7 +221,7 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
     def pix(r: Expr) -> Expr:
         return pb * tile + tv + r * nt
 
-    o = _unflatten(pix(r1), osp)
+    o = unflatten(pix(r1), osp)
     pos = [_tap(o[d], st[d], kv[d], dl[d], begin[d]) for d in range(nd)]
     xv = _window_load(xb, (nn, c), pos, xs[2:], low, high)
     # Pixel-outer order: one accumulator live at a time (the window's weights are the same

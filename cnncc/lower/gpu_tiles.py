@@ -128,9 +128,14 @@ def padded_k(k: int, t: Tiling, splits: int) -> int:
     return cdiv(k, t.bk * splits) * t.bk * splits
 
 
-def split_scratch(ctx, splits: int, m: int, n: int) -> Buffer | None:
+def split_scratch(ctx, splits: int, m: int, n: int,
+                  dtype: DType = DType.float32) -> Buffer | None:
     """The per-node scratch of the partial sums of a split product (None without a split)."""
-    return ctx.temp(DType.float32, (splits, m, n), "part") if splits > 1 else None
+    return ctx.temp(dtype, (splits, m, n), "part") if splits > 1 else None
+
+
+def zero(dtype: DType) -> Const:
+    return Const(0.0 if dtype.is_float else 0, dtype)
 
 
 def clamped(buf: Buffer, idx: tuple, limits: tuple) -> Expr:
@@ -156,11 +161,12 @@ class _TileCopy:
     in a fetch (global -> per-thread staging registers) and a put (registers -> shared) so the
     next tile's loads are in flight while the current tile is multiplied."""
 
-    def __init__(self, threads: int, bk: int, bw: int, k_contig: bool, tag: str):
+    def __init__(self, threads: int, bk: int, bw: int, k_contig: bool, tag: str,
+                 dtype: DType = F32):
         self.threads, self.bk, self.bw, self.k_contig, self.tag = threads, bk, bw, k_contig, tag
         self.total = bk * bw
         self.count = cdiv(self.total, threads)
-        self.stage = Buffer(f"s{tag}", F32, (threads, self.count), "local")
+        self.stage = Buffer(f"s{tag}", dtype, (threads, self.count), "local")
 
     def _at(self, t: Expr, r: Expr) -> tuple:
         """(kk, w, element number) of the r-th element of thread t."""
@@ -182,7 +188,7 @@ class _TileCopy:
         kk, w, e = self._at(t, r)
         st: Stmt = Store(self.stage, (t, r), load(kk, w))
         if self.total % self.threads:       # both branches write: the register is defined
-            st = If(e < self.total, st, Store(self.stage, (t, r), Const(0.0, F32)))
+            st = If(e < self.total, st, Store(self.stage, (t, r), zero(self.stage.dtype)))
         return For(r, self.count, st, "unrolled")
 
     def put(self, t: Var, dst: Buffer) -> Stmt:
@@ -196,16 +202,23 @@ class _TileCopy:
 
 def tiled_product(name: str, params: list, t: Tiling, m: int, n: int, k: int, z: int,
                   load_a: Loader, a_k_contig: bool, load_b: Loader, b_k_contig: bool,
-                  epilogue: Epilogue, splits: int = 1, part: Buffer | None = None) -> Kernel:
+                  epilogue: Epilogue, splits: int = 1, part: Buffer | None = None,
+                  dtype: DType = F32, mac: Callable[[Expr, Expr, Expr], Expr] | None = None
+                  ) -> Kernel:
     """The kernel of the module docstring (``part`` [splits, m, n] is the scratch of a split
-    reduction, whose second stage adds the parts and runs ``epilogue``)."""
+    reduction, whose second stage adds the parts and runs ``epilogue``). ``dtype`` is the
+    element type of the tiles and accumulators, ``mac(acc, a, b)`` the accumulation step
+    (default acc + a b; an int8 conv passes a 4-byte dot product of int32 words)."""
     if splits > 1 and (z > 1 or part is None):
         raise CompileError(f"internal error: kernel {name}: a split reduction needs z = 1 and "
                            f"a scratch buffer")
     nt = t.threads
-    acc = Buffer("acc", F32, (nt, t.tm, t.tn), "local")
-    a_s = Buffer("As", F32, (t.bk, t.bm + (1 if a_k_contig and t.bm > 1 else 0)), "local")
-    b_s = Buffer("Bs", F32, (t.bk, t.bn + (1 if b_k_contig and t.bn > 1 else 0)), "local")
+    if mac is None:
+        def mac(acc: Expr, a: Expr, b: Expr) -> Expr:
+            return acc + a * b
+    acc = Buffer("acc", dtype, (nt, t.tm, t.tn), "local")
+    a_s = Buffer("As", dtype, (t.bk, t.bm + (1 if a_k_contig and t.bm > 1 else 0)), "local")
+    b_s = Buffer("Bs", dtype, (t.bk, t.bn + (1 if b_k_contig and t.bn > 1 else 0)), "local")
     zv, by, bx, ko = Var("bz"), Var("by"), Var("bx"), Var("ko")
     steps = cdiv(k, t.bk)
     per = cdiv(steps, splits)
@@ -214,8 +227,8 @@ def tiled_product(name: str, params: list, t: Tiling, m: int, n: int, k: int, z:
     t0, t1, t2, t3 = Var("t0"), Var("t1"), Var("t2"), Var("t3")
     i0, j0, i2, j2, i3, j3, kk = (Var(s) for s in ("i0", "j0", "i2", "j2", "i3", "j3", "kk"))
 
-    ca = _TileCopy(nt, t.bk, t.bm, a_k_contig, "a")
-    cb = _TileCopy(nt, t.bk, t.bn, b_k_contig, "b")
+    ca = _TileCopy(nt, t.bk, t.bm, a_k_contig, "a", dtype)
+    cb = _TileCopy(nt, t.bk, t.bn, b_k_contig, "b", dtype)
 
     def fetch(step: Expr, tag: str) -> Stmt:
         """Global loads of the tiles of reduction step ``step`` into the staging registers."""
@@ -228,20 +241,21 @@ def tiled_product(name: str, params: list, t: Tiling, m: int, n: int, k: int, z:
             ca.fetch(tv, lambda q, w: load_a(zz, m0 + w, kb + q), tag),
             cb.fetch(tv, lambda q, w: load_b(zz, n0 + w, kb + q), tag)), "gpu_thread")
 
-    init = For(t0, nt, For(i0, t.tm, For(j0, t.tn, Store(acc, (t0, i0, j0), Const(0.0, F32)),
+    init = For(t0, nt, For(i0, t.tm, For(j0, t.tn, Store(acc, (t0, i0, j0), zero(dtype)),
                                          "unrolled"), "unrolled"), "gpu_thread")
     nsteps = per if splits > 1 else steps
     put = For(t1, nt, seq(ca.put(t1, a_s), cb.put(t1, b_s)), "gpu_thread")
     prefetch = If(ko + 1 < nsteps, fetch(ko + 1, "n")) if nsteps > 1 else None
-    ar = Buffer("ar", F32, (t.tm,), "local")
-    br = Buffer("br", F32, (t.tn,), "local")
+    ar = Buffer("ar", dtype, (t.tm,), "local")
+    br = Buffer("br", dtype, (t.tn,), "local")
     ty2, tx2 = t2 // t.tx, t2 % t.tx
     ia, jb = Var("ia"), Var("jb")
     fma = For(kk, t.bk, Allocate(ar, Allocate(br, seq(
         For(ia, t.tm, Store(ar, (ia,), a_s[kk, ty2 + ia * t.ty]), "unrolled"),
         For(jb, t.tn, Store(br, (jb,), b_s[kk, tx2 + jb * t.tx]), "unrolled"),
-        For(i2, t.tm, For(j2, t.tn, Store(acc, (t2, i2, j2), acc[t2, i2, j2]
-                                          + ar[i2] * br[j2]), "unrolled"), "unrolled")))),
+        For(i2, t.tm, For(j2, t.tn, Store(acc, (t2, i2, j2), mac(acc[t2, i2, j2], ar[i2],
+                                                                 br[j2])), "unrolled"),
+            "unrolled")))),
         "unrolled")
     compute = For(t2, nt, fma, "gpu_thread")
     ty3, tx3 = t3 // t.tx, t3 % t.tx
@@ -277,7 +291,7 @@ def _reduce_parts(part: Buffer, splits: int, m: int, n: int, epilogue: Epilogue)
     total = m * n
     nt = block_threads(total)
     b, t, s = Var("rb"), Var("rt"), Var("rs")
-    sm = Buffer("sm", F32, (1,), "local")
+    sm = Buffer("sm", part.dtype, (1,), "local")
     q = b * nt + t
     mi, ni = q // n, q % n
     body: Stmt = Allocate(sm, seq(

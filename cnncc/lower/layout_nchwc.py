@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, And, Buffer, Cmp, Const, Expr, For, If, Kernel,
+from cnncc.ir.loop import (Allocate, And, Buffer, Cast, Cmp, Const, Expr, For, If, Kernel,
                            Stmt, Store, Var, nan_max, seq)
 from cnncc.ir.ops import OP_TABLE
 from cnncc.ir.ops.layout import pool_of
@@ -31,10 +31,10 @@ NEG_INF = float("-inf")
 
 
 def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
-                   end: tuple[int, int], fill: float = 0.0) -> Buffer:
+                   end: tuple[int, int], fill: float = 0.0, to_uint8: bool = False) -> Buffer:
     """``x`` [N, CB, H, W, c] copied into a scratch [N, CB, H + pads, W + pads, c] whose pad
     pixels hold ``fill`` (0; a quantized conv's input zero point); ``x`` itself when there is
-    no padding.
+    no padding. ``to_uint8``: int8 ``x`` is copied as uint8 x + 128 (``fill`` is a uint8 then).
 
     Each padded row is written once: pad rows whole, interior rows as left fill + the row
     (W * c contiguous floats) + right fill, all as vectors."""
@@ -42,15 +42,19 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
         return x
     nb, cb, h, w, c = x.shape
     hp, wp = h + begin[0] + end[0], w + begin[1] + end[1]
-    xp = ctx.temp(x.dtype, (nb, cb, hp, wp * c), "xp")
+    dt = DType.uint8 if to_uint8 else x.dtype
+    xp = ctx.temp(dt, (nb, cb, hp, wp * c), "xp")
     src = Buffer(x.name, x.dtype, (nb, cb, h, w * c))
     ctx.binding[id(src)] = ctx.binding[id(x)]
     n, b, r = Var("n"), Var("cb"), Var("r")
     fl, e, fr, fa = Var("fl"), Var("e"), Var("fr"), Var("fa")
-    fv = Const(fill, x.dtype)
+    fv = Const(fill, dt)
     left, width = begin[1] * c, w * c
+    val: Expr = src[n, b, r - begin[0], e]
+    if to_uint8:
+        val = Cast(dt, Cast(DType.int32, val) + Const(128, DType.int32))
     interior = seq(For(fl, left, Store(xp, (n, b, r, fl), fv)),
-                   For(e, width, Store(xp, (n, b, r, e + left), src[n, b, r - begin[0], e])),
+                   For(e, width, Store(xp, (n, b, r, e + left), val)),
                    For(fr, end[1] * c, Store(xp, (n, b, r, fr + (left + width)), fv)))
     ok = And(Cmp("ge", r, Const(begin[0])), Cmp("lt", r, Const(begin[0] + h)))
     body = If(ok, interior, For(fa, wp * c, Store(xp, (n, b, r, fa), fv)))
@@ -60,7 +64,7 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
         if ext >= ctx.lanes:
             sch.vectorize(sch.split(loop, ctx.lanes, mode="tail")[1])
     ctx.emit(parallel_outer(sch.kernel, ["n", "cb", "r"], ctx, xp.size))
-    view = Buffer("xp", x.dtype, (nb, cb, hp, wp, c))
+    view = Buffer("xp", dt, (nb, cb, hp, wp, c))
     ctx.binding[id(view)] = ctx.binding[id(xp)]
     return view
 
@@ -83,20 +87,36 @@ def lower_to_nchwc(ctx: LowerCtx, node: Node) -> None:
     vectors along w, each channel's lane of the blocked pixels written one by one; the padding
     channels of the last block are a separate loop of zero stores."""
     _float32_or_bytes(ctx, node)
-    x, y = ctx.value(node.inputs[0], bname="x"), ctx.value(node.outputs[0], bname="y")
-    nb, ch, h, w = x.shape
+    y = ctx.value(node.outputs[0], bname="y")
+    nb, ch, h, w = ctx.graph.types[node.inputs[0]].shape
+    # An NCHW ChannelGather view of one input (inline_channel_gather): channel i of X is
+    # channel src[i] of the gather's input, read there.
+    view = ctx.graph.producers().get(node.inputs[0])
+    if view is not None and view.op == "ChannelGather" and view.attrs.get("view"):
+        x = ctx.value(view.inputs[0], bname="x")
+        src = ctx.const(np.array(view.attrs["sources"], np.int64), "src")
+        params = [y, x, src]
+
+        def chan(i: Expr) -> Expr:
+            return src[i]
+    else:
+        x = ctx.value(node.inputs[0], bname="x")
+        params = [y, x]
+
+        def chan(i: Expr) -> Expr:
+            return i
     c = y.shape[-1]
     full, rem = divmod(ch, c)
     n, r, b, j, p = Var("n"), Var("h"), Var("cb"), Var("j"), Var("w")
     jt, pt, jz, pz = Var("jt"), Var("wt"), Var("jz"), Var("wz")
     parts = [For(b, full, For(j, c, For(p, w, Store(y, (n, b, r, p, j),
-                                                    x[n, b * c + j, r, p]))))]
+                                                    x[n, chan(b * c + j), r, p]))))]
     if rem:
         parts.append(For(jt, rem, For(pt, w, Store(y, (n, full, r, pt, jt),
-                                                   x[n, full * c + jt, r, pt]))))
+                                                   x[n, chan(full * c + jt), r, pt]))))
         parts.append(For(jz, c - rem, For(pz, w, Store(y, (n, full, r, pz, jz + rem),
                                                        Const(0, y.dtype)))))
-    sch = Schedule(Kernel(node.name, [y, x], For(n, nb, For(r, h, seq(*parts)))))
+    sch = Schedule(Kernel(node.name, params, For(n, nb, For(r, h, seq(*parts)))))
     if w >= ctx.lanes:
         for loop in ("w", "wt", "wz")[:1 + 2 * (rem > 0)]:
             sch.vectorize(sch.split(loop, ctx.lanes, mode="tail")[1])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncc.ir import CompileError, DType, Graph, Node
-from cnncc.ir.aligned import ALIGN, align, aligned_zeros
+from cnncc.ir.aligned import return_freed_memory
 from cnncc.ir.fold import TYPE_ONLY, fold_node
 from cnncc.ir.target import Target
 
@@ -76,10 +76,17 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
     if fuse:     # opt_level 0, the unfused baseline, copies every concat
         place, skip = plan_inplace_concats(g, ctx.halo, ALIAS_OPS)
     alias: dict[str, str] = {}
+    freed = 0
     for idx, node in enumerate(g.nodes):
         for name in release.get(idx - 1, ()):
-            del g.params[name]
+            freed += np.asarray(g.params.pop(name)).nbytes
             graph.params.pop(name, None)
+        # The previous node's packed constants go into the blob now that its unpacked arrays
+        # are released (never an array's three copies at once: ir/aligned.GrowingBlob).
+        ctx.write_consts()
+        if freed >= _TRIM_BYTES:
+            return_freed_memory()
+            freed = 0
         if idx in skip:
             continue
         ctx.node_index = idx
@@ -96,6 +103,11 @@ def lower_graph(graph: Graph, target: Target | None, fuse: bool = True,
     program = _plan(g, ctx, alias, place)
     program.fused = fuse
     return program
+
+
+# Bytes of released arrays after which the C heap returns its free pages (lowering goes on
+# meanwhile: the blob's new pages may then take the place of the freed ones).
+_TRIM_BYTES = 16 << 20
 
 
 def _last_uses(g: Graph) -> dict[int, list[str]]:
@@ -176,19 +188,9 @@ def _plan(g: Graph, ctx: LowerCtx, alias: dict, place: dict) -> Program:
             continue
         key_of[root] = ("output", j)
         claimed.add(root)
-    # Constants: one blob.
-    offsets, total = [], 0
-    for a in ctx.consts:
-        offsets.append(total)
-        total = align(total + a.nbytes)
-    # Each packed array is dropped as soon as it is copied (the zeroed blob's pages are only
-    # committed when written): peak memory is about one copy of the weights, not two.
-    blob = aligned_zeros(max(total, ALIGN))
-    for i, off in enumerate(offsets):
-        a = np.ascontiguousarray(ctx.consts[i])
-        blob[off:off + a.nbytes] = a.reshape(-1).view(np.uint8)
-        ctx.consts[i] = a = None
-    ctx.consts.clear()
+    # Constants: the blob lowering copied them into (context.py).
+    ctx.write_consts()
+    offsets, blob = ctx.const_offsets, ctx.blob.array()
     # Liveness over kernel positions of arena-resident values and temps.
     live: dict[tuple, Lifetime] = {}
     for pos, (k, _) in enumerate(ctx.kernels):

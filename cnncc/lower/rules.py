@@ -15,6 +15,7 @@ from .layout_nchwc import lower_from_nchwc, lower_pool_nchwc, lower_to_nchwc
 from .norm import lower_instance_norm, lower_layer_norm, lower_lrn
 from .elementwise import BINARY_OPS, UNARY_OPS, lower_elementwise
 from .gpu_conv import lower_conv_gpu, lower_fused_conv_gpu
+from .gpu_conv_int8 import GPU_QCONV_RULES
 from .gpu_gemm import lower_gemm_gpu, lower_matmul_gpu
 from .gather import INDEX_MAP_OPS, lower_index_map
 from .reduce import REDUCE_OPS, lower_arg, lower_reduce
@@ -108,6 +109,7 @@ GPU_RULES: dict = {
     "Gemm": lower_gemm_gpu,
     "MatMul": lower_matmul_gpu,
 }
+GPU_RULES.update(GPU_QCONV_RULES)
 
 # Ops evaluated at compile time when every input is a constant (shape arithmetic of exporters).
 CONST_OPS = ("Shape", "Size", "Constant", "ConstantOfShape", "Range", "Cast", "CastLike",

@@ -32,6 +32,7 @@ from .alter_layout_int8 import alter_layout_int8
 from .depthwise_separable import depthwise_separable
 from .fuse_channel_scale import fuse_channel_scale
 from .fuse_prologue import fuse_prologue
+from .inline_channel_gather import inline_channel_gather
 
 
 @dataclass
@@ -78,8 +79,11 @@ PIPELINE: list[Pass] = [
     Pass("depthwise_separable", depthwise_separable, 3),
     # On blocked convs, after depthwise_separable: a BN + ReLU goes into the conv reading it.
     Pass("fuse_prologue", fuse_prologue, 2),
-    # Last: a squeeze-excitation gate goes into the 1x1 conv reading the gated map.
+    # A squeeze-excitation gate goes into the 1x1 conv reading the gated map.
     Pass("fuse_channel_scale", fuse_channel_scale, 2),
+    # After every pass that rewrites convs: a gather read only by dense 1x1 convs is read in
+    # place by them (no copy).
+    Pass("inline_channel_gather", inline_channel_gather, 2),
 ]
 PASS_NAMES = [p.name for p in PIPELINE]
 

@@ -5,7 +5,7 @@ accumulators are int32 vectors of c output channels, so its epilogue stores the 
 pixel at once, and the next conv's dot product reads 4 input channels of a pixel as one 32-bit
 word (c / 4 words per pixel) without repacking (ir/ops/quant_blocked.py defines the op):
 
-    QConv(X, ..., R?, ...)   ==>  QConvNCHWc(Xb, ..., Rb?, ...; block=c)      X uint8, 2-D;
+    QConv(X, ..., R?, ...)   ==>  QConvNCHWc(Xb, ..., Rb?, ...; block=c)      X 8-bit, 2-D;
                                   group 1 with weights the dot products take (dot4_fits),
                                   or depthwise
     QConv(X, ...)            ==>  QConvNCHWc(X, ...; block=c, in_layout=NCHW)  (<= 4 input
@@ -14,7 +14,7 @@ word (c / 4 words per pixel) without repacking (ir/ops/quant_blocked.py defines 
                                   zero point at both ends: max commutes with the monotone
                                   (de)quantization and Q(DQ(v)) = v, so the pool of the bytes
                                   is exact)
-    MaxPool(X)               ==>  PoolNCHWc(Xb; kind=MaxPool)    (X uint8 and blocked: the 8-bit
+    MaxPool(X)               ==>  PoolNCHWc(Xb; kind=MaxPool)    (X 8-bit and blocked: the 8-bit
                                   pool fuse_quantized_ops made of such a chain)
 
 Any other consumer of X (and a graph output X) reads FromNCHWc(Xb), made once, right before its
@@ -49,7 +49,7 @@ def _blockable(g: Graph, node: Node) -> str | None:
     oc, icg = wq.shape[:2]
     ic = icg * group
     if icg == 1 and group == oc == ic:
-        return "NCHWc" if xt.dtype is DType.uint8 else None
+        return "NCHWc"
     if group != 1:
         return None
     x_zp = int(g.params[node.inputs[2]].reshape(-1)[0])
@@ -58,9 +58,7 @@ def _blockable(g: Graph, node: Node) -> str | None:
         else np.zeros(oc, np.int64)
     if not dot4_fits(wz, icg, oc, bias, shifted_zero_point(xt.dtype, x_zp)):
         return None
-    if ic <= STEM_MAX_CHANNELS:
-        return "NCHW"
-    return "NCHWc" if xt.dtype is DType.uint8 else None
+    return "NCHW" if ic <= STEM_MAX_CHANNELS else "NCHWc"
 
 
 def _same_quantization(g: Graph, dq: Node, q: Node) -> bool:
@@ -125,7 +123,7 @@ class _Rewriter(BlockedRewriter):
             return True
         x = node.inputs[0] if node.inputs else ""
         if node.op == "MaxPool" and x in self.blocked and len(node.outputs) == 1 \
-                and self.g.types[x].dtype is DType.uint8 and self.g.types[x].rank == 4:
+                and self.g.types[x].dtype in (DType.uint8, DType.int8) and self.g.types[x].rank == 4:
             # The 8-bit pool fuse_quantized_ops made of such a chain.
             self.pool_bytes(x, node, node, node.origin)
             return True

@@ -2,10 +2,12 @@
 
     Q(Gemm(DQ(aq), DQ(bq)[, bias]))  /  Q(MatMul(DQ(aq), DQ(bq)))   ==>  QGemm(aq, bq, C)
     Gemm(DQ(aq), DQ(bq)[, bias]) read by no Q (a float classifier output) ==> QGemm, float out
+    Q(Relu(Gemm | MatMul(DQ(aq), DQ(bq) ...)))             ==>  Max(QGemm(aq, bq, C), Q's zero point)
     Q(GlobalAveragePool(DQ(xq)))                                     ==>  QLinearGlobalAveragePool(xq)
     Q(AveragePool(DQ(xq)))                                           ==>  QLinearAveragePool(xq)
     Q(MaxPool(DQ(xq)))  and  Q(Flatten | Reshape | Squeeze | Unsqueeze | Identity (DQ(xq)))
                         with the Q's scale and zero point equal to the DQ's  ==>  the op on xq
+    Q(GlobalMaxPool(DQ(xq)))  (the same condition)  ==>  MaxPool(xq) over the whole image
 
 Conditions: aq / xq are uint8 or int8 values with per-tensor scales and zero points (constants);
 the pools' Q writes xq's element type; bq is a constant 8-bit [K, N] matrix (([N, K] with transB) quantized per tensor or per column;
@@ -15,7 +17,8 @@ half a step of it); every Q is per tensor; every intermediate has one user and i
 output. The rewrites are exact where stated in the ops' references: QGemm / the quantized pools
 compute the chain's integer semantics (the float chain rounds once more: within one output
 step); max and the data-movement ops commute with a strictly increasing dequantization
-(scale > 0), and Q(DQ(v)) = v for equal parameters, so those outputs are equal.
+(scale > 0), and Q(DQ(v)) = v for equal parameters, so those outputs are equal; Q is
+non-decreasing and Q(0) is its zero point, so Q(Relu(y)) = max(Q(y), zero point) exactly.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from cnncc.ir import Graph, Node
 from cnncc.ir.ops.quant import QUANT_TYPES
 from .fuse_quantized import qdq_per_tensor, zp_input
 
-MOVES = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")
+MOVES = ("MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")
+# GlobalMaxPool is float-only in ONNX: on 8-bit values it is the MaxPool of the whole image.
+BYTE_OP = {"GlobalMaxPool": "MaxPool"}
 
 
 def _value(g: Graph, name: str) -> np.ndarray | None:
@@ -62,13 +67,17 @@ class _Rewrite:
         return float(g.params[qdq.inputs[1]].reshape(-1)[0]), \
             0 if zp is None else int(zp.reshape(-1)[0])
 
-    def rewrite(self, node: Node) -> tuple[Node, list[Node]] | None:
-        """(the replacement, the nodes it replaces, the Q last) or None."""
+    def rewrite(self, node: Node) -> tuple[list[Node], list[Node]] | None:
+        """(the replacement nodes, the nodes they replace, the Q last) or None."""
         g = self.g
         dq = self.dq_input(node)
         q = self.q_output(node) if dq is not None else None
         if dq is not None and node.op in ("Gemm", "MatMul"):
-            return self.gemm(node, dq, q)
+            relu = self.relu_q(node) if q is None else None
+            if relu is not None:
+                return self.gemm_relu(node, dq, *relu)
+            done = self.gemm(node, dq, q)
+            return None if done is None else ([done[0]], done[1])
         if q is None:
             return None
         xq, out = dq.inputs[0], q.outputs[0]
@@ -79,18 +88,50 @@ class _Rewrite:
             (s, z), (s2, z2) = self.params(dq), self.params(q)
             if not (s > 0 and s == s2 and z == z2 and g.types[out].dtype == x_dt):
                 return None
-            return Node(node.op, [xq] + node.inputs[1:], [out], dict(node.attrs), node.name,
-                        sources=node.origin + q.origin), [node, q]
+            attrs = dict(node.attrs)
+            if node.op == "GlobalMaxPool":
+                spatial = list(g.types[xq].shape[2:])
+                if not all(isinstance(d, int) and d > 0 for d in spatial):
+                    return None
+                attrs = {"kernel_shape": spatial}
+            return [Node(BYTE_OP.get(node.op, node.op), [xq] + node.inputs[1:], [out], attrs,
+                         node.name, sources=node.origin + q.origin)], [node, q]
         if g.types[out].dtype != x_dt:          # the quantized pools keep the element type
             return None
         if node.op == "GlobalAveragePool":
-            return Node("QLinearGlobalAveragePool", io, [out], {}, node.name,
-                        sources=node.origin + q.origin), [node, q]
+            return [Node("QLinearGlobalAveragePool", io, [out], {}, node.name,
+                         sources=node.origin + q.origin)], [node, q]
         if node.op == "AveragePool":
-            return Node("QLinearAveragePool", io, [out], dict(node.attrs), node.name,
-                        sources=node.origin + q.origin), [node, q]
+            return [Node("QLinearAveragePool", io, [out], dict(node.attrs), node.name,
+                         sources=node.origin + q.origin)], [node, q]
         return None
 
+    def relu_q(self, node: Node) -> tuple[Node, Node] | None:
+        """(Relu, Q) when the node's output is read by a Relu alone, and the Relu's by a
+        per-tensor 8-bit Q alone (neither a graph output)."""
+        out = node.outputs[0]
+        use = self.users.get(out, [])
+        if out in self.g.outputs or len(use) != 1 or use[0].op != "Relu":
+            return None
+        q = self.q_output(use[0])
+        return None if q is None else (use[0], q)
+
+    def gemm_relu(self, node: Node, dq: Node, relu: Node,
+                  q: Node) -> tuple[list[Node], list[Node]] | None:
+        """QGemm to the Q's 8-bit output, then the Relu as a max with the Q's zero point."""
+        done = self.gemm(node, dq, q)
+        if done is None:
+            return None
+        qgemm, _ = done
+        g = self.g
+        out = q.outputs[0]
+        t = g.types[out]
+        mid = g.fresh_name(f"{out}_before_relu")
+        g.types[mid] = t
+        zp = g.add_param(f"{relu.name}_zero_point", np.array(self.params(q)[1], t.dtype.np))
+        qgemm.outputs = [mid]
+        return [qgemm, Node("Max", [mid, zp], [out], {}, relu.name, sources=relu.origin)], \
+            [node, relu, q]
     def gemm(self, node: Node, dq: Node, q: Node | None) -> tuple[Node, list[Node]] | None:
         """QGemm of a quantized output (q given) or a float32 one."""
         g = self.g
@@ -176,5 +217,6 @@ def fuse_quantized_ops(graph: Graph, ctx=None) -> Graph:
         new, replaced = done
         gone.update(id(n) for n in replaced)
         replace[id(replaced[-1])] = new          # where the Q was
-    g.nodes = [replace.get(id(n), n) for n in g.nodes if id(n) in replace or id(n) not in gone]
+    g.nodes = [m for n in g.nodes if id(n) in replace or id(n) not in gone
+               for m in replace.get(id(n), [n])]
     return g

@@ -6,7 +6,10 @@
 One op for the channel plumbing exporters write around channel split and shuffle (Split,
 Concat, Reshape -> Transpose -> Reshape: made by the fold_channel_shuffle pass). With block = c
 > 0 the inputs and the output are NCHW{c}c (layout.py), ``in_channels`` giving each input's real
-channel count; the output's padding lanes are 0.
+channel count; the output's padding lanes are 0. With view = 1 (made by the
+inline_channel_gather pass; blocked, or NCHW with one input) the value is the same, but no
+kernel computes it: its readers (1x1 convs, fused depthwise -> 1x1 convs; ToNCHWc of an NCHW
+one) read the inputs' channels in place.
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ def _channels(ctx: OpContext) -> list[int]:
 def _infer(ctx: OpContext) -> list[TensorType]:
     block = ctx["block"]
     ctx.check(block >= 0, f"block must be >= 0, got {block}")
+    ctx.check(ctx["view"] in (0, 1), f"view must be 0 or 1, got {ctx['view']}")
+    ctx.check(not ctx["view"] or block > 0 or len(ctx.types) == 1,
+              "view=1 is for a blocked gather (block > 0) or an NCHW gather of one input")
     first = ctx.type(0)
     rank = 5 if block else first.rank
     chans = _channels(ctx)
@@ -79,6 +85,6 @@ def shuffle_sources(channels: int, groups: int) -> list[int]:
 
 register(OpDef("ChannelGather", infer=_infer, reference=_reference, inputs=(1, -1),
                attrs={"sources": Attr("ints"), "block": Attr("int", 0),
-                      "in_channels": Attr("ints", [])},
+                      "in_channels": Attr("ints", []), "view": Attr("int", 0)},
                doc="Channels picked from the concatenated inputs' channels (internal op of "
                    "fold_channel_shuffle; NCHW or NCHW{c}c)."))

@@ -28,6 +28,12 @@ def shifted_zero_point(x_dtype: DType, x_zp: int) -> int:
     return x_zp + (128 if x_dtype is DType.int8 else 0)
 
 
+def signed_zero_point(x_dtype: DType, x_zp: int) -> int:
+    """The input zero point once uint8 inputs are shifted to int8 (x - 128: the signed bytes
+    of the GPU's __dp4a kernels)."""
+    return x_zp - (128 if x_dtype is DType.uint8 else 0)
+
+
 def weights_minus_zero_point(wq: np.ndarray, w_zp: np.ndarray) -> np.ndarray:
     """int32 w - w_zero_point (per tensor, or per output channel along axis 0)."""
     w_zp = w_zp.astype(np.int32).reshape(-1)

@@ -36,8 +36,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # the parallel build.
 os.environ.setdefault("CNNCC_COMPILE_JOBS", "1")
 # No whole model is stored in the run's (throwaway) compile cache: each store linked a library
-# with the C compiler and wrote its weights, and the position-independent objects it links were
-# built beside the JIT's for every compile - for cache hits that almost never come (each test
+# with the C compiler and wrote its weights - for cache hits that almost never come (each test
 # compiles its own models). Kernels are still cached and shared by the tests.
 # tests/test_cache_models.py, tests/test_cache_kernels.py and `cnncc bench --compile` set it
 # themselves to test the model cache.

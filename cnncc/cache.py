@@ -16,8 +16,8 @@ the json carries the key and the sha256 of the library and of its weights (a fil
 not linked in: aot.py), and an entry that fails any check (json unreadable or not matching,
 checksums, dlopen) is removed and compiled again. Models that
 compiled in less than CNNCC_CACHE_MIN_SECONDS (default 0.5 s) are not stored: they compile
-about as fast as a library loads. Total size is capped (CNNCC_CACHE_MAX_BYTES, default 2 GiB):
-the least recently used entries go first.
+about as fast as a library loads ("inf": no model is stored). Total size is capped
+(CNNCC_CACHE_MAX_BYTES, default 2 GiB): the least recently used entries go first.
 """
 from __future__ import annotations
 

@@ -29,6 +29,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # MatMul 0.47 s instead of 5 ms on the loaded machine). Read when numpy is first imported,
 # which is after this file (and the xdist workers inherit it).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Kernels are compiled in this process, not by forked workers (one per core by default): two
+# test processes already keep both cores busy, and forking a large test process for every
+# compile cost ~20% more CPU in compile-bound test files (tests/test_llvm_ops_core.py: 22.1 ->
+# 17.4 CPU s), mostly in page-table copies. tests/test_cache_kernels.py sets it itself to test
+# the parallel build.
+os.environ.setdefault("CNNCC_COMPILE_JOBS", "1")
+# No whole model is stored in the run's (throwaway) compile cache: each store linked a library
+# with the C compiler and wrote its weights - for cache hits that almost never come (each test
+# compiles its own models). Kernels are still cached and shared by the tests.
+# tests/test_cache_models.py, tests/test_cache_kernels.py and `cnncc bench --compile` set it
+# themselves to test the model cache.
+os.environ.setdefault("CNNCC_CACHE_MIN_SECONDS", "inf")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import re
 from pathlib import Path
 
 import onnx
@@ -36,9 +37,42 @@ def _programs(sources: dict) -> list:
     return out
 
 
+def _normalized(ck) -> str:
+    """A kernel's device code with its launch names replaced by placeholders."""
+    text = ck.device
+    for i, launch in enumerate(ck.launches):
+        text = re.sub(rf"\b{re.escape(launch.name)}\b", f"CNNCC_LAUNCH_{i}", text)
+    return text
+
+
+def _deduplicated(programs: list) -> tuple[str, dict]:
+    """The programs' CUDA source with every kernel whose device code equals an earlier one's
+    up to its names compiled once: its __global__ functions are replaced by macros naming the
+    first's, which its launcher then calls (ptxas would report the same resources for both).
+    Returns (source, {launch name: the launch name compiled for it})."""
+    first: dict = {}
+    compiled: dict = {}
+    sources = []
+    for _, gen in programs:
+        source = gen.module.source
+        for ck in gen.module.kernels:
+            names = [launch.name for launch in ck.launches]
+            same = first.setdefault(_normalized(ck), names)
+            compiled.update(zip(names, same))
+            if same is not names:
+                assert source.count(ck.device) == 1, ck.name
+                source = source.replace(ck.device, "".join(
+                    f"#define {n} {m}\n" for n, m in zip(names, same)))
+        sources.append(source)
+    return "\n".join(sources), compiled
+
+
 def _check(programs: list) -> dict:
-    source = "\n".join(gen.module.source for _, gen in programs)
+    source, compiled = _deduplicated(programs)
     usage = nvcc_check(source, ARCHS)
+    for arch in usage:
+        usage[arch].update({n: usage[arch][m] for n, m in compiled.items()
+                            if m in usage[arch] and n != m})
     for arch in ARCHS:
         for gen_label, gen in programs:
             for ck in gen.module.kernels:

@@ -10,6 +10,7 @@ emulation build (g++ with cuda_emu.h) as a ctypes-loaded library or a standalone
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import re
@@ -39,6 +40,13 @@ EMU_MODES = {
     "ucontext": ["-DCNNCC_EMU_UCONTEXT"],
     "pthreads": ["-DCNNCC_EMU_PTHREADS"],
 }
+# Added to the optimized (not sanitized, not quick) build when the compiler is GCC: it peels
+# loops of a few constant iterations away entirely (on at -O3, off at -O2; clang's -O2 does it
+# already), so the generated kernels' `#pragma unroll` register tiles (GCC reads no such
+# pragma) become scalars instead of stack arrays. Whole CNNs run ~1.9x faster emulated
+# (ResNet-50 3.85 -> 1.94 CPU s, VGG-11 6.06 -> 3.09) for about the same build time; -O3 gives
+# the same run time for 30-50% longer builds.
+GCC_OPTIMIZED_FLAGS = ["-fpeel-loops"]
 # Exit codes the sanitizers use in run_emu_executable (to tell their reports from crashes).
 SANITIZER_EXIT = {"thread": 66, "address": 67}
 _WARN = ["-Wall", "-Wextra", "-Wno-unused-variable", "-Wno-unused-parameter",
@@ -180,8 +188,21 @@ def _emu_cmd(cxx: str, sanitize: str | None, emulation: str = "fast") -> list:
     if emulation not in EMU_MODES:
         raise BuildError(f"unknown emulation mode {emulation!r} ({', '.join(EMU_MODES)})")
     mode = EMU_MODES["pthreads" if sanitize else emulation]
-    return [cxx, "-std=c++20", "-pthread", *SANITIZE_FLAGS[sanitize], *mode, *_WARN,
+    extra = GCC_OPTIMIZED_FLAGS if sanitize is None and _is_gcc(cxx) else []
+    return [cxx, "-std=c++20", "-pthread", *SANITIZE_FLAGS[sanitize], *extra, *mode, *_WARN,
             "-include", str(EMU_HEADER)]
+
+
+@functools.lru_cache(maxsize=None)
+def _is_gcc(cxx: str) -> bool:
+    """Whether ``cxx`` is GCC (g++ may be clang elsewhere, which rejects GCC-only flags under
+    -Werror)."""
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "clang" not in out.stdout.lower() and \
+        "free software foundation" in out.stdout.lower()
 
 
 def build_emu_library(source: str, sanitize: str | None = None, workdir=None,
@@ -195,7 +216,7 @@ def build_emu_library(source: str, sanitize: str | None = None, workdir=None,
         raise BuildError("no C++ compiler (g++) found for the cuda-emu build")
     cmd = _emu_cmd(cxx, sanitize, emulation)
     if quick and not sanitize:
-        cmd = ["-O0" if c == "-O2" else c for c in cmd]
+        cmd = ["-O0" if c == "-O2" else c for c in cmd if c not in GCC_OPTIMIZED_FLAGS]
     header = EMU_HEADER.read_text()
     d = build_workdir(build_key("emu-so", source, header, *cmd[1:]), workdir)
     return build_once(d / "kernels.so", {"kernels.cu": source}, lambda t: cmd + [

@@ -41,6 +41,7 @@ class Case:
         assert len(fused.nodes) == 1, [n.op for n in fused.nodes]
         self.ctx = LowerCtx(fused, None, gpu=True)
         lower_node(self.ctx, fused.nodes[0])
+        self.ctx.write_consts()         # the packed constants into the weight blob
         self.kernels = [k for k, _ in self.ctx.kernels]
 
     def run(self, lib: EmuLibrary, module) -> None:
@@ -49,7 +50,7 @@ class Case:
         values = {n: a.copy() for n, a in self.feeds.items()}
         for o in g.outputs:
             values[o] = np.full(g.types[o].shape, np.nan, g.types[o].dtype.np)
-        consts = [c.copy() for c in ctx.consts]
+        blob = ctx.blob.array().copy()
         temps = {t: np.full(nbytes, 0xff, np.uint8) for t, (nbytes, _) in ctx.temps.items()}
         for k in self.kernels:
             arrays = {}
@@ -58,7 +59,8 @@ class Case:
                 if kind == "value":
                     a = values[where]
                 elif kind == "const":
-                    a = consts[where]
+                    at = ctx.const_offsets[where]
+                    a = blob[at:at + b.size * b.dtype.itemsize].view(b.dtype.np)
                 else:
                     a = temps[where][:b.size * b.dtype.itemsize].view(b.dtype.np)
                 arrays[b.name] = a.reshape(b.shape)

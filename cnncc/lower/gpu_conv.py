@@ -85,7 +85,7 @@ def unflatten(q: Expr, dims: tuple) -> list:
     return coords[::-1]
 
 
-def _tap(o: Expr, stride: int, k: Expr, dil: int, begin: int) -> Expr:
+def tap(o: Expr, stride: int, k: Expr, dil: int, begin: int) -> Expr:
     """Input position o * stride + k * dil - begin (without the trivial terms)."""
     e = o * stride if stride != 1 else o
     if not (isinstance(k, Const) and k.value == 0):
@@ -93,11 +93,12 @@ def _tap(o: Expr, stride: int, k: Expr, dil: int, begin: int) -> Expr:
     return e - begin if begin else e
 
 
-def _window_load(xb: Buffer, lead: tuple, pos: list, sizes: tuple, low: list,
-                 high: list, extra=None) -> Expr:
+def window_load(xb: Buffer, lead: tuple, pos: list, sizes: tuple, low: list,
+                high: list, extra=None, value=None, zero: Expr = Const(0.0, F32)) -> Expr:
     """xb[lead + pos] with every position checked against [0, size): outside (a pad, or a
-    tile edge) the value is 0 and the load is clamped into the input. ``low`` / ``high`` say
-    which bounds can fail; ``extra`` is an additional validity condition."""
+    tile edge) the value is ``zero`` and the load is clamped into the input. ``low`` /
+    ``high`` say which bounds can fail; ``extra`` is an additional validity condition;
+    ``value`` maps the loaded element (the int8 convs subtract the zero point)."""
     cond = extra
     idx = []
     for p, size, lo, hi in zip(pos, sizes, low, high):
@@ -113,7 +114,28 @@ def _window_load(xb: Buffer, lead: tuple, pos: list, sizes: tuple, low: list,
             p2 = p2.min(size - 1)
         idx.append(p2)
     v = xb[tuple(lead) + tuple(idx)]
-    return v if cond is None else Select(cond, v, Const(0.0, F32))
+    v = value(v) if value is not None else v
+    return v if cond is None else Select(cond, v, zero)
+
+
+def pixel_tiling(npix: int) -> tuple[int, int, int]:
+    """(pixels per thread, threads per block, pixels per block) of a per-channel GPU kernel
+    over ``npix`` output pixels (the depthwise convs, float and int8)."""
+    reps = 4 if npix >= 4096 else 2 if npix >= 1024 else 1
+    nt = block_threads(cdiv(npix, reps))
+    return reps, nt, nt * reps
+
+
+def window_bounds(win, osp: tuple, ks: tuple, sizes: tuple, tail: bool) -> tuple:
+    """(begin, low, high) per spatial dim of a conv window over an input of ``sizes``: the
+    leading pad, whether a tap can fall before the input, whether one can fall past its end.
+    Pixels past the end (the last tile's tail) only overflow the first output coordinate."""
+    nd = len(osp)
+    begin = [win.begin(d) for d in range(nd)]
+    low = [b > 0 for b in begin]
+    high = [(osp[d] - 1) * win.strides[d] + (ks[d] - 1) * win.dilations[d] - begin[d]
+            >= sizes[d] or (tail and d == 0) for d in range(nd)]
+    return begin, low, high
 
 
 def _implicit_gemm(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarray,
@@ -163,12 +185,12 @@ def _implicit_gemm(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.n
         kc = unflatten(ki, (icg,) + ks)
         ic = kc[0].min(icg - 1) if kp > k else kc[0]
         o = unflatten(p, osp)
-        pos = [_tap(o[d], st[d], kc[1 + d], dl[d], begin[d]) for d in range(nd)]
+        pos = [tap(o[d], st[d], kc[1 + d], dl[d], begin[d]) for d in range(nd)]
         chan = zz * icg + ic if groups > 1 else ic
         if flat:
             v = xb[nb, chan, p]
             return v if extra is None else Select(extra, v, Const(0.0, F32))
-        return _window_load(xb, (nb, chan), pos, xs[2:], low, high, extra)
+        return window_load(xb, (nb, chan), pos, xs[2:], low, high, extra)
 
     def epilogue(zz, mi, qi, v):
         val = v + bbuf[zz, mi]
@@ -197,21 +219,15 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
     ks = tuple(wv.shape[2:])
     osp = tuple(osh[2:])
     npix = int(np.prod(osp))
-    reps = 4 if npix >= 4096 else 2 if npix >= 1024 else 1
-    nt = block_threads(cdiv(npix, reps))
-    tile = nt * reps
+    reps, nt, tile = pixel_tiling(npix)
     wbuf = ctx.const(wv.reshape((chans,) + ks), "w")
     bbuf = ctx.const(bias, "bias")
     xb = ctx.value(x, bname="x")
     yb = ctx.value(out, (batch, chans, npix), "y")
     zb = ctx.value(residual, (batch, chans, npix), "z") if residual else None
     st, dl = win.strides, win.dilations
-    begin = [win.begin(d) for d in range(nd)]
     tail = npix % tile != 0
-    low = [begin[d] > 0 for d in range(nd)]
-    # Pixels past the end (the last tile's tail) only overflow the first output coordinate.
-    high = [(osp[d] - 1) * st[d] + (ks[d] - 1) * dl[d] - begin[d] >= xs[2 + d]
-            or (tail and d == 0) for d in range(nd)]
+    begin, low, high = window_bounds(win, osp, ks, xs[2:], tail)
     n, c, pb, tv = Var("n"), Var("c"), Var("pb"), Var("t")
     acc = Buffer("acc", F32, (reps,), "local")
     r0, r1, r2 = Var("r0"), Var("r1"), Var("r2")
@@ -222,8 +238,8 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
         return pb * tile + tv + r * nt
 
     o = unflatten(pix(r1), osp)
-    pos = [_tap(o[d], st[d], kv[d], dl[d], begin[d]) for d in range(nd)]
-    xv = _window_load(xb, (nn, c), pos, xs[2:], low, high)
+    pos = [tap(o[d], st[d], kv[d], dl[d], begin[d]) for d in range(nd)]
+    xv = window_load(xb, (nn, c), pos, xs[2:], low, high)
     # Pixel-outer order: one accumulator live at a time (the window's weights are the same
     # for every pixel of the block: uniform loads, cached).
     red: Stmt = Store(acc, (r1,), acc[r1] + xv * wbuf[(c,) + tuple(kv)])

@@ -40,8 +40,8 @@ from cnncc.ir.ops.quant_blocked import compensation, signed_zero_point
 from .context import LowerCtx
 from .conv_int8_dot import words
 from .conv_int8_parts import QConvParts, qconv_parts
-from .gpu_conv import unflatten
-from .gpu_schedule import block_threads, gpu_map
+from .gpu_conv import pixel_tiling, tap, unflatten, window_bounds, window_load
+from .gpu_schedule import gpu_map
 from .gpu_tiles import cdiv, padded_k, plan, split_scratch, tiled_product
 
 I8, I32 = DType.int8, DType.int32
@@ -175,9 +175,7 @@ def _depthwise(ctx: LowerCtx, node: Node, qp: QConvParts) -> None:
     ks = tuple(qp.wz.shape[2:])
     osp = tuple(osh[2:])
     npix = int(np.prod(osp))
-    reps = 4 if npix >= 4096 else 2 if npix >= 1024 else 1
-    nt = block_threads(cdiv(npix, reps))
-    tile = nt * reps
+    reps, nt, tile = pixel_tiling(npix)
     wbuf = ctx.const(qp.wz.reshape((chans,) + ks).astype(np.int32), "w")
     bbuf = ctx.const(qp.bias.astype(np.int32), "bias")
     mbuf = ctx.const(qp.mult, "m")
@@ -196,24 +194,10 @@ def _depthwise(ctx: LowerCtx, node: Node, qp: QConvParts) -> None:
         return pb * tile + tv + r * nt
 
     o = unflatten(pix(r1), osp)
-    cond, idx = None, []
-    for d in range(nd):
-        q = o[d] * st[d] + kv[d] * dl[d] - win.begin(d)
-        ok = []
-        if win.begin(d):
-            ok.append(q >= 0)
-            q = q.max(0)
-        # Past the window's end, or (the first coordinate) a pixel of the last tile's tail.
-        if (osp[d] - 1) * st[d] + (ks[d] - 1) * dl[d] - win.begin(d) >= xs[2 + d] or \
-                (tail and d == 0):
-            ok.append(q < xs[2 + d])
-            q = q.min(xs[2 + d] - 1)
-        for e in ok:
-            cond = e if cond is None else And(cond, e)
-        idx.append(q)
-    xv = Cast(I32, xb[(nn, c) + tuple(idx)]) - Const(qp.x_zp, I32)
-    if cond is not None:
-        xv = Select(cond, xv, Const(0, I32))
+    begin, low, high = window_bounds(win, osp, ks, xs[2:], tail)
+    pos = [tap(o[d], st[d], kv[d], dl[d], begin[d]) for d in range(nd)]
+    xv = window_load(xb, (nn, c), pos, xs[2:], low, high,
+                     value=lambda v: Cast(I32, v) - Const(qp.x_zp, I32), zero=Const(0, I32))
     red: Stmt = Store(acc, (r1,), acc[r1] + xv * wbuf[(c,) + tuple(kv)])
     for d in reversed(range(nd)):
         red = For(kv[d], ks[d], red, "unrolled" if ks[d] <= 7 else "serial")

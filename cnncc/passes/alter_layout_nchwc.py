@@ -36,6 +36,8 @@ for CPU targets (llvm, and reference for `cnncc verify`); GPU targets keep NCHW.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from cnncc.ir import CompileError, DType, Graph, Node
@@ -55,7 +57,7 @@ STEM_MAX_CHANNELS = 4
 GPU_TARGETS = ("cuda", "cuda-emu")
 
 
-class BlockedRewriter:
+class BlockedRewriter(ABC):
     """One pass over the nodes putting values in NCHW{block}c: ``rewrite(node)`` emits a node's
     blocked form and returns True, or returns False to keep the node (its inputs are then made
     NCHW again, once, right before it). The float and the 8-bit layout passes share it."""
@@ -132,8 +134,10 @@ class BlockedRewriter:
         return Graph(self.g.name, self.nodes, list(self.g.inputs), list(self.g.outputs),
                      self.params, types)
 
+    @abstractmethod
     def rewrite(self, node: Node) -> bool:
-        raise NotImplementedError
+        """Emit ``node``'s blocked form and return True, or return False to keep it (each
+        layout pass: _Rewriter here, the 8-bit one in alter_layout_int8)."""
 
 
 class _Rewriter(BlockedRewriter):

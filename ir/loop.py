@@ -19,7 +19,8 @@ from typing import Union
 from .dtypes import DType
 from .loop_printer import format_kernel
 
-LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "gpu_block", "gpu_thread")
+# "rolled": a serial loop the backends keep as a loop (never unrolled by the compiler below us).
+LOOP_KINDS = ("serial", "rolled", "parallel", "vectorized", "unrolled", "gpu_block", "gpu_thread")
 BIN_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max")
 CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 MATH_FNS = ("exp", "expm1", "log", "log1p", "erfc", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "sigmoid", "round",

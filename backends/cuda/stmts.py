@@ -200,7 +200,7 @@ class StageWriter:
             self.ranges.pop(s.var.name, None)
             self.expr.scope.discard(s.var.name)
             return
-        if s.kind not in ("serial", "unrolled", "vectorized"):
+        if s.kind not in ("serial", "rolled", "unrolled", "vectorized"):
             raise CompileError(f"cuda backend, kernel {self.kname}: {s.kind} loop "
                                f"'{s.var.name}' cannot be rendered here")
         name = self.names.var(s.var.name)
@@ -208,6 +208,8 @@ class StageWriter:
         start, n = const_value(s.start), const_value(s.extent)
         if s.kind == "unrolled":
             self.emit("#pragma unroll")
+        elif s.kind == "rolled":
+            self.emit("#pragma unroll 1")
         first = self.expr(s.start)
         end = self.expr(s.extent) if start == 0 else self.expr(Bin("add", s.start, s.extent))
         self.emit(f"for ({t} {name} = {first}; {name} < {end}; ++{name}) {{")

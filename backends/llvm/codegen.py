@@ -1,6 +1,7 @@
 """Loop IR -> llvmlite IR.
 
-Each Kernel becomes ``void NAME(T* noalias p0, ...)``. Loop kinds: serial (a phi loop), unrolled
+Each Kernel becomes ``void NAME(T* noalias p0, ...)``. Loop kinds: serial (a phi loop; rolled:
+one with llvm.loop.unroll.disable), unrolled
 (body emitted once per iteration), vectorized (body emitted once on <lanes x T> values; bodies that
 cannot be vectorized are emitted once per lane), parallel (outlined into
 NAME_parK(ptr ctx, i32 thread, i32 team) and run by cnncc's thread pool, thread_pool.py: every
@@ -40,7 +41,7 @@ class ModuleBuilder:
         self.openmp = openmp and threads > 1
         self.kernels: dict[str, ir.Function] = {}
         self._outlined = 0
-        self._unroll_md = None
+        self._hints: dict[str, ir.MDValue] = {}
         self._loops = 0
         self.memory_bufs: set = set()     # of the kernel being emitted: memory_resident()
 
@@ -61,15 +62,15 @@ class ModuleBuilder:
         self.kernels[kernel.name] = fn
         return fn
 
-    def unroll_full(self) -> ir.MDValue:
-        """A new loop ID (self-referential, as LLVM requires) asking for a full unroll."""
-        if self._unroll_md is None:
-            self._unroll_md = self.module.add_metadata(
-                [ir.MetaDataString(self.module, "llvm.loop.unroll.full")])
+    def loop_id(self, hint: str) -> ir.MDValue:
+        """A new loop ID (self-referential, as LLVM requires) carrying ``hint``
+        (llvm.loop.unroll.full or llvm.loop.unroll.disable)."""
+        if hint not in self._hints:
+            self._hints[hint] = self.module.add_metadata([ir.MetaDataString(self.module, hint)])
         self._loops += 1
         md = self.module.add_metadata([ir.MetaDataString(self.module,
                                                          f"cnncc.loop{self._loops}")])
-        md.operands = (md, self._unroll_md)
+        md.operands = (md, self._hints[hint])
         return md
 
     def outlined_name(self, base: str) -> str:
@@ -185,10 +186,10 @@ class FunctionEmitter(ExprEmitter):
             self.emit_vector(s, n)
         elif s.kind == "parallel" and self.mb.openmp and self.vvar is None:
             self.emit_parallel(s)
-        elif s.kind in ("serial", "parallel"):
+        elif s.kind in ("serial", "rolled", "parallel"):
             start = self.ev_scalar(s.start)
             self.serial_loop(s.var.name, start, self.b.add(start, self.ev_scalar(s.extent)),
-                             lambda: self.emit(s.body))
+                             lambda: self.emit(s.body), rolled=s.kind == "rolled")
         else:
             raise CompileError(f"loop kind {s.kind} is not supported on target llvm")
 
@@ -226,7 +227,7 @@ class FunctionEmitter(ExprEmitter):
                 or buf.name in self.mb.memory_bufs)
 
     def serial_loop(self, name: str, lo: ir.Value, hi: ir.Value, body,
-                    unroll: bool = False) -> None:
+                    unroll: bool = False, rolled: bool = False) -> None:
         pre = self.b.block
         header = self.fn.append_basic_block(f"{name}.head")
         blk = self.fn.append_basic_block(f"{name}.body")
@@ -242,8 +243,9 @@ class FunctionEmitter(ExprEmitter):
         nxt = self.b.add(phi, ir.Constant(I64, 1))
         phi.add_incoming(nxt, self.b.block)
         latch = self.b.branch(header)
-        if unroll:
-            latch.set_metadata("llvm.loop", self.mb.unroll_full())
+        if unroll or rolled:
+            latch.set_metadata("llvm.loop", self.mb.loop_id(
+                "llvm.loop.unroll.full" if unroll else "llvm.loop.unroll.disable"))
         self.b.position_at_end(done)
         self.env.pop(name, None)
 

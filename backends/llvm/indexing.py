@@ -121,7 +121,8 @@ def memory_resident(body: Stmt) -> set:
                 visit(x, dyn)
         elif isinstance(s, For):
             note((s.start, s.extent), dyn)
-            visit(s.body, dyn | {s.var.name} if s.kind in ("serial", "parallel") else dyn)
+            visit(s.body, dyn | {s.var.name} if s.kind in ("serial", "rolled", "parallel")
+                  else dyn)
         elif isinstance(s, Let):
             note((s.value,), dyn)
             visit(s.body, dyn | {s.var.name} if uses_any(s.value, dyn) else dyn)

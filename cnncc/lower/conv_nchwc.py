@@ -257,7 +257,12 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
             red = seq(prefetch_group(pfb, tap, cin // CI_UNROLL if split else 1), red)
         if xt is not None:
             red = seq(pro, red)
-        red = For(icv, lay.icb, For(khv, kh_, For(kwv, kw_, red)))
+        # A tap of straight-line FMAs (no channel loop: the stem's one-channel blocks) keeps
+        # its tap loops rolled: unrolled, LLVM loads each input broadcast once for the taps
+        # that share it (pixel p + 1 at tap kw = pixel p at tap kw + stride), TW more
+        # vectors live beside a full tile: 2x1x14 spilled 14 accumulators a step.
+        taps = "serial" if split else "rolled"
+        red = For(icv, lay.icb, For(khv, kh_, For(kwv, kw_, red, taps), taps))
         if wflat is not None and wb is wbufs[0]:
             red = Let(pfb, group_base(), red)
         body = seq(init, red, epilogue(acc, ob0, rh, rw, pixel, tag))

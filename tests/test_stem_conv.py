@@ -1,0 +1,154 @@
+"""Few-input-channel stem convs (ConvNCHWc on NCHW input, cnncc/lower/conv_nchwc.py): their tap
+loops are "rolled" loops (ir/loop.py; llvm.loop.unroll.disable, CUDA "#pragma unroll 1"), so
+LLVM does not unroll them and share input broadcasts across taps, which spilled the full
+register tile; the FMA loops of the stem's machine code touch no stack slot (AVX-512 on this
+host, AVX2 in a child built with CNNCC_FEATURES), and the stems match the reference
+interpreter (|llvm - ref| <= 1e-4 * max(1, max |ref|)) on both ISAs."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from cnncc.backends.cuda import render_kernel
+from cnncc.backends.llvm import jit
+from cnncc.backends.llvm.codegen import ModuleBuilder
+from cnncc.backends.llvm.kernels import compile_kernel
+from cnncc.ir.dtypes import DType
+from cnncc.ir.loop import Buffer, For, Kernel, Store, Var
+from cnncc.ir.loop_interp import run_kernel
+from cnncc.ir.loop_walk import walk_stmts
+from cnncc.ir.schedule import Schedule
+from cnncc.ir.target import Target
+from cnncc.lower.program import lower_graph
+
+from test_nchwc_kernels import check, conv_graph
+
+AVX2 = "+avx2,+fma,+avx,+sse4.2,-avx512f"
+CACHES = {"l1d": 32 << 10, "l2": 1 << 20, "l3": 16 << 20}
+TARGETS = {
+    "avx512": Target.from_features("+avx512f,+avx512bw,+avx512vl,+avx2,+avx,+fma,+sse2",
+                                   threads=1, caches=CACHES, cores=1),
+    "avx2": Target.from_features(AVX2 + ",+sse2", threads=1, caches=CACHES, cores=1),
+}
+# (ic, oc, h, w, k, stride, pads): VGG's 3x3 stem (full 2x1x14 / 2x1x6 tiles and a tail), the
+# strided 3x3 stems of MobileNetV2 / SqueezeNet, ResNet's 7x7/2 and ConvNeXt's 4x4/4.
+STEMS = [(3, 64, 4, 30, 3, 1, None), (3, 32, 9, 13, 3, 2, None), (3, 64, 11, 11, 7, 2, None),
+         (3, 48, 8, 12, 4, 4, (0, 0, 0, 0))]
+# A vector register moved to or from the stack.
+VECTOR_STACK = re.compile(r"\(%rsp\).*%[xyz]mm|%[xyz]mm.*\(%rsp\)")
+
+
+def tap_loop_kinds(kernel: Kernel) -> set[str]:
+    return {s.kind for s in walk_stmts(kernel.body) if isinstance(s, For)
+            and s.var.name in ("kh", "kw")}
+
+
+def conv_kernel(g, target: Target) -> Kernel:
+    (k,) = [k for k, _ in lower_graph(g, target).ctx.kernels if k.name == "conv"]
+    return k
+
+
+@pytest.mark.parametrize("isa", sorted(TARGETS))
+def test_stem_tap_loops_are_rolled_and_others_serial(isa):
+    """The rule: only a tap of straight-line FMAs (one-channel input blocks) rolls its tap
+    loops; a blocked conv's taps hold a channel loop and stay serial."""
+    t = TARGETS[isa]
+    for k, stride in ((3, 1), (7, 2)):
+        g = conv_graph(3, 64, 9, 30, k, stride=stride, stem=True, block=t.lanes)
+        assert tap_loop_kinds(conv_kernel(g, t)) == {"rolled"}
+    assert tap_loop_kinds(conv_kernel(conv_graph(32, 64, 6, 6, 3, block=t.lanes), t)) \
+        == {"serial"}
+
+
+def copy_kernel(kind: str) -> Kernel:
+    """b[i, j] = a[i, j] + 1 with the j loop of ``kind``."""
+    a, b = Buffer("a", DType.float32, (4, 3)), Buffer("b", DType.float32, (4, 3))
+    i, j = Var("i"), Var("j")
+    return Kernel("rolled", [a, b], For(i, 4, For(j, 3, Store(b, (i, j), a[i, j] + 1.0), kind)))
+
+
+def test_rolled_loop_in_every_backend():
+    """LLVM gets llvm.loop.unroll.disable on a rolled loop (none on a serial one), CUDA C a
+    "#pragma unroll 1"; the interpreter and the compiled code compute the same."""
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    want = np.zeros_like(x)
+    run_kernel(copy_kernel("rolled"), {"a": x, "b": want})
+    np.testing.assert_allclose(want, x + 1.0)
+    for kind in ("rolled", "serial"):
+        ck = compile_kernel(copy_kernel(kind))
+        got = np.zeros_like(x)
+        ck({"a": x, "b": got})
+        np.testing.assert_array_equal(got, want)
+        assert ("llvm.loop.unroll.disable" in ck.ir_text) == (kind == "rolled")
+    s = Schedule(copy_kernel("rolled"))
+    s.bind("i", "gpu_block")
+    device = render_kernel(s.kernel).device
+    assert re.search(r"#pragma unroll 1\s+for \(", device), device
+
+
+def stem_assembly(target: Target) -> list[str]:
+    """The machine code of VGG's 3x3 stem (3 -> 64 channels) for ``target`` (the JIT's own
+    ISA: the host's or CNNCC_FEATURES'), as lines."""
+    k = conv_kernel(conv_graph(3, 64, 4, 30, 3, stem=True, act="Relu", block=target.lanes),
+                    target)
+    mb = ModuleBuilder("stem", target.lanes, 1, False, target.flags)
+    mb.add_kernel(k)
+    return jit.assembly(str(mb)).splitlines()
+
+
+def fma_region_spills(lines: list[str]) -> tuple[int, int]:
+    """(FMAs, vector stack moves between the first FMA and the last)."""
+    fmas = [i for i, line in enumerate(lines) if "vfmadd" in line]
+    return len(fmas), sum(1 for line in lines[fmas[0]:fmas[-1]] if VECTOR_STACK.search(line))
+
+
+def test_stem_fma_loops_never_touch_the_stack():
+    """Unrolled taps spilled 14 accumulators a step (75 stack moves amid the FMAs)."""
+    fmas, spills = fma_region_spills(stem_assembly(jit.host_target(1)))
+    assert fmas and spills == 0
+
+
+@pytest.mark.parametrize("ic,oc,h,w,k,stride,pads", STEMS)
+def test_stems_match_reference(ic, oc, h, w, k, stride, pads):
+    check(conv_graph(ic, oc, h, w, k, stride=stride, pads=pads, stem=True, act="Relu"))
+
+
+def test_stems_on_avx2():
+    """Built for AVX2 (8 lanes, 16 ymm) in a child: no spill amid the FMAs, and every stem of
+    STEMS matches the reference."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np, cnncc
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from cnncc.backends.llvm import jit
+        from test_stem_conv import STEMS, fma_region_spills, stem_assembly
+        from test_nchwc_kernels import conv_graph, feeds_for
+        t = jit.host_target(1)
+        errs = []
+        for ic, oc, h, w, k, stride, pads in STEMS:
+            g = conv_graph(ic, oc, h, w, k, stride=stride, pads=pads, stem=True, act="Relu",
+                           block=t.lanes)
+            feeds = feeds_for(g)
+            ref = cnncc.compile(g, target="reference")(*feeds)
+            got = cnncc.compile(g, threads=1, cache=False)(*feeds)
+            errs.append(float(np.abs(got - ref).max()) / max(1.0, float(np.abs(ref).max())))
+        print(json.dumps({{"isa": t.isa, "lanes": t.lanes, "errs": errs,
+                          "fma": fma_region_spills(stem_assembly(t))}}))
+    """)
+    env = dict(os.environ, CNNCC_FEATURES=AVX2, CNNCC_CACHE="0")
+    env.pop("CNNCC_CPU", None)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (out["isa"], out["lanes"]) == ("avx2", 8)
+    assert len(out["errs"]) == len(STEMS) and max(out["errs"]) <= 1e-4, out["errs"]
+    fmas, spills = out["fma"]
+    assert fmas and spills == 0

@@ -16,11 +16,12 @@ import textwrap
 import numpy as np
 import pytest
 
+import cnncc
 from cnncc.backends.cuda import render_kernel
 from cnncc.backends.llvm import jit
 from cnncc.backends.llvm.codegen import ModuleBuilder
 from cnncc.backends.llvm.kernels import compile_kernel
-from cnncc.ir.dtypes import DType
+from cnncc.ir import DType, Graph, TensorType
 from cnncc.ir.loop import Buffer, For, Kernel, Store, Var
 from cnncc.ir.loop_interp import run_kernel
 from cnncc.ir.loop_walk import walk_stmts
@@ -28,7 +29,7 @@ from cnncc.ir.schedule import Schedule
 from cnncc.ir.target import Target
 from cnncc.lower.program import lower_graph
 
-from test_nchwc_kernels import check, conv_graph
+from test_nchwc_kernels import PARAMS, conv_graph, feeds_for
 
 AVX2 = "+avx2,+fma,+avx,+sse4.2,-avx512f"
 CACHES = {"l1d": 32 << 10, "l2": 1 << 20, "l3": 16 << 20}
@@ -41,6 +42,7 @@ TARGETS = {
 # strided 3x3 stems of MobileNetV2 / SqueezeNet, ResNet's 7x7/2 and ConvNeXt's 4x4/4.
 STEMS = [(3, 64, 4, 30, 3, 1, None), (3, 32, 9, 13, 3, 2, None), (3, 64, 11, 11, 7, 2, None),
          (3, 48, 8, 12, 4, 4, (0, 0, 0, 0))]
+RTOL = 1e-4
 # A vector register moved to or from the stack.
 VECTOR_STACK = re.compile(r"\(%rsp\).*%[xyz]mm|%[xyz]mm.*\(%rsp\)")
 
@@ -115,9 +117,39 @@ def test_stem_fma_loops_never_touch_the_stack():
     assert fmas and spills == 0
 
 
-@pytest.mark.parametrize("ic,oc,h,w,k,stride,pads", STEMS)
-def test_stems_match_reference(ic, oc, h, w, k, stride, pads):
-    check(conv_graph(ic, oc, h, w, k, stride=stride, pads=pads, stem=True, act="Relu"))
+def stems_graph(block: int) -> Graph:
+    """Every conv of STEMS (with ReLU) in one graph: input x{i} -> conv{i} -> output."""
+    rng = np.random.default_rng(0)
+    g = Graph("stems")
+    outs = []
+    for i, (ic, oc, h, w, k, stride, pads) in enumerate(STEMS):
+        x = g.add_input(f"x{i}", TensorType(DType.float32, (1, ic, h, w)))
+        wv = (rng.standard_normal((oc, ic, k, k)) / np.sqrt(ic * k * k)).astype(np.float32)
+        ins = [x, g.add_param(f"w{i}", wv),
+               g.add_param(f"b{i}", rng.standard_normal(oc).astype(np.float32))]
+        attrs = {"kernel_shape": [k, k], "strides": [stride] * 2,
+                 "pads": [k // 2] * 4 if pads is None else list(pads), "dilations": [1, 1],
+                 "group": 1, "block": block, "in_layout": "NCHW", "activation": "Relu",
+                 "activation_params": PARAMS.get("Relu", [])}
+        (y,) = g.add_node("ConvNCHWc", ins, attrs, name=f"conv{i}")
+        outs += g.add_node("FromNCHWc", [y], {"channels": oc})
+    g.outputs = outs
+    return g.verify()
+
+
+def stem_errors(block: int) -> list[float]:
+    """|llvm - reference| / max(1, max |reference|) of each stem of ``stems_graph``."""
+    g = stems_graph(block)
+    feeds = feeds_for(g)
+    refs = cnncc.compile(g, target="reference")(*feeds)
+    gots = cnncc.compile(g, threads=1, cache=False)(*feeds)
+    assert len(refs) == len(gots) == len(STEMS)
+    return [float(np.abs(a - b).max()) / max(1.0, float(np.abs(b).max()))
+            for a, b in zip(gots, refs)]
+
+
+def test_stems_match_reference():
+    assert max(stem_errors(jit.host_target(1).lanes)) <= RTOL
 
 
 def test_stems_on_avx2():
@@ -125,20 +157,11 @@ def test_stems_on_avx2():
     STEMS matches the reference."""
     code = textwrap.dedent(f"""
         import json, sys
-        import numpy as np, cnncc
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from cnncc.backends.llvm import jit
-        from test_stem_conv import STEMS, fma_region_spills, stem_assembly
-        from test_nchwc_kernels import conv_graph, feeds_for
+        from test_stem_conv import STEMS, fma_region_spills, stem_assembly, stem_errors
         t = jit.host_target(1)
-        errs = []
-        for ic, oc, h, w, k, stride, pads in STEMS:
-            g = conv_graph(ic, oc, h, w, k, stride=stride, pads=pads, stem=True, act="Relu",
-                           block=t.lanes)
-            feeds = feeds_for(g)
-            ref = cnncc.compile(g, target="reference")(*feeds)
-            got = cnncc.compile(g, threads=1, cache=False)(*feeds)
-            errs.append(float(np.abs(got - ref).max()) / max(1.0, float(np.abs(ref).max())))
+        errs = stem_errors(t.lanes)
         print(json.dumps({{"isa": t.isa, "lanes": t.lanes, "errs": errs,
                           "fma": fma_region_spills(stem_assembly(t))}}))
     """)
@@ -149,6 +172,6 @@ def test_stems_on_avx2():
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert (out["isa"], out["lanes"]) == ("avx2", 8)
-    assert len(out["errs"]) == len(STEMS) and max(out["errs"]) <= 1e-4, out["errs"]
+    assert len(out["errs"]) == len(STEMS) and max(out["errs"]) <= RTOL, out["errs"]
     fmas, spills = out["fma"]
     assert fmas and spills == 0

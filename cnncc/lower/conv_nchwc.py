@@ -257,10 +257,9 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
             red = seq(prefetch_group(pfb, tap, cin // CI_UNROLL if split else 1), red)
         if xt is not None:
             red = seq(pro, red)
-        # A tap of straight-line FMAs (no channel loop: the stem's one-channel blocks) keeps
-        # its tap loops rolled: unrolled, LLVM loads each input broadcast once for the taps
-        # that share it (pixel p + 1 at tap kw = pixel p at tap kw + stride), TW more
-        # vectors live beside a full tile: 2x1x14 spilled 14 accumulators a step.
+        # Taps of straight-line FMAs (no channel loop: the stem's one-channel blocks) stay
+        # rolled: unrolled, LLVM shared each input broadcast among the taps reading it (pixel
+        # p + 1 at kw = pixel p at kw + stride), TW more live vectors: a 2x1x14 tile spilled.
         taps = "serial" if split else "rolled"
         red = For(icv, lay.icb, For(khv, kh_, For(kwv, kw_, red, taps), taps))
         if wflat is not None and wb is wbufs[0]:

@@ -19,8 +19,10 @@ from typing import Union
 from .dtypes import DType
 from .loop_printer import format_kernel
 
-# "rolled": a serial loop the backends keep as a loop (never unrolled by the compiler below us).
-LOOP_KINDS = ("serial", "rolled", "parallel", "vectorized", "unrolled", "gpu_block", "gpu_thread")
+# Loops run one iteration after another at run time; "rolled" ones the backends keep as loops
+# (never unrolled by the compiler below them).
+SEQUENTIAL_KINDS = ("serial", "rolled")
+LOOP_KINDS = SEQUENTIAL_KINDS + ("parallel", "vectorized", "unrolled", "gpu_block", "gpu_thread")
 BIN_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max")
 CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 MATH_FNS = ("exp", "expm1", "log", "log1p", "erfc", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "sigmoid", "round",

@@ -16,7 +16,8 @@ import re
 from cnncc.ir import CompileError
 from cnncc.ir.loop_walk import const_value, walk_stmts
 from cnncc.ir.dtypes import DType
-from cnncc.ir.loop import Allocate, Bin, Cast, Const, For, If, Let, Prefetch, Seq, Stmt, Store
+from cnncc.ir.loop import (SEQUENTIAL_KINDS, Allocate, Bin, Cast, Const, For, If, Let, Prefetch,
+                           Seq, Stmt, Store)
 from .cexpr import ExprRenderer, c_type
 from .stages import Stage, accesses, children, has_thread_loop
 
@@ -200,7 +201,7 @@ class StageWriter:
             self.ranges.pop(s.var.name, None)
             self.expr.scope.discard(s.var.name)
             return
-        if s.kind not in ("serial", "rolled", "unrolled", "vectorized"):
+        if s.kind not in SEQUENTIAL_KINDS + ("unrolled", "vectorized"):
             raise CompileError(f"cuda backend, kernel {self.kname}: {s.kind} loop "
                                f"'{s.var.name}' cannot be rendered here")
         name = self.names.var(s.var.name)

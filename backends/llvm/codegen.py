@@ -14,7 +14,8 @@ import llvmlite.ir as ir
 
 from cnncc.ir import CompileError
 from cnncc.ir.loop_walk import const_value, stmt_exprs, walk_exprs, walk_stmts
-from cnncc.ir.loop import Allocate, For, If, Kernel, Let, Load, Prefetch, Seq, Stmt, Store, Var
+from cnncc.ir.loop import (SEQUENTIAL_KINDS, Allocate, For, If, Kernel, Let, Load, Prefetch, Seq,
+                           Stmt, Store, Var)
 from . import thread_pool
 from .exprs import I32, I64, PTR, ExprEmitter, lltype
 from .indexing import IndexCache, memory_resident, uses_any
@@ -186,7 +187,7 @@ class FunctionEmitter(ExprEmitter):
             self.emit_vector(s, n)
         elif s.kind == "parallel" and self.mb.openmp and self.vvar is None:
             self.emit_parallel(s)
-        elif s.kind in ("serial", "rolled", "parallel"):
+        elif s.kind in SEQUENTIAL_KINDS + ("parallel",):
             start = self.ev_scalar(s.start)
             self.serial_loop(s.var.name, start, self.b.add(start, self.ev_scalar(s.extent)),
                              lambda: self.emit(s.body), rolled=s.kind == "rolled")

@@ -14,7 +14,8 @@ import llvmlite.ir as ir
 
 from cnncc.ir.loop_walk import INT_DIVISIONS, coefficient, simplify, walk_exprs
 from cnncc.ir.loop_walk import fold_int as loop_fold_int
-from cnncc.ir.loop import Allocate, Const, Expr, For, If, Let, Load, Prefetch, Seq, Stmt, Store, Var
+from cnncc.ir.loop import (SEQUENTIAL_KINDS, Allocate, Const, Expr, For, If, Let, Load, Prefetch,
+                           Seq, Stmt, Store, Var)
 from cnncc.ir.loop_printer import format_expr
 
 
@@ -121,7 +122,7 @@ def memory_resident(body: Stmt) -> set:
                 visit(x, dyn)
         elif isinstance(s, For):
             note((s.start, s.extent), dyn)
-            visit(s.body, dyn | {s.var.name} if s.kind in ("serial", "rolled", "parallel")
+            visit(s.body, dyn | {s.var.name} if s.kind in SEQUENTIAL_KINDS + ("parallel",)
                   else dyn)
         elif isinstance(s, Let):
             note((s.value,), dyn)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import tuning_log
-from .driver import compile, host_target, load_graph
+from .driver import check_threads, compile, host_target, load_graph
 from .ir import CompileError
 from .testing import random_inputs, relative_error
 
@@ -122,6 +122,7 @@ def tune(source: Any, threads: int | None = None, budget: float = DEFAULT_BUDGET
     module docstring). ``budget``: seconds after which no new round starts."""
     if not budget or budget <= 0:
         raise CompileError(f"the tuning budget must be a positive number of seconds, got {budget}")
+    check_threads(threads)
     start = time.perf_counter()
     machine = host_target(threads)
     graph = load_graph(source)

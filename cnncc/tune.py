@@ -9,7 +9,10 @@ threads); a model's kernels with equal keys are one workload. The tunable kernel
 blocks of the pointwise tile: cnncc/lower/conv_dwpw.py ``DwpwSchedule``), the standalone
 depthwise convs and NCHWc max / average pools (R pixels per register tile: ``PixelSchedule``)
 and the dense layers, Gemm / MatMul with a constant matrix (rows x output vectors per register
-tile: ``GemmSchedule``; both in cnncc/lower/tile_schedules.py).
+tile: ``GemmSchedule``), the global pools and NCHW pools (independent accumulator chains per
+tile: ``ChainSchedule``) and Gemm / MatMul with a run-time matrix (``GemmSchedule`` tiles; all in
+cnncc/lower/tile_schedules.py). The dense convs' candidates include the next-group weight
+prefetch placements (conv_nchwc_tiles.PREFETCH_PLACEMENTS).
 
 How: round 0 compiles the model with the cost model's choices and learns every workload's
 candidates (the cost model's best few tiles, each in both loop orders). Round r compiles the

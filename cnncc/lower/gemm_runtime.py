@@ -6,7 +6,8 @@ outputs accumulating alpha * A' B' in place, the columns vectorized in steps of 
 vectors (cpu_schedule.schedule_map), then + beta * C. A tuned GemmSchedule (a tunable workload
 "gemm_rt") makes register tiles of ROWS rows x VECTORS vectors of columns instead: per k,
 ROWS broadcasts of A and VECTORS loads of B's row k (read as it is: no packing, B changes every
-call), ROWS * VECTORS accumulators; the last columns and rows in narrower tiles. Each output's
+call), ROWS * VECTORS accumulators; the last columns and rows in narrower tiles; the batch,
+column-block and row-block loops fused into one parallel loop. Each output's
 sum runs over k in the same order either way (the same result)."""
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, F32, For, Kernel, Stmt, Store, Var,
-                           loop_nest, seq)
+from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, F32, For, If, Kernel, Stmt, Store,
+                           Var, loop_nest, seq)
 
 from .context import LowerCtx, op_context
 from .cpu_schedule import parallel_outer, schedule_map
@@ -60,27 +61,20 @@ def emit_runtime_tiles(ctx: LowerCtx, name: str, params: list[Buffer], batch: tu
         return Allocate(acc, seq(init, red, epi))
 
     def rows(n0: Expr, cw: int, tag: str) -> Stmt:
-        body: Stmt = For(mb, m // rt, tile(mb * rt, rt, n0, cw, tag))
-        if m % rt:
-            body = seq(body, tile(Const(m - m % rt), m % rt, n0, cw, tag + "t"))
+        body = tile(mb * rt, rt, n0, cw, tag)
+        if m % rt:                      # the last mb: the remaining rows
+            body = If(mb < m // rt, body, tile(mb * rt, m % rt, n0, cw, tag + "t"))
         return body
 
-    parts: list[Stmt] = []
-    names = [v.name for v in bvs]
-    if n // vt:
-        parts.append(For(jb, n // vt, rows(jb * vt, vt, "")))
-    if n % vt:
-        parts.append(rows(Const(n - n % vt), n % vt, "c"))
-    body = seq(*parts)
-    if len(parts) == 1 and n // vt:
-        names.append("jb")
+    body = rows(jb * vt, vt, "")
+    if n % vt:                          # the last jb: the remaining columns
+        body = If(jb < n // vt, body, rows(jb * vt, n % vt, "c"))
+    body = For(jb, -(-n // vt), For(mb, -(-m // rt), body))
     for v, e in reversed(list(zip(bvs, batch))):
         body = For(v, e, body)
     work = int(np.prod(batch + (m, n, k_dim)))
-    if names:
-        ctx.emit(parallel_outer(Kernel(name, params, body), names, ctx, work))
-    else:
-        ctx.emit(Kernel(name, params, body))
+    ctx.emit(parallel_outer(Kernel(name, params, body), [v.name for v in bvs] + ["jb", "mb"],
+                            ctx, work))
 
 
 def lower_gemm_runtime(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> None:

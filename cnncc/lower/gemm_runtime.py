@@ -34,7 +34,7 @@ def runtime_tile(ctx: LowerCtx, node: Node, batch: tuple, m: int, n: int, k_dim:
     lanes, regs = ctx.lanes, ctx.vector_registers
     key = gemm_rt_workload(ctx.target, batch, m, k_dim, n, *trans)
     sched = choose(ctx, node.name, key, gemm_rt_candidates(m, n, lanes, regs),
-                   lambda s: isinstance(s, GemmSchedule) and gemm_fits(s, m, n, lanes, regs))
+                   lambda s: gemm_fits(s, m, n, lanes, regs))
     return None if sched == gemm_rt_default(n, lanes) else sched
 
 

@@ -12,7 +12,7 @@ from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import padded_input, phases_for, window_index
 from .cpu_schedule import parallel_outer
 from .gemm_runtime import emit_runtime_tiles, lower_gemm_runtime, runtime_tile
-from .tile_schedules import (GPOOL_KIND, POOL_NCHW_KIND, ChainSchedule, chain_candidates,
+from .tile_schedules import (GPOOL_KIND, POOL_NCHW_KIND, chain_candidates,
                              chain_fits, choose, dims, gemm_candidates, gemm_fits,
                              gemm_workload, reduction_workload)
 
@@ -119,7 +119,7 @@ def _pool_vectors(ctx: LowerCtx, node: Node, xs: tuple, ys: tuple, win, units: i
         f"d{dims(win.dilations)}", f"p{dims(win.pads)}" + (f"/lp{attrs['p']}"
                                                            if node.op == "LpPool" else ""))
     return choose(ctx, node.name, key, chain_candidates(units, regs),
-                  lambda s: isinstance(s, ChainSchedule) and chain_fits(s, units, regs)).k
+                  lambda s: chain_fits(s, units, regs)).k
 
 
 def lp_power(x: Expr, p: int) -> Expr:
@@ -155,7 +155,7 @@ def lower_global_pool(ctx: LowerCtx, node: Node) -> None:
         key = reduction_workload(GPOOL_KIND, ctx.target, node.op, f"x{nc}x{hw}",
                                  f"p{lp}" if lp else "")
         rows = choose(ctx, node.name, key, chain_candidates(nc, regs),
-                      lambda s: isinstance(s, ChainSchedule) and chain_fits(s, nc, regs)).k
+                      lambda s: chain_fits(s, nc, regs)).k
 
     def tile(i0: Expr, rr: int, tag: str) -> Stmt:
         """Channels i0 .. i0 + rr, each its own accumulator (one: no loop over them)."""

@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import Allocate, Buffer, Const, Expr, For, If, Kernel, Stmt, Store, Var, \
-    nan_max, seq
+from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, For, If, Kernel, Stmt, Store, Var,
+                           nan_max, seq)
 
 from .context import LowerCtx
 from .cpu_schedule import parallel_outer
-from .tile_schedules import (GPOOL_NCHWC_KIND, ChainSchedule, chain_candidates, chain_fits,
+from .tile_schedules import (GPOOL_NCHWC_KIND, chain_candidates, chain_fits,
                              choose, dims, reduction_workload)
 
 # The reductions over H, W of a 5-D tensor with a tiled kernel: their identity.
@@ -34,7 +34,7 @@ def hw_chains(ctx: LowerCtx, node: Node, shape: tuple, axes: tuple, dt: DType) -
     regs = max(1, ctx.vector_registers // -(-shape[4] // ctx.lanes))   # chains' registers
     key = reduction_workload(GPOOL_NCHWC_KIND, ctx.target, node.op, f"x{dims(shape)}")
     sched = choose(ctx, node.name, key, chain_candidates(shape[1], regs),
-                   lambda s: isinstance(s, ChainSchedule) and chain_fits(s, shape[1], regs))
+                   lambda s: chain_fits(s, shape[1], regs))
     return sched.k
 
 

@@ -58,6 +58,7 @@ def resolve_model(spec: str) -> Any:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import host_target, load_graph
+    from .driver import check_threads
     from .ir import CompileError
     from .tune import tuned_line
     from .analysis import format_info
@@ -69,9 +70,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(format_info(graph))
     print(_arena_line(graph))
-    print(f"target: {host_target(1).describe()} [llvm]")
+    check_threads(args.threads)
+    machine = host_target(args.threads)      # cnncc.compile's default: every core
+    print(f"target: {machine.describe()} [llvm]")
     try:
-        print(tuned_line(graph, host_target(1)) + " [1 thread]")
+        print(tuned_line(graph, machine) + f" [{machine.threads} thread"
+              f"{'s' if machine.threads > 1 else ''}]")
     except CompileError:
         pass                      # not lowerable for llvm: _arena_line said so
     return 0
@@ -403,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--receptive-field", action="store_true",
                       help="per layer: output shape, params, MFLOPs, receptive field size, "
                            "jump and start")
+    info.add_argument("--threads", type=int, default=None,
+                      help="the thread count whose tuned kernels to report (tuning log keys "
+                           "carry it); default: all cores, as cnncc.compile")
     info.set_defaults(func=_cmd_info)
 
     run = sub.add_parser("run", help="compile a model and run it on inputs")

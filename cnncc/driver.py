@@ -55,6 +55,11 @@ def _check_options(target: str, opt_level: int, threads: int | None) -> None:
         raise CompileError(f"unknown target '{target}' (available: {', '.join(BACKENDS)})")
     if opt_level not in (0, 1, 2, 3):
         raise CompileError(f"opt_level must be 0..3, got {opt_level}")
+    check_threads(threads)
+
+
+def check_threads(threads: int | None) -> None:
+    """CompileError unless ``threads`` is None (every core) or a positive int."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
         raise CompileError(f"threads must be a positive integer, got {threads!r}")

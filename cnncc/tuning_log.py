@@ -2,7 +2,8 @@
 
 It lives in the cache folder (``$CNNCC_CACHE_DIR/tuning/<cpu model>-<isa>.json``). Its keys are
 workload keys (kind/isa/lanes/threads/shapes/window: conv_nchwc_tiles.dense_workload,
-conv_dwpw.dwpw_workload, tile_schedules.depthwise_workload / pool_workload / gemm_workload),
+conv_dwpw.dwpw_workload, tile_schedules.depthwise_workload / pool_workload / gemm_workload /
+reduction_workload / gemm_rt_workload),
 never model names, so what one model's tuning found serves every model with the
 same workload. `cnncc.compile` reads it for the llvm target; a kernel whose workload is there
 gets the logged schedule, any other the cost model's choice. The log can only change speed:
@@ -23,12 +24,16 @@ from .cache import cache_root
 from .ir.target import Target
 from .lower.conv_dwpw import DwpwSchedule
 from .lower.conv_nchwc_tiles import DenseSchedule
-from .lower.tile_schedules import DW_KIND, GEMM_KIND, POOL_KIND, GemmSchedule, PixelSchedule
+from .lower.tile_schedules import (DW_KIND, GEMM_KIND, GEMM_RT_KIND, GPOOL_KIND,
+                                   GPOOL_NCHWC_KIND, POOL_KIND, POOL_NCHW_KIND, ChainSchedule,
+                                   GemmSchedule, PixelSchedule)
 
 FORMAT = "cnncc-tuning-1"
 # The schedule class of each kind of tunable kernel, by the first part of its workload key.
 SCHEDULE_KINDS = {"conv_nchwc": DenseSchedule, "conv_dwpw": DwpwSchedule,
-                  DW_KIND: PixelSchedule, POOL_KIND: PixelSchedule, GEMM_KIND: GemmSchedule}
+                  DW_KIND: PixelSchedule, POOL_KIND: PixelSchedule, GEMM_KIND: GemmSchedule,
+                  GPOOL_NCHWC_KIND: ChainSchedule, GPOOL_KIND: ChainSchedule,
+                  POOL_NCHW_KIND: ChainSchedule, GEMM_RT_KIND: GemmSchedule}
 
 
 def kind_of(key: str) -> str:

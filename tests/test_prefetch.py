@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import re
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+
+import cnncc
 
 from cnncc.backends.cuda import render_kernel
 from cnncc.backends.llvm import jit
@@ -21,10 +25,11 @@ from cnncc.ir.loop_interp import run_kernel
 from cnncc.ir.loop_printer import format_expr
 from cnncc.ir.schedule import Schedule
 from cnncc.lower import conv_nchwc_tiles
+from cnncc.lower.conv_nchwc_tiles import PREFETCH_PLACEMENTS, DenseSchedule
 from cnncc.lower.program import lower_graph
 from cnncc.ir.target import Target
 
-from test_nchwc_kernels import check, conv_graph
+from test_nchwc_kernels import RTOL, check, conv_graph, feeds_for
 
 # The loop IR tests below are about one AVX-512 machine (16-lane blocks, 32 registers, a 32 KiB
 # L1 and a 2 MiB L2), whatever the host.
@@ -186,8 +191,8 @@ def group_major(monkeypatch):
     monkeypatch.setattr(conv_nchwc_tiles, "PIXEL_MAJOR_L2_SHARE", 0)
 
 
-def conv_kernel(g) -> Kernel:
-    prog = lower_graph(g, AVX512.replace(threads=1))
+def conv_kernel(g, schedules: dict | None = None) -> Kernel:
+    prog = lower_graph(g, AVX512.replace(threads=1), schedules=schedules)
     (k,) = [k for k, _ in prog.ctx.kernels if k.name == "conv"]
     return k
 
@@ -276,6 +281,49 @@ def test_conv_prefetch_placement(ic, oc, h, stride, inside, group_major):
     loops = prefetch_loops(kern.body)
     assert loops and all(("cio" in names[-1]) == inside for names in loops), loops
     assert all(any(n.startswith("kw") for n in names) for names in loops), loops
+
+
+@pytest.mark.parametrize("ic,oc,h,stride,rule", [(16, 64, 9, 1, "burst"),
+                                                  (32, 96, 9, 2, "spread")])
+def test_tuned_prefetch_placement_reaches_the_kernel(ic, oc, h, stride, rule):
+    """The placement is a field of the dense schedule (tuning log included): the rule above
+    is the default, the tuner's candidates hold the cost model's tile with each other
+    placement, and a tuned one is what the kernel's loops do ("off": no prefetch, no flat
+    weight view). A logged schedule without the field (an older log) keeps the rule."""
+    g = conv_graph(ic, oc, h, h, 3, stride=stride)
+    prog = lower_graph(g, AVX512.replace(threads=1), schedules={})
+    key = prog.ctx.workload_of["conv"]
+    variants = [s for s in prog.ctx.workloads[key] if s.prefetch]
+    assert {s.prefetch for s in variants} == set(PREFETCH_PLACEMENTS) - {rule}
+    untuned = conv_kernel(g, {})
+    for p in PREFETCH_PLACEMENTS:
+        kern = conv_kernel(g, {key: replace(variants[0], prefetch=p)})
+        loops = prefetch_loops(kern.body)
+        if p == "off":
+            assert not loops and "wf" not in [b.name for b in kern.params]
+        else:
+            assert loops and all(("cio" in names[-1]) == (p == "spread") for names in loops)
+        assert (str(kern) == str(untuned)) == (p == rule)
+    old = {k: v for k, v in variants[0].as_dict().items() if k != "prefetch"}
+    assert str(conv_kernel(g, {key: DenseSchedule.from_dict(old)})) == str(untuned)
+    with pytest.raises(ValueError, match="dense conv schedule"):
+        DenseSchedule.from_dict(dict(old, prefetch="sideways"))
+
+
+def test_every_tuned_placement_matches_the_reference():
+    """The host's candidates with another placement than the rule's compute the reference's
+    conv (|llvm - ref| <= 1e-4 * max(1, max |ref|))."""
+    g = conv_graph(64, 128, 7, 7, 3)
+    feeds = feeds_for(g)
+    ref = cnncc.compile(g, target="reference")(*feeds)
+    base = cnncc.compile(g, threads=1, cache=False, schedules={})
+    key = base.program.ctx.workload_of["conv"]
+    variants = [s for s in base.program.ctx.workloads[key] if s.prefetch]
+    assert len(variants) == 2 and "off" in {s.prefetch for s in variants}
+    for s in variants:
+        m = cnncc.compile(g, threads=1, cache=False, schedules={key: s})
+        assert m.program.ctx.tuned == {"conv"}
+        assert float(np.abs(m(*feeds) - ref).max()) <= RTOL * max(1.0, float(np.abs(ref).max()))
 
 
 def test_conv_prefetch_only_with_few_tiles(group_major):

@@ -136,6 +136,8 @@ def test_log_writes_are_atomic_and_merge(private_cache):
 def test_tune_refuses_a_bad_budget():
     with pytest.raises(cnncc.CompileError, match="budget"):
         tune(zoo.tiny_cnn(), budget=0)
+    with pytest.raises(cnncc.CompileError, match="threads must be a positive integer"):
+        tune(zoo.tiny_cnn(), threads=0)
 
 
 def test_tune_cli(private_cache, capsys):
@@ -145,6 +147,25 @@ def test_tune_cli(private_cache, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["threads"] == 1 and data["workloads"]
     assert np.isfinite([w["default_ms"] for w in data["workloads"]]).all()
+
+
+def test_info_reports_the_tuned_kernels_of_a_thread_count(private_cache, capsys):
+    """Log keys carry the thread count: `cnncc info --threads N` reports the kernels tuned for
+    N threads (default: every core, as cnncc.compile); a bad count is refused."""
+    from cnncc.cli import main
+
+    base = cnncc.compile(zoo.tiny_cnn(), threads=2, cache=False, schedules={})
+    ctx = base.program.ctx
+    key = next(k for k in ctx.workloads if k.startswith("conv_nchwc/"))
+    assert "/t2/" in key
+    tuning_log.record(cnncc.host_target(2), {key: {"schedule": ctx.workloads[key][-1].as_dict()}})
+    nodes = sum(k == key for k in ctx.workload_of.values())
+    for threads, tuned in ((2, nodes), (1, 0)):
+        assert main(["info", "tiny_cnn", "--threads", str(threads)]) == 0
+        line = capsys.readouterr().out.splitlines()[-1]
+        assert line.startswith(f"tuned: {tuned} of ") and f"[{threads} thread" in line
+    assert main(["info", "tiny_cnn", "--threads", "0"]) == 1
+    assert "threads must be a positive integer" in capsys.readouterr().err
 
 
 def test_every_dwpw_candidate_computes_the_same_model():

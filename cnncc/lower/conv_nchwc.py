@@ -173,6 +173,7 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
     ext = lay.extents()
     ntw = ext["t"]
     plan = lay.group_plan()
+    placement = lay.placement(tuple(win.strides) == (1, 1))
     wflat = None
     if plan:       # the full groups' weights as one flat array, for the prefetch addresses
         wflat = Buffer("wf", DType.float32, (packs[0].size,))
@@ -240,15 +241,9 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         cio = Var(f"cio{tag}")
         tap = (icv * kh_ + khv) * kw_ + kwv
         prefetching = wflat is not None and wb is wbufs[0]
-        # Where the prefetches go (measured on Zen 5, weights from DRAM / L3): a stride-1
-        # conv prefetching one line a step issues a tap's lines at once before its channel
-        # loop - inside it they split LLVM's scheduling region (a 28-accumulator 2x1x14 tile
-        # spilled one: GoogLeNet's and ResNet-18's 14x14 3x3 convs 0.87 -> 0.70 and 1.19 ->
-        # 0.88 ms) and ran slower even without a spill; other convs keep P a reduction step,
-        # spread through the loop (bursts of 8 lines a tap made ResNet-18's stride-2 convs
-        # 10-30% and GoogLeNet's 7x7 ones ~10% slower; why is not understood).
-        burst = tuple(win.strides) == (1, 1) and plan is not None and plan[0] == 1
-        inside = prefetching and split and not burst
+        # Where the prefetches go (conv_nchwc_tiles.placement_rule, or tuned): "burst" = a
+        # tap's lines before its channel loop, "spread" = a step's lines inside it.
+        inside = prefetching and split and placement == "spread"
         if inside:
             red = seq(prefetch_group(pfb, tap * (cin // CI_UNROLL) + cio, 1), red)
         if split:

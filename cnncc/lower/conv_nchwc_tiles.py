@@ -49,6 +49,10 @@ PIXEL_MAJOR_L2_SHARE = 1.0
 # Register tiles the tuner tries per dense conv: the cost model's best few (with several threads,
 # each in both loop orders and the rule's).
 TUNE_TILES = 8
+# Where a group-major conv's next-group weight prefetches go (prefetch_plan): "burst" = a tap's
+# lines before its channel loop, "spread" = a reduction step's lines inside it, "off" = none.
+# The cost model's choice is placement_rule; the tuner tries the others on the cost model's tile.
+PREFETCH_PLACEMENTS = ("burst", "spread", "off")
 
 
 def vector_regs(ctx: LowerCtx) -> int:
@@ -113,27 +117,33 @@ def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int
 @dataclass(frozen=True)
 class DenseSchedule:
     """The tunable choices of a dense NCHWc conv: its register tile (VB blocks x TH rows x TW
-    columns) and, with several threads, the loop order (None: the L2 rule decides). Every
-    schedule within the register limit computes the same conv; only the speed differs."""
+    columns), with several threads the loop order (None: the L2 rule decides) and where the
+    next group's weight prefetches go (one of PREFETCH_PLACEMENTS; None: ``placement_rule``;
+    logs written before the field existed have none). Every schedule within the register
+    limit computes the same conv; only the speed differs."""
     vb: int
     th: int
     tw: int
     pixel_major: bool | None = None
+    prefetch: str | None = None
 
     def as_dict(self) -> dict:
-        return {"vb": self.vb, "th": self.th, "tw": self.tw, "pixel_major": self.pixel_major}
+        return {"vb": self.vb, "th": self.th, "tw": self.tw, "pixel_major": self.pixel_major,
+                "prefetch": self.prefetch}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DenseSchedule":
-        pm = d.get("pixel_major")
+        pm, pf = d.get("pixel_major"), d.get("prefetch")
         if not all(isinstance(d.get(k), int) and not isinstance(d.get(k), bool)
-                   for k in ("vb", "th", "tw")) or pm not in (None, True, False):
+                   for k in ("vb", "th", "tw")) or pm not in (None, True, False) \
+                or not (pf is None or pf in PREFETCH_PLACEMENTS):
             raise ValueError(f"not a dense conv schedule: {d!r}")
-        return cls(d["vb"], d["th"], d["tw"], pm)
+        return cls(d["vb"], d["th"], d["tw"], pm, pf)
 
     def label(self) -> str:
         order = {None: "", True: " pixel-major", False: " group-major"}[self.pixel_major]
-        return f"{self.vb}x{self.th}x{self.tw}{order}"
+        return f"{self.vb}x{self.th}x{self.tw}{order}" + (f" prefetch {self.prefetch}"
+                                                          if self.prefetch else "")
 
 
 def tile_limit(regs: int, vb: int, taps: int) -> int:
@@ -188,6 +198,40 @@ def densify_groups(wv: np.ndarray, group: int, c: int, span: int) -> np.ndarray:
     return out
 
 
+def channel_split(cin: int) -> bool:
+    """Whether a tile's channel loop over the ``cin`` channels of an input block runs in steps
+    of CI_UNROLL (else: one unrolled loop)."""
+    return cin > CI_UNROLL and cin % CI_UNROLL == 0
+
+
+def placement_candidates(ocb: int, oh: int, ow: int, tile: tuple[int, int, int], cin: int,
+                         c: int, unit_stride: bool, threads: int) -> list[DenseSchedule]:
+    """``tile`` (the cost model's) with each prefetch placement other than ``placement_rule``'s,
+    when the tile prefetches group-major (forced with several threads) and the placement
+    changes its loops (burst and spread differ only with a split channel loop)."""
+    vb, th, tw = tile
+    split = channel_split(cin)
+    step = cin * vb * c * 4 // (cin // CI_UNROLL if split else 1)   # bytes a reduction step
+    plan = prefetch_plan(ocb // vb, -(-oh // th) * -(-ow // tw), step)
+    if plan is None:
+        return []
+    rule = placement_rule(plan, unit_stride)
+    order = False if threads > 1 else None
+    return [DenseSchedule(vb, th, tw, order, p) for p in PREFETCH_PLACEMENTS
+            if p != rule and (split or p == "off")]
+
+
+def placement_rule(plan: tuple[int, int], unit_stride: bool) -> str:
+    """The cost model's prefetch placement (measured on Zen 5 only, weights from DRAM / L3): a
+    stride-1 conv prefetching one line a step issues a tap's lines at once before its channel
+    loop - inside it they split LLVM's scheduling region (a 28-accumulator 2x1x14 tile spilled
+    one: GoogLeNet's and ResNet-18's 14x14 3x3 convs 0.87 -> 0.70 and 1.19 -> 0.88 ms) and ran
+    slower even without a spill; other convs keep P lines a reduction step, spread through the
+    loop (bursts of 8 lines a tap made ResNet-18's stride-2 convs 10-30% and GoogLeNet's 7x7
+    ones ~10% slower; why is not understood: the tuner tries every placement)."""
+    return "burst" if unit_stride and plan[0] == 1 else "spread"
+
+
 def prefetch_plan(groups: int, tiles: int, step_bytes: int) -> tuple[int, int] | None:
     """(P lines prefetched per reduction step, U tiles prefetching) spreading the next group's
     weights over the tiles of a group: a tile's reduction step reads L = ``step_bytes`` / 64
@@ -225,10 +269,11 @@ class DenseTiling:
     work: int
     pixel_major_max_bytes: int  # packed weights up to this run pixel-major with threads > 1
     order: bool | None = None   # a tuned loop order (True: pixel-major); None: the L2 rule
+    prefetch: str | None = None  # a tuned prefetch placement; None: placement_rule
 
     @property
     def split(self) -> bool:
-        return self.cin > CI_UNROLL and self.cin % CI_UNROLL == 0
+        return channel_split(self.cin)
 
     @property
     def steps(self) -> int:
@@ -256,11 +301,19 @@ class DenseTiling:
         return {"n": self.nb, "og": ng, "ot": nth, "t": ntw}
 
     def group_plan(self) -> tuple[int, int] | None:
-        """The next-group prefetch plan (group-major only)."""
-        if self.pixel_major:
+        """The next-group prefetch plan (group-major only; None with placement "off")."""
+        if self.pixel_major or self.prefetch == "off":
             return None
         return prefetch_plan(self.groups, -(-self.oh // self.th) * -(-self.ow // self.tw),
                              self.packs[0][0].nbytes // self.steps)
+
+    def placement(self, unit_stride: bool) -> str | None:
+        """Where the prefetches go: "burst", "spread" (PREFETCH_PLACEMENTS; the same loops
+        when the channel loop is not split) or None (no prefetch)."""
+        plan = self.group_plan()
+        if plan is None:
+            return None
+        return self.prefetch or placement_rule(plan, unit_stride)
 
 
 def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
@@ -290,23 +343,27 @@ def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
     regs = vector_regs(ctx) * ctx.lanes // c
     block_bytes = icb * cin * kh * kw * c * 4
     vb, th, tw = pick_tile(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes, sb)
-    order = None
-    tuned = ctx.schedules.get(key)
-    if isinstance(tuned, DenseSchedule) and tile_fits(tuned, ocb, oh, ow, regs, kh * kw, sb):
-        vb, th, tw, order = tuned.vb, tuned.th, tuned.tw, tuned.pixel_major
-        ctx.tuned.add(node.name)
+    order = prefetch = None
     if key not in ctx.workloads:
         ranked = ranked_tiles(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes,
                               TUNE_TILES, sb)
         orders = (None, True, False) if target.threads > 1 else (None,)
-        ctx.workloads[key] = [DenseSchedule(*t, o) for t in ranked for o in orders]
+        cands = [DenseSchedule(*t, o) for t in ranked for o in orders]
+        cands[1:1] = placement_candidates(ocb, oh, ow, (vb, th, tw), cin, c,
+                                          tuple(win.strides) == (1, 1), target.threads)
+        ctx.workloads[key] = cands
+    tuned = ctx.schedules.get(key)
+    if isinstance(tuned, DenseSchedule) and tile_fits(tuned, ocb, oh, ow, regs, kh * kw, sb):
+        vb, th, tw, order, prefetch = (tuned.vb, tuned.th, tuned.tw, tuned.pixel_major,
+                                       tuned.prefetch)
+        ctx.tuned.add(node.name)
     ctx.workload_of[node.name] = key
     packs = pack_dense(wv, c, cin, vb)
     wbufs = [ctx.const(p, f"w{i}") for i, p in enumerate(packs)]
     work = nb * ocb * oh * ow * c * icb * cin * kh * kw
     return DenseTiling(stem, flat, c, cin, nb, ocb, icb, oh, ow, kh * kw, vb, th, tw, sb, packs,
                        wbufs, ctx.threads, work, int(target.l2_bytes * PIXEL_MAJOR_L2_SHARE),
-                       order)
+                       order, prefetch)
 
 
 def dense_workload(target, xs, wshape, win, stem: bool, flat: bool, group: int = 1,

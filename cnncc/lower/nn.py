@@ -11,7 +11,10 @@ from cnncc.ir.ops.spatial import resolve_window
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import padded_input, phases_for, window_index
 from .cpu_schedule import parallel_outer
-from .tile_schedules import choose, gemm_candidates, gemm_fits, gemm_workload
+from .gemm_runtime import emit_runtime_tiles, lower_gemm_runtime, runtime_tile
+from .tile_schedules import (GPOOL_KIND, POOL_NCHW_KIND, chain_candidates,
+                             chain_fits, choose, dims, gemm_candidates, gemm_fits,
+                             gemm_workload, reduction_workload)
 
 NEG_INF = float("-inf")
 
@@ -90,6 +93,7 @@ def lower_pool(ctx: LowerCtx, node: Node) -> None:
         return Allocate(acc, seq(init, red, epi))
 
     owb = Var("owb")
+    vt *= _pool_vectors(ctx, node, xs, oshape, win, -(-ow // vt))
     body: Stmt = For(owb, ow // vt, tile(owb * vt, vt, ""))
     if ow % vt:
         body = seq(body, tile(Const(ow - ow % vt), ow % vt, "t"))
@@ -100,6 +104,22 @@ def lower_pool(ctx: LowerCtx, node: Node) -> None:
     k = Kernel(node.name, params, body)
     work = int(np.prod(oshape)) * int(np.prod(ks))
     ctx.emit(parallel_outer(k, ["n", "c"] + [o.name for o in orow], ctx, work))
+
+
+def _pool_vectors(ctx: LowerCtx, node: Node, xs: tuple, ys: tuple, win, units: int) -> int:
+    """Output vectors of a row per tile of an NCHW pool (tile_schedules.ChainSchedule: tuned, or
+    the cost model's one; the GPU: one)."""
+    if ctx.gpu:
+        return 1
+    regs = ctx.vector_registers
+    attrs = op_context(ctx.graph, node).attrs
+    key = reduction_workload(
+        POOL_NCHW_KIND, ctx.target, node.op, ctx.graph.types[node.inputs[0]].dtype.value,
+        f"x{dims(xs)}", f"y{dims(ys)}", f"k{dims(win.kernel)}", f"s{dims(win.strides)}",
+        f"d{dims(win.dilations)}", f"p{dims(win.pads)}" + (f"/lp{attrs['p']}"
+                                                           if node.op == "LpPool" else ""))
+    return choose(ctx, node.name, key, chain_candidates(units, regs),
+                  lambda s: chain_fits(s, units, regs)).k
 
 
 def lp_power(x: Expr, p: int) -> Expr:
@@ -128,14 +148,41 @@ def lower_global_pool(ctx: LowerCtx, node: Node) -> None:
     yb = ctx.value(out, (nc,), "y")
     is_max = node.op == "GlobalMaxPool"
     lp = op_context(g, node).attrs["p"] if node.op == "GlobalLpPool" else None
-    acc = Buffer("acc", DType.float32, (1,), "local")
-    i, j = Var("i"), Var("j")
-    xv = xb[i, j]
-    upd = nan_max(acc[0], xv) if is_max else acc[0] + (xv if lp is None else lp_power(xv, lp))
-    res = acc[0] if is_max else acc[0] * (1.0 / hw) if lp is None else lp_root(acc[0], lp)
-    body = For(i, nc, Allocate(acc, seq(
-        Store(acc, (0,), Const(NEG_INF if is_max else 0.0, F32)),
-        For(j, hw, Store(acc, (0,), upd)), Store(yb, (i,), res))))
+    i = Var("i")
+    rows = 1                 # channels a tile (tile_schedules.ChainSchedule; the GPU: 1)
+    if not ctx.gpu:
+        regs = ctx.vector_registers
+        key = reduction_workload(GPOOL_KIND, ctx.target, node.op, f"x{nc}x{hw}",
+                                 f"p{lp}" if lp else "")
+        rows = choose(ctx, node.name, key, chain_candidates(nc, regs),
+                      lambda s: chain_fits(s, nc, regs)).k
+
+    def tile(i0: Expr, rr: int, tag: str) -> Stmt:
+        """Channels i0 .. i0 + rr, each its own accumulator (one: no loop over them)."""
+        acc = Buffer(f"acc{tag}", DType.float32, (rr,), "local")
+        j, r, r2, r3 = Var(f"j{tag}"), Var(f"r{tag}"), Var(f"r2{tag}"), Var(f"r3{tag}")
+
+        def over(rv: Var, st) -> Stmt:
+            if rr == 1:
+                return st(Const(0))
+            return For(rv, rr, st(rv), "unrolled")
+
+        def upd(q: Expr) -> Stmt:
+            xv = xb[i0 + q if rr > 1 else i0, j]
+            return Store(acc, (q,), nan_max(acc[q], xv) if is_max else acc[q] + (
+                xv if lp is None else lp_power(xv, lp)))
+
+        def res(q: Expr) -> Stmt:
+            val = acc[q] if is_max else acc[q] * (1.0 / hw) if lp is None \
+                else lp_root(acc[q], lp)
+            return Store(yb, (i0 + q if rr > 1 else i0,), val)
+        init = over(r, lambda q: Store(acc, (q,), Const(NEG_INF if is_max else 0.0, F32)))
+        return Allocate(acc, seq(init, For(j, hw, over(r2, upd)), over(r3, res)))
+
+    body = tile(i * rows if rows > 1 else i, rows, "")
+    if nc % rows:
+        body = If(i < nc // rows, body, tile(i * rows, nc % rows, "t"))   # the last i
+    body = For(i, -(-nc // rows), body)
     ctx.emit(parallel_outer(Kernel(node.name, [yb, xb], body), ["i"], ctx, nc * hw))
 
 
@@ -197,7 +244,6 @@ def lower_gemm(ctx: LowerCtx, node: Node, act=None, out: str | None = None) -> N
     g = ctx.graph
     at = octx_attrs = op_context(g, node).attrs
     if dt is not DType.float32 or any(i and i not in g.params for i in node.inputs[1:]):
-        from .gemm_runtime import lower_gemm_runtime
         return lower_gemm_runtime(ctx, node, act, out)
     b = const_input(g, node, 1, "B").astype(np.float32, copy=False)
     b = b.T if at["transB"] else b
@@ -244,17 +290,26 @@ def _generic_matmul(ctx: LowerCtx, node: Node, a: str, b: str, out: str, act) ->
     yb = ctx.value(out, batch + (m, n_), "y")
     nb = len(batch)
 
+    def a_at(bvs, mv, kk):
+        return ab[tuple(v if d != 1 else Const(0) for v, d in zip(bvs[nb - len(ash) + 2:],
+                                                                  ash[:-2])) + (mv, kk)]
+
+    def b_at(bvs, kk, nv):
+        return bb[tuple(v if d != 1 else Const(0) for v, d in zip(bvs[nb - len(bsh) + 2:],
+                                                                  bsh[:-2])) + (kk, nv)]
+    sched = runtime_tile(ctx, node, batch, m, n_, k_dim, (False, False), yb.dtype)
+    if sched is not None:         # a tuned register tile (gemm_runtime.py)
+        return emit_runtime_tiles(ctx, node.name, [yb, ab, bb], batch, m, n_, k_dim, sched,
+                                  a_at, b_at, lambda _, i, j, s: s if act is None else act(s))
+
     def body(*vs):
         bvs, mv, nv = vs[:nb], vs[nb], vs[nb + 1]
         kk = Var("kk")
-        ai = tuple(v if d != 1 else Const(0) for v, d in zip(bvs[nb - len(ash) + 2:],
-                                                             ash[:-2])) + (mv, kk)
-        bi = tuple(v if d != 1 else Const(0) for v, d in zip(bvs[nb - len(bsh) + 2:],
-                                                             bsh[:-2])) + (kk, nv)
         yi = tuple(bvs) + (mv, nv)
         fin = Store(yb, yi, act(yb[yi])) if act is not None else None
         return seq(Store(yb, yi, Const(0.0, yb.dtype)),
-                   For(kk, k_dim, Store(yb, yi, yb[yi] + ab[ai] * bb[bi])), fin)
+                   For(kk, k_dim, Store(yb, yi, yb[yi] + a_at(bvs, mv, kk) * b_at(bvs, kk, nv))),
+                   fin)
 
     from cnncc.ir.loop import loop_nest
     from .cpu_schedule import schedule_map

@@ -11,6 +11,7 @@ from cnncc.ir.ops.reduce import reduce_axes
 
 from .context import LowerCtx, op_context, unsupported
 from .cpu_schedule import schedule_map
+from .reduce_tiles import hw_chains, lower_hw_chains
 
 _INIT = {"ReduceSum": 0.0, "ReduceMean": 0.0, "ReduceMax": float("-inf"),
          "ReduceLogSumExp": float("-inf"),
@@ -34,6 +35,9 @@ def lower_reduce(ctx: LowerCtx, node: Node) -> None:
     if axes is None:
         from .tensor import emit_copy
         return emit_copy(ctx, node.name, x, out)
+    chains = hw_chains(ctx, node, shape, axes, dt)
+    if chains is not None and chains > 1:       # a global pool on NCHWc, tuned (reduce_tiles)
+        return lower_hw_chains(ctx, node, shape, chains)
     kshape = tuple(1 if a in axes else d for a, d in enumerate(shape))
     xb = ctx.value(x, bname="x")
     yb = ctx.value(out, kshape, "y")

@@ -20,6 +20,17 @@ fit (a stale log, another machine's) is ignored and the cost model decides.
   the output has that many columns, and as many rows as the free registers hold. A batch-1
   classifier has one row: its tile is 1 x VECTORS accumulators streaming the weights, so the
   candidates there are the vector counts (more independent accumulators and memory streams).
+- Reductions (``ChainSchedule``): K independent accumulator chains per register tile, each
+  summing its own outputs in the original order (so every K computes the same result): channel
+  blocks of a global pool on NCHWc (ReduceMean / ReduceMax over H, W: reduce_tiles.py),
+  channels of an NCHW global pool (GlobalAveragePool / GlobalMaxPool / GlobalLpPool: nn.py) and
+  output vectors of a row of an NCHW pool (nn.lower_pool). Cost model: one chain (the kernels
+  as they were before they were tunable: accumulating in the output for the NCHWc global pool);
+  the candidates are 2, 4, ... chains up to what the registers hold.
+- Gemm / MatMul with a run-time matrix (``GemmSchedule`` too, gemm_runtime.py): the cost
+  model's choice is the generic nest (one row, the columns in steps of one or two vectors,
+  accumulating in the output: cpu_schedule.schedule_map's split); the candidates are register
+  tiles of rows x vectors reading the run-time B as it is.
 """
 from __future__ import annotations
 
@@ -29,6 +40,11 @@ from typing import Any, Callable
 FREE_REGISTERS = 4       # vector registers a tile leaves to its loads and broadcasts
 GEMM_MAX_VECTORS = 8     # output vectors a gemm tile may span (the tuner's range)
 DW_KIND, POOL_KIND, GEMM_KIND = "conv_dw", "pool_nchwc", "gemm"
+# The reductions' and the run-time gemm's kinds: NCHWc global pools, NCHW global pools, NCHW
+# pools, Gemm / MatMul whose B is a run-time value.
+GPOOL_NCHWC_KIND, GPOOL_KIND, POOL_NCHW_KIND, GEMM_RT_KIND = (
+    "gpool_nchwc", "gpool", "pool_nchw", "gemm_rt")
+MAX_CHAINS = 8           # accumulator chains a reduction tile may hold (the tuner's range)
 
 
 def int_fields(d: dict, keys: tuple[str, ...], what: str) -> list[int]:
@@ -177,3 +193,65 @@ def choose(ctx: Any, node: str, key: str, candidates: list, fits: Callable[[Any]
     ctx.workloads.setdefault(key, candidates)
     ctx.workload_of[node] = key
     return sched
+
+
+@dataclass(frozen=True)
+class ChainSchedule:
+    """K independent accumulator chains per register tile of a reduction (channel blocks,
+    channels or output vectors: see the module docstring)."""
+    k: int
+
+    def as_dict(self) -> dict:
+        return {"k": self.k}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ChainSchedule":
+        return cls(*int_fields(d, ("k",), "reduction"))
+
+    def label(self) -> str:
+        return f"{self.k} chains"
+
+
+def chain_limit(units: int, regs: int) -> int:
+    """The most chains of a tile over ``units`` outputs (blocks, channels, vectors) with
+    ``regs`` registers for them: MAX_CHAINS, the registers less FREE_REGISTERS, the units."""
+    return max(1, min(MAX_CHAINS, regs - FREE_REGISTERS, units))
+
+
+def chain_candidates(units: int, regs: int) -> list[ChainSchedule]:
+    """One chain (the cost model's), then 2, 4, ... and the limit."""
+    top = chain_limit(units, regs)
+    out = [ChainSchedule(1)]
+    k = 2
+    while k < top:
+        out.append(ChainSchedule(k))
+        k *= 2
+    if top > 1:
+        out.append(ChainSchedule(top))
+    return out
+
+
+def chain_fits(s: ChainSchedule, units: int, regs: int) -> bool:
+    return 1 <= s.k <= chain_limit(units, regs)
+
+
+def reduction_workload(kind: str, target, op: str, *shapes) -> str:
+    """The tuning log's key of a reduction or pool ``kind``: its op and shapes (and window)."""
+    return "/".join([kind, target.isa, f"l{target.lanes}", f"t{target.threads}", op]
+                    + [s for s in shapes if s])
+
+
+def gemm_rt_default(n: int, lanes: int) -> GemmSchedule:
+    """The generic nest's column step (cpu_schedule.schedule_map): two vectors from four."""
+    return GemmSchedule(1, 2 if n >= 4 * lanes else 1)
+
+
+def gemm_rt_candidates(m: int, n: int, lanes: int, regs: int) -> list[GemmSchedule]:
+    default = gemm_rt_default(n, lanes)
+    return [default] + [s for s in gemm_candidates(m, n, lanes, regs) if s != default]
+
+
+def gemm_rt_workload(target, batch, m: int, k: int, n: int, trans_a: bool,
+                     trans_b: bool) -> str:
+    return (f"{GEMM_RT_KIND}/{target.isa}/l{target.lanes}/t{target.threads}/b{dims(batch)}"
+            f"/m{m}/k{k}/n{n}{'/ta' if trans_a else ''}{'/tb' if trans_b else ''}")

@@ -248,8 +248,8 @@ def test_extreme_int8_bytes_stay_blocked(quantized):
 
 
 def test_no_kernel_inside_the_region_shifts_bytes(quantized):
-    """Every kernel of the region's convs and pool (the 1x1 reading in place, the padded row
-    copies of the 3x3 and the depthwise, the residual conv, the pool) reads plain uint8 bytes:
+    """Every kernel of the region's convs and pool (the 1x1 reading in place, the 3x3 and its
+    padded row copy, the depthwise, the residual conv, the pool) reads plain uint8 bytes:
     no dot4_s8s8 (a xor per loaded word) and no byte converted through int32 + 128 in a copy.
     Only the edges convert: the stem's pack of the int8 image and the ShiftBytes after it."""
     from cnncc.ir.loop_printer import format_kernel
@@ -259,7 +259,7 @@ def test_no_kernel_inside_the_region_shifts_bytes(quantized):
     for kernel, i in lower_graph(g, cnncc.host_target(1)).ctx.kernels:
         texts.setdefault(i, []).append(format_kernel(kernel))
     inside = [i for i, n in enumerate(g.nodes) if _inside(n)]
-    assert len(inside) == 5 and sum(len(texts[i]) for i in inside) == 7   # + 2 row copies
+    assert len(inside) == 5 and sum(len(texts[i]) for i in inside) == 6   # + the 3x3 row copy
     for i in inside:
         for text in texts[i]:
             assert "dot4_s8s8" not in text and "u8((i32(" not in text, text
@@ -310,3 +310,49 @@ def test_blocked_int8_on_avx2(quantized, tmp_path):
             (kind, res)
     assert out["extreme_s8"]["vs_reference"] == 0.0, out
     assert out["extreme_s8"]["vs_onnxruntime_steps"] <= 1, out
+
+
+def _depthwise_qdq(shape, k, stride, dilation, pads, zp) -> onnx.ModelProto:
+    """Q(x) -> one depthwise conv (int8 weights per channel, an int32 bias) -> Q -> DQ, int8
+    activations at zero point ``zp``."""
+    from onnx import helper as h
+    rng = np.random.default_rng(3)
+    ch = shape[1]
+    w = rng.integers(-128, 128, (ch, 1, k, k)).astype(np.int8)
+    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in (
+        ("s", np.float32(0.02)), ("z", np.int8(zp)), ("w", w),
+        ("ws", rng.uniform(0.5, 1.5, ch).astype(np.float32) / 256),
+        ("wz", np.zeros(ch, np.int8)), ("b", rng.normal(0, 1, ch).astype(np.float32)),
+        ("ys", np.float32(0.05)), ("yz", np.int8(-zp // 2)))]
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             h.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
+             h.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
+             h.make_node("Conv", ["xf", "wf", "b"], ["c"], group=ch, kernel_shape=[k, k],
+                         strides=[stride] * 2, dilations=[dilation] * 2, pads=pads),
+             h.make_node("QuantizeLinear", ["c", "ys", "yz"], ["yq"]),
+             h.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    g = h.make_graph(nodes, "dw", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                             list(shape))],
+                     [onnx.ValueInfoProto(name="y")], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 21)])
+    m.ir_version = 10
+    return m
+
+
+@pytest.mark.parametrize("shape,k,stride,dilation,pads,zp", [
+    ((1, 20, 9, 23), 5, 2, 1, [2, 1, 0, 2], 127),     # asymmetric pads, border rows both ends
+    ((1, 17, 4, 5), 3, 1, 2, [1, 2, 2, 1], 0),        # dilated, every row and column a border
+])
+def test_blocked_depthwise_reads_the_unpadded_input(shape, k, stride, dilation, pads, zp):
+    """The blocked depthwise conv sums only the taps inside the image (no padded copy), its
+    accumulators starting from bias - zx * the valid taps' weights: bit-identical to the NCHW
+    int8 conv (which pads with the zero point), equal to the reference, within one output step
+    of onnxruntime."""
+    proto = _depthwise_qdq(shape, k, stride, dilation, pads, zp)
+    from cnncc.passes import PassContext, run_pipeline
+    g = run_pipeline(cnncc.load_graph(proto), PassContext(machine=cnncc.host_target(1)))
+    assert [n.op for n in g.nodes].count("QConvNCHWc") == 1
+    x = np.random.default_rng(8).normal(0, 1.5, shape).astype(np.float32)
+    out = _check(proto, x)
+    assert out["blocked_vs_nchw"] == 0.0 and out["vs_reference"] == 0.0, out
+    assert out["vs_onnxruntime_steps"] <= 1, out

@@ -1,6 +1,6 @@
 """QuantizeLinear, DequantizeLinear and ShiftBytes as elementwise kernels (the ops' reference
-semantics, ir/ops/quant.py, ir/ops/quant_blocked.py): per-tensor or per-axis scales and zero points (constants or run-time
-values) are loads of small broadcast buffers.
+semantics, ir/ops/quant.py, ir/ops/quant_blocked.py): per-tensor or per-axis scales and zero
+points (constants or run-time values) are loads of small broadcast buffers.
 
 Quantize: round-half-even(x / scale) (llvm.roundeven), NaN -> 0, + zero point, clamped to the
 output type's range in float32 (every value of that range is exact in float32), converted.

@@ -141,6 +141,17 @@ class _Rewriter(BlockedRewriter):
                   self.fresh(f"{v}_from_nchwc", self.names), [u])
         self.emit("ShiftBytes", [u], {}, self.fresh(f"{v}_to_s8", self.names), [v])
 
+    def move_zero_points(self, node: Node, ins: list[str]) -> None:
+        """Zero points follow their values: those of the input (0) and the residual (9) when
+        held shifted, and the int8 ones of the output and of the conv's own output before a
+        residual add (7, 13), since the output is held as uint8 too."""
+        def held_shifted(i: int) -> bool:
+            return len(ins) > i and bool(ins[i]) and \
+                self.types[ins[i]].dtype is not self.g.types[node.inputs[i]].dtype
+        for i, moved in ((2, held_shifted(0)), (7, True), (11, held_shifted(9)), (13, True)):
+            if moved and i < len(ins) and ins[i] and self.params[ins[i]].dtype == np.int8:
+                ins[i] = self.param(f"{ins[i]}_u8", toggled_zero_point(self.params[ins[i]]))
+
     def rewrite(self, node: Node) -> bool:
         chain = self.pools.get(id(node))
         if chain is not None and (id(chain[0]) in self.taken or (
@@ -166,16 +177,7 @@ class _Rewriter(BlockedRewriter):
             ins[0] = self.to_blocked(ins[0])
         if len(ins) > 9 and ins[9]:
             ins[9] = self.to_blocked(ins[9])
-        # Zero points follow their values: those of the input and residual when held shifted,
-        # and of the output (and of the conv's own output before a residual add) when int8,
-        # since the output is held shifted too.
-        def held_shifted(i: int) -> bool:
-            return self.types[ins[i]].dtype is not self.g.types[node.inputs[i]].dtype
-        shifted = {2: held_shifted(0), 7: True, 11: len(ins) > 9 and bool(ins[9])
-                   and held_shifted(9), 13: True}
-        for i, moved in shifted.items():
-            if moved and i < len(ins) and ins[i] and self.params[ins[i]].dtype == np.int8:
-                ins[i] = self.param(f"{ins[i]}_u8", toggled_zero_point(self.params[ins[i]]))
+        self.move_zero_points(node, ins)
         attrs = dict(node.attrs, block=self.block, in_layout=layout)
         self.emit("QConvNCHWc", ins, attrs, node.name, [self.blocked_out(node)], node.origin)
         return True

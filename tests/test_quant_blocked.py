@@ -347,11 +347,13 @@ def test_blocked_depthwise_reads_the_unpadded_input(shape, k, stride, dilation, 
     """The blocked depthwise conv sums only the taps inside the image (no padded copy), its
     accumulators starting from bias - zx * the valid taps' weights: bit-identical to the NCHW
     int8 conv (which pads with the zero point), equal to the reference, within one output step
-    of onnxruntime."""
+    of onnxruntime. The int8 image enters the region as uint8 through ShiftBytes + ToNCHWc and
+    leaves it through FromNCHWc + ShiftBytes."""
     proto = _depthwise_qdq(shape, k, stride, dilation, pads, zp)
     from cnncc.passes import PassContext, run_pipeline
     g = run_pipeline(cnncc.load_graph(proto), PassContext(machine=cnncc.host_target(1)))
-    assert [n.op for n in g.nodes].count("QConvNCHWc") == 1
+    assert [n.op for n in g.nodes] == ["QuantizeLinear", "ShiftBytes", "ToNCHWc", "QConvNCHWc",
+                                       "FromNCHWc", "ShiftBytes", "DequantizeLinear"]
     x = np.random.default_rng(8).normal(0, 1.5, shape).astype(np.float32)
     out = _check(proto, x)
     assert out["blocked_vs_nchw"] == 0.0 and out["vs_reference"] == 0.0, out

@@ -211,6 +211,7 @@ NOT_COVERED_BY_NODE_CASES = {
     "DwPwConvNCHWc": "internal op made by the depthwise_separable pass; "
                      "tests/test_depthwise_separable.py",
     "QConv": "internal op made by the fuse_quantized pass; tests/test_quant.py",
+    "ShiftBytes": "internal op of alter_layout_int8; tests/test_quant_blocked.py",
     "QConvNCHWc": "internal op made by the alter_layout_int8 pass; tests/test_quant_blocked.py",
     "QLinearAdd": "com.microsoft op (ONNX ships no node case); tests/test_quant_ops.py compares it "
                   "with onnxruntime",

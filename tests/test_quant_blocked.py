@@ -20,6 +20,7 @@ import textwrap
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 
 import cnncc
@@ -175,9 +176,20 @@ def _check(proto, x, threads: int = 1) -> dict:
     blocked = cnncc.compile(proto, threads=threads)(x)[0]
     nchw = cnncc.compile(proto, threads=threads, skip_passes=NCHW_ONLY)(x)[0]
     scale = float(np.abs(want).max())
+    step = _output_step(proto)
     return {"blocked_vs_nchw": float(np.abs(blocked - nchw).max()),
             "vs_reference": float(np.abs(blocked - ref).max()) / scale,
-            "vs_onnxruntime": float(np.abs(blocked - want).max()) / scale}
+            "vs_onnxruntime": float(np.abs(blocked - want).max()) / scale,
+            "vs_onnxruntime_steps": float(np.abs(blocked - want).max()) / step}
+
+
+def _output_step(proto) -> float:
+    """The scale of the DequantizeLinear giving the model's output (its quantization step)."""
+    dq = next(n for n in proto.graph.node if n.output[0] == proto.graph.output[0].name)
+    if dq.op_type != "DequantizeLinear":
+        return float("nan")
+    return float(next(numpy_helper.to_array(t) for t in proto.graph.initializer
+                      if t.name == dq.input[1]))
 
 
 @pytest.mark.parametrize("kind", ["cnncc_u8", "ort_s8"])
@@ -190,12 +202,16 @@ def test_quantized_convs_form_one_blocked_region(quantized, kind):
     convs = [n for n in g.nodes if n.op == "QConvNCHWc"]
     assert len(convs) == 8 and "QConv" not in ops and "Conv" not in ops
     pools = [n for n in g.nodes if n.op == "PoolNCHWc"]
-    assert len(pools) == 1 and g.types[pools[0].outputs[0]].dtype.np == (
-        np.uint8 if kind == "cnncc_u8" else np.int8)
+    # int8 activations are held as uint8 inside the region (zero points + 128).
+    assert len(pools) == 1 and g.types[pools[0].outputs[0]].dtype.np == np.uint8
+    assert all(g.types[n.outputs[0]].dtype.np == np.uint8 for n in convs)
     assert "MaxPool" not in ops and "DequantizeLinear" not in ops[:ops.index("FromNCHWc")]
     # The stem reads the quantized image in NCHW; nothing is converted inside the region;
-    # one FromNCHWc before the float pooling and classifier.
+    # one FromNCHWc before the float pooling and classifier (then int8 bytes again: ShiftBytes).
     assert ops.count("ToNCHWc") == 0 and ops.count("FromNCHWc") == 1
+    assert ops.count("ShiftBytes") == (kind == "ort_s8")
+    if kind == "ort_s8":
+        assert ops.index("ShiftBytes") == ops.index("FromNCHWc") + 1
     assert [n.attrs["in_layout"] for n in convs].count("NCHW") == 1
     assert all(n.attrs["block"] == target.lanes for n in convs)
     assert all(g.types[n.outputs[0]].shape[-1] == target.lanes for n in convs)
@@ -203,17 +219,52 @@ def test_quantized_convs_form_one_blocked_region(quantized, kind):
     assert len(residual) == 1 and g.types[residual[0].inputs[9]].rank == 5
 
 
-def test_extreme_int8_bytes_stay_blocked(quantized):
-    """_extreme_s8's convs and byte pool on blocked int8 bytes, one region: the 3x3 and the
-    depthwise pad with the zero points -128 and 127 (their row copies), the 1x1 reads in place."""
+def _extreme_region(quantized):
     from cnncc.passes import PassContext, run_pipeline
-    g = run_pipeline(cnncc.load_graph(quantized[0]["extreme_s8"]),
-                     PassContext(machine=cnncc.host_target(1)))
+    return run_pipeline(cnncc.load_graph(quantized[0]["extreme_s8"]),
+                        PassContext(machine=cnncc.host_target(1)))
+
+
+def _inside(node) -> bool:
+    """A node of the blocked region that reads blocked bytes (not the stem reading NCHW)."""
+    return node.op == "PoolNCHWc" or (node.op == "QConvNCHWc"
+                                      and node.attrs["in_layout"] == "NCHWc")
+
+
+def test_extreme_int8_bytes_stay_blocked(quantized):
+    """_extreme_s8's convs and byte pool on blocked bytes, one region: its int8 activations are
+    held as uint8 with zero points + 128 (-128 -> 0, 0 -> 128, 127 -> 255); the stem reads the
+    int8 image, the one ShiftBytes turns the region's output back into int8."""
+    g = _extreme_region(quantized)
     ops = [n.op for n in g.nodes]
     assert ops.count("QConvNCHWc") == 5 and ops.count("PoolNCHWc") == 1, ops
     assert ops.count("FromNCHWc") == 1 and "ToNCHWc" not in ops and "QConv" not in ops, ops
-    assert all(g.types[n.inputs[0]].dtype.np == np.int8 for n in g.nodes
-               if n.op in ("QConvNCHWc", "PoolNCHWc"))
+    assert ops[ops.index("FromNCHWc") + 1] == "ShiftBytes" and ops.count("ShiftBytes") == 1
+    stem, *inside = [n for n in g.nodes if n.op in ("QConvNCHWc", "PoolNCHWc")]
+    assert g.types[stem.inputs[0]].dtype.np == np.int8 and not _inside(stem)
+    assert all(_inside(n) and g.types[n.inputs[0]].dtype.np == np.uint8 for n in inside)
+    zps = {int(g.params[n.inputs[2]]) for n in inside if n.op == "QConvNCHWc"}
+    assert zps == {EXTREME_ZERO_POINTS[a] + 128 for a in ("a0", "a1", "a2", "a3")}, zps
+
+
+def test_no_kernel_inside_the_region_shifts_bytes(quantized):
+    """Every kernel of the region's convs and pool (the 1x1 reading in place, the 3x3 and its
+    padded row copy, the depthwise, the residual conv, the pool) reads plain uint8 bytes:
+    no dot4_s8s8 (a xor per loaded word) and no byte converted through int32 + 128 in a copy.
+    Only the edges convert: the stem's pack of the int8 image and the ShiftBytes after it."""
+    from cnncc.ir.loop_printer import format_kernel
+    from cnncc.lower.program import lower_graph
+    g = _extreme_region(quantized)
+    texts = {}
+    for kernel, i in lower_graph(g, cnncc.host_target(1)).ctx.kernels:
+        texts.setdefault(i, []).append(format_kernel(kernel))
+    inside = [i for i, n in enumerate(g.nodes) if _inside(n)]
+    assert len(inside) == 5 and sum(len(texts[i]) for i in inside) == 6   # + the 3x3 row copy
+    for i in inside:
+        for text in texts[i]:
+            assert "dot4_s8s8" not in text and "u8((i32(" not in text, text
+    stem = next(i for i, n in enumerate(g.nodes) if n.op == "QConvNCHWc")
+    assert any("+ 128))" in t for t in texts[stem])         # the pattern the check looks for
 
 
 @pytest.mark.parametrize("kind", ["cnncc_u8", "ort_s8", "extreme_s8"])
@@ -223,6 +274,10 @@ def test_blocked_int8_matches_nchw_reference_and_onnxruntime(quantized, kind):
     out = _check(proto, x)
     assert out["blocked_vs_nchw"] == 0.0, out
     assert out["vs_reference"] <= MODEL_TOL and out["vs_onnxruntime"] <= MODEL_TOL, out
+    if kind == "extreme_s8":
+        # One layer deep per value, no rounding tie reached: equal to the reference, within
+        # one output step of onnxruntime.
+        assert out["vs_reference"] == 0.0 and out["vs_onnxruntime_steps"] <= 1, out
     two = cnncc.compile(proto, threads=2)(x)[0]          # the work split over 2 threads
     assert np.array_equal(two, cnncc.compile(proto, threads=1)(x)[0])
 
@@ -253,3 +308,53 @@ def test_blocked_int8_on_avx2(quantized, tmp_path):
         assert res["blocked_vs_nchw"] == 0.0, (kind, res)
         assert res["vs_reference"] <= MODEL_TOL and res["vs_onnxruntime"] <= MODEL_TOL, \
             (kind, res)
+    assert out["extreme_s8"]["vs_reference"] == 0.0, out
+    assert out["extreme_s8"]["vs_onnxruntime_steps"] <= 1, out
+
+
+def _depthwise_qdq(shape, k, stride, dilation, pads, zp) -> onnx.ModelProto:
+    """Q(x) -> one depthwise conv (int8 weights per channel, an int32 bias) -> Q -> DQ, int8
+    activations at zero point ``zp``."""
+    from onnx import helper as h
+    rng = np.random.default_rng(3)
+    ch = shape[1]
+    w = rng.integers(-128, 128, (ch, 1, k, k)).astype(np.int8)
+    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in (
+        ("s", np.float32(0.02)), ("z", np.int8(zp)), ("w", w),
+        ("ws", rng.uniform(0.5, 1.5, ch).astype(np.float32) / 256),
+        ("wz", np.zeros(ch, np.int8)), ("b", rng.normal(0, 1, ch).astype(np.float32)),
+        ("ys", np.float32(0.05)), ("yz", np.int8(-zp // 2)))]
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             h.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
+             h.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
+             h.make_node("Conv", ["xf", "wf", "b"], ["c"], group=ch, kernel_shape=[k, k],
+                         strides=[stride] * 2, dilations=[dilation] * 2, pads=pads),
+             h.make_node("QuantizeLinear", ["c", "ys", "yz"], ["yq"]),
+             h.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    g = h.make_graph(nodes, "dw", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                             list(shape))],
+                     [onnx.ValueInfoProto(name="y")], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 21)])
+    m.ir_version = 10
+    return m
+
+
+@pytest.mark.parametrize("shape,k,stride,dilation,pads,zp", [
+    ((1, 20, 9, 23), 5, 2, 1, [2, 1, 0, 2], 127),     # asymmetric pads, border rows both ends
+    ((1, 17, 4, 5), 3, 1, 2, [1, 2, 2, 1], 0),        # dilated, every row and column a border
+])
+def test_blocked_depthwise_reads_the_unpadded_input(shape, k, stride, dilation, pads, zp):
+    """The blocked depthwise conv sums only the taps inside the image (no padded copy), its
+    accumulators starting from bias - zx * the valid taps' weights: bit-identical to the NCHW
+    int8 conv (which pads with the zero point), equal to the reference, within one output step
+    of onnxruntime. The int8 image enters the region as uint8 through ShiftBytes + ToNCHWc and
+    leaves it through FromNCHWc + ShiftBytes."""
+    proto = _depthwise_qdq(shape, k, stride, dilation, pads, zp)
+    from cnncc.passes import PassContext, run_pipeline
+    g = run_pipeline(cnncc.load_graph(proto), PassContext(machine=cnncc.host_target(1)))
+    assert [n.op for n in g.nodes] == ["QuantizeLinear", "ShiftBytes", "ToNCHWc", "QConvNCHWc",
+                                       "FromNCHWc", "ShiftBytes", "DequantizeLinear"]
+    x = np.random.default_rng(8).normal(0, 1.5, shape).astype(np.float32)
+    out = _check(proto, x)
+    assert out["blocked_vs_nchw"] == 0.0 and out["vs_reference"] == 0.0, out
+    assert out["vs_onnxruntime_steps"] <= 1, out

@@ -1,24 +1,28 @@
 """Depthwise quantized convs on blocked 8-bit activations (QConvNCHWc with one input channel
 per output channel; cnncc/passes/alter_layout_int8.py).
 
-The input [N, CB, H, W, c] bytes is read as bytes and widened to int32 in registers: per
-output row, a tile of R pixels x c channels (R int32 accumulator vectors, R from the Target's
-vector registers), each tap one weight vector of c channels multiplied into the R pixels'
-widened input vectors. The window's padding reads the input zero point zx from a zero-point
-padded copy (a contiguous row copy; none when the conv does not pad), and since
-sum (x - zx) w = sum x w - zx sum w the bias absorbs zx * sum w at compile time. The epilogue
-(conv_int8.py) requantizes each accumulator vector and stores the c bytes of a pixel at once.
+The input [N, CB, H, W, c] bytes is read in place (no padded copy) and widened to int32 in
+registers: per output row, a tile of R pixels x c channels (R int32 accumulator vectors, R from
+the Target's vector registers), each tap one weight vector of c channels multiplied into the R
+pixels' widened input vectors. Only the taps inside the image are summed: the rows whose
+window leaves the image (top and bottom) and the border columns (``row_tiles``) are tiles of
+their own with their valid taps unrolled. Since sum over the valid taps of (x - zx) w = sum x w
+- zx sum w, each tile's accumulators start from the bias minus zx x the sum of its valid taps'
+weights (a compile-time vector per combination of row and column taps): the pads contribute
+(zx - zx) w = 0, as ONNX defines. The epilogue (conv_int8.py) requantizes each accumulator
+vector and stores the c bytes of a pixel at once.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import Allocate, Buffer, Cast, Const, Expr, For, Kernel, Stmt, Store, Var, seq
+from cnncc.ir.loop import Allocate, Buffer, Cast, Cmp, Const, Expr, For, If, Kernel, Stmt, \
+    Store, Var, seq
 
 from .context import LowerCtx
 from .cpu_schedule import parallel_outer
-from .layout_nchwc import padded_blocked
+from .layout_nchwc import row_tiles, valid_taps
 
 I32 = DType.int32
 
@@ -35,44 +39,59 @@ def depthwise_blocked(ctx: LowerCtx, node: Node, wz: np.ndarray, bias: np.ndarra
     oshape = g.types[out].shape
     oh, ow = oshape[2:4]
     ch = wz.shape[0]
-    xp = padded_blocked(ctx, node.name, ctx.value(x, bname="x"), (win.begin(0), win.begin(1)),
-                        (win.end(0), win.end(1)), fill=x_zp)
+    xin = ctx.value(x, bname="x")
+    (sh, sw), (dh, dw) = win.strides, win.dilations
+    pt, pl = win.begin(0), win.begin(1)
+    w3 = wz.reshape((ch,) + ks).astype(np.int64)
 
     def blocked(v: np.ndarray, dtype) -> np.ndarray:
         """[C, ...] -> [CB, ..., c], the padding channels 0."""
         p = np.zeros((cb * c,) + v.shape[1:], dtype)
         p[:ch] = v
         return np.ascontiguousarray(np.moveaxis(p.reshape((cb, c) + v.shape[1:]), 1, -1))
-    wbuf = ctx.const(blocked(wz.reshape((ch,) + ks), np.int32), "w")
-    total = bias.astype(np.int64) - x_zp * wz.astype(np.int64).sum(axis=1)
-    bbuf = ctx.const(blocked(total, np.int32), "b")
+    wbuf = ctx.const(blocked(w3, np.int32), "w")
     mbuf = ctx.const(blocked(mult, np.float32), "m")
+    # The accumulators' start per (kh taps, kw taps) of a tile: bias - zx * sum of those taps.
+    taps = [tuple(valid_taps(h, ks[0], sh, dh, pt, o)) for o in range(oh)]
+    kinds = [(rows, cols) for rows in dict.fromkeys(taps) for cols in dict.fromkeys(
+        tuple(valid_taps(w, ks[1], sw, dw, pl, p)) for p in range(ow))]
+    starts = {kind: k for k, kind in enumerate(kinds)}
+    bbuf = ctx.const(np.stack([blocked(bias - x_zp * w3[:, list(rows)][:, :, list(cols)].sum(
+        axis=(1, 2)), np.int32) for rows, cols in kinds]), "b")
     ybuf = ctx.value(out, bname="y")
     zbuf = ctx.value(residual, bname="z") if residual else None
-    (sh, sw), (dh, dw) = win.strides, win.dilations
     n, b, r = Var("n"), Var("cb"), Var("r")
     r_tile = min(ow, max(1, ctx.vector_registers // 2))
 
-    def tile(ow0: Expr, rr: int, tag: str) -> Stmt:
+    def tile(rows: tuple, ow0: Expr, rr: int, cols: list[int], tag: str) -> Stmt:
+        """rr pixels of row r from column ow0, with the kh taps ``rows`` and kw taps ``cols``."""
         acc = Buffer(f"acc{tag}", I32, (rr, c), "local")
-        i, j, kh, kw = Var(f"i{tag}"), Var(f"j{tag}"), Var(f"kh{tag}"), Var(f"kw{tag}")
-        init = For(i, rr, For(j, c, Store(acc, (i, j), bbuf[b, j]), "vectorized"), "unrolled")
-        upd = [For(j, c, Store(acc, (k, j), acc[k, j] + Cast(I32, xp[
-            n, b, r * sh + kh * dh, (ow0 + k) * sw + kw * dw, j]) * wbuf[b, kh, kw, j]),
-            "vectorized") for k in range(rr)]
-        red = For(kh, ks[0], For(kw, ks[1], seq(*upd), "unrolled"), "unrolled")
+        i, j = Var(f"i{tag}"), Var(f"j{tag}")
+        first = starts[rows, tuple(cols)]
+        init = For(i, rr, For(j, c, Store(acc, (i, j), bbuf[first, b, j]), "vectorized"),
+                   "unrolled")
+        upd = [For(j, c, Store(acc, (k, j), acc[k, j] + Cast(I32, xin[
+            n, b, r * sh + (kh * dh - pt), (ow0 + k) * sw + (kw * dw - pl), j])
+            * wbuf[b, kh, kw, j]), "vectorized")
+            for kh in rows for kw in cols for k in range(rr)]
         e = Var(f"e{tag}")
         yi = (n, b, r, ow0 + e, j)
         epi = For(e, rr, For(j, c, Store(ybuf, yi, epilogue(
             acc[e, j], mbuf[b, j], zbuf[yi] if zbuf is not None else None)), "vectorized"),
             "unrolled")
-        return Allocate(acc, seq(init, red, epi))
+        return Allocate(acc, seq(init, *upd, epi))
 
-    full, rest = divmod(ow, r_tile)
-    t = Var("t")
-    body: Stmt = For(t, full, tile(t * r_tile, r_tile, ""))
-    if rest:
-        body = seq(body, tile(Const(ow - rest), rest, "t"))
-    k = Kernel(node.name, [ybuf, xp, wbuf, bbuf, mbuf] + ([zbuf] if zbuf is not None else []),
+    def row(rows: tuple, tag: str) -> Stmt:
+        """The statements of an output row whose window has the kh taps ``rows``."""
+        return seq(*row_tiles(lambda ow0, rr, cols, t: tile(rows, ow0, rr, cols, tag + t),
+                              Var(f"t{tag}"), w, ks[1], sw, dw, pl, ow, r_tile))
+    # Rows with every kh tap inside share one body; each border row gets its own branch.
+    border = [o for o in range(oh) if len(taps[o]) < ks[0]]
+    last = border.pop() if len(border) == oh else None
+    body: Stmt = row(taps[last], f"_r{last}") if last is not None else row(tuple(range(ks[0])),
+                                                                           "")
+    for o in reversed(border):
+        body = If(Cmp("eq", r, Const(o)), row(taps[o], f"_r{o}"), body)
+    k = Kernel(node.name, [ybuf, xin, wbuf, bbuf, mbuf] + ([zbuf] if zbuf is not None else []),
                For(n, nb, For(b, cb, For(r, oh, body))))
     ctx.emit(parallel_outer(k, ["n", "cb", "r"], ctx, int(np.prod(oshape)) * int(np.prod(ks))))

@@ -1,10 +1,11 @@
-"""QuantizeLinear and DequantizeLinear as elementwise kernels (the ops' reference semantics,
-ir/ops/quant.py): per-tensor or per-axis scales and zero points (constants or run-time
-values) are loads of small broadcast buffers.
+"""QuantizeLinear, DequantizeLinear and ShiftBytes as elementwise kernels (the ops' reference
+semantics, ir/ops/quant.py, ir/ops/quant_blocked.py): per-tensor or per-axis scales and zero
+points (constants or run-time values) are loads of small broadcast buffers.
 
 Quantize: round-half-even(x / scale) (llvm.roundeven), NaN -> 0, + zero point, clamped to the
 output type's range in float32 (every value of that range is exact in float32), converted.
 Dequantize: (int32(x) - int32(zero point)) converted to float32, times the scale.
+ShiftBytes: int32(x) + 128 (int8 -> uint8) or - 128 (uint8 -> int8), converted back to 8 bits.
 """
 from __future__ import annotations
 
@@ -60,4 +61,13 @@ def lower_dequantize(ctx: LowerCtx, node: Node) -> None:
     emit_map(ctx, node.name, node.outputs[0], inputs, dq, _param_shapes(ctx, node))
 
 
-QUANT_RULES = {"QuantizeLinear": lower_quantize, "DequantizeLinear": lower_dequantize}
+def lower_shift_bytes(ctx: LowerCtx, node: Node) -> None:
+    g = ctx.graph
+    out_dt = g.types[node.outputs[0]].dtype
+    shift = 128 if out_dt is DType.uint8 else -128
+    emit_map(ctx, node.name, node.outputs[0], [node.inputs[0]],
+             lambda x: Cast(out_dt, Cast(I32, x) + Const(shift, I32)))
+
+
+QUANT_RULES = {"QuantizeLinear": lower_quantize, "DequantizeLinear": lower_dequantize,
+               "ShiftBytes": lower_shift_bytes}

@@ -20,7 +20,17 @@ word (c / 4 words per pixel) without repacking (ir/ops/quant_blocked.py defines 
 Any other consumer of X (and a graph output X) reads FromNCHWc(Xb), made once, right before its
 first such consumer; a QConv reading a value that exists only in NCHW gets ToNCHWc(X), made
 once. So between quantized convs nothing is converted: the layout changes only at the edges of
-a region. Runs after alter_layout_nchwc (which leaves QConv and 8-bit values alone), for CPU
+a region.
+
+Inside a region every 8-bit activation is uint8: an int8 one (onnxruntime's default QDQ) is
+held as x + 128 with its zero point + 128 (ShiftBytes, ir/ops/quant_blocked.py). That is exact:
+the convs' sums of (x - zero point), their requantization (the output zero point + 128 added
+after rounding, the saturation range moved with it), the residual's (r - zero point), ReLU (max
+with the zero point) and the max pool (the max of shifted bytes is the shifted max) all give the
+same values + 128. So every kernel inside takes the plain u8 x s8 dot products, with no shift
+per loaded word; ShiftBytes runs only where int8 bytes enter a region (before its ToNCHWc) and
+leave it (after its FromNCHWc). A stem reading the int8 image in NCHW shifts it in the copy it
+packs anyway. Runs after alter_layout_nchwc (which leaves QConv and 8-bit values alone), for CPU
 targets (llvm, and reference for `cnncc verify`); GPU targets keep NCHW.
 """
 from __future__ import annotations
@@ -29,7 +39,8 @@ import numpy as np
 
 from cnncc.ir import DType, Graph, Node
 from cnncc.ir.ops import OP_TABLE
-from cnncc.ir.ops.quant_blocked import dot4_fits, shifted_zero_point, weights_minus_zero_point
+from cnncc.ir.ops.quant_blocked import (dot4_fits, shifted_zero_point, toggled_zero_point,
+                                        weights_minus_zero_point)
 from cnncc.ir.ops.registry import resolve_attrs
 
 from .alter_layout_nchwc import GPU_TARGETS, STEM_MAX_CHANNELS, BlockedRewriter
@@ -112,6 +123,35 @@ class _Rewriter(BlockedRewriter):
         self.emit("PoolNCHWc", [self.blocked[x]], dict(attrs, kind="MaxPool"), pool.name,
                   [self.blocked_out(last)], sources)
 
+    def to_blocked(self, v: str, source: str = "") -> str:
+        """The blocked twin of ``v``; an int8 ``v`` enters as uint8 (ShiftBytes first)."""
+        if v not in self.blocked and not source and self.g.types[v].dtype is DType.int8:
+            source = self.fresh(f"{v}_u8", self.values)
+            self.emit("ShiftBytes", [v], {}, self.fresh(f"{v}_to_u8", self.names), [source])
+        return super().to_blocked(v, source)
+
+    def need_nchw(self, v: str) -> None:
+        """As BlockedRewriter's; a value held shifted (uint8 for int8) leaves through
+        ShiftBytes after its FromNCHWc."""
+        if not v or v in self.available or self.types[self.blocked[v]].dtype is \
+                self.g.types[v].dtype:
+            return super().need_nchw(v)
+        u = self.fresh(f"{v}_u8", self.values)
+        self.emit("FromNCHWc", [self.blocked[v]], {"channels": self.g.types[v].shape[1]},
+                  self.fresh(f"{v}_from_nchwc", self.names), [u])
+        self.emit("ShiftBytes", [u], {}, self.fresh(f"{v}_to_s8", self.names), [v])
+
+    def move_zero_points(self, node: Node, ins: list[str]) -> None:
+        """Zero points follow their values: those of the input (0) and the residual (9) when
+        held shifted, and the int8 ones of the output and of the conv's own output before a
+        residual add (7, 13), since the output is held as uint8 too."""
+        def held_shifted(i: int) -> bool:
+            return len(ins) > i and bool(ins[i]) and \
+                self.types[ins[i]].dtype is not self.g.types[node.inputs[i]].dtype
+        for i, moved in ((2, held_shifted(0)), (7, True), (11, held_shifted(9)), (13, True)):
+            if moved and i < len(ins) and ins[i] and self.params[ins[i]].dtype == np.int8:
+                ins[i] = self.param(f"{ins[i]}_u8", toggled_zero_point(self.params[ins[i]]))
+
     def rewrite(self, node: Node) -> bool:
         chain = self.pools.get(id(node))
         if chain is not None and (id(chain[0]) in self.taken or (
@@ -137,6 +177,7 @@ class _Rewriter(BlockedRewriter):
             ins[0] = self.to_blocked(ins[0])
         if len(ins) > 9 and ins[9]:
             ins[9] = self.to_blocked(ins[9])
+        self.move_zero_points(node, ins)
         attrs = dict(node.attrs, block=self.block, in_layout=layout)
         self.emit("QConvNCHWc", ins, attrs, node.name, [self.blocked_out(node)], node.origin)
         return True

@@ -97,11 +97,12 @@ class BlockedRewriter(ABC):
         return name
 
     # ---- the two transforms ----------------------------------------------------------------
-    def to_blocked(self, v: str) -> str:
+    def to_blocked(self, v: str, source: str = "") -> str:
+        """v's blocked twin: ToNCHWc(source, else v), made once."""
         if v not in self.blocked:
             out = self.fresh(f"{v}_nchwc", self.values)
             name = self.fresh(f"{v}_to_nchwc", self.names)
-            self.emit("ToNCHWc", [v], {"block": self.block}, name, [out])
+            self.emit("ToNCHWc", [source or v], {"block": self.block}, name, [out])
             self.blocked[v] = out
         return self.blocked[v]
 

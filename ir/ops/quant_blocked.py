@@ -10,6 +10,12 @@ X is read in plain NCHW when in_layout = "NCHW" (a stem reading the quantized ne
 The residual R, when present, is blocked like the output. As for the float blocked ops, the
 padding lanes of the output are unspecified by the kernels (every consumer ignores them: a
 conv has zero weights for them, FromNCHWc drops them); the reference gives 0 there.
+
+    ShiftBytes(X)  =  X + 128 as uint8 (X int8), X - 128 as int8 (X uint8): the top bit of each
+                      byte flipped. A quantized value keeps its meaning when its zero point
+                      moves by the same 128, so inside a blocked region int8 activations are
+                      held as uint8 (zero point + 128) and converted by ShiftBytes at the
+                      region's edges only.
 """
 from __future__ import annotations
 
@@ -26,6 +32,17 @@ from .registry import OP_TABLE, Attr, OpContext, OpDef, register, run_reference
 def shifted_zero_point(x_dtype: DType, x_zp: int) -> int:
     """The input zero point once int8 inputs are shifted to uint8 (the dot4 kernels' bytes)."""
     return x_zp + (128 if x_dtype is DType.int8 else 0)
+
+
+def toggled_type(dtype: DType) -> DType:
+    """The 8-bit type ShiftBytes turns ``dtype`` into (int8 <-> uint8)."""
+    return DType.uint8 if dtype is DType.int8 else DType.int8
+
+
+def toggled_zero_point(zp: np.ndarray) -> np.ndarray:
+    """An 8-bit zero point (any shape) for the values ShiftBytes made of its tensor."""
+    shift = 128 if zp.dtype == np.int8 else -128
+    return (zp.astype(np.int32) + shift).astype(toggled_type(DType.from_numpy(zp.dtype)).np)
 
 
 def signed_zero_point(x_dtype: DType, x_zp: int) -> int:
@@ -106,3 +123,18 @@ register(OpDef("QConvNCHWc", infer=_infer, reference=_reference, inputs=(8, 14),
                attrs={**OP_TABLE["QConv"].attrs, "block": Attr("int"),
                       "in_layout": Attr("str", "NCHWc")},
                doc="QConv on NCHW{c}c 8-bit activations (internal op of alter_layout_int8)."))
+
+
+def _infer_shift(ctx: OpContext) -> list[TensorType]:
+    x = ctx.type(0)
+    ctx.check(x.dtype in QUANT_TYPES, f"X is {x.dtype}; expected uint8 or int8")
+    return [TensorType(toggled_type(x.dtype), x.shape)]
+
+
+def _shift_reference(ctx: OpContext, x):
+    return (x.view(np.uint8) ^ np.uint8(0x80)).view(toggled_type(DType.from_numpy(x.dtype)).np)
+
+
+register(OpDef("ShiftBytes", infer=_infer_shift, reference=_shift_reference,
+               doc="int8 x -> uint8 x + 128, uint8 x -> int8 x - 128 (internal op of "
+                   "alter_layout_int8: the edges of a blocked region holding int8 as uint8)."))

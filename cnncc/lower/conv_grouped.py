@@ -1,21 +1,20 @@
-"""CPU lowering of grouped ConvNCHWc with k channels a group (in and out) fewer than the lanes c
-of a block and dividing them (ResNeXt's 4 and 8, RegNet's 8 on AVX-512): a block-diagonal
-kernel.
+"""CPU lowering of grouped ConvNCHWc with 1 < k < c channels a group (in and out) dividing
+the block c (ResNeXt-50's 4 and 8, RegNet's 8 with AVX-512): a block-diagonal kernel.
 
-An output block of c lanes holds c / k whole groups, and reads the input block of the same
-index (ir/ops/layout.group_span: K = c). Output lane o needs input channel base(o) + d of the
-block for d in 0..k-1, base(o) = o // k * k: one constant lane permutation of the input
-block's vector (ir/loop.LanePermute; the lane o ^ d: permutes) times the weight vector of
-those channels. Per tap and pixel: one vector load, k - 1 permutes and
-k FMAs, where the dense kernel's zero-filled weights (conv_nchwc.py) take c broadcasts and c
-FMAs, c / k times the conv's FLOPs.
+An output block of c lanes holds c / k whole groups and reads the input block of the same
+index (ir/ops/layout.group_span: K = c). Output lane o needs the k input lanes of its group:
+for d in 0..k-1 the lane o ^ d (permutes), one constant lane permutation of the input
+block's vector (ir/loop.LanePermute: a shufflevector; d = 0 is the vector itself) times the
+weight vector of those channels (pack_block_diagonal). Per tap and pixel: one vector load,
+k - 1 permutes and k FMAs, where the dense kernel over zero-filled weights (conv_nchwc.py)
+takes c broadcasts and c FMAs, c / k times the conv's FLOPs.
 
 A register tile is TH x TW output pixels of one block (TH * TW accumulators, initialized with
-the bias), next to the k weight vectors of a tap; per tap (kh, kw) and offset d, a permute
-and an FMA per pixel. The epilogue adds the residual, applies the activation and stores one
-vector a pixel. The input is read in place when it has a large enough zero halo (halo.py),
-else from a zero-padded blocked copy. Padding channels (C not a multiple of c) get zero
-weights and bias.
+the bias) next to the k weight vectors of a tap; per tap (kh, kw), pixel by pixel: its input
+vector, its permutes and k FMAs. The epilogue adds the residual, applies the activation and
+stores one vector a pixel. The input is read in place when it has a large enough zero halo
+(halo.py), else from a zero-padded blocked copy. Padding channels (C not a multiple of c) get
+zero weights and bias.
 """
 from __future__ import annotations
 
@@ -63,8 +62,9 @@ def instructions_per_tap(k: int, lanes: int) -> tuple[int, int]:
     grouped conv with k channels a group: the dense kernel's c broadcasts and c FMAs (c =
     ``lanes``); the block-diagonal one's input load, k FMAs and k - 1 permutes, one shuffle
     each inside 128-bit lanes (o ^ d for d < 4) and two across them (the larger d). Both keep
-    their FMAs independent (one accumulator a pixel), so instructions bound them; measured
-    (Zen 5, AVX-512, one thread): k = 4 3.4x and k = 8 1.6x faster than the dense kernel."""
+    their FMAs independent (one accumulator a pixel), so instructions bound them. Measured (Zen
+    5, AVX-512, one thread, a conv alone): k = 4 3.4x and k = 8 1.6x faster than the dense
+    kernel (README: ResNeXt-50's and RegNetY-400MF's convs)."""
     sublane = min(SUBLANE_FLOATS, lanes)
     shuffles = sum(1 if d < sublane else 2 for d in range(1, k))
     return 2 * lanes, 1 + k + shuffles
@@ -116,7 +116,8 @@ def lower_block_diagonal(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.nda
     oc, k, kh_, kw_ = wv.shape
     nb, ocb, oh, ow = g.types[out].shape[:4]
     (sh, sw), (dh, dw) = win.strides, win.dilations
-    th, tw = pixel_tile(oh, ow, vector_regs(ctx) * ctx.lanes // c - 2 * k - PERMUTE_SPARE)
+    th, tw = pixel_tile(oh, ow, max(1, vector_regs(ctx) * ctx.lanes // c - 2 * k
+                                     - PERMUTE_SPARE))
     wbuf = ctx.const(pack_block_diagonal(wv, c), "w")
     bp = np.zeros(ocb * c, np.float32)
     bp[:oc] = bias

@@ -19,9 +19,9 @@ tap: the tile's input pixels of the block, act(x * P + Q) as vectors, into an L1
 broadcasts read (2 vector ops a pixel per c * VB FMAs; unpadded convs only).
 The stem (in_layout = "NCHW", few input channels) reads plain NCHW input: one "channel block"
 per input channel, with a block of one channel.
-Grouped convs with 1 < k < c channels a group dividing c run the block-diagonal kernel of
-conv_grouped.py (lane permutes) where block_diagonal_fits; other grouped convs (k channels
-a group in and out, k dividing c or a multiple of it: ResNeXt, RegNet) run the same kernel: an output block reads only the K = max(k, c) input channels of
+Grouped convs (k channels a group in and out, k dividing c or a multiple of it: ResNeXt,
+RegNet; 1 < k < c: conv_grouped.py's block-diagonal kernel where it is cheaper) run the same
+kernel: an output block reads only the K = max(k, c) input channels of
 its groups (ir/ops/layout.group_span), K / c input blocks from its groups' first, and its packed
 weights are those K channels with zeros across groups (a group of k < c channels does c / k
 times its FMAs, in vectors; the tile's VB blocks stay within one group).

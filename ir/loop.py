@@ -7,13 +7,17 @@ floats become constants (``a.eq(b)`` builds an equality test). Nodes compare and
 identity. Integer division by 0 acts as division by 1 (x / 0 = x, x % 0 = 0).
 min(a, b) = (b < a ? b : a), max(a, b) = (a < b ? b : a): a NaN in
 the first operand propagates (put the data operand first).
-Statements are For / Store / Seq / If / Let / Allocate / Prefetch (a cache hint). A Kernel has
-global Buffer parameters passed by pointer; local buffers come from Allocate.
+A LanePermute(a, lane, perm) is ``a`` at lane perm[lane] of the vectorized loop over ``lane``
+(one shufflevector in vector code; in scalar semantics ``a`` with ``lane`` replaced by
+perm[lane]). Statements are For / Store / Seq / If / Let / Allocate / Prefetch (a cache
+hint). A Kernel has global Buffer parameters passed by pointer; local buffers come from
+Allocate.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
+from numbers import Integral
 from typing import Union
 
 from .dtypes import DType
@@ -182,6 +186,31 @@ class Call(Expr):
     def __post_init__(self):
         assert self.fn in MATH_FNS, self.fn
         self.args = tuple(self.args)
+
+
+@dataclass(eq=False)
+class LanePermute(Expr):
+    """``a`` with the variable ``lane`` replaced by ``perm[lane]`` (lane must be in range): in a
+    vectorized loop over ``lane`` starting at 0, a constant shuffle of the lanes of ``a``'s
+    vector (lane i takes lane perm[i]; indices may repeat: a broadcast within sub-groups)."""
+    a: Expr
+    lane: Var
+    perm: tuple
+
+    def __post_init__(self):
+        if not isinstance(self.lane, Var) or self.lane.dtype.is_float:
+            raise TypeError(f"lane permute: the lane must be an integer variable, got "
+                            f"{self.lane!r}")
+        perm = tuple(self.perm)
+        if not perm:
+            raise IndexError(f"lane permute over {self.lane.name}: empty index list")
+        for i, p in enumerate(perm):
+            if isinstance(p, bool) or not isinstance(p, Integral) \
+                    or not 0 <= p < len(perm):
+                raise IndexError(f"lane permute over {self.lane.name}: index {p!r} at position "
+                                 f"{i} is not a lane in 0..{len(perm) - 1}")
+        self.perm = tuple(int(p) for p in perm)
+        self.dtype = self.a.dtype
 
 
 @dataclass(eq=False)

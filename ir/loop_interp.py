@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import CompileError
 from .loop import (DOT4_FNS, Allocate, And, Bin, Call, Cast, Cmp, Const, Expr, For, If, Kernel,
-                   Let, Load, Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
+                   LanePermute, Let, Load, Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
 from .loop_walk import INT_DIVISIONS, fold_int
 
 
@@ -134,6 +134,12 @@ class _Interp:
                 return e.dtype.np.type(_MATH[e.fn](*args))
         if isinstance(e, Load):
             return self.mem[e.buf.name][self._index(e.buf, e.indices, env)]
+        if isinstance(e, LanePermute):
+            lane = int(env[e.lane.name])
+            if not 0 <= lane < len(e.perm):
+                raise IndexError(f"lane permute over {e.lane.name}: lane {lane} outside "
+                                 f"0..{len(e.perm) - 1}")
+            return self.expr(e.a, {**env, e.lane.name: e.perm[lane]})
         raise TypeError(f"unknown expression {type(e).__name__}")
 
 

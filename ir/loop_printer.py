@@ -42,6 +42,8 @@ def format_expr(e: Expr) -> str:
         return f"{e.fn}({', '.join(format_expr(a) for a in e.args)})"
     if kind == "Load":
         return f"{e.buf.name}[{', '.join(format_expr(i) for i in e.indices)}]"
+    if kind == "LanePermute":
+        return f"permute({format_expr(e.a)}, {e.lane.name}, [{', '.join(map(str, e.perm))}])"
     raise TypeError(f"unknown expression {type(e).__name__}")
 
 

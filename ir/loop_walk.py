@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .loop import (BOOL, And, Allocate, Bin, Call, Cast, Cmp, Const, Expr, For, If, Let, Load, Not,
-                   Or, Prefetch, Select, Seq, Stmt, Store, Var)
+from .loop import (BOOL, And, Allocate, Bin, Call, Cast, Cmp, Const, Expr, For, If, LanePermute,
+                   Let, Load, Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
 
 
 # ---- generic traversal ---------------------------------------------------------------------------
@@ -36,7 +36,23 @@ def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
         return Call(e.fn, tuple(map_expr(a, fn) for a in e.args), e.dtype)
     if isinstance(e, Load):
         return Load(e.buf, tuple(map_expr(i, fn) for i in e.indices))
+    if isinstance(e, LanePermute):
+        lane = fn(e.lane)
+        if lane is not None and not isinstance(lane, Var):
+            raise TypeError(f"lane permute over {e.lane.name}: its lane variable can only be "
+                            f"renamed, not replaced by an expression")
+        return LanePermute(map_expr(e.a, fn), lane or e.lane, e.perm)
     raise TypeError(f"unknown expression {type(e).__name__}")
+
+
+def permute_scalar_form(e: LanePermute) -> Expr:
+    """``e`` without the permute: its operand with the lane variable replaced by a chain of
+    selects giving perm[lane] (for code that evaluates one lane at a time)."""
+    lane = e.lane
+    idx: Expr = Const(e.perm[-1], lane.dtype)
+    for i in range(len(e.perm) - 2, -1, -1):
+        idx = Select(Cmp("eq", lane, Const(i, lane.dtype)), Const(e.perm[i], lane.dtype), idx)
+    return substitute(e.a, {lane.name: idx})
 
 
 def map_stmt(s: Stmt, efn: Callable[[Expr], Expr]) -> Stmt:
@@ -92,6 +108,8 @@ def _children(e: Expr) -> tuple:
         return e.args
     if isinstance(e, Load):
         return e.indices
+    if isinstance(e, LanePermute):
+        return (e.a,)
     return ()
 
 

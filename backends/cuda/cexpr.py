@@ -12,8 +12,9 @@ import numpy as np
 
 from cnncc.ir import CompileError
 from cnncc.ir.dtypes import DType
-from cnncc.ir.loop import And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select, Var
-from cnncc.ir.loop_walk import fold_int
+from cnncc.ir.loop import (And, Bin, Call, Cast, Cmp, Const, Expr, LanePermute, Load, Not, Or,
+                          Select, Var)
+from cnncc.ir.loop_walk import fold_int, permute_scalar_form
 
 C_TYPES = {
     DType.float32: "float", DType.float64: "double", DType.int8: "signed char",
@@ -172,6 +173,8 @@ class ExprRenderer:
             return self._call(e), _PREC["primary"]
         if isinstance(e, Load):
             return self.access(e.buf, e.indices), _PREC["primary"]
+        if isinstance(e, LanePermute):      # a thread is one lane
+            return self.render(permute_scalar_form(e))
         raise self.error(f"unknown expression {type(e).__name__}")
 
     def _half_cast(self, e: Cast) -> str:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from cnncc.ir import CompileError, DType
-from cnncc.ir.loop import (DOT4_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, Load, Not, Or, Select,
-                        Var)
+from cnncc.ir.loop import (DOT4_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, LanePermute, Load,
+                          Not, Or, Select, Var)
+from cnncc.ir.loop_walk import permute_scalar_form
 from .indexing import IndexCache, fold_int_values, value_key
 from .int8_dot import emit_dot4, shift_to_u8
 from .vecmath import FUNCTIONS as VECMATH_FUNCTIONS, VecMath
@@ -234,7 +235,26 @@ class ExprEmitter:
             return self._cast(e)
         if isinstance(e, Call):
             return self._call(e)
+        if isinstance(e, LanePermute):
+            return self._permute(e)
         raise CompileError(f"internal error: cannot emit {type(e).__name__}")
+
+    def _permute(self, e: LanePermute):
+        """One shufflevector of the operand's vector when the permute is over the vectorized
+        loop's variable, lanes from 0 (as many as the permute has indices); otherwise (lanes
+        one at a time, a chunk from another lane, the lane reaching the operand through a let)
+        the scalar form: the operand with perm[lane] as selects."""
+        n = self.lanes
+        if (e.lane.name == self.vvar and not self.scalar_lane and len(e.perm) == n
+                and self.index.var_names(e.a).isdisjoint(self.vec_lets)):
+            base = self.env[e.lane.name][0]
+            if isinstance(base, ir.Constant) and base.constant == 0:
+                v, vec = self.ev(e.a)
+                if not vec:
+                    return v, False
+                mask = ir.Constant(ir.VectorType(I32, n), list(e.perm))
+                return self.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), mask), True
+        return self.ev(permute_scalar_form(e))
 
     def _fixup_max(self, e: Select):
         """ir/loop.nan_max(a, b) = Select(b != b, b, max(a, b)) on float32 vectors with

@@ -20,7 +20,8 @@ broadcasts read (2 vector ops a pixel per c * VB FMAs; unpadded convs only).
 The stem (in_layout = "NCHW", few input channels) reads plain NCHW input: one "channel block"
 per input channel, with a block of one channel.
 Grouped convs (k channels a group in and out, k dividing c or a multiple of it: ResNeXt,
-RegNet) run the same kernel: an output block reads only the K = max(k, c) input channels of
+RegNet; 1 < k < c: conv_grouped.py's block-diagonal kernel where it is cheaper) run the same
+kernel: an output block reads only the K = max(k, c) input channels of
 its groups (ir/ops/layout.group_span), K / c input blocks from its groups' first, and its packed
 weights are those K channels with zeros across groups (a group of k < c channels does c / k
 times its FMAs, in vectors; the tile's VB blocks stay within one group).
@@ -49,6 +50,7 @@ from cnncc.ir.schedule import Schedule
 
 from .context import LowerCtx, const_input, op_context, unsupported
 from .conv import Act, activation_expr, fused_parts
+from .conv_grouped import block_diagonal_fits, lower_block_diagonal
 from .cpu_schedule import parallel_contiguous, parallel_outer
 from .gathered_input import gathered_input, gathered_reduction, row_weights, source_buffers
 from .conv_nchwc_tiles import CI_UNROLL, LINE_BYTES, dense_tiling, vector_regs
@@ -85,6 +87,9 @@ def lower_conv_nchwc(ctx: LowerCtx, node: Node) -> None:
         raise unsupported(node, "an input scale or prologue on a grouped or depthwise conv")
     if octx["group"] > 1 and wv.shape[1] == 1 and octx["group"] == oc:
         return _depthwise(ctx, node, wv, bias, win, act, residual, c)
+    if block_diagonal_fits(ctx.lanes, c, wv.shape[1] * octx["group"], oc, octx["group"]) \
+            and gathered_input(g, x) is None:
+        return lower_block_diagonal(ctx, node, wv, bias, win, act, residual, c)
     _dense(ctx, node, wv, bias, win, act, residual, scale)
 
 

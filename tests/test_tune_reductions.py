@@ -79,7 +79,8 @@ def close(model, graph, ref) -> None:
 @pytest.mark.parametrize("opt", sorted(KINDS))
 def test_default_is_the_untuned_kernel_and_every_candidate_matches(compiled, opt):
     """Forcing each workload's first candidate gives the untuned code byte for byte (the cost
-    model's choice is the kernel as it was: compared with main's loop IR when this was made);
+    model's choice; the pools' is the kernel as it was before they were tunable, compared with
+    main's loop IR when this was made, gemm_rt's the register tile of a constant matrix);
     the other candidates of every workload give other code with the reference's outputs."""
     graph, ref, base, keys = compiled[opt]
     assert all(len(c) >= 2 for c in keys.values())

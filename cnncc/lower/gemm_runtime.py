@@ -1,14 +1,15 @@
 """Gemm whose B or C is a run-time value (or whose type is float64), and the register tiles of
 every float32 product with a run-time matrix (this Gemm and nn's batched MatMul).
 
-The cost model's choice (tile_schedules.gemm_rt_default) is the generic nest: a loop over the
-outputs accumulating alpha * A' B' in place, the columns vectorized in steps of one or two
-vectors (cpu_schedule.schedule_map), then + beta * C. A tuned GemmSchedule (a tunable workload
-"gemm_rt") makes register tiles of ROWS rows x VECTORS vectors of columns instead: per k,
+Float32 products on the CPU run in register tiles (a GemmSchedule: the cost model's
+tile_schedules.gemm_default, or a tuned one of the tunable workload "gemm_rt") of ROWS rows x
+VECTORS vectors of columns: per k,
 ROWS broadcasts of A and VECTORS loads of B's row k (read as it is: no packing, B changes every
 call), ROWS * VECTORS accumulators; the last columns and rows in narrower tiles; the batch,
-column-block and row-block loops fused into one parallel loop. Each output's
-sum runs over k in the same order either way (the same result)."""
+column-block and row-block loops fused into one parallel loop. Float64 and the GPU take the
+generic nest: a loop over the outputs accumulating alpha * A' B' in place, the columns
+vectorized (cpu_schedule.schedule_map), then + beta * C. Each output's sum runs over k in the
+same order in every schedule (the same result)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -22,20 +23,19 @@ from cnncc.ir.loop import (Allocate, Buffer, Const, Expr, F32, For, If, Kernel, 
 from .context import LowerCtx, op_context
 from .cpu_schedule import parallel_outer, schedule_map
 from .tile_schedules import (GemmSchedule, choose, gemm_fits, gemm_rt_candidates,
-                             gemm_rt_default, gemm_rt_workload)
+                             gemm_rt_workload)
 
 
 def runtime_tile(ctx: LowerCtx, node: Node, batch: tuple, m: int, n: int, k_dim: int,
                  trans: tuple[bool, bool], dt: DType) -> GemmSchedule | None:
-    """The tuned register tile of a product with a run-time matrix; None for the generic nest
-    (the cost model's choice, and the only one for float64 and the GPU)."""
+    """The register tile of a float32 product with a run-time matrix on the CPU (tuned or the
+    cost model's); None for the generic nest (float64, the GPU)."""
     if ctx.gpu or dt is not F32:
         return None
     lanes, regs = ctx.lanes, ctx.vector_registers
     key = gemm_rt_workload(ctx.target, batch, m, k_dim, n, *trans)
-    sched = choose(ctx, node.name, key, gemm_rt_candidates(m, n, lanes, regs),
-                   lambda s: gemm_fits(s, m, n, lanes, regs))
-    return None if sched == gemm_rt_default(n, lanes) else sched
+    return choose(ctx, node.name, key, gemm_rt_candidates(m, n, lanes, regs),
+                  lambda s: gemm_fits(s, m, n, lanes, regs))
 
 
 def emit_runtime_tiles(ctx: LowerCtx, name: str, params: list[Buffer], batch: tuple, m: int,

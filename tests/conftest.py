@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from cnncc.testing import RUN_FOLDER_ENV
-
 
 SUMMARY_MODULES = ("test_onnx_node",)
 
@@ -45,6 +43,9 @@ os.environ.setdefault("CNNCC_COMPILE_JOBS", "1")
 # tests/test_cache_models.py, tests/test_cache_kernels.py and `cnncc bench --compile` set it
 # themselves to test the model cache.
 os.environ.setdefault("CNNCC_CACHE_MIN_SECONDS", "inf")
+
+# Imported after the settings above: it imports numpy, which reads OPENBLAS_NUM_THREADS.
+from cnncc.testing import RUN_FOLDER_ENV  # noqa: E402
 
 
 _RUN_FOLDER: list[str] = []      # the run folder this process made (removed at its end)

@@ -1,6 +1,12 @@
 """Helpers for checking compiled results against the reference interpreter and onnxruntime."""
 from __future__ import annotations
 
+import fcntl
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
 import numpy as np
 
 from .ir import Graph, run_graph
@@ -61,3 +67,30 @@ def assert_graphs_equivalent(before: Graph, after: Graph, seed: int = 0,
         assert err <= max_rel_error, f"output '{name}': relative error {err:.3g}"
         worst = max(worst, err)
     return worst
+
+
+# A folder shared by the processes of one test run (tests/conftest.py makes it in the pytest
+# process and names it here; pytest-xdist workers inherit the variable).
+RUN_FOLDER_ENV = "CNNCC_TEST_RUN_DIR"
+
+
+def made_once_per_run(name: str, make: Callable[[], Any]) -> Any:
+    """``make()``, made by the first process of the test run that asks and pickled into the
+    run's folder for the others (they wait for it: a lock file); ``make()`` itself when no run
+    folder is set (a script). ``name`` is the file name: it must say everything the value
+    depends on."""
+    folder = os.environ.get(RUN_FOLDER_ENV)
+    if not folder:
+        return make()
+    path = Path(folder) / f"{name}.pickle"
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        value = make()
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+        return value

@@ -6,7 +6,6 @@ strings; an omitted optional input is the empty string "" (as in ONNX).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -77,7 +76,7 @@ class Graph:
 
     def copy(self) -> "Graph":
         """A deep copy of the structure; parameter arrays are shared (passes replace, never mutate)."""
-        return Graph(self.name, copy.deepcopy(self.nodes), list(self.inputs), list(self.outputs),
+        return Graph(self.name, [n.copy() for n in self.nodes], list(self.inputs), list(self.outputs),
                      dict(self.params), dict(self.types))
 
     # ---- queries ------------------------------------------------------------------------------

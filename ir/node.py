@@ -1,8 +1,13 @@
 """A node of the graph IR: an op applied to named values (see graph.py)."""
 from __future__ import annotations
 
+import copy
+import enum
 from dataclasses import dataclass, field
 from typing import Any
+
+# Attribute values shared (not copied) by Node.copy: immutable, as copy.deepcopy would share them.
+_IMMUTABLE = (str, int, float, complex, bytes, type(None), enum.Enum)
 
 
 @dataclass
@@ -22,5 +27,22 @@ class Node:
         """The imported nodes this node stands for: ``sources``, or its own name."""
         return self.sources or (self.name,)
 
+    def copy(self) -> "Node":
+        """A copy as independent as ``copy.deepcopy(node)`` (lists, dicts, arrays and subgraphs
+        in the attributes are copied; immutable values shared), without deepcopy's generic
+        walk: graph passes copy every node of the graph they rewrite."""
+        return Node(self.op, list(self.inputs), list(self.outputs),
+                    {k: _copy_attr(v) for k, v in self.attrs.items()}, self.name, self.sources)
+
     def __str__(self) -> str:
         return f"{self.name}: {', '.join(self.outputs)} = {self.op}({', '.join(self.inputs)})"
+
+
+def _copy_attr(value: Any) -> Any:
+    if isinstance(value, _IMMUTABLE):
+        return value
+    if isinstance(value, list):
+        return [_copy_attr(v) for v in value]
+    if isinstance(value, tuple) and all(isinstance(v, _IMMUTABLE) for v in value):
+        return value
+    return copy.deepcopy(value)

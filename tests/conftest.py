@@ -8,8 +8,10 @@ itself: the workers that ran them print nothing.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,30 @@ os.environ.setdefault("CNNCC_COMPILE_JOBS", "1")
 # tests/test_cache_models.py, tests/test_cache_kernels.py and `cnncc bench --compile` set it
 # themselves to test the model cache.
 os.environ.setdefault("CNNCC_CACHE_MIN_SECONDS", "inf")
+
+# Imported after the settings above: it imports numpy, which reads OPENBLAS_NUM_THREADS.
+from cnncc.testing import RUN_FOLDER_ENV  # noqa: E402
+
+
+_RUN_FOLDER: list[str] = []      # the run folder this process made (removed at its end)
+
+
+def pytest_configure(config):
+    """The run's shared folder (cnncc.testing.made_once_per_run), made by the pytest process
+    before pytest-xdist starts its workers, which inherit the variable naming it."""
+    if os.environ.get(RUN_FOLDER_ENV):
+        return
+    folder = tempfile.mkdtemp(prefix="cnncc-test-run-")
+    os.environ[RUN_FOLDER_ENV] = folder
+    _RUN_FOLDER.append(folder)
+
+
+def pytest_unconfigure(config):
+    for folder in _RUN_FOLDER:
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get(RUN_FOLDER_ENV) == folder:
+            del os.environ[RUN_FOLDER_ENV]
+    _RUN_FOLDER.clear()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -15,10 +15,10 @@ import pytest
 
 import cuda_kernels as ck
 from cnncc.backends.cuda import CudaKernel, CudaModule, KernelCall, render_module, render_program
-from cnncc.backends.cuda.build import (EMU_MODES, SANITIZER_EXIT, BuildError, EmuLibrary,
-                                       _emu_cmd, build_emu_executable, build_emu_library,
-                                       find_cxx, find_nvcc, harness_source, nvcc_check,
-                                       run_emu_executable)
+from cnncc.backends.cuda.build import (EMU_HEADER, EMU_MODES, SANITIZER_EXIT, BuildError,
+                                       EmuLibrary, _emu_cmd, build_emu_executable,
+                                       build_emu_library, find_cxx, find_nvcc, harness_source,
+                                       nvcc_check, precompiled_header, run_emu_executable)
 from cnncc.ir.dtypes import DType
 from cnncc.ir.loop import Buffer, For, Kernel, Store, Var
 from cnncc.ir.loop_interp import run_kernel
@@ -339,6 +339,22 @@ def test_sanitizer_builds_use_pthreads(tmp_path):
                           str(tmp_path / "k.cu"), str(tmp_path / "h.cpp")], check=True)
     outs, proc = _run_hand(tmp_path / "asan", mod, "mode")
     assert proc.returncode == 0 and outs["p"][0] == MODE_CODE["pthreads"], proc.stderr
+
+
+@needs_cxx
+def test_library_builds_read_the_precompiled_header(tmp_path):
+    """GCC reads the precompiled cuda_emu.h in a library build (-H marks a used one with "!";
+    -Winvalid-pch says why one is not used: an option differing between the two builds)."""
+    cmd = precompiled_header(_emu_cmd(find_cxx(), None) + ["-fPIC"], EMU_HEADER.read_text())
+    header = cmd[cmd.index("-include") + 1]
+    if header == str(EMU_HEADER):
+        pytest.skip(f"{find_cxx()} is not GCC: its builds parse the header")
+    (tmp_path / "k.cu").write_text('extern "C" int k() { return 1; }\n')
+    proc = subprocess.run(cmd + ["-Winvalid-pch", "-H", "-shared", "-o", str(tmp_path / "k.so"),
+                                 "-x", "c++", str(tmp_path / "k.cu")], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"! {header}.gch" in proc.stderr.splitlines()[0], proc.stderr[:500]
 
 
 def _mode_lib(source: str, emulation: str, workdir) -> EmuLibrary:

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import glob
 import sys
 from pathlib import Path
@@ -67,19 +68,27 @@ def test_light_models_present():
     assert len(LIGHT_MODELS) == 9, f"expected the 9 light models in {LIGHT_DIR}: {LIGHT_MODELS}"
 
 
+# A model's targets are collected one after the other: each of these is made once for them
+# (per test process), not once per target.
+@functools.lru_cache(maxsize=2)
+def light_case(name: str) -> tuple:
+    """(path, input name, input, shipped expected output, onnxruntime's output) of a light
+    model."""
+    path = str(LIGHT_DIR / f"light_{name}.onnx")
+    vi = runtime_input(onnx.load(path))
+    x = dummy_input(vi)
+    expected = numpy_helper.to_array(onnx.load_tensor(str(LIGHT_DIR / f"light_{name}_output_0.pb")))
+    return path, vi.name, x, expected, run_ort(path, {vi.name: x})[0]
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_model(name, target):
-    path = str(LIGHT_DIR / f"light_{name}.onnx")
-    model = onnx.load(path)
-    vi = runtime_input(model)
-    x = dummy_input(vi)
+    path, input_name, x, expected, ref = light_case(name)
     compiled = cnncc.compile(path, target=target)
-    got = compiled.run({vi.name: x})
-    expected = numpy_helper.to_array(onnx.load_tensor(str(LIGHT_DIR / f"light_{name}_output_0.pb")))
-    ref = run_ort(path, {vi.name: x})
+    got = compiled.run({input_name: x})
     out = got[compiled.output_names[0]]
-    assert rel_err(out, ref[0]) <= REL_TOL
+    assert rel_err(out, ref) <= REL_TOL
     assert rel_err(out, expected) <= REL_TOL
 
 
@@ -126,16 +135,23 @@ def randomize_weights(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
 RANDOM_WEIGHT_MODELS = [m for m in LIGHT_MODELS if m not in ("vgg19", "bvlc_alexnet", "zfnet512")]
 
 
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("name", RANDOM_WEIGHT_MODELS)
-def test_light_model_random_weights(name, target):
+@functools.lru_cache(maxsize=2)
+def random_weights_case(name: str) -> tuple:
+    """(model with random weights, input name, input, onnxruntime's output) of a light model
+    (see light_case)."""
     model = randomize_weights(onnx.load(str(LIGHT_DIR / f"light_{name}.onnx")), seed=7)
     vi = runtime_input(model)
     shape = tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
     x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    return model, vi.name, x, run_ort(model, {vi.name: x})[0]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", RANDOM_WEIGHT_MODELS)
+def test_light_model_random_weights(name, target):
+    model, input_name, x, ref = random_weights_case(name)
     compiled = cnncc.compile(model, target=target)
-    out = compiled.run({vi.name: x})[compiled.output_names[0]]
-    ref = run_ort(model, {vi.name: x})[0]
+    out = compiled.run({input_name: x})[compiled.output_names[0]]
     assert np.isfinite(ref).all()
     assert rel_err(out, ref) <= REL_TOL
 

@@ -30,6 +30,7 @@ from cnncc.frontend.opset import RENAMED_OPS
 from cnncc.frontend.validate import DEFAULT_DOMAINS, FRONTEND_OPS, MIN_OPSET
 from cnncc.ir import OP_TABLE, DType
 from cnncc.onnx_backend import CnnccBackend, CnnccBackendRep
+from cnncc.testing import made_once_per_run
 
 MIN_CASES = 1800
 ALL_TARGETS = ("reference", "llvm", "cuda-emu")
@@ -71,12 +72,19 @@ def target_exclusion(case, target: str) -> str | None:
     return None
 
 
-def _load_cases() -> list:
+def _generate_cases() -> list:
     from onnx.backend.test.loader import load_model_tests
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with np.errstate(all="ignore"):
             return load_model_tests(kind="node")
+
+
+def _load_cases() -> list:
+    """ONNX's node cases. onnx makes them by running its export functions (expected outputs from
+    its Python reference: ~4 CPU s), so one process of a test run makes them and the others (the
+    xdist workers, the summary in the controller) load its pickle."""
+    return made_once_per_run(f"onnx-{onnx.__version__}-node-cases", _generate_cases)
 
 
 CASES = _load_cases()

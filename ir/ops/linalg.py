@@ -7,9 +7,29 @@ from cnncc.ir.types import TensorType
 from .registry import Attr, OpContext, OpDef, broadcast_shapes, register
 
 
+# Elements of the right operand converted to float64 at a time (8 MB): see _product.
+_BLOCK = 1 << 20
+
+
 def _acc(x: np.ndarray) -> np.ndarray:
     """Accumulate float products in float64 so the oracle is more exact than the kernels."""
     return x.astype(np.float64) if x.dtype.kind == "f" else x
+
+
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (matmul semantics), float products accumulated in float64. A 2-D float ``b``
+    larger than _BLOCK (a dense layer's weights: VGG-19's first classifier layer has 103M) is
+    converted in blocks of rows, summing the blocks' products, instead of as one float64 copy
+    of the whole matrix on every call."""
+    if a.dtype.kind != "f" or b.ndim != 2 or b.size <= _BLOCK:
+        return np.matmul(_acc(a), _acc(b))
+    a64 = _acc(a)
+    rows = max(1, _BLOCK // b.shape[1])
+    out = None
+    for k in range(0, b.shape[0], rows):
+        part = np.matmul(a64[..., k:k + rows], b[k:k + rows].astype(np.float64))
+        out = part if out is None else out + part
+    return out
 
 
 def _infer_gemm(ctx: OpContext) -> list[TensorType]:
@@ -35,9 +55,8 @@ def _infer_gemm(ctx: OpContext) -> list[TensorType]:
 
 def _gemm(ctx: OpContext, a: np.ndarray, b: np.ndarray,
           c: np.ndarray | None = None) -> np.ndarray:
-    aa = _acc(a).T if ctx["transA"] else _acc(a)
-    bb = _acc(b).T if ctx["transB"] else _acc(b)
-    y = ctx["alpha"] * (aa @ bb) if ctx["alpha"] != 1.0 else aa @ bb
+    ab = _product(a.T if ctx["transA"] else a, b.T if ctx["transB"] else b)
+    y = ctx["alpha"] * ab if ctx["alpha"] != 1.0 else ab
     if c is not None:
         y = y + (ctx["beta"] * _acc(c) if ctx["beta"] != 1.0 else _acc(c))
     return np.asarray(y).astype(a.dtype)
@@ -63,5 +82,4 @@ def _infer_matmul(ctx: OpContext) -> list[TensorType]:
 
 
 register(OpDef("MatMul", infer=_infer_matmul, inputs=(2, 2),
-               reference=lambda ctx, a, b: np.asarray(np.matmul(_acc(a), _acc(b))).astype(
-                   a.dtype)))
+               reference=lambda ctx, a, b: np.asarray(_product(a, b)).astype(a.dtype)))

@@ -10,7 +10,8 @@ blocks of the pointwise tile: cnncc/lower/conv_dwpw.py ``DwpwSchedule``), the st
 depthwise convs and NCHWc max / average pools (R pixels per register tile: ``PixelSchedule``)
 and the dense layers, Gemm / MatMul with a constant matrix (rows x output vectors per register
 tile: ``GemmSchedule``), the global pools and NCHW pools (independent accumulator chains per
-tile: ``ChainSchedule``) and Gemm / MatMul with a run-time matrix (``GemmSchedule`` tiles; all in
+tile: ``ChainSchedule``), Gemm / MatMul with a run-time matrix (``GemmSchedule`` tiles) and the
+block-diagonal grouped convs (pixels per tile: ``PixelSchedule``; all in
 cnncc/lower/tile_schedules.py). The dense convs' candidates include the next-group weight
 prefetch placements (conv_nchwc_tiles.PREFETCH_PLACEMENTS).
 

@@ -24,7 +24,7 @@ from .cache import cache_root
 from .ir.target import Target
 from .lower.conv_dwpw import DwpwSchedule
 from .lower.conv_nchwc_tiles import DenseSchedule
-from .lower.tile_schedules import (DW_KIND, GEMM_KIND, GEMM_RT_KIND, GPOOL_KIND,
+from .lower.tile_schedules import (DW_KIND, GEMM_KIND, GEMM_RT_KIND, GPOOL_KIND, GROUPED_KIND,
                                    GPOOL_NCHWC_KIND, POOL_KIND, POOL_NCHW_KIND, ChainSchedule,
                                    GemmSchedule, PixelSchedule)
 
@@ -33,7 +33,8 @@ FORMAT = "cnncc-tuning-1"
 SCHEDULE_KINDS = {"conv_nchwc": DenseSchedule, "conv_dwpw": DwpwSchedule,
                   DW_KIND: PixelSchedule, POOL_KIND: PixelSchedule, GEMM_KIND: GemmSchedule,
                   GPOOL_NCHWC_KIND: ChainSchedule, GPOOL_KIND: ChainSchedule,
-                  POOL_NCHW_KIND: ChainSchedule, GEMM_RT_KIND: GemmSchedule}
+                  POOL_NCHW_KIND: ChainSchedule, GEMM_RT_KIND: GemmSchedule,
+                  GROUPED_KIND: PixelSchedule}
 
 
 def kind_of(key: str) -> str:

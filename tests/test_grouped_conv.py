@@ -27,6 +27,7 @@ from cnncc.ir.loop_walk import permute_scalar_form, substitute, walk_exprs, stmt
 from cnncc.lower import conv_nchwc
 from cnncc.lower.conv_grouped import block_diagonal_fits, instructions_per_tap, permutes
 from cnncc.lower.program import lower_graph
+from cnncc.lower.tile_schedules import GROUPED_KIND, PixelSchedule
 from cnncc.passes import PassContext, run_pipeline
 
 F32 = DType.float32
@@ -242,3 +243,23 @@ def test_which_convs_take_the_block_diagonal_kernel(monkeypatch):
         w = next(b for b in after[name].params if b.name.startswith("w"))
         assert w.shape[-2:] == (k, LANES)             # k weight vectors a tap, not c
         assert _permute_count(after[name]) % (k - 1) == 0
+
+
+def test_block_diagonal_tiles_are_tunable_workloads(expected):
+    """Each block-diagonal conv is a tunable workload (tile_schedules.GROUPED_KIND: at most R
+    pixels a tile); every candidate tile gives the reference's outputs, a forced candidate is
+    reported as tuned, and one that does not fit the registers is ignored (the cost model's)."""
+    base = cnncc.compile(_net(), cache=False, threads=1)
+    ctx = base.program.ctx
+    keys = {k: c for k, c in ctx.workloads.items() if k.startswith(GROUPED_KIND + "/")}
+    assert keys and all(isinstance(c[0], PixelSchedule) for c in keys.values())
+    assert all(len(c) >= 2 for c in keys.values())
+    for r in (1, max(len(c) for c in keys.values()) - 1):
+        sched = {k: c[min(r, len(c) - 1)] for k, c in keys.items()}
+        m = cnncc.compile(_net(), cache=False, threads=1, schedules=sched)
+        assert {m.program.ctx.workload_of[n] for n in m.program.ctx.tuned} == set(keys)
+        assert m.generated.key != base.generated.key
+        assert _rel_err(m(_input()), expected) <= RTOL
+    too_big = {k: PixelSchedule(c[0].r + 1) for k, c in keys.items()}
+    m = cnncc.compile(_net(), cache=False, threads=1, schedules=too_big)
+    assert not m.program.ctx.tuned and m.generated.key == base.generated.key

@@ -10,7 +10,7 @@ k - 1 permutes and k FMAs, where the dense kernel over zero-filled weights (conv
 takes c broadcasts and c FMAs, c / k times the conv's FLOPs.
 
 A register tile is TH x TW output pixels of one block (TH * TW accumulators, initialized with
-the bias) next to the k weight vectors of a tap; per tap (kh, kw), pixel by pixel: its input
+the bias; at most as many as the registers hold (tile_limit), or a tuned PixelSchedule's R) next to the k weight vectors of a tap; per tap (kh, kw), pixel by pixel: its input
 vector, its permutes and k FMAs. The epilogue adds the residual, applies the activation and
 stores one vector a pixel. The input is read in place when it has a large enough zero halo
 (halo.py), else from a zero-padded blocked copy. Padding channels (C not a multiple of c) get
@@ -30,6 +30,7 @@ from .conv_nchwc_tiles import vector_regs
 from .cpu_schedule import parallel_outer
 from .halo import blocked, zero_halo
 from .layout_nchwc import padded_blocked
+from .tile_schedules import GROUPED_KIND, PixelSchedule, choose, depthwise_workload
 
 # Vector registers a tile leaves besides its accumulators and the k weight vectors: k + this
 # (the input vector, its k - 1 permutes in flight, spares). Measured on Zen 5, AVX-512:
@@ -86,6 +87,30 @@ def pixel_tile(oh: int, ow: int, limit: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
+def tile_limit(ctx: LowerCtx, c: int, k: int) -> int:
+    """The most pixels of a tile: the registers (in c-channel blocks) less the tap's k weight
+    vectors, k for the input vector and its permutes, and PERMUTE_SPARE."""
+    return max(1, vector_regs(ctx) * ctx.lanes // c - 2 * k - PERMUTE_SPARE)
+
+
+def tile_schedule(ctx: LowerCtx, node: Node, win, wshape, oh: int, ow: int, c: int,
+                  k: int) -> tuple[int, int]:
+    """(TH, TW) of ``node``'s register tile: a tuned PixelSchedule of its workload (a tunable
+    kind, tile_schedules.GROUPED_KIND) or the cost model's, the most pixels (tile_limit). The
+    candidates: that, then the distinct tiles of 3/4, 1/2, 3/8 and 1/4 of it."""
+    top = tile_limit(ctx, c, k)
+    cands, tiles = [], set()
+    for num, den in ((1, 1), (3, 4), (1, 2), (3, 8), (1, 4)):
+        r = max(1, top * num // den)
+        if pixel_tile(oh, ow, r) not in tiles:
+            tiles.add(pixel_tile(oh, ow, r))
+            cands.append(PixelSchedule(r))
+    key = depthwise_workload(ctx.target, ctx.graph.types[node.inputs[0]].shape, wshape, win,
+                             GROUPED_KIND)
+    sched = choose(ctx, node.name, key, cands, lambda s: 1 <= s.r <= top)
+    return pixel_tile(oh, ow, sched.r)
+
+
 def permutes(k: int, c: int) -> list[tuple[int, ...]]:
     """The k lane permutations: permutation d gives lane o the lane o ^ d (k is a power of
     two, as c is, so o ^ d for d < k is a lane of o's group, and the k of them are its k
@@ -116,8 +141,7 @@ def lower_block_diagonal(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.nda
     oc, k, kh_, kw_ = wv.shape
     nb, ocb, oh, ow = g.types[out].shape[:4]
     (sh, sw), (dh, dw) = win.strides, win.dilations
-    th, tw = pixel_tile(oh, ow, max(1, vector_regs(ctx) * ctx.lanes // c - 2 * k
-                                     - PERMUTE_SPARE))
+    th, tw = tile_schedule(ctx, node, win, wv.shape, oh, ow, c, k)
     wbuf = ctx.const(pack_block_diagonal(wv, c), "w")
     bp = np.zeros(ocb * c, np.float32)
     bp[:oc] = bias

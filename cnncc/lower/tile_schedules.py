@@ -27,10 +27,13 @@ fit (a stale log, another machine's) is ignored and the cost model decides.
   output vectors of a row of an NCHW pool (nn.lower_pool). Cost model: one chain (the kernels
   as they were before they were tunable: accumulating in the output for the NCHWc global pool);
   the candidates are 2, 4, ... chains up to what the registers hold.
-- Gemm / MatMul with a run-time matrix (``GemmSchedule`` too, gemm_runtime.py): the cost
-  model's choice is the generic nest (one row, the columns in steps of one or two vectors,
-  accumulating in the output: cpu_schedule.schedule_map's split); the candidates are register
-  tiles of rows x vectors reading the run-time B as it is.
+- Gemm / MatMul with a run-time matrix (``GemmSchedule`` too, gemm_runtime.py): register
+  tiles of rows x vectors reading the run-time B as it is; the cost model's tile and the
+  candidates are a constant matrix's.
+- Block-diagonal grouped convs (``PixelSchedule``, conv_grouped.py): at most R output pixels
+  per register tile (TH x TW: conv_grouped.pixel_tile). Cost model: the most pixels the
+  registers hold next to the tap's k weight vectors and the permutes in flight; the
+  candidates are the distinct tiles of 3/4, 1/2, 3/8 and 1/4 of that.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from typing import Any, Callable
 
 FREE_REGISTERS = 4       # vector registers a tile leaves to its loads and broadcasts
 GEMM_MAX_VECTORS = 8     # output vectors a gemm tile may span (the tuner's range)
-DW_KIND, POOL_KIND, GEMM_KIND = "conv_dw", "pool_nchwc", "gemm"
+DW_KIND, POOL_KIND, GEMM_KIND, GROUPED_KIND = "conv_dw", "pool_nchwc", "gemm", "conv_grouped"
 # The reductions' and the run-time gemm's kinds: NCHWc global pools, NCHW global pools, NCHW
 # pools, Gemm / MatMul whose B is a run-time value.
 GPOOL_NCHWC_KIND, GPOOL_KIND, POOL_NCHW_KIND, GEMM_RT_KIND = (
@@ -118,10 +121,11 @@ def pixel_fits(s: PixelSchedule, width: int, regs: int, lanes: int, c: int) -> b
     return 1 <= s.r <= min(max(1, width), pixel_limit(regs, lanes, c))
 
 
-def depthwise_workload(target, xs, wshape, win) -> str:
-    """The tuning log's key of a depthwise NCHWc conv: the target's vectors and threads, the
-    blocked input shape, the weights' shape and the window (never the model or epilogue)."""
-    return (f"{DW_KIND}/{target.isa}/l{target.lanes}/t{target.threads}/x{dims(xs)}"
+def depthwise_workload(target, xs, wshape, win, kind: str = DW_KIND) -> str:
+    """The tuning log's key of a depthwise (or ``kind``: a block-diagonal grouped) NCHWc conv:
+    the target's vectors and threads, the blocked input shape, the weights' shape and the
+    window (never the model or epilogue)."""
+    return (f"{kind}/{target.isa}/l{target.lanes}/t{target.threads}/x{dims(xs)}"
             f"/w{dims(wshape)}/s{dims(win.strides)}/d{dims(win.dilations)}/p{dims(win.pads)}")
 
 

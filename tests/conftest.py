@@ -151,6 +151,14 @@ def _private_compile_cache(tmp_path_factory):
 SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 
 
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A test's own empty compile cache (and tuning logs): CNNCC_CACHE_DIR in its tmp_path."""
+    monkeypatch.setenv("CNNCC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CNNCC_CACHE", raising=False)
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="session")
 def shared_models(tmp_path_factory) -> Path:
     """../shared/models with their weights filled in (fill_weights.py), in a temp folder."""

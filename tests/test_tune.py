@@ -18,13 +18,6 @@ from cnncc.tune import format_report, tune, tuned_line
 pytestmark = pytest.mark.xdist_group("tune")     # one worker: they share a private cache
 
 
-@pytest.fixture
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNCC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("CNNCC_CACHE", raising=False)
-    return tmp_path / "cache"
-
-
 def outputs(model, graph):
     feeds = random_inputs(graph, 1)
     return model(*[feeds[n] for n in graph.inputs])

@@ -121,13 +121,6 @@ def test_stale_or_foreign_schedules_are_ignored(compiled):
             assert not m.program.ctx.tuned and m.generated.key == base.generated.key
 
 
-@pytest.fixture
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNCC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("CNNCC_CACHE", raising=False)
-    return tmp_path / "cache"
-
-
 def test_log_round_trip_and_damaged_entries(compiled, private_cache):
     """Logged winners of the new kinds are read back as their classes and used by
     cnncc.compile (opt 0: every new-kind kernel tuned; results the reference's); entries that

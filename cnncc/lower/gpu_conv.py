@@ -212,16 +212,33 @@ def _implicit_gemm(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.n
 
 def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarray, win,
                act: Act, out: str, residual: str | None = None) -> None:
+    chans = ctx.graph.types[x].shape[1]
+    ks = tuple(wv.shape[2:])
+
+    def epilogue(acc: Expr, c: Expr, z: Expr | None) -> Expr:
+        val = acc if z is None else acc + z
+        return val if act is None else act(val)
+
+    ctx.emit(depthwise_kernel(ctx, node.name, x, out, residual, win, ks,
+                              ctx.const(wv.reshape((chans,) + ks), "w"),
+                              ctx.const(bias, "bias"), [], F32, epilogue))
+
+
+def depthwise_kernel(ctx: LowerCtx, name: str, x: str, out: str, residual: str | None, win,
+                     ks: tuple, wbuf: Buffer, bbuf: Buffer, extra: list, acc_dtype: DType,
+                     epilogue: Callable, value: Callable | None = None,
+                     zero: Expr = Const(0.0, F32)) -> Kernel:
+    """A depthwise conv of ``x`` into ``out`` (float or int8): a block of threads per channel
+    and pixel range, each thread ``reps`` pixels (pixel_tiling), one accumulator of
+    ``acc_dtype`` per pixel starting at ``bbuf[c]``, summing window_load(..., value, zero) x
+    ``wbuf[c, taps]``; then out = epilogue(acc, c, the residual's value or None). ``extra``:
+    the epilogue's buffers (kernel parameters after the bias)."""
     g = ctx.graph
     xs = g.types[x].shape
-    osh = g.types[out].shape
     batch, chans, nd = xs[0], xs[1], len(xs) - 2
-    ks = tuple(wv.shape[2:])
-    osp = tuple(osh[2:])
+    osp = tuple(g.types[out].shape[2:])
     npix = int(np.prod(osp))
     reps, nt, tile = pixel_tiling(npix)
-    wbuf = ctx.const(wv.reshape((chans,) + ks), "w")
-    bbuf = ctx.const(bias, "bias")
     xb = ctx.value(x, bname="x")
     yb = ctx.value(out, (batch, chans, npix), "y")
     zb = ctx.value(residual, (batch, chans, npix), "z") if residual else None
@@ -229,7 +246,7 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
     tail = npix % tile != 0
     begin, low, high = window_bounds(win, osp, ks, xs[2:], tail)
     n, c, pb, tv = Var("n"), Var("c"), Var("pb"), Var("t")
-    acc = Buffer("acc", F32, (reps,), "local")
+    acc = Buffer("acc", acc_dtype, (reps,), "local")
     r0, r1, r2 = Var("r0"), Var("r1"), Var("r2")
     kv = [Var(f"k{d}") for d in range(nd)]
     nn = n if batch > 1 else Const(0)
@@ -239,7 +256,7 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
 
     o = unflatten(pix(r1), osp)
     pos = [tap(o[d], st[d], kv[d], dl[d], begin[d]) for d in range(nd)]
-    xv = window_load(xb, (nn, c), pos, xs[2:], low, high)
+    xv = window_load(xb, (nn, c), pos, xs[2:], low, high, value=value, zero=zero)
     # Pixel-outer order: one accumulator live at a time (the window's weights are the same
     # for every pixel of the block: uniform loads, cached).
     red: Stmt = Store(acc, (r1,), acc[r1] + xv * wbuf[(c,) + tuple(kv)])
@@ -247,9 +264,7 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
         red = For(kv[d], ks[d], red, "unrolled" if ks[d] <= 7 else "serial")
     red = For(r1, reps, red, "unrolled")
     yi = (nn, c, pix(r2))
-    val = acc[r2] if zb is None else acc[r2] + zb[yi]
-    val = val if act is None else act(val)
-    st_: Stmt = Store(yb, yi, val)
+    st_: Stmt = Store(yb, yi, epilogue(acc[r2], c, zb[yi] if zb is not None else None))
     if tail:
         st_ = If(pix(r2) < npix, st_)
     body: Stmt = For(tv, nt, Allocate(acc, seq(
@@ -258,4 +273,4 @@ def _depthwise(ctx: LowerCtx, node: Node, x: str, wv: np.ndarray, bias: np.ndarr
     body = For(c, chans, For(pb, cdiv(npix, tile), body, "gpu_block"), "gpu_block")
     if batch > 1:
         body = For(n, batch, body, "gpu_block")
-    ctx.emit(Kernel(node.name, [yb, xb, wbuf, bbuf] + ([zb] if zb is not None else []), body))
+    return Kernel(name, [yb, xb, wbuf, bbuf] + extra + ([zb] if zb is not None else []), body)

@@ -33,14 +33,14 @@ from __future__ import annotations
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (Allocate, And, Buffer, Call, Cast, Const, Expr, For, If, Kernel,
-                           Select, Stmt, Store, Var, seq)
+from cnncc.ir.loop import (And, Buffer, Call, Cast, Const, Expr, For, Kernel,
+                           Select, Stmt, Store, Var)
 from cnncc.ir.ops.quant_blocked import compensation, signed_zero_point
 
 from .context import LowerCtx
 from .conv_int8_dot import words
 from .conv_int8_parts import QConvParts, qconv_parts
-from .gpu_conv import pixel_tiling, tap, unflatten, window_bounds, window_load
+from .gpu_conv import depthwise_kernel, unflatten
 from .gpu_schedule import gpu_map
 from .gpu_tiles import cdiv, padded_k, plan, split_scratch, tiled_product
 
@@ -168,52 +168,15 @@ def _implicit_gemm(ctx: LowerCtx, node: Node, qp: QConvParts, xw: Buffer, wk: np
 
 
 def _depthwise(ctx: LowerCtx, node: Node, qp: QConvParts) -> None:
-    g = ctx.graph
-    xs, win = qp.xs, qp.win
-    osh = g.types[qp.out].shape
-    batch, chans, nd = xs[0], xs[1], len(xs) - 2
+    chans = qp.xs[1]
     ks = tuple(qp.wz.shape[2:])
-    osp = tuple(osh[2:])
-    npix = int(np.prod(osp))
-    reps, nt, tile = pixel_tiling(npix)
     wbuf = ctx.const(qp.wz.reshape((chans,) + ks).astype(np.int32), "w")
     bbuf = ctx.const(qp.bias.astype(np.int32), "bias")
     mbuf = ctx.const(qp.mult, "m")
-    xb = ctx.value(qp.x, bname="x")
-    yb = ctx.value(qp.out, (batch, chans, npix), "y")
-    zb = ctx.value(qp.residual, (batch, chans, npix), "z") if qp.residual else None
-    st, dl = win.strides, win.dilations
-    tail = npix % tile != 0
-    n, c, pb, tv = Var("n"), Var("c"), Var("pb"), Var("t")
-    acc = Buffer("acc", I32, (reps,), "local")
-    r0, r1, r2 = Var("r0"), Var("r1"), Var("r2")
-    kv = [Var(f"k{d}") for d in range(nd)]
-    nn = n if batch > 1 else Const(0)
-
-    def pix(r: Expr) -> Expr:
-        return pb * tile + tv + r * nt
-
-    o = unflatten(pix(r1), osp)
-    begin, low, high = window_bounds(win, osp, ks, xs[2:], tail)
-    pos = [tap(o[d], st[d], kv[d], dl[d], begin[d]) for d in range(nd)]
-    xv = window_load(xb, (nn, c), pos, xs[2:], low, high,
-                     value=lambda v: Cast(I32, v) - Const(qp.x_zp, I32), zero=Const(0, I32))
-    red: Stmt = Store(acc, (r1,), acc[r1] + xv * wbuf[(c,) + tuple(kv)])
-    for d in reversed(range(nd)):
-        red = For(kv[d], ks[d], red, "unrolled" if ks[d] <= 7 else "serial")
-    red = For(r1, reps, red, "unrolled")
-    yi = (nn, c, pix(r2))
-    st_: Stmt = Store(yb, yi, qp.epilogue(acc[r2], mbuf[c], zb[yi] if zb is not None else None))
-    if tail:
-        st_ = If(pix(r2) < npix, st_)
-    body: Stmt = For(tv, nt, Allocate(acc, seq(
-        For(r0, reps, Store(acc, (r0,), bbuf[c]), "unrolled"), red,
-        For(r2, reps, st_, "unrolled"))), "gpu_thread")
-    body = For(c, chans, For(pb, cdiv(npix, tile), body, "gpu_block"), "gpu_block")
-    if batch > 1:
-        body = For(n, batch, body, "gpu_block")
-    params = [yb, xb, wbuf, bbuf, mbuf] + ([zb] if zb is not None else [])
-    ctx.emit(Kernel(node.name, params, body))
+    ctx.emit(depthwise_kernel(
+        ctx, node.name, qp.x, qp.out, qp.residual, qp.win, ks, wbuf, bbuf, [mbuf], I32,
+        lambda acc, c, z: qp.epilogue(acc, mbuf[c], z),
+        value=lambda v: Cast(I32, v) - Const(qp.x_zp, I32), zero=Const(0, I32)))
 
 
 GPU_QCONV_RULES = {"QLinearConv": lower_qconv_gpu, "QConv": lower_qconv_gpu}

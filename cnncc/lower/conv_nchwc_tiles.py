@@ -204,21 +204,25 @@ def channel_split(cin: int) -> bool:
     return cin > CI_UNROLL and cin % CI_UNROLL == 0
 
 
+def step_bytes(cin: int, vb: int, c: int) -> int:
+    """Bytes of packed weights one reduction step of a VB-block tile reads: ``cin`` channels
+    of c * VB floats, in groups of CI_UNROLL channels when the channel loop is split."""
+    return cin * vb * c * 4 // (cin // CI_UNROLL if channel_split(cin) else 1)
+
+
 def placement_candidates(ocb: int, oh: int, ow: int, tile: tuple[int, int, int], cin: int,
                          c: int, unit_stride: bool, threads: int) -> list[DenseSchedule]:
     """``tile`` (the cost model's) with each prefetch placement other than ``placement_rule``'s,
     when the tile prefetches group-major (forced with several threads) and the placement
     changes its loops (burst and spread differ only with a split channel loop)."""
     vb, th, tw = tile
-    split = channel_split(cin)
-    step = cin * vb * c * 4 // (cin // CI_UNROLL if split else 1)   # bytes a reduction step
-    plan = prefetch_plan(ocb // vb, -(-oh // th) * -(-ow // tw), step)
+    plan = prefetch_plan(ocb // vb, -(-oh // th) * -(-ow // tw), step_bytes(cin, vb, c))
     if plan is None:
         return []
     rule = placement_rule(plan, unit_stride)
     order = False if threads > 1 else None
     return [DenseSchedule(vb, th, tw, order, p) for p in PREFETCH_PLACEMENTS
-            if p != rule and (split or p == "off")]
+            if p != rule and (channel_split(cin) or p == "off")]
 
 
 def placement_rule(plan: tuple[int, int], unit_stride: bool) -> str:
@@ -305,7 +309,7 @@ class DenseTiling:
         if self.pixel_major or self.prefetch == "off":
             return None
         return prefetch_plan(self.groups, -(-self.oh // self.th) * -(-self.ow // self.tw),
-                             self.packs[0][0].nbytes // self.steps)
+                             step_bytes(self.cin, self.vb, self.c))
 
     def placement(self, unit_stride: bool) -> str | None:
         """Where the prefetches go: "burst", "spread" (PREFETCH_PLACEMENTS; the same loops

@@ -298,7 +298,7 @@ def _generic_matmul(ctx: LowerCtx, node: Node, a: str, b: str, out: str, act) ->
         return bb[tuple(v if d != 1 else Const(0) for v, d in zip(bvs[nb - len(bsh) + 2:],
                                                                   bsh[:-2])) + (kk, nv)]
     sched = runtime_tile(ctx, node, batch, m, n_, k_dim, (False, False), yb.dtype)
-    if sched is not None:         # a tuned register tile (gemm_runtime.py)
+    if sched is not None:         # float32 on the CPU: register tiles (gemm_runtime.py)
         return emit_runtime_tiles(ctx, node.name, [yb, ab, bb], batch, m, n_, k_dim, sched,
                                   a_at, b_at, lambda _, i, j, s: s if act is None else act(s))
 

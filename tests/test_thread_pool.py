@@ -178,3 +178,41 @@ def test_worker_moves_off_the_callers_cpu():
     assert res["workers"] == 1, res
     assert res["after"] == [[c for c in res["allowed"] if c != res["cpu"]]], res
     assert res["diff"] == 0.0, res
+
+
+def test_sleeping_worker_is_steered_off_the_callers_cpu_before_its_wake_up():
+    # A worker woken from its futex sleep was placed on the waker's (the caller's) CPU and waited
+    # there until the caller's time slice ended: a small model ran its first calls after an idle
+    # gap on one thread. The caller now narrows each sleeping worker's affinity to its start mask
+    # minus the caller's CPU before waking it, whether or not the worker gets to take a job.
+    res = _child("""
+        import json, os, time, numpy as np, cnncc
+        from cnncc.dsl import zoo
+        net = zoo.tiny_resnet()
+        m2 = cnncc.compile(net, threads=2, cache=False)
+        m1 = cnncc.compile(net, threads=1, cache=False)
+        x = np.random.default_rng(3).standard_normal(m2.input_shapes[0]).astype(np.float32)
+        want = m1(x)
+        allowed = sorted(os.sched_getaffinity(0))
+        before = set(os.listdir("/proc/self/task"))
+        m2(x)
+        workers = [int(t) for t in set(os.listdir("/proc/self/task")) - before]
+        seen, diff = [], 0.0
+        for k in range(8):
+            cpu = allowed[k % len(allowed)]
+            os.sched_setaffinity(0, {cpu})
+            for w in workers:
+                os.sched_setaffinity(w, set(allowed))
+            time.sleep(0.02)            # far past the 50 us spin: the worker sleeps
+            diff = max(diff, float(np.abs(m2(x) - want).max()))
+            seen.append([cpu, [sorted(os.sched_getaffinity(w)) for w in workers]])
+            os.sched_setaffinity(0, set(allowed))
+        print(json.dumps({"workers": len(workers), "allowed": allowed, "seen": seen,
+                          "diff": diff}))
+    """)
+    assert res["workers"] == 1, res
+    if len(res["allowed"]) < 2:
+        pytest.skip("one CPU: no other CPU to steer a worker to")
+    for cpu, masks in res["seen"]:
+        assert masks == [[c for c in res["allowed"] if c != cpu]], res
+    assert res["diff"] == 0.0, res

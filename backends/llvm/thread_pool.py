@@ -21,10 +21,16 @@ job alone (n = 1). After fork() the child starts its own workers. ``cnncc_pool_s
 the workers (an atexit hook of the JIT; a destructor of an exported library, which is linked
 ``-z nodelete`` with threads > 1: dlclose leaves it mapped, the destructor runs at exit).
 
-A worker that takes a job on the CPU the caller published (sched_getcpu, a few ns) moves itself
-to the other CPUs of the mask it started with (sched_setaffinity, only then): this VM's kernel
-placed a woken worker on the waker's CPU and left it there, so two threads ran at one thread's
-speed in about half of the processes (MobileNetV2 at 2 threads 3.0 ms instead of 1.7-1.9).
+This VM's kernel placed a woken worker on the waker's CPU and left it there, queued behind the
+caller until the caller's time slice ended: two threads ran at one thread's speed in about half
+of the processes (MobileNetV2 at 2 threads 3.0 ms instead of 1.7-1.9), and a small model called
+after an idle gap ran its first ~30 calls (~3 ms) on one thread (tiny_resnet 0.11 ms instead of
+0.065; seen in the scheduler's trace: the woken worker migrated to the caller's CPU and waited
+there). So the pool keeps its workers off the caller's CPU in two places: before waking sleepers
+the caller narrows each one's affinity to the CPUs it started with but the caller's own
+(cnncc_pool_steer: one sched_setaffinity per worker, only when some sleep), and a worker that
+takes a job on the CPU the caller published (sched_getcpu, a few ns) moves itself the same way
+(the caller may have moved onto it while it spun). Never a fixed core: each wake-up recomputes.
 
 Memory ordering: the caller stores open=0 then reads active; a worker increments active then
 reads open (both seq_cst), so either the worker sees the job closed or the caller waits for it;
@@ -44,6 +50,8 @@ SPIN_GLOBAL = "cnncc_pool_spin_ns"
 STARTED_GLOBAL = "cnncc_pool_started"
 
 _SYS_FUTEX = 202
+_SYS_GETTID = 186
+STEERED_WORKERS = 64    # workers 1..63 are steered off the caller's CPU before a wake-up
 _FUTEX_WAIT_PRIVATE = 128
 _FUTEX_WAKE_PRIVATE = 129
 _CLOCK_MONOTONIC = 1
@@ -62,6 +70,9 @@ _IR = r"""
 @cnncc_pool_ctx = internal global ptr null, align 8
 @cnncc_pool_team = internal global i32 0, align 4
 @cnncc_pool_caller_cpu = internal global i32 -1, align 4
+; Worker w's thread id and CPU mask at start (w < $steered; 0: not started or not steered).
+@cnncc_pool_tids = internal global [$steered x i32] zeroinitializer, align 64
+@cnncc_pool_masks = internal global [$steered x <16 x i64>] zeroinitializer, align 64
 @cnncc_pool_spin_ns = hidden global i64 $spin_ns, align 64
 @llvm.global_dtors = appending global [1 x { i32, ptr, ptr }] [{ i32, ptr, ptr } { i32 65535, ptr @cnncc_pool_shutdown, ptr null }]
 
@@ -100,9 +111,9 @@ entry:
   ret void
 }
 
-; Move the calling worker off CPU %cpu: allow it every CPU of %allowed (its mask at start, 1024
-; bits) but that one. Does nothing when that leaves no CPU or %cpu is out of the mask's range.
-define internal void @cnncc_pool_avoid(ptr %allowed, i32 %cpu) nounwind {
+; Move thread %tid (0: the calling one) off CPU %cpu: allow it every CPU of %allowed (its mask at
+; start, 1024 bits) but that one. Does nothing when that leaves no CPU or %cpu is out of range.
+define internal void @cnncc_pool_avoid(i32 %tid, ptr %allowed, i32 %cpu) nounwind {
 entry:
   %in_range = icmp ult i32 %cpu, 1024
   br i1 %in_range, label %mask, label %done
@@ -124,8 +135,41 @@ mask:
 
 move:
   store <16 x i64> %without, ptr %m, align 64
-  call i32 @sched_setaffinity(i32 0, i64 128, ptr %m)
+  call i32 @sched_setaffinity(i32 %tid, i64 128, ptr %m)
   br label %done
+
+done:
+  ret void
+}
+
+; Before waking sleeping workers: steer each one off the caller's CPU %cpu, so the wake-up places
+; it on another CPU instead of queueing it behind the caller.
+define internal void @cnncc_pool_steer(i32 %cpu) nounwind {
+entry:
+  %started = load atomic i32, ptr @cnncc_pool_started monotonic, align 4
+  %cap = icmp slt i32 %started, $steered
+  %last = select i1 %cap, i32 %started, i32 ${steered_last}
+  br label %loop
+
+loop:
+  %w = phi i32 [ 1, %entry ], [ %w1, %next ]
+  %more = icmp sle i32 %w, %last
+  br i1 %more, label %one, label %done
+
+one:
+  %tp = getelementptr [$steered x i32], ptr @cnncc_pool_tids, i32 0, i32 %w
+  %tid = load atomic i32, ptr %tp acquire, align 4
+  %known = icmp ne i32 %tid, 0
+  br i1 %known, label %move, label %next
+
+move:
+  %mp = getelementptr [$steered x <16 x i64>], ptr @cnncc_pool_masks, i32 0, i32 %w
+  call void @cnncc_pool_avoid(i32 %tid, ptr %mp, i32 %cpu)
+  br label %next
+
+next:
+  %w1 = add i32 %w, 1
+  br label %loop
 
 done:
   ret void
@@ -139,11 +183,25 @@ entry:
   %allowed = alloca <16 x i64>, align 64
   store <16 x i64> zeroinitializer, ptr %allowed, align 64
   call i32 @sched_getaffinity(i32 0, i64 128, ptr %allowed)
+  %steerable = icmp slt i32 %w, $steered
+  br i1 %steerable, label %register, label %ready
+
+register:
+  %mp = getelementptr [$steered x <16 x i64>], ptr @cnncc_pool_masks, i32 0, i32 %w
+  %mask0 = load <16 x i64>, ptr %allowed, align 64
+  store <16 x i64> %mask0, ptr %mp, align 64
+  %tid64 = call i64 (i64, ...) @syscall(i64 $gettid)
+  %tid = trunc i64 %tid64 to i32
+  %tp = getelementptr [$steered x i32], ptr @cnncc_pool_tids, i32 0, i32 %w
+  store atomic i32 %tid, ptr %tp release, align 4
+  br label %ready
+
+ready:
   %seen0 = load atomic i32, ptr @cnncc_pool_gen acquire, align 4
   br label %idle
 
 idle:
-  %seen = phi i32 [ %seen0, %entry ], [ %seen, %woke ], [ %now_gen, %leave ]
+  %seen = phi i32 [ %seen0, %ready ], [ %seen, %woke ], [ %now_gen, %leave ]
   %t0 = call i64 @cnncc_pool_now()
   %limit = load atomic i64, ptr @cnncc_pool_spin_ns monotonic, align 8
   br label %spin
@@ -205,7 +263,7 @@ run:
   br i1 %shared, label %move_off, label %call
 
 move_off:
-  call void @cnncc_pool_avoid(ptr %allowed, i32 %caller_cpu)
+  call void @cnncc_pool_avoid(i32 0, ptr %allowed, i32 %caller_cpu)
   br label %call
 
 call:
@@ -226,6 +284,7 @@ exit:
 ; In a forked child the workers do not exist: start afresh (the job state is the parent's).
 define internal void @cnncc_pool_after_fork() nounwind {
 entry:
+  store [$steered x i32] zeroinitializer, ptr @cnncc_pool_tids
   store i32 0, ptr @cnncc_pool_started
   store i32 0, ptr @cnncc_pool_live
   store i32 0, ptr @cnncc_pool_sleepers
@@ -322,6 +381,7 @@ publish:
   br i1 %wake, label %wake_them, label %work
 
 wake_them:
+  call void @cnncc_pool_steer(i32 %cpu)
   call void @cnncc_pool_wake_all()
   br label %work
 
@@ -386,4 +446,5 @@ def pool_ir(spin_ns: int = SPIN_NS_DEFAULT, library: bool = False) -> str:
     return Template(_IR).substitute(spin_ns=int(spin_ns), futex=_SYS_FUTEX, dso_arg=dso,
                                     dso_decl=decl,
                                     wake=_FUTEX_WAKE_PRIVATE, wait=_FUTEX_WAIT_PRIVATE,
-                                    clock=_CLOCK_MONOTONIC)
+                                    clock=_CLOCK_MONOTONIC, gettid=_SYS_GETTID,
+                                    steered=STEERED_WORKERS, steered_last=STEERED_WORKERS - 1)

@@ -53,6 +53,15 @@ TUNE_TILES = 8
 # lines before its channel loop, "spread" = a reduction step's lines inside it, "off" = none.
 # The cost model's choice is placement_rule; the tuner tries the others on the cost model's tile.
 PREFETCH_PLACEMENTS = ("burst", "spread", "off")
+# A stem (NCHW input: one channel a block) reduces over only C_in x taps steps (27 for a 3x3 RGB
+# stem) between stores, and its output (megabytes, written once) is not in any cache: each tile
+# ends in a burst of stores to lines the core must fetch first. A tile writes at most this many
+# cache lines (its VB x TH x TW pixel blocks of c floats). Measured, VGG-11's 3x3 stem on Zen 5
+# (AVX-512, 1 line a pixel block), in order / alone, % of FMA peak: 28 lines (the register
+# limit's 2x1x14) 82.6 / 86.6, 20 (2x1x10) 84.3 / 88.5, 16 (2x1x8) 86.9 / 91.9, 14 (2x1x7)
+# 89.1 / 93.6, 12 (2x1x6, 4x1x3) 88.8 / 94.2; AVX2 code's register limit (2x1x6 of 8-float
+# blocks) writes 6 lines and stays. Other convs reduce over >= 16 x taps steps a store.
+STEM_TILE_LINES = 12
 
 
 def vector_regs(ctx: LowerCtx) -> int:
@@ -81,10 +90,16 @@ def _tile_cost(ocb: int, oh: int, ow: int, vb: int, th: int, tw: int, k_step: fl
     return total
 
 
+def tile_lines(vb: int, th: int, tw: int, c: int) -> int:
+    """Cache lines a register tile's outputs cover (each row of TW pixel blocks of c floats)."""
+    return vb * th * -(-tw * c * 4 // LINE_BYTES)
+
+
 def _costed_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-                  l1_bytes: int, span_blocks: int = 0):
+                  l1_bytes: int, span_blocks: int = 0, max_lines: tuple[int, int] | None = None):
     """(cost, VB, TH, TW) of every register tile within the register limit, larger VB first;
-    for a grouped conv (``span_blocks`` input blocks a group) VB divides span_blocks."""
+    for a grouped conv (``span_blocks`` input blocks a group) VB divides span_blocks; with
+    ``max_lines`` (lines, c) only tiles writing at most that many lines (tile_lines)."""
     for vb in range(min(4, ocb), 0, -1):
         if span_blocks and span_blocks % vb:
             continue
@@ -94,20 +109,23 @@ def _costed_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps:
             for tw in range(1, min(ow, limit) + 1):
                 if vb * th * tw > limit:
                     break
+                if max_lines and tile_lines(vb, th, tw, max_lines[1]) > max_lines[0]:
+                    break
                 yield _tile_cost(ocb, oh, ow, vb, th, tw, k_step), vb, th, tw
 
 
 def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-              l1_bytes: int, span_blocks: int = 0) -> tuple[int, int, int]:
+              l1_bytes: int, span_blocks: int = 0,
+              max_lines: tuple[int, int] | None = None) -> tuple[int, int, int]:
     """(VB output-channel blocks, TH rows, TW columns) of the register tile minimizing
     ``_tile_cost`` within ``regs`` vector registers (of one block each): VB weights, two
     broadcasts and the accumulators; with VB >= 3 or a 1x1 conv, 8 registers are left out of
     the accumulators (measured: fuller tiles spilled or ran slower). ``block_bytes``: the
     packed weights of one output block; above ``l1_bytes`` (the target's L1) a tile streams
-    them from L2."""
+    them from L2. ``max_lines``: (lines, c) for a stem (STEM_TILE_LINES)."""
     best = None
     for cost, vb, th, tw in _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes,
-                                          span_blocks):
+                                          span_blocks, max_lines):
         if best is None or cost < best[0] * 0.99:     # ties: the larger VB
             best = (cost, vb, th, tw)
     assert best is not None
@@ -159,11 +177,13 @@ def tile_fits(sched: DenseSchedule, ocb: int, oh: int, ow: int, regs: int, taps:
 
 
 def ranked_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-                 l1_bytes: int, count: int, span_blocks: int = 0) -> list[tuple[int, int, int]]:
+                 l1_bytes: int, count: int, span_blocks: int = 0,
+                 max_lines: tuple[int, int] | None = None) -> list[tuple[int, int, int]]:
     """The ``count`` register tiles of lowest ``_tile_cost`` (best first): the tuner's
     candidates."""
     scored = [(cost, -vb, th, tw) for cost, vb, th, tw in
-              _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes, span_blocks)]
+              _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes, span_blocks,
+                            max_lines)]
     scored.sort()
     return [(-nvb, th, tw) for _, nvb, th, tw in scored[:count]]
 
@@ -346,11 +366,12 @@ def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
     target = ctx.target
     regs = vector_regs(ctx) * ctx.lanes // c
     block_bytes = icb * cin * kh * kw * c * 4
-    vb, th, tw = pick_tile(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes, sb)
+    lines = (STEM_TILE_LINES, c) if stem else None
+    vb, th, tw = pick_tile(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes, sb, lines)
     order = prefetch = None
     if key not in ctx.workloads:
         ranked = ranked_tiles(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes,
-                              TUNE_TILES, sb)
+                              TUNE_TILES, sb, lines)
         orders = (None, True, False) if target.threads > 1 else (None,)
         cands = [DenseSchedule(*t, o) for t in ranked for o in orders]
         cands[1:1] = placement_candidates(ocb, oh, ow, (vb, th, tw), cin, c,

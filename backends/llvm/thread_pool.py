@@ -28,7 +28,8 @@ after an idle gap ran its first ~30 calls (~3 ms) on one thread (tiny_resnet 0.1
 0.065; seen in the scheduler's trace: the woken worker migrated to the caller's CPU and waited
 there). So the pool keeps its workers off the caller's CPU in two places: before waking sleepers
 the caller narrows each one's affinity to the CPUs it started with but the caller's own
-(cnncc_pool_steer: one sched_setaffinity per worker, only when some sleep), and a worker that
+(cnncc_pool_steer: one sched_setaffinity per worker, only when some sleep and the caller's CPU is
+not the one the worker was last narrowed to leave out), and a worker that
 takes a job on the CPU the caller published (sched_getcpu, a few ns) moves itself the same way
 (the caller may have moved onto it while it spun). Never a fixed core: each wake-up recomputes.
 
@@ -73,6 +74,9 @@ _IR = r"""
 ; Worker w's thread id and CPU mask at start (w < $steered; 0: not started or not steered).
 @cnncc_pool_tids = internal global [$steered x i32] zeroinitializer, align 64
 @cnncc_pool_masks = internal global [$steered x <16 x i64>] zeroinitializer, align 64
+; The CPU + 1 that worker w's affinity was last narrowed to leave out (0: none): a caller on that
+; CPU need not steer it again (one syscall per worker only when the caller's CPU changed).
+@cnncc_pool_off = internal global [$steered x i32] zeroinitializer, align 64
 @cnncc_pool_spin_ns = hidden global i64 $spin_ns, align 64
 @llvm.global_dtors = appending global [1 x { i32, ptr, ptr }] [{ i32, ptr, ptr } { i32 65535, ptr @cnncc_pool_shutdown, ptr null }]
 
@@ -160,11 +164,19 @@ one:
   %tp = getelementptr [$steered x i32], ptr @cnncc_pool_tids, i32 0, i32 %w
   %tid = load atomic i32, ptr %tp acquire, align 4
   %known = icmp ne i32 %tid, 0
-  br i1 %known, label %move, label %next
+  br i1 %known, label %check, label %next
+
+check:
+  %op = getelementptr [$steered x i32], ptr @cnncc_pool_off, i32 0, i32 %w
+  %off = load atomic i32, ptr %op monotonic, align 4
+  %cpu1 = add i32 %cpu, 1
+  %done_before = icmp eq i32 %off, %cpu1
+  br i1 %done_before, label %next, label %move
 
 move:
   %mp = getelementptr [$steered x <16 x i64>], ptr @cnncc_pool_masks, i32 0, i32 %w
   call void @cnncc_pool_avoid(i32 %tid, ptr %mp, i32 %cpu)
+  store atomic i32 %cpu1, ptr %op monotonic, align 4
   br label %next
 
 next:
@@ -264,6 +276,12 @@ run:
 
 move_off:
   call void @cnncc_pool_avoid(i32 0, ptr %allowed, i32 %caller_cpu)
+  br i1 %steerable, label %note_off, label %call
+
+note_off:
+  %op = getelementptr [$steered x i32], ptr @cnncc_pool_off, i32 0, i32 %w
+  %caller_cpu1 = add i32 %caller_cpu, 1
+  store atomic i32 %caller_cpu1, ptr %op monotonic, align 4
   br label %call
 
 call:
@@ -285,6 +303,7 @@ exit:
 define internal void @cnncc_pool_after_fork() nounwind {
 entry:
   store [$steered x i32] zeroinitializer, ptr @cnncc_pool_tids
+  store [$steered x i32] zeroinitializer, ptr @cnncc_pool_off
   store i32 0, ptr @cnncc_pool_started
   store i32 0, ptr @cnncc_pool_live
   store i32 0, ptr @cnncc_pool_sleepers

@@ -333,7 +333,9 @@ def test_split_slices_are_read_in_place(features):
     g = _graph(_splits, shape=(1, 8, 7, 5))
     m = jit.host_target(1)
     out = run_pipeline(g, PassContext(opt_level=3, machine=m))
-    assert ops_of(out)["ChannelGather"] == 4 and ops_of(out)["Split"] == 0
+    # With 8-lane blocks channels 32-39 are a block of their own: no gather for them.
+    assert ops_of(out)["ChannelGather"] == (4 if m.lanes == 16 else 3), ops_of(out)
+    assert ops_of(out)["Split"] == 0
     kernels = {k.name for k, _ in lower_graph(out, m).ctx.kernels}
     gathers = {n.name for n in out.nodes if n.op == "ChannelGather" and n.name != "cat"}
     copied = {k for k in kernels if k.startswith(tuple(gathers))}

@@ -13,14 +13,23 @@ from cnncc.ir.schedule import Schedule
 
 from .gpu_schedule import gpu_map
 
-# Below this much work (elements, or multiply-adds for convs) a kernel runs on one thread. Chosen
-# for libgomp's fork/join (~2.4 us), kept for cnncc's pool (0.1-0.5 us more than a serial call)
-# on measurement: at 2 threads (Zen 5 VM, AVX-512, load 6-14 of other processes), thresholds of
-# 0, 2^11 and 2^13 instead of 2^15 left MobileNetV2 (1 of its 39 kernels changes), EfficientNet-B0
-# (76 -> 101 of 124 kernels forking) and ShuffleNetV2 (43 -> 129 of 129) within +-2% (fastest of
-# 200 interleaved calls); 2^17 made ShuffleNetV2 3.6% slower. A small kernel forked while the
-# other core is busy costs its caller ~0.25 us more than running alone.
-PARALLEL_MIN_WORK = 1 << 15
+# Below this much work per vector lane (elements, or multiply-adds for convs: a kernel's time
+# goes as its work over the lanes) a kernel runs on one thread. A fork costs more than the pool's
+# call (0.1-0.5 us): the other core must fetch what this one wrote and vice versa. Measured with
+# cnncc's pool at 2 threads (Zen 5 VM, AVX-512, 16 lanes; calls after an idle gap, 40 rounds
+# interleaved with onnxruntime, ratio cnncc/onnxruntime at 2^15 / 2^17 / 2^19 units): tiny_c3d
+# 0.984 / 0.955 / 0.885 (its 35k-element pads took 6-10 us forked, 1.4-2 alone), tiny_resnet
+# 0.814 / 0.758 / 0.778, tiny_unet 0.899 / 0.796 / 0.789, all_conv 0.924 / 0.909 / 0.902,
+# MobileNetV2 0.826 / 0.768 / 0.780, MobileNetV3-Small 0.651 / 0.600 / 0.599, SqueezeNet 0.918 /
+# 0.864 / 0.853, ShuffleNetV2 0.482 / 0.480 / 0.493, EfficientNet-B0 0.835 / 0.832 / 0.828: 2^17
+# (2^13 a lane) is at or near the best for every one. With libgomp, earlier, 2^17 had made
+# ShuffleNetV2 3.6% slower than 2^15.
+FORK_WORK_PER_LANE = 1 << 13
+
+
+def parallel_min_work(lanes: int) -> int:
+    """Work a kernel needs to run on several threads (2^17 units with 16 lanes, 2^16 with 8)."""
+    return FORK_WORK_PER_LANE * lanes
 
 
 def band(kernel: Kernel) -> list[str]:
@@ -60,7 +69,7 @@ def schedule_map(kernel: Kernel, ctx, work: int, vector_loop: str | None = None)
         s.vectorize(i)
         if not outer_loops:
             outer_loops = [o]
-    if threads > 1 and work >= PARALLEL_MIN_WORK and outer_loops:
+    if threads > 1 and work >= parallel_min_work(lanes) and outer_loops:
         s.parallel(fuse_band(s, outer_loops))
     return s.kernel
 
@@ -70,7 +79,7 @@ def parallel_outer(k: Kernel, names: list[str], ctx, work: int) -> Kernel:
     OpenMP threads on a CPU when ``work`` pays for it, the grid on a GPU."""
     if ctx.gpu:
         return gpu_map(k, names)
-    if ctx.threads <= 1 or work < PARALLEL_MIN_WORK:
+    if ctx.threads <= 1 or work < parallel_min_work(ctx.lanes):
         return k
     s = Schedule(k)
     s.parallel(fuse_band(s, names))
@@ -82,7 +91,7 @@ def parallel_contiguous(k: Kernel, names: list[str], ctx, work: int) -> Kernel:
     (split into ``threads`` parts, the parts run in parallel): for kernels whose task i
     prefetches what task i + 1 reads, which the dynamic schedule's small chunks would hand to
     the other core. On a GPU, or below the work threshold: ``parallel_outer``."""
-    if ctx.gpu or ctx.threads <= 1 or work < PARALLEL_MIN_WORK:
+    if ctx.gpu or ctx.threads <= 1 or work < parallel_min_work(ctx.lanes):
         return parallel_outer(k, names, ctx, work)
     s = Schedule(k)
     fused = fuse_band(s, names)

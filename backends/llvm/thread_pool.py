@@ -29,9 +29,9 @@ after an idle gap ran its first ~30 calls (~3 ms) on one thread (tiny_resnet 0.1
 there). So the pool keeps its workers off the caller's CPU in two places: before waking sleepers
 the caller narrows each one's affinity to the CPUs it started with but the caller's own
 (cnncc_pool_steer: one sched_setaffinity per worker, only when some sleep and the caller's CPU is
-not the one the worker was last narrowed to leave out), and a worker that
-takes a job on the CPU the caller published (sched_getcpu, a few ns) moves itself the same way
-(the caller may have moved onto it while it spun). Never a fixed core: each wake-up recomputes.
+not the one the worker was last narrowed to leave out), and a worker that takes a job on the CPU
+the caller published (sched_getcpu, a few ns) moves itself the same way (the caller may have
+moved onto it while it spun). Never a fixed core: the mask follows the caller's CPU.
 
 Memory ordering: the caller stores open=0 then reads active; a worker increments active then
 reads open (both seq_cst), so either the worker sees the job closed or the caller waits for it;

@@ -22,8 +22,10 @@ from .gpu_schedule import gpu_map
 # 0.814 / 0.758 / 0.778, tiny_unet 0.899 / 0.796 / 0.789, all_conv 0.924 / 0.909 / 0.902,
 # MobileNetV2 0.826 / 0.768 / 0.780, MobileNetV3-Small 0.651 / 0.600 / 0.599, SqueezeNet 0.918 /
 # 0.864 / 0.853, ShuffleNetV2 0.482 / 0.480 / 0.493, EfficientNet-B0 0.835 / 0.832 / 0.828: 2^17
-# (2^13 a lane) is at or near the best for every one. With libgomp, earlier, 2^17 had made
-# ShuffleNetV2 3.6% slower than 2^15.
+# (2^13 a lane) is at or near the best for every one. AVX2 code (8 lanes) at 2^15 / 2^16 /
+# 2^17, ms: tiny_c3d 0.359 / 0.341 / 0.376, tiny_unet 0.090 / 0.083 / 0.085, ShuffleNetV2 1.82 /
+# 1.69 / 1.72: 2^16 (2^13 a lane) again. With libgomp, earlier, 2^17 had made ShuffleNetV2 3.6%
+# slower than 2^15.
 FORK_WORK_PER_LANE = 1 << 13
 
 

@@ -60,6 +60,29 @@ def test_conv(nd, shape, oc, k, attrs):
     check(g)
 
 
+def test_nchw_conv_writes_rows_of_pixels():
+    """The NCHW conv's CPU kernel stores each output channel's pixels as one vector along the
+    pixels (through a local [channel, pixel] tile). Vectors over channels stored straight to NCHW
+    scattered every lane to its own channel plane; with planes 4 KiB apart (32x32 here, 224x224
+    in VGG) all those lines fell in one L1 set (VGG-11's stem at opt 0: 18.5 -> 2.8 ms)."""
+    from cnncc.backends.llvm import jit
+    from cnncc.ir.loop import For, Store
+    from cnncc.ir.loop_walk import free_vars, walk_stmts
+    from cnncc.lower.program import lower_graph
+    g, (x,) = graph((1, 3, 32, 32))
+    w = param(g, "w", (40, 3, 3, 3), 0.3)
+    y, = g.add_node("Conv", [x, w], {"pads": [1, 1, 1, 1]}, name="conv")
+    g.outputs = [y]
+    (k,) = [k for k, _ in lower_graph(g, jit.host_target(1)).ctx.kernels if k.name == "conv"]
+    stores = [(f.var.name, s) for f in walk_stmts(k.body) if isinstance(f, For)
+              and f.kind == "vectorized" for s in walk_stmts(f.body)
+              if isinstance(s, Store) and s.buf.name == "y"]
+    assert stores
+    for lane, s in stores:
+        assert lane in free_vars(s.indices[-1]) and lane not in free_vars(s.indices[1]), s
+    check(g)
+
+
 @pytest.mark.parametrize("act", ["Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish"])
 def test_conv_fused_activation(act):
     g, (x,) = graph((1, 4, 9, 9))

@@ -328,7 +328,8 @@ def quantize(model: Any, output: str | os.PathLike | None = None, calibration: A
              samples: int = 16, verbose: bool = True) -> tuple[Any, QuantizeReport]:
     """Quantize ``model`` (ONNX path/bytes/ModelProto, Graph or DSL net) to QDQ ONNX; write it
     to ``output`` when given. Returns (ModelProto, QuantizeReport). ``reduce_range``: 7-bit
-    weights, which AVX2 without VNNI multiplies with one instruction pair instead of two."""
+    weights, which AVX2 without VNNI multiplies with one vpmaddubsw pair a word instead of two
+    vpmaddwd."""
     from .driver import compile as compile_
     from .export_onnx import save_onnx, to_onnx
     if method not in METHODS:
@@ -378,7 +379,7 @@ def add_quantize_arguments(p: Any) -> None:
                    help="activation ranges: extremes seen, or mean 0.01/99.99 percentiles")
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights ([-63, 63]): one vpmaddubsw pair per 4 channels on AVX2 "
-                        "without VNNI instead of two (less precise)")
+                        "without VNNI, instead of two vpmaddwd (less precise)")
     p.add_argument("--samples", type=int, default=16,
                    help="random samples when no --calibration is given")
     p.add_argument("--threads", type=int, default=None)

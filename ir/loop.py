@@ -41,7 +41,13 @@ MATH_FNS = ("exp", "expm1", "log", "log1p", "erfc", "sqrt", "tanh", "erf", "abs"
 # wraps modulo 2^32 as the instruction does.
 DOT4_FNS = tuple(f"dot4_{a}s8{s}" for a in ("u8", "s8") for s in ("", "_vnni", "_avx2")) \
     + ("dot4_i8i8",)
-MATH_FNS = MATH_FNS + DOT4_FNS
+# dot2_u8s16_{even,odd}(acc, a, b), all int32: acc + uint8(a_j) * int16(b_lo) + uint8(a_j+2) *
+# int16(b_hi), j = 0 (even) or 1 (odd): two of a's bytes times b's two int16 halves (exact, as
+# vpmaddwd once a's bytes are widened to int16: 8-bit weights on CPUs without VNNI, where
+# vpmaddubsw's int16 pair sums could saturate). dot2_s8s16_*: a's bytes int8 shifted first.
+DOT2_FNS = tuple(f"dot2_{a}s16_{j}" for a in ("u8", "s8") for j in ("even", "odd"))
+BYTE_DOT_FNS = DOT4_FNS + DOT2_FNS
+MATH_FNS = MATH_FNS + BYTE_DOT_FNS
 
 
 I64 = DType.int64

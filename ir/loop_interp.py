@@ -8,8 +8,9 @@ import math
 import numpy as np
 
 from .errors import CompileError
-from .loop import (DOT4_FNS, Allocate, And, Bin, Call, Cast, Cmp, Const, Expr, For, If, Kernel,
-                   LanePermute, Let, Load, Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
+from .loop import (BYTE_DOT_FNS, DOT2_FNS, Allocate, And, Bin, Call, Cast, Cmp, Const, Expr,
+                   For, If, Kernel, LanePermute, Let, Load, Not, Or, Prefetch, Select, Seq, Stmt,
+                   Store, Var)
 from .loop_walk import INT_DIVISIONS, fold_int
 
 
@@ -116,13 +117,16 @@ class _Interp:
             return a if self.expr(e.cond, env) else b
         if isinstance(e, Cast):
             return e.dtype.np.type(self.expr(e.a, env))
-        if isinstance(e, Call) and e.fn in DOT4_FNS:
+        if isinstance(e, Call) and e.fn in BYTE_DOT_FNS:
             acc, a, b = (int(self.expr(x, env)) for x in e.args)
-            if e.fn.startswith("dot4_s8"):
+            if e.fn.startswith(("dot4_s8", "dot2_s8")):
                 a ^= 0x80808080
             ua = np.array([a & 0xFFFFFFFF], np.uint32).view(
                 np.int8 if e.fn == "dot4_i8i8" else np.uint8).astype(np.int64)
-            sb = np.array([b & 0xFFFFFFFF], np.uint32).view(np.int8).astype(np.int64)
+            sb = np.array([b & 0xFFFFFFFF], np.uint32).view(
+                np.int16 if e.fn in DOT2_FNS else np.int8).astype(np.int64)
+            if e.fn in DOT2_FNS:            # bytes 0, 2 (even) or 1, 3 (odd) of a
+                ua = ua[int(e.fn.endswith("odd"))::2]
             total = (acc + int((ua * sb).sum())) & 0xFFFFFFFF
             return np.int32(total - (1 << 32) if total >= 1 << 31 else total)
         if isinstance(e, Call):

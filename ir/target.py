@@ -60,6 +60,13 @@ class Target:
         return self.isa in ("avx512_vnni", "avx_vnni")
 
     @property
+    def vector_pipes(self) -> int:
+        """Vector ALU pipes of a core, two of which multiply integers (AMD Zen: FP0-3; Intel
+        cores: ports 0, 1, 5): the throughput model of the int8 dot paths divides by it
+        (cnncc/lower/conv_int8_dot.py)."""
+        return 4 if self.cpu.startswith("znver") or self.model_name.startswith("AMD") else 3
+
+    @property
     def vector_bytes(self) -> int:
         return self.lanes * 4
 

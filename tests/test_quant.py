@@ -21,12 +21,14 @@ import pytest
 from onnx import TensorProto as T, helper as h, numpy_helper as nh
 
 import cnncc
-from cnncc.ir.loop import DOT4_FNS
+from cnncc.ir.loop import DOT2_FNS, DOT4_FNS
 
 ort = pytest.importorskip("onnxruntime")
 quantization = pytest.importorskip("onnxruntime.quantization")
 
 AVX2 = "+avx2,+fma,+avx,+sse4.2,-avx512f"
+AVX512_NO_VNNI = "+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx2,+fma,+avx,+sse4.2," \
+    "-avx512vnni,-avxvnni"
 # Whole quantized nets: an activation one step off at a rounding tie (float conv sums in
 # another order, float32 requantization) moves later layers by a few steps (random zoo weights
 # amplify it: tiny_mobilenet's head differs from the reference in up to 14 steps at opt 0
@@ -262,6 +264,40 @@ def test_dot4_calls_match_the_interpreter_at_extreme_bytes(fn, splat):
         np.testing.assert_array_equal(got, want, err_msg=f"{lanes} lanes")
 
 
+@pytest.mark.parametrize("splat", [False, True], ids=["per_lane", "broadcast"])
+@pytest.mark.parametrize("fn", DOT2_FNS)
+def test_dot2_calls_match_the_interpreter_at_extreme_values(fn, splat):
+    """The int16 pair dots (vpmaddwd on 8 and 16 lanes, generic on the scalar remainder) against
+    the interpreter and numpy: a's bytes 0/255 (int8: -128/127, shifted by 128) with int16
+    halves of b at -32768/32767 and 0, per lane or one broadcast word."""
+    from cnncc.ir.loop_interp import run_kernel
+    t = cnncc.host_target(1)
+    if "avx2" not in t.flags:
+        pytest.skip(f"{fn} is lowered for AVX2 and AVX-512BW targets (this one: {t.isa})")
+    n = 37
+    signed = fn.startswith("dot2_s8")
+    rng = np.random.default_rng(1)
+    a = rng.integers(-128, 128, (n, 4)).astype(np.int8) if signed else \
+        rng.integers(0, 256, (n, 4)).astype(np.uint8)
+    w = rng.integers(-2**15, 2**15, (n, 2)).astype(np.int16)
+    a[:3] = 127 if signed else 255
+    a[3:5] = -128 if signed else 0
+    w[0], w[1], w[2], w[3], w[4] = -2**15, 2**15 - 1, [-2**15, 2**15 - 1], 0, 2**15 - 1
+    arrays = {"c": rng.integers(-2**24, 2**24, n).astype(np.int32),
+              "a": np.ascontiguousarray(a.view(np.int32)[:, 0]),
+              "w": w.view(np.int32)[:, 0].copy(), "y": np.zeros(n, np.int32)}
+    ua = a.astype(np.int64) + (128 if signed else 0)
+    ua = ua[:, int(fn.endswith("odd"))::2]               # bytes 0, 2 or 1, 3
+    want = arrays["c"] + ((ua[:1] if splat else ua) * w).sum(1)
+    k = _dot4_kernel(fn, n, splat)
+    interp = dict(arrays, y=np.zeros(n, np.int32))
+    run_kernel(k, interp)
+    np.testing.assert_array_equal(interp["y"], want)
+    for lanes in (8, 16) if t.lanes >= 16 and "avx512bw" in t.flags else (8,):
+        got = _compiled_in_child(k, lanes, arrays, 60.0)
+        np.testing.assert_array_equal(got, want, err_msg=f"{lanes} lanes")
+
+
 # ---- whole models quantized by onnxruntime --------------------------------------------------------
 
 def _float_model(path):
@@ -341,11 +377,42 @@ def test_fuse_quantized_makes_one_qconv_per_conv_chain(ort_quantized):
     assert g.types[residual[0].outputs[0]].dtype.np == np.uint8
 
 
-def test_int8_conv_on_avx2_matches_onnxruntime(ort_quantized):
-    """The same int8 kernels compiled for AVX2 (8 lanes, 16 registers) in a child process."""
-    env = dict(os.environ, CNNCC_FEATURES=AVX2, CNNCC_CACHE="0")
+def test_byte_dot_path_follows_the_target_and_the_weights():
+    """Without VNNI, weights whose vpmaddubsw pairs cannot saturate (7-bit) take one
+    vpmaddubsw call a word; 8-bit weights whose split would run on most words take the int16
+    pairs (vpmaddwd), on AVX2 and on AVX-512BW; VNNI takes vpdpbusd whatever the weights."""
+    from types import SimpleNamespace
+    from cnncc.ir.target import Target
+    from cnncc.lower.conv_int8_dot import dot_cycles, dot_plan, split_share
+    rng = np.random.default_rng(3)
+    seven = rng.integers(-63, 64, (32, 64, 3, 3))
+    eight = rng.integers(-128, 128, (32, 64, 3, 3))
+    bias = np.zeros(32, np.int64)
+
+    def plan(features: str, w: np.ndarray) -> str:
+        t = Target.from_features(features, cpu="znver4", threads=1)
+        return dot_plan(SimpleNamespace(target=t, gpu=False, lanes=t.lanes), w, 64, 32, bias, 3)
+    assert split_share(seven, 8) == 0.0 and split_share(eight, 8) > 0.9
+    assert plan(AVX2, seven) == "dot4_u8s8_avx2" and plan(AVX2, eight) == "dot2_u8s16"
+    assert plan(AVX512_NO_VNNI, seven) == plan(AVX512_NO_VNNI, eight) == "dot2_u8s16"
+    assert plan(AVX512_NO_VNNI + ",+avx512vnni", eight) == "dot4_u8s8_vnni"
+    # The crossover: the split path wins while few of its words run twice.
+    assert dot_cycles("dot4_u8s8_avx2", 2, 4, 0.1) < dot_cycles("dot2_u8s16", 2, 4) \
+        < dot_cycles("dot4_u8s8_avx2", 2, 4, 0.5)
+
+
+@pytest.mark.parametrize("features", [AVX2, AVX512_NO_VNNI], ids=["avx2", "avx512_no_vnni"])
+def test_int8_conv_without_vnni_matches_onnxruntime(ort_quantized, features):
+    """The same int8 kernels compiled for AVX2 (8 lanes, 16 registers: vpmaddubsw, or vpmaddwd
+    on int16 pairs for the 8-bit extreme weights) and for AVX-512 without VNNI (16 lanes,
+    vpmaddwd) in a child process."""
+    want_isa = "avx2" if features == AVX2 else "avx512"
+    if want_isa == "avx512" and "avx512bw" not in cnncc.host_target(1).flags:
+        pytest.skip(f"AVX-512BW code cannot run here ({cnncc.host_target(1).isa})")
+    env = dict(os.environ, CNNCC_FEATURES=features, CNNCC_CACHE="0")
     env.pop("CNNCC_CPU", None)
-    cases = {k: QCONV_CASES[k] for k in ("dense3x3_u8", "depthwise", "extreme_u8")}
+    cases = {k: QCONV_CASES[k] for k in ("dense3x3_u8", "depthwise", "extreme_u8",
+                                         "extreme_s8", "pointwise")}
     code = textwrap.dedent(f"""
         import json, sys, numpy as np, cnncc
         sys.path.insert(0, {os.path.dirname(__file__)!r})
@@ -365,7 +432,7 @@ def test_int8_conv_on_avx2_matches_onnxruntime(ort_quantized):
                          timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out.pop("isa") == "avx2"
+    assert out.pop("isa") == want_isa
     assert out.pop("model") < 0.1
     assert all(v <= 1 for v in out.values()), out
 

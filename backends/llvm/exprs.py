@@ -7,11 +7,11 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from cnncc.ir import CompileError, DType
-from cnncc.ir.loop import (DOT4_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, LanePermute, Load,
-                          Not, Or, Select, Var)
+from cnncc.ir.loop import (BYTE_DOT_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, LanePermute,
+                          Load, Not, Or, Select, Var)
 from cnncc.ir.loop_walk import permute_scalar_form
 from .indexing import IndexCache, fold_int_values, value_key
-from .int8_dot import emit_dot4, shift_to_u8
+from .int8_dot import emit_byte_dot, word_operand
 from .vecmath import FUNCTIONS as VECMATH_FUNCTIONS, VecMath
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -416,13 +416,13 @@ class ExprEmitter:
 
     def _call(self, e: Call):
         fn, x = e.fn, e.args[0]
-        if fn in DOT4_FNS:
+        if fn in BYTE_DOT_FNS:
             vals = [self.ev(a) for a in e.args]
-            fn, shifted = shift_to_u8(self.b, fn, vals[1][0])     # before a splat
+            fn, shifted = word_operand(self.b, fn, vals[1][0])     # before a splat
             vals[1] = (shifted, vals[1][1])
             vec = any(v for _, v in vals)
             args = [self.splat(v) if vec and not isv else v for v, isv in vals]
-            return emit_dot4(self.b, fn, *args), vec
+            return emit_byte_dot(self.b, fn, *args), vec
         if fn in VECMATH_FUNCTIONS and e.dtype is DType.float32:
             v, vec = self.ev(x)
             if not VECMATH_CALLS:

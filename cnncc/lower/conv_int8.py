@@ -26,7 +26,8 @@ from cnncc.ir.ops.quant_blocked import shifted_zero_point
 from .context import LowerCtx, op_context, unsupported
 from .conv import phases_for, tap_offsets, window_index
 from .conv_int8_depthwise import depthwise_blocked
-from .conv_int8_dot import blocked_words, dot_plan, dot_weights, pack_dot
+from .conv_int8_dot import (blocked_words, dot_plan, dot_registers, dot_weights, pack_dot,
+                            tile_vectors)
 from .conv_int8_parts import qconv_parts
 from .cpu_schedule import parallel_outer
 
@@ -95,7 +96,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
                           mult_oc, win, residual, epilogue, phases)
     lanes = ctx.lanes
     ks = wq.shape[2:]
-    vt = 2 * lanes if ocg >= 2 * lanes else lanes
+    vt = tile_vectors(ocg, lanes)
     ocb = -(-ocg // vt)
     dot = dot_plan(ctx, wz, icg, ocg, bias, zx)
     if block and dot is None:
@@ -123,7 +124,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         wp[:, :ocg] = wv.reshape(groups, ocg, taps)
         packed.append(wp.reshape(groups, ocb, vt, taps).transpose(0, 1, 3, 2))
     order = nhi = None
-    if len(packed) == 2:
+    if len(packed) == 2 and dot.endswith("_avx2"):
         # AVX2 pair split: per output vector block, the taps with a non-zero high part first
         # (two dot calls), then the others (one).
         need = (packed[1] != 0).any(axis=3)
@@ -163,10 +164,9 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     if dot is None:
         r_tile = min(npix, max(1, (regs - 4) // (vt // lanes)))
     else:
-        # A dot's input word is used by every weight vector, so it lives in a register:
-        # R * (vectors + 1) + the weight vectors (+ 2 for AVX2's ones and int16 pairs) fit.
-        spare = vt // lanes + (2 if dot.endswith("avx2") else 0)
-        r_tile = min(npix, max(1, (regs - spare) // (vt // lanes + 1)))
+        # A dot's input word is used by every weight vector, so it lives in a register.
+        per_row, spare = dot_registers(dot, vt // lanes)
+        r_tile = min(npix, max(1, (regs - spare) // per_row))
     n, gv, ob, pb = Var("n"), Var("g"), Var("ob"), Var("pb")
 
     def base(p: Expr) -> Expr:

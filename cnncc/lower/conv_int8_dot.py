@@ -7,12 +7,19 @@ padded scratch buffer [N, G * C4, H + pads, W + pads, 4] of bytes (C4 = ceil(C/G
 missing channels hold the zero point). Weights w' = w - w_zero_point must fit int8; they are
 packed [O, C4, k...] as words of 4 bytes (missing channels 0). Since sum (x - zx) w' =
 sum x w' - zx sum w', the bias absorbs zx * sum w' at compile time.
-AVX2 without VNNI: vpmaddubsw sums two u8 x s8 products into int16 with saturation; a pair
-of weights with |w0| + |w1| > 128 could saturate, so such pairs are split exactly as
-w' = lo + hi with lo = clip(w', -64, 64) and hi = w' - lo (pair_split) and a word with a
-non-zero high part gets two dot calls; the convs run those taps first, then the rest with one
-call (7-bit weights, e.g. models quantized with --reduce-range, never need the second).
-The instruction path comes from the Target (its VNNI level and lanes), never from the host.
+Without VNNI there are two exact paths; dot_plan picks the one of fewer cycles (dot_cycles):
+- split (AVX2): vpmaddubsw sums two u8 x s8 products into int16 with saturation; a pair of
+  weights with |w0| + |w1| > 128 could saturate, so such pairs are split exactly as w' = lo +
+  hi with lo = clip(w', -64, 64) and hi = w' - lo (pair_split) and a word with a non-zero high
+  part gets two dot calls; the convs run those taps first, then the rest with one call (7-bit
+  weights, e.g. models quantized with --reduce-range, never need the second). A word and
+  output vector: vpmaddubsw, vpmaddwd (both multiply), vpaddd; twice for a split one.
+- int16 pairs (AVX2, AVX-512BW): the weights packed as int16 pairs (channels 4q, 4q+2 and
+  4q+1, 4q+3: int16_words), the input word's bytes widened to int16 in registers (a vpand and
+  a vpsrlw a pixel, for all its output vectors); two vpmaddwd + two vpaddd a word and output
+  vector, whatever the weights.
+The instruction path comes from the Target (its VNNI level, lanes and pipes), never from the
+host.
 """
 from __future__ import annotations
 
@@ -31,20 +38,51 @@ from .layout_nchwc import padded_blocked
 I32, U8 = DType.int32, DType.uint8
 AVX2_SAFE = 64          # |w| <= 64: 2 * 255 * 64 < 2^15, vpmaddubsw cannot saturate
 AVX2_PAIR = 128         # |w0| + |w1| <= 128: 255 * 128 < 2^15, neither can the pair's sum
+MULTIPLY_PIPES = 2      # vector pipes that multiply integers, on every AVX2 core since Skylake/Zen
 
 
 def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int, bias: np.ndarray,
              zx: int) -> str | None:
-    """The dot4 function for this conv on ctx's Target, or None for the plain int32 path
-    (GPU, or weights the dot products cannot take: ir/ops/quant_blocked.dot4_fits)."""
+    """The byte dot for this conv on ctx's Target (a dot4 function, or "dot2_u8s16" for the
+    int16 pair calls), or None for the plain int32 path (GPU, or weights the dot products
+    cannot take: ir/ops/quant_blocked.dot4_fits)."""
     t = ctx.target
     if ctx.gpu or t is None or not dot4_fits(wz, icg, ocg, bias, zx):
         return None
     if t.vnni and ctx.lanes in (8, 16):
         return "dot4_u8s8_vnni"
     if "avx2" in t.flags and ctx.lanes == 8:
-        return "dot4_u8s8_avx2"
+        vectors = tile_vectors(ocg, ctx.lanes) // ctx.lanes
+        split = dot_cycles("dot4_u8s8_avx2", vectors, t.vector_pipes, split_share(wz, 8))
+        pairs = dot_cycles("dot2_u8s16", vectors, t.vector_pipes)
+        return "dot2_u8s16" if pairs < split else "dot4_u8s8_avx2"
+    if "avx512bw" in t.flags and ctx.lanes == 16:
+        return "dot2_u8s16"
     return "dot4_u8s8"
+
+
+def tile_vectors(channels: int, lanes: int) -> int:
+    """Output channels of an int8 register tile (conv and gemm): two vectors when there are
+    that many channels, else one."""
+    return 2 * lanes if channels >= 2 * lanes else lanes
+
+
+def dot_cycles(fn: str, vectors: int, pipes: int, split: float = 0.0) -> float:
+    """Cycles a word of input and output vector takes on a core with ``pipes`` vector pipes
+    (MULTIPLY_PIPES of them multiply), the larger of the multiply and the all-pipe bound:
+    ``split`` is the share of words the AVX2 split path runs twice (split_share). Measured on
+    Zen 5 as AVX2 code: ResNet-18/50 at 8-bit weights, split 1.30x/1.29x of float32, int16
+    pairs everywhere 1.57x/1.61x, 7-bit weights on one call 2.06x/2.08x."""
+    if fn.startswith("dot2_"):
+        multiply, total = 2.0, 4.0 + 2.0 / vectors
+    else:
+        multiply, total = 2.0 * (1 + split), 3.0 * (1 + split)
+    return max(multiply / MULTIPLY_PIPES, total / pipes)
+
+
+def signed_form(fn: str) -> str:
+    """The byte dot that reads int8 input bytes (shifted to uint8 in registers) for fn's."""
+    return fn.replace("dot4_u8s8", "dot4_s8s8").replace("dot2_u8s16", "dot2_s8s16")
 
 
 def words(w: np.ndarray) -> np.ndarray:
@@ -55,6 +93,18 @@ def words(w: np.ndarray) -> np.ndarray:
     padded[:, :c] = w
     moved = np.moveaxis(padded.reshape((o, c4, 4) + w.shape[2:]), 2, -1)
     return np.ascontiguousarray(moved).view(np.int32).reshape((o, c4) + w.shape[2:])
+
+
+def int16_words(w: np.ndarray, j: int) -> np.ndarray:
+    """[O, C, k...] int8 values -> [O, ceil(C/4), k...] int32 words holding channels 4q + j
+    (low half) and 4q + j + 2 (high half) as int16: what dot2_*_even (j = 0) / _odd (j = 1)
+    multiply with the input word's bytes j and j + 2."""
+    o, c = w.shape[:2]
+    c4 = -(-c // 4)
+    padded = np.zeros((o, c4 * 4) + w.shape[2:], np.int16)
+    padded[:, :c] = w
+    pairs = np.moveaxis(padded.reshape((o, c4, 4) + w.shape[2:]), 2, -1)[..., j::2]
+    return np.ascontiguousarray(pairs).view(np.int32).reshape((o, c4) + w.shape[2:])
 
 
 def pair_split(wz: np.ndarray) -> list[np.ndarray]:
@@ -74,18 +124,54 @@ def pair_split(wz: np.ndarray) -> list[np.ndarray]:
     return [lo[:, :c], (w - lo)[:, :c]]
 
 
-def dot_weights(wz: np.ndarray, zx: int, fn: str):
-    """(weight word arrays, per-channel compensation zx * sum w', the accumulator update): one
-    word array, or on AVX2 the two of pair_split (a word whose high part is zero across a
-    kernel's output vector needs one dot call: cnncc/lower/conv_int8.py orders its taps)."""
-    parts = pair_split(wz) if fn.endswith("_avx2") else [wz]
-    wps = [words(p.astype(np.int8)) for p in parts]
+def split_share(wz: np.ndarray, lanes: int) -> float:
+    """The share of (output vector of ``lanes`` channels, word, tap) whose pair_split high
+    part is non-zero in some lane: the words that take a second vpmaddubsw call."""
+    parts = pair_split(wz)
+    if len(parts) == 1:
+        return 0.0
+    hi = words(parts[1].astype(np.int8))
+    o = hi.shape[0]
+    padded = np.zeros((-(-o // lanes) * lanes,) + hi.shape[1:], np.int32)
+    padded[:o] = hi
+    return float((padded.reshape(-1, lanes, int(np.prod(hi.shape[1:]))) != 0).any(axis=1).mean())
 
+
+def dot_parts(wz: np.ndarray, fn: str) -> list[tuple[str, np.ndarray]]:
+    """The dot calls a word of the input takes, each with its weight words [O, C4, k...]:
+    one call, two on AVX2 when pair_split splits (a word whose high part is zero across a
+    kernel's output vector needs only the first: cnncc/lower/conv_int8.py orders its taps), or
+    the even and odd int16 pair calls."""
+    if fn.startswith("dot2_"):
+        return [(f"{fn}_{half}", int16_words(wz, j)) for j, half in enumerate(("even", "odd"))]
+    parts = pair_split(wz) if fn.endswith("_avx2") else [wz]
+    return [(fn, words(p.astype(np.int8))) for p in parts]
+
+
+def byte_dot_update(fns: list[str]):
+    """acc + the dot calls ``fns`` of one input word with their weight vectors (as many of
+    them as the weights given: the first ones)."""
     def update(acc: Expr, xv: Expr, ws: list) -> Expr:
-        for w in ws:
+        for fn, w in zip(fns, ws):
             acc = Call(fn, (acc, xv, w), I32)
         return acc
-    return wps, compensation(wz, zx), update
+    return update
+
+
+def dot_registers(fn: str, vectors: int) -> tuple[int, int]:
+    """(vector registers a row of a register tile holds, registers beside the rows) for a tile
+    of ``vectors`` accumulator vectors a row: the row's input word, the weight vectors, AVX2's
+    vector of ones and int16 pair sums; for the int16 pairs the weights' even and odd vectors,
+    one pixel's two widened halves and a product."""
+    if fn.startswith("dot2_"):      # the word's two halves made pixel by pixel
+        return vectors, 2 * vectors + 3
+    return vectors + 1, vectors + (2 if fn.endswith("_avx2") else 0)
+
+
+def dot_weights(wz: np.ndarray, zx: int, fn: str):
+    """(weight word arrays, per-channel compensation zx * sum w', the accumulator update)."""
+    parts = dot_parts(wz, fn)
+    return [w for _, w in parts], compensation(wz, zx), byte_dot_update([f for f, _ in parts])
 
 
 def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int) -> tuple:
@@ -115,7 +201,7 @@ def blocked_words(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, fn: str) ->
     xp = padded_blocked(ctx, node.name, xb, *pads, fill=shifted_zero_point(xb.dtype, x_zp),
                         to_uint8=signed)
     if signed and xp is xb:
-        fn = fn.replace("dot4_u8s8", "dot4_s8s8")
+        fn = signed_form(fn)
     view = Buffer("xw", I32, xp.shape[:-1] + (xp.shape[-1] // 4,))
     ctx.binding[id(view)] = ctx.binding[id(xp)]
     return view, fn

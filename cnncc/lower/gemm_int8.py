@@ -7,9 +7,9 @@ the padded windows, the pads holding the zero point, i.e. zero once it is subtra
 weights, a compile-time constant) minus its zero point is packed [G, NB, KW, VT]. Where every
 w' = w - w_zero_point fits int8 (and the target is a CPU), the rows are bytes of A shifted to
 uint8 (int8 A + 128), 4 per int32 word (KP = 4 * ceil(K / 4), the missing columns hold the
-shifted zero point and meet weight 0), and one ``dot4_u8s8*`` call (conv_int8_dot.dot_plan:
-vpdpbusd with VNNI, vpmaddubsw + vpmaddwd on AVX2 with weights beyond 7 bits split exactly)
-does 4 multiply-adds per lane; the bias absorbs zx * sum w' (zx the shifted zero point).
+shifted zero point and meet weight 0), and the byte dot calls of conv_int8_dot.dot_plan
+(vpdpbusd with VNNI; without it vpmaddubsw + vpmaddwd with weights beyond 7 bits split
+exactly, or vpmaddwd on int16 pairs) do 4 multiply-adds per lane; the bias absorbs zx * sum w' (zx the shifted zero point).
 Otherwise (uint8 weights, GPU) the rows hold int32 (a - a_zero_point) and the kernel multiplies
 int32s. Each task accumulates R rows x VT output columns in registers, the A word broadcast,
 then applies the epilogue (identity, or the QLinear requantization: round half to even of
@@ -30,7 +30,8 @@ from cnncc.ir.ops.quant import int_range
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context, unsupported
-from .conv_int8_dot import AVX2_SAFE, compensation, dot_plan, shifted_zero_point, words
+from .conv_int8_dot import (byte_dot_update, compensation, dot_parts, dot_plan, dot_registers,
+                            shifted_zero_point, tile_vectors)
 from .cpu_schedule import parallel_outer
 
 I32, U8 = DType.int32, DType.uint8
@@ -77,7 +78,7 @@ def int_gemm(ctx: LowerCtx, node: Node, rows: Rows, ap: Buffer, wz: np.ndarray,
     groups, k, n = wz.shape
     bt, ga, m = ap.shape[:3]
     lanes = ctx.lanes
-    vt = 2 * lanes if n >= 2 * lanes else lanes
+    vt = tile_vectors(n, lanes)
     nb = -(-n // vt)
     cols = np.moveaxis(wz, 2, 1).reshape(groups * n, k).astype(np.int64)   # one row per column
     bias_total = np.broadcast_to(bias, (groups, n)).astype(np.int64)
@@ -85,13 +86,14 @@ def int_gemm(ctx: LowerCtx, node: Node, rows: Rows, ap: Buffer, wz: np.ndarray,
         bias_total = bias_total - compensation(cols, rows.zx).reshape(groups, n)
         padded = np.zeros((groups * n, rows.kp), np.int64)
         padded[:, :k] = cols
-        parts = [padded]
-        if rows.dot == "dot4_u8s8_avx2" and np.abs(cols).max(initial=0) > AVX2_SAFE:
-            lo = np.clip(padded, -AVX2_SAFE, AVX2_SAFE)
-            parts = [lo, padded - lo]
-        wps = [words(p.astype(np.int8)[:, :, None]).reshape(groups, n, rows.kw) for p in parts]
+        parts = dot_parts(padded, rows.dot)
+        wps = [w.reshape(groups, n, rows.kw) for _, w in parts]
+        update = byte_dot_update([f for f, _ in parts])
     else:
         wps = [cols.astype(np.int32).reshape(groups, n, k)]
+
+        def update(acc: Expr, av: Expr, ws: list) -> Expr:
+            return acc + av * ws[0]
     if bias_total.min(initial=0) < -2**31 or bias_total.max(initial=0) >= 2**31:
         raise unsupported(node, "the bias leaves int32 once the zero points are folded in")
     wbufs = []
@@ -111,19 +113,11 @@ def int_gemm(ctx: LowerCtx, node: Node, rows: Rows, ap: Buffer, wz: np.ndarray,
     ctx.binding[id(aflat)] = ctx.binding[id(ap)]
     regs = ctx.vector_registers
     if rows.dot:      # the A word lives in a register beside each row's accumulators
-        spare = vt // lanes + (2 if rows.dot.endswith("avx2") else 0)
-        r_tile = min(m, max(1, (regs - spare) // (vt // lanes + 1)))
+        per_row, spare = dot_registers(rows.dot, vt // lanes)
+        r_tile = min(m, max(1, (regs - spare) // per_row))
     else:
         r_tile = min(m, max(1, (regs - 4) // (vt // lanes)))
     b, gv, jb, mb = Var("b"), Var("g"), Var("jb"), Var("mb")
-    fn = rows.dot
-
-    def update(acc: Expr, av: Expr, ws: list) -> Expr:
-        if fn is None:
-            return acc + av * ws[0]
-        for w in ws:
-            acc = Call(fn, (acc, av, w), I32)
-        return acc
 
     def tile(m0: Expr, rr: int, tag: str) -> Stmt:
         acc = Buffer(f"acc{tag}", I32, (rr, vt), "local")

@@ -122,10 +122,11 @@ class _Interp:
             if e.fn.startswith(("dot4_s8", "dot2_s8")):
                 a ^= 0x80808080
             ua = np.array([a & 0xFFFFFFFF], np.uint32).view(
-                np.int8 if e.fn == "dot4_i8i8" else np.uint8).astype(np.int64)
+                np.int8 if e.fn == "dot4_i8i8" else np.int16 if e.fn == "dot2_i16i16"
+                else np.uint8).astype(np.int64)
             sb = np.array([b & 0xFFFFFFFF], np.uint32).view(
                 np.int16 if e.fn in DOT2_FNS else np.int8).astype(np.int64)
-            if e.fn in DOT2_FNS:            # bytes 0, 2 (even) or 1, 3 (odd) of a
+            if e.fn in DOT2_FNS and e.fn != "dot2_i16i16":      # bytes 0, 2 or 1, 3 of a
                 ua = ua[int(e.fn.endswith("odd"))::2]
             total = (acc + int((ua * sb).sum())) & 0xFFFFFFFF
             return np.int32(total - (1 << 32) if total >= 1 << 31 else total)

@@ -268,8 +268,9 @@ def test_dot4_calls_match_the_interpreter_at_extreme_bytes(fn, splat):
 @pytest.mark.parametrize("fn", DOT2_FNS)
 def test_dot2_calls_match_the_interpreter_at_extreme_values(fn, splat):
     """The int16 pair dots (vpmaddwd on 8 and 16 lanes, generic on the scalar remainder) against
-    the interpreter and numpy: a's bytes 0/255 (int8: -128/127, shifted by 128) with int16
-    halves of b at -32768/32767 and 0, per lane or one broadcast word."""
+    the interpreter and numpy: a's bytes 0/255 (int8: -128/127, shifted by 128; dot2_i16i16:
+    a's int16 halves at -32768/32767) with int16 halves of b at -32768/32767 and 0, per lane
+    or one broadcast word."""
     from cnncc.ir.loop_interp import run_kernel
     t = cnncc.host_target(1)
     if "avx2" not in t.flags:
@@ -288,7 +289,14 @@ def test_dot2_calls_match_the_interpreter_at_extreme_values(fn, splat):
               "w": w.view(np.int32)[:, 0].copy(), "y": np.zeros(n, np.int32)}
     ua = a.astype(np.int64) + (128 if signed else 0)
     ua = ua[:, int(fn.endswith("odd"))::2]               # bytes 0, 2 or 1, 3
-    want = arrays["c"] + ((ua[:1] if splat else ua) * w).sum(1)
+    if fn == "dot2_i16i16":
+        a16 = rng.integers(-2**15, 2**15, (n, 2)).astype(np.int16)
+        a16[:3], a16[3:5] = 2**15 - 1, -2**15
+        arrays["a"] = np.ascontiguousarray(a16.view(np.int32)[:, 0])
+        ua = a16.astype(np.int64)
+    prod = (ua[:1] if splat else ua) * w
+    wrap = lambda v: (v + 2**31) % 2**32 - 2**31      # noqa: E731 (vpmaddwd wraps -2^15 * -2^15 x 2)
+    want = wrap(arrays["c"] + prod.sum(1)).astype(np.int32)
     k = _dot4_kernel(fn, n, splat)
     interp = dict(arrays, y=np.zeros(n, np.int32))
     run_kernel(k, interp)
@@ -396,9 +404,12 @@ def test_byte_dot_path_follows_the_target_and_the_weights():
     assert plan(AVX2, seven) == "dot4_u8s8_avx2" and plan(AVX2, eight) == "dot2_u8s16"
     assert plan(AVX512_NO_VNNI, seven) == plan(AVX512_NO_VNNI, eight) == "dot2_u8s16"
     assert plan(AVX512_NO_VNNI + ",+avx512vnni", eight) == "dot4_u8s8_vnni"
-    # The crossover: the split path wins while few of its words run twice.
+    # The crossover: the split path wins while few of its words run twice; against an input
+    # copied as int16 pairs (nothing to widen in the loop) sooner on 4 vector pipes than on 3.
     assert dot_cycles("dot4_u8s8_avx2", 2, 4, 0.1) < dot_cycles("dot2_u8s16", 2, 4) \
         < dot_cycles("dot4_u8s8_avx2", 2, 4, 0.5)
+    assert dot_cycles("dot2_i16i16", 2, 4) < dot_cycles("dot4_u8s8_avx2", 2, 4, 0.1)
+    assert dot_cycles("dot2_i16i16", 2, 3) > dot_cycles("dot4_u8s8_avx2", 2, 3, 0.1)
 
 
 @pytest.mark.parametrize("features", [AVX2, AVX512_NO_VNNI], ids=["avx2", "avx512_no_vnni"])

@@ -18,6 +18,7 @@ int32 lane, acc + sum of 4 uint8 x int8 byte products (dot4), or of 2 uint8 x in
                      LLVM would do it before the broadcast: 4 more vector instructions a word,
                      measured 0.67 of the kernel's speed); dot2_s8s16_* shift a's int8 bytes
                      first, on the scalar word
+    dot2_i16i16      the same vpmaddwd on a word of two int16 (inputs copied widened)
 
 The first two fall back to the generic form when the vector width does not fit them (the
 scalar remainder of a vectorized loop, say).
@@ -75,25 +76,27 @@ def emit_byte_dot(b: ir.IRBuilder, fn: str, acc: ir.Value, a: ir.Value,
         quads = b.call(maddwd, [pairs, ir.Constant(v16, [1] * 16)])
         return b.add(acc, quads)
     if fn.startswith("dot2_"):
-        return _int16_pairs(b, lanes, acc, a, w, fn.endswith("odd"))
+        return _int16_pairs(b, lanes, acc, a, w, fn[fn.rfind("_") + 1:])
     return _generic(b, lanes, acc, a, w, fn == "dot4_i8i8")
 
 
 def _int16_pairs(b: ir.IRBuilder, lanes: int, acc: ir.Value, a: ir.Value, w: ir.Value,
-                 odd: bool) -> ir.Value:
-    """acc + a's bytes 0, 2 (1, 3 if ``odd``) times w's int16 halves: the bytes widened as
-    int16 lanes (lshr 8, or and 0xFF), then vpmaddwd on 8 and 16 lanes, else products widened
-    to int32 and summed in pairs."""
+                 half: str) -> ir.Value:
+    """acc + a's int16 halves times w's: for ``half`` "even" / "odd" a's bytes 0, 2 / 1, 3
+    widened as int16 lanes first (and 0xFF, or lshr 8; "i16i16": a's halves as they are), then
+    vpmaddwd on 8 and 16 lanes, else products widened to int32 and summed in pairs."""
     halves = ir.VectorType(I16, 2 * lanes)
     a16 = b.bitcast(a, halves)
-    a16 = b.lshr(a16, ir.Constant(halves, [8] * 2 * lanes)) if odd else \
-        b.and_(a16, ir.Constant(halves, [0xFF] * 2 * lanes))
+    if half == "odd":
+        a16 = b.lshr(a16, ir.Constant(halves, [8] * 2 * lanes))
+    elif half == "even":
+        a16 = b.and_(a16, ir.Constant(halves, [0xFF] * 2 * lanes))
     if lanes in (8, 16):
         name = "llvm.x86.avx2.pmadd.wd" if lanes == 8 else "llvm.x86.avx512.pmaddw.d.512"
         maddwd = _declare(b.module, name, acc.type, [halves, halves])
         return b.add(acc, b.call(maddwd, [a16, b.bitcast(w, halves)]))
     wide = ir.VectorType(I32, 2 * lanes)
-    prod = b.mul(b.zext(a16, wide), b.sext(b.bitcast(w, halves), wide))
+    prod = b.mul(b.sext(a16, wide), b.sext(b.bitcast(w, halves), wide))
     return _pair_sums(b, lanes, acc, prod, 2)
 
 

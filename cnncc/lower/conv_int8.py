@@ -26,8 +26,8 @@ from cnncc.ir.ops.quant_blocked import shifted_zero_point
 from .context import LowerCtx, op_context, unsupported
 from .conv import phases_for, tap_offsets, window_index
 from .conv_int8_depthwise import depthwise_blocked
-from .conv_int8_dot import (blocked_words, dot_plan, dot_registers, dot_weights, pack_dot,
-                            tile_vectors)
+from .conv_int8_dot import (blocked_words, dot_plan, dot_registers, dot_weights, input_words,
+                            pack_dot, tile_vectors)
 from .conv_int8_parts import qconv_parts
 from .cpu_schedule import parallel_outer
 
@@ -98,7 +98,8 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     ks = wq.shape[2:]
     vt = tile_vectors(ocg, lanes)
     ocb = -(-ocg // vt)
-    dot = dot_plan(ctx, wz, icg, ocg, bias, zx)
+    pads = any(win.begin(d) or win.end(d) for d in range(nd))
+    dot = dot_plan(ctx, wz, icg, ocg, bias, zx, copied=in_blocked and pads)
     if block and dot is None:
         raise unsupported(node, "blocked quantized convs need the byte dot products")
     ws = 1                              # int32 words per pixel of the input view
@@ -115,8 +116,8 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         wps = [wz]
         comp = np.zeros(oc, np.int64)
 
-        def update(acc: Expr, xv: Expr, wv: list) -> Expr:
-            return acc + xv * wv[0]
+        def update(acc: Expr, word, wv: list) -> Expr:
+            return acc + word(0) * wv[0]
     taps = planes * int(np.prod(ks))
     packed = []
     for wv in wps:
@@ -144,9 +145,11 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     psp = xp.shape[2:2 + nd]
     pstride = [int(np.prod(psp[d + 1:])) * ws for d in range(nd)]
     plane = int(np.prod(psp))
-    if in_blocked:      # word q of a pixel: block q // ws, word q % ws of the block's pixel
+    if in_blocked:      # 4 channels q of a pixel: block q // per_block, then its words
         q = np.arange(planes).reshape((planes,) + (1,) * nd)
-        offs = tap_offsets(psp, ks, win.dilations, 1) * ws + (q // ws) * (plane * ws) + q % ws
+        per_block = ws // input_words(dot)
+        offs = tap_offsets(psp, ks, win.dilations, 1) * ws + (q // per_block) * (plane * ws) \
+            + (q % per_block) * input_words(dot)
     else:
         offs = tap_offsets(psp, ks, win.dilations, planes)
     bbuf, mbuf = ctx.const(bp, "b"), ctx.const(mult, "m")
@@ -200,8 +203,8 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
 
         def upd(t: Var, o: Var, v2: Var, ws: list) -> Stmt:
             return seq(*[For(v2, vt, Store(acc, (k, v2), update(
-                acc[k, v2], xflat[bases[k] + o], [w[gv, ob, t, v2] for w in ws])), "vectorized")
-                for k in range(rr)])
+                acc[k, v2], lambda i, k=k: xflat[bases[k] + o + i],
+                [w[gv, ob, t, v2] for w in ws])), "vectorized") for k in range(rr)])
         if hbuf is None:
             red = For(t, taps, Let(o, obuf[t], upd(t, o, v2, wbufs)))
         else:

@@ -42,10 +42,11 @@ MULTIPLY_PIPES = 2      # vector pipes that multiply integers, on every AVX2 cor
 
 
 def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int, bias: np.ndarray,
-             zx: int) -> str | None:
+             zx: int, copied: bool = False) -> str | None:
     """The byte dot for this conv on ctx's Target (a dot4 function, or "dot2_u8s16" for the
     int16 pair calls), or None for the plain int32 path (GPU, or weights the dot products
-    cannot take: ir/ops/quant_blocked.dot4_fits)."""
+    cannot take: ir/ops/quant_blocked.dot4_fits). ``copied``: the blocked input is copied
+    (padded), so int16 pairs would read it widened (blocked_words)."""
     t = ctx.target
     if ctx.gpu or t is None or not dot4_fits(wz, icg, ocg, bias, zx):
         return None
@@ -54,7 +55,7 @@ def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int, bias: np.ndarray
     if "avx2" in t.flags and ctx.lanes == 8:
         vectors = tile_vectors(ocg, ctx.lanes) // ctx.lanes
         split = dot_cycles("dot4_u8s8_avx2", vectors, t.vector_pipes, split_share(wz, 8))
-        pairs = dot_cycles("dot2_u8s16", vectors, t.vector_pipes)
+        pairs = dot_cycles("dot2_i16i16" if copied else "dot2_u8s16", vectors, t.vector_pipes)
         return "dot2_u8s16" if pairs < split else "dot4_u8s8_avx2"
     if "avx512bw" in t.flags and ctx.lanes == 16:
         return "dot2_u8s16"
@@ -71,10 +72,11 @@ def dot_cycles(fn: str, vectors: int, pipes: int, split: float = 0.0) -> float:
     """Cycles a word of input and output vector takes on a core with ``pipes`` vector pipes
     (MULTIPLY_PIPES of them multiply), the larger of the multiply and the all-pipe bound:
     ``split`` is the share of words the AVX2 split path runs twice (split_share). Measured on
-    Zen 5 as AVX2 code: ResNet-18/50 at 8-bit weights, split 1.30x/1.29x of float32, int16
-    pairs everywhere 1.57x/1.61x, 7-bit weights on one call 2.06x/2.08x."""
-    if fn.startswith("dot2_"):
-        multiply, total = 2.0, 4.0 + 2.0 / vectors
+    Zen 5 as AVX2 code, ResNet-18/50 at 8-bit weights: split 1.30x/1.26x of float32, int16
+    pairs everywhere 1.70x/1.68x (1.57x/1.61x widening every word in registers), 7-bit
+    weights on one call 2.04x/2.06x."""
+    if fn.startswith("dot2_"):      # + widening a pixel's word in registers (not dot2_i16i16)
+        multiply, total = 2.0, 4.0 + (0.0 if fn == "dot2_i16i16" else 2.0 / vectors)
     else:
         multiply, total = 2.0 * (1 + split), 3.0 * (1 + split)
     return max(multiply / MULTIPLY_PIPES, total / pipes)
@@ -137,23 +139,32 @@ def split_share(wz: np.ndarray, lanes: int) -> float:
     return float((padded.reshape(-1, lanes, int(np.prod(hi.shape[1:]))) != 0).any(axis=1).mean())
 
 
-def dot_parts(wz: np.ndarray, fn: str) -> list[tuple[str, np.ndarray]]:
-    """The dot calls a word of the input takes, each with its weight words [O, C4, k...]:
-    one call, two on AVX2 when pair_split splits (a word whose high part is zero across a
-    kernel's output vector needs only the first: cnncc/lower/conv_int8.py orders its taps), or
-    the even and odd int16 pair calls."""
+def input_words(fn: str) -> int:
+    """int32 words of input per 4 channels: 2 for inputs copied as int16 pairs, else 1."""
+    return 2 if fn == "dot2_i16i16" else 1
+
+
+def dot_parts(wz: np.ndarray, fn: str) -> list[tuple[str, np.ndarray, int]]:
+    """The dot calls 4 channels of the input take, each with its weight words [O, C4, k...]
+    and the input word it reads (of input_words): one call, two on AVX2 when pair_split
+    splits (a word whose high part is zero across a kernel's output vector needs only the
+    first: cnncc/lower/conv_int8.py orders its taps), or the even and odd int16 pair calls (on
+    one byte word, or on the two words of an int16 copy)."""
+    if fn == "dot2_i16i16":
+        return [(fn, int16_words(wz, j), j) for j in range(2)]
     if fn.startswith("dot2_"):
-        return [(f"{fn}_{half}", int16_words(wz, j)) for j, half in enumerate(("even", "odd"))]
+        return [(f"{fn}_{half}", int16_words(wz, j), 0) for j, half in enumerate(("even", "odd"))]
     parts = pair_split(wz) if fn.endswith("_avx2") else [wz]
-    return [(fn, words(p.astype(np.int8))) for p in parts]
+    return [(fn, words(p.astype(np.int8)), 0) for p in parts]
 
 
-def byte_dot_update(fns: list[str]):
-    """acc + the dot calls ``fns`` of one input word with their weight vectors (as many of
-    them as the weights given: the first ones)."""
-    def update(acc: Expr, xv: Expr, ws: list) -> Expr:
-        for fn, w in zip(fns, ws):
-            acc = Call(fn, (acc, xv, w), I32)
+def byte_dot_update(calls: list[tuple[str, int]]):
+    """acc + the dot calls (function, input word) of 4 input channels with their weight
+    vectors (as many of them as the weights given: the first ones); ``word(i)`` is input word
+    i of those channels."""
+    def update(acc: Expr, word, ws: list) -> Expr:
+        for (fn, i), w in zip(calls, ws):
+            acc = Call(fn, (acc, word(i), w), I32)
         return acc
     return update
 
@@ -171,7 +182,8 @@ def dot_registers(fn: str, vectors: int) -> tuple[int, int]:
 def dot_weights(wz: np.ndarray, zx: int, fn: str):
     """(weight word arrays, per-channel compensation zx * sum w', the accumulator update)."""
     parts = dot_parts(wz, fn)
-    return [w for _, w in parts], compensation(wz, zx), byte_dot_update([f for f, _ in parts])
+    return [w for _, w, _ in parts], compensation(wz, zx), \
+        byte_dot_update([(f, i) for f, _, i in parts])
 
 
 def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int) -> tuple:
@@ -192,17 +204,22 @@ def pack_dot(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, groups: int) -> 
 
 def blocked_words(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, fn: str) -> tuple:
     """(the blocked 8-bit input [N, CB, H, W, c] as int32 words [N, CB, Hp, Wp, c / 4] (4
-    channels of a pixel per word), the dot4 function reading them): where the window pads, a
-    contiguous row copy padded with the zero point, int8 bytes shifted to uint8 there; else
-    read in place, int8 words shifted in registers (the dot4_s8s8 form of ``fn``)."""
+    channels of a pixel per word), the dot function reading them): where the window pads, a
+    contiguous row copy padded with the zero point, int8 bytes shifted to uint8 there (for
+    the int16 pairs copied as int16 pairs, c / 2 words a pixel, read by dot2_i16i16: no
+    widening in the conv's loop); else read in place, int8 words shifted in registers (the
+    signed form of ``fn``)."""
     xb = ctx.value(x, bname="x")
     signed = xb.dtype is DType.int8
     pads = (win.begin(0), win.begin(1)), (win.end(0), win.end(1))
+    pairs = fn.startswith("dot2_")
     xp = padded_blocked(ctx, node.name, xb, *pads, fill=shifted_zero_point(xb.dtype, x_zp),
-                        to_uint8=signed)
+                        to_uint8=signed, int16_pairs=pairs)
+    if pairs and xp is not xb:
+        fn = "dot2_i16i16"
     if signed and xp is xb:
         fn = signed_form(fn)
-    view = Buffer("xw", I32, xp.shape[:-1] + (xp.shape[-1] // 4,))
+    view = Buffer("xw", I32, xp.shape[:-1] + (xp.shape[-1] * xp.dtype.itemsize // 4,))
     ctx.binding[id(view)] = ctx.binding[id(xp)]
     return view, fn
 

@@ -87,13 +87,13 @@ def int_gemm(ctx: LowerCtx, node: Node, rows: Rows, ap: Buffer, wz: np.ndarray,
         padded = np.zeros((groups * n, rows.kp), np.int64)
         padded[:, :k] = cols
         parts = dot_parts(padded, rows.dot)
-        wps = [w.reshape(groups, n, rows.kw) for _, w in parts]
-        update = byte_dot_update([f for f, _ in parts])
+        wps = [w.reshape(groups, n, rows.kw) for _, w, _ in parts]
+        update = byte_dot_update([(f, i) for f, _, i in parts])
     else:
         wps = [cols.astype(np.int32).reshape(groups, n, k)]
 
-        def update(acc: Expr, av: Expr, ws: list) -> Expr:
-            return acc + av * ws[0]
+        def update(acc: Expr, word, ws: list) -> Expr:
+            return acc + word(0) * ws[0]
     if bias_total.min(initial=0) < -2**31 or bias_total.max(initial=0) >= 2**31:
         raise unsupported(node, "the bias leaves int32 once the zero points are folded in")
     wbufs = []
@@ -126,8 +126,8 @@ def int_gemm(ctx: LowerCtx, node: Node, rows: Rows, ap: Buffer, wz: np.ndarray,
         init = For(r, rr, For(v, vt, Store(acc, (r, v), bbuf[gv, jb * vt + v]), "vectorized"),
                    "unrolled")
         row0 = ((b * ga + (gv if ga > 1 else 0)) * m + m0) * rows.kw
-        upd = [For(v2, vt, Store(acc, (i, v2), update(acc[i, v2], aflat[o + i * rows.kw],
-                                                      [w[gv, jb, t, v2] for w in wbufs])),
+        upd = [For(v2, vt, Store(acc, (i, v2), update(
+            acc[i, v2], lambda _, i=i: aflat[o + i * rows.kw], [w[gv, jb, t, v2] for w in wbufs])),
                    "vectorized") for i in range(rr)]
         red = For(t, rows.kw, Let(o, row0 + t, seq(*upd)))
         j = jb * vt + v3

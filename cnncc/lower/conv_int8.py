@@ -98,8 +98,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
     ks = wq.shape[2:]
     vt = tile_vectors(ocg, lanes)
     ocb = -(-ocg // vt)
-    pads = any(win.begin(d) or win.end(d) for d in range(nd))
-    dot = dot_plan(ctx, wz, icg, ocg, bias, zx, copied=in_blocked and pads)
+    dot = dot_plan(ctx, wz, icg, ocg, bias, zx, copied=in_blocked)
     if block and dot is None:
         raise unsupported(node, "blocked quantized convs need the byte dot products")
     ws = 1                              # int32 words per pixel of the input view

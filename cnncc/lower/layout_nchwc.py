@@ -45,7 +45,7 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
 
     Each padded row is written once: pad rows whole, interior rows as left fill + the row
     (W * c contiguous floats) + right fill, all as vectors."""
-    if not any(begin) and not any(end):
+    if not any(begin) and not any(end) and not int16_pairs:
         return x
     nb, cb, h, w, c = x.shape
     hp, wp = h + begin[0] + end[0], w + begin[1] + end[1]

@@ -70,15 +70,19 @@ def tile_vectors(channels: int, lanes: int) -> int:
 
 def dot_cycles(fn: str, vectors: int, pipes: int, split: float = 0.0) -> float:
     """Cycles a word of input and output vector takes on a core with ``pipes`` vector pipes
-    (MULTIPLY_PIPES of them multiply), the larger of the multiply and the all-pipe bound:
-    ``split`` is the share of words the AVX2 split path runs twice (split_share). Measured on
-    Zen 5 as AVX2 code, ResNet-18/50 at 8-bit weights: split 1.30x/1.26x of float32, int16
-    pairs everywhere 1.70x/1.68x (1.57x/1.61x widening every word in registers), 7-bit
-    weights on one call 2.04x/2.06x."""
-    if fn.startswith("dot2_"):      # + widening a pixel's word in registers (not dot2_i16i16)
-        multiply, total = 2.0, 4.0 + (0.0 if fn == "dot2_i16i16" else 2.0 / vectors)
+    (MULTIPLY_PIPES of them multiply), the larger of the multiply and the all-pipe bound,
+    counting what a pixel's word costs once for the tile's ``vectors`` output vectors (its
+    broadcasts, and widening in registers); ``split`` is the share of words the AVX2 split
+    path runs twice (split_share). On 4 pipes the int16 pairs on a widened copy cost 1.25
+    split-free words (crossover at a split share of 0.25), 1.67 on 3. Measured on Zen 5 as
+    AVX2 code, 8-bit weights per channel (shares 0.2-0.95), fp32/int8: ResNet-50 split 1.26x,
+    int16 pairs 1.73x; per tensor (shares 0-0.2) split 2.00x, pairs 1.74x; 7-bit 2.08x."""
+    if fn == "dot2_i16i16":
+        multiply, total = 2.0, 4.0 + 2.0 / vectors
+    elif fn.startswith("dot2_"):        # one broadcast, widened by two instructions
+        multiply, total = 2.0, 4.0 + 3.0 / vectors
     else:
-        multiply, total = 2.0 * (1 + split), 3.0 * (1 + split)
+        multiply, total = 2.0 * (1 + split), 3.0 * (1 + split) + 1.0 / vectors
     return max(multiply / MULTIPLY_PIPES, total / pipes)
 
 

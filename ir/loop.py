@@ -44,11 +44,9 @@ DOT4_FNS = tuple(f"dot4_{a}s8{s}" for a in ("u8", "s8") for s in ("", "_vnni", "
 # dot2_u8s16_{even,odd}(acc, a, b), all int32: acc + uint8(a_j) * int16(b_lo) + uint8(a_j+2) *
 # int16(b_hi), j = 0 (even) or 1 (odd): two of a's bytes times b's two int16 halves (exact, as
 # vpmaddwd once a's bytes are widened to int16: 8-bit weights on CPUs without VNNI, where
-# vpmaddubsw's int16 pair sums could saturate). dot2_s8s16_*: a's bytes int8 shifted first.
-# dot2_i16i16(acc, a, b): acc + int16(a_lo) * int16(b_lo) + int16(a_hi) * int16(b_hi) (vpmaddwd
-# itself: inputs copied already widened to int16 pairs).
-DOT2_FNS = tuple(f"dot2_{a}s16_{j}" for a in ("u8", "s8") for j in ("even", "odd")) \
-    + ("dot2_i16i16",)
+# vpmaddubsw's int16 pair sums could saturate). dot2_i16i16(acc, a, b): acc + int16(a_lo) *
+# int16(b_lo) + int16(a_hi) * int16(b_hi) (vpmaddwd itself: inputs copied widened to int16).
+DOT2_FNS = ("dot2_u8s16_even", "dot2_u8s16_odd", "dot2_i16i16")
 BYTE_DOT_FNS = DOT4_FNS + DOT2_FNS
 MATH_FNS = MATH_FNS + BYTE_DOT_FNS
 

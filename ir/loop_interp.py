@@ -119,7 +119,7 @@ class _Interp:
             return e.dtype.np.type(self.expr(e.a, env))
         if isinstance(e, Call) and e.fn in BYTE_DOT_FNS:
             acc, a, b = (int(self.expr(x, env)) for x in e.args)
-            if e.fn.startswith(("dot4_s8", "dot2_s8")):
+            if e.fn.startswith("dot4_s8"):
                 a ^= 0x80808080
             ua = np.array([a & 0xFFFFFFFF], np.uint32).view(
                 np.int8 if e.fn == "dot4_i8i8" else np.int16 if e.fn == "dot2_i16i16"

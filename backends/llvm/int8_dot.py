@@ -16,8 +16,7 @@ int32 lane, acc + sum of 4 uint8 x int8 byte products (dot4), or of 2 uint8 x in
                      bytes widened to int16 with b's int16 pairs (exact); the widening is one
                      vpand or vpsrlw of the broadcast word, as int16 lanes (on the scalar word
                      LLVM would do it before the broadcast: 4 more vector instructions a word,
-                     measured 0.67 of the kernel's speed); dot2_s8s16_* shift a's int8 bytes
-                     first, on the scalar word
+                     measured 0.67 of the kernel's speed)
     dot2_i16i16      the same vpmaddwd on a word of two int16 (inputs copied widened)
 
 The first two fall back to the generic form when the vector width does not fit them (the
@@ -38,9 +37,9 @@ def _declare(module: ir.Module, name: str, ret: ir.Type, args: list) -> ir.Funct
 
 
 def word_operand(b: ir.IRBuilder, fn: str, a: ir.Value) -> tuple[str, ir.Value]:
-    """(the dot4_u8s8* / dot2_u8s16* function, a) for fn: for dot4_s8s8* and dot2_s8s16* a's
-    int8 bytes are shifted to uint8 (x + 128 = x xor 0x80 per byte, one xor of the i32 word
-    or vector). Calling it again on its result changes nothing.
+    """(the function, a) for fn: for dot4_s8s8* a's int8 bytes are shifted to uint8 (x + 128
+    = x xor 0x80 per byte, one xor of the i32 word or vector; the dot4_u8s8* function).
+    Calling it again on its result changes nothing.
 
     Callers shift a word before they broadcast it: xor(splat(word)) lets InstCombine rewrite it
     as a <64 x i8> xor feeding a byte shuffle, on which LLVM 22's x86 instruction selection
@@ -50,8 +49,8 @@ def word_operand(b: ir.IRBuilder, fn: str, a: ir.Value) -> tuple[str, ir.Value]:
         c = ir.Constant(I32, v - (2**32 if v >= 2**31 else 0))
         return ir.Constant(a.type, [c.constant] * a.type.count) \
             if isinstance(a.type, ir.VectorType) else c
-    if fn.startswith(("dot4_s8s8", "dot2_s8s16")):
-        fn = fn.replace("dot4_s8s8", "dot4_u8s8").replace("dot2_s8s16", "dot2_u8s16")
+    if fn.startswith("dot4_s8s8"):
+        fn = fn.replace("dot4_s8s8", "dot4_u8s8")
         a = b.xor(a, const(0x80808080))
     return fn, a
 

@@ -15,9 +15,10 @@ Without VNNI there are two exact paths; dot_plan picks the one of fewer cycles (
   weights, e.g. models quantized with --reduce-range, never need the second). A word and
   output vector: vpmaddubsw, vpmaddwd (both multiply), vpaddd; twice for a split one.
 - int16 pairs (AVX2, AVX-512BW): the weights packed as int16 pairs (channels 4q, 4q+2 and
-  4q+1, 4q+3: int16_words), the input word's bytes widened to int16 in registers (a vpand and
-  a vpsrlw a pixel, for all its output vectors); two vpmaddwd + two vpaddd a word and output
-  vector, whatever the weights.
+  4q+1, 4q+3: int16_words); a blocked input copied as int16 pairs in the same order
+  (blocked_words), an NCHW-packed one widened in registers (a vpand and a vpsrlw a pixel, for
+  all its output vectors); two vpmaddwd + two vpaddd a word and output vector, whatever the
+  weights.
 The instruction path comes from the Target (its VNNI level, lanes and pipes), never from the
 host.
 """
@@ -38,7 +39,7 @@ from .layout_nchwc import padded_blocked
 I32, U8 = DType.int32, DType.uint8
 AVX2_SAFE = 64          # |w| <= 64: 2 * 255 * 64 < 2^15, vpmaddubsw cannot saturate
 AVX2_PAIR = 128         # |w0| + |w1| <= 128: 255 * 128 < 2^15, neither can the pair's sum
-MULTIPLY_PIPES = 2      # vector pipes that multiply integers, on every AVX2 core since Skylake/Zen
+MULTIPLY_PIPES = 2      # vector pipes that multiply integers (Intel since Skylake, AMD Zen)
 
 
 def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int, bias: np.ndarray,
@@ -84,11 +85,6 @@ def dot_cycles(fn: str, vectors: int, pipes: int, split: float = 0.0) -> float:
     else:
         multiply, total = 2.0 * (1 + split), 3.0 * (1 + split) + 1.0 / vectors
     return max(multiply / MULTIPLY_PIPES, total / pipes)
-
-
-def signed_form(fn: str) -> str:
-    """The byte dot that reads int8 input bytes (shifted to uint8 in registers) for fn's."""
-    return fn.replace("dot4_u8s8", "dot4_s8s8").replace("dot2_u8s16", "dot2_s8s16")
 
 
 def words(w: np.ndarray) -> np.ndarray:
@@ -210,7 +206,7 @@ def blocked_words(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, fn: str) ->
     """(the blocked 8-bit input [N, CB, H, W, c] as int32 words [N, CB, Hp, Wp, c / 4] (4
     channels of a pixel per word), the dot function reading them): where the window pads, a
     contiguous row copy padded with the zero point, int8 bytes shifted to uint8 there; else
-    read in place, int8 words shifted in registers (the signed form of ``fn``). For the int16
+    read in place, int8 words shifted in registers (the dot4_s8s8 form of ``fn``). For the int16
     pairs always a copy as int16 pairs, c / 2 words a pixel, read by dot2_i16i16: the loop
     then widens nothing (in place, each output block widened every word again: 2 vector
     instructions a word and block against about one in the copy; measured 1.5-2% faster on
@@ -224,7 +220,7 @@ def blocked_words(ctx: LowerCtx, node: Node, x: str, x_zp: int, win, fn: str) ->
     if pairs:
         fn = "dot2_i16i16"
     if signed and xp is xb:
-        fn = signed_form(fn)
+        fn = fn.replace("dot4_u8s8", "dot4_s8s8")
     view = Buffer("xw", I32, xp.shape[:-1] + (xp.shape[-1] * xp.dtype.itemsize // 4,))
     ctx.binding[id(view)] = ctx.binding[id(xp)]
     return view, fn

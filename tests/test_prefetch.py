@@ -212,9 +212,10 @@ def record(s: Stmt, hits: Buffer, og: Var) -> Stmt:
 
 @pytest.mark.parametrize("ic,oc,h,k,stride", [
     (16, 64, 4, 3, 1),      # 2 groups of 2 tiles
-    (16, 80, 6, 3, 1),      # a tail group; 3 tiles, 2 of them prefetching
+    (16, 112, 7, 3, 1),     # a tail group; 4 tiles
     (32, 96, 5, 1, 1),      # a flattened 1x1 conv
     (16, 64, 9, 3, 1),      # one line a step: a tap's lines at once, before its ci loop
+    (16, 128, 5, 3, 1),     # runs of 7 pixels of the flattened output; a tail group
 ])
 def test_conv_prefetches_next_group(ic, oc, h, k, stride, group_major):
     """While group g runs, exactly the lines of group g + 1 (the last group: its own) are
@@ -243,10 +244,11 @@ def test_conv_prefetches_next_group(ic, oc, h, k, stride, group_major):
 
 @pytest.mark.parametrize("ic,oc,h,k,stride,kw", [
     (64, 128, 7, 3, 1, {}),
-    (16, 80, 6, 3, 1, {"residual": True, "act": "Relu"}),
+    (16, 112, 7, 3, 1, {"residual": True, "act": "Relu"}),
     (32, 96, 5, 1, 1, {"batch": 2}),
     (48, 96, 9, 1, 2, {"act": "Clip"}),
-    (24, 72, 6, 3, 1, {"pads": (0, 1, 1, 0)}),
+    (24, 72, 7, 3, 1, {"pads": (0, 1, 1, 0)}),
+    (16, 128, 5, 3, 1, {"residual": True}),         # runs
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_conv_with_prefetch_matches_reference(ic, oc, h, k, stride, kw, threads, group_major):

@@ -202,7 +202,8 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
 
     def tile(wb: Buffer, gi: Expr, vbt: int, oh0: Expr, rh: int, ow0: Expr, rw: int,
              tag: str) -> Stmt:
-        """rh x rw pixels from (oh0, ow0) x vbt blocks from block gi * vb."""
+        """rh x rw pixels from (oh0, ow0) x vbt blocks from block gi * vb (runs: the rw
+        pixels from flattened pixel ow0)."""
         acc = Buffer(f"acc{tag}", DType.float32, (rh * rw, vbt, c), "local")
         r, j, v, r2, j2, v2, r3, j3, v3, ci, ci0 = (Var(f"{q}{tag}") for q in (
             "r", "j", "v", "r2", "j2", "v2", "r3", "j3", "v3", "ci", "ci0"))
@@ -213,6 +214,8 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
                        "unrolled")
 
         def pixel(rv: Var) -> tuple[Expr, Expr]:
+            if lay.runs:
+                return (ow0 + rv) // ow, (ow0 + rv) % ow
             return (oh0 + rv // rw, ow0 + rv % rw) if rh > 1 else (oh0, ow0 + rv)
 
         # ci unrolled by CI_UNROLL inside a loop: a fully unrolled block let LLVM's scheduler
@@ -317,12 +320,21 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
 
     def cell(wb: Buffer, gi: Expr, vbt: int, tag: str) -> Stmt:
         """The tile (ot, t) of a group: TH x TW pixels from (ot * TH, t * TW), or the
-        remaining rows / columns for the last ones (branches per tile, not per FMA)."""
+        remaining rows / columns for the last ones (branches per tile, not per FMA); runs:
+        pixels t * TW.. of the flattened output, the last run shorter."""
         def cols(oh0: Expr, rh: int, tg: str) -> Stmt:
             body = tile(wb, gi, vbt, oh0, rh, t * tw, tw, tg)
             if ow % tw:
                 body = If(t < ow // tw, body, tile(wb, gi, vbt, oh0, rh, Const(ow - ow % tw),
                                                    ow % tw, tg + "c"))
+            return body
+        if lay.runs:
+            npix = oh * ow
+            body = tile(wb, gi, vbt, Const(0), 1, t * tw, tw, tag)
+            if npix % tw:
+                body = If(t < npix // tw, body, tile(wb, gi, vbt, Const(0), 1,
+                                                     Const(npix - npix % tw), npix % tw,
+                                                     tag + "c"))
             return body
         body = cols(o * th, th, tag)
         if oh % th:

@@ -1,8 +1,9 @@
 """How a dense NCHWc conv is tiled and scheduled (the kernel itself: conv_nchwc.py).
 
 ``DenseTiling`` holds a conv's choices (``dense_tiling``): the register tile (``pick_tile``, a
-small cost model), the weights packed for that tile (``pack_dense``), the loop order of the
-tasks and how threads share them, and the prefetch plan.
+small cost model: TH rows x TW columns, or where rows are short a run of TW pixels of the
+flattened output, RUN_PIXELS), the weights packed for that tile (``pack_dense``), the loop
+order of the tasks and how threads share them, and the prefetch plan.
 
 Every size comes from the Target (ir/target.py): the vector registers bound the register tile,
 the target's L1 decides when a tile's weights stream from L2, its L2 when a conv runs
@@ -46,6 +47,14 @@ PREFETCH_MAX_TILES = 64
 # Zen 5), up to the whole L2 beat up to half of it: ResNet-18 at 2 threads 2.0-2.5% faster in
 # three runs, ResNet-50 and MobileNetV2 within +-1.2%.
 PIXEL_MAJOR_L2_SHARE = 1.0
+# A register tile over a run of pixels of the flattened output (TH = 0) crosses row ends at
+# a place known only at run time, so each pixel keeps its own input address in a general
+# register: at most this many (x86-64 has 16; the loop counters and base pointers hold the
+# rest). Runs are tried where rows are too short for the register tile (ResNet's 7x7 outputs
+# on AVX2). Measured (ResNet-18's 7x7x512 3x3 conv, Zen 5): AVX2 runs of 2 blocks x 6 pixels
+# 112.7 GFLOP/s (87% of peak) vs the 1x1x7 rectangle's 93.3, runs of 1 x 13 83.1; AVX-512 runs
+# of 2 x 28 118.2 vs the 2x2x7 rectangle's 238.1.
+RUN_PIXELS = 8
 # Register tiles the tuner tries per dense conv: the cost model's best few (with several threads,
 # each in both loop orders and the rule's).
 TUNE_TILES = 8
@@ -90,6 +99,14 @@ def _tile_cost(ocb: int, oh: int, ow: int, vb: int, th: int, tw: int, k_step: fl
     return total
 
 
+def tile_grid(oh: int, ow: int, th: int, tw: int) -> tuple[int, int]:
+    """Pixel tiles along the rows and the columns of an OH x OW output (TH = 0: runs of TW
+    pixels of the flattened output, in one row)."""
+    if th == 0:
+        return 1, -(-oh * ow // tw)
+    return -(-oh // th), -(-ow // tw)
+
+
 def tile_lines(vb: int, th: int, tw: int, c: int) -> int:
     """Cache lines a register tile's outputs cover (each row of TW pixel blocks of c floats)."""
     return vb * th * -(-tw * c * 4 // LINE_BYTES)
@@ -99,7 +116,8 @@ def _costed_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps:
                   l1_bytes: int, span_blocks: int = 0, max_lines: tuple[int, int] | None = None):
     """(cost, VB, TH, TW) of every register tile within the register limit, larger VB first;
     for a grouped conv (``span_blocks`` input blocks a group) VB divides span_blocks; with
-    ``max_lines`` (lines, c) only tiles writing at most that many lines (tile_lines)."""
+    ``max_lines`` (lines, c: a stem) only tiles writing at most that many lines (tile_lines),
+    else also runs (TH = 0) where a row is shorter than the tile could be."""
     for vb in range(min(4, ocb), 0, -1):
         if span_blocks and span_blocks % vb:
             continue
@@ -112,6 +130,9 @@ def _costed_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps:
                 if max_lines and tile_lines(vb, th, tw, max_lines[1]) > max_lines[0]:
                     break
                 yield _tile_cost(ocb, oh, ow, vb, th, tw, k_step), vb, th, tw
+        if not max_lines and oh > 1 and ow < 2 * (limit // vb):
+            for tw in range(1, min(limit // vb, RUN_PIXELS, oh * ow) + 1):
+                yield _tile_cost(ocb, 1, oh * ow, vb, 1, tw, k_step), vb, 0, tw
 
 
 def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
@@ -135,7 +156,7 @@ def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int
 @dataclass(frozen=True)
 class DenseSchedule:
     """The tunable choices of a dense NCHWc conv: its register tile (VB blocks x TH rows x TW
-    columns), with several threads the loop order (None: the L2 rule decides) and where the
+    columns; TH = 0: a run of TW pixels of the flattened output), with several threads the loop order (None: the L2 rule decides) and where the
     next group's weight prefetches go (one of PREFETCH_PLACEMENTS; None: ``placement_rule``;
     logs written before the field existed have none). Every schedule within the register
     limit computes the same conv; only the speed differs."""
@@ -160,8 +181,8 @@ class DenseSchedule:
 
     def label(self) -> str:
         order = {None: "", True: " pixel-major", False: " group-major"}[self.pixel_major]
-        return f"{self.vb}x{self.th}x{self.tw}{order}" + (f" prefetch {self.prefetch}"
-                                                          if self.prefetch else "")
+        shape = f"{self.vb}x{self.th}x{self.tw}" if self.th else f"{self.vb}x run {self.tw}"
+        return shape + order + (f" prefetch {self.prefetch}" if self.prefetch else "")
 
 
 def tile_limit(regs: int, vb: int, taps: int) -> int:
@@ -171,8 +192,11 @@ def tile_limit(regs: int, vb: int, taps: int) -> int:
 
 def tile_fits(sched: DenseSchedule, ocb: int, oh: int, ow: int, regs: int, taps: int,
               span_blocks: int = 0) -> bool:
-    return (1 <= sched.vb <= min(4, ocb) and 1 <= sched.th <= oh and 1 <= sched.tw <= ow
-            and sched.vb * sched.th * sched.tw <= tile_limit(regs, sched.vb, taps)
+    pixels = sched.tw if sched.th == 0 else sched.th * sched.tw
+    shape = 1 <= sched.tw <= min(RUN_PIXELS, oh * ow) if sched.th == 0 else \
+        1 <= sched.th <= oh and 1 <= sched.tw <= ow
+    return (1 <= sched.vb <= min(4, ocb) and shape
+            and sched.vb * pixels <= tile_limit(regs, sched.vb, taps)
             and not (span_blocks and span_blocks % sched.vb))
 
 
@@ -236,7 +260,8 @@ def placement_candidates(ocb: int, oh: int, ow: int, tile: tuple[int, int, int],
     when the tile prefetches group-major (forced with several threads) and the placement
     changes its loops (burst and spread differ only with a split channel loop)."""
     vb, th, tw = tile
-    plan = prefetch_plan(ocb // vb, -(-oh // th) * -(-ow // tw), step_bytes(cin, vb, c))
+    nth, ntw = tile_grid(oh, ow, th, tw)
+    plan = prefetch_plan(ocb // vb, nth * ntw, step_bytes(cin, vb, c))
     if plan is None:
         return []
     rule = placement_rule(plan, unit_stride)
@@ -296,6 +321,11 @@ class DenseTiling:
     prefetch: str | None = None  # a tuned prefetch placement; None: placement_rule
 
     @property
+    def runs(self) -> bool:
+        """Tiles of TW consecutive pixels of the flattened OH x OW (TH = 0: RUN_PIXELS)."""
+        return self.th == 0
+
+    @property
     def split(self) -> bool:
         return channel_split(self.cin)
 
@@ -316,9 +346,13 @@ class DenseTiling:
             return self.order
         return sum(p.nbytes for p in self.packs) <= self.pixel_major_max_bytes
 
+    def tile_grid(self) -> tuple[int, int]:
+        """Pixel tiles along the rows and the columns (runs: one row of runs)."""
+        return tile_grid(self.oh, self.ow, self.th, self.tw)
+
     def extents(self) -> dict[str, int]:
         """The task loops, outer first, and their extents."""
-        nth, ntw = -(-self.oh // self.th), -(-self.ow // self.tw)
+        nth, ntw = self.tile_grid()
         ng = self.groups + (len(self.packs) > 1)
         if self.pixel_major:
             return {"n": self.nb, "ot": nth, "t": ntw, "og": ng}
@@ -328,8 +362,8 @@ class DenseTiling:
         """The next-group prefetch plan (group-major only; None with placement "off")."""
         if self.pixel_major or self.prefetch == "off":
             return None
-        return prefetch_plan(self.groups, -(-self.oh // self.th) * -(-self.ow // self.tw),
-                             step_bytes(self.cin, self.vb, self.c))
+        nth, ntw = self.tile_grid()
+        return prefetch_plan(self.groups, nth * ntw, step_bytes(self.cin, self.vb, self.c))
 
     def placement(self, unit_stride: bool) -> str | None:
         """Where the prefetches go: "burst", "spread" (PREFETCH_PLACEMENTS; the same loops

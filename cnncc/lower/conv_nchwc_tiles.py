@@ -50,8 +50,8 @@ PIXEL_MAJOR_L2_SHARE = 1.0
 # A register tile over a run of pixels of the flattened output (TH = 0) crosses row ends at
 # a place known only at run time, so each pixel keeps its own input address in a general
 # register: at most this many (x86-64 has 16; the loop counters and base pointers hold the
-# rest). Runs are tried where rows are too short for the register tile (ResNet's 7x7 outputs
-# on AVX2). Measured (ResNet-18's 7x7x512 3x3 conv, Zen 5): AVX2 runs of 2 blocks x 6 pixels
+# rest). Runs are costed where a row is shorter than two tiles' widths (ResNet's 7x7 outputs
+# on AVX2: 7 pixels against 6 a tile). Measured (ResNet-18's 7x7x512 3x3 conv, Zen 5): AVX2 runs of 2 blocks x 6 pixels
 # 112.7 GFLOP/s (87% of peak) vs the 1x1x7 rectangle's 93.3, runs of 1 x 13 83.1; AVX-512 runs
 # of 2 x 28 118.2 vs the 2x2x7 rectangle's 238.1.
 RUN_PIXELS = 8
@@ -156,9 +156,10 @@ def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int
 @dataclass(frozen=True)
 class DenseSchedule:
     """The tunable choices of a dense NCHWc conv: its register tile (VB blocks x TH rows x TW
-    columns; TH = 0: a run of TW pixels of the flattened output), with several threads the loop order (None: the L2 rule decides) and where the
-    next group's weight prefetches go (one of PREFETCH_PLACEMENTS; None: ``placement_rule``;
-    logs written before the field existed have none). Every schedule within the register
+    columns; TH = 0: a run of TW pixels of the flattened output), with several threads the
+    loop order (None: the L2 rule decides) and where the next group's weight prefetches go
+    (one of PREFETCH_PLACEMENTS; None: ``placement_rule``; logs written before the field
+    existed have none). Every schedule within the register
     limit computes the same conv; only the speed differs."""
     vb: int
     th: int

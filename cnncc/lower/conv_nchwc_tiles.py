@@ -51,9 +51,9 @@ PIXEL_MAJOR_L2_SHARE = 1.0
 # a place known only at run time, so each pixel keeps its own input address in a general
 # register: at most this many (x86-64 has 16; the loop counters and base pointers hold the
 # rest). Runs are costed where a row is shorter than two tiles' widths (ResNet's 7x7 outputs
-# on AVX2: 7 pixels against 6 a tile). Measured (ResNet-18's 7x7x512 3x3 conv, Zen 5): AVX2 runs of 2 blocks x 6 pixels
-# 112.7 GFLOP/s (87% of peak) vs the 1x1x7 rectangle's 93.3, runs of 1 x 13 83.1; AVX-512 runs
-# of 2 x 28 118.2 vs the 2x2x7 rectangle's 238.1.
+# on AVX2: 7 pixels against 6 a tile). Measured (ResNet-18's 7x7x512 3x3 conv, Zen 5): AVX2
+# runs of 2 blocks x 6 pixels 112.7 GFLOP/s (87% of peak) vs the 1x1x7 rectangle's 93.3, runs
+# of 1 x 13 83.1; AVX-512 runs of 2 x 28 118.2 vs the 2x2x7 rectangle's 238.1.
 RUN_PIXELS = 8
 # Register tiles the tuner tries per dense conv: the cost model's best few (with several threads,
 # each in both loop orders and the rule's).

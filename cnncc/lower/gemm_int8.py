@@ -9,7 +9,8 @@ w' = w - w_zero_point fits int8 (and the target is a CPU), the rows are bytes of
 uint8 (int8 A + 128), 4 per int32 word (KP = 4 * ceil(K / 4), the missing columns hold the
 shifted zero point and meet weight 0), and the byte dot calls of conv_int8_dot.dot_plan
 (vpdpbusd with VNNI; without it vpmaddubsw + vpmaddwd with weights beyond 7 bits split
-exactly, or vpmaddwd on int16 pairs) do 4 multiply-adds per lane; the bias absorbs zx * sum w' (zx the shifted zero point).
+exactly, or vpmaddwd on int16 pairs) do 4 multiply-adds per lane; the bias absorbs zx * sum w'
+(zx the shifted zero point).
 Otherwise (uint8 weights, GPU) the rows hold int32 (a - a_zero_point) and the kernel multiplies
 int32s. Each task accumulates R rows x VT output columns in registers, the A word broadcast,
 then applies the epilogue (identity, or the QLinear requantization: round half to even of

@@ -7,10 +7,7 @@ log's form of a run, and the convs against the reference interpreter (|llvm - re
 max(1, max |ref|)) on this host and, in a child built with CNNCC_FEATURES, on AVX2."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -21,6 +18,7 @@ from cnncc.backends.llvm import jit
 from cnncc.lower.conv_nchwc_tiles import RUN_PIXELS, DenseSchedule, pick_tile, tile_fits
 from cnncc.lower.program import lower_graph
 
+from isa_child import run_for_features
 from test_nchwc_kernels import RTOL, conv_graph, feeds_for
 from test_stem_conv import AVX2, TARGETS
 
@@ -93,11 +91,6 @@ def test_runs_on_avx2():
         print(json.dumps({{"isa": t.isa, "errs": case_errors(),
                           "first": [cands[0].vb, cands[0].th, cands[0].tw]}}))
     """)
-    env = dict(os.environ, CNNCC_FEATURES=AVX2, CNNCC_CACHE="0")
-    env.pop("CNNCC_CPU", None)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_for_features(code, AVX2, 600)
     assert out["isa"] == "avx2" and out["first"] == [2, 0, 6], out
     assert max(out["errs"]) <= RTOL, out["errs"]

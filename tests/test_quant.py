@@ -9,10 +9,7 @@ rounding tie; the native int8 conv (float32 requantization) is within one output
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -22,6 +19,8 @@ from onnx import TensorProto as T, helper as h, numpy_helper as nh
 
 import cnncc
 from cnncc.ir.loop import DOT2_FNS, DOT4_FNS
+
+from isa_child import run_for_features
 
 ort = pytest.importorskip("onnxruntime")
 quantization = pytest.importorskip("onnxruntime.quantization")
@@ -416,8 +415,6 @@ def test_int8_conv_without_vnni_matches_onnxruntime(ort_quantized, features):
     want_isa = "avx2" if features == AVX2 else "avx512"
     if want_isa == "avx512" and "avx512bw" not in cnncc.host_target(1).flags:
         pytest.skip(f"AVX-512BW code cannot run here ({cnncc.host_target(1).isa})")
-    env = dict(os.environ, CNNCC_FEATURES=features, CNNCC_CACHE="0")
-    env.pop("CNNCC_CPU", None)
     cases = {k: QCONV_CASES[k] for k in ("dense3x3_u8", "depthwise", "extreme_u8",
                                          "extreme_s8", "pointwise")}
     code = textwrap.dedent(f"""
@@ -435,10 +432,7 @@ def test_int8_conv_without_vnni_matches_onnxruntime(ort_quantized, features):
                                                                {{"x": x}})[0]).max())
         print(json.dumps(out))
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_for_features(code, features, 600)
     assert out.pop("isa") == want_isa
     assert out.pop("model") < 0.1
     assert all(v <= 1 for v in out.values()), out

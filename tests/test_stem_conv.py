@@ -6,11 +6,8 @@ host, AVX2 in a child built with CNNCC_FEATURES), and the stems match the refere
 interpreter (|llvm - ref| <= 1e-4 * max(1, max |ref|)) on both ISAs."""
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -30,6 +27,7 @@ from cnncc.ir.target import Target
 from cnncc.lower.conv_nchwc_tiles import STEM_TILE_LINES, tile_lines
 from cnncc.lower.program import lower_graph
 
+from isa_child import run_for_features
 from test_nchwc_kernels import PARAMS, conv_graph, feeds_for
 
 AVX2 = "+avx2,+fma,+avx,+sse4.2,-avx512f"
@@ -166,12 +164,7 @@ def test_stems_on_avx2():
         print(json.dumps({{"isa": t.isa, "lanes": t.lanes, "errs": errs,
                           "fma": fma_region_spills(stem_assembly(t))}}))
     """)
-    env = dict(os.environ, CNNCC_FEATURES=AVX2, CNNCC_CACHE="0")
-    env.pop("CNNCC_CPU", None)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_for_features(code, AVX2, 300)
     assert (out["isa"], out["lanes"]) == ("avx2", 8)
     assert len(out["errs"]) == len(STEMS) and max(out["errs"]) <= RTOL, out["errs"]
     fmas, spills = out["fma"]

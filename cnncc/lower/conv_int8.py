@@ -27,7 +27,7 @@ from .context import LowerCtx, op_context, unsupported
 from .conv import phases_for, tap_offsets, window_index
 from .conv_int8_depthwise import depthwise_blocked
 from .conv_int8_dot import (blocked_words, dot_plan, dot_registers, dot_weights, input_words,
-                            pack_dot, tile_vectors)
+                            int32_update, pack_dot, tile_vectors)
 from .conv_int8_parts import qconv_parts
 from .cpu_schedule import parallel_outer
 
@@ -114,9 +114,7 @@ def lower_qconv(ctx: LowerCtx, node: Node) -> None:
         planes = icg
         wps = [wz]
         comp = np.zeros(oc, np.int64)
-
-        def update(acc: Expr, word, wv: list) -> Expr:
-            return acc + word(0) * wv[0]
+        update = int32_update
     taps = planes * int(np.prod(ks))
     packed = []
     for wv in wps:

@@ -55,7 +55,8 @@ def dot_plan(ctx: LowerCtx, wz: np.ndarray, icg: int, ocg: int, bias: np.ndarray
         return "dot4_u8s8_vnni"
     if "avx2" in t.flags and ctx.lanes == 8:
         vectors = tile_vectors(ocg, ctx.lanes) // ctx.lanes
-        split = dot_cycles("dot4_u8s8_avx2", vectors, t.vector_pipes, split_share(wz, 8))
+        split = dot_cycles("dot4_u8s8_avx2", vectors, t.vector_pipes,
+                           split_share(wz, ctx.lanes))
         pairs = dot_cycles("dot2_i16i16" if copied else "dot2_u8s16", vectors, t.vector_pipes)
         return "dot2_u8s16" if pairs < split else "dot4_u8s8_avx2"
     if "avx512bw" in t.flags and ctx.lanes == 16:
@@ -167,6 +168,12 @@ def byte_dot_update(calls: list[tuple[str, int]]):
             acc = Call(fn, (acc, word(i), w), I32)
         return acc
     return update
+
+
+def int32_update(acc: Expr, word, ws: list) -> Expr:
+    """acc + the input value times the weight: the plain int32 path's update (no byte dots),
+    in byte_dot_update's form."""
+    return acc + word(0) * ws[0]
 
 
 def dot_registers(fn: str, vectors: int) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context, unsupported
 from .conv_int8_dot import (byte_dot_update, compensation, dot_parts, dot_plan, dot_registers,
-                            shifted_zero_point, tile_vectors)
+                            int32_update, shifted_zero_point, tile_vectors)
 from .cpu_schedule import parallel_outer
 
 I32, U8 = DType.int32, DType.uint8
@@ -92,9 +92,7 @@ def int_gemm(ctx: LowerCtx, node: Node, rows: Rows, ap: Buffer, wz: np.ndarray,
         update = byte_dot_update([(f, i) for f, _, i in parts])
     else:
         wps = [cols.astype(np.int32).reshape(groups, n, k)]
-
-        def update(acc: Expr, word, ws: list) -> Expr:
-            return acc + word(0) * ws[0]
+        update = int32_update
     if bias_total.min(initial=0) < -2**31 or bias_total.max(initial=0) >= 2**31:
         raise unsupported(node, "the bias leaves int32 once the zero points are folded in")
     wbufs = []

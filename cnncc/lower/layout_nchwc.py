@@ -39,12 +39,14 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
                    int16_pairs: bool = False) -> Buffer:
     """``x`` [N, CB, H, W, c] copied into a scratch [N, CB, H + pads, W + pads, c] whose pad
     pixels hold ``fill`` (0; a quantized conv's input zero point); ``x`` itself when there is
-    no padding. ``to_uint8``: int8 ``x`` is copied as uint8 x + 128 (``fill`` is a uint8 then).
-    ``int16_pairs``: 8-bit ``x`` copied as int16, each 4 channels in PAIR_ORDER (the inputs of
-    the dot2_i16i16 calls: channels 4q, 4q + 2 in one word, 4q + 1, 4q + 3 in the next).
+    no padding and no int16 copy. ``to_uint8``: int8 ``x`` is copied as uint8 x + 128
+    (``fill`` is a uint8 then). ``int16_pairs``: 8-bit ``x`` copied as int16 (padded or not),
+    each 4 channels in PAIR_ORDER (the inputs of the dot2_i16i16 calls: channels 4q, 4q + 2 in
+    one word, 4q + 1, 4q + 3 in the next).
 
     Each padded row is written once: pad rows whole, interior rows as left fill + the row
-    (W * c contiguous floats) + right fill, all as vectors."""
+    (W * c contiguous values) + right fill, as vectors (the int16 row: 4 channels a step, left
+    to LLVM's vectorizers)."""
     if not any(begin) and not any(end) and not int16_pairs:
         return x
     nb, cb, h, w, c = x.shape
@@ -63,7 +65,7 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
         if to_uint8:
             v = Cast(DType.int32, v) + Const(128, DType.int32)
         return Cast(dt, v) if dt is not x.dtype else v
-    if int16_pairs:     # 4 channels a step, stored in PAIR_ORDER (left to LLVM's vectorizers)
+    if int16_pairs:     # 4 channels a step, stored in PAIR_ORDER
         row = For(e, width // 4, seq(*[Store(xp, (n, b, r, e * 4 + (left + PAIR_ORDER[j])),
                                              value(e * 4 + j)) for j in range(4)]))
     else:
@@ -74,8 +76,8 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
     body = If(ok, interior, For(fa, wp * c, Store(xp, (n, b, r, fa), fv)))
     sch = Schedule(Kernel(f"{name}_pad", [xp, src],
                           For(n, nb, For(b, cb, For(r, hp, body)))))
-    for loop, ext in (("fl", left), ("e", 0 if int16_pairs else width), ("fr", end[1] * c),
-                      ("fa", wp * c)):
+    loops = [("fl", left), ("fr", end[1] * c), ("fa", wp * c)]
+    for loop, ext in loops if int16_pairs else loops + [("e", width)]:
         if ext >= ctx.lanes:
             sch.vectorize(sch.split(loop, ctx.lanes, mode="tail")[1])
     ctx.emit(parallel_outer(sch.kernel, ["n", "cb", "r"], ctx, xp.size))

@@ -14,11 +14,11 @@ Without VNNI there are two exact paths; dot_plan picks the one of fewer cycles (
   part gets two dot calls; the convs run those taps first, then the rest with one call (7-bit
   weights, e.g. models quantized with --reduce-range, never need the second). A word and
   output vector: vpmaddubsw, vpmaddwd (both multiply), vpaddd; twice for a split one.
-- int16 pairs (AVX2, AVX-512BW): the weights packed as int16 pairs (channels 4q, 4q+2 and
-  4q+1, 4q+3: int16_words); a blocked input copied as int16 pairs in the same order
-  (blocked_words), an NCHW-packed one widened in registers (a vpand and a vpsrlw a pixel, for
-  all its output vectors); two vpmaddwd + two vpaddd a word and output vector, whatever the
-  weights.
+- int16 pairs (AVX2, AVX-512BW): the weights packed as int16 pairs (int16_words); a blocked
+  input copied widened to int16 (blocked_words: channels 4q, 4q+1 in one word, 4q+2, 4q+3 in
+  the next; a plain vpmovzxbw copy), an NCHW-packed one widened in registers (channels 4q,
+  4q+2 and 4q+1, 4q+3: a vpand and a vpsrlw a pixel, for all its output vectors); two
+  vpmaddwd + two vpaddd a word and output vector, whatever the weights.
 The instruction path comes from the Target (its VNNI level, lanes and pipes), never from the
 host.
 """
@@ -98,15 +98,16 @@ def words(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(moved).view(np.int32).reshape((o, c4) + w.shape[2:])
 
 
-def int16_words(w: np.ndarray, j: int) -> np.ndarray:
-    """[O, C, k...] int8 values -> [O, ceil(C/4), k...] int32 words holding channels 4q + j
-    (low half) and 4q + j + 2 (high half) as int16: what dot2_*_even (j = 0) / _odd (j = 1)
-    multiply with the input word's bytes j and j + 2."""
+def int16_words(w: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """[O, C, k...] int8 values -> [O, ceil(C/4), k...] int32 words holding channels 4q + lo
+    (low half) and 4q + hi (high half) as int16: (0, 2) / (1, 3) are what dot2_*_even / _odd
+    multiply with the input word's bytes 0, 2 / 1, 3; (0, 1) / (2, 3) what dot2_i16i16 multiplies
+    with the two words of an input copied widened (4 channels as 4 consecutive int16)."""
     o, c = w.shape[:2]
     c4 = -(-c // 4)
     padded = np.zeros((o, c4 * 4) + w.shape[2:], np.int16)
     padded[:, :c] = w
-    pairs = np.moveaxis(padded.reshape((o, c4, 4) + w.shape[2:]), 2, -1)[..., j::2]
+    pairs = np.moveaxis(padded.reshape((o, c4, 4) + w.shape[2:]), 2, -1)[..., [lo, hi]]
     return np.ascontiguousarray(pairs).view(np.int32).reshape((o, c4) + w.shape[2:])
 
 
@@ -152,9 +153,10 @@ def dot_parts(wz: np.ndarray, fn: str) -> list[tuple[str, np.ndarray, int]]:
     first: cnncc/lower/conv_int8.py orders its taps), or the even and odd int16 pair calls (on
     one byte word, or on the two words of an int16 copy)."""
     if fn == "dot2_i16i16":
-        return [(fn, int16_words(wz, j), j) for j in range(2)]
+        return [(fn, int16_words(wz, 2 * j, 2 * j + 1), j) for j in range(2)]
     if fn.startswith("dot2_"):
-        return [(f"{fn}_{half}", int16_words(wz, j), 0) for j, half in enumerate(("even", "odd"))]
+        return [(f"{fn}_{half}", int16_words(wz, j, j + 2), 0)
+                for j, half in enumerate(("even", "odd"))]
     parts = pair_split(wz) if fn.endswith("_avx2") else [wz]
     return [(fn, words(p.astype(np.int8)), 0) for p in parts]
 

@@ -30,23 +30,18 @@ from .tile_schedules import choose, pixel_candidates, pixel_fits, pool_default, 
 NEG_INF = float("-inf")
 
 
-# int16_pairs: each 4 channels' values in the order 0, 2, 1, 3 (two int32 words of int16 pairs).
-PAIR_ORDER = (0, 2, 1, 3)
-
-
 def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
                    end: tuple[int, int], fill: float = 0.0, to_uint8: bool = False,
                    int16_pairs: bool = False) -> Buffer:
     """``x`` [N, CB, H, W, c] copied into a scratch [N, CB, H + pads, W + pads, c] whose pad
     pixels hold ``fill`` (0; a quantized conv's input zero point); ``x`` itself when there is
     no padding and no int16 copy. ``to_uint8``: int8 ``x`` is copied as uint8 x + 128
-    (``fill`` is a uint8 then). ``int16_pairs``: 8-bit ``x`` copied as int16 (padded or not),
-    each 4 channels in PAIR_ORDER (the inputs of the dot2_i16i16 calls: channels 4q, 4q + 2 in
-    one word, 4q + 1, 4q + 3 in the next).
+    (``fill`` is a uint8 then). ``int16_pairs``: 8-bit ``x`` copied widened to int16 (padded or
+    not; the input of the dot2_i16i16 calls: channels 4q, 4q + 1 in one word, 4q + 2, 4q + 3
+    in the next).
 
     Each padded row is written once: pad rows whole, interior rows as left fill + the row
-    (W * c contiguous values) + right fill, as vectors (the int16 row: 4 channels a step, left
-    to LLVM's vectorizers)."""
+    (W * c contiguous values) + right fill, as vectors."""
     if not any(begin) and not any(end) and not int16_pairs:
         return x
     nb, cb, h, w, c = x.shape
@@ -65,19 +60,14 @@ def padded_blocked(ctx: LowerCtx, name: str, x: Buffer, begin: tuple[int, int],
         if to_uint8:
             v = Cast(DType.int32, v) + Const(128, DType.int32)
         return Cast(dt, v) if dt is not x.dtype else v
-    if int16_pairs:     # 4 channels a step, stored in PAIR_ORDER
-        row = For(e, width // 4, seq(*[Store(xp, (n, b, r, e * 4 + (left + PAIR_ORDER[j])),
-                                             value(e * 4 + j)) for j in range(4)]))
-    else:
-        row = For(e, width, Store(xp, (n, b, r, e + left), value(e)))
+    row = For(e, width, Store(xp, (n, b, r, e + left), value(e)))
     interior = seq(For(fl, left, Store(xp, (n, b, r, fl), fv)), row,
                    For(fr, end[1] * c, Store(xp, (n, b, r, fr + (left + width)), fv)))
     ok = And(Cmp("ge", r, Const(begin[0])), Cmp("lt", r, Const(begin[0] + h)))
     body = If(ok, interior, For(fa, wp * c, Store(xp, (n, b, r, fa), fv)))
     sch = Schedule(Kernel(f"{name}_pad", [xp, src],
                           For(n, nb, For(b, cb, For(r, hp, body)))))
-    loops = [("fl", left), ("fr", end[1] * c), ("fa", wp * c)]
-    for loop, ext in loops if int16_pairs else loops + [("e", width)]:
+    for loop, ext in (("fl", left), ("e", width), ("fr", end[1] * c), ("fa", wp * c)):
         if ext >= ctx.lanes:
             sch.vectorize(sch.split(loop, ctx.lanes, mode="tail")[1])
     ctx.emit(parallel_outer(sch.kernel, ["n", "cb", "r"], ctx, xp.size))

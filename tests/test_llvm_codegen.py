@@ -110,6 +110,29 @@ def test_masked_store_in_vector_loop():
     assert a2["b"][12] == 24 and a2["b"][13] == -1
 
 
+@pytest.mark.parametrize("dtype", [DType.int8, DType.uint8, DType.int16])
+@pytest.mark.parametrize("enabled", [1, 2, 3])
+def test_masked_narrow_store_of_one_lane(dtype, enabled):
+    """An int32 value narrowed (clamped to the type's range, then cast: what the requantizing
+    epilogues store) into a row of ``enabled`` elements through a masked vector store writes
+    those elements and nothing after them (LLVM 22 on AVX-512 wrote 4 bytes for one enabled
+    lane of an i32 -> i8 masked store once its mask folded to a constant)."""
+    lanes = jit.vector_lanes()
+    i32 = DType.int32
+    lo, hi = (int(v) for v in (np.iinfo(dtype.np).min, np.iinfo(dtype.np).max))
+    a, b = Buffer("a", i32, (lanes,)), Buffer("b", dtype, (2, lanes))
+    i = Var("i")
+    value = Cast(dtype, (a[i] + Const(3, i32)).max(Const(lo, i32)).min(Const(hi, i32)))
+    body = For(i, lanes, If(i < enabled, Store(b, (0, i), value), masked=True), "vectorized")
+    k = Kernel("k", [a, b], body)
+    x = np.arange(lanes, dtype=np.int32) * 1000 - 77
+    a1, a2 = both(k, {"a": x, "b": np.full((2, lanes), 5, dtype.np)})
+    want = np.full((2, lanes), 5, dtype.np)
+    want[0, :enabled] = np.clip(x[:enabled] + 3, lo, hi)
+    np.testing.assert_array_equal(a1["b"], want)
+    np.testing.assert_array_equal(a2["b"], want)
+
+
 def test_folded_index_arithmetic_matches_the_emitted_code():
     """Integer Bin ops of constants are computed by the code generator (unrolled loops' index
     arithmetic): the same values as the instructions it emits for run-time operands."""

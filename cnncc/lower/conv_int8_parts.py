@@ -21,6 +21,7 @@ from cnncc.ir.ops.quant_blocked import weights_minus_zero_point
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context
+from .quant import requantized
 
 I32 = DType.int32
 
@@ -100,13 +101,13 @@ def qconv_parts(ctx: LowerCtx, node: Node) -> QConvParts:
             hi = min(hi, int(quantize(np.float32(oc_["relu_max"]), out_scale, out_zp, out_dt.np)))
 
     def epilogue(acc: Expr, mch: Expr, z: Expr | None) -> Expr:
+        if z is None:
+            return requantized(Cast(F32, acc) * mch, out_zp, out_dt, lo, hi)
         v = Call("round", (Cast(F32, acc) * mch,), F32) + f(int(y_zp))
-        if z is not None:
-            v = v.max(f(ylo)).min(f(yhi))      # the conv's own quantized output, then the add
-            deq = (v - f(int(y_zp))) * f(y_scale) + Cast(F32, Cast(I32, z) - Const(r_zp, I32)) \
-                * f(r_scale)
-            v = Call("round", (deq / f(s_scale),), F32) + f(out_zp)
-        return Cast(out_dt, v.max(f(lo)).min(f(hi)))
+        v = v.max(f(ylo)).min(f(yhi))          # the conv's own quantized output, then the add
+        deq = (v - f(int(y_zp))) * f(y_scale) + Cast(F32, Cast(I32, z) - Const(r_zp, I32)) \
+            * f(r_scale)
+        return requantized(deq / f(s_scale), out_zp, out_dt, lo, hi)
 
     mult = (x_scale * np.broadcast_to(w_scale, (oc,)).astype(np.float32)
             / y_scale).astype(np.float32)

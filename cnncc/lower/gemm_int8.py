@@ -25,15 +25,15 @@ from typing import Callable
 import numpy as np
 
 from cnncc.ir import DType, Node
-from cnncc.ir.loop import (And, Allocate, Buffer, Call, Cast, Cmp, Const, Expr, F32, For, If,
+from cnncc.ir.loop import (And, Allocate, Buffer, Cast, Cmp, Const, Expr, F32, For, If,
                            Kernel, Let, Select, Stmt, Store, Var, seq)
-from cnncc.ir.ops.quant import int_range
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context, unsupported
 from .conv_int8_dot import (byte_dot_update, compensation, dot_parts, dot_plan, dot_registers,
                             int32_update, shifted_zero_point, tile_vectors)
 from .cpu_schedule import parallel_outer
+from .quant import requantized
 
 I32, U8 = DType.int32, DType.uint8
 
@@ -174,12 +174,7 @@ def requantizer(out_dt: DType, y_zp: int) -> Callable:
         return lambda acc, mult: acc
     if out_dt is DType.float32:
         return lambda acc, mult: Cast(F32, acc) * mult
-    lo, hi = int_range(out_dt.np)
-
-    def requant(acc: Expr, mult: Expr) -> Expr:
-        v = Call("round", (Cast(F32, acc) * mult,), F32) + Const(float(y_zp), F32)
-        return Cast(out_dt, v.max(Const(float(lo), F32)).min(Const(float(hi), F32)))
-    return requant
+    return lambda acc, mult: requantized(Cast(F32, acc) * mult, y_zp, out_dt)
 
 
 # input positions: a, a_scale, a_zp, b, b_scale, b_zp, bias, y_scale, y_zp

@@ -48,7 +48,11 @@ DOT4_FNS = tuple(f"dot4_{a}s8{s}" for a in ("u8", "s8") for s in ("", "_vnni", "
 # int16(b_lo) + int16(a_hi) * int16(b_hi) (vpmaddwd itself: inputs copied widened to int16).
 DOT2_FNS = ("dot2_u8s16_even", "dot2_u8s16_odd", "dot2_i16i16")
 BYTE_DOT_FNS = DOT4_FNS + DOT2_FNS
-MATH_FNS = MATH_FNS + BYTE_DOT_FNS
+# dot2_pair(acc, a0, a1, b): acc + a0 * int16(b_lo) + a1 * int16(b_hi), a0 and a1 8-bit values
+# (widened by their own type, uint8 or int8) and acc, b int32: two taps of a depthwise conv at
+# once (vpmaddwd on a0's and a1's bytes interleaved and widened to int16; exact).
+PAIR_DOT = "dot2_pair"
+MATH_FNS = MATH_FNS + BYTE_DOT_FNS + (PAIR_DOT,)
 
 
 I64 = DType.int64

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .errors import CompileError
-from .loop import (BYTE_DOT_FNS, DOT2_FNS, Allocate, And, Bin, Call, Cast, Cmp, Const, Expr,
+from .loop import (BYTE_DOT_FNS, DOT2_FNS, PAIR_DOT, Allocate, And, Bin, Call, Cast, Cmp, Const, Expr,
                    For, If, Kernel, LanePermute, Let, Load, Not, Or, Prefetch, Select, Seq, Stmt,
                    Store, Var)
 from .loop_walk import INT_DIVISIONS, fold_int
@@ -129,6 +129,11 @@ class _Interp:
             if e.fn in DOT2_FNS and e.fn != "dot2_i16i16":      # bytes 0, 2 or 1, 3 of a
                 ua = ua[int(e.fn.endswith("odd"))::2]
             total = (acc + int((ua * sb).sum())) & 0xFFFFFFFF
+            return np.int32(total - (1 << 32) if total >= 1 << 31 else total)
+        if isinstance(e, Call) and e.fn == PAIR_DOT:
+            acc, a0, a1, w = (int(self.expr(x, env)) for x in e.args)
+            lo, hi = np.array([w & 0xFFFFFFFF], np.uint32).view(np.int16).astype(np.int64)
+            total = (acc + a0 * int(lo) + a1 * int(hi)) & 0xFFFFFFFF
             return np.int32(total - (1 << 32) if total >= 1 << 31 else total)
         if isinstance(e, Call):
             args = [float(self.expr(a, env)) for a in e.args]

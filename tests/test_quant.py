@@ -301,6 +301,42 @@ def test_dot2_calls_match_the_interpreter_at_extreme_values(fn, splat):
         np.testing.assert_array_equal(got, want, err_msg=f"{lanes} lanes")
 
 
+@pytest.mark.parametrize("types", [("uint8", "uint8"), ("int8", "int8"), ("uint8", "int8")])
+def test_pair_dot_matches_the_interpreter_at_extreme_values(types):
+    """dot2_pair (two depthwise taps a vpmaddwd: a0's and a1's bytes interleaved and widened by
+    their own type) against the interpreter and numpy at the bytes' extremes and int16 weight
+    halves at -32768 / 32767 / 0, on 8 and 16 lanes and the scalar remainder (37 lanes)."""
+    from cnncc.ir import DType
+    from cnncc.ir.loop import PAIR_DOT, Buffer, Call, For, Kernel, Store, Var
+    from cnncc.ir.loop_interp import run_kernel
+    t = cnncc.host_target(1)
+    if "avx2" not in t.flags:
+        pytest.skip(f"dot2_pair is lowered for AVX2 and AVX-512BW targets (this one: {t.isa})")
+    n, i32 = 37, DType.int32
+    rng = np.random.default_rng(3)
+    dts = [getattr(np, d) for d in types]
+    a0, a1 = (rng.integers(np.iinfo(d).min, np.iinfo(d).max + 1, n).astype(d) for d in dts)
+    a0[:3], a1[:3] = np.iinfo(dts[0]).max, np.iinfo(dts[1]).min
+    a0[3:5], a1[3:5] = np.iinfo(dts[0]).min, np.iinfo(dts[1]).max
+    w = rng.integers(-2**15, 2**15, (n, 2)).astype(np.int16)
+    w[0], w[1], w[2], w[3], w[4] = -2**15, 2**15 - 1, [-2**15, 2**15 - 1], 0, [2**15 - 1, -2**15]
+    arrays = {"c": rng.integers(-2**24, 2**24, n).astype(np.int32), "a0": a0, "a1": a1,
+              "w": w.view(np.int32)[:, 0].copy(), "y": np.zeros(n, np.int32)}
+    want = (arrays["c"] + a0.astype(np.int64) * w[:, 0] + a1.astype(np.int64) * w[:, 1]
+            ).astype(np.int32)
+    c, y, wv = (Buffer(k, i32, (n,)) for k in "cyw")
+    b0, b1 = (Buffer(k, DType(d), (n,)) for k, d in zip(("a0", "a1"), types))
+    i = Var("i")
+    k = Kernel("p", [y, c, b0, b1, wv], For(i, n, Store(y, (i,), Call(
+        PAIR_DOT, (c[i], b0[i], b1[i], wv[i]), i32)), "vectorized"))
+    interp = dict(arrays, y=np.zeros(n, np.int32))
+    run_kernel(k, interp)
+    np.testing.assert_array_equal(interp["y"], want)
+    for lanes in (8, 16) if t.lanes >= 16 and "avx512bw" in t.flags else (8,):
+        got = _compiled_in_child(k, lanes, arrays, 60.0)
+        np.testing.assert_array_equal(got, want, err_msg=f"{lanes} lanes")
+
+
 # ---- whole models quantized by onnxruntime --------------------------------------------------------
 
 def _float_model(path):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from cnncc.ir import CompileError, DType
-from cnncc.ir.loop import (BYTE_DOT_FNS, And, Bin, Call, Cast, Cmp, Const, Expr, LanePermute,
+from cnncc.ir.loop import (BYTE_DOT_FNS, PAIR_DOT, And, Bin, Call, Cast, Cmp, Const, Expr, LanePermute,
                           Load, Not, Or, Select, Var)
 from cnncc.ir.loop_walk import permute_scalar_form
 from .indexing import IndexCache, fold_int_values, value_key
-from .int8_dot import emit_byte_dot, word_operand
+from .int8_dot import emit_byte_dot, emit_pair_dot, word_operand
 from .vecmath import FUNCTIONS as VECMATH_FUNCTIONS, VecMath
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -439,6 +439,12 @@ class ExprEmitter:
             vec = any(v for _, v in vals)
             args = [self.splat(v) if vec and not isv else v for v, isv in vals]
             return emit_byte_dot(self.b, fn, *args), vec
+        if fn == PAIR_DOT:
+            vals = [self.ev(a) for a in e.args]
+            vec = any(v for _, v in vals)
+            args = [self.splat(v) if vec and not isv else v for v, isv in vals]
+            signed = [not a.dtype.value.startswith("uint") for a in e.args[1:3]]
+            return emit_pair_dot(self.b, *args, signed), vec
         if fn in VECMATH_FUNCTIONS and e.dtype is DType.float32:
             v, vec = self.ev(x)
             if not VECMATH_CALLS:

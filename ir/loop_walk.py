@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .loop import (BOOL, And, Allocate, Bin, Call, Cast, Cmp, Const, Expr, For, If, LanePermute,
-                   Let, Load, Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
+from .loop import (BOOL, And, Allocate, Bin, Call, Cast, Cmp, Const, Expr, For, If, Kernel,
+                   LanePermute, Let, Load, Not, Or, Prefetch, Select, Seq, Stmt, Store, Var)
+from .loop_printer import format_kernel
 
 
 # ---- generic traversal ---------------------------------------------------------------------------
@@ -348,3 +349,21 @@ def const_value(e: Expr) -> int | None:
     """The integer value of ``e`` if it simplifies to a constant."""
     s = simplify(e)
     return int(s.value) if isinstance(s, Const) else None
+
+
+def canonical_text(kernel: Kernel) -> str:
+    """The loop IR of ``kernel`` with every name that is not part of the computation replaced
+    (the kernel ``K``, its parameters ``p0, p1, ...``, its local buffers ``l0, l1, ...``): equal
+    for kernels that compute the same thing on other buffers, so a backend emits them once."""
+    bufs = list(kernel.params) + [s.buf for s in walk_stmts(kernel.body)
+                                  if isinstance(s, Allocate)]
+    saved = [b.name for b in bufs]
+    try:
+        for i, b in enumerate(kernel.params):
+            b.name = f"p{i}"
+        for i, b in enumerate(bufs[len(kernel.params):]):
+            b.name = f"l{i}"
+        return format_kernel(Kernel("K", kernel.params, kernel.body))
+    finally:
+        for b, name in zip(bufs, saved):
+            b.name = name

@@ -15,7 +15,8 @@ import cnncc
 from cnncc import cache
 from cnncc.backends.llvm import jit, objects
 from cnncc.backends.llvm.object_files import read_object
-from cnncc.backends.llvm.workloads import canonical_text, target_signature, unique_kernels
+from cnncc.backends.llvm.workloads import target_signature, unique_kernels
+from cnncc.ir.loop_walk import canonical_text
 from cnncc.dsl.zoo import ZOO
 from cnncc.ir import DType, Graph, TensorType
 from cnncc.lower.program import lower_graph

@@ -18,12 +18,18 @@ Without them, the pointers are device pointers used in place (for callers that m
 memory). NAME_run returns the first CUDA error (0 on success); NAME_init must have succeeded
 before. Inputs / outputs of other element types pass through the same pointer arrays and are
 cast.
+
+Kernels equal up to their names (ir/loop_walk.canonical_text: the same loop IR on other
+buffers) are rendered once, under the first one's name, and each call of another launches that
+one with its own storage: nvcc and the cuda-emu build compile every distinct kernel once
+(MobileNetV2: 32 of 54, ResNet-50: 28 of 57, ConvNeXt-T: 55 of 219).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from cnncc.ir import CompileError
+from cnncc.ir.loop_walk import canonical_text
 from .cexpr import c_type
 from .codegen import CudaModule, render_module
 
@@ -72,13 +78,15 @@ def render_program(name: str, kernels: list, calls: list, n_inputs: int, n_outpu
     if host and (len(input_bytes or ()) != n_inputs or len(output_bytes or ()) != n_outputs):
         raise CompileError(f"cuda program {name}: need the byte size of each of the {n_inputs} "
                            f"inputs and {n_outputs} outputs")
-    mod = render_module(kernels, name)
+    first: dict[str, object] = {}
+    rendered_as = {k.name: first.setdefault(canonical_text(k), k).name for k in kernels}
+    mod = render_module(list(first.values()), name)
     ck = {k.name: k for k in mod.kernels}
     staged = [("in", i, n) for i, n in enumerate(input_bytes or ())] + \
         [("out", j, n) for j, n in enumerate(output_bytes or ())]
     lines = [
-        f"// Program {name}: {len(calls)} launches, {weights_bytes} bytes of weights, "
-        f"{arena_bytes} bytes of arena.",
+        f"// Program {name}: {len(calls)} launches of {len(first)} kernels, {weights_bytes} "
+        f"bytes of weights, {arena_bytes} bytes of arena.",
         f"static unsigned char *{name}_weights = nullptr;",
         f"static unsigned char *{name}_arena = nullptr;",
     ]
@@ -124,16 +132,16 @@ def render_program(name: str, kernels: list, calls: list, n_inputs: int, n_outpu
             lines.append(f"  if ((err = (int)cudaMemcpyAsync({name}_in[{i}], inputs[{i}], "
                          f"{nbytes}, cudaMemcpyHostToDevice, stream)) != 0) return err;")
     for call in calls:
-        k = by_name[call.kernel]
+        k, launched = by_name[call.kernel], rendered_as[call.kernel]
         args = []
-        for b, ro, (kind, where) in zip(k.params, ck[call.kernel].readonly, call.args):
+        for b, ro, (kind, where) in zip(k.params, ck[launched].readonly, call.args):
             t = f"{'const ' if ro else ''}{c_type(b.dtype)} *"
             src = {"input": f"{name}_in[{where}]" if host else f"inputs[{where}]",
                    "output": f"{name}_out[{where}]" if host else f"outputs[{where}]",
                    "const": f"({name}_weights + {where})",
                    "arena": f"({name}_arena + {where})"}[kind]
             args.append(f"({t}){src}")
-        lines.append(f"  if ((err = {call.kernel}_launch({', '.join(args)}, stream)) != 0) "
+        lines.append(f"  if ((err = {launched}_launch({', '.join(args)}, stream)) != 0) "
                      f"return err;")
     for kind, j, nbytes in staged:
         if kind == "out":

@@ -15,9 +15,8 @@ import os
 
 import llvmlite
 
-from cnncc.ir.loop_walk import walk_stmts
-from cnncc.ir.loop import Allocate, Kernel
-from cnncc.ir.loop_printer import format_kernel
+from cnncc.ir.loop import Kernel
+from cnncc.ir.loop_walk import canonical_text
 from . import codegen, exprs
 
 _CODEGEN_DIGEST: list[str] = []
@@ -35,22 +34,6 @@ def codegen_version() -> str:
                     h.update(name.encode() + b"\0" + f.read())
         _CODEGEN_DIGEST.append(h.hexdigest()[:16])
     return _CODEGEN_DIGEST[0]
-
-
-def canonical_text(kernel: Kernel) -> str:
-    """The loop IR of ``kernel`` with every name that is not part of the computation replaced."""
-    bufs = list(kernel.params) + [s.buf for s in walk_stmts(kernel.body)
-                                  if isinstance(s, Allocate)]
-    saved = [b.name for b in bufs]
-    try:
-        for i, b in enumerate(kernel.params):
-            b.name = f"p{i}"
-        for i, b in enumerate(bufs[len(kernel.params):]):
-            b.name = f"l{i}"
-        return format_kernel(Kernel("K", kernel.params, kernel.body))
-    finally:
-        for b, name in zip(bufs, saved):
-            b.name = name
 
 
 def target_signature(info: dict, lanes: int, threads: int, openmp: bool) -> str:

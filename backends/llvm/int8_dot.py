@@ -115,15 +115,15 @@ def emit_pair_dot(b: ir.IRBuilder, acc: ir.Value, a0: ir.Value, a1: ir.Value, w:
         return total
     lanes = acc.type.count
     halves = ir.VectorType(I16, 2 * lanes)
-    both = b.shuffle_vector(a0, a1, ir.Constant(ir.VectorType(I32, 2 * lanes),
-                                                [k // 2 + (k % 2) * lanes for k in range(2 * lanes)]))
+    interleave = ir.Constant(ir.VectorType(I32, 2 * lanes),
+                             [k // 2 + (k % 2) * lanes for k in range(2 * lanes)])
     if signed[0] == signed[1]:
+        both = b.shuffle_vector(a0, a1, interleave)
         a16 = b.sext(both, halves) if signed[0] else b.zext(both, halves)
     else:       # one widening per operand, then the same interleave as int16
         w0, w1 = ((b.sext if sig else b.zext)(v, ir.VectorType(I16, lanes))
                   for v, sig in zip((a0, a1), signed))
-        a16 = b.shuffle_vector(w0, w1, ir.Constant(ir.VectorType(I32, 2 * lanes),
-                                                   [k // 2 + (k % 2) * lanes for k in range(2 * lanes)]))
+        a16 = b.shuffle_vector(w0, w1, interleave)
     if lanes in (8, 16):
         name = "llvm.x86.avx2.pmadd.wd" if lanes == 8 else "llvm.x86.avx512.pmaddw.d.512"
         maddwd = _declare(b.module, name, acc.type, [halves, halves])

@@ -4,7 +4,9 @@ per output channel; cnncc/passes/alter_layout_int8.py).
 The input [N, CB, H, W, c] bytes is read in place (no padded copy) and widened to int32 in
 registers: per output row, a tile of R pixels x c channels (R int32 accumulator vectors, R from
 the Target's vector registers), each tap one weight vector of c channels multiplied into the R
-pixels' widened input vectors. Only the taps inside the image are summed: the rows whose
+pixels' widened input vectors; where the Target multiplies int16 pairs (AVX2, AVX-512BW), two
+kw taps at once: the two pixels' bytes interleaved and one vpmaddwd with the taps' weights as
+an int16 pair (dot2_pair). Only the taps inside the image are summed: the rows whose
 window leaves the image (top and bottom) and the border columns (``row_tiles``) are tiles of
 their own with their valid taps unrolled. Since sum over the valid taps of (x - zx) w = sum x w
 - zx sum w, each tile's accumulators start from the bias minus zx x the sum of its valid taps'
@@ -60,7 +62,8 @@ def depthwise_blocked(ctx: LowerCtx, node: Node, wz: np.ndarray, bias: np.ndarra
         cols[i:i + 2] for cols in col_sets for i in range(0, len(cols) - 1, 2)))} \
         if paired else {}
     if pairs:
-        words = np.stack([(w3[:, :, a] & 0xFFFF) | (w3[:, :, b] << 16) for a, b in pairs], -1)
+        words = np.stack([(w3[:, :, k0] & 0xFFFF) | (w3[:, :, k1] << 16) for k0, k1 in pairs],
+                         -1)
         pbuf = ctx.const(blocked(words.astype(np.uint32).view(np.int32), np.int32), "wp")
     mbuf = ctx.const(blocked(mult, np.float32), "m")
     # The accumulators' start per (kh taps, kw taps) of a tile: bias - zx * sum of those taps.

@@ -263,6 +263,19 @@ def test_dot4_calls_match_the_interpreter_at_extreme_bytes(fn, splat):
         np.testing.assert_array_equal(got, want, err_msg=f"{lanes} lanes")
 
 
+def _matches_on_int16_pair_widths(kernel, arrays: dict, want: np.ndarray) -> None:
+    """y of ``kernel`` equals ``want`` in the interpreter and compiled with 8 lanes (and 16
+    where the host has AVX-512BW), each width in a child process."""
+    from cnncc.ir.loop_interp import run_kernel
+    interp = dict(arrays, y=np.zeros(len(want), np.int32))
+    run_kernel(kernel, interp)
+    np.testing.assert_array_equal(interp["y"], want)
+    t = cnncc.host_target(1)
+    for lanes in (8, 16) if t.lanes >= 16 and "avx512bw" in t.flags else (8,):
+        got = _compiled_in_child(kernel, lanes, arrays, 60.0)
+        np.testing.assert_array_equal(got, want, err_msg=f"{lanes} lanes")
+
+
 @pytest.mark.parametrize("splat", [False, True], ids=["per_lane", "broadcast"])
 @pytest.mark.parametrize("fn", DOT2_FNS)
 def test_dot2_calls_match_the_interpreter_at_extreme_values(fn, splat):
@@ -270,7 +283,6 @@ def test_dot2_calls_match_the_interpreter_at_extreme_values(fn, splat):
     the interpreter and numpy: a's bytes 0/255 (dot2_i16i16: a's int16 halves at
     -32768/32767) with int16 halves of b at -32768/32767 and 0, per lane or one broadcast
     word."""
-    from cnncc.ir.loop_interp import run_kernel
     t = cnncc.host_target(1)
     if "avx2" not in t.flags:
         pytest.skip(f"{fn} is lowered for AVX2 and AVX-512BW targets (this one: {t.isa})")
@@ -293,12 +305,7 @@ def test_dot2_calls_match_the_interpreter_at_extreme_values(fn, splat):
     wrap = lambda v: (v + 2**31) % 2**32 - 2**31      # noqa: E731 (vpmaddwd wraps -2^15 * -2^15 x 2)
     want = wrap(arrays["c"] + prod.sum(1)).astype(np.int32)
     k = _dot4_kernel(fn, n, splat)
-    interp = dict(arrays, y=np.zeros(n, np.int32))
-    run_kernel(k, interp)
-    np.testing.assert_array_equal(interp["y"], want)
-    for lanes in (8, 16) if t.lanes >= 16 and "avx512bw" in t.flags else (8,):
-        got = _compiled_in_child(k, lanes, arrays, 60.0)
-        np.testing.assert_array_equal(got, want, err_msg=f"{lanes} lanes")
+    _matches_on_int16_pair_widths(k, arrays, want)
 
 
 @pytest.mark.parametrize("types", [("uint8", "uint8"), ("int8", "int8"), ("uint8", "int8")])
@@ -308,7 +315,6 @@ def test_pair_dot_matches_the_interpreter_at_extreme_values(types):
     halves at -32768 / 32767 / 0, on 8 and 16 lanes and the scalar remainder (37 lanes)."""
     from cnncc.ir import DType
     from cnncc.ir.loop import PAIR_DOT, Buffer, Call, For, Kernel, Store, Var
-    from cnncc.ir.loop_interp import run_kernel
     t = cnncc.host_target(1)
     if "avx2" not in t.flags:
         pytest.skip(f"dot2_pair is lowered for AVX2 and AVX-512BW targets (this one: {t.isa})")
@@ -329,12 +335,7 @@ def test_pair_dot_matches_the_interpreter_at_extreme_values(types):
     i = Var("i")
     k = Kernel("p", [y, c, b0, b1, wv], For(i, n, Store(y, (i,), Call(
         PAIR_DOT, (c[i], b0[i], b1[i], wv[i]), i32)), "vectorized"))
-    interp = dict(arrays, y=np.zeros(n, np.int32))
-    run_kernel(k, interp)
-    np.testing.assert_array_equal(interp["y"], want)
-    for lanes in (8, 16) if t.lanes >= 16 and "avx512bw" in t.flags else (8,):
-        got = _compiled_in_child(k, lanes, arrays, 60.0)
-        np.testing.assert_array_equal(got, want, err_msg=f"{lanes} lanes")
+    _matches_on_int16_pair_widths(k, arrays, want)
 
 
 # ---- whole models quantized by onnxruntime --------------------------------------------------------

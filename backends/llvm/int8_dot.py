@@ -94,6 +94,14 @@ def _int16_pairs(b: ir.IRBuilder, lanes: int, acc: ir.Value, a: ir.Value, w: ir.
         a16 = b.lshr(a16, ir.Constant(halves, [8] * 2 * lanes))
     elif half == "even":
         a16 = b.and_(a16, ir.Constant(halves, [0xFF] * 2 * lanes))
+    return _madd_pairs(b, lanes, acc, a16, w)
+
+
+def _madd_pairs(b: ir.IRBuilder, lanes: int, acc: ir.Value, a16: ir.Value,
+                w: ir.Value) -> ir.Value:
+    """acc + the sums of a16's int16 pairs times w's (vpmaddwd on 8 and 16 lanes, else
+    products widened to int32 and summed in pairs)."""
+    halves = a16.type
     if lanes in (8, 16):
         name = "llvm.x86.avx2.pmadd.wd" if lanes == 8 else "llvm.x86.avx512.pmaddw.d.512"
         maddwd = _declare(b.module, name, acc.type, [halves, halves])
@@ -124,13 +132,7 @@ def emit_pair_dot(b: ir.IRBuilder, acc: ir.Value, a0: ir.Value, a1: ir.Value, w:
         w0, w1 = ((b.sext if sig else b.zext)(v, ir.VectorType(I16, lanes))
                   for v, sig in zip((a0, a1), signed))
         a16 = b.shuffle_vector(w0, w1, interleave)
-    if lanes in (8, 16):
-        name = "llvm.x86.avx2.pmadd.wd" if lanes == 8 else "llvm.x86.avx512.pmaddw.d.512"
-        maddwd = _declare(b.module, name, acc.type, [halves, halves])
-        return b.add(acc, b.call(maddwd, [a16, b.bitcast(w, halves)]))
-    wide = ir.VectorType(I32, 2 * lanes)
-    prod = b.mul(b.sext(a16, wide), b.sext(b.bitcast(w, halves), wide))
-    return _pair_sums(b, lanes, acc, prod, 2)
+    return _madd_pairs(b, lanes, acc, a16, w)
 
 
 def _generic(b: ir.IRBuilder, lanes: int, acc: ir.Value, a: ir.Value, w: ir.Value,

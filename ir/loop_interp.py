@@ -8,10 +8,16 @@ import math
 import numpy as np
 
 from .errors import CompileError
-from .loop import (BYTE_DOT_FNS, DOT2_FNS, PAIR_DOT, Allocate, And, Bin, Call, Cast, Cmp, Const, Expr,
-                   For, If, Kernel, LanePermute, Let, Load, Not, Or, Prefetch, Select, Seq, Stmt,
-                   Store, Var)
+from .loop import (BYTE_DOT_FNS, DOT2_FNS, PAIR_DOT, Allocate, And, Bin, Call, Cast, Cmp, Const,
+                   Expr, For, If, Kernel, LanePermute, Let, Load, Not, Or, Prefetch, Select, Seq,
+                   Stmt, Store, Var)
 from .loop_walk import INT_DIVISIONS, fold_int
+
+
+def _wrap_int32(total: int) -> np.int32:
+    """``total`` modulo 2^32 as an int32 (the byte dots' sums wrap as the instructions do)."""
+    total &= 0xFFFFFFFF
+    return np.int32(total - (1 << 32) if total >= 1 << 31 else total)
 
 
 def _erf(x: float) -> float:
@@ -128,13 +134,11 @@ class _Interp:
                 np.int16 if e.fn in DOT2_FNS else np.int8).astype(np.int64)
             if e.fn in DOT2_FNS and e.fn != "dot2_i16i16":      # bytes 0, 2 or 1, 3 of a
                 ua = ua[int(e.fn.endswith("odd"))::2]
-            total = (acc + int((ua * sb).sum())) & 0xFFFFFFFF
-            return np.int32(total - (1 << 32) if total >= 1 << 31 else total)
+            return _wrap_int32(acc + int((ua * sb).sum()))
         if isinstance(e, Call) and e.fn == PAIR_DOT:
             acc, a0, a1, w = (int(self.expr(x, env)) for x in e.args)
             lo, hi = np.array([w & 0xFFFFFFFF], np.uint32).view(np.int16).astype(np.int64)
-            total = (acc + a0 * int(lo) + a1 * int(hi)) & 0xFFFFFFFF
-            return np.int32(total - (1 << 32) if total >= 1 << 31 else total)
+            return _wrap_int32(acc + a0 * int(lo) + a1 * int(hi))
         if isinstance(e, Call):
             args = [float(self.expr(a, env)) for a in e.args]
             if e.fn == "fmod" and not e.dtype.is_float:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from cnncc.ir import CompileError, DType
-from cnncc.ir.loop import (BYTE_DOT_FNS, PAIR_DOT, And, Bin, Call, Cast, Cmp, Const, Expr, LanePermute,
-                          Load, Not, Or, Select, Var)
+from cnncc.ir.loop import (BYTE_DOT_FNS, PAIR_DOT, And, Bin, Call, Cast, Cmp, Const, Expr,
+                          LanePermute, Load, Not, Or, Select, Var)
 from cnncc.ir.loop_walk import permute_scalar_form
 from .indexing import IndexCache, fold_int_values, value_key
 from .int8_dot import emit_byte_dot, emit_pair_dot, word_operand
@@ -432,19 +432,17 @@ class ExprEmitter:
 
     def _call(self, e: Call):
         fn, x = e.fn, e.args[0]
-        if fn in BYTE_DOT_FNS:
+        if fn in BYTE_DOT_FNS or fn == PAIR_DOT:
             vals = [self.ev(a) for a in e.args]
-            fn, shifted = word_operand(self.b, fn, vals[1][0])     # before a splat
-            vals[1] = (shifted, vals[1][1])
+            if fn in BYTE_DOT_FNS:
+                fn, shifted = word_operand(self.b, fn, vals[1][0])     # before a splat
+                vals[1] = (shifted, vals[1][1])
             vec = any(v for _, v in vals)
             args = [self.splat(v) if vec and not isv else v for v, isv in vals]
+            if fn == PAIR_DOT:
+                signed = [not a.dtype.value.startswith("uint") for a in e.args[1:3]]
+                return emit_pair_dot(self.b, *args, signed), vec
             return emit_byte_dot(self.b, fn, *args), vec
-        if fn == PAIR_DOT:
-            vals = [self.ev(a) for a in e.args]
-            vec = any(v for _, v in vals)
-            args = [self.splat(v) if vec and not isv else v for v, isv in vals]
-            signed = [not a.dtype.value.startswith("uint") for a in e.args[1:3]]
-            return emit_pair_dot(self.b, *args, signed), vec
         if fn in VECMATH_FUNCTIONS and e.dtype is DType.float32:
             v, vec = self.ev(x)
             if not VECMATH_CALLS:

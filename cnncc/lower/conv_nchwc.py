@@ -322,20 +322,14 @@ def _dense(ctx: LowerCtx, node: Node, wv: np.ndarray, bias: np.ndarray, win, act
         """The tile (ot, t) of a group: TH x TW pixels from (ot * TH, t * TW), or the
         remaining rows / columns for the last ones (branches per tile, not per FMA); runs:
         pixels t * TW.. of the flattened output, the last run shorter."""
-        def cols(oh0: Expr, rh: int, tg: str) -> Stmt:
+        def cols(oh0: Expr, rh: int, tg: str, width: int = ow) -> Stmt:
             body = tile(wb, gi, vbt, oh0, rh, t * tw, tw, tg)
-            if ow % tw:
-                body = If(t < ow // tw, body, tile(wb, gi, vbt, oh0, rh, Const(ow - ow % tw),
-                                                   ow % tw, tg + "c"))
+            if width % tw:
+                body = If(t < width // tw, body, tile(
+                    wb, gi, vbt, oh0, rh, Const(width - width % tw), width % tw, tg + "c"))
             return body
         if lay.runs:
-            npix = oh * ow
-            body = tile(wb, gi, vbt, Const(0), 1, t * tw, tw, tag)
-            if npix % tw:
-                body = If(t < npix // tw, body, tile(wb, gi, vbt, Const(0), 1,
-                                                     Const(npix - npix % tw), npix % tw,
-                                                     tag + "c"))
-            return body
+            return cols(Const(0), 1, tag, oh * ow)
         body = cols(o * th, th, tag)
         if oh % th:
             body = If(o < oh // th, body, cols(Const(oh - oh % th), oh % th, tag + "h"))

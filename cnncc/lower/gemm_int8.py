@@ -30,8 +30,8 @@ from cnncc.ir.loop import (And, Allocate, Buffer, Cast, Cmp, Const, Expr, F32, F
 from cnncc.ir.ops.spatial import resolve_window
 
 from .context import LowerCtx, op_context, unsupported
-from .conv_int8_dot import (byte_dot_update, compensation, dot_parts, dot_plan, dot_registers,
-                            int32_update, shifted_zero_point, tile_vectors)
+from .conv_int8_dot import (dot_plan, dot_registers, dot_weights, int32_update,
+                            shifted_zero_point, tile_vectors)
 from .cpu_schedule import parallel_outer
 from .quant import requantized
 
@@ -84,12 +84,11 @@ def int_gemm(ctx: LowerCtx, node: Node, rows: Rows, ap: Buffer, wz: np.ndarray,
     cols = np.moveaxis(wz, 2, 1).reshape(groups * n, k).astype(np.int64)   # one row per column
     bias_total = np.broadcast_to(bias, (groups, n)).astype(np.int64)
     if rows.dot:
-        bias_total = bias_total - compensation(cols, rows.zx).reshape(groups, n)
         padded = np.zeros((groups * n, rows.kp), np.int64)
         padded[:, :k] = cols
-        parts = dot_parts(padded, rows.dot)
-        wps = [w.reshape(groups, n, rows.kw) for _, w, _ in parts]
-        update = byte_dot_update([(f, i) for f, _, i in parts])
+        dot_words, comp, update = dot_weights(padded, rows.zx, rows.dot)
+        bias_total = bias_total - comp.reshape(groups, n)
+        wps = [w.reshape(groups, n, rows.kw) for w in dot_words]
     else:
         wps = [cols.astype(np.int32).reshape(groups, n, k)]
         update = int32_update

@@ -5,8 +5,8 @@ prints it with ``format_stages``. Stages: import (ONNX/DSL -> graph), cache_look
 the model, loading a cached library), passes, lowering (loop IR, weight packing, the entry
 function), kernels (wall time of building the unique kernels; ir_emission and llvm are their
 parts in CPU seconds summed over the worker processes), link (loading objects into the JIT)
-and cache_store (writing the model's library). ``bench_compile`` times compiles in fresh
-processes.
+and cache_store (writing the model's library, in a background thread after compile returns:
+cnncc.cache). ``bench_compile`` times compiles in fresh processes.
 """
 from __future__ import annotations
 
@@ -26,9 +26,13 @@ def format_stages(stages: dict) -> str:
     """Two lines: seconds per stage, and what the kernels cost and where their code came from."""
     parts = []
     for key, label in _ORDER:
+        if key == "cache_store" and key not in stages and stages.get("cache_store_background"):
+            parts.append("cache store running in the background")
         if key not in stages:
             continue
         text = f"{label} {stages[key]:.2f} s"
+        if key == "cache_store" and stages.get("cache_store_background"):
+            text += " (in the background)"
         if key == "kernels" and stages.get("kernels_compiled"):
             text += (f" (IR emission {stages['ir_emission']:.2f} s + LLVM {stages['llvm']:.2f} s"
                      f" of CPU in {stages['workers']} process(es))")

@@ -113,6 +113,9 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     """
     target = target or DEFAULT_TARGET
     _check_options(target, opt_level, threads)
+    # An earlier compile's model may still be being stored: its entry is then found, and no
+    # other thread runs while kernels are compiled in forked workers (cnncc.cache).
+    cache.wait_for_stores()
     use_cache = bool(options.pop("cache", True))
     skip = frozenset(options.pop("skip_passes", ()))
     lowrank_tol = options.pop("dw_lowrank_tol", None)
@@ -164,9 +167,7 @@ def compile(source: Any, target: str | None = None, opt_level: int = 3,
     model = build(release_params=target == "llvm")
     model.batch_refusal = refusal
     if key is not None and time.perf_counter() - start >= cache.min_seconds():
-        t0 = time.perf_counter()
-        cache.store(key, model)
-        model.compile_stages["cache_store"] = time.perf_counter() - t0
+        cache.store_in_background(key, model)
     return model
 
 
@@ -184,6 +185,7 @@ def export(source: Any, out_dir: str | os.PathLike, name: str | None = None,
     from .backends.llvm.model import generate
 
     _check_options("llvm", opt_level, threads)
+    cache.wait_for_stores()             # see compile
     emit = (emit,) if isinstance(emit, str) else tuple(emit or ())
     if name is None:
         name = c_identifier(_default_name(source))

@@ -13,6 +13,7 @@ import pytest
 
 import cnncc
 from cnncc import cache
+from cnncc.compile_time import format_stages
 from cnncc.ir import DType, Graph, TensorType
 
 
@@ -106,6 +107,16 @@ def test_cache_hit_in_process_has_the_jit_internals(cdir):
     assert [k for k, _ in again.profile([X], repeat=1)] == [k.name for k in first.kernels]
 
 
+def test_store_runs_in_the_background_and_is_waited_for(cdir):
+    m = cnncc.compile(tiny(5), target="llvm", threads=1)
+    assert m.compile_stages["cache_store_background"] is True
+    np.testing.assert_allclose(m(X), cnncc.compile(tiny(5), target="reference")(X), rtol=1e-5,
+                               atol=1e-6)
+    cache.wait_for_stores()
+    assert m.compile_stages["cache_store"] > 0 and len(list((cdir / "lib").iterdir())) == 1
+    assert "cache store" in format_stages(m.compile_stages)
+
+
 def _corrupt(entry, kind):
     so, meta_path = entry / "cnncc_model.so", entry / "cnncc_model.json"
     meta = json.loads(meta_path.read_text())
@@ -151,6 +162,7 @@ def test_corrupt_entries_are_rebuilt(cdir, kind):
     g = tiny(11)
     ref = cnncc.compile(g, target="reference")(X)
     assert cnncc.compile(g, target="llvm", threads=1).cache_status != "library"
+    cache.wait_for_stores()
     (entry,) = (cdir / "lib").iterdir()
     _corrupt(entry, kind)
     rebuilt = cnncc.compile(g, target="llvm", threads=1)
@@ -177,6 +189,7 @@ def test_key_follows_model_options_and_machine(cdir):
     b = cnncc.compile(tiny(1), target="llvm", threads=1, opt_level=0)
     c = cnncc.compile(tiny(1), target="llvm", threads=2)
     assert "library" not in [m.cache_status for m in (a, b, c)]
+    cache.wait_for_stores()
     assert len(list((cdir / "lib").iterdir())) == 3
 
 

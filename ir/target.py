@@ -67,6 +67,11 @@ class Target:
         return 4 if self.cpu.startswith("znver") or self.model_name.startswith("AMD") else 3
 
     @property
+    def general_registers(self) -> int:
+        """General-purpose (integer) registers: 16 on x86-64, 32 with APX's extended ones."""
+        return 32 if "egpr" in self.flags else 16
+
+    @property
     def vector_bytes(self) -> int:
         return self.lanes * 4
 

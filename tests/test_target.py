@@ -37,6 +37,30 @@ def test_isa_levels(features, isa, lanes, regs):
     assert "-avx512f" not in features or not t.flags & {"avx512f"}
 
 
+def test_direct_conv_tiles_fit_the_general_registers():
+    """A direct (NCHW) conv's register tile keeps one input base per pixel: with 32 vector
+    registers it would hold 14 pixels, whose bases spill from x86-64's 16 general registers;
+    the tile holds general_registers - 6 (APX's 32: more). AVX2's 16 vector registers give 6."""
+    from cnncc.driver import lower
+    from cnncc.ir.loop_walk import walk_stmts
+    from cnncc.ir.loop import Allocate
+    from cnncc.dsl.zoo import ZOO
+
+    def pixels(features):
+        t = Target.from_features(features, "x", threads=1, caches=CACHES, cores=1)
+        prog = lower(cnncc.load_graph(ZOO["tiny_cnn"]()), "llvm", 0, t)
+        direct = [k for k, _ in prog.ctx.kernels if "off" in [b.name for b in k.params]]
+        assert direct                   # the convs with a tap offset table: conv_general
+        return {s.buf.shape[0] for k in direct for s in walk_stmts(k.body)
+                if isinstance(s, Allocate) and s.buf.name == "acc"}
+
+    assert Target.from_features(AVX512, "x").general_registers == 16
+    assert Target.from_features(AVX512 + ",+egpr", "x").general_registers == 32
+    assert max(pixels(AVX512)) == 10
+    assert max(pixels(AVX512 + ",+egpr")) > 10
+    assert max(pixels(AVX2)) <= 12
+
+
 def test_target_is_frozen_and_replace_makes_a_copy():
     t = Target.from_features(AVX512, caches=CACHES, cores=2)
     with pytest.raises(Exception):

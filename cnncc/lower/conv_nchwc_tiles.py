@@ -114,7 +114,8 @@ def tile_lines(vb: int, th: int, tw: int, c: int) -> int:
 
 
 def _tile_candidates(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-                  l1_bytes: int, span_blocks: int = 0, max_lines: tuple[int, int] | None = None):
+                     l1_bytes: int, span_blocks: int = 0,
+                     max_lines: tuple[int, int] | None = None):
     """(cost, VB, TH, TW) of every register tile within the register limit, larger VB first;
     for a grouped conv (``span_blocks`` input blocks a group) VB divides span_blocks; with
     ``max_lines`` (lines, c: a stem) only tiles writing at most that many lines (tile_lines),

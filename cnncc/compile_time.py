@@ -26,13 +26,13 @@ def format_stages(stages: dict) -> str:
     """Two lines: seconds per stage, and what the kernels cost and where their code came from."""
     parts = []
     for key, label in _ORDER:
-        if key == "cache_store" and key not in stages and stages.get("cache_store_background"):
-            parts.append("cache store running in the background")
+        if key == "cache_store" and stages.get("cache_store_background"):
+            parts.append(f"{label} {stages[key]:.2f} s (in the background)" if key in stages
+                         else f"{label} running in the background")
+            continue
         if key not in stages:
             continue
         text = f"{label} {stages[key]:.2f} s"
-        if key == "cache_store" and stages.get("cache_store_background"):
-            text += " (in the background)"
         if key == "kernels" and stages.get("kernels_compiled"):
             text += (f" (IR emission {stages['ir_emission']:.2f} s + LLVM {stages['llvm']:.2f} s"
                      f" of CPU in {stages['workers']} process(es))")

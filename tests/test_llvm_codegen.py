@@ -161,3 +161,26 @@ def test_folded_index_arithmetic_matches_the_emitted_code():
     for op, y in zip(BIN_OPS, ys):
         folded = [fold_int(op, int(p), int(q), 64) for p, q in pairs]
         assert folded == y.tolist(), op
+
+
+def test_unrolled_pixels_share_one_run_time_offset():
+    """The pixels of an unrolled 2 x 6 tile, indexed (o * 2 + r // 6, t * 6 + r % 6), are one
+    run-time offset plus a constant each (the unrolled variable substituted and the offset
+    re-simplified): folded as written, each pixel had its own index arithmetic, which LLVM
+    hoisted out of the enclosing loops as 12 live values (an AVX2 conv tile spilled them)."""
+    x, y = Buffer("x", F32, (4, 24)), Buffer("y", F32, (2, 4, 12))
+    acc = Buffer("acc", F32, (12,), "local")       # a register tile: unrolled here, not by LLVM
+    o, t, r, r2 = Var("o"), Var("t"), Var("r"), Var("r2")
+    body = For(o, 2, For(t, 4, Allocate(acc, seq(
+        For(r, 12, Store(acc, (r,), x[o * 2 + r // 6, t * 6 + r % 6] * Const(2.0, F32)),
+            "unrolled"),
+        For(r2, 12, Store(y, (o, t, r2), acc[r2]), "unrolled")))))
+    kernel = Kernel("tile_offsets", [x, y], body)
+    xs = np.random.default_rng(3).standard_normal((4, 24)).astype(np.float32)
+    a1, a2 = both(kernel, {"x": xs, "y": np.zeros((2, 4, 12), np.float32)})
+    np.testing.assert_array_equal(a1["y"], a2["y"])
+    np.testing.assert_array_equal(a2["y"], 2 * xs.reshape(2, 2, 4, 6).transpose(0, 2, 1, 3)
+                                  .reshape(2, 4, 12))
+    ir_text = compile_kernel(kernel).ir_text
+    adds = ir_text.count(" = add i64 ")
+    assert adds <= 2 * 12 + 6, adds          # per pixel: its x and y offsets (+ the loops)

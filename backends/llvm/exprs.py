@@ -110,6 +110,12 @@ class ExprEmitter:
     # ---- memory --------------------------------------------------------------------------------
     def address(self, buf, indices):
         lin = self.index.offset(buf, indices)
+        fixed = tuple((name, known[0].constant) for name in sorted(self.index.var_names(lin))
+                      if name != self.vvar and name not in self.vec_lets
+                      and (known := self.env.get(name)) is not None
+                      and isinstance(known[0], ir.Constant) and not known[1])
+        if fixed:
+            lin = self.index.with_constants(lin, fixed)
         ptr = self.bufs[buf.name]
         ety = lltype(buf.dtype)
         if not self.lane_dep(lin):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from cnncc.ir.loop_walk import INT_DIVISIONS, coefficient, simplify, walk_exprs
+from cnncc.ir.loop_walk import (INT_DIVISIONS, coefficient, from_linear, linear, simplify,
+                                substitute, walk_exprs)
 from cnncc.ir.loop_walk import fold_int as loop_fold_int
 from cnncc.ir.loop import (SEQUENTIAL_KINDS, Allocate, Const, Expr, For, If, Let, Load, Prefetch,
                            Seq, Stmt, Store, Var)
@@ -77,6 +78,8 @@ class IndexCache:
         self._by_text: dict = {}       # (shape, index texts) -> offset
         self._names: dict = {}         # id(expr) -> (expr, the variables it reads)
         self._coefs: dict = {}         # (id(offset), vector variable) -> (offset, coefficient)
+        self._fixed: dict = {}         # (id(offset), constants) -> (offset, offset with them)
+        self._forms: dict = {}         # id(offset) -> (offset, its linear form or None)
 
     def offset(self, buf, indices) -> Expr:
         key = (id(buf), id(indices))
@@ -88,6 +91,30 @@ class IndexCache:
                 lin = self._by_text[text] = linear_index(buf, indices)
             hit = self._by_access[key] = (lin, buf, indices)
         return hit[0]
+
+    def with_constants(self, lin: Expr, values: tuple) -> Expr:
+        """Offset ``lin`` with the variables of ``values`` ((name, constant) pairs: the loops
+        the emitter unrolls) replaced and simplified: its run-time terms, then one constant.
+        The pixels of a register tile then share one run-time offset and differ by a
+        displacement; folded as ``(row + r // TW) * W + col + r % TW``, each pixel had its own
+        index arithmetic, which LLVM hoisted out of the reduction loop as as many live values
+        (a 2x6 AVX2 tile spilled them)."""
+        key = (id(lin), values)
+        hit = self._fixed.get(key)
+        if hit is None or hit[0] is not lin:
+            form = self._forms.get(id(lin))
+            if form is None or form[0] is not lin:
+                form = self._forms[id(lin)] = (lin, linear(lin))
+            if form[1] is None:        # a floordiv or mod: simplified with the constants in
+                fixed = simplify(substitute(lin, {name: Const(v) for name, v in values}))
+            else:                      # affine: the constants' terms join its constant
+                bound = dict(values)
+                rest = {k: c for k, c in form[1].items() if k != 1 and k not in bound}
+                rest[1] = form[1].get(1, 0) + sum(c * bound[k] for k, c in form[1].items()
+                                                  if k in bound)
+                fixed = from_linear(rest)
+            hit = self._fixed[key] = (lin, fixed)
+        return hit[1]
 
     def var_names(self, e: Expr) -> frozenset:
         hit = self._names.get(id(e))

@@ -33,8 +33,11 @@ from .context import LowerCtx, op_context
 
 # Input channels of a block unrolled per iteration of the reduction's innermost loop.
 CI_UNROLL = 4
-# Cycles per weight vector a tile streams from L2 (its weights above L1), in the cost model.
-L2_STEP_CYCLES = 3.0
+# Cycles per cache line of weights a tile streams from L2 (its weights above L1), in the cost
+# model: a weight vector of AVX-512 (16 floats) is a line, one of AVX2 (8 floats) half a line.
+# Costed as a whole line per AVX2 vector, the model gave 1x2x6 tiles (12 broadcasts a step)
+# to AVX2's 16 x 16 convs where 2x1x6 runs at 98% of the FMA peak against 79% (Zen 4).
+L2_LINE_CYCLES = 3.0
 LINE_BYTES = 64
 # Groups of at most this many pixel tiles prefetch the next group's weights into L2. Measured
 # (ResNet-18/50, 1 thread, weights from L3): 4 to 56 tiles a group gain 5-30%; from ~100 tiles
@@ -115,7 +118,8 @@ def tile_lines(vb: int, th: int, tw: int, c: int) -> int:
 
 def _tile_candidates(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
                      l1_bytes: int, span_blocks: int = 0,
-                     max_lines: tuple[int, int] | None = None):
+                     max_lines: tuple[int, int] | None = None, prologue: bool = False,
+                     vector_bytes: int = LINE_BYTES):
     """(cost, VB, TH, TW) of every register tile within the register limit, larger VB first;
     for a grouped conv (``span_blocks`` input blocks a group) VB divides span_blocks; with
     ``max_lines`` (lines, c: a stem) only tiles writing at most that many lines (tile_lines),
@@ -124,8 +128,9 @@ def _tile_candidates(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, ta
     for vb in range(min(4, ocb), 0, -1):
         if span_blocks and span_blocks % vb:
             continue
-        k_step = L2_STEP_CYCLES if vb * block_bytes > l1_bytes else 1.0
-        limit = tile_limit(regs, vb, taps)
+        k_step = L2_LINE_CYCLES * min(1.0, vector_bytes / LINE_BYTES) \
+            if vb * block_bytes > l1_bytes else 1.0
+        limit = tile_limit(regs, vb, taps, prologue)
         for th in range(1, min(4, oh) + 1):
             for tw in range(1, min(ow, limit) + 1):
                 if vb * th * tw > limit:
@@ -141,26 +146,29 @@ def _tile_candidates(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, ta
 @functools.lru_cache(maxsize=4096)
 def _costed_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
                   l1_bytes: int, span_blocks: int = 0,
-                  max_lines: tuple[int, int] | None = None) -> tuple:
+                  max_lines: tuple[int, int] | None = None, prologue: bool = False,
+                  vector_bytes: int = LINE_BYTES) -> tuple:
     """_tile_candidates as a tuple, costed once per conv shape: a model's convs repeat a few
     shapes (ResNet-50: 53 convs, ~20 shapes), and pick_tile and ranked_tiles cost the same
     tiles (ResNet-50: ~7,000 tile costs, ~0.1 s of every compile, cached kernels or not)."""
     return tuple(_tile_candidates(ocb, oh, ow, regs, block_bytes, taps, l1_bytes, span_blocks,
-                                  max_lines))
+                                  max_lines, prologue, vector_bytes))
 
 
 def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
               l1_bytes: int, span_blocks: int = 0,
-              max_lines: tuple[int, int] | None = None) -> tuple[int, int, int]:
+              max_lines: tuple[int, int] | None = None, prologue: bool = False,
+              vector_bytes: int = LINE_BYTES) -> tuple[int, int, int]:
     """(VB output-channel blocks, TH rows, TW columns) of the register tile minimizing
     ``_tile_cost`` within ``regs`` vector registers (of one block each): VB weights, two
-    broadcasts and the accumulators; with VB >= 3 or a 1x1 conv, 8 registers are left out of
-    the accumulators (measured: fuller tiles spilled or ran slower). ``block_bytes``: the
+    broadcasts and the accumulators, fewer with VB >= 3 or a 1x1 conv (tile_limit; ``prologue``:
+    a 1x1 conv with a prologue). ``block_bytes``: the
     packed weights of one output block; above ``l1_bytes`` (the target's L1) a tile streams
-    them from L2. ``max_lines``: (lines, c) for a stem (STEM_TILE_LINES)."""
+    them from L2, ``vector_bytes`` (a weight vector's bytes) at a time. ``max_lines``: (lines,
+    c) for a stem (STEM_TILE_LINES)."""
     best = None
     for cost, vb, th, tw in _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes,
-                                          span_blocks, max_lines):
+                                          span_blocks, max_lines, prologue, vector_bytes):
         if best is None or cost < best[0] * 0.99:     # ties: the larger VB
             best = (cost, vb, th, tw)
     assert best is not None
@@ -200,29 +208,38 @@ class DenseSchedule:
         return shape + order + (f" prefetch {self.prefetch}" if self.prefetch else "")
 
 
-def tile_limit(regs: int, vb: int, taps: int) -> int:
-    """Accumulators a register tile of ``vb`` blocks may hold (pick_tile's rule)."""
-    return max(1, regs - 8 if vb >= 3 or taps == 1 else regs - vb - 2)
+def tile_limit(regs: int, vb: int, taps: int, prologue: bool = False) -> int:
+    """Accumulators a register tile of ``vb`` blocks may hold (pick_tile's rule): all but the
+    VB weights and two broadcasts; a 1x1 conv or a tile of VB >= 3 keeps a quarter of the
+    registers out, at most 8 (at least VB + 2), a 1x1 conv with a prologue 8 (the prologue's
+    P, Q, pixel and temporaries are live beside the accumulators). Measured: AVX-512's 32 registers less
+    8 (fuller tiles spilled or ran slower); AVX2's 16 less 4 against less 8 on Zen 4 (AVX2
+    code), ResNet-50 79.4 -> 74.9 ms, ConvNeXt-T 112 -> 101; DenseNet-121's prologue 1x1 convs
+    less 4: 77% -> 62% of the FMA peak at 56 x 56 (2x2x3 tiles against 4x1x2)."""
+    if vb >= 3 or taps == 1:
+        return max(1, regs - (8 if prologue and taps == 1 else max(min(regs // 4, 8), vb + 2)))
+    return max(1, regs - vb - 2)
 
 
 def tile_fits(sched: DenseSchedule, ocb: int, oh: int, ow: int, regs: int, taps: int,
-              span_blocks: int = 0) -> bool:
+              span_blocks: int = 0, prologue: bool = False) -> bool:
     pixels = sched.tw if sched.th == 0 else sched.th * sched.tw
     shape = 1 <= sched.tw <= min(RUN_PIXELS, oh * ow) if sched.th == 0 else \
         1 <= sched.th <= oh and 1 <= sched.tw <= ow
     return (1 <= sched.vb <= min(4, ocb) and shape
-            and sched.vb * pixels <= tile_limit(regs, sched.vb, taps)
+            and sched.vb * pixels <= tile_limit(regs, sched.vb, taps, prologue)
             and not (span_blocks and span_blocks % sched.vb))
 
 
 def ranked_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
                  l1_bytes: int, count: int, span_blocks: int = 0,
-                 max_lines: tuple[int, int] | None = None) -> list[tuple[int, int, int]]:
+                 max_lines: tuple[int, int] | None = None, prologue: bool = False,
+                 vector_bytes: int = LINE_BYTES) -> list[tuple[int, int, int]]:
     """The ``count`` register tiles of lowest ``_tile_cost`` (best first): the tuner's
     candidates."""
     scored = [(cost, -vb, th, tw) for cost, vb, th, tw in
               _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes, span_blocks,
-                            max_lines)]
+                            max_lines, prologue, vector_bytes)]
     scored.sort()
     return [(-nvb, th, tw) for _, nvb, th, tw in scored[:count]]
 
@@ -416,18 +433,20 @@ def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
     regs = vector_regs(ctx) * ctx.lanes // c
     block_bytes = icb * cin * kh * kw * c * 4
     lines = (STEM_TILE_LINES, c) if stem else None
-    vb, th, tw = pick_tile(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes, sb, lines)
+    vb, th, tw = pick_tile(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes, sb, lines,
+                           prologue, c * 4)
     order = prefetch = None
     if key not in ctx.workloads:
         ranked = ranked_tiles(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes,
-                              TUNE_TILES, sb, lines)
+                              TUNE_TILES, sb, lines, prologue, c * 4)
         orders = (None, True, False) if target.threads > 1 else (None,)
         cands = [DenseSchedule(*t, o) for t in ranked for o in orders]
         cands[1:1] = placement_candidates(ocb, oh, ow, (vb, th, tw), cin, c,
                                           tuple(win.strides) == (1, 1), target.threads)
         ctx.workloads[key] = cands
     tuned = ctx.schedules.get(key)
-    if isinstance(tuned, DenseSchedule) and tile_fits(tuned, ocb, oh, ow, regs, kh * kw, sb):
+    if isinstance(tuned, DenseSchedule) and tile_fits(tuned, ocb, oh, ow, regs, kh * kw, sb,
+                                                    prologue):
         vb, th, tw, order, prefetch = (tuned.vb, tuned.th, tuned.tw, tuned.pixel_major,
                                        tuned.prefetch)
         ctx.tuned.add(node.name)

@@ -212,10 +212,11 @@ def tile_limit(regs: int, vb: int, taps: int, prologue: bool = False) -> int:
     """Accumulators a register tile of ``vb`` blocks may hold (pick_tile's rule): all but the
     VB weights and two broadcasts; a 1x1 conv or a tile of VB >= 3 keeps a quarter of the
     registers out, at most 8 (at least VB + 2), a 1x1 conv with a prologue 8 (the prologue's
-    P, Q, pixel and temporaries are live beside the accumulators). Measured: AVX-512's 32 registers less
-    8 (fuller tiles spilled or ran slower); AVX2's 16 less 4 against less 8 on Zen 4 (AVX2
-    code), ResNet-50 79.4 -> 74.9 ms, ConvNeXt-T 112 -> 101; DenseNet-121's prologue 1x1 convs
-    less 4: 77% -> 62% of the FMA peak at 56 x 56 (2x2x3 tiles against 4x1x2)."""
+    P, Q, pixel and temporaries are live beside the accumulators). Measured: AVX-512's 32
+    registers less 8 (fuller tiles spilled or ran slower); AVX2's 16 less 4 against less 8
+    on Zen 4 (AVX2 code): ResNet-50 79.4 -> 74.9 ms, ConvNeXt-T 112 -> 101; DenseNet-121's
+    prologue 1x1 convs with AVX2's 16 less 4: 77% -> 62% of the FMA peak at 56 x 56 (2x2x3
+    tiles against 4x1x2)."""
     if vb >= 3 or taps == 1:
         return max(1, regs - (8 if prologue and taps == 1 else max(min(regs // 4, 8), vb + 2)))
     return max(1, regs - vb - 2)

@@ -3,9 +3,10 @@ conv_nchwc_tiles.py RUN_PIXELS): where a row holds fewer than two of the registe
 widths, a run crosses row ends instead of leaving a short tail tile per row. ResNet-18's
 weight-bound 7x7x512 convs on AVX2 take runs of 2 blocks x 5 pixels (1x1x7 rectangles before:
 72-74% of the FMA peak in order, 88% with runs of 6; runs of 5 88.5-89.7% against 6's
-89.4-90.9% on Zen 4, AVX2 code, since AVX2's weight vectors are costed as half a line of L2). Checked: the cost model's choice per ISA, the tuning
-log's form of a run, and the convs against the reference interpreter (|llvm - ref| <= 1e-4 *
-max(1, max |ref|)) on this host and, in a child built with CNNCC_FEATURES, on AVX2."""
+89.4-90.9% on Zen 4, AVX2 code, since AVX2's weight vectors are costed as half a line of
+L2). Checked: the cost model's choice per ISA, the tuning log's form of a run, and the convs
+against the reference interpreter (|llvm - ref| <= 1e-4 * max(1, max |ref|)) on this host
+and, in a child built with CNNCC_FEATURES, on AVX2."""
 from __future__ import annotations
 
 import os

@@ -17,7 +17,8 @@ import pytest
 
 import cnncc
 from cnncc.backends.llvm import jit
-from cnncc.lower.conv_nchwc_tiles import RUN_PIXELS, DenseSchedule, pick_tile, tile_fits
+from cnncc.lower.conv_nchwc_tiles import (RUN_PIXELS, DenseSchedule, TileProblem, pick_tile,
+                                          tile_fits)
 from cnncc.lower.program import lower_graph
 
 from isa_child import run_for_features
@@ -38,8 +39,8 @@ def test_cost_model_runs_where_rows_are_short():
     def tile(isa: str, ocb: int, hw: int):
         t = TARGETS[isa]
         regs = t.vector_registers
-        return pick_tile(ocb, hw, hw, regs, L4_BLOCK_BYTES * t.lanes, 9, t.l1d_bytes,
-                         vector_bytes=t.lanes * 4)
+        return pick_tile(TileProblem(ocb, hw, hw, regs, L4_BLOCK_BYTES * t.lanes, 9,
+                                     t.l1d_bytes, vector_bytes=t.lanes * 4))
     assert tile("avx2", 64, 7) == (2, 0, 5)
     assert tile("avx2", 8, 56)[1] > 0
     assert tile("avx512", 32, 7)[1] > 0
@@ -48,9 +49,10 @@ def test_cost_model_runs_where_rows_are_short():
 def test_runs_in_the_tuning_log():
     s = DenseSchedule(2, 0, 6)
     assert DenseSchedule.from_dict(s.as_dict()) == s and s.label() == "2x run 6"
-    assert tile_fits(s, 64, 7, 7, 16, 9)
-    assert not tile_fits(DenseSchedule(1, 0, RUN_PIXELS + 1), 64, 7, 7, 16, 9)
-    assert not tile_fits(DenseSchedule(4, 0, 8), 64, 7, 7, 16, 9)     # past the registers
+    layer4 = TileProblem(64, 7, 7, 16, L4_BLOCK_BYTES * 8, 9, 32 << 10)     # AVX2
+    assert tile_fits(s, layer4)
+    assert not tile_fits(DenseSchedule(1, 0, RUN_PIXELS + 1), layer4)
+    assert not tile_fits(DenseSchedule(4, 0, 8), layer4)     # past the registers
 
 
 def case_errors() -> list[float]:
@@ -117,5 +119,5 @@ def test_avx2_weight_vectors_stream_from_l2_as_half_lines():
     4, AVX2 code), where whole-line costs picked 1x2x6 (12 broadcasts a step: 79%)."""
     t = TARGETS["avx2"]
     args = (24, 16, 16, t.vector_registers, 192 * 9 * t.lanes * 4, 9, t.l1d_bytes)
-    assert pick_tile(*args, vector_bytes=t.lanes * 4) == (2, 1, 6)
-    assert pick_tile(*args, vector_bytes=64) == (1, 2, 6)
+    assert pick_tile(TileProblem(*args, vector_bytes=t.lanes * 4)) == (2, 1, 6)
+    assert pick_tile(TileProblem(*args, vector_bytes=64)) == (1, 2, 6)

@@ -116,59 +116,65 @@ def tile_lines(vb: int, th: int, tw: int, c: int) -> int:
     return vb * th * -(-tw * c * 4 // LINE_BYTES)
 
 
-def _tile_candidates(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-                     l1_bytes: int, span_blocks: int = 0,
-                     max_lines: tuple[int, int] | None = None, prologue: bool = False,
-                     vector_bytes: int = LINE_BYTES):
+@dataclass(frozen=True)
+class TileProblem:
+    """What a dense conv's register tile is chosen from: ``ocb`` output blocks of ``oh`` x
+    ``ow`` pixels; ``regs`` vector registers of one block each; ``block_bytes``, the packed
+    weights of one output block: above ``l1_bytes`` (the target's L1) a tile streams them from
+    L2, ``vector_bytes`` (a weight vector's bytes) at a time; ``taps`` of the window;
+    ``span_blocks`` input blocks a group (a grouped conv: VB divides them); ``max_lines``
+    (lines, c) for a stem (STEM_TILE_LINES); ``prologue``: a prologue transforms the input
+    (tile_limit). Hashable: the costed tiles of a problem are computed once per process."""
+    ocb: int
+    oh: int
+    ow: int
+    regs: int
+    block_bytes: int
+    taps: int
+    l1_bytes: int
+    span_blocks: int = 0
+    max_lines: tuple[int, int] | None = None
+    prologue: bool = False
+    vector_bytes: int = LINE_BYTES
+
+
+def _tile_candidates(p: TileProblem):
     """(cost, VB, TH, TW) of every register tile within the register limit, larger VB first;
-    for a grouped conv (``span_blocks`` input blocks a group) VB divides span_blocks; with
-    ``max_lines`` (lines, c: a stem) only tiles writing at most that many lines (tile_lines),
-    else also runs (TH = 0) where a row is shorter than the tile could be (a generator: see
-    _costed_tiles)."""
-    for vb in range(min(4, ocb), 0, -1):
-        if span_blocks and span_blocks % vb:
+    for a grouped conv VB divides span_blocks; with ``max_lines`` (a stem) only tiles writing
+    at most that many lines (tile_lines), else also runs (TH = 0) where a row is shorter than
+    the tile could be (a generator: see _costed_tiles)."""
+    for vb in range(min(4, p.ocb), 0, -1):
+        if p.span_blocks and p.span_blocks % vb:
             continue
-        k_step = L2_LINE_CYCLES * min(1.0, vector_bytes / LINE_BYTES) \
-            if vb * block_bytes > l1_bytes else 1.0
-        limit = tile_limit(regs, vb, taps, prologue)
-        for th in range(1, min(4, oh) + 1):
-            for tw in range(1, min(ow, limit) + 1):
+        k_step = L2_LINE_CYCLES * min(1.0, p.vector_bytes / LINE_BYTES) \
+            if vb * p.block_bytes > p.l1_bytes else 1.0
+        limit = tile_limit(p.regs, vb, p.taps, p.prologue)
+        for th in range(1, min(4, p.oh) + 1):
+            for tw in range(1, min(p.ow, limit) + 1):
                 if vb * th * tw > limit:
                     break
-                if max_lines and tile_lines(vb, th, tw, max_lines[1]) > max_lines[0]:
+                if p.max_lines and tile_lines(vb, th, tw, p.max_lines[1]) > p.max_lines[0]:
                     break
-                yield _tile_cost(ocb, oh, ow, vb, th, tw, k_step), vb, th, tw
-        if not max_lines and oh > 1 and ow < 2 * (limit // vb):
-            for tw in range(1, min(limit // vb, RUN_PIXELS, oh * ow) + 1):
-                yield _tile_cost(ocb, 1, oh * ow, vb, 1, tw, k_step), vb, 0, tw
+                yield _tile_cost(p.ocb, p.oh, p.ow, vb, th, tw, k_step), vb, th, tw
+        if not p.max_lines and p.oh > 1 and p.ow < 2 * (limit // vb):
+            for tw in range(1, min(limit // vb, RUN_PIXELS, p.oh * p.ow) + 1):
+                yield _tile_cost(p.ocb, 1, p.oh * p.ow, vb, 1, tw, k_step), vb, 0, tw
 
 
 @functools.lru_cache(maxsize=4096)
-def _costed_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-                  l1_bytes: int, span_blocks: int = 0,
-                  max_lines: tuple[int, int] | None = None, prologue: bool = False,
-                  vector_bytes: int = LINE_BYTES) -> tuple:
+def _costed_tiles(p: TileProblem) -> tuple:
     """_tile_candidates as a tuple, costed once per conv shape: a model's convs repeat a few
     shapes (ResNet-50: 53 convs, ~20 shapes), and pick_tile and ranked_tiles cost the same
     tiles (ResNet-50: ~7,000 tile costs, ~0.1 s of every compile, cached kernels or not)."""
-    return tuple(_tile_candidates(ocb, oh, ow, regs, block_bytes, taps, l1_bytes, span_blocks,
-                                  max_lines, prologue, vector_bytes))
+    return tuple(_tile_candidates(p))
 
 
-def pick_tile(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-              l1_bytes: int, span_blocks: int = 0,
-              max_lines: tuple[int, int] | None = None, prologue: bool = False,
-              vector_bytes: int = LINE_BYTES) -> tuple[int, int, int]:
+def pick_tile(p: TileProblem) -> tuple[int, int, int]:
     """(VB output-channel blocks, TH rows, TW columns) of the register tile minimizing
-    ``_tile_cost`` within ``regs`` vector registers (of one block each): VB weights, two
-    broadcasts and the accumulators, fewer with VB >= 3 or a 1x1 conv (tile_limit; ``prologue``:
-    a 1x1 conv with a prologue). ``block_bytes``: the
-    packed weights of one output block; above ``l1_bytes`` (the target's L1) a tile streams
-    them from L2, ``vector_bytes`` (a weight vector's bytes) at a time. ``max_lines``: (lines,
-    c) for a stem (STEM_TILE_LINES)."""
+    ``_tile_cost`` within the registers: VB weights, two broadcasts and the accumulators,
+    fewer with VB >= 3 or a 1x1 conv (tile_limit)."""
     best = None
-    for cost, vb, th, tw in _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes,
-                                          span_blocks, max_lines, prologue, vector_bytes):
+    for cost, vb, th, tw in _costed_tiles(p):
         if best is None or cost < best[0] * 0.99:     # ties: the larger VB
             best = (cost, vb, th, tw)
     assert best is not None
@@ -222,25 +228,19 @@ def tile_limit(regs: int, vb: int, taps: int, prologue: bool = False) -> int:
     return max(1, regs - vb - 2)
 
 
-def tile_fits(sched: DenseSchedule, ocb: int, oh: int, ow: int, regs: int, taps: int,
-              span_blocks: int = 0, prologue: bool = False) -> bool:
+def tile_fits(sched: DenseSchedule, p: TileProblem) -> bool:
     pixels = sched.tw if sched.th == 0 else sched.th * sched.tw
-    shape = 1 <= sched.tw <= min(RUN_PIXELS, oh * ow) if sched.th == 0 else \
-        1 <= sched.th <= oh and 1 <= sched.tw <= ow
-    return (1 <= sched.vb <= min(4, ocb) and shape
-            and sched.vb * pixels <= tile_limit(regs, sched.vb, taps, prologue)
-            and not (span_blocks and span_blocks % sched.vb))
+    shape = 1 <= sched.tw <= min(RUN_PIXELS, p.oh * p.ow) if sched.th == 0 else \
+        1 <= sched.th <= p.oh and 1 <= sched.tw <= p.ow
+    return (1 <= sched.vb <= min(4, p.ocb) and shape
+            and sched.vb * pixels <= tile_limit(p.regs, sched.vb, p.taps, p.prologue)
+            and not (p.span_blocks and p.span_blocks % sched.vb))
 
 
-def ranked_tiles(ocb: int, oh: int, ow: int, regs: int, block_bytes: int, taps: int,
-                 l1_bytes: int, count: int, span_blocks: int = 0,
-                 max_lines: tuple[int, int] | None = None, prologue: bool = False,
-                 vector_bytes: int = LINE_BYTES) -> list[tuple[int, int, int]]:
+def ranked_tiles(p: TileProblem, count: int) -> list[tuple[int, int, int]]:
     """The ``count`` register tiles of lowest ``_tile_cost`` (best first): the tuner's
     candidates."""
-    scored = [(cost, -vb, th, tw) for cost, vb, th, tw in
-              _costed_tiles(ocb, oh, ow, regs, block_bytes, taps, l1_bytes, span_blocks,
-                            max_lines, prologue, vector_bytes)]
+    scored = [(cost, -vb, th, tw) for cost, vb, th, tw in _costed_tiles(p)]
     scored.sort()
     return [(-nvb, th, tw) for _, nvb, th, tw in scored[:count]]
 
@@ -431,23 +431,20 @@ def dense_tiling(ctx: LowerCtx, node: Node, wv: np.ndarray, win) -> DenseTiling:
     if span is not None:
         wv, icb, sb = densify_groups(wv, group, c, span), span // c, span // c
     target = ctx.target
-    regs = vector_regs(ctx) * ctx.lanes // c
-    block_bytes = icb * cin * kh * kw * c * 4
-    lines = (STEM_TILE_LINES, c) if stem else None
-    vb, th, tw = pick_tile(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes, sb, lines,
-                           prologue, c * 4)
+    problem = TileProblem(ocb, oh, ow, vector_regs(ctx) * ctx.lanes // c,
+                          icb * cin * kh * kw * c * 4, kh * kw, target.l1d_bytes, sb,
+                          (STEM_TILE_LINES, c) if stem else None, prologue, c * 4)
+    vb, th, tw = pick_tile(problem)
     order = prefetch = None
     if key not in ctx.workloads:
-        ranked = ranked_tiles(ocb, oh, ow, regs, block_bytes, kh * kw, target.l1d_bytes,
-                              TUNE_TILES, sb, lines, prologue, c * 4)
+        ranked = ranked_tiles(problem, TUNE_TILES)
         orders = (None, True, False) if target.threads > 1 else (None,)
         cands = [DenseSchedule(*t, o) for t in ranked for o in orders]
         cands[1:1] = placement_candidates(ocb, oh, ow, (vb, th, tw), cin, c,
                                           tuple(win.strides) == (1, 1), target.threads)
         ctx.workloads[key] = cands
     tuned = ctx.schedules.get(key)
-    if isinstance(tuned, DenseSchedule) and tile_fits(tuned, ocb, oh, ow, regs, kh * kw, sb,
-                                                    prologue):
+    if isinstance(tuned, DenseSchedule) and tile_fits(tuned, problem):
         vb, th, tw, order, prefetch = (tuned.vb, tuned.th, tuned.tw, tuned.pixel_major,
                                        tuned.prefetch)
         ctx.tuned.add(node.name)

@@ -105,9 +105,12 @@ class IndexCache:
             form = self._forms.get(id(lin))
             if form is None or form[0] is not lin:
                 form = self._forms[id(lin)] = (lin, linear(lin))
-            if form[1] is None:        # a floordiv or mod: simplified with the constants in
+            # A floordiv or mod: simplified with the constants in. Affine: the constants'
+            # terms join its constant, without simplify (which, for every access, took
+            # MobileNetV2's IR emission from 0.99 to 1.20 s of CPU).
+            if form[1] is None:
                 fixed = simplify(substitute(lin, {name: Const(v) for name, v in values}))
-            else:                      # affine: the constants' terms join its constant
+            else:
                 bound = dict(values)
                 rest = {k: c for k, c in form[1].items() if k != 1 and k not in bound}
                 rest[1] = form[1].get(1, 0) + sum(c * bound[k] for k, c in form[1].items()
